@@ -1,0 +1,493 @@
+"""The contracts: frozen pydantic models for every message that crosses the bus or MQTT.
+
+Agents in other languages code against these (`python run.py schema` prints their JSON Schema).
+Prices are floats validated finite and positive, rounded to the contract's tick where it
+matters (the governor checks the tick); quantities are whole numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# --------------------------------------------------------------------------- base
+
+
+class Message(BaseModel):
+    """Every message: immutable, unknown fields are errors, NaN/inf refused in JSON."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="null")
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class Side(StrEnum):
+    BUY = "BUY"
+    SELL = "SELL"
+
+    @property
+    def opposite(self) -> Side:
+        return Side.SELL if self is Side.BUY else Side.BUY
+
+    @property
+    def sign(self) -> int:
+        return 1 if self is Side.BUY else -1
+
+
+class SecType(StrEnum):
+    STK = "STK"
+    OPT = "OPT"
+    FUT = "FUT"
+
+
+class OrderType(StrEnum):
+    LMT = "LMT"
+    MKT = "MKT"
+
+
+class TimeInForce(StrEnum):
+    DAY = "DAY"
+    GTC = "GTC"
+
+
+class Right(StrEnum):
+    C = "C"
+    P = "P"
+
+
+class Verdict(StrEnum):
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    INVALID = "invalid"
+
+
+class TradingState(StrEnum):
+    ACTIVE = "ACTIVE"
+    REDUCING = "REDUCING"
+    HALTED = "HALTED"
+
+
+class Leg(StrEnum):
+    ENTRY = "entry"
+    TAKE_PROFIT = "take_profit"
+    STOP_LOSS = "stop_loss"
+
+
+class DenialCode(StrEnum):
+    """Every reason a proposal is not approved. `DENIAL_MESSAGES` holds one line for each."""
+
+    # input (verdict invalid)
+    MALFORMED_JSON = "MALFORMED_JSON"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    # fail-closed broker state
+    BROKER_DISCONNECTED = "BROKER_DISCONNECTED"
+    BROKER_CONNECTIVITY_LOST = "BROKER_CONNECTIVITY_LOST"
+    NOT_RECONCILED = "NOT_RECONCILED"
+    SNAPSHOT_STALE = "SNAPSHOT_STALE"
+    PNL_UNKNOWN = "PNL_UNKNOWN"
+    ACCOUNT_VALUES_UNKNOWN = "ACCOUNT_VALUES_UNKNOWN"
+    QUOTE_UNAVAILABLE = "QUOTE_UNAVAILABLE"
+    # trading state
+    TRADING_HALTED = "TRADING_HALTED"
+    REDUCING_ONLY = "REDUCING_ONLY"
+    # geometry
+    BRACKET_GEOMETRY = "BRACKET_GEOMETRY"
+    PRICE_OFF_TICK = "PRICE_OFF_TICK"
+    REWARD_RISK_TOO_LOW = "REWARD_RISK_TOO_LOW"
+    STOP_DISTANCE_OUT_OF_BOUNDS = "STOP_DISTANCE_OUT_OF_BOUNDS"
+    # size and exposure
+    MAX_ORDER_QUANTITY = "MAX_ORDER_QUANTITY"
+    MAX_ORDER_NOTIONAL = "MAX_ORDER_NOTIONAL"
+    POSITION_LIMIT = "POSITION_LIMIT"
+    POSITION_NOTIONAL_LIMIT = "POSITION_NOTIONAL_LIMIT"
+    GROSS_EXPOSURE_LIMIT = "GROSS_EXPOSURE_LIMIT"
+    NET_EXPOSURE_LIMIT = "NET_EXPOSURE_LIMIT"
+    MAX_OPEN_BRACKETS = "MAX_OPEN_BRACKETS"
+    MAX_OPEN_BRACKETS_AGENT = "MAX_OPEN_BRACKETS_AGENT"
+    # loss
+    PER_TRADE_LOSS_LIMIT = "PER_TRADE_LOSS_LIMIT"
+    PER_TRADE_LOSS_PCT_LIMIT = "PER_TRADE_LOSS_PCT_LIMIT"
+    DAILY_LOSS_LIMIT = "DAILY_LOSS_LIMIT"
+    AGENT_LOSS_LIMIT = "AGENT_LOSS_LIMIT"
+    AGENT_EXPOSURE_LIMIT = "AGENT_EXPOSURE_LIMIT"
+    # lists, hours, rates
+    SYMBOL_NOT_ALLOWED = "SYMBOL_NOT_ALLOWED"
+    SEC_TYPE_NOT_ALLOWED = "SEC_TYPE_NOT_ALLOWED"
+    UNKNOWN_CONTRACT = "UNKNOWN_CONTRACT"
+    OUTSIDE_TRADING_HOURS = "OUTSIDE_TRADING_HOURS"
+    RATE_LIMITED = "RATE_LIMITED"
+    # margin
+    INSUFFICIENT_MARGIN = "INSUFFICIENT_MARGIN"
+    WHATIF_FAILED = "WHATIF_FAILED"
+    # runtime
+    OVERLOADED = "OVERLOADED"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    PLACEMENT_FAILED = "PLACEMENT_FAILED"
+    DUPLICATE_PROPOSAL = "DUPLICATE_PROPOSAL"
+    PROPOSAL_EXPIRED = "PROPOSAL_EXPIRED"
+
+
+DENIAL_MESSAGES: dict[DenialCode, str] = {
+    DenialCode.MALFORMED_JSON: "payload is not a JSON object",
+    DenialCode.PAYLOAD_TOO_LARGE: "payload exceeds the maximum size",
+    DenialCode.VALIDATION_ERROR: "payload is not a valid proposal",
+    DenialCode.BROKER_DISCONNECTED: "not connected to IB",
+    DenialCode.BROKER_CONNECTIVITY_LOST: "IB reports lost connectivity (1100) and no fresh data since",
+    DenialCode.NOT_RECONCILED: "broker state not reconciled since the last (re)connect",
+    DenialCode.SNAPSHOT_STALE: "portfolio snapshot older than the limit",
+    DenialCode.PNL_UNKNOWN: "daily P&L unknown (not received, nan or unset)",
+    DenialCode.ACCOUNT_VALUES_UNKNOWN: "account values needed for risk are missing or unset",
+    DenialCode.QUOTE_UNAVAILABLE: "no current quote to price a market entry",
+    DenialCode.TRADING_HALTED: "trading is HALTED",
+    DenialCode.REDUCING_ONLY: "trading is REDUCING: only position-reducing proposals are admitted",
+    DenialCode.BRACKET_GEOMETRY: "bracket prices are not on the right sides of the entry",
+    DenialCode.PRICE_OFF_TICK: "a price is not a multiple of the contract's minimum tick",
+    DenialCode.REWARD_RISK_TOO_LOW: "reward:risk below the minimum",
+    DenialCode.STOP_DISTANCE_OUT_OF_BOUNDS: "stop distance outside the allowed bounds",
+    DenialCode.MAX_ORDER_QUANTITY: "order quantity above the maximum",
+    DenialCode.MAX_ORDER_NOTIONAL: "order notional above the maximum",
+    DenialCode.POSITION_LIMIT: "resulting position (with pending brackets) above the limit",
+    DenialCode.POSITION_NOTIONAL_LIMIT: "resulting position notional above the limit",
+    DenialCode.GROSS_EXPOSURE_LIMIT: "gross exposure above the limit (% of NetLiquidation)",
+    DenialCode.NET_EXPOSURE_LIMIT: "net exposure above the limit (% of NetLiquidation)",
+    DenialCode.MAX_OPEN_BRACKETS: "too many open brackets",
+    DenialCode.MAX_OPEN_BRACKETS_AGENT: "too many open brackets for this agent",
+    DenialCode.PER_TRADE_LOSS_LIMIT: "bracket worst-case loss above the per-trade limit",
+    DenialCode.PER_TRADE_LOSS_PCT_LIMIT: "bracket worst-case loss above the per-trade % of NetLiquidation",
+    DenialCode.DAILY_LOSS_LIMIT: "bracket worst-case loss exceeds the remaining daily loss budget",
+    DenialCode.AGENT_LOSS_LIMIT: "bracket worst-case loss exceeds the agent's remaining loss budget",
+    DenialCode.AGENT_EXPOSURE_LIMIT: "agent exposure above its limit",
+    DenialCode.SYMBOL_NOT_ALLOWED: "symbol not allowed",
+    DenialCode.SEC_TYPE_NOT_ALLOWED: "security type not allowed",
+    DenialCode.UNKNOWN_CONTRACT: "IB has no such contract",
+    DenialCode.OUTSIDE_TRADING_HOURS: "outside the trading-hours window",
+    DenialCode.RATE_LIMITED: "proposal or order rate above the limit",
+    DenialCode.INSUFFICIENT_MARGIN: "initial margin change does not fit AvailableFunds with the cushion",
+    DenialCode.WHATIF_FAILED: "IB what-if failed or timed out",
+    DenialCode.OVERLOADED: "intake queue full",
+    DenialCode.SHUTTING_DOWN: "daemon is shutting down",
+    DenialCode.PLACEMENT_FAILED: "approved bracket could not be sent to IB",
+    DenialCode.DUPLICATE_PROPOSAL: "proposal_id already used with different content",
+    DenialCode.PROPOSAL_EXPIRED: "proposal expired before it could be placed",
+}
+
+
+# --------------------------------------------------------------------------- field types
+
+ProposalId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
+AgentId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")]
+Symbol = Annotated[str, Field(min_length=1, max_length=24, pattern=r"^[A-Z0-9][A-Z0-9.\- ]*$")]
+Price = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
+Quantity = Annotated[int, Field(gt=0, le=10_000_000, strict=True)]
+
+
+# --------------------------------------------------------------------------- proposals
+
+
+class TradeProposal(Message):
+    """A strategy agent's bracket: entry + take-profit + stop-loss, as ONE risk unit.
+
+    `agent_id` comes from the MQTT topic; a payload may omit it (the bridge fills it in) but may
+    not contradict it. `proposal_id` is the idempotency key and travels to IB as orderRef.
+    """
+
+    proposal_id: ProposalId
+    agent_id: AgentId
+    symbol: Symbol
+    sec_type: SecType = SecType.STK
+    exchange: Annotated[str, Field(min_length=1, max_length=16)] = "SMART"
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
+    side: Side
+    quantity: Quantity
+    order_type: OrderType = OrderType.LMT
+    limit_price: Price | None = None
+    take_profit: Price
+    stop_loss: Price
+    tif: TimeInForce = TimeInForce.DAY
+    # options: expiry YYYYMMDD + strike + right; futures: expiry YYYYMM or "front"
+    expiry: Annotated[str, Field(pattern=r"^(\d{6}|\d{8}|front)$")] | None = None
+    strike: Price | None = None
+    right: Right | None = None
+    # cancel the entry if it has not filled this many seconds after placement
+    cancel_entry_after_s: Annotated[float, Field(gt=0, le=7 * 86400, allow_inf_nan=False)] | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> TradeProposal:
+        if self.order_type is OrderType.LMT and self.limit_price is None:
+            raise ValueError("limit_price is required for order_type LMT")
+        if self.order_type is OrderType.MKT and self.limit_price is not None:
+            raise ValueError("limit_price must be omitted for order_type MKT")
+        if self.sec_type is SecType.OPT:
+            if self.expiry is None or len(self.expiry) != 8 or self.strike is None or self.right is None:
+                raise ValueError("options need expiry (YYYYMMDD), strike and right")
+        elif self.sec_type is SecType.FUT:
+            if self.expiry is None or len(self.expiry) == 8:
+                raise ValueError("futures need expiry (YYYYMM) or 'front'")
+            if self.strike is not None or self.right is not None:
+                raise ValueError("futures take no strike or right")
+        else:
+            if self.expiry is not None or self.strike is not None or self.right is not None:
+                raise ValueError("stocks take no expiry, strike or right")
+        return self
+
+    def same_request(self, other: TradeProposal) -> bool:
+        """True when `other` is a re-delivery of this proposal (same content)."""
+        return self.model_dump() == other.model_dump()
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+class Reason(Message):
+    code: DenialCode
+    message: str
+    limit: float | str | None = None
+    value: float | str | None = None
+    field: str | None = None
+
+    @field_validator("limit", "value")
+    @classmethod
+    def _finite_or_text(cls, v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
+        return v
+
+
+class BracketOrderIds(Message):
+    entry: int
+    take_profit: int
+    stop_loss: int
+
+
+class RiskDecision(Message):
+    proposal_id: str
+    agent_id: str
+    verdict: Verdict
+    reasons: list[Reason] = Field(default_factory=list)
+    order_ids: BracketOrderIds | None = None
+    trading_state: TradingState | None = None
+    ts: datetime
+
+
+class ResolvedContract(Message):
+    """What IB confirmed about a proposal's instrument (from contract details)."""
+
+    con_id: int
+    symbol: str
+    sec_type: SecType
+    exchange: str
+    currency: str
+    multiplier: float = 1.0
+    min_tick: float = 0.01
+    expiry: str | None = None
+    strike: float | None = None
+    right: Right | None = None
+    local_symbol: str | None = None
+    trading_class: str | None = None
+
+
+class ApprovedBracket(Message):
+    """An approved proposal on its way to IB. orderRef = proposal_id on every leg."""
+
+    proposal: TradeProposal
+    contract: ResolvedContract | None = None
+    approved_at: datetime
+
+    @property
+    def order_ref(self) -> str:
+        return self.proposal.proposal_id
+
+
+class PlacementResult(Message):
+    proposal_id: str
+    ok: bool
+    order_ids: BracketOrderIds | None = None
+    error: str | None = None
+    code: int | None = None
+
+
+# --------------------------------------------------------------------------- order events
+
+
+class OrderEvent(Message):
+    """One step of one leg's life at IB (status change, error, cancel)."""
+
+    proposal_id: str
+    agent_id: str
+    order_id: int
+    leg: Leg
+    symbol: str
+    status: str
+    filled: float = 0.0
+    remaining: float = 0.0
+    avg_fill_price: float | None = None
+    perm_id: int | None = None
+    parent_id: int | None = None
+    code: int | None = None
+    message: str | None = None
+    ts: datetime
+
+
+class Fill(Message):
+    proposal_id: str
+    agent_id: str
+    order_id: int
+    leg: Leg
+    exec_id: str
+    symbol: str
+    side: Side
+    quantity: float
+    price: float
+    commission: float | None = None
+    realized_pnl: float | None = None
+    exec_time: datetime | None = None
+    ts: datetime
+
+
+# --------------------------------------------------------------------------- portfolio
+
+
+class Position(Message):
+    con_id: int
+    symbol: str
+    sec_type: str
+    quantity: float
+    avg_cost: float
+    multiplier: float = 1.0
+    market_price: float | None = None
+    market_value: float | None = None
+    unrealized_pnl: float | None = None
+    realized_pnl: float | None = None
+    expiry: str | None = None
+    strike: float | None = None
+    right: str | None = None
+
+
+class WorkingOrder(Message):
+    order_id: int
+    perm_id: int | None = None
+    parent_id: int | None = None
+    order_ref: str | None = None
+    symbol: str
+    side: Side
+    order_type: str
+    quantity: float
+    remaining: float
+    limit_price: float | None = None
+    stop_price: float | None = None
+    status: str
+
+
+class PnL(Message):
+    """Account P&L from reqPnL. None = not received, nan or IB's unset value: unknown."""
+
+    daily: float | None = None
+    unrealized: float | None = None
+    realized: float | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.daily is not None
+
+
+class Quote(Message):
+    symbol: str
+    bid: float | None = None
+    ask: float | None = None
+    last: float | None = None
+    ts: datetime
+
+
+class ConnectionState(StrEnum):
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"          # socket up, not yet reconciled
+    CONNECTIVITY_LOST = "connectivity_lost"  # 1100 received, socket up
+    READY = "ready"                  # connected + reconciled
+
+
+class PortfolioSnapshot(Message):
+    ts: datetime
+    account: str | None = None
+    connection: ConnectionState = ConnectionState.DISCONNECTED
+    reconciled: bool = False
+    account_values: dict[str, float] = Field(default_factory=dict)
+    account_values_ts: datetime | None = None
+    positions: list[Position] = Field(default_factory=list)
+    positions_ts: datetime | None = None
+    pnl: PnL = Field(default_factory=PnL)
+    pnl_ts: datetime | None = None
+    working_orders: list[WorkingOrder] = Field(default_factory=list)
+    quotes: dict[str, Quote] = Field(default_factory=dict)
+
+    def age(self, now: datetime) -> float:
+        """Seconds since the snapshot was taken."""
+        return (now - self.ts).total_seconds()
+
+    def data_age(self, now: datetime) -> float:
+        """Seconds since the OLDEST of the parts risk needs was last updated (inf if missing)."""
+        stamps = [self.account_values_ts, self.pnl_ts, self.positions_ts]
+        if any(s is None for s in stamps):
+            return math.inf
+        return max((now - s).total_seconds() for s in stamps if s is not None)
+
+    def position(self, symbol: str, sec_type: str = "STK") -> float:
+        return sum(p.quantity for p in self.positions if p.symbol == symbol and p.sec_type == sec_type)
+
+    @property
+    def net_liquidation(self) -> float | None:
+        return self.account_values.get("NetLiquidation")
+
+
+# --------------------------------------------------------------------------- state and status
+
+
+class TradingStateChanged(Message):
+    old: TradingState
+    new: TradingState
+    reason: str
+    by: Literal["operator", "auto", "startup"]
+    ts: datetime
+
+
+class ControlCommand(Message):
+    action: Literal["halt", "reduce", "resume"]
+    reason: str = ""
+    by: str = "operator"
+
+
+class Status(Message):
+    state: Literal["starting", "online", "degraded", "stopping", "offline"]
+    mode: Literal["default", "paper", "live"] | None = None
+    trading_state: TradingState | None = None
+    connection: ConnectionState | None = None
+    detail: str | None = None
+    ts: datetime
+
+
+class Alert(Message):
+    """Something a person must look at (unprotected fill, reconcile mismatch, id regression)."""
+
+    code: str
+    message: str
+    proposal_id: str | None = None
+    agent_id: str | None = None
+    order_id: int | None = None
+    ts: datetime
+
+
+# every model exported by `python run.py schema`
+SCHEMA_MODELS: tuple[type[Message], ...] = (
+    TradeProposal, RiskDecision, Reason, ApprovedBracket, PlacementResult, OrderEvent, Fill,
+    PortfolioSnapshot, TradingStateChanged, ControlCommand, Status, Alert,
+)
+
+
+def json_schemas() -> dict[str, Any]:
+    return {m.__name__: m.model_json_schema() for m in SCHEMA_MODELS}

@@ -1,0 +1,5 @@
+"""Shared pytest fixtures: each lives in tests/fixtures/<name>.py and is registered here."""
+
+pytest_plugins = [
+    "tests.fixtures.ports",
+]
