@@ -482,6 +482,70 @@ class Alert(Message):
     ts: datetime
 
 
+# --------------------------------------------------------------------------- broker level
+# What adapters/ib.py publishes about the one IB connection. Internal to the daemon: the
+# ExecutionAgent turns these into agent-level OrderEvent/Fill; the PortfolioMonitor reads the
+# adapter's converted state when told something changed.
+
+
+class BrokerConnection(Message):
+    state: ConnectionState
+    code: int | None = None
+    message: str = ""
+    ts: datetime
+
+
+class BrokerOrderUpdate(Message):
+    """An order's state at IB (from openOrder/orderStatus/error), for any order of this account."""
+
+    order_id: int
+    perm_id: int | None = None
+    client_id: int | None = None
+    parent_id: int | None = None
+    order_ref: str = ""
+    symbol: str = ""
+    side: Side | None = None
+    order_type: str = ""
+    quantity: float = 0.0
+    limit_price: float | None = None
+    stop_price: float | None = None
+    status: str
+    filled: float = 0.0
+    remaining: float = 0.0
+    avg_fill_price: float | None = None
+    code: int | None = None
+    message: str | None = None
+    ts: datetime
+
+
+class BrokerExecution(Message):
+    """One execution (with its commission when IB has sent it)."""
+
+    exec_id: str
+    order_id: int
+    perm_id: int | None = None
+    order_ref: str = ""
+    con_id: int = 0
+    symbol: str
+    sec_type: str = "STK"
+    side: Side
+    quantity: float
+    price: float
+    cum_qty: float = 0.0
+    avg_price: float = 0.0
+    exec_time: datetime | None = None
+    commission: float | None = None
+    realized_pnl: float | None = None
+    ts: datetime
+
+
+class BrokerDataChanged(Message):
+    """Account values, positions, P&L, quotes or working orders changed at the adapter."""
+
+    kind: Literal["account", "positions", "pnl", "quotes", "orders", "connection"]
+    ts: datetime
+
+
 # every model exported by `python run.py schema`
 SCHEMA_MODELS: tuple[type[Message], ...] = (
     TradeProposal, RiskDecision, Reason, ApprovedBracket, PlacementResult, OrderEvent, Fill,
