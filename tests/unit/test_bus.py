@@ -1,0 +1,288 @@
+"""The in-process bus: ordering, isolation, overflow policies, request/reply, lifecycle, drain."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from bus.bus import Bus, BusState, Overflow
+from bus.errors import (
+    BusError,
+    BusOverloaded,
+    DrainTimeout,
+    LifecycleError,
+    NoSuchService,
+    RequestTimeout,
+    ServiceAlreadyServed,
+)
+from bus.messages import ControlCommand, PortfolioSnapshot, TradeProposal
+from core.clock import ManualClock
+
+CLOCK = ManualClock()
+
+
+def proposal(n: int, agent: str = "alpha") -> TradeProposal:
+    return TradeProposal(proposal_id=f"p-{n}", agent_id=agent, symbol="AAPL", side="BUY",
+                         quantity=1, limit_price=100.0, take_profit=110.0, stop_loss=95.0)
+
+
+def cmd(n: int) -> ControlCommand:
+    return ControlCommand(action="halt", reason=str(n))
+
+
+@pytest.fixture
+async def bus() -> AsyncIterator[Bus]:
+    b = Bus(clock=CLOCK, default_maxsize=100)
+    yield b
+    await b.close()
+
+
+class Gate:
+    """A handler that blocks until released: lets a test fill a queue deterministically."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.seen: list[Any] = []
+
+    async def __call__(self, msg: Any) -> None:
+        self.entered.set()
+        await self.release.wait()
+        self.seen.append(msg)
+
+
+async def test_delivers_in_order_to_every_subscriber(bus: Bus) -> None:
+    a: list[str] = []
+    b: list[str] = []
+
+    async def to_a(m: ControlCommand) -> None:
+        a.append(m.reason)
+
+    async def to_b(m: ControlCommand) -> None:
+        await asyncio.sleep(0)  # interleave with the other worker
+        b.append(m.reason)
+
+    bus.subscribe(ControlCommand, to_a, name="a")
+    bus.subscribe(ControlCommand, to_b, name="b")
+    await bus.start()
+    for i in range(50):
+        await bus.publish(cmd(i))
+    await bus.drain(timeout=2)
+    assert a == b == [str(i) for i in range(50)]
+    assert bus.stats()["a:ControlCommand"]["delivered"] == 50
+
+
+async def test_topics_are_exact_types(bus: Bus) -> None:
+    got: list[Any] = []
+
+    async def on_cmd(m: ControlCommand) -> None:
+        got.append(m)
+
+    bus.subscribe(ControlCommand, on_cmd, name="c")
+    await bus.start()
+    await bus.publish(proposal(1))  # no subscriber: nothing happens
+    await bus.publish(cmd(1))
+    await bus.drain(timeout=2)
+    assert got == [cmd(1)]
+
+
+async def test_failing_handler_is_logged_and_isolated(bus: Bus) -> None:
+    good: list[str] = []
+
+    async def bad(m: TradeProposal) -> None:
+        if m.proposal_id == "p-1":
+            raise RuntimeError("boom")
+
+    async def ok(m: TradeProposal) -> None:
+        good.append(m.proposal_id)
+
+    bus.subscribe(TradeProposal, bad, name="bad")
+    bus.subscribe(TradeProposal, ok, name="ok")
+    await bus.start()
+    with capture_logs() as logs:
+        for i in range(3):
+            await bus.publish(proposal(i))
+        await bus.drain(timeout=2)
+    assert good == ["p-0", "p-1", "p-2"]
+    failed = [e for e in logs if e["event"] == "bus_handler_failed"]
+    assert len(failed) == 1
+    assert failed[0]["subscription"] == "bad"
+    assert failed[0]["topic"] == "TradeProposal"
+    assert failed[0]["proposal_id"] == "p-1" and failed[0]["agent_id"] == "alpha"
+    assert failed[0]["exc_info"]
+    st = bus.stats()["bad:TradeProposal"]
+    assert (st["delivered"], st["failed"]) == (2, 1)
+
+
+async def test_block_waits_for_room(bus: Bus) -> None:
+    gate = Gate()
+    bus.subscribe(ControlCommand, gate, name="slow", maxsize=1, overflow=Overflow.BLOCK)
+    await bus.start()
+    await bus.publish(cmd(0))
+    await gate.entered.wait()          # 0 is in the handler, queue empty
+    await bus.publish(cmd(1))          # fills the queue
+    third = asyncio.create_task(bus.publish(cmd(2)))
+    await asyncio.sleep(0)
+    assert not third.done()            # waiting for room
+    assert bus.offer(cmd(3)) is False  # offer never waits and never drops for BLOCK
+    gate.release.set()
+    await third
+    await bus.drain(timeout=2)
+    assert [m.reason for m in gate.seen] == ["0", "1", "2"]
+
+
+async def test_reject_refuses_and_delivers_to_nobody(bus: Bus) -> None:
+    gate = Gate()
+    other: list[str] = []
+
+    async def fast(m: TradeProposal) -> None:
+        other.append(m.proposal_id)
+
+    bus.subscribe(TradeProposal, fast, name="journal", maxsize=100)
+    bus.subscribe(TradeProposal, gate, name="risk", maxsize=1, overflow=Overflow.REJECT)
+    await bus.start()
+    assert bus.offer(proposal(0))
+    await gate.entered.wait()
+    assert bus.offer(proposal(1))           # queued
+    assert bus.offer(proposal(2)) is False  # risk queue full: nobody gets it
+    with pytest.raises(BusOverloaded) as ei:
+        await bus.publish(proposal(3))
+    assert ei.value.subscription == "risk" and ei.value.code == "OVERLOADED"
+    assert isinstance(ei.value, BusError)
+    gate.release.set()
+    await bus.drain(timeout=2)
+    assert [m.proposal_id for m in gate.seen] == ["p-0", "p-1"]
+    assert other == ["p-0", "p-1"]
+    assert bus.stats()["risk:TradeProposal"]["rejected"] == 2
+
+
+async def test_drop_oldest_keeps_the_latest(bus: Bus) -> None:
+    gate = Gate()
+    bus.subscribe(PortfolioSnapshot, gate, name="mqtt", maxsize=2, overflow=Overflow.DROP_OLDEST)
+    await bus.start()
+    snaps = [PortfolioSnapshot(ts=CLOCK.now(), account=f"U{i}") for i in range(5)]
+    await bus.publish(snaps[0])
+    await gate.entered.wait()
+    with capture_logs() as logs:
+        for s in snaps[1:4]:
+            await bus.publish(s)
+        assert bus.offer(snaps[4])
+    assert [e["event"] for e in logs].count("bus_dropped_oldest") == 2
+    gate.release.set()
+    await bus.drain(timeout=2)
+    assert [s.account for s in gate.seen] == ["U0", "U3", "U4"]
+    assert bus.stats()["mqtt:PortfolioSnapshot"]["dropped"] == 2
+
+
+async def test_request_reply(bus: Bus) -> None:
+    async def double(x: int) -> int:
+        return 2 * x
+
+    async def explode(_: Any) -> None:
+        raise ValueError("bad payload")
+
+    never = asyncio.Event()
+
+    async def hang(_: Any) -> None:
+        await never.wait()
+
+    bus.serve("double", double)
+    bus.serve("explode", explode)
+    bus.serve("hang", hang)
+    with pytest.raises(ServiceAlreadyServed):
+        bus.serve("double", double)
+    await bus.start()
+    assert await bus.request("double", 21, timeout=1) == 42
+    with pytest.raises(ValueError, match="bad payload"):
+        await bus.request("explode", None, timeout=1)
+    with pytest.raises(RequestTimeout) as ei:
+        await bus.request("hang", None, timeout=0.05)
+    assert ei.value.service == "hang"
+    with pytest.raises(NoSuchService):
+        await bus.request("nobody", None, timeout=1)
+
+
+async def test_lifecycle() -> None:
+    b = Bus(clock=CLOCK)
+    got: list[Any] = []
+
+    async def h(m: ControlCommand) -> None:
+        got.append(m)
+
+    b.subscribe(ControlCommand, h, name="h")
+    assert b.state is BusState.UNOPENED
+    await b.publish(cmd(0))  # queued until start
+    with pytest.raises(LifecycleError):
+        await b.drain(timeout=1)
+    await b.start()
+    with pytest.raises(LifecycleError):
+        await b.start()
+    await b.drain(timeout=1)
+    assert got == [cmd(0)]
+    await b.close()
+    assert b.state is BusState.CLOSED
+    await b.close()  # idempotent
+    with pytest.raises(LifecycleError):
+        await b.start()
+    with pytest.raises(LifecycleError):
+        await b.publish(cmd(1))
+    with pytest.raises(LifecycleError):
+        b.offer(cmd(1))
+    with pytest.raises(LifecycleError):
+        b.subscribe(ControlCommand, h, name="late")
+    with pytest.raises(LifecycleError):
+        await b.request("x", None, timeout=1)
+
+
+async def test_subscribe_after_start_and_unsubscribe(bus: Bus) -> None:
+    got: list[str] = []
+
+    async def h(m: ControlCommand) -> None:
+        got.append(m.reason)
+
+    await bus.start()
+    sub = bus.subscribe(ControlCommand, h, name="late")
+    await bus.publish(cmd(1))
+    await bus.drain(timeout=1)
+    await bus.unsubscribe(sub)
+    await bus.publish(cmd(2))
+    await bus.drain(timeout=1)
+    assert got == ["1"]
+    with pytest.raises(ValueError):
+        bus.subscribe(ControlCommand, h, name="x", maxsize=0)
+
+
+async def test_drain_times_out_with_pending(bus: Bus) -> None:
+    gate = Gate()
+    bus.subscribe(ControlCommand, gate, name="stuck")
+    await bus.start()
+    await bus.publish(cmd(0))
+    await bus.publish(cmd(1))
+    await gate.entered.wait()
+    with pytest.raises(DrainTimeout) as ei:
+        await bus.drain(timeout=0.05)
+    assert ei.value.pending == {"stuck:ControlCommand": 1}
+    gate.release.set()
+    await bus.drain(timeout=1)
+
+
+async def test_handler_runs_with_bound_context(bus: Bus) -> None:
+    from core.logs import get_logger
+
+    inner = get_logger("test")
+
+    async def h(m: TradeProposal) -> None:
+        inner.info("handling")
+
+    bus.subscribe(TradeProposal, h, name="h")
+    await bus.start()
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        await bus.publish(proposal(7, agent="beta"))
+        await bus.drain(timeout=1)
+    line = next(e for e in logs if e["event"] == "handling")
+    assert line["proposal_id"] == "p-7" and line["agent_id"] == "beta"
