@@ -1,0 +1,865 @@
+"""The journal: a durable, append-only record of everything the daemon decided and IB said.
+
+Restart and reconnect code reads it to reconcile: which intents never reached IB, which
+executions are already counted, what was decided for a proposal. SQLite (WAL) from the
+standard library; one connection owned by one writer thread, so the event loop never waits
+on an fsync.
+
+Errors (all carry the proposal_id they concern, when there is one)::
+
+    JournalError
+     ├── JournalStateError      used before open / after close, or opened twice
+     ├── SchemaVersionError     file written by a newer schema than this code knows
+     ├── DuplicateIntent        a second intent for a proposal_id (a second order would follow)
+     ├── UnknownIntent          mark_intent for a proposal_id without an intent
+     └── IntentStateError       an illegal intent state move (e.g. done -> sent)
+
+Durability (measured in bench/bench_journal.py, figures in the module docstring there):
+WAL + synchronous=NORMAL survives a SIGKILL at any point (the OS keeps the written WAL
+pages) but may lose the last commits on power loss or a kernel crash; WAL + FULL fsyncs the
+WAL on every commit and survives both. Records whose loss after a power cut could cause a
+wrong action are committed FULL (`DURABLE_KINDS`): intents and their state moves (an order
+may be at IB), decisions (idempotency of a re-delivered proposal), trading-state changes (a
+HALT must stay a HALT). Everything IB can tell us again on reconnect (acks, statuses, fills,
+commissions) and the rest are NORMAL; a later FULL commit fsyncs them too, because the WAL is
+one sequential file. Writes that arrive together are committed together (group commit), so
+one fsync serves every waiter in the batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import queue
+import sqlite3
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from enum import Enum, StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from core.clock import SYSTEM_CLOCK, Clock
+from core.logs import get_logger
+
+log = get_logger(__name__)
+
+DEFAULT_PATH = Path("data/journal.sqlite")
+SCHEMA_VERSION = 2
+BATCH_MAX = 512  # most operations committed in one transaction (one fsync)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class JournalError(Exception):
+    def __init__(self, message: str, *, proposal_id: str | None = None) -> None:
+        super().__init__(message)
+        self.proposal_id = proposal_id
+
+
+class JournalStateError(JournalError):
+    pass
+
+
+class SchemaVersionError(JournalError):
+    pass
+
+
+class DuplicateIntent(JournalError):
+    pass
+
+
+class UnknownIntent(JournalError):
+    pass
+
+
+class IntentStateError(JournalError):
+    pass
+
+
+# --------------------------------------------------------------------------- kinds and states
+
+
+class EventKind(StrEnum):
+    PROPOSAL = "proposal"
+    DECISION = "decision"
+    INTENT = "intent"
+    ACK = "ack"
+    ORDER_STATUS = "order_status"
+    FILL = "fill"
+    COMMISSION = "commission"
+    TRADING_STATE = "trading_state"
+    ALERT = "alert"
+    RECONCILE = "reconcile"
+    NOTE = "note"
+
+
+# committed with synchronous=FULL: losing these after a power cut could cause a wrong action
+DURABLE_KINDS: frozenset[EventKind] = frozenset(
+    {EventKind.INTENT, EventKind.DECISION, EventKind.TRADING_STATE}
+)
+
+
+class IntentState(StrEnum):
+    """pending -> sent -> acked -> done | failed; `unknown` when restart cannot tell yet."""
+
+    PENDING = "pending"   # journaled, not yet handed to IB
+    SENT = "sent"         # placeOrder called for every leg
+    ACKED = "acked"       # IB acknowledged (an order status came back)
+    DONE = "done"         # the bracket is finished at IB (filled out or cancelled)
+    FAILED = "failed"     # never placed, or rejected by IB
+    UNKNOWN = "unknown"   # restart found it unresolved; reconciliation will settle it
+
+    @property
+    def terminal(self) -> bool:
+        return self in (IntentState.DONE, IntentState.FAILED)
+
+
+_RANK = {IntentState.PENDING: 0, IntentState.SENT: 1, IntentState.ACKED: 2,
+         IntentState.DONE: 3, IntentState.FAILED: 3}
+
+
+def intent_move_allowed(old: IntentState, new: IntentState) -> bool:
+    """Forward only; `unknown` is reachable from any live state and leaves to any later one."""
+    if old.terminal:
+        return False
+    if new is IntentState.UNKNOWN:
+        return old is not IntentState.UNKNOWN
+    if old is IntentState.UNKNOWN:
+        return new is not IntentState.PENDING
+    return _RANK[new] > _RANK[old]
+
+
+@dataclass(frozen=True, slots=True)
+class IntentRecord:
+    proposal_id: str
+    agent_id: str | None
+    created_ts: datetime
+    updated_ts: datetime
+    state: IntentState
+    order_ids: dict[str, int] | None
+    payload: dict[str, Any]
+
+
+class _Lifecycle(StrEnum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+Synchronous = Literal["auto", "normal", "full"]
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _ts(when: datetime) -> str:
+    """Fixed-width UTC ISO text, so text order is time order: 2026-11-20T15:00:00.000000+00:00."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: models dumped in json mode, non-finite floats as text ("nan", "inf")."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
+        return [_plain(v) for v in items]
+    if isinstance(value, datetime):
+        return _ts(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return _plain(value.value)
+    if isinstance(value, Decimal):
+        return str(value)
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    raise TypeError(f"journal payload holds a {type(value).__name__}, which has no JSON form")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(_plain(value), separators=(",", ":"), allow_nan=False)
+
+
+def _order_ids(value: Any) -> dict[str, int] | None:
+    """BracketOrderIds, a {leg: id} mapping or a sequence (entry, take_profit, stop_loss)."""
+    if value is None:
+        return None
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, Mapping):
+        return {str(k): int(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        legs = ("entry", "take_profit", "stop_loss")
+        if len(value) > len(legs):
+            raise ValueError(f"at most {len(legs)} order ids, got {len(value)}")
+        return {leg: int(v) for leg, v in zip(legs, value)}
+    raise TypeError(f"order_ids must be BracketOrderIds, a mapping or a sequence, not {value!r}")
+
+
+def _ids_from(payload: Mapping[str, Any]) -> tuple[str | None, str | None, int | None]:
+    """proposal_id, agent_id, order_id found at the top of a payload (or in its `proposal`)."""
+    sources = [payload]
+    if isinstance(payload.get("proposal"), Mapping):
+        sources.append(payload["proposal"])
+    pid = aid = None
+    oid: int | None = None
+    for src in sources:
+        if pid is None and isinstance(src.get("proposal_id"), str):
+            pid = src["proposal_id"]
+        if aid is None and isinstance(src.get("agent_id"), str):
+            aid = src["agent_id"]
+        raw = src.get("order_id")
+        if oid is None and isinstance(raw, int) and not isinstance(raw, bool):
+            oid = raw
+    return pid, aid, oid
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def _v1(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE events ("
+        " seq INTEGER PRIMARY KEY, ts TEXT NOT NULL, kind TEXT NOT NULL,"
+        " proposal_id TEXT, agent_id TEXT, order_id INTEGER, payload TEXT NOT NULL)"
+    )
+    conn.execute("CREATE INDEX events_proposal ON events(proposal_id)")
+    conn.execute("CREATE INDEX events_ts ON events(ts)")
+    conn.execute(
+        "CREATE TABLE intents ("
+        " proposal_id TEXT PRIMARY KEY, agent_id TEXT, created_ts TEXT NOT NULL,"
+        " state TEXT NOT NULL, order_ids TEXT, payload TEXT NOT NULL)"
+    )
+    conn.execute("CREATE INDEX intents_state ON intents(state)")
+
+
+def _v2(conn: sqlite3.Connection) -> None:
+    """Fills unique by exec_id (a re-sent execDetails is not a second fill); intent updated_ts."""
+    conn.execute(
+        "CREATE UNIQUE INDEX events_fill_exec ON events(json_extract(payload, '$.exec_id'))"
+        " WHERE kind = 'fill'"
+    )
+    conn.execute("ALTER TABLE intents ADD COLUMN updated_ts TEXT")
+    conn.execute("UPDATE intents SET updated_ts = created_ts")
+
+
+# MIGRATIONS[n] moves a file from user_version n to n + 1
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
+    """Bring the file to SCHEMA_VERSION in one transaction; returns (old, new) user_version.
+
+    The connection must be in autocommit mode (isolation_level=None).
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        old = conn.execute("PRAGMA user_version").fetchone()[0]
+        if old > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"journal schema {old} is newer than this code's {SCHEMA_VERSION}"
+            )
+        for version in range(old, SCHEMA_VERSION):
+            MIGRATIONS[version](conn)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return old, SCHEMA_VERSION
+
+
+# --------------------------------------------------------------------------- queries
+
+
+_EVENT_COLUMNS = "seq, ts, kind, proposal_id, agent_id, order_id, payload"
+
+
+def _event_query(
+    since: datetime | None = None,
+    proposal_id: str | None = None,
+    kinds: Iterable[str] | None = None,
+    after_seq: int | None = None,
+    limit: int | None = None,
+) -> tuple[str, list[Any]]:
+    where: list[str] = []
+    args: list[Any] = []
+    if since is not None:
+        where.append("ts >= ?")
+        args.append(_ts(since))
+    if proposal_id is not None:
+        where.append("proposal_id = ?")
+        args.append(proposal_id)
+    if kinds is not None:
+        kinds = [EventKind(k).value for k in kinds]
+        where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+        args.extend(kinds)
+    if after_seq is not None:
+        where.append("seq > ?")
+        args.append(after_seq)
+    sql = f"SELECT {_EVENT_COLUMNS} FROM events"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY seq"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
+    return sql, args
+
+
+def _event_row(row: tuple[Any, ...]) -> dict[str, Any]:
+    seq, ts, kind, pid, aid, oid, payload = row
+    return {"seq": seq, "ts": ts, "kind": kind, "proposal_id": pid, "agent_id": aid,
+            "order_id": oid, "payload": json.loads(payload)}
+
+
+def _insert_event(conn: sqlite3.Connection, ts: str, kind: str, pid: str | None,
+                  aid: str | None, oid: int | None, payload: str) -> int:
+    cur = conn.execute(
+        "INSERT INTO events(ts, kind, proposal_id, agent_id, order_id, payload)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (ts, kind, pid, aid, oid, payload),
+    )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+# --------------------------------------------------------------------------- writer thread
+
+
+@dataclass(slots=True)
+class _Op:
+    run: Callable[[sqlite3.Connection], Any]
+    durable: bool | None  # None: a read; True: commit with synchronous=FULL
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    stop: bool = False  # close(): finish what came before, close the connection, answer
+
+
+def _resolve(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if fut.cancelled():
+        return  # the caller went away; the write itself is not withdrawn
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
+
+class _Writer(threading.Thread):
+    """Owns the connection. Drains the queue, runs a batch in one transaction (a savepoint
+    per operation, so one failure does not undo its neighbours), commits once, then answers
+    every waiter. Nobody hears "written" before the commit returned."""
+
+    def __init__(self, path: str, synchronous: Synchronous, batch_max: int) -> None:
+        super().__init__(name="journal-writer", daemon=True)
+        self.path = path
+        self.synchronous = synchronous
+        self.batch_max = batch_max
+        self.ops: queue.SimpleQueue[_Op] = queue.SimpleQueue()
+        self.ready: asyncio.Future[Any] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._sync_full: bool | None = None
+        self.stats = {"batches": 0, "ops": 0, "full_commits": 0}
+
+    # -- setup, in the thread
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal" and self.path != ":memory:":
+                raise JournalError(f"cannot put {self.path} in WAL mode (got {mode!r})")
+            old, new = migrate(conn)
+            if old != new:
+                log.info("journal.migrated", path=self.path, old_version=old, new_version=new)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _set_sync(self, conn: sqlite3.Connection, full: bool) -> None:
+        if self.synchronous != "auto":
+            full = self.synchronous == "full"
+        if full != self._sync_full:
+            conn.execute(f"PRAGMA synchronous = {'FULL' if full else 'NORMAL'}")
+            self._sync_full = full
+
+    def run(self) -> None:
+        assert self.loop is not None and self.ready is not None
+        try:
+            conn = self._connect()
+        except BaseException as exc:  # delivered to open(), which raises it
+            self.loop.call_soon_threadsafe(_resolve, self.ready, None, exc)
+            return
+        self.loop.call_soon_threadsafe(_resolve, self.ready, None, None)
+        closing: _Op | None = None
+        try:
+            while closing is None:
+                batch: list[_Op] = [self.ops.get()]
+                while len(batch) < self.batch_max:
+                    try:
+                        batch.append(self.ops.get_nowait())
+                    except queue.Empty:
+                        break
+                stop_at = next((i for i, op in enumerate(batch) if op.stop), None)
+                if stop_at is not None:
+                    closing = batch[stop_at]
+                    for late in batch[stop_at + 1:]:  # submitted after close(): refused
+                        late.loop.call_soon_threadsafe(
+                            _resolve, late.future, None, JournalStateError("journal is closed"))
+                    batch = batch[:stop_at]
+                if batch:
+                    self._run_batch(conn, batch)
+        finally:
+            error: BaseException | None = None
+            try:
+                conn.close()
+            except sqlite3.Error as exc:
+                error = exc
+            if closing is not None:
+                closing.loop.call_soon_threadsafe(_resolve, closing.future, None, error)
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        results: list[tuple[Any, BaseException | None]] = []
+        writes = [op.durable for op in batch if op.durable is not None]
+        try:
+            if writes:
+                self._set_sync(conn, any(writes))
+            conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+            for op in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = op.run(conn)
+                except Exception as exc:  # the caller receives it through its future
+                    conn.execute("ROLLBACK TO op")
+                    results.append((None, exc))
+                else:
+                    results.append((result, None))
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.error("journal.commit_failed", error=str(exc), batch=len(batch))
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            results = [(None, exc)] * len(batch)
+        else:
+            self.stats["batches"] += 1
+            self.stats["ops"] += len(batch)
+            self.stats["full_commits"] += bool(writes) and bool(self._sync_full)
+        for op, (result, error) in zip(batch, results):
+            op.loop.call_soon_threadsafe(_resolve, op.future, result, error)
+
+
+# --------------------------------------------------------------------------- the journal
+
+
+class Journal:
+    """Async journal over one SQLite file.
+
+    `journal = await Journal.open(path, clock)` or `async with Journal(path, clock) as j:`.
+    Every method is a coroutine answered by the writer thread after its commit. A cancelled
+    caller does not withdraw a write already queued.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        clock: Clock = SYSTEM_CLOCK,
+        *,
+        synchronous: Synchronous = "auto",
+        batch_max: int = BATCH_MAX,
+    ) -> None:
+        if synchronous not in ("auto", "normal", "full"):
+            raise ValueError(f"synchronous must be auto, normal or full, not {synchronous!r}")
+        if batch_max < 1:
+            raise ValueError("batch_max must be at least 1")
+        self.path = Path(path)
+        self.clock = clock
+        self.synchronous = synchronous
+        self.batch_max = batch_max
+        self._state = _Lifecycle.UNOPENED
+        self._writer: _Writer | None = None
+
+    # -- lifecycle
+    @classmethod
+    async def open(cls, path: Path | str, clock: Clock = SYSTEM_CLOCK, **kwargs: Any) -> Journal:
+        journal = cls(path, clock, **kwargs)
+        await journal.start()
+        return journal
+
+    async def start(self) -> None:
+        if self._state is not _Lifecycle.UNOPENED:
+            raise JournalStateError(f"journal is {self._state}, cannot open")
+        target = str(self.path)
+        if target != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        writer = _Writer(target, self.synchronous, self.batch_max)
+        writer.loop = loop
+        writer.ready = loop.create_future()
+        writer.start()
+        await writer.ready
+        self._writer = writer
+        self._state = _Lifecycle.OPEN
+        log.info("journal.opened", path=target, synchronous=self.synchronous)
+
+    async def close(self) -> None:
+        """Finish every queued operation, close the file. Closing twice is a no-op."""
+        if self._state is not _Lifecycle.OPEN:
+            self._state = _Lifecycle.CLOSED
+            return
+        self._state = _Lifecycle.CLOSED
+        writer = self._writer
+        assert writer is not None
+        loop = asyncio.get_running_loop()
+        done = _Op(lambda conn: None, None, loop.create_future(), loop, stop=True)
+        writer.ops.put(done)
+        await done.future
+        await asyncio.to_thread(writer.join)
+        log.info("journal.closed", path=str(self.path), **writer.stats)
+
+    async def __aenter__(self) -> Journal:
+        if self._state is _Lifecycle.UNOPENED:
+            await self.start()
+        elif self._state is _Lifecycle.CLOSED:
+            raise JournalStateError("journal is closed")
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._state is _Lifecycle.OPEN
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Batches and operations committed so far (group commit at work: ops / batches)."""
+        return dict(self._writer.stats) if self._writer else {}
+
+    def _submit(self, run: Callable[[sqlite3.Connection], Any], durable: bool | None) -> Any:
+        if self._state is not _Lifecycle.OPEN:
+            raise JournalStateError(f"journal is {self._state}")
+        assert self._writer is not None
+        loop = asyncio.get_running_loop()
+        op = _Op(run, durable, loop.create_future(), loop)
+        self._writer.ops.put(op)
+        return op.future
+
+    # -- writes
+    async def record(
+        self,
+        kind: EventKind | str,
+        *,
+        proposal_id: str | None = None,
+        agent_id: str | None = None,
+        order_id: int | None = None,
+        payload: Mapping[str, Any] | BaseModel | None = None,
+        durable: bool | None = None,
+    ) -> int:
+        """Append one event; returns its seq once committed.
+
+        proposal_id / agent_id / order_id default to the payload's own fields. A fill whose
+        exec_id is already journaled is not written again: the first one's seq is returned.
+        `durable` overrides the per-kind choice (`DURABLE_KINDS`).
+        """
+        kind = EventKind(kind)
+        if kind is EventKind.INTENT:
+            raise ValueError("intents are written with record_intent(), which keeps the intents table")
+        body = _plain(payload if payload is not None else {})
+        if not isinstance(body, dict):
+            raise TypeError("a journal payload is a mapping or a pydantic model")
+        pid, aid, oid = _ids_from(body)
+        pid = proposal_id if proposal_id is not None else pid
+        aid = agent_id if agent_id is not None else aid
+        oid = order_id if order_id is not None else oid
+        text = json.dumps(body, separators=(",", ":"), allow_nan=False)
+        ts = _ts(self.clock.now())
+        exec_id = body.get("exec_id") if kind is EventKind.FILL else None
+
+        def run(conn: sqlite3.Connection) -> int:
+            if exec_id is not None:
+                row = conn.execute(
+                    "SELECT seq FROM events WHERE kind = 'fill'"
+                    " AND json_extract(payload, '$.exec_id') = ?", (exec_id,)).fetchone()
+                if row is not None:
+                    log.info("journal.fill_duplicate", exec_id=exec_id, seq=row[0],
+                             proposal_id=pid)
+                    return int(row[0])
+            return _insert_event(conn, ts, kind.value, pid, aid, oid, text)
+
+        return await self._submit(run, kind in DURABLE_KINDS if durable is None else durable)
+
+    async def record_intent(
+        self,
+        bracket: BaseModel | Mapping[str, Any],
+        order_ids: Any = None,
+    ) -> int:
+        """Journal the intent to place `bracket` (state pending), durable (FULL) before
+        returning; returns the event seq. Call it BEFORE the order is sent. A second intent
+        for the same proposal_id raises DuplicateIntent and writes nothing."""
+        body = _plain(bracket)
+        if not isinstance(body, dict):
+            raise TypeError("an intent is an ApprovedBracket or a mapping")
+        pid, aid, _ = _ids_from(body)
+        if pid is None:
+            raise ValueError("an intent needs a proposal_id (top level or in `proposal`)")
+        ids = _order_ids(order_ids)
+        ts = _ts(self.clock.now())
+        event = _dumps({"state": IntentState.PENDING, "order_ids": ids, "bracket": body})
+        ids_text = None if ids is None else _dumps(ids)
+        body_text = _dumps(body)
+
+        def run(conn: sqlite3.Connection) -> int:
+            try:
+                conn.execute(
+                    "INSERT INTO intents(proposal_id, agent_id, created_ts, updated_ts, state,"
+                    " order_ids, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (pid, aid, ts, ts, IntentState.PENDING.value, ids_text, body_text))
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateIntent(f"an intent for {pid} is already journaled",
+                                      proposal_id=pid) from exc
+            return _insert_event(conn, ts, EventKind.INTENT.value, pid, aid,
+                                 ids.get("entry") if ids else None, event)
+
+        seq = await self._submit(run, True)
+        log.info("journal.intent", proposal_id=pid, agent_id=aid, seq=seq, order_ids=ids)
+        return seq
+
+    async def mark_intent(
+        self, proposal_id: str, state: IntentState | str, order_ids: Any = None
+    ) -> IntentState:
+        """Move an intent to `state` (durable); returns the previous state.
+
+        Moving to the state it is already in is a no-op (returns it). Illegal moves raise
+        IntentStateError; an unknown proposal_id raises UnknownIntent. Each move is also an
+        `intent` event: {"state": new, "from": old, "order_ids": ...}.
+        """
+        new = IntentState(state)
+        ids = _order_ids(order_ids)
+        ts = _ts(self.clock.now())
+
+        def run(conn: sqlite3.Connection) -> IntentState:
+            row = conn.execute(
+                "SELECT state, agent_id, order_ids FROM intents WHERE proposal_id = ?",
+                (proposal_id,)).fetchone()
+            if row is None:
+                raise UnknownIntent(f"no intent for {proposal_id}", proposal_id=proposal_id)
+            old = IntentState(row[0])
+            if old is new and ids is None:
+                return old
+            if old is not new and not intent_move_allowed(old, new):
+                raise IntentStateError(f"intent {proposal_id}: {old} -> {new} is not allowed",
+                                       proposal_id=proposal_id)
+            merged = ids if ids is not None else (json.loads(row[2]) if row[2] else None)
+            conn.execute(
+                "UPDATE intents SET state = ?, updated_ts = ?, order_ids = ? WHERE proposal_id = ?",
+                (new.value, ts, None if merged is None else _dumps(merged), proposal_id))
+            _insert_event(conn, ts, EventKind.INTENT.value, proposal_id, row[1],
+                          merged.get("entry") if merged else None,
+                          _dumps({"state": new, "from": old, "order_ids": merged}))
+            return old
+
+        old = await self._submit(run, True)
+        if old is not new:
+            log.info("journal.intent_state", proposal_id=proposal_id, old=old, new=new)
+        return old
+
+    # -- reads
+    async def intents(
+        self, states: Iterable[IntentState | str] | IntentState | str | None = None
+    ) -> list[IntentRecord]:
+        """Intents in the given states (all when None), oldest first.
+
+        After a restart, `intents(states=("pending", "sent", "unknown"))` are the ones whose
+        fate at IB must be looked up by orderRef before anything else is sent.
+        """
+        if isinstance(states, str):
+            states = [states]
+        wanted = None if states is None else [IntentState(s).value for s in states]
+        sql = ("SELECT proposal_id, agent_id, created_ts, updated_ts, state, order_ids, payload"
+               " FROM intents")
+        args: list[Any] = []
+        if wanted is not None:
+            sql += f" WHERE state IN ({', '.join('?' * len(wanted))})"
+            args = wanted
+        sql += " ORDER BY created_ts, rowid"
+
+        def run(conn: sqlite3.Connection) -> list[IntentRecord]:
+            return [
+                IntentRecord(
+                    proposal_id=r[0], agent_id=r[1],
+                    created_ts=datetime.fromisoformat(r[2]),
+                    updated_ts=datetime.fromisoformat(r[3] or r[2]),
+                    state=IntentState(r[4]),
+                    order_ids=json.loads(r[5]) if r[5] else None,
+                    payload=json.loads(r[6]),
+                )
+                for r in conn.execute(sql, args)
+            ]
+
+        return await self._submit(run, None)
+
+    async def decision_for(self, proposal_id: str) -> dict[str, Any] | None:
+        """The payload of the FIRST decision journaled for proposal_id, or None."""
+
+        def run(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                "SELECT payload FROM events WHERE proposal_id = ? AND kind = 'decision'"
+                " ORDER BY seq LIMIT 1", (proposal_id,)).fetchone()
+            return None if row is None else json.loads(row[0])
+
+        return await self._submit(run, None)
+
+    async def exec_ids(self) -> set[str]:
+        """Every exec_id journaled as a fill (reconciliation: anything else IB reports is missed)."""
+
+        def run(conn: sqlite3.Connection) -> set[str]:
+            return {
+                str(r[0]) for r in conn.execute(
+                    "SELECT json_extract(payload, '$.exec_id') FROM events"
+                    " WHERE kind = 'fill' AND json_extract(payload, '$.exec_id') IS NOT NULL")
+            }
+
+        return await self._submit(run, None)
+
+    async def last_exec_id(self) -> str | None:
+        """exec_id of the most recently journaled fill, or None."""
+
+        def run(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT json_extract(payload, '$.exec_id') FROM events WHERE kind = 'fill'"
+                " AND json_extract(payload, '$.exec_id') IS NOT NULL ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._submit(run, None)
+
+    async def events(
+        self,
+        since: datetime | None = None,
+        proposal_id: str | None = None,
+        *,
+        kinds: Iterable[EventKind | str] | EventKind | str | None = None,
+        after_seq: int | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Events in seq order, filtered (all filters AND-ed). Each is a dict with seq, ts,
+        kind, proposal_id, agent_id, order_id and payload (decoded)."""
+        if isinstance(kinds, str):
+            kinds = [kinds]
+        sql, args = _event_query(since, proposal_id, kinds, after_seq, limit)
+
+        def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            return [_event_row(r) for r in conn.execute(sql, args)]
+
+        return await self._submit(run, None)
+
+    async def iter_events(
+        self,
+        since: datetime | None = None,
+        proposal_id: str | None = None,
+        *,
+        kinds: Iterable[EventKind | str] | EventKind | str | None = None,
+        page: int = 500,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Like events(), fetched `page` rows at a time (for long journals)."""
+        if isinstance(kinds, str):
+            kinds = [kinds]
+        kinds = None if kinds is None else list(kinds)
+        after: int | None = None
+        while True:
+            rows = await self.events(since, proposal_id, kinds=kinds, after_seq=after, limit=page)
+            for row in rows:
+                yield row
+            if len(rows) < page:
+                return
+            after = rows[-1]["seq"]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def read_events(
+    path: Path,
+    since: datetime | None = None,
+    proposal_id: str | None = None,
+    kinds: Iterable[str] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Events from a journal file, read-only and without the daemon (it may be running)."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            raise JournalError(f"{path} is not a bracketgate journal (user_version 0)")
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(f"{path} has schema {version}, newer than {SCHEMA_VERSION}")
+        sql, args = _event_query(since, proposal_id, kinds)
+        for row in conn.execute(sql, args):
+            yield _event_row(row)
+    finally:
+        conn.close()
+
+
+def _since(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from exc
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python run.py journal [--path FILE] [--since ISO] [--proposal ID] [--kind K]...`
+
+    Prints matching events as JSON lines. Exit 0 on success, 2 on a usage error or a missing
+    or unreadable journal.
+    """
+    parser = argparse.ArgumentParser(
+        prog="run.py journal", description="Print journal events as JSON lines.")
+    parser.add_argument("--path", type=Path,
+                        default=Path(os.environ.get("JOURNAL_PATH") or DEFAULT_PATH),
+                        help="journal file (default: $JOURNAL_PATH or data/journal.sqlite)")
+    parser.add_argument("--since", type=_since, help="only events at or after this time (ISO 8601; naive = UTC)")
+    parser.add_argument("--proposal", help="only events of this proposal_id")
+    parser.add_argument("--kind", action="append", choices=[k.value for k in EventKind],
+                        help="only events of this kind (repeatable)")
+    args = parser.parse_args(argv)
+    if not args.path.is_file():
+        print(f"journal: no journal file at {args.path}", file=sys.stderr)
+        return 2
+    try:
+        for event in read_events(args.path, args.since, args.proposal, args.kind):
+            sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader (e.g. `| head`) went away: not an error; keep Python's exit flush quiet
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except (JournalError, sqlite3.Error) as exc:
+        print(f"journal: cannot read {args.path}: {exc}", file=sys.stderr)
+        return 2
+    return 0
