@@ -1,0 +1,946 @@
+"""The ONE IB connection. The only module that imports the IB client library.
+
+`IBBroker` owns one ib_async `IB` (ib_insync 0.9.86 works as a drop-in), keeps it connected
+(jittered exponential backoff), classifies IB's error codes, turns IB objects into the bus
+models of bus/messages.py at this boundary, and offers the rest of the daemon a small port:
+resolve a contract, place / cancel a bracket, what-if, read the converted account state.
+
+Connection lifecycle (published as BrokerConnection on the bus):
+  DISCONNECTED -> CONNECTING -> CONNECTED (socket up, syncing) -> READY (synced + reconciled)
+  READY -> CONNECTIVITY_LOST (1100) -> READY (1101/1102 + fresh sync) ; any -> DISCONNECTED
+
+State kept here (one line each):
+  _contracts:     proposal contract key -> ResolvedContract   (qualified once, cached)
+  _ib_contracts:  conId -> ib Contract                         (for orders and market data)
+  _tickers:       conId -> ib Ticker                           (streaming quotes)
+  _pnl_single:    conId -> ib PnLSingle                        (one reqPnLSingle per position)
+  _pending_execs: execId -> (BrokerExecution, deadline handle) (waiting for commissionReport)
+  _seen_execs:    set of execIds already published             (dedupe live + reqExecutions)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any
+
+try:  # ib_async is the chosen library; ib_insync 0.9.86 has the same API
+    import ib_async as ibl
+
+    IB_LIBRARY = "ib_async"
+except ImportError:  # pragma: no cover - exercised in the ib_insync virtualenv
+    import ib_insync as ibl  # type: ignore[no-redef]
+
+    IB_LIBRARY = "ib_insync"
+
+from bus.messages import (
+    ApprovedBracket,
+    BracketOrderIds,
+    BrokerConnection,
+    BrokerDataChanged,
+    BrokerExecution,
+    BrokerOrderUpdate,
+    ConnectionState,
+    OrderType,
+    PnL,
+    Position,
+    Quote,
+    ResolvedContract,
+    Right,
+    SecType,
+    Side,
+    TradeProposal,
+    WorkingOrder,
+)
+from bus.errors import BrokerConnectError, BrokerError, BrokerNotConnected, BrokerTimeout, PlacementError
+from core.clock import SYSTEM_CLOCK, Clock
+from core.logs import get_logger
+
+log = get_logger("adapters.ib")
+
+UNSET_DOUBLE = 1.7976931348623157e308
+LIVE_PORTS = frozenset({4001, 7496})
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class DuplicateOrderRefError(PlacementError):
+    """IB already has orders with this orderRef: never send a second bracket for a proposal."""
+
+    def __init__(self, order_ref: str, order_ids: BracketOrderIds | None) -> None:
+        super().__init__(f"IB already has orders with orderRef {order_ref!r}", code="DUPLICATE_ORDER_REF")
+        self.order_ref = order_ref
+        self.order_ids = order_ids
+
+
+# --------------------------------------------------------------------------- error codes
+
+
+class ErrorClass(StrEnum):
+    INFO = "info"                  # farm status and other notices
+    CONNECTIVITY = "connectivity"  # 1100/1101/1102/1300
+    ORDER = "order"                # an order was rejected, cancelled or warned about
+    REQUEST = "request"            # a request (contract details, what-if, market data) failed
+    CONNECTION = "connection"      # 326, 502, 504, 507...
+    WARNING = "warning"
+    ERROR = "error"
+
+
+INFO_CODES = frozenset({2104, 2106, 2107, 2108, 2119, 2158, 2100, 2150, 2169})
+CONNECTIVITY_CODES = frozenset({1100, 1101, 1102, 1300})
+CONNECTION_CODES = frozenset({326, 502, 504, 507, 509, 1300})
+ORDER_CODES = frozenset({
+    103, 104, 105, 106, 107, 109, 110, 111, 113, 116, 117, 118, 119, 120, 121, 122, 123, 124,
+    125, 126, 129, 131, 132, 133, 134, 135, 136, 137, 140, 141, 146, 147, 148, 151, 152, 153,
+    154, 155, 156, 157, 158, 159, 160, 161, 163, 164, 166, 167, 168, 200, 201, 202, 203, 313,
+    314, 315, 321, 325, 328, 329, 383, 387, 388, 399, 404, 434, 435, 436, 437, 10147, 10148,
+    10149, 10187, 10289, 10290,
+})
+
+
+def classify_error(code: int) -> ErrorClass:
+    if code in CONNECTIVITY_CODES:
+        return ErrorClass.CONNECTIVITY
+    if code in CONNECTION_CODES:
+        return ErrorClass.CONNECTION
+    if code in INFO_CODES:
+        return ErrorClass.INFO
+    if 2100 <= code < 2200:
+        return ErrorClass.WARNING
+    if code in ORDER_CODES:
+        return ErrorClass.ORDER
+    if code in (162, 165, 300, 309, 310, 322, 354, 10090, 10167, 10168, 10197):
+        return ErrorClass.REQUEST
+    return ErrorClass.ERROR
+
+
+# --------------------------------------------------------------------------- conversions
+
+
+def ib_number(value: Any) -> float | None:
+    """An IB double as float, or None for nan / IB's unset value / not a number."""
+    if value is None or value == "":
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    if math.isnan(f) or math.isinf(f) or f >= UNSET_DOUBLE * 0.5:
+        return None
+    return f
+
+
+def _side(action: str) -> Side | None:
+    a = (action or "").upper()
+    if a in ("BUY", "BOT"):
+        return Side.BUY
+    if a in ("SELL", "SLD", "SSHORT"):
+        return Side.SELL
+    return None
+
+
+def _multiplier(contract: Any) -> float:
+    m = ib_number(getattr(contract, "multiplier", "") or None)
+    return m if m else 1.0
+
+
+def contract_key(p: TradeProposal) -> tuple:
+    return (p.symbol, p.sec_type, p.exchange, p.currency, p.expiry, p.strike, p.right)
+
+
+def _to_ib_contract(p: TradeProposal) -> Any:
+    if p.sec_type is SecType.STK:
+        return ibl.Stock(p.symbol, p.exchange, p.currency)
+    if p.sec_type is SecType.OPT:
+        return ibl.Option(p.symbol, p.expiry or "", p.strike or 0.0, p.right.value if p.right else "",
+                          p.exchange, currency=p.currency)
+    # futures: SMART is not a futures venue; an empty exchange lets IB match any
+    exchange = "" if p.exchange == "SMART" else p.exchange
+    expiry = "" if p.expiry in (None, "front") else p.expiry
+    return ibl.Future(p.symbol, expiry, exchange, currency=p.currency)
+
+
+def _resolved(c: Any, min_tick: float) -> ResolvedContract:
+    right = getattr(c, "right", "") or None
+    return ResolvedContract(
+        con_id=c.conId, symbol=c.symbol, sec_type=SecType(c.secType), exchange=c.exchange or "",
+        currency=c.currency or "USD", multiplier=_multiplier(c), min_tick=min_tick or 0.01,
+        expiry=c.lastTradeDateOrContractMonth or None, strike=c.strike or None,
+        right=Right(right) if right in ("C", "P") else None,
+        local_symbol=c.localSymbol or None, trading_class=c.tradingClass or None,
+    )
+
+
+def order_update_from_trade(trade: Any, ts: datetime, code: int | None = None,
+                            message: str | None = None) -> BrokerOrderUpdate:
+    o, s, c = trade.order, trade.orderStatus, trade.contract
+    return BrokerOrderUpdate(
+        order_id=o.orderId, perm_id=o.permId or None, client_id=o.clientId, parent_id=o.parentId or None,
+        order_ref=o.orderRef or "", symbol=c.symbol or "", side=_side(o.action),
+        order_type=o.orderType or "", quantity=float(o.totalQuantity or 0),
+        limit_price=ib_number(o.lmtPrice), stop_price=ib_number(o.auxPrice),
+        status=s.status or "", filled=float(s.filled or 0), remaining=float(s.remaining or 0),
+        avg_fill_price=ib_number(s.avgFillPrice) or None, code=code, message=message, ts=ts,
+    )
+
+
+# --------------------------------------------------------------------------- the broker
+
+
+Publish = Callable[[Any], Awaitable[None]]
+ReconcileHook = Callable[[], Awaitable[None]]
+
+
+class IBBroker:
+    """The one IB connection, as an async context manager.
+
+    `publish` is the bus's publish (agents meet the broker's events on the bus). Events are
+    queued by IB's synchronous callbacks and published in order by one pump task.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        client_id: int,
+        account: str = "",
+        publish: Publish,
+        clock: Clock = SYSTEM_CLOCK,
+        connect_timeout: float = 5.0,
+        request_timeout: float = 5.0,
+        ack_timeout: float = 3.0,
+        heartbeat_s: float = 2.0,
+        reconnect: bool = True,
+        backoff_base: float = 0.2,
+        backoff_cap: float = 10.0,
+        live_ok: bool = False,
+    ) -> None:
+        if port in LIVE_PORTS and not live_ok:
+            raise BrokerConnectError(f"port {port} is a LIVE trading port; refusing without explicit live opt-in")
+        self.host, self.port, self.client_id, self.account = host, port, client_id, account
+        self._publish = publish
+        self._clock = clock
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.ack_timeout = ack_timeout
+        self.heartbeat_s = heartbeat_s
+        self.reconnect = reconnect
+        self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+
+        self.ib = ibl.IB()
+        self.ib.RaiseRequestErrors = True
+        self.state = ConnectionState.DISCONNECTED
+        self.reconciled = False
+        self._closing = False
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._pump_task: asyncio.Task | None = None
+        self._supervisor: asyncio.Task | None = None
+        self._heartbeat_task: asyncio.Task | None = None
+        self._disconnected = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._reconcile_hooks: list[ReconcileHook] = []
+        self._connect_errors: list[tuple[int, str]] = []
+        self._max_order_id = 0
+
+        self._contracts: dict[tuple, ResolvedContract] = {}
+        self._ib_contracts: dict[int, Any] = {}
+        self._tickers: dict[int, Any] = {}
+        self._quote_waiters: dict[int, asyncio.Event] = {}
+        self._pnl: Any = None
+        self._pnl_single: dict[int, Any] = {}
+        self._pending_execs: dict[str, tuple[BrokerExecution, asyncio.TimerHandle]] = {}
+        self._seen_execs: set[str] = set()
+        # freshness: when each part was last updated or confirmed current by a heartbeat
+        self._ts: dict[str, datetime | None] = {"account": None, "positions": None, "pnl": None}
+        self._synced: set[str] = set()
+        self._dirty: set[str] = set()
+
+        ib = self.ib
+        ib.errorEvent += self._on_error
+        ib.disconnectedEvent += self._on_disconnected
+        ib.orderStatusEvent += self._on_order_status
+        ib.openOrderEvent += self._on_order_status
+        ib.execDetailsEvent += self._on_exec_details
+        ib.commissionReportEvent += self._on_commission
+        ib.positionEvent += lambda *_: self._touch("positions")
+        ib.updatePortfolioEvent += lambda *_: self._touch("positions")
+        ib.accountValueEvent += lambda *_: self._touch("account")
+        ib.pnlEvent += self._on_pnl
+        ib.pnlSingleEvent += lambda *_: self._touch("pnl")
+        ib.pendingTickersEvent += self._on_tickers
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> IBBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Connect once (raising BrokerConnectError with a clear message), then keep connected."""
+        self._pump_task = asyncio.create_task(self._pump(), name="ib-event-pump")
+        await self._connect_once()
+        self._supervisor = asyncio.create_task(self._supervise(), name="ib-supervisor")
+        self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="ib-heartbeat")
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in (self._supervisor, self._heartbeat_task):
+            if task:
+                task.cancel()
+        for task in (self._supervisor, self._heartbeat_task):
+            if task:
+                await asyncio.gather(task, return_exceptions=True)
+        if self.ib.isConnected():
+            self.ib.disconnect()
+        for _, handle in self._pending_execs.values():
+            handle.cancel()
+        self._flush_pending_execs()
+        self._set_state(ConnectionState.DISCONNECTED, message="closed")
+        await self._drain_outbox()
+        if self._pump_task:
+            self._pump_task.cancel()
+            await asyncio.gather(self._pump_task, return_exceptions=True)
+
+    def add_reconcile_hook(self, hook: ReconcileHook) -> None:
+        """Awaited after every (re)connect sync, before the broker is READY again."""
+        self._reconcile_hooks.append(hook)
+
+    async def wait_ready(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    @property
+    def is_ready(self) -> bool:
+        return self.state is ConnectionState.READY
+
+    async def _connect_once(self) -> None:
+        self._set_state(ConnectionState.CONNECTING)
+        self._connect_errors.clear()
+        self._disconnected.clear()
+        self.reconciled = False
+        self._synced.clear()
+        try:
+            await self.ib.connectAsync(self.host, self.port, clientId=self.client_id,
+                                       timeout=self.connect_timeout, account=self.account)
+        except ConnectionRefusedError as e:
+            self._set_state(ConnectionState.DISCONNECTED, code=502, message="connection refused")
+            raise BrokerConnectError(
+                f"cannot connect to IB at {self.host}:{self.port}: nothing is listening "
+                "(is TWS / IB Gateway running with the API enabled on this port?)", code=502) from e
+        except (TimeoutError, asyncio.TimeoutError) as e:
+            code, msg = self._connect_error_detail()
+            self._set_state(ConnectionState.DISCONNECTED, code=code, message="timeout")
+            raise BrokerConnectError(
+                msg or f"timed out after {self.connect_timeout}s connecting to IB at {self.host}:{self.port}",
+                code=code) from e
+        except (ConnectionError, OSError) as e:
+            code, msg = self._connect_error_detail()
+            self._set_state(ConnectionState.DISCONNECTED, code=code, message=str(e))
+            raise BrokerConnectError(msg or f"IB closed the connection during the handshake: {e}", code=code) from e
+        if not self.account:
+            accounts = self.ib.client.getAccounts()
+            self.account = accounts[0] if accounts else ""
+        self._set_state(ConnectionState.CONNECTED)
+        await self._after_connect()
+
+    def _connect_error_detail(self) -> tuple[int | None, str]:
+        for code, msg in self._connect_errors:
+            if code == 326:
+                return 326, (f"IB refused client id {self.client_id}: it is already in use "
+                             "(set IB_CLIENT_ID to another id or stop the other client)")
+        if self._connect_errors:
+            code, msg = self._connect_errors[-1]
+            return code, f"IB error {code} while connecting: {msg}"
+        return None, ""
+
+    async def _after_connect(self) -> None:
+        """Sync what risk needs, renew subscriptions, run reconcile hooks, then READY."""
+        now = self._clock.now()
+        # connectAsync has loaded positions, open + completed orders, account values, executions
+        self._ts["positions"] = now
+        self._ts["account"] = now
+        self._synced.update({"positions", "account"})
+        self._max_order_id = max([self._max_order_id] + [t.order.orderId for t in self.ib.trades()])
+        self.ib.client.updateReqId(self._max_order_id + 1)
+        # executions of the day: publish any we have not seen (fills missed while away)
+        await self._sync_executions()
+        # P&L subscriptions (renewed on every connect: a reconnect has none)
+        self._pnl = self.ib.reqPnL(self.account)
+        self._pnl_single.clear()
+        for pos in self.ib.positions(self.account):
+            self._subscribe_pnl_single(pos.contract.conId)
+        # market data subscriptions are per connection too
+        old_tickers = list(self._tickers)
+        self._tickers.clear()
+        for con_id in old_tickers:
+            self._subscribe_quote(con_id)
+        await self._wait_pnl()
+        for hook in self._reconcile_hooks:
+            await hook()
+        self.reconciled = True
+        self._set_state(ConnectionState.READY)
+        self._ready.set()
+
+    async def _wait_pnl(self) -> None:
+        """Wait (bounded) for the first reqPnL value: until it comes, P&L is a placeholder."""
+        deadline = self._clock.monotonic() + self.request_timeout
+        while "pnl" not in self._synced and self._clock.monotonic() < deadline:
+            self._pnl_event = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._pnl_event.wait(), max(0.0, deadline - self._clock.monotonic()))
+            except TimeoutError:
+                break
+        if "pnl" not in self._synced:
+            log.warning("ib_pnl_not_received", timeout_s=self.request_timeout)
+
+    async def _supervise(self) -> None:
+        """Reconnect loop: jittered exponential backoff, visible in one place."""
+        while not self._closing:
+            await self._disconnected.wait()
+            if self._closing or not self.reconnect:
+                return
+            attempt = 0
+            while not self._closing:
+                delay = min(self.backoff_cap, self.backoff_base * (2 ** attempt))
+                delay = delay * (0.5 + random.random() / 2)
+                await asyncio.sleep(delay)  # backoff is the one legitimate sleep
+                attempt += 1
+                try:
+                    log.info("ib_reconnecting", attempt=attempt, host=self.host, port=self.port)
+                    await self._connect_once()
+                    log.info("ib_reconnected", attempt=attempt)
+                    break
+                except BrokerConnectError as e:
+                    log.warning("ib_reconnect_failed", attempt=attempt, code=e.code, error=e.message)
+                    if self.ib.isConnected():
+                        self.ib.disconnect()
+
+    async def _heartbeat(self) -> None:
+        """A currentTime round trip proves every earlier server message has been processed
+        (TCP keeps order), so the parts we hold subscriptions for are current as of the reply."""
+        while not self._closing:
+            await asyncio.sleep(self.heartbeat_s)
+            if self.state not in (ConnectionState.READY, ConnectionState.CONNECTED):
+                continue
+            try:
+                await asyncio.wait_for(self.ib.reqCurrentTimeAsync(), self.request_timeout)
+            except (TimeoutError, ConnectionError, OSError) as e:
+                log.warning("ib_heartbeat_failed", error=repr(e))
+                continue
+            if self.state is ConnectionState.READY:
+                now = self._clock.now()
+                for part in self._synced:
+                    self._ts[part] = now
+                self._mark_dirty("connection")
+
+    # ------------------------------------------------------------------ events from IB
+
+    def _emit(self, msg: Any) -> None:
+        self._outbox.put_nowait(msg)
+
+    async def _pump(self) -> None:
+        while True:
+            msg = await self._outbox.get()
+            try:
+                await self._publish(msg)
+            except Exception:  # a bus failure must not kill the pump; the bus logs its own
+                log.exception("ib_publish_failed", message_type=type(msg).__name__)
+            finally:
+                self._outbox.task_done()
+
+    async def _drain_outbox(self) -> None:
+        if self._pump_task and not self._pump_task.done():
+            try:
+                await asyncio.wait_for(self._outbox.join(), 2.0)
+            except TimeoutError:
+                log.warning("ib_outbox_not_drained", left=self._outbox.qsize())
+
+    def _set_state(self, state: ConnectionState, code: int | None = None, message: str = "") -> None:
+        if state is self.state and code is None:
+            return
+        old, self.state = self.state, state
+        if state is not ConnectionState.READY:
+            self._ready.clear()
+        log.info("ib_connection_state", old=old.value, new=state.value, code=code, detail=message,
+                 host=self.host, port=self.port, client_id=self.client_id)
+        self._emit(BrokerConnection(state=state, code=code, message=message, ts=self._clock.now()))
+
+    def _touch(self, part: str) -> None:
+        self._ts[part] = self._clock.now()
+        self._synced.add(part)
+        self._mark_dirty(part)
+
+    def _mark_dirty(self, kind: str) -> None:
+        """Coalesce bursts (155 account values at once) into one notification per loop tick."""
+        if not self._dirty:
+            asyncio.get_running_loop().call_soon(self._flush_dirty)
+        self._dirty.add(kind)
+
+    def _flush_dirty(self) -> None:
+        now = self._clock.now()
+        for kind in sorted(self._dirty):
+            self._emit(BrokerDataChanged(kind=kind, ts=now))  # type: ignore[arg-type]
+        self._dirty.clear()
+
+    def _on_pnl(self, pnl: Any) -> None:
+        if ib_number(pnl.dailyPnL) is not None:
+            self._touch("pnl")
+            ev = getattr(self, "_pnl_event", None)
+            if ev:
+                ev.set()
+
+    def _on_tickers(self, tickers: Any) -> None:
+        for t in tickers:
+            con_id = t.contract.conId
+            waiter = self._quote_waiters.get(con_id)
+            if waiter and any(ib_number(x) for x in (t.bid, t.ask, t.last)):
+                waiter.set()
+        self._mark_dirty("quotes")
+
+    def _on_disconnected(self) -> None:
+        self.reconciled = False
+        self._synced.clear()
+        self._set_state(ConnectionState.DISCONNECTED, message="socket closed")
+        self._disconnected.set()
+
+    def _on_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
+        kind = classify_error(code)
+        if self.state is ConnectionState.CONNECTING:
+            self._connect_errors.append((code, message))
+        bound = {"code": code, "req_id": req_id, "error_class": kind.value}
+        if kind is ErrorClass.INFO:
+            log.info("ib_info", message=message, **bound)
+            return
+        if kind is ErrorClass.CONNECTIVITY:
+            log.warning("ib_connectivity", message=message, **bound)
+            if code == 1100:
+                self._synced.clear()
+                self._set_state(ConnectionState.CONNECTIVITY_LOST, code=code, message=message)
+            elif code in (1101, 1102) and self.ib.isConnected():
+                # restored: re-sync before READY (1101 = data lost, subscriptions must be renewed)
+                self._set_state(ConnectionState.CONNECTED, code=code, message=message)
+                asyncio.get_running_loop().create_task(self._resync(code))
+            return
+        trade = self._trade_for(req_id) if req_id and req_id > 0 else None
+        if trade is not None:
+            log.warning("ib_order_error", order_id=req_id, proposal_id=trade.order.orderRef or None,
+                        message=message, **bound)
+            self._emit(order_update_from_trade(trade, self._clock.now(), code=code, message=message))
+            return
+        log.warning("ib_error", message=message, **bound)
+
+    async def _resync(self, code: int) -> None:
+        try:
+            await asyncio.wait_for(self.ib.reqPositionsAsync(), self.request_timeout)
+            await asyncio.wait_for(self.ib.reqOpenOrdersAsync(), self.request_timeout)
+            if self.account:
+                await asyncio.wait_for(self.ib.reqAccountUpdatesAsync(self.account), self.request_timeout)
+            if code == 1101:  # data lost: subscriptions are gone
+                if self._pnl is not None:
+                    self.ib.cancelPnL(self.account)
+                for con_id in list(self._pnl_single):
+                    self.ib.cancelPnLSingle(self.account, "", con_id)
+                self._pnl_single.clear()
+                self._synced.discard("pnl")
+                self._pnl = self.ib.reqPnL(self.account)
+                for pos in self.ib.positions(self.account):
+                    self._subscribe_pnl_single(pos.contract.conId)
+                await self._wait_pnl()
+            await self._sync_executions()
+            now = self._clock.now()
+            self._ts["positions"] = self._ts["account"] = now
+            self._synced.update({"positions", "account"})
+            for hook in self._reconcile_hooks:
+                await hook()
+            self.reconciled = True
+            self._set_state(ConnectionState.READY, code=code, message="resynced")
+            self._ready.set()
+        except (TimeoutError, ConnectionError, OSError) as e:
+            log.warning("ib_resync_failed", code=code, error=repr(e))
+
+    def _trade_for(self, order_id: int) -> Any:
+        for t in self.ib.trades():
+            if t.order.orderId == order_id and t.order.clientId in (self.client_id, 0):
+                return t
+        return None
+
+    def _on_order_status(self, trade: Any) -> None:
+        o = trade.order
+        if getattr(o, "whatIf", False):
+            return
+        self._max_order_id = max(self._max_order_id, o.orderId)
+        self._emit(order_update_from_trade(trade, self._clock.now()))
+        self._mark_dirty("orders")
+        # a new position may need its P&L subscription
+        if trade.orderStatus.status == "Filled" and self.state is ConnectionState.READY:
+            self._subscribe_pnl_single(trade.contract.conId)
+
+    def _execution(self, trade: Any, fill: Any) -> BrokerExecution:
+        e, c = fill.execution, fill.contract
+        return BrokerExecution(
+            exec_id=e.execId, order_id=e.orderId, perm_id=e.permId or None,
+            order_ref=e.orderRef or (trade.order.orderRef if trade else "") or "",
+            con_id=c.conId, symbol=c.symbol, sec_type=c.secType or "STK",
+            side=_side(e.side) or Side.BUY, quantity=float(e.shares), price=float(e.price),
+            cum_qty=float(e.cumQty or 0), avg_price=float(e.avgPrice or 0),
+            exec_time=e.time if isinstance(e.time, datetime) else None,
+            commission=None, realized_pnl=None, ts=self._clock.now(),
+        )
+
+    def _on_exec_details(self, trade: Any, fill: Any) -> None:
+        exec_id = fill.execution.execId
+        if exec_id in self._seen_execs or exec_id in self._pending_execs:
+            return
+        ex = self._execution(trade, fill)
+        # publish once, with the commission: wait for commissionReport (bounded)
+        handle = asyncio.get_running_loop().call_later(1.0, self._release_exec, exec_id)
+        self._pending_execs[exec_id] = (ex, handle)
+
+    def _on_commission(self, trade: Any, fill: Any, report: Any) -> None:
+        exec_id = report.execId
+        pending = self._pending_execs.pop(exec_id, None)
+        if pending is None:
+            return
+        ex, handle = pending
+        handle.cancel()
+        self._publish_exec(ex.model_copy(update={
+            "commission": ib_number(report.commission),
+            "realized_pnl": ib_number(report.realizedPNL),
+        }))
+
+    def _release_exec(self, exec_id: str) -> None:
+        pending = self._pending_execs.pop(exec_id, None)
+        if pending:
+            log.warning("ib_commission_missing", exec_id=exec_id)
+            self._publish_exec(pending[0])
+
+    def _flush_pending_execs(self) -> None:
+        for exec_id in list(self._pending_execs):
+            self._release_exec(exec_id)
+
+    def _publish_exec(self, ex: BrokerExecution) -> None:
+        if ex.exec_id in self._seen_execs:
+            return
+        self._seen_execs.add(ex.exec_id)
+        log.info("ib_execution", order_id=ex.order_id, proposal_id=ex.order_ref or None,
+                 exec_id=ex.exec_id, side=ex.side.value, quantity=ex.quantity, price=ex.price,
+                 commission=ex.commission)
+        self._emit(ex)
+
+    async def _sync_executions(self) -> None:
+        """Publish the day's executions not seen yet (fills that happened while disconnected)."""
+        try:
+            fills = await asyncio.wait_for(self.ib.reqExecutionsAsync(), self.request_timeout)
+        except (TimeoutError, ConnectionError) as e:
+            log.warning("ib_executions_sync_failed", error=repr(e))
+            return
+        for fill in fills:
+            if fill.execution.execId in self._seen_execs:
+                continue
+            trade = self._trade_for(fill.execution.orderId)
+            ex = self._execution(trade, fill)
+            rep = fill.commissionReport
+            if rep is not None and rep.execId:
+                ex = ex.model_copy(update={"commission": ib_number(rep.commission),
+                                           "realized_pnl": ib_number(rep.realizedPNL)})
+            self._publish_exec(ex)
+
+    def mark_executions_seen(self, exec_ids: set[str]) -> None:
+        """Executions already journaled in an earlier run: never publish them again."""
+        self._seen_execs.update(exec_ids)
+
+    # ------------------------------------------------------------------ commands
+
+    def _require_ready(self) -> None:
+        if self.state is not ConnectionState.READY:
+            raise BrokerNotConnected(f"IB connection is {self.state.value}, not ready")
+
+    async def resolve_contract(self, proposal: TradeProposal) -> ResolvedContract | None:
+        """IB's contract for a proposal (cached). None when IB has no such contract (200)."""
+        key = contract_key(proposal)
+        hit = self._contracts.get(key)
+        if hit is not None:
+            return hit
+        if not self.ib.isConnected():
+            raise BrokerNotConnected("IB is not connected")
+        query = _to_ib_contract(proposal)
+        try:
+            details = await asyncio.wait_for(self.ib.reqContractDetailsAsync(query), self.request_timeout)
+        except TimeoutError as e:
+            raise BrokerTimeout(f"contract details for {proposal.symbol} timed out") from e
+        except Exception as e:  # RequestError (200 no security definition) and friends
+            code = getattr(e, "code", None)
+            if code == 200:
+                return None
+            raise BrokerError(f"contract details for {proposal.symbol} failed: {e}", code=code) from e
+        if not details:
+            return None
+        if proposal.sec_type is SecType.FUT and proposal.expiry in (None, "front"):
+            today = self._clock.now().strftime("%Y%m%d")
+            live = [d for d in details if (d.contract.lastTradeDateOrContractMonth or "") >= today]
+            live.sort(key=lambda d: d.contract.lastTradeDateOrContractMonth)
+            details = live[:1]
+            if not details:
+                return None
+        elif len(details) > 1:
+            log.warning("ib_contract_ambiguous", symbol=proposal.symbol, matches=len(details))
+            return None
+        d = details[0]
+        resolved = _resolved(d.contract, d.minTick)
+        self._contracts[key] = resolved
+        self._ib_contracts[resolved.con_id] = d.contract
+        return resolved
+
+    def cached_contract(self, proposal: TradeProposal) -> ResolvedContract | None:
+        return self._contracts.get(contract_key(proposal))
+
+    def _bracket_orders(self, b: ApprovedBracket, ids: tuple[int, int, int]) -> list[Any]:
+        p = b.proposal
+        ref = p.proposal_id
+        exit_action = p.side.opposite.value
+        common = {"tif": p.tif.value, "orderRef": ref, "account": self.account}
+        parent = ibl.Order(orderId=ids[0], action=p.side.value, totalQuantity=p.quantity,
+                           orderType=p.order_type.value, transmit=False, **common)
+        if p.order_type is OrderType.LMT:
+            parent.lmtPrice = p.limit_price
+        take = ibl.Order(orderId=ids[1], action=exit_action, totalQuantity=p.quantity,
+                         orderType="LMT", lmtPrice=p.take_profit, parentId=ids[0], transmit=False,
+                         **common)
+        stop = ibl.Order(orderId=ids[2], action=exit_action, totalQuantity=p.quantity,
+                         orderType="STP", auxPrice=p.stop_loss, parentId=ids[0], transmit=True,
+                         **common)
+        return [parent, take, stop]
+
+    def existing_bracket(self, order_ref: str) -> BracketOrderIds | None:
+        """The legs IB already has for this orderRef (any status), or None."""
+        legs = [t for t in self.ib.trades() if t.order.orderRef == order_ref and not getattr(t.order, "whatIf", False)]
+        if not legs:
+            return None
+        parent = next((t for t in legs if not t.order.parentId), None)
+        if parent is None:
+            return None
+        kids = [t for t in legs if t.order.parentId == parent.order.orderId]
+        take = next((t for t in kids if t.order.orderType == "LMT"), None)
+        stop = next((t for t in kids if t.order.orderType in ("STP", "STP LMT")), None)
+        return BracketOrderIds(entry=parent.order.orderId,
+                               take_profit=take.order.orderId if take else 0,
+                               stop_loss=stop.order.orderId if stop else 0)
+
+    def has_order_ref(self, order_ref: str) -> bool:
+        return any(t.order.orderRef == order_ref for t in self.ib.trades())
+
+    def allocate_bracket_ids(self) -> BracketOrderIds:
+        """Three fresh order ids, each above every id this client has used."""
+        self._require_ready()
+        self.ib.client.updateReqId(self._max_order_id + 1)
+        ids = [self.ib.client.getReqId() for _ in range(3)]
+        self._max_order_id = max(self._max_order_id, *ids)
+        return BracketOrderIds(entry=ids[0], take_profit=ids[1], stop_loss=ids[2])
+
+    async def place_bracket(self, bracket: ApprovedBracket, ids: BracketOrderIds | None = None) -> BracketOrderIds:
+        """Send entry + take-profit + stop (orderRef = proposal_id on every leg, transmit chain)
+        and wait (bounded) for IB to acknowledge. Raises PlacementError if IB refuses a leg,
+        DuplicateOrderRefError if IB already has this orderRef."""
+        self._require_ready()
+        ref = bracket.proposal.proposal_id
+        if self.has_order_ref(ref):
+            raise DuplicateOrderRefError(ref, self.existing_bracket(ref))
+        contract = self._ib_contracts.get(bracket.contract.con_id) if bracket.contract else None
+        if contract is None:
+            resolved = await self.resolve_contract(bracket.proposal)
+            if resolved is None:
+                raise PlacementError(f"no contract for {bracket.proposal.symbol}", code=200)
+            contract = self._ib_contracts[resolved.con_id]
+        ids = ids or self.allocate_bracket_ids()
+        orders = self._bracket_orders(bracket, (ids.entry, ids.take_profit, ids.stop_loss))
+        trades = [self.ib.placeOrder(contract, o) for o in orders]
+        log.info("ib_bracket_sent", proposal_id=ref, order_id=ids.entry,
+                 take_profit_id=ids.take_profit, stop_loss_id=ids.stop_loss)
+        await self._wait_ack(trades, ref)
+        return ids
+
+    async def _wait_ack(self, trades: list[Any], ref: str) -> None:
+        done = asyncio.Event()
+        failure: list[tuple[int | None, str]] = []
+
+        def check(*_: Any) -> None:
+            for t in trades:
+                st = t.orderStatus.status
+                if st in ("Cancelled", "ApiCancelled", "Inactive"):
+                    entry = next((e for e in reversed(t.log) if e.errorCode), None)
+                    failure.append((entry.errorCode if entry else None,
+                                    entry.message if entry else f"leg {t.order.orderId} {st}"))
+                    done.set()
+                    return
+            if all(t.orderStatus.status not in ("PendingSubmit", "") for t in trades):
+                done.set()
+
+        for t in trades:
+            t.statusEvent += check
+        try:
+            check()
+            await asyncio.wait_for(done.wait(), self.ack_timeout)
+        except TimeoutError:
+            log.warning("ib_bracket_ack_timeout", proposal_id=ref, timeout_s=self.ack_timeout,
+                        statuses=[t.orderStatus.status for t in trades])
+            return
+        finally:
+            for t in trades:
+                t.statusEvent -= check
+        if failure:
+            code, msg = failure[0]
+            raise PlacementError(msg, code=code)
+
+    async def cancel_order(self, order_id: int) -> bool:
+        self._require_ready()
+        trade = self._trade_for(order_id)
+        if trade is None or trade.isDone():
+            return False
+        self.ib.cancelOrder(trade.order)
+        return True
+
+    async def what_if(self, bracket: ApprovedBracket) -> dict[str, float | None]:
+        """IB what-if on the entry: margin before/change/after and commission. No order is created."""
+        self._require_ready()
+        p = bracket.proposal
+        contract = self._ib_contracts.get(bracket.contract.con_id) if bracket.contract else None
+        if contract is None:
+            resolved = await self.resolve_contract(p)
+            if resolved is None:
+                raise PlacementError(f"no contract for {p.symbol}", code=200)
+            contract = self._ib_contracts[resolved.con_id]
+        order = ibl.Order(action=p.side.value, totalQuantity=p.quantity, orderType=p.order_type.value,
+                          tif=p.tif.value, account=self.account)
+        if p.order_type is OrderType.LMT:
+            order.lmtPrice = p.limit_price
+        try:
+            state = await asyncio.wait_for(self.ib.whatIfOrderAsync(contract, order), self.request_timeout)
+        except TimeoutError as e:
+            raise BrokerTimeout("what-if timed out") from e
+        except Exception as e:
+            raise BrokerError(f"what-if failed: {e}", code=getattr(e, "code", None)) from e
+        if isinstance(state, list):  # ib_insync returns [] on error
+            raise BrokerError("what-if returned no order state")
+        return {
+            "init_margin_change": ib_number(state.initMarginChange),
+            "maint_margin_change": ib_number(state.maintMarginChange),
+            "equity_with_loan_change": ib_number(state.equityWithLoanChange),
+            "init_margin_after": ib_number(state.initMarginAfter),
+            "maint_margin_after": ib_number(state.maintMarginAfter),
+            "commission": ib_number(state.commission),
+        }
+
+    def _subscribe_quote(self, con_id: int) -> None:
+        contract = self._ib_contracts.get(con_id)
+        if contract is None or con_id in self._tickers:
+            return
+        self._tickers[con_id] = self.ib.reqMktData(contract, "", False, False)
+
+    async def ensure_quote(self, resolved: ResolvedContract, timeout: float = 1.0) -> Quote | None:
+        """Start streaming quotes for a contract (once) and wait briefly for the first tick."""
+        if resolved.con_id not in self._tickers:
+            if not self.ib.isConnected():
+                return None
+            self._quote_waiters[resolved.con_id] = asyncio.Event()
+            self._subscribe_quote(resolved.con_id)
+            try:
+                await asyncio.wait_for(self._quote_waiters[resolved.con_id].wait(), timeout)
+            except TimeoutError:
+                log.warning("ib_quote_timeout", symbol=resolved.symbol, con_id=resolved.con_id)
+            finally:
+                self._quote_waiters.pop(resolved.con_id, None)
+        return self.quotes().get(resolved.symbol)
+
+    def _subscribe_pnl_single(self, con_id: int) -> None:
+        if con_id in self._pnl_single or not self.account:
+            return
+        self._pnl_single[con_id] = self.ib.reqPnLSingle(self.account, "", con_id)
+
+    # ------------------------------------------------------------------ state reads
+
+    def account_values(self) -> dict[str, float]:
+        """Numeric account values in the base currency (tag -> value)."""
+        out: dict[str, float] = {}
+        for v in self.ib.accountValues(self.account):
+            if v.modelCode or v.currency not in ("", "USD", "BASE"):
+                continue
+            if v.currency == "BASE" and v.tag in out:
+                continue
+            num = ib_number(v.value)
+            if num is not None:
+                out[v.tag] = num
+        return out
+
+    def positions(self) -> list[Position]:
+        items = {p.contract.conId: p for p in self.ib.portfolio(self.account)}
+        out = []
+        for pos in self.ib.positions(self.account):
+            c = pos.contract
+            item = items.get(c.conId)
+            single = self._pnl_single.get(c.conId)
+            out.append(Position(
+                con_id=c.conId, symbol=c.symbol, sec_type=c.secType, quantity=float(pos.position),
+                avg_cost=float(pos.avgCost), multiplier=_multiplier(c),
+                market_price=ib_number(item.marketPrice) if item else None,
+                market_value=ib_number(item.marketValue) if item else None,
+                unrealized_pnl=(ib_number(single.unrealizedPnL) if single else None)
+                if single and ib_number(single.unrealizedPnL) is not None
+                else (ib_number(item.unrealizedPNL) if item else None),
+                realized_pnl=ib_number(item.realizedPNL) if item else None,
+                expiry=c.lastTradeDateOrContractMonth or None, strike=c.strike or None,
+                right=c.right or None,
+            ))
+        return out
+
+    def pnl(self) -> PnL:
+        p = self._pnl
+        if p is None:
+            return PnL()
+        return PnL(daily=ib_number(p.dailyPnL), unrealized=ib_number(p.unrealizedPnL),
+                   realized=ib_number(p.realizedPnL))
+
+    def working_orders(self) -> list[WorkingOrder]:
+        out = []
+        for t in self.ib.openTrades():
+            o, s = t.order, t.orderStatus
+            if getattr(o, "whatIf", False):
+                continue
+            out.append(WorkingOrder(
+                order_id=o.orderId, perm_id=o.permId or None, parent_id=o.parentId or None,
+                order_ref=o.orderRef or None, symbol=t.contract.symbol, side=_side(o.action) or Side.BUY,
+                order_type=o.orderType, quantity=float(o.totalQuantity),
+                remaining=float(s.remaining if s.remaining is not None else o.totalQuantity),
+                limit_price=ib_number(o.lmtPrice), stop_price=ib_number(o.auxPrice), status=s.status,
+            ))
+        return out
+
+    def quotes(self) -> dict[str, Quote]:
+        now = self._clock.now()
+        out = {}
+        for t in self._tickers.values():
+            bid, ask, last = ib_number(t.bid), ib_number(t.ask), ib_number(t.last)
+            if bid is None and ask is None and last is None:
+                continue
+            if bid is not None and bid <= 0:
+                bid = None
+            if ask is not None and ask <= 0:
+                ask = None
+            ts = t.time if isinstance(getattr(t, "time", None), datetime) else now
+            out[t.contract.symbol] = Quote(symbol=t.contract.symbol, bid=bid, ask=ask, last=last,
+                                           ts=ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc))
+        return out
+
+    def freshness(self) -> dict[str, datetime | None]:
+        return dict(self._ts) if self.state is ConnectionState.READY else {k: None for k in self._ts}

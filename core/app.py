@@ -1,0 +1,283 @@
+"""The daemon: assembles bus, broker, journal, agents and the MQTT bridge, runs until a signal.
+
+Start order: embedded venues (default mode) -> bus -> journal -> IB connection -> agents ->
+MQTT bridge -> status online. SIGINT/SIGTERM: stop intake, finish placements in flight, drain
+the bus, publish status offline, close everything, exit 0. SIGHUP: reload the limits file.
+Exit codes: 0 clean stop, 2 configuration error, 3 IB unreachable, 4 MQTT broker unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from contextlib import AsyncExitStack
+from typing import Any
+
+from bus.errors import BrokerConnectError, ConfigError, MqttError
+from bus.messages import (
+    ConnectionState,
+    ControlCommand,
+    Fill,
+    OrderEvent,
+    RiskDecision,
+    Status,
+    TradeProposal,
+    TradingStateChanged,
+)
+from config.settings import Settings, describe_mode, load_settings
+from core.clock import SYSTEM_CLOCK, Clock
+from core.logs import configure_logging, get_logger
+
+log = get_logger("bracketgate")
+
+EXIT_OK, EXIT_CONFIG, EXIT_IB, EXIT_MQTT = 0, 2, 3, 4
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.stop_event = asyncio.Event()
+        self.started_at = time.monotonic()
+        self.mode = settings.mode
+        self.ib_host = settings.ib_host
+        self.ib_port = settings.ib_port
+        self.mqtt_url = settings.mqtt_url
+        self.embedded_tws: Any = None
+
+    def status(self, state: str, detail: str | None = None) -> Status:
+        gov = getattr(self, "governor", None)
+        broker = getattr(self, "broker", None)
+        return Status(
+            state=state,  # type: ignore[arg-type]
+            mode=self.mode,  # type: ignore[arg-type]
+            trading_state=gov.state if gov is not None else None,
+            connection=broker.state if broker is not None else ConnectionState.DISCONNECTED,
+            detail=detail, ts=self.clock.now(),
+        )
+
+    async def run(self) -> int:
+        from adapters.ib import IBBroker
+        from adapters.journal import Journal
+        from agents.execution import ExecutionAgent
+        from agents.portfolio import PortfolioMonitor
+        from agents.risk import RiskGovernor
+        from bus.bus import Bus
+        from bus.mqtt import MqttBridge
+        from config.limits import load_limits
+
+        s = self.settings
+        try:
+            s.validate_live_guard()
+            limits = load_limits(s.risk_limits_file)
+        except ConfigError as e:
+            log.error("config_invalid", error=str(e), code="CONFIG")
+            return EXIT_CONFIG
+
+        mode_line = describe_mode(s)
+        async with AsyncExitStack() as stack:
+            # ---- embedded venues (default mode: no IB and no MQTT configured)
+            if self.ib_host is None:
+                from sim.server import PaperTWS
+
+                tws = PaperTWS(host="127.0.0.1", port=self.ib_port or _port_or_free(4002),
+                               control_port=_port_or_free(4102))
+                await tws.start()
+                stack.push_async_callback(tws.stop)
+                self.embedded_tws = tws
+                self.ib_host, self.ib_port = "127.0.0.1", tws.port
+            if self.mqtt_url is None:
+                from adapters.embedded_broker import EmbeddedBroker
+
+                broker_srv = EmbeddedBroker(host="127.0.0.1", port=_port_or_free(1883))
+                await stack.enter_async_context(broker_srv)
+                self.mqtt_url = broker_srv.url
+                s = s.model_copy(update={"mqtt_url": broker_srv.url})
+            s = s.model_copy(update={"ib_host": self.ib_host, "ib_port": self.ib_port})
+            self.settings = s
+            # the one line a person cannot miss: what this process trades against
+            log.warning(f"=== {mode_line} ===", mode=self.mode, ib=f"{self.ib_host}:{self.ib_port}",
+                        mqtt=_safe_url(self.mqtt_url),
+                        sim_control_port=getattr(self.embedded_tws, "control_port", None))
+
+            if self.mode == "default":
+                _write_endpoints(s, self.embedded_tws)
+                stack.callback(_remove_endpoints, s)
+
+            # ---- core
+            bus = Bus(clock=self.clock)
+            await bus.start()
+            stack.push_async_callback(bus.close)
+            s.journal_path.parent.mkdir(parents=True, exist_ok=True)
+            journal = await Journal.open(s.journal_path, self.clock)
+            stack.push_async_callback(journal.close)
+
+            broker = IBBroker(
+                host=self.ib_host, port=int(self.ib_port), client_id=s.ib_client_id,
+                account=s.ib_account or "", publish=bus.publish, clock=self.clock,
+                connect_timeout=s.ib_connect_timeout, live_ok=s.ib_live,
+            )
+            self.broker = broker
+            broker.mark_executions_seen(await journal.exec_ids())
+            monitor = PortfolioMonitor(bus, broker, clock=self.clock)
+            monitor.attach()
+            execution = ExecutionAgent(bus, broker, journal=journal, clock=self.clock)
+            execution.attach()
+            self.governor = governor = RiskGovernor(limits, self.clock, contract_info=broker.cached_contract)
+            _attach_governor(governor, bus, broker, journal)
+            _attach_journal(bus, journal)
+
+            try:
+                await broker.start()
+            except BrokerConnectError as e:
+                log.error("ib_unreachable", error=e.message, code=e.code, host=self.ib_host, port=self.ib_port)
+                print(f"bracketgate: {e.message}", file=sys.stderr)
+                return EXIT_IB
+            stack.push_async_callback(broker.close)
+            await monitor.start()
+            stack.push_async_callback(monitor.stop)
+
+            bridge = MqttBridge(s, bus, self.clock)
+            try:
+                await stack.enter_async_context(bridge)
+                await bridge.wait_connected(timeout=s.ib_connect_timeout)
+            except MqttError as e:
+                log.error("mqtt_unreachable", error=str(e), code=e.code, url=_safe_url(self.mqtt_url))
+                print(f"bracketgate: MQTT broker unreachable: {e}", file=sys.stderr)
+                return EXIT_MQTT
+
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._on_stop_signal, sig)
+            loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+
+            await bus.publish(self.status("online"))
+            log.info("ready", startup_ms=round((time.monotonic() - self.started_at) * 1000, 1),
+                     prefix=s.mqtt_prefix, trading_state=str(governor.state))
+
+            await self.stop_event.wait()
+
+            # ---- graceful stop
+            log.info("stopping", reason="signal")
+            await bus.publish(self.status("stopping"))
+            await bridge.stop_intake()
+            await _wait_governor_idle(governor, 10.0)
+            await execution.wait_idle(10.0)
+            try:
+                await bus.drain(5.0)
+            except Exception as e:  # a drain timeout must not block the exit
+                log.warning("bus_drain_incomplete", error=str(e))
+            await bus.publish(self.status("offline", "clean shutdown"))
+            try:
+                await bus.drain(2.0)
+            except Exception as e:
+                log.warning("bus_drain_incomplete", error=str(e))
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        log.info("stopped", working_orders_stay_at_ib=True)
+        return EXIT_OK
+
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        log.info("signal_received", signal=sig.name)
+        self.stop_event.set()
+
+    def _on_reload_signal(self) -> None:
+        path = self.settings.risk_limits_file
+        try:
+            changed = self.governor.reload_limits(path)
+            log.info("limits_reloaded", path=str(path), changed=changed)
+        except ConfigError as e:
+            log.error("limits_reload_failed", path=str(path), error=str(e), code="CONFIG")
+
+
+def _port_or_free(preferred: int) -> int:
+    """The conventional port when it is free on loopback (so mosquitto_pub/ib scripts just
+    work), else 0 = any free port (the endpoints file says which)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+        except OSError:
+            return 0
+    return preferred
+
+
+def _endpoints_path(s: Settings) -> Any:
+    return s.data_dir / "endpoints.json"
+
+
+def _write_endpoints(s: Settings, tws: Any) -> None:
+    """Default mode: tell operator tools where the embedded venues listen."""
+    import json
+
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    _endpoints_path(s).write_text(json.dumps({
+        "mqtt_url": s.mqtt_url, "mqtt_prefix": s.mqtt_prefix, "ib_host": s.ib_host, "ib_port": s.ib_port,
+        "sim_control_port": getattr(tws, "control_port", None),
+    }, indent=2))
+
+
+def _remove_endpoints(s: Settings) -> None:
+    _endpoints_path(s).unlink(missing_ok=True)
+
+
+def _safe_url(url: str | None) -> str | None:
+    if not url or "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def _attach_governor(governor: Any, bus: Any, broker: Any, journal: Any) -> None:
+    governor.attach(bus)
+
+
+async def _wait_governor_idle(governor: Any, timeout: float) -> None:
+    wait = getattr(governor, "wait_idle", None)
+    if wait is not None:
+        await wait(timeout)
+
+
+def _attach_journal(bus: Any, journal: Any) -> None:
+    """Proposals, decisions and trading-state changes go to the journal as they cross the bus."""
+
+    async def proposal(msg: TradeProposal) -> None:
+        await journal.record("proposal", proposal_id=msg.proposal_id, agent_id=msg.agent_id, payload=msg)
+
+    async def decision(msg: RiskDecision) -> None:
+        await journal.record("decision", proposal_id=msg.proposal_id, agent_id=msg.agent_id, payload=msg)
+
+    async def state(msg: TradingStateChanged) -> None:
+        await journal.record("trading_state", payload=msg)
+
+    async def control(msg: ControlCommand) -> None:
+        await journal.record("note", payload={"control": msg.model_dump(mode="json")})
+
+    bus.subscribe(TradeProposal, proposal, name="journal.proposals")
+    bus.subscribe(RiskDecision, decision, name="journal.decisions")
+    bus.subscribe(TradingStateChanged, state, name="journal.state")
+    bus.subscribe(ControlCommand, control, name="journal.control")
+    _ = (Fill, OrderEvent)  # fills and order events are journaled by the ExecutionAgent
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="run.py daemon", description="bracketgate daemon")
+    parser.add_argument("--env-file", default=".env", help="dotenv file to read (default .env)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(_env_file=args.env_file) if args.env_file != ".env" else load_settings()
+    except ConfigError as e:
+        configure_logging("auto")
+        log.error("config_invalid", error=str(e), code="CONFIG")
+        print(f"bracketgate: invalid configuration: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        return asyncio.run(Daemon(settings).run())
+    except KeyboardInterrupt:
+        return EXIT_OK
