@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Fresh machine -> the whole test suite: installs mosquitto (Debian) and both virtualenvs, runs
+# every test under ib_async, then the paper TWS client-level suite again under ib_insync 0.9.86.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+fi
+scripts/setup.sh --insync
+echo "== tests under ib_async"
+.venv/bin/python -m pytest -q "$@"
+echo "== paper TWS client-level suite under ib_insync 0.9.86"
+.venv-insync/bin/python -m pytest -q tests/sim -p no:cacheprovider
