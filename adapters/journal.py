@@ -194,8 +194,20 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"journal payload holds a {type(value).__name__}, which has no JSON form")
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(_plain(value), separators=(",", ":"), allow_nan=False)
+def _json(plain: Any) -> str:
+    return json.dumps(plain, separators=(",", ":"), allow_nan=False)
+
+
+def _encode(value: Any) -> tuple[Any, str]:
+    """(JSON-safe value, its text). Fast path: most payloads are model dumps that json takes
+    as they are; only those holding datetimes, enums, NaN, ... are walked by _plain."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    try:
+        return value, _json(value)
+    except (TypeError, ValueError):
+        plain = _plain(value)
+        return plain, _json(plain)
 
 
 def _order_ids(value: Any) -> dict[str, int] | None:
@@ -364,6 +376,11 @@ def _resolve(fut: asyncio.Future[Any], result: Any, error: BaseException | None)
         fut.set_result(result)
 
 
+def _resolve_all(answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, result, error in answers:
+        _resolve(fut, result, error)
+
+
 class _Writer(threading.Thread):
     """Owns the connection. Drains the queue, runs a batch in one transaction (a savepoint
     per operation, so one failure does not undo its neighbours), commits once, then answers
@@ -465,8 +482,12 @@ class _Writer(threading.Thread):
             self.stats["batches"] += 1
             self.stats["ops"] += len(batch)
             self.stats["full_commits"] += bool(writes) and bool(self._sync_full)
+        # one wake-up per loop per batch, not one per operation
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
         for op, (result, error) in zip(batch, results):
-            op.loop.call_soon_threadsafe(_resolve, op.future, result, error)
+            by_loop.setdefault(op.loop, []).append((op.future, result, error))
+        for loop, answers in by_loop.items():
+            loop.call_soon_threadsafe(_resolve_all, answers)
 
 
 # --------------------------------------------------------------------------- the journal
@@ -586,14 +607,13 @@ class Journal:
         kind = EventKind(kind)
         if kind is EventKind.INTENT:
             raise ValueError("intents are written with record_intent(), which keeps the intents table")
-        body = _plain(payload if payload is not None else {})
-        if not isinstance(body, dict):
+        body, text = _encode(payload if payload is not None else {})
+        if not isinstance(body, Mapping):
             raise TypeError("a journal payload is a mapping or a pydantic model")
         pid, aid, oid = _ids_from(body)
         pid = proposal_id if proposal_id is not None else pid
         aid = agent_id if agent_id is not None else aid
         oid = order_id if order_id is not None else oid
-        text = json.dumps(body, separators=(",", ":"), allow_nan=False)
         ts = _ts(self.clock.now())
         exec_id = body.get("exec_id") if kind is EventKind.FILL else None
 
@@ -618,17 +638,16 @@ class Journal:
         """Journal the intent to place `bracket` (state pending), durable (FULL) before
         returning; returns the event seq. Call it BEFORE the order is sent. A second intent
         for the same proposal_id raises DuplicateIntent and writes nothing."""
-        body = _plain(bracket)
-        if not isinstance(body, dict):
+        body, body_text = _encode(bracket)
+        if not isinstance(body, Mapping):
             raise TypeError("an intent is an ApprovedBracket or a mapping")
         pid, aid, _ = _ids_from(body)
         if pid is None:
             raise ValueError("an intent needs a proposal_id (top level or in `proposal`)")
         ids = _order_ids(order_ids)
         ts = _ts(self.clock.now())
-        event = _dumps({"state": IntentState.PENDING, "order_ids": ids, "bracket": body})
-        ids_text = None if ids is None else _dumps(ids)
-        body_text = _dumps(body)
+        event = _json({"state": IntentState.PENDING.value, "order_ids": ids, "bracket": body})
+        ids_text = None if ids is None else _json(ids)
 
         def run(conn: sqlite3.Connection) -> int:
             try:
@@ -674,10 +693,10 @@ class Journal:
             merged = ids if ids is not None else (json.loads(row[2]) if row[2] else None)
             conn.execute(
                 "UPDATE intents SET state = ?, updated_ts = ?, order_ids = ? WHERE proposal_id = ?",
-                (new.value, ts, None if merged is None else _dumps(merged), proposal_id))
+                (new.value, ts, None if merged is None else _json(merged), proposal_id))
             _insert_event(conn, ts, EventKind.INTENT.value, proposal_id, row[1],
                           merged.get("entry") if merged else None,
-                          _dumps({"state": new, "from": old, "order_ids": merged}))
+                          _json({"state": new.value, "from": old.value, "order_ids": merged}))
             return old
 
         old = await self._submit(run, True)
