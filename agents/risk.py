@@ -1,0 +1,820 @@
+"""The RiskGovernor: gates every bracket proposal, as one unit, against the live account.
+
+The core is synchronous and pure of I/O: `evaluate(proposal, snapshot)` decides and, when it
+approves, reserves the bracket in the same step, so proposals handled concurrently on the event
+loop can never jointly breach a limit. Around it: trading state (ACTIVE / REDUCING / HALTED),
+fills and order events that move reservations, the async margin confirmation (IB what-if), and
+a thin bus wiring (`attach`) that places approved brackets through `execution.place`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from zoneinfo import ZoneInfo
+
+from agents.reservations import TERMINAL_STATUSES, Reservation, ReservationLedger
+from agents.rules import (
+    ORDER_MSGS_PER_BRACKET,
+    RULES,
+    RuleContext,
+    default_contract_facts,
+    deny,
+    gate_broker_state,
+    gate_trading_state,
+    market_entry_price,
+    worst_case_loss,
+)
+from bus.errors import ConfigError
+from bus.messages import (
+    ApprovedBracket,
+    ControlCommand,
+    DenialCode,
+    Fill,
+    Leg,
+    OrderEvent,
+    OrderType,
+    PlacementResult,
+    PortfolioSnapshot,
+    Reason,
+    ResolvedContract,
+    RiskDecision,
+    Side,
+    TradeProposal,
+    TradingState,
+    TradingStateChanged,
+    Verdict,
+    WorkingOrder,
+)
+from config.limits import AgentLimits, RiskLimits, SymbolLimits, diff_limits, load_limits
+from core.clock import Clock
+from core.logs import get_logger
+
+if TYPE_CHECKING:
+    from bus.bus import Bus
+
+log = get_logger("bracketgate.risk")
+
+ContractInfo = Callable[[TradeProposal], ResolvedContract | None]
+WhatIf = Callable[[ApprovedBracket], Awaitable[Mapping[str, Any]]]
+StateBy = Literal["operator", "auto", "startup"]
+
+PLACE_SERVICE = "execution.place"
+
+
+class TokenBucket:
+    """`rate` tokens per second on the monotonic clock, holding at most `capacity`."""
+
+    __slots__ = ("rate", "capacity", "tokens", "stamp")
+
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
+        self.rate, self.capacity, self.tokens, self.stamp = rate, capacity, capacity, now
+
+    def available(self, now: float) -> float:
+        if now > self.stamp:
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+        return self.tokens
+
+    def take(self, now: float, n: float = 1.0) -> bool:
+        if self.available(now) >= n:
+            self.tokens -= n
+            return True
+        return False
+
+    def retune(self, rate: float, capacity: float, now: float) -> None:
+        self.available(now)
+        self.rate, self.capacity = rate, capacity
+        self.tokens = min(self.tokens, capacity)
+
+
+@dataclass(slots=True)
+class _ForeignBracket:
+    """Working orders at IB with no open reservation (placed before a restart, or by hand)."""
+
+    symbol: str
+    sign: int                   # entry direction (+1 buy)
+    pending_units: float        # entry quantity still working
+    pending_notional: float
+    worst_case_loss: float
+
+
+class SnapshotView:
+    """What the checks need from one PortfolioSnapshot, computed once per snapshot.
+
+    positions: symbol -> signed units; position_notional: symbol -> signed notional;
+    marks: symbol -> per-unit price; foreign: order_ref -> _ForeignBracket.
+    """
+
+    def __init__(self, snap: PortfolioSnapshot, ledger: ReservationLedger,
+                 multiplier_for: Callable[[str], float], limits: RiskLimits) -> None:
+        self.snapshot = snap
+        self.positions: dict[str, float] = {}
+        self.position_notional: dict[str, float] = {}
+        self.marks: dict[str, float] = {}
+        for sym, q in snap.quotes.items():
+            px = _mid(q.bid, q.ask) or q.last
+            if px is not None and px > 0 and math.isfinite(px):
+                self.marks[sym] = px
+        for p in snap.positions:
+            if p.market_price is not None and p.market_price > 0:
+                self.marks[p.symbol] = p.market_price
+            elif p.symbol not in self.marks and p.avg_cost > 0:
+                self.marks[p.symbol] = p.avg_cost / (p.multiplier or 1.0)
+            if p.market_value is not None and math.isfinite(p.market_value):
+                notional = p.market_value
+            elif p.market_price is not None:
+                notional = p.quantity * p.market_price * p.multiplier
+            else:
+                notional = p.quantity * p.avg_cost
+            self.positions[p.symbol] = self.positions.get(p.symbol, 0.0) + p.quantity
+            self.position_notional[p.symbol] = self.position_notional.get(p.symbol, 0.0) + notional
+        self.gross_positions = sum(abs(n) for n in self.position_notional.values())
+        self.net_positions = sum(self.position_notional.values())
+        self.foreign = self._foreign_brackets(snap.working_orders, ledger, multiplier_for, limits)
+        # symbol -> [buy units, sell units, buy notional, sell notional]
+        self.foreign_pending: dict[str, list[float]] = {}
+        self.foreign_worst_case = 0.0
+        self.foreign_gross = self.foreign_net = 0.0
+        for fb in self.foreign.values():
+            self.foreign_worst_case += fb.worst_case_loss
+            self.foreign_gross += fb.pending_notional
+            self.foreign_net += fb.sign * fb.pending_notional
+            row = self.foreign_pending.setdefault(fb.symbol, [0.0, 0.0, 0.0, 0.0])
+            i = 0 if fb.sign > 0 else 1
+            row[i] += fb.pending_units
+            row[i + 2] += fb.pending_notional
+
+    def _foreign_brackets(self, orders: list[WorkingOrder], ledger: ReservationLedger,
+                          multiplier_for: Callable[[str], float],
+                          limits: RiskLimits) -> dict[str, _ForeignBracket]:
+        groups: dict[str, list[WorkingOrder]] = {}
+        for o in orders:
+            if o.remaining <= 0 or o.status.lower() in TERMINAL_STATUSES:
+                continue
+            ref = o.order_ref or f"#{o.order_id}"
+            if ref in ledger:
+                continue
+            groups.setdefault(ref, []).append(o)
+        out: dict[str, _ForeignBracket] = {}
+        unprotected_pct = limits.max_stop_distance_pct / 100.0
+        for ref, legs in groups.items():
+            entry = next((o for o in legs if not o.parent_id), None)
+            stop = next((o for o in legs if o.stop_price is not None and o.parent_id), None)
+            if entry is not None and stop is None and entry.stop_price is not None and len(legs) == 1:
+                entry, stop = None, entry  # a lone stop protecting a position
+            if entry is None and stop is None:
+                continue  # only a take-profit left: the bracket is closing
+            sym = (entry or stop).symbol  # type: ignore[union-attr]
+            mult = multiplier_for(sym)
+            mark = self.marks.get(sym)
+            if entry is not None:
+                sign = entry.side.sign
+                px = entry.limit_price or entry.stop_price or mark or 0.0
+                units = entry.remaining
+                notional = units * px * mult
+                if stop is not None and stop.stop_price is not None:
+                    qty = max(entry.remaining, stop.remaining)
+                    worst = qty * abs(px - stop.stop_price) * mult
+                else:  # unprotected entry: as if stopped at the widest allowed stop
+                    worst = units * px * mult * unprotected_pct
+            else:
+                assert stop is not None and stop.stop_price is not None
+                sign, units, notional = -stop.side.sign, 0.0, 0.0
+                ref_px = mark if mark is not None else stop.stop_price * (1 + sign * unprotected_pct)
+                worst = stop.remaining * max(0.0, sign * (ref_px - stop.stop_price)) * mult
+            out[ref] = _ForeignBracket(sym, sign, units, notional, worst)
+        return out
+
+    def pending(self, symbol: str, sign: int) -> tuple[float, float]:
+        row = self.foreign_pending.get(symbol)
+        if row is None:
+            return 0.0, 0.0
+        return (row[0], row[2]) if sign > 0 else (row[1], row[3])
+
+
+def _mid(bid: float | None, ask: float | None) -> float | None:
+    if bid is not None and ask is not None and bid > 0 and ask > 0:
+        return (bid + ask) / 2.0
+    return None
+
+
+class RiskGovernor:
+    """Gates proposals; owns the trading state and the reservations ledger. See module doc."""
+
+    def __init__(self, limits: RiskLimits, clock: Clock, *,
+                 contract_info: ContractInfo | None = None,
+                 initial_state: TradingState = TradingState.ACTIVE) -> None:
+        self._clock = clock
+        self._contract_info = contract_info
+        self._state = initial_state
+        self.ledger = ReservationLedger()
+        self._snapshot: PortfolioSnapshot | None = None
+        self._view: SnapshotView | None = None
+        # proposal_id -> (first proposal, its current decision); oldest first
+        self._decisions: OrderedDict[str, tuple[TradeProposal, RiskDecision]] = OrderedDict()
+        # agent_id -> realized P&L today; agent_id -> symbol -> signed units held
+        self._agent_realized: dict[str, float] = {}
+        self._agent_positions: dict[str, dict[str, float]] = {}
+        self._exec_ids: dict[str, bool] = {}          # exec_id -> realized P&L counted
+        self._last_price: dict[str, float] = {}       # symbol -> last fill price
+        self._multipliers: dict[str, float] = {}      # symbol -> multiplier seen on a reservation
+        self._equity_peak: float | None = None        # today's NetLiquidation peak
+        self._inflight: dict[str, asyncio.Future[RiskDecision]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._bus: Bus | None = None
+        self._whatif: WhatIf | None = None
+        now = clock.monotonic()
+        self._proposal_bucket = TokenBucket(limits.max_proposals_per_s, limits.proposal_burst, now)
+        self._order_bucket = TokenBucket(limits.max_order_msgs_per_s, limits.max_order_msgs_per_s, now)
+        self._agent_buckets: dict[str, TokenBucket] = {}
+        self._apply_limits(limits)
+
+    # ================================================================== limits
+
+    def _apply_limits(self, limits: RiskLimits) -> None:
+        self._limits = limits
+        self._tz = ZoneInfo(limits.timezone)
+        h = limits.trading_hours
+        self._hours: tuple[time, time, frozenset[int]] | None = (
+            None if h is None else (h.start, h.end, frozenset(h.weekdays)))
+        self._symbol_limits: dict[str, SymbolLimits] = {}   # symbol -> resolved limits
+        self._agent_limits: dict[str, AgentLimits] = {}     # agent_id -> resolved limits
+        self._day_ends = self._next_midnight(self._clock.now())
+        now = self._clock.monotonic()
+        self._proposal_bucket.retune(limits.max_proposals_per_s, limits.proposal_burst, now)
+        self._order_bucket.retune(limits.max_order_msgs_per_s, limits.max_order_msgs_per_s, now)
+        for agent_id, bucket in self._agent_buckets.items():
+            al = limits.for_agent(agent_id)
+            bucket.retune(al.max_proposals_per_s, al.proposal_burst, now)
+
+    @property
+    def limits(self) -> RiskLimits:
+        return self._limits
+
+    def reload_limits(self, path: str | Path) -> list[str]:
+        """Re-read the limits file (SIGHUP). Returns what changed; an invalid file raises
+        ConfigError and the current limits stay in force."""
+        try:
+            new = load_limits(path)
+        except ConfigError as e:
+            log.error("risk_limits_reload_failed", path=str(path), error=str(e))
+            raise
+        changes = diff_limits(self._limits, new)
+        self._apply_limits(new)
+        log.info("risk_limits_reloaded", path=str(path), changes=changes)
+        return changes
+
+    def _symbol(self, symbol: str) -> SymbolLimits:
+        sl = self._symbol_limits.get(symbol)
+        if sl is None:
+            sl = self._symbol_limits[symbol] = self._limits.for_symbol(symbol)
+        return sl
+
+    def _agent(self, agent_id: str) -> AgentLimits:
+        al = self._agent_limits.get(agent_id)
+        if al is None:
+            al = self._agent_limits[agent_id] = self._limits.for_agent(agent_id)
+        return al
+
+    def _agent_bucket(self, agent_id: str, now: float) -> TokenBucket:
+        b = self._agent_buckets.get(agent_id)
+        if b is None:
+            al = self._agent(agent_id)
+            b = self._agent_buckets[agent_id] = TokenBucket(al.max_proposals_per_s,
+                                                            al.proposal_burst, now)
+        return b
+
+    def _multiplier_for(self, symbol: str) -> float:
+        m = self._multipliers.get(symbol)
+        if m is None:
+            m = self._symbol(symbol).multiplier or 1.0
+        return m
+
+    # ================================================================== state
+
+    @property
+    def state(self) -> TradingState:
+        return self._state
+
+    @property
+    def snapshot(self) -> PortfolioSnapshot | None:
+        return self._snapshot
+
+    def set_state(self, new: TradingState, reason: str, by: StateBy) -> TradingStateChanged | None:
+        """Move the trading state; the event to publish, or None if nothing changed."""
+        if new is self._state:
+            return None
+        event = TradingStateChanged(old=self._state, new=new, reason=reason, by=by,
+                                    ts=self._clock.now())
+        self._state = new
+        log.warning("trading_state_changed", old=event.old.value, new=new.value, reason=reason,
+                    by=by)
+        return event
+
+    def on_control(self, cmd: ControlCommand) -> TradingStateChanged | None:
+        new = {"halt": TradingState.HALTED, "reduce": TradingState.REDUCING,
+               "resume": TradingState.ACTIVE}[cmd.action]
+        reason = f"{cmd.action} by {cmd.by}" + (f": {cmd.reason}" if cmd.reason else "")
+        if new is TradingState.ACTIVE:
+            # resume re-bases the drawdown: it is measured from here on
+            nlv = self._snapshot.net_liquidation if self._snapshot is not None else None
+            self._equity_peak = nlv if nlv is not None and math.isfinite(nlv) else None
+        return self.set_state(new, reason, "operator")
+
+    def on_snapshot(self, snapshot: PortfolioSnapshot) -> list[TradingStateChanged]:
+        """Keep the latest snapshot; settle fills it shows; apply the automatic transitions.
+
+        Daily P&L at or below -daily_loss_limit HALTs; a drawdown from today's NetLiquidation
+        peak at or past max_drawdown_pct moves ACTIVE to REDUCING. Automatic transitions only
+        tighten: they never lift a state (only an operator's resume does).
+        """
+        self._snapshot = snapshot
+        self.ledger.settle(snapshot.positions_ts)
+        self._view = SnapshotView(snapshot, self.ledger, self._multiplier_for, self._limits)
+        now = self._clock.now()
+        if now >= self._day_ends:
+            self._roll_day(now)
+        events: list[TradingStateChanged] = []
+        lim = self._limits
+        daily = snapshot.pnl.daily
+        if (daily is not None and math.isfinite(daily) and daily <= -lim.daily_loss_limit
+                and self._state is not TradingState.HALTED):
+            ev = self.set_state(TradingState.HALTED,
+                                f"daily P&L {daily:.2f} at or past the loss limit "
+                                f"-{lim.daily_loss_limit:.2f}", "auto")
+            if ev is not None:
+                events.append(ev)
+        nlv = snapshot.net_liquidation
+        if nlv is not None and math.isfinite(nlv) and nlv > 0 and snapshot.reconciled:
+            peak = self._equity_peak = max(self._equity_peak or nlv, nlv)
+            dd_pct = (peak - nlv) / peak * 100.0
+            if (lim.max_drawdown_pct is not None and dd_pct >= lim.max_drawdown_pct
+                    and self._state is TradingState.ACTIVE):
+                ev = self.set_state(TradingState.REDUCING,
+                                    f"drawdown {dd_pct:.2f}% from today's peak {peak:.2f} at or "
+                                    f"past {lim.max_drawdown_pct}%", "auto")
+                if ev is not None:
+                    events.append(ev)
+        return events
+
+    def _next_midnight(self, now: datetime) -> datetime:
+        local = now.astimezone(self._tz)
+        tomorrow = (local + timedelta(days=1)).date()
+        return datetime.combine(tomorrow, time(0), tzinfo=self._tz)
+
+    def _roll_day(self, now: datetime) -> None:
+        """A new trading day: per-agent realized P&L and the equity peak start over."""
+        log.info("risk_day_rolled", agents=len(self._agent_realized))
+        self._agent_realized.clear()
+        self._exec_ids.clear()
+        self._equity_peak = None
+        self._day_ends = self._next_midnight(now)
+
+    # ================================================================== the decision
+
+    def evaluate(self, proposal: TradeProposal,
+                 snapshot: PortfolioSnapshot | None) -> RiskDecision:
+        """Decide one proposal; an approval is reserved before this returns.
+
+        A repeated proposal_id gets its first decision back (the same object, or its
+        successor once placement or margin replaced it); the same id with other content is
+        rejected DUPLICATE_PROPOSAL. Neither ever reserves a second time.
+        """
+        return self._evaluate(proposal, snapshot)[0]
+
+    def _evaluate(self, proposal: TradeProposal,
+                  snapshot: PortfolioSnapshot | None) -> tuple[RiskDecision, bool]:
+        """(decision, fresh): fresh is False for a repeat or a duplicate id."""
+        pid = proposal.proposal_id
+        seen = self._decisions.get(pid)
+        now = self._clock.now()
+        if seen is not None:
+            if seen[0] == proposal:
+                log.info("risk_decision_repeated", proposal_id=pid, agent_id=proposal.agent_id,
+                         verdict=seen[1].verdict.value)
+                return seen[1], False
+            decision = self._decision(proposal, [deny(DenialCode.DUPLICATE_PROPOSAL, value=pid)],
+                                      now)
+            self._log_decision(proposal, decision, None)
+            return decision, False
+        if now >= self._day_ends:
+            self._roll_day(now)
+        reasons, ctx = self._check(proposal, snapshot, now)
+        if not reasons:
+            assert ctx is not None
+            self._reserve(proposal, ctx, now)
+        decision = self._decision(proposal, reasons, now)
+        self._remember(pid, proposal, decision)
+        self._log_decision(proposal, decision, ctx)
+        return decision, True
+
+    def _check(self, p: TradeProposal, snapshot: PortfolioSnapshot | None,
+               now: datetime) -> tuple[list[Reason], RuleContext | None]:
+        lim = self._limits
+        mono = self._clock.monotonic()
+        # every attempt spends a proposal token, so a flood is limited whatever else fails
+        rate_denied: tuple[str, float] | None = None
+        agent_bucket = self._agent_bucket(p.agent_id, mono)
+        if not self._proposal_bucket.take(mono):
+            rate_denied = ("global", lim.max_proposals_per_s)
+        elif not agent_bucket.take(mono):
+            rate_denied = (f"agent {p.agent_id}", agent_bucket.rate)
+
+        gate = gate_broker_state(snapshot, now, lim) or gate_trading_state(self._state)
+        if gate is not None:
+            return [gate], None
+        assert snapshot is not None
+        sym = self._symbol(p.symbol)
+        if self._contract_info is not None:
+            contract = self._contract_info(p)
+            if contract is None:
+                return [deny(DenialCode.UNKNOWN_CONTRACT, value=p.symbol, field="symbol")], None
+            mult: float | None = contract.multiplier
+            tick = contract.min_tick if contract.min_tick > 0 else lim.default_min_tick
+        else:
+            mult, tick = default_contract_facts(p, sym, lim)
+            if mult is None:
+                return [deny(DenialCode.UNKNOWN_CONTRACT, value=p.symbol, field="multiplier",
+                             detail=f"no contract details; set [symbols.{p.symbol}] multiplier")], None
+        market = p.order_type is OrderType.MKT
+        if market:
+            px = market_entry_price(p, snapshot, now, lim)
+            if isinstance(px, Reason):
+                return [px], None
+            entry = px
+        else:
+            entry = p.limit_price  # type: ignore[assignment]
+
+        view = self._view
+        if view is None or view.snapshot is not snapshot:
+            view = self._view = SnapshotView(snapshot, self.ledger, self._multiplier_for, lim)
+        ledger = self.ledger
+        agent = p.agent_id
+        symbol = p.symbol
+        sign = 1 if p.side is Side.BUY else -1
+        qty = p.quantity
+        fu, fn = view.pending(symbol, sign)
+        lp = ledger.symbol_pending.get(symbol)
+        i = 0 if sign > 0 else 1
+
+        c = RuleContext.__new__(RuleContext)
+        c.proposal = p
+        c.limits = lim
+        c.agent_limits = self._agent(agent)
+        c.symbol_limits = sym
+        c.now = now
+        c.state = self._state
+        c.tz = self._tz
+        c.hours = self._hours
+        c.sign = sign
+        c.quantity = qty
+        c.entry = entry
+        c.market_entry = market
+        c.tick = tick
+        c.multiplier = mult
+        c.worst_case_loss = worst_case_loss(qty, entry, p.stop_loss, mult, tick, lim,
+                                            market_entry=market)
+        c.notional = qty * entry * mult
+        c.net_liquidation = snapshot.account_values["NetLiquidation"]
+        c.daily_pnl = snapshot.pnl.daily
+        c.position = view.positions.get(symbol, 0.0)
+        c.position_notional = view.position_notional.get(symbol, 0.0)
+        c.pending_same = fu + (lp[i] if lp else 0.0)
+        c.pending_same_notional = fn + (lp[i + 2] if lp else 0.0)
+        c.gross_exposure = view.gross_positions + view.foreign_gross + ledger.gross_pending_notional
+        c.net_exposure = view.net_positions + view.foreign_net + ledger.net_pending_notional
+        c.open_brackets = len(ledger) + len(view.foreign)
+        c.open_worst_case = ledger.total_worst_case + view.foreign_worst_case
+        c.agent_open_brackets = ledger.agent_open(agent)
+        c.agent_worst_case = ledger.agent_worst_case.get(agent, 0.0)
+        c.agent_realized = self._agent_realized.get(agent, 0.0)
+        held = self._agent_positions.get(agent)
+        exposure = ledger.agent_pending_notional.get(agent, 0.0)
+        c.agent_position_notional = 0.0
+        if held:
+            for s, units in held.items():
+                n = units * self._mark(s, view, entry if s == symbol else None) * self._multiplier_for(s)
+                exposure += abs(n)
+                if s == symbol:
+                    c.agent_position_notional = n
+        c.agent_exposure = exposure
+        c.proposal_rate_denied = rate_denied
+        c.order_tokens = self._order_bucket.available(mono)
+
+        reasons = []
+        for rule in RULES:
+            r = rule(c)
+            if r is not None:
+                reasons.append(r)
+        return reasons, c
+
+    def _mark(self, symbol: str, view: SnapshotView, fallback: float | None) -> float:
+        px = view.marks.get(symbol) or self._last_price.get(symbol) or fallback
+        return px or 0.0
+
+    def _reserve(self, p: TradeProposal, c: RuleContext, now: datetime) -> None:
+        self._order_bucket.take(self._clock.monotonic(), ORDER_MSGS_PER_BRACKET)
+        self._multipliers[p.symbol] = c.multiplier
+        self.ledger.reserve(Reservation(
+            proposal_id=p.proposal_id, agent_id=p.agent_id, symbol=p.symbol, sign=c.sign,
+            quantity=c.quantity, entry_price=c.entry, stop_price=p.stop_loss,
+            multiplier=c.multiplier, worst_case_loss=c.worst_case_loss, created_at=now))
+
+    def _decision(self, p: TradeProposal, reasons: list[Reason], now: datetime) -> RiskDecision:
+        # every field is built here from validated inputs: skip re-validation on the hot path
+        return RiskDecision.model_construct(
+            proposal_id=p.proposal_id, agent_id=p.agent_id,
+            verdict=Verdict.REJECTED if reasons else Verdict.APPROVED,
+            reasons=reasons, order_ids=None, trading_state=self._state, ts=now)
+
+    def _remember(self, pid: str, p: TradeProposal, decision: RiskDecision) -> None:
+        """Bounded memory of decisions: forget the oldest, but never an open bracket's."""
+        d = self._decisions
+        d[pid] = (p, decision)
+        excess = len(d) - self._limits.max_remembered_decisions
+        while excess > 0:
+            old_pid, old = d.popitem(last=False)
+            if old_pid in self.ledger:
+                d[old_pid] = old  # still open: keep (moves to the newest end)
+            excess -= 1
+
+    def _replace(self, decision: RiskDecision) -> None:
+        seen = self._decisions.get(decision.proposal_id)
+        if seen is not None:
+            self._decisions[decision.proposal_id] = (seen[0], decision)
+
+    def decision_for(self, proposal_id: str) -> RiskDecision | None:
+        seen = self._decisions.get(proposal_id)
+        return None if seen is None else seen[1]
+
+    def _log_decision(self, p: TradeProposal, d: RiskDecision, c: RuleContext | None) -> None:
+        log.info("risk_decision", proposal_id=p.proposal_id, agent_id=p.agent_id,
+                 verdict=d.verdict.value, codes=[r.code.value for r in d.reasons],
+                 symbol=p.symbol, side=p.side.value, quantity=p.quantity,
+                 worst_case_loss=None if c is None else round(c.worst_case_loss, 2),
+                 trading_state=self._state.value)
+
+    def _reject(self, decision: RiskDecision, reasons: list[Reason], why: str) -> RiskDecision:
+        """Replace an approval with a rejection and release its reservation."""
+        self.release(decision.proposal_id, why)
+        new = RiskDecision.model_construct(
+            proposal_id=decision.proposal_id, agent_id=decision.agent_id,
+            verdict=Verdict.REJECTED, reasons=reasons, order_ids=None,
+            trading_state=self._state, ts=self._clock.now())
+        self._replace(new)
+        log.info("risk_decision", proposal_id=new.proposal_id, agent_id=new.agent_id,
+                 verdict=new.verdict.value, codes=[r.code.value for r in reasons],
+                 replaces="approved", trading_state=self._state.value)
+        return new
+
+    # ================================================================== margin (async step)
+
+    async def confirm_margin(self, decision: RiskDecision, whatif: WhatIf) -> RiskDecision:
+        """Confirm a provisional approval with IB's what-if; replace it on failure.
+
+        The init-margin change must fit AvailableFunds x (1 - cushion) less the margin already
+        confirmed for other open, not-yet-filled brackets. A timeout or error is WHATIF_FAILED.
+        The check and the margin booking happen in one synchronous step after the await.
+        """
+        if decision.verdict is not Verdict.APPROVED:
+            return decision
+        pid = decision.proposal_id
+        seen = self._decisions.get(pid)
+        if seen is None or pid not in self.ledger:
+            return decision
+        bracket = ApprovedBracket(proposal=seen[0], contract=self._contract_for(seen[0]),
+                                  approved_at=decision.ts)
+        lim = self._limits
+        try:
+            async with asyncio.timeout(lim.whatif_timeout_s):
+                result = await whatif(bracket)
+        except TimeoutError:
+            return self._reject(decision, [deny(DenialCode.WHATIF_FAILED, lim.whatif_timeout_s,
+                                                detail="timed out", field="timeout_s")],
+                                "what-if timed out")
+        except Exception as e:  # any failure of the what-if is a typed rejection, logged
+            log.warning("whatif_failed", proposal_id=pid, error=repr(e), exc_info=True)
+            return self._reject(decision, [deny(DenialCode.WHATIF_FAILED, value=repr(e)[:200])],
+                                "what-if failed")
+        if pid not in self.ledger:
+            return self._decisions[pid][1]   # released meanwhile (e.g. cancelled)
+        if self._state is TradingState.HALTED:
+            return self._reject(decision, [deny(DenialCode.TRADING_HALTED, value="HALTED",
+                                                detail="halted during the what-if")], "halted")
+        change = _float(result.get("init_margin_change", result.get("initMarginChange")))
+        if change is None:
+            return self._reject(decision, [deny(DenialCode.WHATIF_FAILED, value=str(result)[:200],
+                                                detail="no init margin change in the answer")],
+                                "what-if unusable")
+        snap = self._snapshot
+        funds = _float(snap.account_values.get("AvailableFunds")) if snap is not None else None
+        if funds is None:
+            return self._reject(decision, [deny(DenialCode.ACCOUNT_VALUES_UNKNOWN,
+                                                field="AvailableFunds")], "funds unknown")
+        room = funds * (1 - lim.margin_cushion_pct / 100.0) - self._margin_committed()
+        if change > room:
+            return self._reject(decision, [deny(DenialCode.INSUFFICIENT_MARGIN, room, change)],
+                                "insufficient margin")
+        self.ledger.set_margin(pid, max(0.0, change))
+        return decision
+
+    def _margin_committed(self) -> float:
+        """Margin confirmed for open brackets whose entry the snapshot does not show yet."""
+        return sum(r.margin for r in self.ledger if r.margin and r.pending_units > 0)
+
+    def _contract_for(self, p: TradeProposal) -> ResolvedContract | None:
+        return self._contract_info(p) if self._contract_info is not None else None
+
+    # ================================================================== fills and order events
+
+    def on_fill(self, fill: Fill) -> Reservation | None:
+        """Attribute a fill to its agent; move its reservation. The released one if it closed."""
+        seen = self._exec_ids.get(fill.exec_id)
+        realized = fill.realized_pnl if fill.realized_pnl is not None and math.isfinite(
+            fill.realized_pnl) else None
+        if seen is not None:
+            if not seen and realized is not None:  # the commission report came later
+                self._agent_realized[fill.agent_id] = self._agent_realized.get(fill.agent_id, 0.0) + realized
+                self._exec_ids[fill.exec_id] = True
+            return None
+        self._exec_ids[fill.exec_id] = realized is not None
+        if realized is not None:
+            self._agent_realized[fill.agent_id] = self._agent_realized.get(fill.agent_id, 0.0) + realized
+        held = self._agent_positions.setdefault(fill.agent_id, {})
+        units = held.get(fill.symbol, 0.0) + fill.side.sign * fill.quantity
+        if abs(units) < 1e-9:
+            held.pop(fill.symbol, None)
+        else:
+            held[fill.symbol] = units
+        self._last_price[fill.symbol] = fill.price
+        if fill.leg is Leg.ENTRY:
+            self.ledger.entry_fill(fill.proposal_id, fill.quantity, fill.ts)
+            return None
+        if self.ledger.exit_fill(fill.proposal_id, fill.quantity):
+            return self.release(fill.proposal_id, f"{fill.leg.value} filled")
+        return None
+
+    def on_order_event(self, ev: OrderEvent) -> Reservation | None:
+        """An order-status step of one leg. The released reservation if the bracket closed."""
+        if self.ledger.leg_status(ev.proposal_id, ev.leg, ev.status, ev.filled, ev.ts):
+            return self.release(ev.proposal_id, f"{ev.leg.value} {ev.status}")
+        return None
+
+    def release(self, proposal_id: str, why: str) -> Reservation | None:
+        """Stop counting a bracket (closed, cancelled, rejected, or never placed)."""
+        res = self.ledger.release(proposal_id)
+        if res is not None:
+            log.info("reservation_released", proposal_id=proposal_id, agent_id=res.agent_id,
+                     why=why, worst_case_loss=round(res.worst_case_loss, 2),
+                     open_brackets=len(self.ledger))
+        return res
+
+    # ================================================================== introspection
+
+    def summary(self) -> dict[str, Any]:
+        """The governor's state at a glance (status command, logs)."""
+        view = self._view
+        lim = self._limits
+        daily = self._snapshot.pnl.daily if self._snapshot is not None else None
+        open_worst = self.ledger.total_worst_case + (view.foreign_worst_case if view else 0.0)
+        return {
+            "trading_state": self._state.value,
+            "open_brackets": len(self.ledger) + (len(view.foreign) if view else 0),
+            "reserved_brackets": len(self.ledger),
+            "open_worst_case": round(open_worst, 2),
+            "daily_pnl": daily,
+            "daily_loss_budget_left": None if daily is None else round(
+                lim.daily_loss_limit + min(0.0, daily) - open_worst, 2),
+            "equity_peak": self._equity_peak,
+            "agent_realized": dict(self._agent_realized),
+            "decisions_remembered": len(self._decisions),
+        }
+
+    # ================================================================== bus wiring (thin)
+
+    def attach(self, bus: Bus, *, whatif: WhatIf | None = None, intake_maxsize: int = 1_000) -> None:
+        """Subscribe to the bus. Proposals are queued REJECT-on-full (the bridge answers
+        OVERLOADED); snapshots keep only the newest; order events, fills and commands BLOCK."""
+        from bus.bus import Overflow
+
+        self._bus = bus
+        self._whatif = whatif
+        bus.subscribe(TradeProposal, self._on_proposal_msg, name="risk", maxsize=intake_maxsize,
+                      overflow=Overflow.REJECT)
+        bus.subscribe(PortfolioSnapshot, self._on_snapshot_msg, name="risk", maxsize=4,
+                      overflow=Overflow.DROP_OLDEST)
+        bus.subscribe(OrderEvent, self._on_order_event_msg, name="risk")
+        bus.subscribe(Fill, self._on_fill_msg, name="risk")
+        bus.subscribe(ControlCommand, self._on_control_msg, name="risk")
+
+    async def aclose(self) -> None:
+        """Wait for in-flight placements (call before closing the bus)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def handle_proposal(self, proposal: TradeProposal) -> RiskDecision:
+        """The async intake path: decide, confirm margin, place, publish the final decision."""
+        decision, fresh = self._evaluate(proposal, self._snapshot)
+        if fresh and decision.verdict is Verdict.APPROVED:
+            return await self._place_approved(proposal, decision)
+        return await self._answer(proposal, decision)
+
+    async def _answer(self, proposal: TradeProposal, decision: RiskDecision) -> RiskDecision:
+        """Publish a rejection or a repeat; a repeat of an approval still being placed waits
+        for the placement's outcome, so it carries the order ids too."""
+        pending = self._inflight.get(proposal.proposal_id)
+        if pending is not None and decision.verdict is Verdict.APPROVED:
+            decision = await asyncio.shield(pending)
+        await self._require_bus().publish(decision)
+        return decision
+
+    async def _place_approved(self, p: TradeProposal, decision: RiskDecision) -> RiskDecision:
+        fut: asyncio.Future[RiskDecision] = asyncio.get_running_loop().create_future()
+        self._inflight[p.proposal_id] = fut
+        try:
+            decision = await self._confirm_and_place(p, decision)
+        finally:
+            del self._inflight[p.proposal_id]
+            fut.set_result(self.decision_for(p.proposal_id) or decision)
+        await self._require_bus().publish(decision)
+        return decision
+
+    async def _confirm_and_place(self, p: TradeProposal, decision: RiskDecision) -> RiskDecision:
+        bus = self._require_bus()
+        if self._whatif is not None:
+            decision = await self.confirm_margin(decision, self._whatif)
+            if decision.verdict is not Verdict.APPROVED:
+                return decision
+        bracket = ApprovedBracket(proposal=p, contract=self._contract_for(p),
+                                  approved_at=decision.ts)
+        await bus.publish(bracket)
+        try:
+            result: PlacementResult = await bus.request(
+                PLACE_SERVICE, bracket, timeout=self._limits.placement_timeout_s)
+        except Exception as e:  # any failure to place is a typed, logged rejection
+            log.warning("placement_failed", proposal_id=p.proposal_id, agent_id=p.agent_id,
+                        error=repr(e), exc_info=True)
+            return self._reject(decision, [deny(DenialCode.PLACEMENT_FAILED,
+                                                value=repr(e)[:200])], "placement failed")
+        if not result.ok or result.order_ids is None:
+            return self._reject(decision, [deny(DenialCode.PLACEMENT_FAILED, result.code,
+                                                result.error or "no order ids")],
+                                "placement refused")
+        placed = decision.model_copy(update={"order_ids": result.order_ids})
+        self._replace(placed)
+        log.info("bracket_placed", proposal_id=p.proposal_id, agent_id=p.agent_id,
+                 order_ids=result.order_ids.model_dump())
+        return placed
+
+    def _require_bus(self) -> Bus:
+        if self._bus is None:
+            raise RuntimeError("RiskGovernor.attach(bus) first")
+        return self._bus
+
+    async def _on_proposal_msg(self, proposal: TradeProposal) -> None:
+        # decided inline, in arrival order; an approval's margin check and placement run as
+        # their own task so intake keeps moving while IB answers
+        decision, fresh = self._evaluate(proposal, self._snapshot)
+        if fresh and decision.verdict is Verdict.APPROVED:
+            task = asyncio.create_task(self._place_approved(proposal, decision),
+                                       name=f"risk:place:{proposal.proposal_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+        else:
+            await self._answer(proposal, decision)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("placement_task_failed", task=task.get_name(),
+                      error=repr(task.exception()))
+
+    async def _on_snapshot_msg(self, snapshot: PortfolioSnapshot) -> None:
+        for ev in self.on_snapshot(snapshot):
+            await self._require_bus().publish(ev)
+
+    async def _on_order_event_msg(self, ev: OrderEvent) -> None:
+        self.on_order_event(ev)
+
+    async def _on_fill_msg(self, fill: Fill) -> None:
+        self.on_fill(fill)
+
+    async def _on_control_msg(self, cmd: ControlCommand) -> None:
+        ev = self.on_control(cmd)
+        if ev is not None:
+            await self._require_bus().publish(ev)
+
+
+def _float(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None

@@ -1,0 +1,441 @@
+"""The RiskGovernor's checks: each a small pure function `(ctx: RuleContext) -> Reason | None`.
+
+None passes; a Reason denies with its DenialCode, the code's message from DENIAL_MESSAGES,
+and the limit and value that decided it. The governor fills a RuleContext once per proposal
+(every number a rule needs, already resolved), runs GATES in order — the first denial
+short-circuits, since past it the numbers cannot be trusted — then every rule in RULES,
+collecting every denial.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import datetime, time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bus.messages import (
+    DENIAL_MESSAGES,
+    ConnectionState,
+    DenialCode,
+    OrderType,
+    PortfolioSnapshot,
+    Reason,
+    SecType,
+    Side,
+    TradeProposal,
+    TradingState,
+)
+from config.limits import AgentLimits, RiskLimits, SymbolLimits
+
+D = DenialCode
+
+
+def deny(code: DenialCode, limit: Any = None, value: Any = None, *, detail: str = "",
+         field: str | None = None) -> Reason:
+    """A typed denial. Built without validation (hot path), so normalised here as Reason's
+    validator would: numbers become floats, non-finite floats become text."""
+    limit, value = _number_or_text(limit), _number_or_text(value)
+    msg = DENIAL_MESSAGES[code]
+    return Reason.model_construct(code=code, message=f"{msg}: {detail}" if detail else msg,
+                                  limit=limit, value=value, field=field)
+
+
+def _number_or_text(v: Any) -> float | str | None:
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)):
+        f = float(v)
+        return f if math.isfinite(f) else str(f)
+    return str(v)
+
+
+def slippage(price: float, tick: float, limits: RiskLimits) -> float:
+    """Per-unit price allowance for a fill worse than asked."""
+    return limits.slippage_ticks * tick + limits.slippage_pct / 100.0 * price
+
+
+def worst_case_loss(quantity: float, entry: float, stop: float, multiplier: float, tick: float,
+                    limits: RiskLimits, *, market_entry: bool) -> float:
+    """The bracket as one unit: loss if the entry fills and the stop is hit, with slippage."""
+    per_unit = abs(entry - stop) + slippage(stop, tick, limits)
+    if market_entry:
+        per_unit += slippage(entry, tick, limits)
+    return quantity * per_unit * multiplier
+
+
+def on_tick(price: float, tick: float, tolerance: float) -> bool:
+    steps = price / tick
+    return abs(steps - round(steps)) <= tolerance
+
+
+class RuleContext:
+    """Everything a rule reads, resolved once per proposal by the governor."""
+
+    __slots__ = (
+        "proposal", "limits", "agent_limits", "symbol_limits", "now", "state", "tz", "hours",
+        "sign", "quantity", "entry", "market_entry", "tick", "multiplier", "worst_case_loss",
+        "notional", "net_liquidation", "daily_pnl",
+        "position", "position_notional", "pending_same", "pending_same_notional",
+        "gross_exposure", "net_exposure",
+        "open_brackets", "open_worst_case", "agent_open_brackets", "agent_worst_case",
+        "agent_realized", "agent_exposure", "agent_position_notional",
+        "proposal_rate_denied", "order_tokens",
+    )
+
+    def __init__(self, **kw: Any) -> None:
+        for k in self.__slots__:
+            setattr(self, k, kw.pop(k, None))
+        if kw:
+            raise TypeError(f"unknown RuleContext fields: {sorted(kw)}")
+
+    proposal: TradeProposal
+    limits: RiskLimits
+    agent_limits: AgentLimits
+    symbol_limits: SymbolLimits
+    now: datetime
+    state: TradingState
+    tz: ZoneInfo
+    hours: tuple[time, time, frozenset[int]] | None
+    sign: int                       # +1 BUY, -1 SELL
+    quantity: float
+    entry: float                    # limit price, or the quote for a MKT entry
+    market_entry: bool
+    tick: float
+    multiplier: float
+    worst_case_loss: float
+    notional: float                 # quantity x entry x multiplier
+    net_liquidation: float
+    daily_pnl: float
+    position: float                 # signed units held now (snapshot)
+    position_notional: float        # signed notional held now
+    pending_same: float             # units pending in this proposal's direction
+    pending_same_notional: float
+    gross_exposure: float           # sum |position notional| + pending, now
+    net_exposure: float             # signed sum, now
+    open_brackets: int
+    open_worst_case: float          # every open bracket's worst case (reserved + working)
+    agent_open_brackets: int
+    agent_worst_case: float
+    agent_realized: float           # the agent's realized P&L today
+    agent_exposure: float           # the agent's |position notional| + pending, now
+    agent_position_notional: float  # the agent's signed position notional in this symbol
+    proposal_rate_denied: tuple[str, float] | None   # (bucket, its rate) if out of tokens
+    order_tokens: float
+
+
+Rule = Callable[[RuleContext], Reason | None]
+
+
+# =========================================================================== gates (short-circuit)
+# Gates read the raw inputs; they run before the context's numbers are resolved.
+
+
+def gate_broker_state(snapshot: PortfolioSnapshot | None, now: datetime,
+                      limits: RiskLimits) -> Reason | None:
+    """Fail closed unless the broker picture is connected, reconciled, fresh and complete."""
+    if snapshot is None:
+        return deny(D.BROKER_DISCONNECTED, detail="no portfolio snapshot yet")
+    conn = snapshot.connection
+    if conn is ConnectionState.CONNECTIVITY_LOST:
+        return deny(D.BROKER_CONNECTIVITY_LOST, value=conn.value)
+    if conn is ConnectionState.DISCONNECTED or conn is ConnectionState.CONNECTING:
+        return deny(D.BROKER_DISCONNECTED, value=conn.value)
+    if conn is not ConnectionState.READY or not snapshot.reconciled:
+        return deny(D.NOT_RECONCILED, value=conn.value)
+    age = snapshot.data_age(now)
+    if not age <= limits.max_snapshot_age_s:
+        return deny(D.SNAPSHOT_STALE, limits.max_snapshot_age_s, age)
+    daily = snapshot.pnl.daily
+    if daily is None or not math.isfinite(daily):
+        return deny(D.PNL_UNKNOWN, value=daily)
+    values = snapshot.account_values
+    for key in ("NetLiquidation", "AvailableFunds"):
+        v = values.get(key)
+        if v is None or not math.isfinite(v) or (key == "NetLiquidation" and v <= 0):
+            return deny(D.ACCOUNT_VALUES_UNKNOWN, value=v, field=key)
+    return None
+
+
+def gate_trading_state(state: TradingState) -> Reason | None:
+    if state is TradingState.HALTED:
+        return deny(D.TRADING_HALTED, value=state.value)
+    return None
+
+
+def market_entry_price(proposal: TradeProposal, snapshot: PortfolioSnapshot, now: datetime,
+                       limits: RiskLimits) -> float | Reason:
+    """A MKT entry's price: ask for a BUY, bid for a SELL, else last; stale = unavailable."""
+    q = snapshot.quotes.get(proposal.symbol)
+    if q is None:
+        return deny(D.QUOTE_UNAVAILABLE, detail=f"no quote for {proposal.symbol}")
+    age = (now - q.ts).total_seconds()
+    if age > limits.max_quote_age_s:
+        return deny(D.QUOTE_UNAVAILABLE, limits.max_quote_age_s, age, detail="quote stale",
+                    field="quote_age_s")
+    px = q.ask if proposal.side is Side.BUY else q.bid
+    if px is None or not (px > 0 and math.isfinite(px)):
+        px = q.last
+    if px is None or not (px > 0 and math.isfinite(px)):
+        return deny(D.QUOTE_UNAVAILABLE, detail=f"no usable bid/ask/last for {proposal.symbol}")
+    return px
+
+
+# =========================================================================== rules (collected)
+
+
+def rule_reducing_only(c: RuleContext) -> Reason | None:
+    """REDUCING admits a proposal only if it shrinks a position, after pending reductions."""
+    if c.state is not TradingState.REDUCING:
+        return None
+    held_against = max(0.0, -c.sign * c.position)      # long for a SELL, |short| for a BUY
+    reducible = max(0.0, held_against - c.pending_same)
+    if c.quantity > reducible:
+        return deny(D.REDUCING_ONLY, reducible, c.quantity, field="quantity")
+    return None
+
+
+def rule_symbol_allowed(c: RuleContext) -> Reason | None:
+    sym = c.proposal.symbol
+    if sym in c.limits.denied_symbols:
+        return deny(D.SYMBOL_NOT_ALLOWED, value=sym, detail="denied", field="symbol")
+    allowed = c.limits.allowed_symbols
+    if allowed and sym not in allowed:
+        return deny(D.SYMBOL_NOT_ALLOWED, value=sym, detail="not in the allowed list",
+                    field="symbol")
+    return None
+
+
+def rule_sec_type_allowed(c: RuleContext) -> Reason | None:
+    st = c.proposal.sec_type
+    if st not in c.limits.allowed_sec_types:
+        return deny(D.SEC_TYPE_NOT_ALLOWED, value=st.value, field="sec_type")
+    return None
+
+
+def rule_trading_hours(c: RuleContext) -> Reason | None:
+    if c.hours is None:
+        return None
+    start, end, weekdays = c.hours
+    local = c.now.astimezone(c.tz)
+    t = local.time()
+    if local.weekday() not in weekdays or not (start <= t < end):
+        return deny(D.OUTSIDE_TRADING_HOURS, f"{start:%H:%M}-{end:%H:%M} {c.tz.key}",
+                    local.strftime("%a %H:%M:%S"))
+    return None
+
+
+def rule_geometry(c: RuleContext) -> Reason | None:
+    """BUY: stop < entry < take-profit. SELL: the reverse."""
+    p, e = c.proposal, c.entry
+    s = c.sign
+    if s * (e - p.stop_loss) <= 0:
+        return deny(D.BRACKET_GEOMETRY, e, p.stop_loss, field="stop_loss",
+                    detail=f"stop must be {'below' if s > 0 else 'above'} the entry")
+    if s * (p.take_profit - e) <= 0:
+        return deny(D.BRACKET_GEOMETRY, e, p.take_profit, field="take_profit",
+                    detail=f"take-profit must be {'above' if s > 0 else 'below'} the entry")
+    return None
+
+
+def rule_tick(c: RuleContext) -> Reason | None:
+    p, tick, tol = c.proposal, c.tick, c.limits.tick_tolerance
+    for name, px in (("limit_price", p.limit_price), ("take_profit", p.take_profit),
+                     ("stop_loss", p.stop_loss)):
+        if px is not None and not on_tick(px, tick, tol):
+            return deny(D.PRICE_OFF_TICK, tick, px, field=name)
+    return None
+
+
+def rule_reward_risk(c: RuleContext) -> Reason | None:
+    risk = abs(c.entry - c.proposal.stop_loss)
+    if risk == 0:
+        return None  # geometry reports it
+    rr = abs(c.proposal.take_profit - c.entry) / risk
+    if rr < c.limits.min_reward_risk:
+        return deny(D.REWARD_RISK_TOO_LOW, c.limits.min_reward_risk, rr)
+    return None
+
+
+def rule_stop_distance(c: RuleContext) -> Reason | None:
+    pct = abs(c.entry - c.proposal.stop_loss) / c.entry * 100.0
+    lo, hi = c.limits.min_stop_distance_pct, c.limits.max_stop_distance_pct
+    if pct < lo:
+        return deny(D.STOP_DISTANCE_OUT_OF_BOUNDS, lo, pct, detail="stop too close (%)")
+    if pct > hi:
+        return deny(D.STOP_DISTANCE_OUT_OF_BOUNDS, hi, pct, detail="stop too far (%)")
+    return None
+
+
+def rule_max_order_quantity(c: RuleContext) -> Reason | None:
+    lim = c.symbol_limits.max_order_quantity
+    if c.quantity > lim:
+        return deny(D.MAX_ORDER_QUANTITY, lim, c.quantity, field="quantity")
+    return None
+
+
+def rule_max_order_notional(c: RuleContext) -> Reason | None:
+    lim = c.symbol_limits.max_order_notional
+    if c.notional > lim:
+        return deny(D.MAX_ORDER_NOTIONAL, lim, c.notional)
+    return None
+
+
+def _grows(before: float, after: float, limit: float) -> bool:
+    """Past the limit, and worse than before: a trade that shrinks a breach is let through."""
+    return after > limit and after > before
+
+
+def rule_position_limit(c: RuleContext) -> Reason | None:
+    before = abs(c.position + c.sign * c.pending_same)
+    after = abs(c.position + c.sign * (c.pending_same + c.quantity))
+    lim = c.symbol_limits.max_position_units
+    if _grows(before, after, lim):
+        return deny(D.POSITION_LIMIT, lim, after)
+    return None
+
+
+def rule_position_notional(c: RuleContext) -> Reason | None:
+    before = abs(c.position_notional + c.sign * c.pending_same_notional)
+    after = abs(c.position_notional + c.sign * (c.pending_same_notional + c.notional))
+    lim = c.symbol_limits.max_position_notional
+    if _grows(before, after, lim):
+        return deny(D.POSITION_NOTIONAL_LIMIT, lim, after)
+    return None
+
+
+def _after_trade(total: float, held: float, sign: int, notional: float) -> float:
+    """`total` (a sum of absolute notionals) after a trade of `sign x notional` on a symbol
+    where `held` is signed: a trade against the holding shrinks it first."""
+    if sign * held < 0:
+        return total - abs(held) + abs(held + sign * notional)
+    return total + notional
+
+
+def rule_gross_exposure(c: RuleContext) -> Reason | None:
+    held = c.position_notional + c.sign * c.pending_same_notional
+    after = _after_trade(c.gross_exposure, held, c.sign, c.notional)
+    lim = c.net_liquidation * c.limits.max_gross_exposure_pct / 100.0
+    if _grows(c.gross_exposure, after, lim):
+        return deny(D.GROSS_EXPOSURE_LIMIT, lim, after)
+    return None
+
+
+def rule_net_exposure(c: RuleContext) -> Reason | None:
+    after = c.net_exposure + c.sign * c.notional
+    lim = c.net_liquidation * c.limits.max_net_exposure_pct / 100.0
+    if _grows(abs(c.net_exposure), abs(after), lim):
+        return deny(D.NET_EXPOSURE_LIMIT, lim, abs(after))
+    return None
+
+
+def rule_max_open_brackets(c: RuleContext) -> Reason | None:
+    lim = c.limits.max_open_brackets
+    if c.open_brackets + 1 > lim:
+        return deny(D.MAX_OPEN_BRACKETS, lim, c.open_brackets + 1)
+    return None
+
+
+def rule_max_open_brackets_agent(c: RuleContext) -> Reason | None:
+    lim = c.agent_limits.max_open_brackets
+    if c.agent_open_brackets + 1 > lim:
+        return deny(D.MAX_OPEN_BRACKETS_AGENT, lim, c.agent_open_brackets + 1)
+    return None
+
+
+def rule_per_trade_loss(c: RuleContext) -> Reason | None:
+    lim = c.limits.per_trade_loss_limit
+    if c.worst_case_loss > lim:
+        return deny(D.PER_TRADE_LOSS_LIMIT, lim, c.worst_case_loss)
+    return None
+
+
+def rule_per_trade_loss_pct(c: RuleContext) -> Reason | None:
+    lim = c.net_liquidation * c.limits.per_trade_loss_pct / 100.0
+    if c.worst_case_loss > lim:
+        return deny(D.PER_TRADE_LOSS_PCT_LIMIT, lim, c.worst_case_loss)
+    return None
+
+
+def rule_daily_loss(c: RuleContext) -> Reason | None:
+    """What is left of today's budget after today's loss and every open bracket's worst case."""
+    remaining = c.limits.daily_loss_limit + min(0.0, c.daily_pnl) - c.open_worst_case
+    if c.worst_case_loss > remaining:
+        return deny(D.DAILY_LOSS_LIMIT, remaining, c.worst_case_loss)
+    return None
+
+
+def rule_agent_loss(c: RuleContext) -> Reason | None:
+    remaining = c.agent_limits.loss_limit + min(0.0, c.agent_realized) - c.agent_worst_case
+    if c.worst_case_loss > remaining:
+        return deny(D.AGENT_LOSS_LIMIT, remaining, c.worst_case_loss)
+    return None
+
+
+def rule_agent_exposure(c: RuleContext) -> Reason | None:
+    after = _after_trade(c.agent_exposure, c.agent_position_notional, c.sign, c.notional)
+    lim = c.agent_limits.exposure_limit
+    if _grows(c.agent_exposure, after, lim):
+        return deny(D.AGENT_EXPOSURE_LIMIT, lim, after)
+    return None
+
+
+def rule_rates(c: RuleContext) -> Reason | None:
+    if c.proposal_rate_denied is not None:
+        bucket, rate = c.proposal_rate_denied
+        return deny(D.RATE_LIMITED, rate, bucket, field="proposals_per_s")
+    if c.order_tokens < ORDER_MSGS_PER_BRACKET:
+        return deny(D.RATE_LIMITED, c.limits.max_order_msgs_per_s, round(c.order_tokens, 3),
+                    field="order_msgs_per_s",
+                    detail=f"a bracket needs {ORDER_MSGS_PER_BRACKET} order messages")
+    return None
+
+
+ORDER_MSGS_PER_BRACKET = 3
+
+RULES: tuple[Rule, ...] = (
+    rule_reducing_only,
+    rule_symbol_allowed,
+    rule_sec_type_allowed,
+    rule_trading_hours,
+    rule_geometry,
+    rule_tick,
+    rule_reward_risk,
+    rule_stop_distance,
+    rule_max_order_quantity,
+    rule_max_order_notional,
+    rule_position_limit,
+    rule_position_notional,
+    rule_gross_exposure,
+    rule_net_exposure,
+    rule_max_open_brackets,
+    rule_max_open_brackets_agent,
+    rule_per_trade_loss,
+    rule_per_trade_loss_pct,
+    rule_daily_loss,
+    rule_agent_loss,
+    rule_agent_exposure,
+    rule_rates,
+)
+
+
+def is_market(p: TradeProposal) -> bool:
+    return p.order_type is OrderType.MKT
+
+
+def default_contract_facts(p: TradeProposal, sym: SymbolLimits,
+                           limits: RiskLimits) -> tuple[float | None, float]:
+    """(multiplier, min tick) without IB's contract details. Multiplier None = unknown."""
+    if p.sec_type is SecType.STK:
+        mult: float | None = 1.0
+        tick = limits.default_min_tick
+    elif p.sec_type is SecType.FUT:
+        mult, tick = None, limits.futures_min_tick
+    else:
+        mult, tick = limits.option_multiplier, limits.default_min_tick
+    if sym.multiplier is not None:
+        mult = sym.multiplier
+    if sym.min_tick is not None:
+        tick = sym.min_tick
+    return mult, tick

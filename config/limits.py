@@ -1,0 +1,243 @@
+"""Risk limits: one frozen model loaded from a TOML file; a typo in a limit is an error at start.
+
+`load_limits(path)` reads the file with tomllib and validates it (unknown keys are errors).
+Top-level keys are the global limits; `[agent]` holds every agent's default budget,
+`[agents.<agent_id>]` overrides some of it for one agent, `[symbols.<SYMBOL>]` overrides the
+size limits (and contract facts: multiplier, min tick) for one symbol, and the optional
+`[trading_hours]` restricts when proposals are admitted. Percentages are in percent (0.5 = 0.5 %).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bus.errors import ConfigError
+from bus.messages import SecType
+
+Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PosMoney = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Pct = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+DEFAULT_LIMITS_PATH = Path(__file__).with_name("limits.default.toml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AgentLimits(_Strict):
+    """One agent's budget. `[agent]` in the file sets the default for every agent."""
+
+    loss_limit: Money = 5_000.0            # realized loss today + open brackets' worst case
+    exposure_limit: Money = 300_000.0      # |position notional| + pending entry notional
+    max_open_brackets: Annotated[int, Field(ge=0)] = 10
+    max_proposals_per_s: Rate = 5.0        # token bucket: sustained rate ...
+    proposal_burst: Annotated[int, Field(ge=1)] = 10  # ... and bucket size
+
+
+class AgentOverride(_Strict):
+    """`[agents.<agent_id>]`: any subset of AgentLimits, applied over `[agent]`."""
+
+    loss_limit: Money | None = None
+    exposure_limit: Money | None = None
+    max_open_brackets: Annotated[int, Field(ge=0)] | None = None
+    max_proposals_per_s: Rate | None = None
+    proposal_burst: Annotated[int, Field(ge=1)] | None = None
+
+
+class SymbolOverride(_Strict):
+    """`[symbols.<SYMBOL>]`: size limits and contract facts for one symbol."""
+
+    multiplier: PosMoney | None = None
+    min_tick: PosMoney | None = None
+    max_order_quantity: Annotated[int, Field(ge=0)] | None = None
+    max_order_notional: Money | None = None
+    max_position_units: Money | None = None
+    max_position_notional: Money | None = None
+
+
+class TradingHours(_Strict):
+    """Proposals are admitted only on `weekdays` (0 = Monday) between start and end, local time."""
+
+    start: time = time(9, 30)
+    end: time = time(16, 0)
+    weekdays: list[Annotated[int, Field(ge=0, le=6)]] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TradingHours:
+        if self.end <= self.start:
+            raise ValueError("trading_hours.end must be after trading_hours.start")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolLimits:
+    """The size limits that apply to one symbol: global limits with its override applied."""
+
+    multiplier: float | None
+    min_tick: float | None
+    max_order_quantity: int
+    max_order_notional: float
+    max_position_units: float
+    max_position_notional: float
+
+
+class RiskLimits(_Strict):
+    """Every limit the RiskGovernor enforces. Defaults suit a $1M paper account."""
+
+    # -- broker-state freshness (fail-closed)
+    max_snapshot_age_s: Seconds = 10.0
+    max_quote_age_s: Seconds = 15.0
+    # -- loss
+    daily_loss_limit: Money = 20_000.0
+    per_trade_loss_limit: Money = 5_000.0
+    per_trade_loss_pct: Pct = 0.5
+    max_drawdown_pct: Pct | None = 3.0     # from today's NetLiquidation peak -> REDUCING
+    slippage_ticks: Money = 2.0            # added to the stop leg (and a MKT entry) per unit
+    slippage_pct: Pct = 0.0                # idem, in % of entry; both add up
+    # -- bracket geometry
+    default_min_tick: PosMoney = 0.01
+    futures_min_tick: PosMoney = 0.25
+    tick_tolerance: Annotated[float, Field(ge=0, lt=0.5)] = 1e-6   # fraction of one tick
+    min_reward_risk: Money = 1.0
+    min_stop_distance_pct: Pct = 0.1
+    max_stop_distance_pct: Pct = 10.0
+    option_multiplier: PosMoney = 100.0   # when no contract_info and no symbol override
+    # -- size and exposure
+    max_order_quantity: Annotated[int, Field(ge=0)] = 5_000
+    max_order_notional: Money = 200_000.0
+    max_position_units: Money = 10_000.0
+    max_position_notional: Money = 300_000.0
+    max_gross_exposure_pct: Pct = 200.0
+    max_net_exposure_pct: Pct = 100.0
+    max_open_brackets: Annotated[int, Field(ge=0)] = 40
+    # -- lists
+    allowed_symbols: list[str] = Field(default_factory=list)    # empty = any symbol
+    denied_symbols: list[str] = Field(default_factory=list)
+    allowed_sec_types: list[SecType] = Field(default_factory=lambda: list(SecType))
+    # -- rates (token buckets on the monotonic clock)
+    max_proposals_per_s: Rate = 50.0
+    proposal_burst: Annotated[int, Field(ge=1)] = 100
+    max_order_msgs_per_s: Rate = 45.0      # a bracket is 3 order messages; IB's cap is 50/s
+    # -- margin (IB what-if after a provisional approval) and placement
+    margin_cushion_pct: Annotated[float, Field(ge=0, lt=100)] = 10.0
+    whatif_timeout_s: Seconds = 5.0
+    placement_timeout_s: Seconds = 10.0
+    # -- idempotency: decisions remembered (oldest forgotten first; open brackets never)
+    max_remembered_decisions: Annotated[int, Field(ge=1)] = 200_000
+    # -- the trading day (daily counters roll at local midnight) and optional hours window
+    timezone: str = "America/New_York"
+    trading_hours: TradingHours | None = None
+    # -- per-agent and per-symbol
+    agent: AgentLimits = Field(default_factory=AgentLimits)
+    agents: dict[str, AgentOverride] = Field(default_factory=dict)
+    symbols: dict[str, SymbolOverride] = Field(default_factory=dict)
+
+    @field_validator("allowed_symbols", "denied_symbols")
+    @classmethod
+    def _upper(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if s != s.upper() or not s]
+        if bad:
+            raise ValueError(f"symbols are upper case: {bad}")
+        return v
+
+    @field_validator("symbols")
+    @classmethod
+    def _upper_keys(cls, v: dict[str, SymbolOverride]) -> dict[str, SymbolOverride]:
+        bad = [s for s in v if s != s.upper()]
+        if bad:
+            raise ValueError(f"symbols are upper case: {bad}")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ValueError(f"unknown timezone {v!r}") from e
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RiskLimits:
+        if self.min_stop_distance_pct > self.max_stop_distance_pct:
+            raise ValueError("min_stop_distance_pct must be <= max_stop_distance_pct")
+        if self.max_order_msgs_per_s < 3:
+            raise ValueError("max_order_msgs_per_s must admit one bracket (3 messages)")
+        return self
+
+    # ------------------------------------------------------------------ resolved lookups
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def for_agent(self, agent_id: str) -> AgentLimits:
+        over = self.agents.get(agent_id)
+        if over is None:
+            return self.agent
+        return self.agent.model_copy(update=over.model_dump(exclude_none=True))
+
+    def for_symbol(self, symbol: str) -> SymbolLimits:
+        over = self.symbols.get(symbol) or SymbolOverride()
+
+        def pick(name: str) -> Any:
+            v = getattr(over, name)
+            return getattr(self, name) if v is None else v
+
+        return SymbolLimits(
+            multiplier=over.multiplier,
+            min_tick=over.min_tick,
+            max_order_quantity=pick("max_order_quantity"),
+            max_order_notional=pick("max_order_notional"),
+            max_position_units=pick("max_position_units"),
+            max_position_notional=pick("max_position_notional"),
+        )
+
+
+def parse_limits(data: dict[str, Any], *, source: str = "<dict>") -> RiskLimits:
+    try:
+        return RiskLimits.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"invalid risk limits in {source}: {problems}") from e
+
+
+def load_limits(path: str | Path) -> RiskLimits:
+    """Read and validate a limits TOML file. Raises ConfigError (never returns half a file)."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read risk limits {path}: {e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"risk limits {path} is not valid TOML: {e}") from e
+    return parse_limits(data, source=str(path))
+
+
+def diff_limits(old: RiskLimits, new: RiskLimits) -> list[str]:
+    """Human lines `key: old -> new` for every leaf that changed (nested keys dotted)."""
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(d, dict):
+            out: dict[str, Any] = {}
+            for k, v in d.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        return {prefix[:-1]: d}
+
+    a, b = flat(old.model_dump(mode="json")), flat(new.model_dump(mode="json"))
+    return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}"
+            for k in sorted(a.keys() | b.keys()) if a.get(k, "<unset>") != b.get(k, "<unset>")]
