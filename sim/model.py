@@ -115,6 +115,7 @@ class SimPosition:
     quantity: float = 0.0
     avg_cost: float = 0.0        # per unit INCLUDING multiplier, as IB reports (price*mult + comm/qty)
     realized_pnl: float = 0.0    # today's realized on this contract
+    avg_price: float = 0.0       # engine bookkeeping: average fill price, no multiplier/commission
 
 
 @dataclass(frozen=True)
