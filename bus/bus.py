@@ -289,8 +289,10 @@ class Bus:
             old = sub.queue.get_nowait()
             sub.queue.task_done()
             sub.dropped += 1
-            log.warning("bus_dropped_oldest", subscription=sub.name, topic=sub.topic.__name__,
-                        dropped=sub.dropped, **message_context(old))
+            # the policy was chosen for this: warn on the first drop and every 1000th, else debug
+            emit = log.warning if sub.dropped == 1 or sub.dropped % 1000 == 0 else log.debug
+            emit("bus_dropped_oldest", subscription=sub.name, topic=sub.topic.__name__,
+                 dropped=sub.dropped, **message_context(old))
         sub.queue.put_nowait(msg)
 
     def _start_worker(self, sub: Subscription[Any]) -> None:

@@ -2,4 +2,6 @@
 
 pytest_plugins = [
     "tests.fixtures.ports",
+    "tests.fixtures.paper_tws",
+    "tests.fixtures.mosquitto",
 ]

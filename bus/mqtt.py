@@ -1,0 +1,608 @@
+"""The MQTT bridge: proposals and control commands in, decisions, orders and state out.
+
+In   {prefix}/proposals/{agent_id}  QoS 1, persistent session  -> TradeProposal offered to the bus
+     {prefix}/control               QoS 1                       -> ControlCommand on the bus
+Out  RiskDecision                 -> {prefix}/decisions/{agent_id}  QoS 1
+     OrderEvent, Fill             -> {prefix}/orders/{agent_id}     QoS 1, "type": order_event|fill
+     PortfolioSnapshot            -> {prefix}/portfolio             QoS 0, retained, latest, rate-limited
+     Status                       -> {prefix}/status                QoS 1, retained; will {"state":"offline"}
+     TradingStateChanged, Alert   -> {prefix}/events                QoS 1, "type": trading_state|alert
+
+Every proposal gets an answer: bad input an `invalid` decision listing each error, a full intake
+queue a `rejected` OVERLOADED one, a proposal after stop_intake() a `rejected` SHUTTING_DOWN one.
+The bridge's own answers travel through the bus (so the journal sees them) and back out here.
+One aiomqtt client per connection, entered once; `_run()` is the reconnect loop. Outgoing
+messages wait in a bounded outbox while disconnected and are flushed, in order, after reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import re
+import socket
+import ssl
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+import structlog
+from pydantic import ValidationError
+
+from bus.bus import Bus, Overflow, Subscription
+from bus.errors import BusError, ConfigError, LifecycleError, MqttError, MqttNotConnected
+from bus.messages import (
+    DENIAL_MESSAGES,
+    Alert,
+    ControlCommand,
+    DenialCode,
+    Fill,
+    Message,
+    OrderEvent,
+    PortfolioSnapshot,
+    Reason,
+    RiskDecision,
+    Status,
+    TradeProposal,
+    TradingStateChanged,
+    Verdict,
+)
+from config.settings import Settings
+from core.clock import SYSTEM_CLOCK, Clock
+from core.logs import get_logger
+
+log = get_logger("bracketgate.mqtt")
+
+BACKOFF_BASE_S = 0.2
+BACKOFF_CAP_S = 10.0
+CLOSE_FLUSH_TIMEOUT_S = 5.0
+WILL_PAYLOAD = b'{"state":"offline"}'
+_PROPOSAL_ID_PEEK = re.compile(rb'"proposal_id"\s*:\s*"([^"\\]{1,64})"')
+
+
+def backoff_delay(attempt: int, *, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_CAP_S,
+                  rng: Callable[[], float] = random.random) -> float:
+    """Jittered exponential backoff: between half and all of min(cap, base * 2**attempt)."""
+    ceiling = min(cap, base * (2 ** min(attempt, 32)))
+    return ceiling / 2 + rng() * ceiling / 2
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic of one prefix."""
+
+    prefix: str
+
+    @property
+    def proposals_filter(self) -> str:
+        return f"{self.prefix}/proposals/+"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}/control"
+
+    @property
+    def portfolio(self) -> str:
+        return f"{self.prefix}/portfolio"
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}/status"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}/events"
+
+    def proposals(self, agent_id: str) -> str:
+        return f"{self.prefix}/proposals/{agent_id}"
+
+    def decisions(self, agent_id: str) -> str:
+        return f"{self.prefix}/decisions/{agent_id}"
+
+    def orders(self, agent_id: str) -> str:
+        return f"{self.prefix}/orders/{agent_id}"
+
+    def proposal_agent(self, topic: str) -> str | None:
+        """The agent id of a proposals topic, None when `topic` is not one."""
+        head = f"{self.prefix}/proposals/"
+        if not topic.startswith(head):
+            return None
+        agent = topic[len(head):]
+        return None if "/" in agent else agent
+
+
+@dataclass
+class _Outgoing:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    proposal_id: str | None = None
+    agent_id: str | None = None
+
+
+class _Latest:
+    """A latest-value channel (portfolio, status): only the newest payload is ever sent."""
+
+    def __init__(self, topic: str, qos: int, retain: bool, min_interval: float) -> None:
+        self.topic = topic
+        self.qos = qos
+        self.retain = retain
+        self.min_interval = min_interval
+        self.payload: bytes | None = None
+        self.dirty = asyncio.Event()
+        self.last_sent: float | None = None  # loop time
+
+    def set(self, payload: bytes) -> None:
+        self.payload = payload
+        self.dirty.set()
+
+
+def _typed_json(kind: str, msg: Message) -> bytes:
+    return json.dumps({"type": kind, **msg.model_dump(mode="json")}, separators=(",", ":")).encode()
+
+
+def _reason_value(value: Any) -> float | str | None:
+    if isinstance(value, bool) or value is None:
+        return None if value is None else str(value).lower()
+    if isinstance(value, int | float):
+        try:
+            return float(value)
+        except OverflowError:
+            return str(value)[:64]
+    if isinstance(value, str) and len(value) <= 64:
+        return value
+    return None
+
+
+def validation_reasons(exc: ValidationError) -> list[Reason]:
+    """One Reason per pydantic error: field = dotted loc, message = msg, value = the input."""
+    reasons = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or None
+        reasons.append(Reason(code=DenialCode.VALIDATION_ERROR, message=err["msg"], field=loc,
+                              value=_reason_value(err.get("input")) if loc else None))
+    return reasons
+
+
+class MqttBridge:
+    """Bridge between MQTT topics and the bus. `url` overrides settings.mqtt_url (embedded broker)."""
+
+    def __init__(self, settings: Settings, bus: Bus, clock: Clock = SYSTEM_CLOCK, *,
+                 url: str | None = None) -> None:
+        self._settings = settings
+        self._bus = bus
+        self._clock = clock
+        raw_url = url or settings.mqtt_url
+        if raw_url is None:
+            raise ConfigError("MqttBridge needs a broker: MQTT_URL or the embedded broker's url")
+        parts = urlsplit(raw_url)
+        if not parts.hostname:
+            raise ConfigError(f"MQTT url has no host: {parts.scheme}://…")
+        self._host = parts.hostname
+        self._tls = settings.mqtt_tls or parts.scheme in ("mqtts", "ssl")
+        self._port = parts.port or (8883 if self._tls else 1883)
+        self._username = settings.mqtt_username or (parts.username or None)
+        password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+        self._password = password or parts.password or None
+        self._tls_context = self._make_tls_context() if self._tls else None
+        self.topics = Topics(settings.mqtt_prefix)
+
+        self._state = "UNOPENED"
+        self._closing = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._disconnected = asyncio.Event()
+        self._disconnected.set()
+        self._client: aiomqtt.Client | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._subs: list[Subscription[Any]] = []
+        self._intake_open = True
+        # outgoing QoS 1 messages, oldest first; bounded by settings.mqtt_outbox_size
+        self._outbox: deque[_Outgoing] = deque()
+        self._outbox_ready = asyncio.Event()
+        self._outbox_idle = asyncio.Event()
+        self._outbox_idle.set()
+        self._portfolio = _Latest(self.topics.portfolio, 0, True, settings.portfolio_publish_interval)
+        self._status = _Latest(self.topics.status, 1, True, 0.0)
+        self.counters = {"proposals": 0, "invalid": 0, "overloaded": 0, "shutting_down": 0,
+                         "controls": 0, "published": 0, "outbox_dropped": 0, "connects": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def endpoint(self) -> str:
+        """host:port, for logs (never credentials)."""
+        return f"{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        """Subscribe on the bus and start the connection loop (returns at once)."""
+        if self._state != "UNOPENED":
+            raise LifecycleError("mqtt_bridge", self._state, "start")
+        self._state = "OPEN"
+        bus = self._bus
+        self._subs = [
+            bus.subscribe(RiskDecision, self._on_decision, name="mqtt"),
+            bus.subscribe(OrderEvent, self._on_order_event, name="mqtt"),
+            bus.subscribe(Fill, self._on_fill, name="mqtt"),
+            bus.subscribe(PortfolioSnapshot, self._on_snapshot, name="mqtt", maxsize=8,
+                          overflow=Overflow.DROP_OLDEST),
+            bus.subscribe(Status, self._on_status, name="mqtt"),
+            bus.subscribe(TradingStateChanged, self._on_event, name="mqtt"),
+            bus.subscribe(Alert, self._on_event, name="mqtt"),
+        ]
+        self._runner = asyncio.create_task(self._run(), name="mqtt-bridge")
+
+    async def wait_connected(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
+        except TimeoutError:
+            raise MqttNotConnected(f"not connected to MQTT {self.endpoint} within {timeout}s") from None
+
+    async def wait_disconnected(self, timeout: float) -> None:
+        """Wait until the connection is down (tests, health checks)."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._disconnected.wait()
+        except TimeoutError:
+            raise MqttError(f"still connected to MQTT {self.endpoint} after {timeout}s") from None
+
+    async def stop_intake(self) -> None:
+        """Unsubscribe proposals so no new work arrives (SIGTERM). Late arrivals get SHUTTING_DOWN."""
+        if not self._intake_open:
+            return
+        self._intake_open = False
+        log.info("mqtt_intake_stopped", topic=self.topics.proposals_filter)
+        client = self._client
+        if client is not None and self.connected:
+            try:
+                await client.unsubscribe(self.topics.proposals_filter, timeout=5)
+            except aiomqtt.MqttError as exc:
+                log.warning("mqtt_unsubscribe_failed", code=getattr(exc, "rc", None), error=str(exc))
+
+    async def close(self) -> None:
+        """Flush the outbox, publish retained status offline, disconnect cleanly (no will)."""
+        if self._state == "CLOSED":
+            return
+        self._state = "CLOSED"
+        self._closing.set()
+        if self._runner is not None and not self.connected:
+            self._runner.cancel()  # connecting or backing off: nothing to say goodbye on
+        if self._runner is not None:
+            await asyncio.gather(self._runner, return_exceptions=True)
+        for sub in self._subs:
+            await self._bus.unsubscribe(sub)
+        self._subs = []
+        log.info("mqtt_bridge_closed", undelivered=len(self._outbox), **self.counters)
+
+    async def __aenter__(self) -> MqttBridge:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ connection loop
+
+    def _make_tls_context(self) -> ssl.SSLContext:
+        s = self._settings
+        try:
+            ctx = ssl.create_default_context(cafile=str(s.mqtt_ca_file) if s.mqtt_ca_file else None)
+            if s.mqtt_cert_file and s.mqtt_key_file:
+                ctx.load_cert_chain(str(s.mqtt_cert_file), str(s.mqtt_key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"MQTT TLS files unusable: {exc}") from exc
+        if s.mqtt_tls_insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    def _make_client(self) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            self._host, self._port,
+            username=self._username, password=self._password,
+            identifier=self._settings.mqtt_client_id,
+            clean_session=False,  # persistent session: QoS 1 proposals wait for us while we are away
+            keepalive=self._settings.mqtt_keepalive,
+            will=aiomqtt.Will(self.topics.status, WILL_PAYLOAD, qos=1, retain=True),
+            tls_context=self._tls_context,
+            tls_insecure=True if self._tls and self._settings.mqtt_tls_insecure else None,
+            timeout=10,
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),  # decisions: no Nagle delay
+        )
+
+    async def _run(self) -> None:
+        """The reconnect loop: connect, serve until the connection dies, back off, again."""
+        failures = 0
+        while not self._closing.is_set():
+            log.info("mqtt_connecting", endpoint=self.endpoint, client_id=self._settings.mqtt_client_id,
+                     attempt=failures)
+            try:
+                async with self._make_client() as client:
+                    failures = 0
+                    await self._serve(client)
+            except aiomqtt.MqttError as exc:
+                log.warning("mqtt_connection_lost", endpoint=self.endpoint,
+                            code=getattr(exc, "rc", None), error=str(exc))
+            except Exception:
+                log.exception("mqtt_bridge_error", endpoint=self.endpoint)
+            finally:
+                self._client = None
+                self._connected.clear()
+                self._disconnected.set()
+            if self._closing.is_set():
+                break
+            delay = backoff_delay(failures)
+            failures += 1
+            log.info("mqtt_reconnect_backoff", delay=round(delay, 3), attempt=failures)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._closing.wait()
+        log.info("mqtt_disconnected", endpoint=self.endpoint, clean=True)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """One connection: subscribe, then read / write until it dies or close() is called."""
+        if self._intake_open:
+            await client.subscribe(self.topics.proposals_filter, qos=1)
+        else:  # the persistent session may still hold the subscription
+            await client.unsubscribe(self.topics.proposals_filter)
+        await client.subscribe(self.topics.control, qos=1)
+        self._client = client
+        self.counters["connects"] += 1
+        if self._status.payload is None:
+            self._on_status_payload(Status(state="starting", mode=self._settings.mode,
+                                           ts=self._clock.now()).model_dump_json().encode())
+        for channel in (self._status, self._portfolio):
+            if channel.payload is not None:
+                channel.dirty.set()  # re-assert: a will may have replaced our status meanwhile
+        self._disconnected.clear()
+        self._connected.set()
+        log.info("mqtt_connected", endpoint=self.endpoint, client_id=self._settings.mqtt_client_id,
+                 intake=self._intake_open, outbox=len(self._outbox))
+        workers = [
+            asyncio.create_task(self._read(client), name="mqtt-read"),
+            asyncio.create_task(self._write_outbox(client), name="mqtt-outbox"),
+            asyncio.create_task(self._write_latest(client, self._status), name="mqtt-status"),
+            asyncio.create_task(self._write_latest(client, self._portfolio), name="mqtt-portfolio"),
+        ]
+        closing = asyncio.create_task(self._closing.wait(), name="mqtt-closing")
+        try:
+            done, _ = await asyncio.wait([*workers, closing], return_when=asyncio.FIRST_COMPLETED)
+            if closing in done:
+                status_writer = workers[2]  # offline must be the LAST retained status
+                status_writer.cancel()
+                await asyncio.gather(status_writer, return_exceptions=True)
+                await self._goodbye(client)
+            else:
+                for task in done:
+                    task.result()  # re-raise what ended the connection
+        finally:
+            for task in [*workers, closing]:
+                task.cancel()
+            await asyncio.gather(*workers, closing, return_exceptions=True)
+
+    async def _goodbye(self, client: aiomqtt.Client) -> None:
+        """Clean close: let the outbox drain (bounded), then retained status offline."""
+        try:
+            async with asyncio.timeout(CLOSE_FLUSH_TIMEOUT_S):
+                await self._outbox_idle.wait()
+        except TimeoutError:
+            log.warning("mqtt_close_flush_timeout", undelivered=len(self._outbox))
+        offline = Status(state="offline", mode=self._settings.mode, detail="clean shutdown",
+                         ts=self._clock.now())
+        await client.publish(self.topics.status, offline.model_dump_json().encode(), qos=1, retain=True)
+        log.info("mqtt_status_published", state="offline")
+
+    # ------------------------------------------------------------------ writing
+
+    def _enqueue(self, item: _Outgoing) -> None:
+        limit = self._settings.mqtt_outbox_size
+        if len(self._outbox) >= limit:
+            dropped = self._outbox.popleft()
+            self.counters["outbox_dropped"] += 1
+            log.error("mqtt_outbox_dropped", topic=dropped.topic, proposal_id=dropped.proposal_id,
+                      agent_id=dropped.agent_id, limit=limit, dropped=self.counters["outbox_dropped"])
+        self._outbox.append(item)
+        self._outbox_idle.clear()
+        self._outbox_ready.set()
+
+    async def _write_outbox(self, client: aiomqtt.Client) -> None:
+        while True:
+            if not self._outbox:
+                self._outbox_ready.clear()
+                self._outbox_idle.set()
+                await self._outbox_ready.wait()
+                continue
+            item = self._outbox.popleft()
+            try:
+                await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+            except BaseException:
+                self._outbox.appendleft(item)  # not acknowledged: send again after reconnect
+                raise
+            self.counters["published"] += 1
+            log.debug("mqtt_published", topic=item.topic, proposal_id=item.proposal_id,
+                      agent_id=item.agent_id)
+
+    async def _write_latest(self, client: aiomqtt.Client, channel: _Latest) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await channel.dirty.wait()
+            if channel.last_sent is not None and channel.min_interval > 0:
+                wait = channel.last_sent + channel.min_interval - loop.time()
+                if wait > 0:  # rate limit: whatever arrives meanwhile replaces the payload
+                    await asyncio.sleep(wait)
+            channel.dirty.clear()
+            payload = channel.payload
+            if payload is None:
+                continue
+            try:
+                await client.publish(channel.topic, payload, qos=channel.qos, retain=channel.retain)
+            except BaseException:
+                channel.dirty.set()
+                raise
+            channel.last_sent = loop.time()
+            self.counters["published"] += 1
+
+    # ------------------------------------------------------------------ bus -> MQTT
+
+    async def _on_decision(self, decision: RiskDecision) -> None:
+        with structlog.contextvars.bound_contextvars(proposal_id=decision.proposal_id,
+                                                     agent_id=decision.agent_id):
+            codes = [str(r.code) for r in decision.reasons]
+            log.info("decision_out", verdict=str(decision.verdict), code=codes[0] if codes else None,
+                     codes=codes)
+            self._enqueue(_Outgoing(self.topics.decisions(decision.agent_id),
+                                    decision.model_dump_json().encode(), 1, False,
+                                    decision.proposal_id, decision.agent_id))
+
+    async def _on_order_event(self, event: OrderEvent) -> None:
+        self._enqueue(_Outgoing(self.topics.orders(event.agent_id), _typed_json("order_event", event),
+                                1, False, event.proposal_id, event.agent_id))
+
+    async def _on_fill(self, fill: Fill) -> None:
+        self._enqueue(_Outgoing(self.topics.orders(fill.agent_id), _typed_json("fill", fill),
+                                1, False, fill.proposal_id, fill.agent_id))
+
+    async def _on_event(self, event: TradingStateChanged | Alert) -> None:
+        kind = "trading_state" if isinstance(event, TradingStateChanged) else "alert"
+        self._enqueue(_Outgoing(self.topics.events, _typed_json(kind, event), 1, False,
+                                getattr(event, "proposal_id", None), getattr(event, "agent_id", None)))
+
+    async def _on_snapshot(self, snapshot: PortfolioSnapshot) -> None:
+        self._portfolio.set(snapshot.model_dump_json().encode())
+
+    async def _on_status(self, status: Status) -> None:
+        self._on_status_payload(status.model_dump_json().encode())
+
+    def _on_status_payload(self, payload: bytes) -> None:
+        self._status.set(payload)
+
+    # ------------------------------------------------------------------ MQTT -> bus
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = message.topic.value
+            payload = message.payload if isinstance(message.payload, bytes | bytearray) else \
+                str(message.payload or "").encode()
+            try:
+                agent = self.topics.proposal_agent(topic)
+                if agent is not None:
+                    await self._intake(agent, bytes(payload))
+                elif topic == self.topics.control:
+                    await self._control(bytes(payload), retained=message.retain)
+                else:  # e.g. amqtt hands out retained messages of other sessions' filters
+                    log.debug("mqtt_ignored", topic=topic)
+            except (BusError, LifecycleError) as exc:
+                log.error("mqtt_inbound_failed", topic=topic, code=exc.code, error=str(exc))
+            except Exception:  # a bug must not end the connection; the message is logged
+                log.exception("mqtt_inbound_failed", topic=topic, code="INTERNAL", size=len(payload))
+
+    async def _intake(self, topic_agent: str, payload: bytes) -> None:
+        self.counters["proposals"] += 1
+        result = self.parse_proposal(topic_agent, payload)
+        if isinstance(result, RiskDecision):
+            self.counters["invalid"] += 1
+            with structlog.contextvars.bound_contextvars(proposal_id=result.proposal_id,
+                                                         agent_id=topic_agent):
+                log.info("proposal_invalid", code=str(result.reasons[0].code),
+                         errors=len(result.reasons), size=len(payload))
+                await self._answer(result)
+            return
+        proposal = result
+        with structlog.contextvars.bound_contextvars(proposal_id=proposal.proposal_id,
+                                                     agent_id=proposal.agent_id):
+            if not self._intake_open:
+                self.counters["shutting_down"] += 1
+                log.info("proposal_refused", code=str(DenialCode.SHUTTING_DOWN))
+                await self._answer(self._refusal(proposal, DenialCode.SHUTTING_DOWN))
+            elif self._bus.offer(proposal):
+                log.info("proposal_received", symbol=proposal.symbol, side=str(proposal.side),
+                         quantity=proposal.quantity)
+            else:
+                self.counters["overloaded"] += 1
+                log.warning("proposal_refused", code=str(DenialCode.OVERLOADED))
+                await self._answer(self._refusal(proposal, DenialCode.OVERLOADED))
+
+    def parse_proposal(self, topic_agent: str, payload: bytes) -> TradeProposal | RiskDecision:
+        """A valid TradeProposal, or the `invalid` RiskDecision that answers the payload."""
+        limit = self._settings.mqtt_max_payload
+        if len(payload) > limit:
+            peek = _PROPOSAL_ID_PEEK.search(payload, 0, 4096)
+            return self._invalid(topic_agent, peek.group(1).decode("utf-8", "replace") if peek else "", [
+                Reason(code=DenialCode.PAYLOAD_TOO_LARGE, message=DENIAL_MESSAGES[DenialCode.PAYLOAD_TOO_LARGE],
+                       limit=float(limit), value=float(len(payload)))])
+        try:
+            data = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            return self._invalid(topic_agent, "", [Reason(
+                code=DenialCode.MALFORMED_JSON, message=f"{DENIAL_MESSAGES[DenialCode.MALFORMED_JSON]}: {exc}")])
+        if not isinstance(data, dict):
+            return self._invalid(topic_agent, "", [Reason(
+                code=DenialCode.MALFORMED_JSON,
+                message=f"{DENIAL_MESSAGES[DenialCode.MALFORMED_JSON]}: got {type(data).__name__}")])
+        raw_id = data.get("proposal_id")
+        proposal_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= 256 else ""
+        reasons: list[Reason] = []
+        given_agent = data.get("agent_id")
+        if given_agent is not None and given_agent != topic_agent:
+            reasons.append(Reason(code=DenialCode.VALIDATION_ERROR, field="agent_id",
+                                  message=f"agent_id in the payload contradicts the topic ({topic_agent!r})",
+                                  value=_reason_value(given_agent)))
+        data["agent_id"] = topic_agent
+        try:
+            proposal = TradeProposal.model_validate_json(json.dumps(data, allow_nan=True))
+        except ValidationError as exc:
+            reasons.extend(validation_reasons(exc))
+        else:
+            if not reasons:
+                return proposal
+        return self._invalid(topic_agent, proposal_id, reasons)
+
+    def _invalid(self, agent_id: str, proposal_id: str, reasons: list[Reason]) -> RiskDecision:
+        return RiskDecision(proposal_id=proposal_id, agent_id=agent_id, verdict=Verdict.INVALID,
+                            reasons=reasons, ts=self._clock.now())
+
+    def _refusal(self, proposal: TradeProposal, code: DenialCode) -> RiskDecision:
+        return RiskDecision(proposal_id=proposal.proposal_id, agent_id=proposal.agent_id,
+                            verdict=Verdict.REJECTED,
+                            reasons=[Reason(code=code, message=DENIAL_MESSAGES[code])],
+                            ts=self._clock.now())
+
+    async def _answer(self, decision: RiskDecision) -> None:
+        """Our own decisions go through the bus (journal, logs) and come back out via _on_decision."""
+        try:
+            await self._bus.publish(decision)
+        except (BusError, LifecycleError) as exc:
+            log.warning("decision_bus_unavailable", code=exc.code, error=str(exc))
+            await self._on_decision(decision)
+
+    async def _control(self, payload: bytes, *, retained: bool) -> None:
+        if retained:
+            log.warning("control_ignored", code="RETAINED",
+                        reason="retained control commands would replay on every reconnect")
+            return
+        if len(payload) > self._settings.mqtt_max_payload:
+            log.warning("control_invalid", code=str(DenialCode.PAYLOAD_TOO_LARGE), size=len(payload))
+            return
+        try:
+            command = ControlCommand.model_validate_json(payload)
+        except ValidationError as exc:
+            json_error = any(e["type"] == "json_invalid" for e in exc.errors())
+            code = DenialCode.MALFORMED_JSON if json_error else DenialCode.VALIDATION_ERROR
+            log.warning("control_invalid", code=str(code),
+                        errors=[f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()])
+            return
+        self.counters["controls"] += 1
+        log.info("control_received", action=command.action, reason=command.reason, by=command.by)
+        await self._bus.publish(command)
