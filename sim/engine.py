@@ -666,7 +666,11 @@ class Brokerage:
                        notify: bool = False, reason: str = "Cancelled by System:") -> None:
         """Bring a parent's children in line with its fills (see the contract docstring)."""
         for c in self._children(parent.perm_id):
-            if c.is_terminal or c.perm_id in self._held:
+            if c.is_terminal:
+                continue
+            if c.perm_id in self._held:
+                if parent.is_terminal and parent.filled <= EPS:
+                    self._cancel(c, reason, notify=notify)
                 continue
             outcome = self._update_child(c, parent)
             if outcome == "cancel":
@@ -778,7 +782,11 @@ class Brokerage:
             log.info("stop_triggered", perm_id=order.perm_id, aux=aux, price=px)
             if kind == "STP":
                 return ((ask if buy else bid), 2) if arrival else (px, 2)
-            arrival = True  # a triggered STP LMT is a fresh, maybe marketable, limit
+            lmt = order.lmt_price or 0.0
+            if not arrival:  # triggered by this move: trades at the price if within the limit
+                within = px <= lmt + EPS if buy else px >= lmt - EPS
+                return (px, 2) if within else None
+            arrival = True  # through on arrival: a marketable limit
         if kind == "MKT":
             return (ask if buy else bid), 2
         if kind == "STP":  # triggered earlier, remainder works as a market order
