@@ -73,7 +73,6 @@ from sim.wire import (
 
 log = get_logger("sim.server")
 
-SUPPORTED_ORDER_TYPES = frozenset({"MKT", "LMT", "STP", "STP LMT"})
 CONNECTIVITY_MESSAGES = {
     1100: "Connectivity between IB and Trader Workstation has been lost.",
     1101: "Connectivity between IB and Trader Workstation has been restored - data lost.",
@@ -91,7 +90,7 @@ NO_SECURITY = "No security definition has been found for the request"
 _HMDS_REQUESTS = frozenset({20, 50, 87, 88, 96, 97})
 
 
-@dataclass
+@dataclass(eq=False)
 class Session:
     """One API socket. `client_id` is None until startApi arrives."""
 
@@ -223,10 +222,10 @@ class PaperTWS:
         await self._close_listener()
         self._drop_all()
         tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:  # closed sockets end their handlers; cancel only one that hangs
+            _, pending = await asyncio.wait(tasks, timeout=2.0)
+            for t in pending:
+                t.cancel()
         if self._save_handle is not None:
             self._save_handle.cancel()
             self._save_handle = None
@@ -398,10 +397,9 @@ class PaperTWS:
         except UnknownContract:
             s.send(codec.error(m.order_id, 200, NO_SECURITY, s.version))
             return
-        if m.order_type not in SUPPORTED_ORDER_TYPES or m.n_conditions:
-            what = f"order type {m.order_type}" if m.n_conditions == 0 else "order conditions"
-            self._reject(s, m, 321, f"Error validating request.-'bN' : cause - The paper TWS "
-                                    f"does not support {what}", modify=False)
+        if m.n_conditions:
+            self._reject(s, m, 321, "Error validating request.-'bN' : cause - The paper TWS "
+                                    "does not support order conditions", modify=False)
             return
         existing = self._live_order(cid, m.order_id)
         order = SimOrder(
@@ -767,8 +765,7 @@ class PaperTWS:
         return self.engine.account.account_id
 
     def _next_valid_id(self, client_id: int) -> int:
-        used = [oid for (cid, oid) in self.engine.by_client if cid == client_id]
-        return max(used, default=0) + 1
+        return int(self.engine.max_order_id(client_id)) + 1
 
     def _live_order(self, client_id: int, order_id: int) -> SimOrder | None:
         perm = self.engine.by_client.get((client_id, order_id))
@@ -793,25 +790,9 @@ class PaperTWS:
             self._commission[e.perm_id] = self._commission.get(e.perm_id, 0.0) + e.commission
 
     def _filtered_executions(self, f: codec.ExecFilter) -> list[SimExecution]:
-        since = _parse_filter_time(f.time)
-        out = []
-        for e in self.engine.executions:
-            if f.client_id and e.client_id != f.client_id:
-                continue
-            if f.account and e.account != f.account:
-                continue
-            if since is not None and e.time < since:
-                continue
-            if f.symbol and e.contract.symbol != f.symbol.upper():
-                continue
-            if f.sec_type and e.contract.sec_type != f.sec_type.upper():
-                continue
-            if f.exchange and f.exchange.upper() not in (e.exchange, e.contract.exchange):
-                continue
-            if f.side and {"BUY": "BOT", "SELL": "SLD"}.get(f.side.upper(), f.side.upper()) != e.side:
-                continue
-            out.append(e)
-        return out
+        return self.engine.executions_since(
+            client_id=f.client_id or None, since=_parse_filter_time(f.time), symbol=f.symbol,
+            sec_type=f.sec_type, exchange=f.exchange, side=f.side, account=f.account)
 
     def _quote(self, c: SimContract) -> tuple[float, float, float, float, float, float]:
         last = self.engine.price(c.con_id)
