@@ -723,7 +723,8 @@ class RiskGovernor:
         """The async intake path: decide, confirm margin, place, publish the final decision."""
         decision, fresh = self._evaluate(proposal, self._snapshot)
         if fresh and decision.verdict is Verdict.APPROVED:
-            return await self._place_approved(proposal, decision)
+            return await self._place_approved(proposal, decision,
+                                              self._in_flight(proposal.proposal_id))
         return await self._answer(proposal, decision)
 
     async def _answer(self, proposal: TradeProposal, decision: RiskDecision) -> RiskDecision:
@@ -735,9 +736,14 @@ class RiskGovernor:
         await self._require_bus().publish(decision)
         return decision
 
-    async def _place_approved(self, p: TradeProposal, decision: RiskDecision) -> RiskDecision:
+    def _in_flight(self, proposal_id: str) -> asyncio.Future[RiskDecision]:
+        """Mark an approval as being placed: a re-delivery from now on waits for its outcome."""
         fut: asyncio.Future[RiskDecision] = asyncio.get_running_loop().create_future()
-        self._inflight[p.proposal_id] = fut
+        self._inflight[proposal_id] = fut
+        return fut
+
+    async def _place_approved(self, p: TradeProposal, decision: RiskDecision,
+                              fut: asyncio.Future[RiskDecision]) -> RiskDecision:
         try:
             decision = await self._confirm_and_place(p, decision)
         finally:
@@ -783,7 +789,8 @@ class RiskGovernor:
         # their own task so intake keeps moving while IB answers
         decision, fresh = self._evaluate(proposal, self._snapshot)
         if fresh and decision.verdict is Verdict.APPROVED:
-            task = asyncio.create_task(self._place_approved(proposal, decision),
+            fut = self._in_flight(proposal.proposal_id)
+            task = asyncio.create_task(self._place_approved(proposal, decision, fut),
                                        name=f"risk:place:{proposal.proposal_id}")
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
