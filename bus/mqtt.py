@@ -35,7 +35,7 @@ import aiomqtt
 import structlog
 from pydantic import ValidationError
 
-from bus.bus import Bus, Overflow, Subscription
+from bus.bus import Bus, BusState, Overflow, Subscription
 from bus.errors import BusError, ConfigError, LifecycleError, MqttError, MqttNotConnected
 from bus.messages import (
     DENIAL_MESSAGES,
@@ -142,6 +142,14 @@ class _Latest:
     def set(self, payload: bytes) -> None:
         self.payload = payload
         self.dirty.set()
+
+
+def _rc_value(rc: Any) -> int | None:
+    """An MQTT reason/return code as a plain int for logs (paho gives ints or ReasonCode objects)."""
+    if rc is None:
+        return None
+    value = getattr(rc, "value", rc)
+    return value if isinstance(value, int) else None
 
 
 def _typed_json(kind: str, msg: Message) -> bytes:
@@ -268,7 +276,8 @@ class MqttBridge:
             try:
                 await client.unsubscribe(self.topics.proposals_filter, timeout=5)
             except aiomqtt.MqttError as exc:
-                log.warning("mqtt_unsubscribe_failed", code=getattr(exc, "rc", None), error=str(exc))
+                log.warning("mqtt_unsubscribe_failed", code=_rc_value(getattr(exc, "rc", None)),
+                            error=str(exc))
 
     async def close(self) -> None:
         """Flush the outbox, publish retained status offline, disconnect cleanly (no will)."""
@@ -334,7 +343,7 @@ class MqttBridge:
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
                 log.warning("mqtt_connection_lost", endpoint=self.endpoint,
-                            code=getattr(exc, "rc", None), error=str(exc))
+                            code=_rc_value(getattr(exc, "rc", None)), error=str(exc))
             except Exception:
                 log.exception("mqtt_bridge_error", endpoint=self.endpoint)
             finally:
@@ -354,10 +363,10 @@ class MqttBridge:
     async def _serve(self, client: aiomqtt.Client) -> None:
         """One connection: subscribe, then read / write until it dies or close() is called."""
         if self._intake_open:
-            await client.subscribe(self.topics.proposals_filter, qos=1)
+            await self._subscribe(client, self.topics.proposals_filter)
         else:  # the persistent session may still hold the subscription
             await client.unsubscribe(self.topics.proposals_filter)
-        await client.subscribe(self.topics.control, qos=1)
+        await self._subscribe(client, self.topics.control)
         self._client = client
         self.counters["connects"] += 1
         if self._status.payload is None:
@@ -392,10 +401,21 @@ class MqttBridge:
                 task.cancel()
             await asyncio.gather(*workers, closing, return_exceptions=True)
 
+    async def _subscribe(self, client: aiomqtt.Client, topic: str) -> None:
+        granted = await client.subscribe(topic, qos=1)
+        refused = [rc for rc in granted if getattr(rc, "is_failure", False) or rc == 0x80]
+        if refused:  # e.g. the broker's ACL: say so loudly, keep the rest of the bridge running
+            log.error("mqtt_subscribe_refused", topic=topic, code=_rc_value(refused[0]))
+        else:
+            log.info("mqtt_subscribed", topic=topic, qos=1)
+
     async def _goodbye(self, client: aiomqtt.Client) -> None:
-        """Clean close: let the outbox drain (bounded), then retained status offline."""
+        """Clean close: deliver what the bus already gave us (bounded), then status offline."""
         try:
             async with asyncio.timeout(CLOSE_FLUSH_TIMEOUT_S):
+                if self._bus.state is BusState.OPEN:
+                    for sub in self._subs:
+                        await sub.queue.join()
                 await self._outbox_idle.wait()
         except TimeoutError:
             log.warning("mqtt_close_flush_timeout", undelivered=len(self._outbox))

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
+import subprocess
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,6 +40,7 @@ from bus.messages import (
     TradingStateChanged,
     Verdict,
 )
+from bus.errors import MqttNotConnected
 from bus.mqtt import MqttBridge, backoff_delay
 from config.settings import Settings
 from tests.fixtures.mosquitto import MosquittoServer
@@ -64,9 +68,11 @@ class Agent:
     """An outside strategy agent: publishes proposals, collects everything under the prefix."""
 
     def __init__(self, url: str, *, client_id: str | None = None, clean: bool = True,
-                 subscribe: str = f"{PREFIX}/#") -> None:
+                 subscribe: str = f"{PREFIX}/#", credentials: tuple[str, str] | None = None) -> None:
         parts = urlsplit(url)
+        user, password = credentials or (None, None)
         self._client = aiomqtt.Client(parts.hostname or "127.0.0.1", parts.port or 1883,
+                                      username=user, password=password,
                                       identifier=client_id, clean_session=clean,
                                       socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),))
         self._subscribe = subscribe
@@ -407,6 +413,48 @@ async def test_retained_control_is_not_replayed_on_reconnect(rig: Rig) -> None:
         assert (await rig.controls.next()).reason == "marker"
     assert any(e["event"] == "control_ignored" and e["code"] == "RETAINED" for e in logs)
     await rig.agent.publish(f"{PREFIX}/control", b"", retain=True)  # clear it
+
+
+# --------------------------------------------------------------------------- auth and TLS
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "broker.crt", directory / "broker.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=30)
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl binary not installed")
+async def test_tls_and_password_from_settings_never_logged(mosquitto: MosquittoServer, tmp_path: Path) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    tls_port = mosquitto.add_tls_listener(cert, key)
+    mosquitto.add_user("gate", "hunter2-secret")
+    mosquitto.restart()
+    bus = Bus()
+    sink = Sink(bus, TradeProposal)
+    await bus.start()
+    with capture_logs() as logs:
+        # wrong password: refused with the broker's code, retried, never connected
+        wrong = make_settings(mqtt_url=f"mqtts://gate:wrong-secret@127.0.0.1:{tls_port}", mqtt_ca_file=cert)
+        async with MqttBridge(wrong, bus, url=None) as bridge:
+            with pytest.raises(MqttNotConnected):
+                await bridge.wait_connected(0.5)
+        good = make_settings(mqtt_url=f"mqtts://127.0.0.1:{tls_port}", mqtt_username="gate",
+                             mqtt_password="hunter2-secret", mqtt_ca_file=cert)
+        async with MqttBridge(good, bus) as bridge:
+            await bridge.wait_connected(WAIT)
+            async with Agent(mosquitto.url, credentials=("gate", "hunter2-secret")) as agent:
+                await agent.propose("alpha", VALID)
+                assert (await sink.next()).agent_id == "alpha"
+    await bus.close()
+    lost = [e for e in logs if e["event"] == "mqtt_connection_lost"]
+    assert lost and lost[0]["code"] == 135  # "Not authorized" (paho reports MQTT 5 reason codes)
+    text = repr(logs)
+    assert "hunter2-secret" not in text and "wrong-secret" not in text
 
 
 # --------------------------------------------------------------------------- embedded broker
