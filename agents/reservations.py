@@ -72,7 +72,7 @@ class ReservationLedger:
         self.total_worst_case = 0.0
         self.total_margin = 0.0
         self.gross_pending_notional = 0.0                             # sum |pending notional|
-        self.net_pending_notional = 0.0                               # sum signed pending notional
+        self.side_pending_notional = [0.0, 0.0]                       # [BUY entries, SELL entries]
         self.agent_worst_case: dict[str, float] = {}                  # agent_id -> sum worst case
         self.agent_pending_notional: dict[str, float] = {}            # agent_id -> sum |pending|
         # symbol -> [pending BUY units, pending SELL units, BUY notional, SELL notional]
@@ -125,7 +125,8 @@ class ReservationLedger:
         self._account(res, -1)
         if not self._by_id:  # no float residue when nothing is open
             self.total_worst_case = self.total_margin = 0.0
-            self.gross_pending_notional = self.net_pending_notional = 0.0
+            self.gross_pending_notional = 0.0
+            self.side_pending_notional = [0.0, 0.0]
             self.agent_worst_case.clear()
             self.agent_pending_notional.clear()
             self.symbol_pending.clear()
@@ -199,7 +200,7 @@ class ReservationLedger:
         self.total_worst_case += k * res.worst_case_loss
         self.total_margin += k * res.margin
         self.gross_pending_notional += k * notional
-        self.net_pending_notional += k * res.sign * notional
+        self.side_pending_notional[0 if res.sign > 0 else 1] += k * notional
         a = res.agent_id
         self.agent_worst_case[a] = self.agent_worst_case.get(a, 0.0) + k * res.worst_case_loss
         self.agent_pending_notional[a] = self.agent_pending_notional.get(a, 0.0) + k * notional

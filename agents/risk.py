@@ -141,11 +141,12 @@ class SnapshotView:
         # symbol -> [buy units, sell units, buy notional, sell notional]
         self.foreign_pending: dict[str, list[float]] = {}
         self.foreign_worst_case = 0.0
-        self.foreign_gross = self.foreign_net = 0.0
+        self.foreign_gross = 0.0
+        self.foreign_side = [0.0, 0.0]          # pending notional of [BUY, SELL] entries
         for fb in self.foreign.values():
             self.foreign_worst_case += fb.worst_case_loss
             self.foreign_gross += fb.pending_notional
-            self.foreign_net += fb.sign * fb.pending_notional
+            self.foreign_side[0 if fb.sign > 0 else 1] += fb.pending_notional
             row = self.foreign_pending.setdefault(fb.symbol, [0.0, 0.0, 0.0, 0.0])
             i = 0 if fb.sign > 0 else 1
             row[i] += fb.pending_units
@@ -489,7 +490,9 @@ class RiskGovernor:
         c.pending_same = fu + (lp[i] if lp else 0.0)
         c.pending_same_notional = fn + (lp[i + 2] if lp else 0.0)
         c.gross_exposure = view.gross_positions + view.foreign_gross + ledger.gross_pending_notional
-        c.net_exposure = view.net_positions + view.foreign_net + ledger.net_pending_notional
+        # net exposure if every pending entry on this side fills (and none on the other)
+        c.net_exposure = view.net_positions + sign * (view.foreign_side[i]
+                                                      + ledger.side_pending_notional[i])
         c.open_brackets = len(ledger) + len(view.foreign)
         c.open_worst_case = ledger.total_worst_case + view.foreign_worst_case
         c.agent_open_brackets = ledger.agent_open(agent)

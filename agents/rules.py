@@ -113,7 +113,7 @@ class RuleContext:
     pending_same: float             # units pending in this proposal's direction
     pending_same_notional: float
     gross_exposure: float           # sum |position notional| + pending, now
-    net_exposure: float             # signed sum, now
+    net_exposure: float             # signed sum, now, with this side's pending entries
     open_brackets: int
     open_worst_case: float          # every open bracket's worst case (reserved + working)
     agent_open_brackets: int
