@@ -341,6 +341,10 @@ class Brokerage:
       _parent_of:    child permId -> parent permId
       _child_target: child permId -> quantity the client asked for
       _sod_unrealized: conId -> unrealized P&L at the start of the day
+      _open:         {permId}                       (non-terminal orders; derived)
+      _open_by_con:  conId -> {permId}              (the same, by contract; derived)
+      _kids:         parent permId -> [child permId] (derived from _parent_of)
+      _exec_count:   permId -> executions so far    (derived from executions)
     """
 
     def __init__(
@@ -378,6 +382,20 @@ class Brokerage:
         self._fill_cap: float | None = None
         self._exec_base = 0
         self._arrivals: set[int] = set()
+        self._derive_indexes()
+
+    def _derive_indexes(self) -> None:
+        """Indexes derived from the state above (rebuilt after from_dict)."""
+        self._open: set[int] = {p for p, o in self.orders.items() if not o.is_terminal}
+        self._open_by_con: dict[int, set[int]] = {}
+        for p in self._open:
+            self._open_by_con.setdefault(self.orders[p].contract.con_id, set()).add(p)
+        self._kids: dict[int, list[int]] = {}
+        for child, parent in sorted(self._parent_of.items()):
+            self._kids.setdefault(parent, []).append(child)
+        self._exec_count: dict[int, int] = {}
+        for e in self.executions:
+            self._exec_count[e.perm_id] = self._exec_count.get(e.perm_id, 0) + 1
 
     # ------------------------------------------------------------------ events
 
@@ -423,7 +441,8 @@ class Brokerage:
 
     def _new_exec_id(self, order: SimOrder) -> str:
         self._exec_base = max(int(self.clock()), self._exec_base + 1)
-        n = sum(1 for e in self.executions if e.perm_id == order.perm_id) + 1
+        n = self._exec_count.get(order.perm_id, 0) + 1
+        self._exec_count[order.perm_id] = n
         return f"{EXEC_ID_PREFIX}.{self._exec_base:08x}.{n:02x}.01"
 
     # ------------------------------------------------------------------ prices
@@ -521,9 +540,12 @@ class Brokerage:
         )
         self.orders[perm_id] = order
         self.by_client[key] = perm_id
+        self._open.add(perm_id)
+        self._open_by_con.setdefault(contract.con_id, set()).add(perm_id)
         self._pin_price(contract.con_id)
         if parent is not None:
             self._parent_of[perm_id] = parent.perm_id
+            self._kids.setdefault(parent.perm_id, []).append(perm_id)
             self._child_target[perm_id] = order.total_quantity
         log.info("order_placed", client_id=order.client_id, order_id=order.order_id,
                  perm_id=perm_id, action=order.action, qty=order.total_quantity,
@@ -621,7 +643,7 @@ class Brokerage:
     # ------------------------------------------------------------------ brackets
 
     def _children(self, parent_perm: int) -> list[SimOrder]:
-        return [self.orders[c] for c in sorted(self._parent_of) if self._parent_of[c] == parent_perm]
+        return [self.orders[c] for c in self._kids.get(parent_perm, ())]
 
     def _root(self, order: SimOrder) -> SimOrder:
         while order.perm_id in self._parent_of:
@@ -716,7 +738,7 @@ class Brokerage:
         """A fill of `qty` in a parentless order of an OCA group acts on the other members."""
         if not order.oca_group:
             return
-        for other in sorted(self.orders.values(), key=lambda o: o.perm_id):
+        for other in [self.orders[p] for p in sorted(self._open)]:
             if other is order or other.is_terminal or other.oca_group != order.oca_group \
                     or other.perm_id in self._parent_of:
                 continue
@@ -744,9 +766,13 @@ class Brokerage:
         used: dict[int, float] = {}
         while True:
             progressed = False
-            for order in sorted(self.orders.values(), key=lambda o: o.perm_id):
-                perm = order.perm_id
-                arrival = perm in self._arrivals
+            arrivals, self._arrivals = self._arrivals, set()
+            candidates = set(arrivals)
+            for con_id in con_ids:
+                candidates |= self._open_by_con.get(con_id, set())
+            for perm in sorted(candidates & self._open):
+                order = self.orders[perm]
+                arrival = perm in arrivals or perm in self._arrivals  # (newly activated too)
                 if not arrival and order.contract.con_id not in con_ids:
                     continue
                 self._arrivals.discard(perm)
@@ -764,6 +790,7 @@ class Brokerage:
                 used[perm] = used.get(perm, 0.0) + cap
                 self._execute(order, cap, px, liquidity)
                 progressed = True
+            self._arrivals &= self._open
             if not progressed and not self._arrivals:
                 return
 
@@ -870,6 +897,8 @@ class Brokerage:
         self._held.discard(order.perm_id)
         self._triggered.discard(order.perm_id)
         self._arrivals.discard(order.perm_id)
+        self._open.discard(order.perm_id)
+        self._open_by_con.get(order.contract.con_id, set()).discard(order.perm_id)
 
     # ------------------------------------------------------------------ cancelling
 
@@ -887,9 +916,8 @@ class Brokerage:
 
     def global_cancel(self) -> None:
         with self._batch():
-            for order in sorted(self.orders.values(), key=lambda o: o.perm_id):
-                if not order.is_terminal:
-                    self._cancel(order, "Cancelled by Trader", notify=True)
+            for perm in sorted(self._open):
+                self._cancel(self.orders[perm], "Cancelled by Trader", notify=True)
 
     def _cancel(self, order: SimOrder, reason: str, notify: bool) -> None:
         if order.is_terminal:
@@ -1096,8 +1124,8 @@ class Brokerage:
         return (int(round(pos.quantity)), daily, upnl, pos.realized_pnl, mv)
 
     def orders_for(self, client_id: int) -> list[SimOrder]:
-        return [o for o in sorted(self.orders.values(), key=lambda o: o.perm_id)
-                if not o.is_terminal and (client_id == 0 or o.client_id == client_id)]
+        return [self.orders[p] for p in sorted(self._open)
+                if client_id == 0 or self.orders[p].client_id == client_id]
 
     def order(self, client_id: int, order_id: int) -> SimOrder | None:
         """(extension) the order a client placed under `order_id`, any status."""
@@ -1143,7 +1171,7 @@ class Brokerage:
 
     def roll_day(self) -> None:
         with self._batch():
-            for order in sorted(self.orders.values(), key=lambda o: o.perm_id):
+            for order in [self.orders[p] for p in sorted(self._open)]:
                 if not order.is_terminal and order.tif.upper() != "GTC":
                     self._cancel(order, "Cancelled by System:", notify=False)
             v = self._values()
@@ -1162,6 +1190,7 @@ class Brokerage:
                 self._parent_of.pop(perm, None)
                 self._child_target.pop(perm, None)
             self.executions.clear()
+            self._derive_indexes()
             self._emit(AccountChanged())
 
     def to_dict(self) -> dict[str, Any]:
@@ -1214,6 +1243,7 @@ class Brokerage:
         eng._sod_unrealized = {int(k): v for k, v in d["sod_unrealized"].items()}
         eng._fill_cap = d["fill_cap"]
         eng._exec_base = d["exec_base"]
+        eng._derive_indexes()
         return eng
 
 

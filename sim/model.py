@@ -7,7 +7,7 @@ right clients. The engine never sees bytes; the wire layer never decides a fill.
 Shapes (one line each):
   Brokerage.orders:      permId -> SimOrder            (every order of the day, any status)
   Brokerage.by_client:   (clientId, orderId) -> permId (each client's own order-id space)
-  Brokerage.positions:   conId -> SimPosition
+  Brokerage._positions:  conId -> SimPosition          (read through Brokerage.positions())
   Brokerage.executions:  [SimExecution]                 (the day's executions, in order)
   Brokerage.prices:      conId -> float                 (last trade price)
 """
