@@ -713,26 +713,43 @@ class Brokerage:
         parent_done = parent.is_terminal
         if c.oca_type == 1 and others_filled > EPS:
             return "cancel"
-        if c.filled >= target - EPS or (parent_done and c.filled > EPS
-                                        and c.filled >= follow - EPS and others_filled <= EPS):
-            c.total_quantity = c.filled
-            self._finish(c, "Filled", f"Filled Size: {_fmt_qty(c.filled)}")
-            return "filled"
-        if parent.filled <= EPS:
+        if c.filled >= target - EPS:
+            done = True
+        elif parent.filled <= EPS:
             if parent_done:
                 return "cancel"
             c.status, c.why_held, c.total_quantity = "PreSubmitted", "child", target
+            done = False
         elif remaining <= EPS:
+            # nothing to work now: wait for more parent fills, or end with the group
             if parent_done:
-                return "cancel"
-            c.status, c.why_held, c.total_quantity = "PreSubmitted", "child", c.filled
+                if c.filled <= EPS or self._last_filler(members) is not c:
+                    return "cancel"
+                done = True
+            else:
+                c.status, c.why_held = "PreSubmitted", "child"
+                done = False
         else:
             grew = c.filled + remaining > c.total_quantity + EPS
             c.total_quantity = c.filled + remaining
             if c.status != "Submitted" or grew:
                 self._arrivals.add(c.perm_id)
             c.status, c.why_held = "Submitted", ""
+            done = False
+        if done:
+            c.total_quantity = c.filled
+            self._finish(c, "Filled", f"Filled Size: {_fmt_qty(c.filled)}")
+            return "filled"
         return "same" if (c.status, c.total_quantity, c.why_held) == before else "changed"
+
+    def _last_filler(self, members: list[SimOrder]) -> SimOrder | None:
+        """The member of an OCA group that filled last (it completed the group)."""
+        perms = {m.perm_id: m for m in members}
+        for e in reversed(self.executions):
+            if e.perm_id in perms:
+                return perms[e.perm_id]
+        filled = [m for m in members if m.filled > EPS]
+        return max(filled, key=lambda m: m.filled) if filled else None
 
     def _oca_standalone(self, order: SimOrder, qty: float) -> None:
         """A fill of `qty` in a parentless order of an OCA group acts on the other members."""

@@ -202,3 +202,41 @@ def test_two_clients_brackets_are_independent(env):
     eng.set_price(aapl.con_id, 228.5)
     assert statuses(p1, p2) == ("Filled", "Submitted")
     assert statuses(tp2, sl2) == ("PreSubmitted", "PreSubmitted")
+
+
+def test_stop_completing_a_partly_taken_profit_is_filled(env):
+    eng, _events, aapl = env
+    parent, tp, sl = bracket(eng, aapl, 1, "BUY", 100, 229.0, 235.0, 225.0)
+    eng.set_price(aapl.con_id, 228.0)
+    eng.set_price_fill_qty(30)
+    eng.set_price(aapl.con_id, 235.0)                    # 30 taken
+    eng.set_price_fill_qty(None)
+    eng.set_price(aapl.con_id, 224.0)                    # stop sells the other 70
+    assert (tp.status, tp.filled, sl.status, sl.filled) == ("Cancelled", 30, "Filled", 70)
+    assert eng.position(aapl.con_id).quantity == 0
+
+
+def test_take_profit_waits_for_more_parent_fills(env):
+    eng, _events, aapl = env
+    eng.set_price_fill_qty(40)
+    parent, tp, sl = bracket(eng, aapl, 1, "BUY", 100, 229.0, 235.0, 225.0)
+    eng.set_price(aapl.con_id, 228.9)                    # 40 in
+    eng.set_price(aapl.con_id, 235.0)                    # the 40 out again
+    assert (tp.filled, tp.status, sl.status) == (40, "PreSubmitted", "PreSubmitted")
+    assert eng.position(aapl.con_id).quantity == 0
+    eng.set_price_fill_qty(None)
+    eng.set_price(aapl.con_id, 228.0)                    # parent completes: 60 more in
+    assert parent.status == "Filled"
+    assert (tp.status, tp.remaining, sl.status, sl.remaining) == ("Submitted", 60, "Submitted", 60)
+    eng.set_price(aapl.con_id, 235.0)
+    assert (tp.status, tp.filled, sl.status) == ("Filled", 100, "Cancelled")
+
+
+def test_child_done_when_parent_cancelled_after_child_filled(env):
+    eng, _events, aapl = env
+    eng.set_price_fill_qty(40)
+    parent, tp, sl = bracket(eng, aapl, 1, "BUY", 100, 229.0, 235.0, 225.0)
+    eng.set_price(aapl.con_id, 228.9)
+    eng.set_price(aapl.con_id, 235.0)
+    eng.cancel(1, 1)
+    assert (parent.status, tp.status, sl.status) == ("Cancelled", "Filled", "Cancelled")
