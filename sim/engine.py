@@ -43,10 +43,12 @@ CONTRACT (sim/server.py codes against exactly this; keep signatures stable):
         quantity) minus what its OCA siblings already filled (IB amends the children as the
         parent fills), so partial parent fills give partially working children.
         A bracket's children form one OCA group (the explicit ocaGroup if set, else implied by
-        the shared parent) with reduce semantics: a child fill reduces its siblings; once the
-        parent is done (Filled/Cancelled) a child with nothing left to work is Cancelled, so a
-        full take-profit fill cancels the stop and vice versa. ocaType 1 on children cancels
-        the siblings on the first fill. Standalone OCA groups (no parent): ocaType 0/1 cancel
+        the shared parent) with reduce semantics: a child fill reduces its siblings. A child
+        with nothing left to work while the parent still works waits (PreSubmitted, "child");
+        once the parent is done (Filled/Cancelled) the child that completed the group is
+        Filled and the others are Cancelled, so a full take-profit fill cancels the stop and
+        vice versa (a take-profit partly filled before the stop took the rest ends Cancelled
+        with its filled quantity). ocaType 1 on children cancels the siblings on first fill. Standalone OCA groups (no parent): ocaType 0/1 cancel
         the other members on any fill, 2/3 reduce them by the filled quantity.
         Fills on arrival: MKT at once at last +/- half spread (ask for BUY, bid for SELL; half
         spread = 1 tick, 2 for options, see sim/market.py); a marketable LMT (BUY: last <= lmt)
@@ -99,6 +101,9 @@ CONTRACT (sim/server.py codes against exactly this; keep signatures stable):
     eng.pnl_single(con_id) -> tuple[int pos, float daily, float unrealized, float realized, float value]
         No position today -> (0, UNSET_DOUBLE x4) as TWS. daily = realized + unrealized change
         since the start of the day.
+    eng.position(con_id) -> SimPosition | None             # (extension)
+    eng.order(client_id, order_id) -> SimOrder | None      # (extension) any status
+    eng.max_order_id(client_id) -> int                     # (extension) nextValidId - 1
     eng.price(con_id) -> float
         Last price; a contract never moved starts at the universe start price (an option at its
         Black-Scholes value from its underlying's current price, pinned once traded).

@@ -238,3 +238,34 @@ def test_deterministic_runs():
         return eng.to_dict(), [repr(e) for e in events]
     assert run() == run()
     assert AS_OF.isoformat() == "2026-11-20"
+
+
+def test_flip_long_to_short_splits_commission(env):
+    eng, _events, _clock = env
+    es = eng.universe.front_future("ES")
+    eng.place(order(es, 1, "BUY", 1, "MKT"))                  # 5900.25, avg 295013.35
+    eng.set_price(es.con_id, 5950.00)
+    eng.place(order(es, 2, "SELL", 3, "MKT"))                 # bid 5949.75, commission 2.55
+    ex = eng.executions[-1]
+    assert ex.price == 5949.75 and ex.commission == approx(2.55)
+    assert ex.realized_pnl == approx(5949.75 * 50 - 295_013.35 - 0.85)
+    pos = eng.position(es.con_id)
+    assert pos.quantity == -2 and pos.avg_cost == approx(5949.75 * 50 - 0.85)
+    eng.set_price(es.con_id, 5940.00)
+    daily, unrealized, realized = eng.pnl()
+    assert unrealized == approx((5940.00 * 50 - (5949.75 * 50 - 0.85)) * -2)
+    assert daily == approx(unrealized + realized)          # nothing carried from yesterday
+    assert eng.account_value("InitMarginReq") == 2 * 22_000
+
+
+def test_short_option_margin_and_premium_cash(env):
+    eng, _events, _clock = env
+    put = eng.universe.find(symbol="AAPL", sec_type="OPT", expiry="20261218", strike=220, right="P")[0]
+    px = eng.price(put.con_id)
+    eng.place(order(put, 1, "SELL", 2, "MKT"))                 # at the bid: 2 ticks under
+    fill = eng.executions[-1].price
+    assert fill == approx(px - 0.02)
+    assert eng.account.cash == approx(1_000_000 + fill * 200 - 1.30)
+    spot = 230.00
+    per = px * 100 + max(0.2 * spot * 100 - (spot - 220) * 100, 0.1 * 220 * 100)
+    assert eng.account_value("InitMarginReq") == approx(2 * per)
