@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from typing import Any
 
 from core.logs import get_logger
@@ -216,11 +215,15 @@ def _position_view(p: SimPosition) -> dict[str, Any]:
 
 
 def _execution_view(e: SimExecution) -> dict[str, Any]:
-    d = asdict(e)
-    contract = d.pop("contract")
-    d.update(conId=contract["con_id"], symbol=contract["symbol"],
-             localSymbol=contract["local_symbol"], secType=contract["sec_type"])
-    return d
+    c = e.contract
+    return {
+        "execId": e.exec_id, "time": e.time, "clientId": e.client_id, "orderId": e.order_id,
+        "permId": e.perm_id, "side": e.side, "shares": e.shares, "price": e.price,
+        "cumQty": e.cum_qty, "avgPrice": e.avg_price, "orderRef": e.order_ref,
+        "account": e.account, "exchange": e.exchange, "commission": e.commission,
+        "realizedPnL": e.realized_pnl, "conId": c.con_id, "symbol": c.symbol,
+        "secType": c.sec_type, "localSymbol": c.local_symbol,
+    }
 
 
 def state_view(tws: Any) -> dict[str, Any]:
