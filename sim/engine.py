@@ -48,8 +48,9 @@ CONTRACT (sim/server.py codes against exactly this; keep signatures stable):
         once the parent is done (Filled/Cancelled) the child that completed the group is
         Filled and the others are Cancelled, so a full take-profit fill cancels the stop and
         vice versa (a take-profit partly filled before the stop took the rest ends Cancelled
-        with its filled quantity). ocaType 1 on children cancels the siblings on first fill. Standalone OCA groups (no parent): ocaType 0/1 cancel
-        the other members on any fill, 2/3 reduce them by the filled quantity.
+        with its filled quantity). ocaType 1 on children cancels the siblings on first fill.
+        Standalone OCA groups (no parent): ocaType 0/1 cancel the other members on any fill,
+        2/3 reduce them by the filled quantity.
         Fills on arrival: MKT at once at last +/- half spread (ask for BUY, bid for SELL; half
         spread = 1 tick, 2 for options, see sim/market.py); a marketable LMT (BUY: last <= lmt)
         at min(lmt, ask) (SELL: max(lmt, bid)); a STP already through its trigger as MKT.
@@ -95,10 +96,12 @@ CONTRACT (sim/server.py codes against exactly this; keep signatures stable):
         USD for GBP, BASE rows duplicated, money as "%.2f". -S = securities (stocks, options,
         cash), -C = commodities (futures margin and futures P&L); total = S + C.
     eng.account_value(tag: str, currency: str = "USD") -> float   # (extension) numeric value
-    eng.portfolio() -> list[tuple[SimPosition, float mkt_price, float mkt_value, float upnl, float rpnl]]
+    eng.portfolio() -> list[tuple[SimPosition, float mkt_price, float mkt_value, float upnl,
+                                  float rpnl]]
     eng.pnl() -> tuple[float daily, float unrealized, float realized]
         daily = NetLiquidation - account.start_of_day_net_liq.
-    eng.pnl_single(con_id) -> tuple[int pos, float daily, float unrealized, float realized, float value]
+    eng.pnl_single(con_id) -> tuple[int pos, float daily, float unrealized, float realized,
+                                    float value]
         No position today -> (0, UNSET_DOUBLE x4) as TWS. daily = realized + unrealized change
         since the start of the day.
     eng.position(con_id) -> SimPosition | None             # (extension)
@@ -495,7 +498,8 @@ class Brokerage:
 
     def _holds(self, con_id: int) -> bool:
         for pos in self._positions.values():
-            if pos.quantity and (pos.contract.con_id == con_id or pos.contract.under_con_id == con_id):
+            c = pos.contract
+            if pos.quantity and con_id in (c.con_id, c.under_con_id):
                 return True
         return False
 
@@ -869,7 +873,8 @@ class Brokerage:
         mult = contract.multiplier
         commission = self.commission_model.execution_commission(
             contract, order.filled, order.avg_fill_price * order.filled * mult, qty, price)
-        order.avg_fill_price = (order.avg_fill_price * order.filled + price * qty) / (order.filled + qty)
+        order.avg_fill_price = ((order.avg_fill_price * order.filled + price * qty)
+                                / (order.filled + qty))
         order.filled += qty
         order.last_fill_price = price
         sign = 1.0 if order.action == "BUY" else -1.0
@@ -891,7 +896,8 @@ class Brokerage:
             liquidity=liquidity,
         )
         self.executions.append(execution)
-        parent = self.orders[self._parent_of[order.perm_id]] if order.perm_id in self._parent_of else None
+        parent_perm = self._parent_of.get(order.perm_id)
+        parent = self.orders[parent_perm] if parent_perm is not None else None
         if parent is not None:
             self._update_child(order, parent)  # Filled, or still working for the parent's fills
         elif order.remaining <= EPS:
@@ -927,11 +933,13 @@ class Brokerage:
     def cancel(self, client_id: int, order_id: int) -> None:
         perm = self.by_client.get((client_id, order_id))
         if perm is None:
-            raise OrderRejected(10147, f"OrderId {order_id} that needs to be cancelled is not found.")
+            raise OrderRejected(
+                10147, f"OrderId {order_id} that needs to be cancelled is not found.")
         order = self.orders[perm]
         if order.is_terminal:
             raise OrderRejected(
-                161, f"Cancel attempted when order is not in a cancellable state.  Order permId ={perm}")
+                161,
+                f"Cancel attempted when order is not in a cancellable state.  Order permId ={perm}")
         with self._batch():
             log.info("order_cancel", client_id=client_id, order_id=order_id, perm_id=perm)
             self._cancel(order, "Cancelled by Trader", notify=True)
@@ -957,7 +965,8 @@ class Brokerage:
         return self._project(contract, order.action, order.total_quantity,
                              self._expected_fill_price(order, contract))
 
-    def _project(self, contract: SimContract, action: str, qty: float, fill_px: float) -> WhatIfResult:
+    def _project(self, contract: SimContract, action: str, qty: float,
+                 fill_px: float) -> WhatIfResult:
         sign = 1.0 if action == "BUY" else -1.0
         before = self._margins()
         total_before = before[0] + before[1]
@@ -995,8 +1004,8 @@ class Brokerage:
         for contract, qty in quantities.values():
             if abs(qty) <= EPS:
                 continue
-            under = (self.price(contract.under_con_id)
-                     if contract.sec_type == "OPT" and contract.under_con_id in self.universe else None)
+            has_under = contract.sec_type == "OPT" and contract.under_con_id in self.universe
+            under = self.price(contract.under_con_id) if has_under else None
             req = self.margin_model.position(contract, qty, self.price(contract.con_id), under)
             if contract.sec_type == "FUT":
                 com = com + req
@@ -1075,7 +1084,8 @@ class Brokerage:
             "RealizedPnL": acct.realized_pnl_today, "UnrealizedPnL": v["upnl"],
             "RegTEquity": v["netliq_s"], "RegTEquity-S": v["netliq_s"],
             "RegTMargin": v["init_s"], "RegTMargin-S": v["init_s"],
-            "SMA": max(v["netliq_s"] - v["init_s"], 0.0), "SMA-S": max(v["netliq_s"] - v["init_s"], 0.0),
+            "SMA": max(v["netliq_s"] - v["init_s"], 0.0),
+            "SMA-S": max(v["netliq_s"] - v["init_s"], 0.0),
             "ExchangeRate": 1.0,
         }
         for name, (total, c_part, s_part) in seg.items():
@@ -1200,7 +1210,8 @@ class Brokerage:
             self.account.start_of_day_net_liq = v["netliq"]
             self.account.realized_pnl_today = 0.0
             self.account.commissions_today = 0.0
-            self._positions = {cid: p for cid, p in self._positions.items() if abs(p.quantity) > EPS}
+            self._positions = {cid: p for cid, p in self._positions.items()
+                               if abs(p.quantity) > EPS}
             self._sod_unrealized = {}
             for cid, pos in self._positions.items():
                 pos.realized_pnl = 0.0
@@ -1220,7 +1231,7 @@ class Brokerage:
             "version": 1,
             "account": dataclasses.asdict(self.account),
             "initial_account": dataclasses.asdict(self._initial_account),
-            "orders": [_order_to_dict(o) for o in sorted(self.orders.values(), key=lambda o: o.perm_id)],
+            "orders": [_order_to_dict(self.orders[p]) for p in sorted(self.orders)],
             "by_client": [[cid, oid, perm] for (cid, oid), perm in sorted(self.by_client.items())],
             "max_order_id": {str(k): v for k, v in sorted(self._max_order_id.items())},
             "next_perm": self._next_perm,

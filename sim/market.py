@@ -55,7 +55,8 @@ class PriceFeed:
     def reset(self) -> None:
         self.steps = 0
         self._rngs = {}
-        self.prices = {c.con_id: self.universe.start_price(c.con_id) for c in self.universe.contracts()}
+        self.prices = {c.con_id: self.universe.start_price(c.con_id)
+                       for c in self.universe.contracts()}
 
     def _rng(self, con_id: int) -> random.Random:
         rng = self._rngs.get(con_id)

@@ -1,4 +1,4 @@
-"""Paper TWS instrument universe: stocks, option chains and quarterly futures, built deterministically.
+"""Paper TWS instrument universe: stocks, option chains and quarterly futures; deterministic.
 
 Everything derives from a `UniverseConfig` and one date (`as_of`, normally the engine clock's date):
 the same inputs give the same contracts, conIds, local symbols and start prices on every run.
@@ -149,7 +149,8 @@ def next_quarterlies(as_of: date, n: int) -> list[date]:
     return out
 
 
-def black_scholes(spot: float, strike: float, years: float, vol: float, rate: float, right: str) -> float:
+def black_scholes(spot: float, strike: float, years: float, vol: float, rate: float,
+                  right: str) -> float:
     years = max(years, 1.0 / 365.0)
     sd = vol * math.sqrt(years)
     d1 = (math.log(spot / strike) + (rate + 0.5 * vol * vol) * years) / sd
@@ -394,7 +395,7 @@ class Universe:
 
     def theoretical_price(self, option: SimContract, underlying_price: float,
                           as_of: date | None = None) -> float:
-        """Black-Scholes value of an option at `underlying_price`, rounded to its tick (>= 1 tick)."""
+        """Black-Scholes value of an option at `underlying_price`, on its tick (>= 1 tick)."""
         exp = datetime.strptime(option.expiry, "%Y%m%d").date()
         years = (exp - (as_of or self.as_of)).days / 365.0
         value = black_scholes(underlying_price, option.strike, years,

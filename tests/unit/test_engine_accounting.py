@@ -1,4 +1,4 @@
-"""Brokerage engine: positions, avgCost, P&L, account values, what-if, persistence. Numbers by hand."""
+"""Brokerage engine: positions, avgCost, P&L, account values, what-if, persistence (by hand)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ def test_es_future_by_hand(env):
     assert eng.pnl() == (approx(unrealized), approx(unrealized), 0.0)
     v = values(eng)
     assert v[("NetLiquidation", "USD")] == "1000973.30"
-    assert v[("InitMarginReq-C", "USD")] == "44000.00" and v[("MaintMarginReq-C", "USD")] == "40000.00"
+    assert v[("InitMarginReq-C", "USD")] == "44000.00"
+    assert v[("MaintMarginReq-C", "USD")] == "40000.00"
     assert v[("InitMarginReq-S", "USD")] == "0.00"
     assert v[("GrossPositionValue", "USD")] == "0.00"          # futures are not in GPV
     assert v[("FuturesPNL", "USD")] == "973.30"
@@ -116,7 +117,8 @@ def test_account_values_tag_set_and_format(env):
     for tag in ("CashBalance", "UnrealizedPnL", "RealizedPnL", "NetLiquidationByCurrency"):
         assert v[(tag, "BASE")] == v[(tag, "USD")]
     assert v[("NetLiquidation", "USD")] == "1000000.00"
-    assert v[("NetLiquidation-S", "USD")] == "1000000.00" and v[("NetLiquidation-C", "USD")] == "0.00"
+    assert v[("NetLiquidation-S", "USD")] == "1000000.00"
+    assert v[("NetLiquidation-C", "USD")] == "0.00"
     assert v[("Cushion", "")] == "1" and v[("AccountReady", "")] == "true"
     assert v[("AccountCode", "")] == "DU1234567" and v[("Currency", "BASE")] == "BASE"
     assert v[("DayTradesRemaining", "")] == "-1" and v[("Leverage-S", "")] == "0.00"
@@ -260,7 +262,8 @@ def test_flip_long_to_short_splits_commission(env):
 
 def test_short_option_margin_and_premium_cash(env):
     eng, _events, _clock = env
-    put = eng.universe.find(symbol="AAPL", sec_type="OPT", expiry="20261218", strike=220, right="P")[0]
+    put = eng.universe.find(symbol="AAPL", sec_type="OPT", expiry="20261218", strike=220,
+                            right="P")[0]
     px = eng.price(put.con_id)
     eng.place(order(put, 1, "SELL", 2, "MKT"))                 # at the bid: 2 ticks under
     fill = eng.executions[-1].price

@@ -131,7 +131,8 @@ def test_cancel_parent_cancels_children(env):
     events.clear()
     eng.cancel(1, 1)
     assert statuses(parent, tp, sl) == ("Cancelled",) * 3
-    assert [(type(e).__name__, getattr(e, "order_id", None) or e.order.order_id) for e in events] == [
+    seen = [(type(e).__name__, getattr(e, "order_id", None) or e.order.order_id) for e in events]
+    assert seen == [
         ("OrderChanged", 1), ("OrderError", 1), ("OrderChanged", 2), ("OrderError", 2),
         ("OrderChanged", 3), ("OrderError", 3)]
 
