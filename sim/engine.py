@@ -371,6 +371,7 @@ class Brokerage:
         self._subscribers: list[Callable[[BrokerEvent], None]] = []
         self._pending: list[BrokerEvent] = []
         self._depth = 0
+        self._flushing = False
         self._init_state()
 
     def _init_state(self) -> None:
@@ -431,14 +432,21 @@ class Brokerage:
                 self._flush()
 
     def _flush(self) -> None:
-        while self._pending:
-            events, self._pending = self._pending, []
-            for event in events:
-                for callback in list(self._subscribers):
-                    try:
-                        callback(event)
-                    except Exception:  # a broken subscriber must not break the others
-                        log.exception("subscriber_failed", event=type(event).__name__)
+        # A subscriber may call back into the engine: its events queue behind the current ones.
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            while self._pending:
+                events, self._pending = self._pending, []
+                for event in events:
+                    for callback in list(self._subscribers):
+                        try:
+                            callback(event)
+                        except Exception:  # a broken subscriber must not break the others
+                            log.exception("subscriber_failed", event_type=type(event).__name__)
+        finally:
+            self._flushing = False
 
     # ------------------------------------------------------------------ ids
 

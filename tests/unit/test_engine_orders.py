@@ -322,3 +322,26 @@ def test_executions_filter(env):
     assert [e.contract.symbol for e in eng.executions_since(symbol="MSFT")] == ["MSFT"]
     assert [e.side for e in eng.executions_since(side="BUY")] == ["BOT"]
     assert len(eng.executions_since(since=clock.t)) == 1
+
+
+def test_subscriber_reentry_keeps_event_order_and_failures_are_isolated(env):
+    eng, events, _clock, aapl = env
+    seen: list[str] = []
+
+    def reentrant(event):
+        seen.append(type(event).__name__)
+        if isinstance(event, OrderChanged) and event.order.order_id == 1 \
+                and event.order.status == "Filled":
+            eng.place(order(aapl, 2, "SELL", 1, "LMT", 300.0))   # placed from inside a callback
+
+    def broken(event):
+        raise RuntimeError("subscriber bug")
+
+    eng.subscribe(broken)
+    eng.subscribe(reentrant)
+    eng.place(order(aapl, 1, "BUY", 1, "MKT"))
+    assert seen == ["OrderChanged", "OrderChanged", "ExecutionAdded", "PositionChanged",
+                    "AccountChanged", "OrderChanged"]
+    assert kinds(events) == seen
+    eng.unsubscribe(broken)
+    assert eng.order(1, 2).status == "Submitted"
