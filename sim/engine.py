@@ -92,7 +92,7 @@ CONTRACT (sim/server.py codes against exactly this; keep signatures stable):
         client_id None/0 = every client; side "BUY"/"SELL" (or BOT/SLD); since = epoch seconds.
     eng.positions() -> list[SimPosition]                   # non-zero + zeroed today
     eng.account_values() -> list[tuple[str, str, str]]     # (tag, value, currency), TWS tags
-        The 155 tags of reqAccountUpdates in the capture's order (tws176_startup_whatif.txt),
+        The 153 rows of reqAccountUpdates in the capture's order (tws176_startup_whatif.txt),
         USD for GBP, BASE rows duplicated, money as "%.2f". -S = securities (stocks, options,
         cash), -C = commodities (futures margin and futures P&L); total = S + C.
     eng.account_value(tag: str, currency: str = "USD") -> float   # (extension) numeric value
