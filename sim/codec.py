@@ -811,6 +811,7 @@ class ContractExtras:
     under_symbol: str = ""
     under_sec_type: str = ""
     time_zone: str = "US/Eastern"
+    sec_ids: tuple[tuple[str, str], ...] = ()   # (("ISIN", "US0378331005"),) for stocks
 
 
 def trading_hours(day: datetime, sec_type: str, days: int = 5) -> tuple[str, str]:
@@ -874,7 +875,11 @@ def contract_details(req_id: int, c: SimContract, version: int, *, today: dateti
         c.long_name or c.symbol, primary, c.contract_month,
         x.industry, x.category, x.subcategory, tz, hours, liquid,
         "", "",                                # evRule evMultiplier
-        "0",                                   # secIdList
+        str(len(x.sec_ids)),                   # secIdList
+    ]
+    for tag, value in x.sec_ids:
+        f += [tag, value]
+    f += [
         {"STK": "1", "OPT": "2"}.get(c.sec_type, UNSET_INTEGER_STR),  # aggGroup
         under_symbol or x.under_symbol,
         x.under_sec_type, ",".join([rule] * n_valid),

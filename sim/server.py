@@ -909,8 +909,21 @@ def _extras(c: SimContract) -> codec.ContractExtras:
     if c.sec_type == "FUT":
         return codec.ContractExtras(under_symbol=c.symbol, under_sec_type="IND",
                                     time_zone="US/Central")
-    return codec.ContractExtras(industry="Technology", category="Computers",
-                                subcategory="Computers")
+    industry, category, subcategory = _STOCK_CLASSIFICATION.get(c.symbol, ("", "", ""))
+    isin = _ISIN.get(c.symbol)
+    return codec.ContractExtras(industry=industry, category=category, subcategory=subcategory,
+                                sec_ids=(("ISIN", isin),) if isin else ())
+
+
+_ISIN = {"AAPL": "US0378331005", "MSFT": "US5949181045", "TSLA": "US88160R1014",
+         "SPY": "US78462F1030", "NVDA": "US67066G1040", "AMZN": "US0231351067"}
+_STOCK_CLASSIFICATION = {
+    "AAPL": ("Technology", "Computers", "Computers"),
+    "MSFT": ("Technology", "Software", "Applications Software"),
+    "TSLA": ("Consumer, Cyclical", "Auto Manufacturers", "Auto-Cars/Light Trucks"),
+    "NVDA": ("Technology", "Semiconductors", "Electronic Components-Semicon"),
+    "AMZN": ("Communications", "Internet", "E-Commerce/Products"),
+}
 
 
 def load_state(path: str | Path) -> dict[str, Any] | None:
