@@ -32,7 +32,6 @@ from sim.wire import (
     f_decimal,
     f_double,
     f_double_or_empty,
-    f_int,
     f_multiplier,
     f_price_field,
     f_strike,
@@ -359,7 +358,8 @@ def _decode_place_order(r: FieldReader, version: int) -> PlaceOrder:
         r.skip(n)
         n = r.int()
         r.skip(2 * n)
-    r.skip(7)  # sharesAllocation, discretionaryAmt, goodAfterTime, goodTillDate, faGroup, faMethod, faPercentage
+    # sharesAllocation discretionaryAmt goodAfterTime goodTillDate faGroup faMethod faPercentage
+    r.skip(7)
     if version < 177:
         r.skip()  # faProfile
     r.skip(4)  # modelCode, shortSaleSlot, designatedLocation, exemptCode
@@ -372,7 +372,8 @@ def _decode_place_order(r: FieldReader, version: int) -> PlaceOrder:
     r.skip()  # deltaNeutralAuxPrice
     if dn_order_type:
         r.skip(8)
-    r.skip(6)  # continuousUpdate referencePriceType trailStopPrice trailingPercent scaleInit scaleSubs
+    # continuousUpdate referencePriceType trailStopPrice trailingPercent scaleInit scaleSubs
+    r.skip(6)
     increment = r.opt_float()
     if increment is not None and 0 < increment < UNSET_DOUBLE:
         r.skip(7)
@@ -416,7 +417,8 @@ SEC_DEF_OPT_PARAMS, SEC_DEF_OPT_PARAMS_END, MARKET_RULE = 75, 76, 93
 PNL, PNL_SINGLE, COMPLETED_ORDER, COMPLETED_ORDERS_END = 94, 95, 101, 102
 
 # tick types
-BID_SIZE, BID, ASK, ASK_SIZE, LAST, LAST_SIZE, HIGH, LOW, VOLUME, CLOSE = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
+BID_SIZE, BID, ASK, ASK_SIZE, LAST, LAST_SIZE = 0, 1, 2, 3, 4, 5
+HIGH, LOW, VOLUME, CLOSE = 6, 7, 8, 9
 
 ORDER_TYPES_STK = (
     "ACTIVETIM,AD,ADJUST,ALERT,ALGO,ALLOC,AON,AVGCOST,BASKET,COND,CONDORDER,DAY,DEACT,"
@@ -428,8 +430,10 @@ ORDER_TYPES_FUT = (
     "DEACTEOD,GAT,GTC,GTD,GTT,HID,IOC,LIT,LMT,MIT,MKT,MTL,NONALGO,OCA,SCALE,SCALERST,"
     "SNAPMID,SNAPMKT,SNAPREL,STP,STPLMT,TRAIL,TRAILLIT,TRAILLMT,TRAILMIT,WHATIF"
 )
-VALID_EXCHANGES_STK = "SMART,AMEX,NYSE,CBOE,PHLX,ISE,CHX,ARCA,NASDAQ,DRCTEDGE,BEX,BATS,EDGEA,BYX,IEX,EDGX"
-VALID_EXCHANGES_OPT = "SMART,AMEX,CBOE,PHLX,PSE,ISE,BOX,BATS,NASDAQOM,CBOE2,NASDAQBX,MIAX,GEMINI,EDGX"
+VALID_EXCHANGES_STK = (
+    "SMART,AMEX,NYSE,CBOE,PHLX,ISE,CHX,ARCA,NASDAQ,DRCTEDGE,BEX,BATS,EDGEA,BYX,IEX,EDGX")
+VALID_EXCHANGES_OPT = (
+    "SMART,AMEX,CBOE,PHLX,PSE,ISE,BOX,BATS,NASDAQOM,CBOE2,NASDAQBX,MIAX,GEMINI,EDGX")
 SHAREHOLDER = "Not an insider or substantial shareholder"
 
 # market rule ids as TWS numbers them for the tick sizes of our universe
@@ -458,7 +462,8 @@ def _right(c: SimContract, unset: str) -> str:
 
 def _contract11(c: SimContract, exchange: str | None = None, strike: str | None = None,
                 right_unset: str = "", exch_is_primary: bool = False) -> Fields:
-    """conId symbol secType lastTrade strike right multiplier exchange currency localSymbol tradingClass."""
+    """conId symbol secType lastTrade strike right multiplier exchange currency localSymbol
+    tradingClass."""
     exch = c.primary_exchange if exch_is_primary else (c.exchange if exchange is None else exchange)
     return [
         str(c.con_id), c.symbol, c.sec_type, c.expiry,
@@ -554,9 +559,11 @@ def open_order(o: SimOrder, version: int, *, what_if: WhatIfResult | None = None
     if version < 177:
         f.append("")                         # faProfile
     f += [
-        "", "", "", "", "",                  # modelCode goodTillDate rule80A percentOffset settlingFirm
+        "", "", "", "", "",                  # modelCode goodTillDate rule80A percentOffset
+                                             # settlingFirm
         "0", "", "-1",                       # shortSaleSlot designatedLocation exemptCode
-        "0", "", "", "", "", "",             # auctionStrategy startingPrice stockRefPrice delta rangeLo rangeHi
+        "0", "", "", "", "", "",             # auctionStrategy startingPrice stockRefPrice delta
+                                             # stockRangeLower stockRangeUpper
         UNSET_INTEGER_STR,                   # displaySize
         "0", "0", "0", "",                   # blockOrder sweepToFill allOrNone minQty
         str(o.oca_type or 3),                # ocaType (TWS reports 3 when none was given)
@@ -567,12 +574,14 @@ def open_order(o: SimOrder, version: int, *, what_if: WhatIfResult | None = None
         "0", "", "", "", "?", "0", "0", "",  # delta-neutral: conId settlingFirm clearingAcct
                                              # clearingIntent openClose shortSale slot location
         "0", "0",                            # continuousUpdate referencePriceType
-        "", "", "", "",                      # trailStopPrice trailingPercent basisPoints basisPointsType
+        "", "", "", "",                      # trailStopPrice trailingPercent basisPoints
+                                             # basisPointsType
         "",                                  # comboLegsDescrip
         "0", "0", "0",                       # comboLegs, orderComboLegs, smartComboRoutingParams
         UNSET_INTEGER_STR, UNSET_INTEGER_STR, "",  # scaleInitLevelSize scaleSubsLevelSize increment
         "",                                  # hedgeType
-        "0", "", "IB", "0",                  # optOutSmartRouting clearingAccount clearingIntent notHeld
+        "0", "", "IB", "0",                  # optOutSmartRouting clearingAccount clearingIntent
+                                             # notHeld
         "0",                                 # deltaNeutralContract present
         "",                                  # algoStrategy
         "0",                                 # solicited
@@ -589,8 +598,9 @@ def open_order(o: SimOrder, version: int, *, what_if: WhatIfResult | None = None
         "0", "0",                            # randomizeSize randomizePrice
         "0",                                 # conditions
         "None",                              # adjustedOrderType
-        UNSET_DOUBLE_STR, UNSET_DOUBLE_STR, UNSET_DOUBLE_STR,  # triggerPrice trailStopPrice lmtPriceOffset
-        UNSET_DOUBLE_STR, UNSET_DOUBLE_STR, UNSET_DOUBLE_STR,  # adjustedStop/StopLimit/TrailingAmount
+        # triggerPrice trailStopPrice lmtPriceOffset adjustedStopPrice adjustedStopLimitPrice
+        # adjustedTrailingAmount
+        *[UNSET_DOUBLE_STR] * 6,
         "0",                                 # adjustableTrailingUnit
         "", "", "",                          # softDollarTier name val displayName
         "0",                                 # cashQty
@@ -650,7 +660,8 @@ def completed_order(o: SimOrder, version: int, parent_perm_id: int | None = None
     if version < 177:
         f.append("")                            # faProfile
     f += [
-        "", "", "", "", "",                     # modelCode goodTillDate rule80A percentOffset settlingFirm
+        "", "", "", "", "",                     # modelCode goodTillDate rule80A percentOffset
+                                                # settlingFirm
         "0", "", "-1",                          # shortSaleSlot designatedLocation exemptCode
         "", "", "", "", "",                     # startingPrice stockRefPrice delta rangeLo rangeHi
         UNSET_INTEGER_STR,                      # displaySize
@@ -659,7 +670,8 @@ def completed_order(o: SimOrder, version: int, parent_perm_id: int | None = None
         "", "0",                                # volatility volatilityType
         "None", "",                             # deltaNeutralOrderType deltaNeutralAuxPrice
         "0", "0", "0", "",                      # delta-neutral conId shortSale slot location
-        "0", "0", "", "",                       # continuousUpdate referencePriceType trailStop trailingPct
+        "0", "0", "", "",                       # continuousUpdate referencePriceType trailStopPrice
+                                                # trailingPercent
         "",                                     # comboLegsDescrip
         "0", "0", "0",                          # comboLegs orderComboLegs smartComboRoutingParams
         UNSET_INTEGER_STR, UNSET_INTEGER_STR, "",  # scaleInit scaleSubs increment
@@ -675,7 +687,8 @@ def completed_order(o: SimOrder, version: int, parent_perm_id: int | None = None
         "",                                     # autoCancelDate
         f_decimal(o.filled),                    # filledQuantity
         UNSET_INTEGER_STR,                      # refFuturesConId
-        "0", SHAREHOLDER, "0", "0",             # autoCancelParent shareholder imbalanceOnly routeToBbo
+        "0", SHAREHOLDER, "0", "0",             # autoCancelParent shareholder imbalanceOnly
+                                                # routeMarketableToBbo
         str(parent_perm_id) if parent_perm_id else UNSET_LONG_STR,  # parentPermId
         ib_time(o.completed_at) if o.completed_at is not None else "",
         o.completed_status or o.status,

@@ -47,7 +47,6 @@ from sim.codec import (
     Unsupported,
 )
 from sim.model import (
-    AccountChanged,
     BrokerEvent,
     ExecutionAdded,
     OrderChanged,
@@ -58,7 +57,6 @@ from sim.model import (
     SimContract,
     SimExecution,
     SimOrder,
-    SimPosition,
 )
 from sim.universe import Universe, UnknownContract
 from sim.wire import (
@@ -78,12 +76,14 @@ CONNECTIVITY_MESSAGES = {
     1101: "Connectivity between IB and Trader Workstation has been restored - data lost.",
     1102: ("Connectivity between IB and Trader Workstation has been restored - data maintained. "
            "All data farms are connected: usfarm.nj; usfarm; euhmds; fundfarm; ushmds; secdefil."),
-    1300: "TWS socket port has been reset and this connection is being dropped. Please reconnect on the new port.",
+    1300: ("TWS socket port has been reset and this connection is being dropped. "
+           "Please reconnect on the new port."),
     2103: "Market data farm connection is broken:usfarm",
     2104: "Market data farm connection is OK:usfarm",
     2105: "HMDS data farm connection is broken:ushmds",
     2106: "HMDS data farm connection is OK:ushmds",
-    2110: "Connectivity between Trader Workstation and server is broken. It will be restored automatically.",
+    2110: ("Connectivity between Trader Workstation and server is broken. "
+           "It will be restored automatically."),
 }
 NO_SECURITY = "No security definition has been found for the request"
 # historical / real-time-bar style requests answered with 162 (ends the client's request)
@@ -233,7 +233,8 @@ class PaperTWS:
         log.info("paper_tws_stopped", port=self.port)
 
     async def restart(self, downtime: float = 0.0) -> None:
-        """A gateway restart: drop every connection, refuse connects for `downtime` s, keep state."""
+        """A gateway restart: drop every connection, refuse connects for `downtime` seconds,
+        keep the brokerage state."""
         self.restarts += 1
         await self._close_listener()
         n = len(self._sessions)
@@ -254,7 +255,8 @@ class PaperTWS:
         await asyncio.wait_for(self._up.wait(), timeout)
 
     def inject(self, code: int, message: str | None = None) -> int:
-        """Send a connectivity (or any) error with reqId -1 to every API client; returns how many."""
+        """Send a connectivity (or any) error with reqId -1 to every API client; returns how
+        many got it."""
         text = message or CONNECTIVITY_MESSAGES.get(code, f"Injected message {code}")
         sessions = list(self._sessions.values())
         for s in sessions:
@@ -613,9 +615,10 @@ class PaperTWS:
         if m.msg_id in _HMDS_REQUESTS:
             s.send(codec.error(m.req_id, 162, "Historical Market Data Service error message:"
                                               "not available in the paper TWS", s.version))
-        else:
-            s.send(codec.error(m.req_id, 10187, f"Request {m.msg_id} is not supported by the "
-                                                f"paper TWS", s.version))
+        else:  # a non-warning code, so the client's request ends instead of timing out
+            s.send(codec.error(m.req_id, 10089, f"Requested market data requires additional "
+                                                f"subscription for API. Request {m.msg_id} is "
+                                                f"not offered by the paper TWS.", s.version))
 
     _handlers: dict[type, Callable[..., None]] = {
         PlaceOrder: _h_place, CancelOrder: _h_cancel, ReqMktData: _h_mkt_data, ReqId: _h_req_id,
@@ -623,7 +626,8 @@ class PaperTWS:
         ReqExecutions: _h_executions, ReqContractDetails: _h_contract_details,
         ReqAccountSummary: _h_account_summary, ReqMulti: _h_multi, ReqSecDefOptParams: _h_sec_def,
         ReqPnL: _h_pnl, Unsupported: _h_unsupported,
-        StartApi: lambda self, s, m: s.send(codec.error(-1, 10000, "startApi sent twice", s.version)),
+        StartApi: lambda self, s, m: s.send(codec.error(-1, 10000, "startApi sent twice",
+                                                        s.version)),
     }
 
     # ------------------------------------------------------------------ engine events

@@ -111,7 +111,7 @@ def parse_version_offer(payload: bytes) -> VersionOffer:
 
 
 def java_double(v: float) -> str:
-    """Java's Double.toString: `0.0`, `100.0`, `2.61`, `1.2E7`, `1.0E-4`, `1.7976931348623157E308`."""
+    """Java's Double.toString: `0.0`, `100.0`, `2.61`, `1.2E7`, `1.0E-4`, `1.79...E308`."""
     if v >= UNSET_DOUBLE:
         return UNSET_DOUBLE_STR
     if math.isnan(v):

@@ -100,3 +100,17 @@ async def test_pnl_single_without_a_position_is_unset(paper_tws):
         assert single.position == 0
         for value in (single.dailyPnL, single.unrealizedPnL, single.value):
             assert math.isnan(value) or value > 1e300  # TWS's unset double
+
+
+async def test_account_summary_streams_changes(paper_tws):
+    async with connected(paper_tws) as ib:
+        latest: dict[tuple[str, str], float] = {}
+        ib.accountSummaryEvent += lambda v: latest.__setitem__((v.tag, v.currency), float(v.value))
+        summary = await ib.accountSummaryAsync(ACCOUNT)
+        tags = {v.tag: float(v.value) for v in summary if v.currency == "USD" and
+                v.tag in ("NetLiquidation", "BuyingPower", "GrossPositionValue")}
+        assert tags == {"NetLiquidation": 1_000_000.0, "BuyingPower": 4_000_000.0,
+                        "GrossPositionValue": 0.0}
+        await _buy_aapl(ib)
+        await wait_until(ib, lambda: latest.get(("GrossPositionValue", "USD")) == 2300.0,
+                         what="summary update")

@@ -1,4 +1,5 @@
-"""Brackets with IB semantics (entry + take-profit + stop, children held then OCA) and partial fills."""
+"""Brackets with IB semantics (entry + take-profit + stop; children held, then OCA) and partial
+fills."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.iblib import IB, LIBRARY
-from tests.sim.support import ErrorLog, account_value, connected, wait_until
+from tests.sim.support import ErrorLog, account_value, connected
 
 pytestmark = pytest.mark.ib
 

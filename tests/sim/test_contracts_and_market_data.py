@@ -50,7 +50,8 @@ async def test_futures_resolve_the_front_month(paper_tws, symbol, multiplier):
         assert fut.conId == front.contract.conId and fut.multiplier == multiplier
         assert fut.localSymbol.startswith(symbol)
         # the old GLOBEX name still resolves
-        assert (await qualify_one(ib, Future(symbol, front.contractMonth, "GLOBEX"))).conId == fut.conId
+        globex = await qualify_one(ib, Future(symbol, front.contractMonth, "GLOBEX"))
+        assert globex.conId == fut.conId
 
 
 async def test_unknown_contract_is_error_200(paper_tws):
@@ -89,3 +90,29 @@ async def test_market_data_for_unknown_contract_is_error_200(paper_tws):
     async with connected(paper_tws) as ib:
         ib.reqMktData(Contract(conId=42, exchange="SMART"), "", False, False)
         await ib.errors.wait_for(200)
+
+
+async def _stepped_prices(seed: int, steps: int) -> dict[str, float]:
+    from tests.fixtures.paper_tws import start_paper_tws, stop_paper_tws
+
+    handle = await start_paper_tws(seed=seed)
+    try:
+        await handle.post("/step", {"n": steps})
+        return (await handle.state())["prices"]
+    finally:
+        await stop_paper_tws(handle)
+
+
+async def test_seeded_price_paths_are_deterministic_and_stream(paper_tws):
+    first, again, other = (await _stepped_prices(7, 5), await _stepped_prices(7, 5),
+                           await _stepped_prices(8, 5))
+    assert first == again and first != other
+    aapl_id = "265598"
+    assert first[aapl_id] != 230.0  # the path moved AAPL from its start price
+    async with connected(paper_tws) as ib:
+        aapl = await qualify_one(ib, Stock("AAPL", "SMART", "USD"))
+        ticker = ib.reqMktData(aapl, "", False, False)
+        await wait_until(ib, lambda: ticker.last == 230.0)
+        moved = await paper_tws.post("/step", {"n": 5})
+        assert moved["moves"] > 0
+        await wait_until(ib, lambda: ticker.last == first[aapl_id], what="stepped tick")

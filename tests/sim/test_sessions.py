@@ -30,7 +30,8 @@ async def test_executions_and_completed_orders_survive_a_reconnect(paper_tws):
         [synced] = ib.fills()  # the client keeps commission reports on its first Fill object
         assert synced.commissionReport.commission == pytest.approx(1.0)
         completed = await ib.reqCompletedOrdersAsync(False)
-        assert [(t.order.orderRef, t.orderStatus.status) for t in completed] == [("day-1", "Filled")]
+        assert [(t.order.orderRef, t.orderStatus.status) for t in completed] == [
+            ("day-1", "Filled")]
         assert ib.client.getReqId() > order_id  # nextValidId is above every id client 5 used
     async with connected(paper_tws, 6) as other:  # any client may read the day's executions
         assert [f.execution.execId for f in await other.reqExecutionsAsync()] == [exec_id]
@@ -40,7 +41,8 @@ async def test_executions_and_completed_orders_survive_a_reconnect(paper_tws):
 async def test_each_client_has_its_own_order_ids_and_client_0_sees_all(paper_tws):
     async with connected(paper_tws, 1) as ib1, connected(paper_tws, 2) as ib2:
         aapl = await qualify_one(ib1, Stock("AAPL", "SMART", "USD"))
-        o1, o2 = LimitOrder("BUY", 1, 200.0, orderRef="c1"), LimitOrder("BUY", 2, 201.0, orderRef="c2")
+        o1 = LimitOrder("BUY", 1, 200.0, orderRef="c1")
+        o2 = LimitOrder("BUY", 2, 201.0, orderRef="c2")
         o1.orderId = o2.orderId = 50  # the same id in two clients' spaces
         t1, t2 = ib1.placeOrder(aapl, o1), ib2.placeOrder(aapl, o2)
         await wait_until(ib1, lambda: t1.orderStatus.status == "Submitted")
@@ -51,7 +53,8 @@ async def test_each_client_has_its_own_order_ids_and_client_0_sees_all(paper_tws
         async with connected(paper_tws, 0) as ib0:
             refs = sorted(t.order.orderRef for t in ib0.openTrades())
             assert refs == ["c1", "c2"]
-            assert {(t.order.clientId, t.order.orderId) for t in ib0.openTrades()} == {(1, 50), (2, 50)}
+            ids = {(t.order.clientId, t.order.orderId) for t in ib0.openTrades()}
+            assert ids == {(1, 50), (2, 50)}
             ib1.cancelOrder(o1)  # client 0 follows other clients' orders live
             await wait_until(ib0, lambda: any(t.order.orderRef == "c1" and
                                               t.orderStatus.status == "Cancelled"

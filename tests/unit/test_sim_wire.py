@@ -149,7 +149,8 @@ async def test_requests_are_decoded():
         (lambda: c.cancelOrder(9), lambda m: m == codec.CancelOrder(9)),
         (lambda: c.reqOpenOrders(), lambda m: m == codec.Simple(5)),
         (lambda: c.reqAllOpenOrders(), lambda m: m == codec.Simple(16)),
-        (lambda: c.reqAccountUpdates(True, "DU1"), lambda m: m == codec.ReqAccountUpdates(True, "DU1")),
+        (lambda: c.reqAccountUpdates(True, "DU1"),
+         lambda m: m == codec.ReqAccountUpdates(True, "DU1")),
         (lambda: c.reqExecutions(8, ExecutionFilter(clientId=3, symbol="AAPL", side="BUY")),
          lambda m: m.req_id == 8 and m.filter.client_id == 3 and m.filter.symbol == "AAPL"
          and m.filter.side == "BUY"),

@@ -209,7 +209,8 @@ def test_position_portfolio_and_pnl_frames_match():
     assert codec.position("DU1234567", SimPosition(tsla, 500, 196.77)) == real
     [real_pf] = capture_lines(GO, "7|8|")
     pos = SimPosition(AAPL, -100, 291.2660812)
-    assert codec.portfolio_value(pos, 291.6234436, -29162.34, -35.74, -71.44, "DU9000001") == real_pf
+    ours = codec.portfolio_value(pos, 291.6234436, -29162.34, -35.74, -71.44, "DU9000001")
+    assert ours == real_pf
     [real_pnl] = capture_lines(GO, "94|")
     assert codec.pnl(4, 11340.427636781911, 54385.58271885987, -103.92738339177643) == real_pnl
     assert codec.pnl_single(3, 100.0, None, None, None, None)[2] == "100"
@@ -233,8 +234,9 @@ def test_contract_details_layout_matches_the_173_captures():
     [fut] = [f for f in capture_lines(RUST, "10|9000|ES|FUT")]
     today = __import__("datetime").datetime(2025, 3, 24)
     ours = codec.contract_details(9000, AAPL, 176, today=today,
-                                  extras=codec.ContractExtras("Technology", "Computers", "Computers",
-                                                              sec_ids=(("ISIN", "US0378331005"),)))
+                                  extras=codec.ContractExtras(
+                                      "Technology", "Computers", "Computers",
+                                      sec_ids=(("ISIN", "US0378331005"),)))
     assert len(ours) == len(stk) == 42
     same = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 17, 18, 19, 20, 21, 22, 23, 24, 25, 28,
             29, 38]
@@ -244,8 +246,9 @@ def test_contract_details_layout_matches_the_173_captures():
                        multiplier=50.0, min_tick=0.25, expiry="20250620", contract_month="202506",
                        long_name="E-mini S&P 500", under_con_id=11004968)
     ours = codec.contract_details(9000, esm5, 176, today=today,
-                                  extras=codec.ContractExtras(under_symbol="ES", under_sec_type="IND",
-                                                              time_zone="US/Central"))
+                                  extras=codec.ContractExtras(
+                                      under_symbol="ES", under_sec_type="IND",
+                                      time_zone="US/Central"))
     assert len(ours) == len(fut) == 40
     assert diff(ours, fut, {15: "orderTypes", 26: "tradingHours", 27: "liquidHours"}) == []
 
@@ -304,7 +307,8 @@ def test_every_frame_is_accepted_by_the_installed_decoder(version):
     es = universe.front_future("ES")
     name, (req_id, cd) = _decode(codec.contract_details(4, es, version, today=__import__(
         "datetime").datetime(2026, 11, 20)), version)
-    assert cd.contract.lastTradeDateOrContractMonth == es.expiry and cd.contractMonth == es.contract_month
+    assert cd.contract.lastTradeDateOrContractMonth == es.expiry
+    assert cd.contractMonth == es.contract_month
     name, args = _decode(codec.error(5, 201, "Order rejected", version), version)
     assert name == "error" and args[:2] == (5, 201)
 
