@@ -17,7 +17,6 @@ import sys
 from collections.abc import Sequence
 
 from core.logs import configure_logging, get_logger
-from sim.control import ControlServer
 from sim.engine import Brokerage
 from sim.market import PriceFeed
 from sim.server import PaperTWS, load_state
@@ -51,23 +50,21 @@ async def run(args: argparse.Namespace) -> int:
     engine = Brokerage.from_dict(state, universe) if state else Brokerage(universe)
     feed = PriceFeed(universe, seed=args.seed)
     tws = PaperTWS(engine, universe, host=args.host, port=args.port, feed=feed,
-                   max_clients=args.max_clients, pacing_limit=args.pacing,
-                   tick_interval=args.tick_interval, state_file=args.state)
-    control = ControlServer(tws, host=args.host, port=args.control_port)
+                   control_port=args.control_port, max_clients=args.max_clients,
+                   pacing_limit=args.pacing, tick_interval=args.tick_interval,
+                   state_file=args.state)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await tws.start()
     try:
-        await control.start()
-        log.info("paper_tws_ready", host=args.host, port=tws.port, control_port=control.port,
+        log.info("paper_tws_ready", host=args.host, port=tws.port, control_port=tws.control_port,
                  state=args.state or "", seed=args.seed, loaded_state=bool(state),
                  mode="PAPER TWS (simulated broker, no real orders)")
         await stop.wait()
         log.info("paper_tws_stopping")
     finally:
-        await control.stop()
         await tws.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -58,6 +58,7 @@ from sim.model import (
     SimExecution,
     SimOrder,
 )
+from sim.market import PriceFeed
 from sim.universe import Universe, UnknownContract
 from sim.wire import (
     API_PREFIX,
@@ -129,16 +130,21 @@ class PaperTWS:
     `port=0` picks a free port (read `.port` after `start()`). `pacing_limit` messages per
     `pacing_window` seconds per client; beyond it error 100 and the message is dropped.
     `tick_interval > 0` moves the seeded price paths (`feed`) every that many seconds.
+    Without `engine`/`universe`/`feed` a fresh default universe, engine and feed (`seed`) are
+    built; with `control_port` (0 = any free port) the HTTP control port starts and stops
+    with the server (read `.control_port` after `start()`).
     """
 
     def __init__(
         self,
-        engine: Any,
-        universe: Universe,
+        engine: Any = None,
+        universe: Universe | None = None,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
         feed: Any = None,
+        seed: int = 7,
+        control_port: int | None = None,
         max_clients: int = 32,
         pacing_limit: int = 50,
         pacing_window: float = 1.0,
@@ -148,9 +154,17 @@ class PaperTWS:
         server_version: int = MAX_SERVER_VERSION,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        if universe is None:
+            universe = engine.universe if engine is not None else Universe()
+        if engine is None:
+            from sim.engine import Brokerage
+
+            engine = Brokerage(universe)
         self.engine = engine
         self.universe = universe
-        self.feed = feed
+        self.feed = feed if feed is not None else PriceFeed(universe, seed=seed)
+        self.control_port = control_port
+        self._control: Any = None
         self.host = host
         self.port = port
         self.max_clients = max_clients
@@ -190,6 +204,12 @@ class PaperTWS:
         self._loop = asyncio.get_running_loop()
         self._rebuild_commissions()
         await self._listen()
+        if self.control_port is not None:
+            from sim.control import ControlServer
+
+            self._control = ControlServer(self, host=self.host, port=self.control_port)
+            await self._control.start()
+            self.control_port = self._control.port
         if self.tick_interval > 0 and self.feed is not None:
             self._ticker = asyncio.create_task(self._tick_loop(), name="paper-tws-ticker")
         log.info("paper_tws_started", host=self.host, port=self.port,
@@ -219,6 +239,9 @@ class PaperTWS:
             if task is not None:
                 task.cancel()
         self._reopen = self._ticker = None
+        if self._control is not None:
+            await self._control.stop()
+            self._control = None
         await self._close_listener()
         self._drop_all()
         tasks = list(self._tasks)
@@ -800,12 +823,8 @@ class PaperTWS:
 
     def _quote(self, c: SimContract) -> tuple[float, float, float, float, float, float]:
         last = self.engine.price(c.con_id)
-        if self.feed is not None:
-            q = self.feed.quote(c.con_id, last=last)
-            return q.bid, q.ask, q.last, q.bid_size, q.ask_size, q.last_size
-        from sim.market import half_spread
-        half = half_spread(c)
-        return last - half, last + half, last, 100.0, 100.0, 100.0
+        q = self.feed.quote(c.con_id, last=last)
+        return q.bid, q.ask, q.last, q.bid_size, q.ask_size, q.last_size
 
     def _close_price(self, c: SimContract) -> float:
         try:
