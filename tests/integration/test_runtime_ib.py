@@ -1,0 +1,212 @@
+"""The IB adapter, ExecutionAgent and PortfolioMonitor against the paper TWS over a real socket.
+
+No governor here: brackets are handed to the ExecutionAgent as the governor would after
+approving them. Prices move through the paper TWS's control port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+
+from adapters.ib import IBBroker
+from agents.execution import ExecutionAgent
+from agents.portfolio import PortfolioMonitor
+from bus.bus import Bus
+from bus.errors import BrokerConnectError
+from bus.messages import (
+    ApprovedBracket,
+    ConnectionState,
+    Fill,
+    Leg,
+    OrderEvent,
+    PortfolioSnapshot,
+    TradeProposal,
+)
+
+pytestmark = pytest.mark.ib
+
+
+class Collector:
+    """Everything of some types that crosses the bus, with a wait-for-condition helper."""
+
+    def __init__(self, bus: Bus, *types: type) -> None:
+        self.items: list[Any] = []
+        self._changed = asyncio.Event()
+        for t in types:
+            bus.subscribe(t, self._add, name=f"test.collect.{t.__name__}")
+
+    async def _add(self, msg: Any) -> None:
+        self.items.append(msg)
+        self._changed.set()
+
+    async def wait_for(self, pred: Callable[[list[Any]], Any], timeout: float = 5.0) -> Any:
+        async def loop() -> Any:
+            while True:
+                got = pred(self.items)
+                if got:
+                    return got
+                self._changed.clear()
+                await self._changed.wait()
+        return await asyncio.wait_for(loop(), timeout)
+
+
+def proposal(pid: str, **kw: Any) -> TradeProposal:
+    base = dict(proposal_id=pid, agent_id="alpha", symbol="AAPL", side="BUY", quantity=10,
+                order_type="LMT", limit_price=229.0, take_profit=235.0, stop_loss=226.0)
+    base.update(kw)
+    return TradeProposal.model_validate(base)
+
+
+class Runtime:
+    def __init__(self, bus: Bus, broker: IBBroker, execution: ExecutionAgent,
+                 monitor: PortfolioMonitor, seen: Collector) -> None:
+        self.bus, self.broker, self.execution, self.monitor, self.seen = bus, broker, execution, monitor, seen
+
+    async def place(self, p: TradeProposal):
+        contract = await self.broker.resolve_contract(p)
+        return await self.execution.place(ApprovedBracket(
+            proposal=p, contract=contract, approved_at=datetime.now(timezone.utc)))
+
+
+@pytest.fixture
+async def runtime(paper_tws) -> AsyncIterator[Runtime]:
+    bus = Bus()
+    await bus.start()
+    broker = IBBroker(host=paper_tws.host, port=paper_tws.port, client_id=7, publish=bus.publish,
+                      heartbeat_s=0.2)
+    monitor = PortfolioMonitor(bus, broker, heartbeat_s=0.2)
+    monitor.attach()
+    execution = ExecutionAgent(bus, broker)
+    execution.attach()
+    seen = Collector(bus, OrderEvent, Fill, PortfolioSnapshot)
+    await broker.start()
+    await monitor.start()
+    try:
+        yield Runtime(bus, broker, execution, monitor, seen)
+    finally:
+        await monitor.stop()
+        await broker.close()
+        await bus.close()
+
+
+async def test_connect_refused_is_a_clear_error(unused_port):
+    async def publish(_: Any) -> None:
+        return None
+
+    broker = IBBroker(host="127.0.0.1", port=unused_port, client_id=1, publish=publish,
+                      connect_timeout=2.0)
+    with pytest.raises(BrokerConnectError) as e:
+        await broker.start()
+    assert e.value.code == 502
+    assert "nothing is listening" in e.value.message
+    await broker.close()
+
+
+async def test_client_id_in_use_is_326(paper_tws, runtime):
+    async def publish(_: Any) -> None:
+        return None
+
+    second = IBBroker(host=paper_tws.host, port=paper_tws.port, client_id=7, publish=publish,
+                      connect_timeout=3.0, reconnect=False)
+    with pytest.raises(BrokerConnectError) as e:
+        await second.start()
+    assert e.value.code == 326
+    assert "already in use" in e.value.message
+    await second.close()
+
+
+async def test_snapshot_ready_with_account_and_pnl(runtime):
+    snap = await runtime.seen.wait_for(lambda xs: next(
+        (x for x in reversed(xs) if isinstance(x, PortfolioSnapshot) and x.reconciled and x.pnl.known), None))
+    assert snap.connection is ConnectionState.READY
+    assert snap.account and snap.account.startswith("D")
+    for tag in ("NetLiquidation", "AvailableFunds", "BuyingPower", "ExcessLiquidity", "InitMarginReq"):
+        assert tag in snap.account_values, tag
+    assert snap.account_values["NetLiquidation"] > 0
+    assert snap.data_age(datetime.now(timezone.utc)) < 5
+
+
+async def test_bracket_take_profit_path(paper_tws, runtime):
+    res = await runtime.place(proposal("tp-1"))
+    assert res.ok, res
+    ids = res.order_ids
+    st = await paper_tws.state()
+    legs = [o for o in st["orders"] if o.get("orderRef") == "tp-1"]
+    assert len(legs) == 3
+    assert {o["orderId"] for o in legs} == {ids.entry, ids.take_profit, ids.stop_loss}
+
+    await paper_tws.set_price("AAPL", 228.5)          # entry fills
+    await runtime.seen.wait_for(lambda xs: any(
+        isinstance(x, Fill) and x.leg is Leg.ENTRY and x.proposal_id == "tp-1" for x in xs))
+    snap = await runtime.seen.wait_for(lambda xs: next(
+        (x for x in reversed(xs) if isinstance(x, PortfolioSnapshot) and x.position("AAPL") == 10), None))
+    assert any(p.symbol == "AAPL" for p in snap.positions)
+
+    await paper_tws.set_price("AAPL", 235.5)          # take-profit fills, stop cancelled
+    await runtime.seen.wait_for(lambda xs: any(
+        isinstance(x, OrderEvent) and x.leg is Leg.STOP_LOSS and x.status == "Cancelled" for x in xs))
+    fills = [x for x in runtime.seen.items if isinstance(x, Fill) and x.proposal_id == "tp-1"]
+    assert {f.leg for f in fills} == {Leg.ENTRY, Leg.TAKE_PROFIT}
+    assert all(f.agent_id == "alpha" for f in fills)
+    tp = next(f for f in fills if f.leg is Leg.TAKE_PROFIT)
+    assert tp.price == pytest.approx(235.0)
+    assert tp.commission is not None and tp.commission > 0
+    assert tp.realized_pnl is not None and tp.realized_pnl > 0
+
+
+async def test_bracket_stop_path_and_expiry_cancel(paper_tws, runtime):
+    res = await runtime.place(proposal("sl-1", quantity=5))
+    assert res.ok
+    await paper_tws.set_price("AAPL", 228.0)
+    await paper_tws.set_price("AAPL", 225.0)          # stop triggers, take-profit cancelled
+    await runtime.seen.wait_for(lambda xs: any(
+        isinstance(x, OrderEvent) and x.proposal_id == "sl-1" and x.leg is Leg.TAKE_PROFIT
+        and x.status == "Cancelled" for x in xs))
+    stop_fill = await runtime.seen.wait_for(lambda xs: next(
+        (x for x in xs if isinstance(x, Fill) and x.proposal_id == "sl-1" and x.leg is Leg.STOP_LOSS), None))
+    assert stop_fill.quantity == 5
+
+    # an unfilled entry is cancelled when the proposal's expiry passes (children with it)
+    res = await runtime.place(proposal("exp-1", limit_price=200.0, take_profit=210.0, stop_loss=195.0,
+                                       cancel_entry_after_s=0.3))
+    assert res.ok
+    await runtime.seen.wait_for(lambda xs: {
+        x.leg for x in xs if isinstance(x, OrderEvent) and x.proposal_id == "exp-1" and x.status == "Cancelled"
+    } == set(Leg), timeout=5)
+
+
+async def test_rejected_bracket_reports_ib_code(runtime):
+    res = await runtime.place(proposal("tick-1", limit_price=229.003))   # off tick: 110
+    assert not res.ok
+    assert res.code == 110
+
+
+async def test_same_proposal_twice_places_once(paper_tws, runtime):
+    a = await runtime.place(proposal("dup-1", limit_price=200.0, take_profit=210.0, stop_loss=195.0))
+    b = await runtime.place(proposal("dup-1", limit_price=200.0, take_profit=210.0, stop_loss=195.0))
+    assert a.ok and b.ok and a.order_ids == b.order_ids
+    st = await paper_tws.state()
+    assert len([o for o in st["orders"] if o.get("orderRef") == "dup-1"]) == 3
+
+
+async def test_reconnect_after_gateway_restart(paper_tws, runtime):
+    await paper_tws.restart(downtime=0.3)
+    await runtime.seen.wait_for(lambda xs: any(
+        isinstance(x, PortfolioSnapshot) and x.connection is ConnectionState.DISCONNECTED for x in xs))
+    assert await runtime.broker.wait_ready(10.0)
+    snap = await runtime.monitor.publish_now()
+    assert snap.reconciled and snap.pnl.known
+
+
+async def test_1100_goes_fail_closed_until_1102(paper_tws, runtime):
+    await paper_tws.inject(1100)
+    await runtime.seen.wait_for(lambda xs: any(
+        isinstance(x, PortfolioSnapshot) and x.connection is ConnectionState.CONNECTIVITY_LOST
+        and not x.reconciled for x in xs))
+    await paper_tws.inject(1102)
+    assert await runtime.broker.wait_ready(5.0)
