@@ -63,6 +63,9 @@ log = get_logger("bracketgate.risk")
 
 ContractInfo = Callable[[TradeProposal], ResolvedContract | None]
 WhatIf = Callable[[ApprovedBracket], Awaitable[Mapping[str, Any]]]
+# awaited before the synchronous check-and-reserve step: resolves the contract (and a quote
+# for market entries) so that `contract_info` and the snapshot's quotes can answer at once
+Prepare = Callable[[TradeProposal], Awaitable[None]]
 StateBy = Literal["operator", "auto", "startup"]
 
 PLACE_SERVICE = "execution.place"
@@ -231,6 +234,7 @@ class RiskGovernor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._bus: Bus | None = None
         self._whatif: WhatIf | None = None
+        self._prepare: Prepare | None = None
         now = clock.monotonic()
         self._proposal_bucket = TokenBucket(limits.max_proposals_per_s, limits.proposal_burst, now)
         self._order_bucket = TokenBucket(limits.max_order_msgs_per_s, limits.max_order_msgs_per_s, now)
@@ -702,13 +706,15 @@ class RiskGovernor:
 
     # ================================================================== bus wiring (thin)
 
-    def attach(self, bus: Bus, *, whatif: WhatIf | None = None, intake_maxsize: int = 1_000) -> None:
+    def attach(self, bus: Bus, *, whatif: WhatIf | None = None, prepare: Prepare | None = None,
+               intake_maxsize: int = 1_000) -> None:
         """Subscribe to the bus. Proposals are queued REJECT-on-full (the bridge answers
         OVERLOADED); snapshots keep only the newest; order events, fills and commands BLOCK."""
         from bus.bus import Overflow
 
         self._bus = bus
         self._whatif = whatif
+        self._prepare = prepare
         bus.subscribe(TradeProposal, self._on_proposal_msg, name="risk", maxsize=intake_maxsize,
                       overflow=Overflow.REJECT)
         bus.subscribe(PortfolioSnapshot, self._on_snapshot_msg, name="risk", maxsize=4,
@@ -724,6 +730,7 @@ class RiskGovernor:
 
     async def handle_proposal(self, proposal: TradeProposal) -> RiskDecision:
         """The async intake path: decide, confirm margin, place, publish the final decision."""
+        await self._prepare_proposal(proposal)
         decision, fresh = self._evaluate(proposal, self._snapshot)
         if fresh and decision.verdict is Verdict.APPROVED:
             return await self._place_approved(proposal, decision,
@@ -790,6 +797,7 @@ class RiskGovernor:
     async def _on_proposal_msg(self, proposal: TradeProposal) -> None:
         # decided inline, in arrival order; an approval's margin check and placement run as
         # their own task so intake keeps moving while IB answers
+        await self._prepare_proposal(proposal)
         decision, fresh = self._evaluate(proposal, self._snapshot)
         if fresh and decision.verdict is Verdict.APPROVED:
             fut = self._in_flight(proposal.proposal_id)
@@ -799,6 +807,16 @@ class RiskGovernor:
             task.add_done_callback(self._task_done)
         else:
             await self._answer(proposal, decision)
+
+    async def _prepare_proposal(self, proposal: TradeProposal) -> None:
+        """Run the prepare hook; a failure only means the checks see less (they fail closed)."""
+        if self._prepare is None or proposal.proposal_id in self._decisions:
+            return
+        try:
+            await self._prepare(proposal)
+        except Exception as e:  # logged with its reason; the gate then rejects on what it lacks
+            log.warning("proposal_prepare_failed", proposal_id=proposal.proposal_id,
+                        agent_id=proposal.agent_id, error=repr(e))
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
