@@ -945,3 +945,39 @@ def tick_snapshot_end(req_id: int) -> Fields:
 
 def market_data_type(req_id: int, data_type: int = 1) -> Fields:
     return [str(MARKET_DATA_TYPE), "1", str(req_id), str(data_type)]
+
+
+# ---- lists a client waits for; the paper TWS has nothing (or little) to put in them
+
+
+def symbol_samples(req_id: int, contracts: Sequence[SimContract], version: int) -> Fields:
+    """symbolSamples (79): conId symbol secType primaryExchange currency nDerivative [types]
+    (+ description issuerId at >= 176)."""
+    f: Fields = ["79", str(req_id), str(len(contracts))]
+    for c in contracts:
+        derivs = ["OPT"] if c.sec_type == "STK" else []
+        f += [str(c.con_id), c.symbol, c.sec_type, c.primary_exchange, c.currency,
+              str(len(derivs)), *derivs]
+        if version >= 176:
+            f += [c.long_name, ""]
+    return f
+
+
+def soft_dollar_tiers(req_id: int) -> Fields:
+    return ["77", str(req_id), "0"]
+
+
+def family_codes() -> Fields:
+    return ["78", "0"]
+
+
+def mkt_depth_exchanges() -> Fields:
+    return ["80", "0"]
+
+
+def news_providers() -> Fields:
+    return ["85", "0"]
+
+
+def scanner_parameters() -> Fields:
+    return ["19", "1", "<ScanParameterResponse/>"]

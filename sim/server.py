@@ -87,6 +87,7 @@ CONNECTIVITY_MESSAGES = {
            "It will be restored automatically."),
 }
 NO_SECURITY = "No security definition has been found for the request"
+MAX_WRITE_BUFFER = 32 * 1024 * 1024  # bytes queued for one client before it is dropped
 # historical / real-time-bar style requests answered with 162 (ends the client's request)
 _HMDS_REQUESTS = frozenset({20, 50, 87, 88, 96, 97})
 
@@ -115,6 +116,10 @@ class Session:
 
     def send(self, fields: list[str]) -> None:
         if self.closed or self.writer.is_closing():
+            return
+        if self.writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            log.warning("paper_tws_slow_client_dropped", client_id=self.client_id, peer=self.peer)
+            self.close()  # a client that stopped reading; TWS drops it too
             return
         self.writer.write(pack(fields))
 
@@ -632,6 +637,24 @@ class PaperTWS:
             self._send_pnl(s, m.req_id, force=True)
 
     def _h_unsupported(self, s: Session, m: Unsupported) -> None:
+        if m.msg_id == 81 and m.req_id is not None and len(m.fields) > 2:  # reqMatchingSymbols
+            pattern = m.fields[2].upper()
+            found = [c for c in self.universe.underlyings() if c.symbol.startswith(pattern)]
+            seen, unique = set(), []
+            for c in found:  # one row per (symbol, secType): the front future stands for all
+                if (c.symbol, c.sec_type) not in seen:
+                    seen.add((c.symbol, c.sec_type))
+                    unique.append(c)
+            s.send(codec.symbol_samples(m.req_id, unique[:16], s.version))
+            return
+        empty = {24: codec.scanner_parameters, 80: codec.family_codes,
+                 82: codec.mkt_depth_exchanges, 85: codec.news_providers}.get(m.msg_id)
+        if empty is not None:  # the client waits for this list: an empty one ends the wait
+            s.send(empty())
+            return
+        if m.msg_id == 79 and m.req_id is not None:
+            s.send(codec.soft_dollar_tiers(m.req_id))
+            return
         log.info("paper_tws_unsupported", client_id=s.client_id, msg_id=m.msg_id, req_id=m.req_id)
         if m.req_id is None:
             return

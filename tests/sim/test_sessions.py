@@ -153,3 +153,12 @@ async def test_unsupported_request_is_answered_not_left_hanging(paper_tws):
             ib.reqHistoricalDataAsync(aapl, "", "1 D", "1 hour", "TRADES", True), 3)
         assert not bars
         assert 162 in errors.codes()
+
+
+async def test_list_requests_get_answers(paper_tws):
+    async with connected(paper_tws) as ib:
+        found = await asyncio.wait_for(ib.reqMatchingSymbolsAsync("AA"), 3)
+        assert [d.contract.symbol for d in found] == ["AAPL"]
+        assert [d.contract.conId for d in await ib.reqMatchingSymbolsAsync("E")] != []
+        assert await asyncio.wait_for(ib.reqNewsProvidersAsync(), 3) == []
+        assert await asyncio.wait_for(ib.reqMktDepthExchangesAsync(), 3) == []
