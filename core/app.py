@@ -83,7 +83,7 @@ class Daemon:
                 from sim.server import PaperTWS
 
                 tws = PaperTWS(host="127.0.0.1", port=self.ib_port or _port_or_free(4002),
-                               control_port=_port_or_free(4102))
+                               control_port=_port_or_free(4102), tick_interval=1.0)
                 await tws.start()
                 stack.push_async_callback(tws.stop)
                 self.embedded_tws = tws
@@ -126,7 +126,7 @@ class Daemon:
             execution = ExecutionAgent(bus, broker, journal=journal, clock=self.clock)
             execution.attach()
             self.governor = governor = RiskGovernor(limits, self.clock, contract_info=broker.cached_contract)
-            _attach_governor(governor, bus, broker, journal)
+            _attach_governor(governor, bus, broker, monitor)
             _attach_journal(bus, journal)
 
             try:
@@ -198,6 +198,7 @@ def _port_or_free(preferred: int) -> int:
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
         try:
             sock.bind(("127.0.0.1", preferred))
         except OSError:
@@ -231,8 +232,31 @@ def _safe_url(url: str | None) -> str | None:
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
-def _attach_governor(governor: Any, bus: Any, broker: Any, journal: Any) -> None:
-    governor.attach(bus)
+def _attach_governor(governor: Any, bus: Any, broker: Any, monitor: Any) -> None:
+    """The governor meets IB only through these two callables (both via the broker port)."""
+    from bus.errors import BrokerError
+    from bus.messages import OrderType
+
+    async def prepare(proposal: TradeProposal) -> None:
+        if not broker.is_ready:
+            return  # the gate rejects on the broker state itself
+        try:
+            contract = await broker.resolve_contract(proposal)
+        except BrokerError as e:
+            log.warning("contract_resolution_failed", proposal_id=proposal.proposal_id,
+                        agent_id=proposal.agent_id, code=e.code, error=e.message)
+            return
+        if contract is not None and proposal.order_type is OrderType.MKT:
+            if proposal.symbol not in (governor.snapshot.quotes if governor.snapshot else {}):
+                await broker.ensure_quote(contract)
+                # hand the governor a snapshot with the quote now, not after a bus hop
+                for ev in governor.on_snapshot(monitor.build()):
+                    await bus.publish(ev)
+
+    async def whatif(bracket: Any) -> dict[str, Any]:
+        return await broker.what_if(bracket)
+
+    governor.attach(bus, prepare=prepare, whatif=whatif)
 
 
 async def _wait_governor_idle(governor: Any, timeout: float) -> None:
