@@ -30,6 +30,8 @@ TLS_SCHEMES = {"mqtts", "ssl"}
 OWN_PREFIXES = ("ib_", "mqtt_", "log_", "risk_", "journal_", "data_", "portfolio_")
 
 
+DEFAULT_LIMITS_FILE = Path(__file__).resolve().parent / "limits.default.toml"
+
 class _OwnDotEnvSource(DotEnvSettingsSource):
     """The .env source, keeping only our variables (unknown ones with our prefixes stay, and fail)."""
 
@@ -73,7 +75,7 @@ class Settings(BaseSettings):
     # --- logs, files
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
-    risk_limits_file: Path = Path("config/limits.default.toml")
+    risk_limits_file: Path = DEFAULT_LIMITS_FILE        # next to this module, whatever the cwd
     journal_path: Path = Path("data/journal.sqlite")
     data_dir: Path = Path("data")
 

@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.ports",
+    "tests.fixtures.daemon",
     "tests.fixtures.paper_tws",
     "tests.fixtures.mosquitto",
 ]

@@ -30,7 +30,7 @@ def test_defaults_are_default_mode() -> None:
     assert s.mqtt_client_id == "bracketgate" and s.mqtt_prefix == "bracketgate"
     assert s.mqtt_max_payload == 16 * 1024
     assert s.portfolio_publish_interval == 0.5
-    assert s.risk_limits_file == Path("config/limits.default.toml")
+    assert s.risk_limits_file == Path(__file__).resolve().parents[2] / "config" / "limits.default.toml"
     assert s.journal_path == Path("data/journal.sqlite")
     s.validate_live_guard()
     assert describe_mode(s) == "MODE=DEFAULT ib=embedded-paper-tws mqtt=embedded prefix=bracketgate"
