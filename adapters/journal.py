@@ -368,8 +368,8 @@ class _Op:
 
 
 def _resolve(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if fut.cancelled():
-        return  # the caller went away; the write itself is not withdrawn
+    if fut.done():
+        return  # cancelled: the caller went away; the write itself is not withdrawn
     if error is not None:
         fut.set_exception(error)
     else:
@@ -379,6 +379,15 @@ def _resolve(fut: asyncio.Future[Any], result: Any, error: BaseException | None)
 def _resolve_all(answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for fut, result, error in answers:
         _resolve(fut, result, error)
+
+
+def _answer(ops: Iterable[_Op], error: BaseException | None) -> None:
+    """Answer `ops` from the writer thread: None, or `error` when there is one."""
+    for op in ops:
+        try:
+            op.loop.call_soon_threadsafe(_resolve, op.future, None, error)
+        except RuntimeError:  # that loop is closed: nobody is waiting there any more
+            continue
 
 
 class _Writer(threading.Thread):
@@ -429,9 +438,10 @@ class _Writer(threading.Thread):
             return
         self.loop.call_soon_threadsafe(_resolve, self.ready, None, None)
         closing: _Op | None = None
+        batch: list[_Op] = []
         try:
             while closing is None:
-                batch: list[_Op] = [self.ops.get()]
+                batch = [self.ops.get()]
                 while len(batch) < self.batch_max:
                     try:
                         batch.append(self.ops.get_nowait())
@@ -440,12 +450,21 @@ class _Writer(threading.Thread):
                 stop_at = next((i for i, op in enumerate(batch) if op.stop), None)
                 if stop_at is not None:
                     closing = batch[stop_at]
-                    for late in batch[stop_at + 1:]:  # submitted after close(): refused
-                        late.loop.call_soon_threadsafe(
-                            _resolve, late.future, None, JournalStateError("journal is closed"))
+                    _answer(batch[stop_at + 1:], JournalStateError("journal is closed"))
                     batch = batch[:stop_at]
                 if batch:
                     self._run_batch(conn, batch)
+                batch = []
+        except BaseException as exc:
+            log.exception("journal.writer_failed", error=repr(exc))
+            leftovers = list(batch)
+            while True:
+                try:
+                    leftovers.append(self.ops.get_nowait())
+                except queue.Empty:
+                    break
+            # logged above and delivered to every waiter; the thread ends, later calls fail fast
+            _answer(leftovers, JournalError(f"the journal writer failed: {exc!r}"))
         finally:
             error: BaseException | None = None
             try:
@@ -453,7 +472,7 @@ class _Writer(threading.Thread):
             except sqlite3.Error as exc:
                 error = exc
             if closing is not None:
-                closing.loop.call_soon_threadsafe(_resolve, closing.future, None, error)
+                _answer([closing], error)
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         results: list[tuple[Any, BaseException | None]] = []
@@ -476,7 +495,10 @@ class _Writer(threading.Thread):
         except sqlite3.Error as exc:
             log.error("journal.commit_failed", error=str(exc), batch=len(batch))
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as rollback_exc:  # SQLite rolled back by itself
+                    log.warning("journal.rollback_failed", error=str(rollback_exc))
             results = [(None, exc)] * len(batch)
         else:
             self.stats["batches"] += 1
@@ -487,7 +509,10 @@ class _Writer(threading.Thread):
         for op, (result, error) in zip(batch, results):
             by_loop.setdefault(op.loop, []).append((op.future, result, error))
         for loop, answers in by_loop.items():
-            loop.call_soon_threadsafe(_resolve_all, answers)
+            try:
+                loop.call_soon_threadsafe(_resolve_all, answers)
+            except RuntimeError as exc:  # that loop is closed: nobody is waiting there any more
+                log.warning("journal.answer_undeliverable", error=str(exc), ops=len(answers))
 
 
 # --------------------------------------------------------------------------- the journal
@@ -554,9 +579,14 @@ class Journal:
         loop = asyncio.get_running_loop()
         done = _Op(lambda conn: None, None, loop.create_future(), loop, stop=True)
         writer.ops.put(done)
-        await done.future
+        # joining (not awaiting `done`) also returns when the writer died before seeing the
+        # stop; its answer was queued on this loop before the thread ended, so it is in by now
         await asyncio.to_thread(writer.join)
         log.info("journal.closed", path=str(self.path), **writer.stats)
+        if done.future.done():
+            await done.future  # raises if closing the connection failed
+        else:
+            done.future.cancel()
 
     async def __aenter__(self) -> Journal:
         if self._state is _Lifecycle.UNOPENED:
@@ -582,6 +612,8 @@ class Journal:
         if self._state is not _Lifecycle.OPEN:
             raise JournalStateError(f"journal is {self._state}")
         assert self._writer is not None
+        if not self._writer.is_alive():
+            raise JournalError("the journal writer thread is gone; reopen the journal")
         loop = asyncio.get_running_loop()
         op = _Op(run, durable, loop.create_future(), loop)
         self._writer.ops.put(op)

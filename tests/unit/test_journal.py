@@ -579,3 +579,18 @@ async def test_cli_reads_while_the_daemon_writes(path: Path, clock: ManualClock)
         assert done.returncode == 0, done.stderr
         assert [e["proposal_id"] for e in lines(done.stdout)] == ["p-live"]
         await j.record("note", payload={})  # the reader did not lock the writer out
+
+
+async def test_a_dead_writer_fails_callers_instead_of_hanging(
+        journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+    from adapters import journal as module
+
+    def explode(self: object, conn: object, batch: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(module._Writer, "_run_batch", explode)
+    with pytest.raises(module.JournalError, match="boom"):
+        await asyncio.wait_for(journal.record("note", payload={}), 5)
+    await asyncio.to_thread(journal._writer.join, 5)  # type: ignore[union-attr]
+    with pytest.raises(module.JournalError, match="gone"):
+        await journal.record("note", payload={})
