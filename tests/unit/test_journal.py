@@ -1,4 +1,5 @@
-"""adapters/journal.py: every API, the CLI (in-process and as a subprocess), migration, concurrency."""
+"""adapters/journal.py: every API, the CLI (in-process and as a subprocess), migration,
+concurrency."""
 
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ def fill(exec_id: str, pid: str = "p-1", order_id: int = 11) -> Fill:
 
 
 def decision(pid: str, verdict: Verdict = Verdict.APPROVED) -> RiskDecision:
-    ids = BracketOrderIds(entry=11, take_profit=12, stop_loss=13) if verdict is Verdict.APPROVED else None
+    approved = verdict is Verdict.APPROVED
+    ids = BracketOrderIds(entry=11, take_profit=12, stop_loss=13) if approved else None
     return RiskDecision(proposal_id=pid, agent_id="alpha", verdict=verdict, order_ids=ids, ts=T0)
 
 
@@ -234,8 +236,9 @@ async def test_forced_synchronous_modes(path: Path, clock: ManualClock) -> None:
 # --------------------------------------------------------------------------- intents
 
 
-async def test_record_intent_is_pending_with_order_ids(journal: Journal, clock: ManualClock) -> None:
-    seq = await journal.record_intent(bracket("p-1"), BracketOrderIds(entry=11, take_profit=12, stop_loss=13))
+async def test_record_intent_is_pending_with_order_ids(journal: Journal) -> None:
+    ids = BracketOrderIds(entry=11, take_profit=12, stop_loss=13)
+    seq = await journal.record_intent(bracket("p-1"), ids)
     [intent] = await journal.intents()
     assert intent.proposal_id == "p-1" and intent.agent_id == "alpha"
     assert intent.state is IntentState.PENDING
@@ -283,7 +286,8 @@ async def test_mark_intent_walks_the_states(journal: Journal, clock: ManualClock
     assert intent.state is IntentState.DONE
     assert intent.order_ids == {"entry": 11, "take_profit": 12, "stop_loss": 13}
     assert intent.updated_ts == T0 + timedelta(seconds=1)
-    moves = [(e["payload"].get("from"), e["payload"]["state"]) for e in await journal.events(kinds="intent")]
+    moves = [(e["payload"].get("from"), e["payload"]["state"])
+             for e in await journal.events(kinds="intent")]
     assert moves == [(None, "pending"), ("pending", "sent"), ("sent", "acked"), ("acked", "done")]
 
 
@@ -452,7 +456,8 @@ def make_v1_file(path: Path) -> None:
     conn.execute("INSERT INTO events(ts, kind, proposal_id, payload) VALUES"
                  " ('2026-11-19T10:00:00.000000+00:00', 'fill', 'old', '{\"exec_id\": \"x-1\"}')")
     conn.execute("INSERT INTO intents(proposal_id, agent_id, created_ts, state, order_ids, payload)"
-                 " VALUES ('old', 'alpha', '2026-11-19T10:00:00.000000+00:00', 'sent', '{\"entry\": 3}', '{}')")
+                 " VALUES ('old', 'alpha', '2026-11-19T10:00:00.000000+00:00', 'sent',"
+                 " '{\"entry\": 3}', '{}')")
     conn.close()
 
 
@@ -490,7 +495,8 @@ async def test_failed_migration_leaves_the_file_untouched(path: Path, clock: Man
         await Journal.open(path, clock)
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
-    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'intents'").fetchone()[0] == 0
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert names == {"events"}
     conn.close()
 
 
@@ -514,11 +520,13 @@ def lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
 
-def test_cli_prints_json_lines_with_filters(cli_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_prints_json_lines_with_filters(cli_file: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--path", str(cli_file)]) == 0
     everything = lines(capsys.readouterr().out)
     assert [e["kind"] for e in everything] == ["proposal", "decision", "intent", "proposal", "fill"]
-    assert set(everything[0]) == {"seq", "ts", "kind", "proposal_id", "agent_id", "order_id", "payload"}
+    assert set(everything[0]) == {"seq", "ts", "kind", "proposal_id", "agent_id", "order_id",
+                                  "payload"}
     assert everything[4]["payload"]["exec_id"] == "e-1"
 
     assert main(["--path", str(cli_file), "--proposal", "p-2"]) == 0
