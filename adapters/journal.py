@@ -271,9 +271,11 @@ def _v1(conn: sqlite3.Connection) -> None:
 
 
 def _v2(conn: sqlite3.Connection) -> None:
-    """Fills unique by exec_id (a re-sent execDetails is not a second fill); intent updated_ts."""
+    """Fills looked up by exec_id (a re-sent execDetails is not a second fill); intent
+    updated_ts. The index is not UNIQUE: a v1 file may already hold a repeated fill, and the
+    journal never deletes history. record() keeps new fills unique (one writer, no race)."""
     conn.execute(
-        "CREATE UNIQUE INDEX events_fill_exec ON events(json_extract(payload, '$.exec_id'))"
+        "CREATE INDEX events_fill_exec ON events(json_extract(payload, '$.exec_id'))"
         " WHERE kind = 'fill'"
     )
     conn.execute("ALTER TABLE intents ADD COLUMN updated_ts TEXT")

@@ -453,8 +453,10 @@ def make_v1_file(path: Path) -> None:
     conn.execute("PRAGMA journal_mode = WAL")
     MIGRATIONS[0](conn)
     conn.execute("PRAGMA user_version = 1")
-    conn.execute("INSERT INTO events(ts, kind, proposal_id, payload) VALUES"
-                 " ('2026-11-19T10:00:00.000000+00:00', 'fill', 'old', '{\"exec_id\": \"x-1\"}')")
+    for _ in range(2):  # v1 did not keep fills unique: a repeated one must survive migration
+        conn.execute("INSERT INTO events(ts, kind, proposal_id, payload) VALUES"
+                     " ('2026-11-19T10:00:00.000000+00:00', 'fill', 'old',"
+                     " '{\"exec_id\": \"x-1\"}')")
     conn.execute("INSERT INTO intents(proposal_id, agent_id, created_ts, state, order_ids, payload)"
                  " VALUES ('old', 'alpha', '2026-11-19T10:00:00.000000+00:00', 'sent',"
                  " '{\"entry\": 3}', '{}')")
@@ -468,8 +470,8 @@ async def test_migrates_a_version_1_file(path: Path, clock: ManualClock) -> None
         assert intent.state is IntentState.SENT and intent.order_ids == {"entry": 3}
         assert intent.updated_ts == intent.created_ts  # filled in by the migration
         assert await j.exec_ids() == {"x-1"}
-        old = await j.record("fill", payload=fill("x-1", "old"))
-        assert old == 1  # the unique exec_id index covers rows written before it existed
+        assert len(await j.events(kinds="fill")) == 2  # history is kept as it was
+        assert await j.record("fill", payload=fill("x-1", "old")) == 1  # the first one's seq
         await j.mark_intent("old", "acked")
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
