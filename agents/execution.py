@@ -65,6 +65,7 @@ class Bracket:
     status: dict[Leg, str] = field(default_factory=dict)
     filled: dict[Leg, float] = field(default_factory=dict)
     expiry_handle: asyncio.TimerHandle | None = None
+    placed: bool = False               # IB acknowledged the placement (intent acked)
 
     def leg_of(self, order_id: int) -> Leg | None:
         if order_id == self.ids.entry:
@@ -133,6 +134,7 @@ class ExecutionAgent:
             ids = await self._broker.place_bracket(bracket, ids)
         except BrokerError as e:
             return await self._placement_failed(book, e)
+        book.placed = True
         await self._mark(p.proposal_id, "acked", ids)
         log.info("bracket_placed", order_id=ids.entry, take_profit_id=ids.take_profit,
                  stop_loss_id=ids.stop_loss, symbol=p.symbol, side=p.side.value, quantity=p.quantity)
@@ -150,6 +152,7 @@ class ExecutionAgent:
             self._untrack(book)
             book.ids = found
             self._track(book)
+            book.placed = True
             await self._mark(pid, "acked", found)
             return PlacementResult(proposal_id=pid, ok=True, order_ids=found)
         log.warning("placement_failed", code=e.code, error=e.message, order_id=book.ids.entry)
@@ -242,7 +245,7 @@ class ExecutionAgent:
                 if book.expiry_handle:
                     book.expiry_handle.cancel()
                 log.info("bracket_closed", statuses={k.value: v for k, v in book.status.items()})
-                if self._journal is not None:
+                if self._journal is not None and book.placed:
                     await self._journal.mark_intent(book.proposal_id, "done")
 
     async def _on_execution(self, ex: BrokerExecution) -> None:

@@ -162,9 +162,9 @@ class Daemon:
             # ---- graceful stop
             log.info("stopping", reason="signal")
             await bus.publish(self.status("stopping"))
-            await bridge.stop_intake()
-            await _wait_governor_idle(governor, 10.0)
-            await execution.wait_idle(10.0)
+            await _step("stop_intake", bridge.stop_intake(), 6.0)
+            await _step("governor_in_flight", governor.aclose(), 10.0)
+            await _step("placements_in_flight", execution.wait_idle(10.0), 11.0)
             try:
                 await bus.drain(5.0)
             except Exception as e:  # a drain timeout must not block the exit
@@ -259,10 +259,13 @@ def _attach_governor(governor: Any, bus: Any, broker: Any, monitor: Any) -> None
     governor.attach(bus, prepare=prepare, whatif=whatif)
 
 
-async def _wait_governor_idle(governor: Any, timeout: float) -> None:
-    wait = getattr(governor, "wait_idle", None)
-    if wait is not None:
-        await wait(timeout)
+async def _step(name: str, aw: Any, timeout: float) -> None:
+    """One bounded shutdown step: a step that hangs is logged and skipped, never blocks exit."""
+    try:
+        await asyncio.wait_for(aw, timeout)
+        log.info("shutdown_step_done", step=name)
+    except TimeoutError:
+        log.warning("shutdown_step_timeout", step=name, timeout_s=timeout)
 
 
 def _attach_journal(bus: Any, journal: Any) -> None:

@@ -43,6 +43,7 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "INFO", stream: Any 
     )
     structlog.configure(
         processors=[
+            structlog.stdlib.filter_by_level,  # below the level: dropped before any work
             *shared,
             structlog.stdlib.PositionalArgumentsFormatter(),
             structlog.processors.StackInfoRenderer(),
