@@ -487,6 +487,27 @@ async def test_bridge_through_the_embedded_broker() -> None:
     await bus.close()
 
 
+async def test_embedded_broker_keeps_the_persistent_session() -> None:
+    """amqtt queues QoS 1 for a disconnected persistent session only for non-anonymous clients:
+    EmbeddedBroker's LoopbackAuthPlugin makes that work (see adapters/embedded_broker.py)."""
+    settings = make_settings(mqtt_client_id="bracketgate-embedded")
+    async with EmbeddedBroker() as broker:
+        bus1 = Bus()
+        await bus1.start()
+        async with MqttBridge(settings, bus1, url=broker.url) as first:
+            await first.wait_connected(WAIT)
+        await bus1.close()
+        async with Agent(broker.url) as agent:
+            await agent.propose("alpha", VALID | {"proposal_id": "while-away"})
+        bus2 = Bus()
+        sink = Sink(bus2, TradeProposal)
+        await bus2.start()
+        async with MqttBridge(settings, bus2, url=broker.url) as second:
+            await second.wait_connected(WAIT)
+            assert (await sink.next()).proposal_id == "while-away"
+        await bus2.close()
+
+
 # --------------------------------------------------------------------------- pure
 
 
