@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import re
 import socket
@@ -58,6 +59,8 @@ from core.clock import SYSTEM_CLOCK, Clock
 from core.logs import get_logger
 
 log = get_logger("bracketgate.mqtt")
+# paho's own lines go to the "aiomqtt" stdlib logger, whose level core/logs.py sets (not "mqtt")
+_PAHO_LOG = logging.getLogger("aiomqtt")
 
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 10.0
@@ -329,6 +332,7 @@ class MqttBridge:
             tls_insecure=True if self._tls and self._settings.mqtt_tls_insecure else None,
             timeout=10,
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),  # decisions: no Nagle delay
+            logger=_PAHO_LOG,
         )
 
     async def _run(self) -> None:
