@@ -94,17 +94,14 @@ class Daemon:
                 broker_srv = EmbeddedBroker(host="127.0.0.1", port=_port_or_free(1883))
                 await stack.enter_async_context(broker_srv)
                 self.mqtt_url = broker_srv.url
-                s = s.model_copy(update={"mqtt_url": broker_srv.url})
-            s = s.model_copy(update={"ib_host": self.ib_host, "ib_port": self.ib_port})
-            self.settings = s
             # the one line a person cannot miss: what this process trades against
             log.warning(f"=== {mode_line} ===", mode=self.mode, ib=f"{self.ib_host}:{self.ib_port}",
                         mqtt=_safe_url(self.mqtt_url),
                         sim_control_port=getattr(self.embedded_tws, "control_port", None))
 
             if self.mode == "default":
-                _write_endpoints(s, self.embedded_tws)
-                stack.callback(_remove_endpoints, s)
+                self._write_endpoints()
+                stack.callback(self._remove_endpoints)
 
             # ---- core
             bus = Bus(clock=self.clock)
@@ -139,7 +136,7 @@ class Daemon:
             await monitor.start()
             stack.push_async_callback(monitor.stop)
 
-            bridge = MqttBridge(s, bus, self.clock)
+            bridge = MqttBridge(s, bus, self.clock, url=self.mqtt_url)
             try:
                 await stack.enter_async_context(bridge)
                 await bridge.wait_connected(timeout=s.ib_connect_timeout)
@@ -179,6 +176,23 @@ class Daemon:
         log.info("stopped", working_orders_stay_at_ib=True)
         return EXIT_OK
 
+    def _endpoints_path(self) -> Any:
+        return self.settings.data_dir / "endpoints.json"
+
+    def _write_endpoints(self) -> None:
+        """Default mode: tell operator tools where the embedded venues listen."""
+        import json
+
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._endpoints_path().write_text(json.dumps({
+            "mqtt_url": self.mqtt_url, "mqtt_prefix": self.settings.mqtt_prefix,
+            "ib_host": self.ib_host, "ib_port": self.ib_port,
+            "sim_control_port": getattr(self.embedded_tws, "control_port", None),
+        }, indent=2))
+
+    def _remove_endpoints(self) -> None:
+        self._endpoints_path().unlink(missing_ok=True)
+
     def _on_stop_signal(self, sig: signal.Signals) -> None:
         log.info("signal_received", signal=sig.name)
         self.stop_event.set()
@@ -204,25 +218,6 @@ def _port_or_free(preferred: int) -> int:
         except OSError:
             return 0
     return preferred
-
-
-def _endpoints_path(s: Settings) -> Any:
-    return s.data_dir / "endpoints.json"
-
-
-def _write_endpoints(s: Settings, tws: Any) -> None:
-    """Default mode: tell operator tools where the embedded venues listen."""
-    import json
-
-    s.data_dir.mkdir(parents=True, exist_ok=True)
-    _endpoints_path(s).write_text(json.dumps({
-        "mqtt_url": s.mqtt_url, "mqtt_prefix": s.mqtt_prefix, "ib_host": s.ib_host, "ib_port": s.ib_port,
-        "sim_control_port": getattr(tws, "control_port", None),
-    }, indent=2))
-
-
-def _remove_endpoints(s: Settings) -> None:
-    _endpoints_path(s).unlink(missing_ok=True)
 
 
 def _safe_url(url: str | None) -> str | None:
