@@ -191,6 +191,7 @@ class PaperTWS:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commission: dict[int, float] = {}          # permId -> commission so far
         self._up = asyncio.Event()
+        self.saved = asyncio.Event()  # set after every state-file write (tests wait on it)
         self.restarts = 0
         self.down_until: float | None = None
         engine.subscribe(self._on_event)
@@ -926,6 +927,7 @@ class PaperTWS:
         tmp = self.state_file.with_suffix(self.state_file.suffix + ".tmp")
         tmp.write_text(json.dumps(self.engine.to_dict(), sort_keys=True))
         os.replace(tmp, self.state_file)
+        self.saved.set()
         log.debug("paper_tws_state_saved", path=str(self.state_file))
 
     # ------------------------------------------------------------------ control views

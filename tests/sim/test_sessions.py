@@ -8,7 +8,9 @@ import signal
 
 import pytest
 
-from tests.fixtures.paper_tws import spawn_paper_tws, stop_process
+from sim.engine import Brokerage
+from sim.universe import Universe
+from tests.fixtures.paper_tws import spawn_paper_tws, start_paper_tws, stop_paper_tws, stop_process
 from tests.iblib import IB, ExecutionFilter, LimitOrder, MarketOrder, Stock
 from tests.sim.support import ErrorLog, connected, qualify_one, wait_until
 
@@ -92,7 +94,7 @@ async def test_restart_drops_clients_refuses_during_downtime_and_keeps_state(pap
                          and rest.orderStatus.status == "Submitted")
         disconnected = asyncio.Event()
         ib.disconnectedEvent += lambda *_: disconnected.set()
-        await paper_tws.restart(downtime=0.3)
+        await paper_tws.restart(downtime=0.5)
         await asyncio.wait_for(disconnected.wait(), 3)
         assert not ib.isConnected()
         probe = IB()
@@ -162,3 +164,22 @@ async def test_list_requests_get_answers(paper_tws):
         assert [d.contract.conId for d in await ib.reqMatchingSymbolsAsync("E")] != []
         assert await asyncio.wait_for(ib.reqNewsProvidersAsync(), 3) == []
         assert await asyncio.wait_for(ib.reqMktDepthExchangesAsync(), 3) == []
+
+
+async def test_state_file_is_written_on_change_not_only_at_stop(tmp_path):
+    state = tmp_path / "state.json"
+    handle = await start_paper_tws(state_file=state)
+    try:
+        async with connected(handle, 4) as ib:
+            aapl = await qualify_one(ib, Stock("AAPL", "SMART", "USD"))
+            handle.tws.saved.clear()
+            trade = ib.placeOrder(aapl, MarketOrder("BUY", 2, orderRef="saved"))
+            await wait_until(ib, lambda: trade.orderStatus.status == "Filled")
+            await asyncio.wait_for(handle.tws.saved.wait(), 3)
+            # what a crash (no clean stop) would leave behind is already complete
+            import json
+            restored = Brokerage.from_dict(json.loads(state.read_text()), Universe())
+            assert [o.order_ref for o in restored.orders.values()] == ["saved"]
+            assert [p.quantity for p in restored.positions()] == [2]
+    finally:
+        await stop_paper_tws(handle)
