@@ -464,7 +464,10 @@ def _contract11(c: SimContract, exchange: str | None = None, strike: str | None 
                 right_unset: str = "", exch_is_primary: bool = False) -> Fields:
     """conId symbol secType lastTrade strike right multiplier exchange currency localSymbol
     tradingClass."""
-    exch = c.primary_exchange if exch_is_primary else (c.exchange if exchange is None else exchange)
+    if exch_is_primary:  # positions: a stock's listing exchange; TWS leaves a future's empty
+        exch = c.primary_exchange if c.sec_type == "STK" else ""
+    else:
+        exch = c.exchange if exchange is None else exchange
     return [
         str(c.con_id), c.symbol, c.sec_type, c.expiry,
         strike if strike is not None else java_double(float(c.strike)),

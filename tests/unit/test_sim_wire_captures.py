@@ -207,6 +207,9 @@ def test_position_portfolio_and_pnl_frames_match():
     tsla = SimContract(con_id=76792991, symbol="TSLA", sec_type="STK", exchange="SMART",
                        primary_exchange="NASDAQ", local_symbol="TSLA", trading_class="NMS")
     assert codec.position("DU1234567", SimPosition(tsla, 500, 196.77)) == real
+    real_es = (REF / "captures" / "rust-ibapi__tws_interactions_yaml.txt").read_text()
+    [es_line] = [x for x in real_es.splitlines() if x.startswith("61|3|ACCOUNT_ID|637533641|")]
+    assert codec.position("ACCOUNT_ID", SimPosition(ESU5, 1, 315114.75)) == es_line.split("|")
     [real_pf] = capture_lines(GO, "7|8|")
     pos = SimPosition(AAPL, -100, 291.2660812)
     ours = codec.portfolio_value(pos, 291.6234436, -29162.34, -35.74, -71.44, "DU9000001")
