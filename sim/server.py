@@ -423,6 +423,11 @@ class PaperTWS:
 
     def _h_place(self, s: Session, m: PlaceOrder) -> None:
         cid = s.client_id or 0
+        if not m.contract.exchange:  # TWS wants the routing exchange even with a conId
+            self._reject(s, m, 321, "Error validating request.-'bN' : cause - Missing order "
+                                    "exchange.", modify=self._live_order(cid, m.order_id)
+                         is not None or m.what_if)
+            return
         try:
             contract = self._resolve(m.contract)
         except UnknownContract:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.iblib import LimitOrder, MarketOrder, Order, Stock, StopOrder
+from tests.iblib import Contract, LimitOrder, MarketOrder, Order, Stock, StopOrder
 from tests.sim.support import connected, qualify_one, wait_until
 
 pytestmark = pytest.mark.ib
@@ -169,4 +169,14 @@ async def test_reject_321_limit_order_without_price(paper_tws):
         trade = ib.placeOrder(aapl, Order(action="BUY", totalQuantity=1, orderType="LMT"))
         _, _, message = await ib.errors.wait_for(321, trade.order.orderId)
         assert message.startswith("Error validating request")
+        await wait_until(ib, lambda: trade.orderStatus.status == "Cancelled")
+
+
+async def test_reject_321_order_without_exchange(paper_tws):
+    async with connected(paper_tws) as ib:
+        aapl = await qualify_one(ib, Stock("AAPL", "SMART", "USD"))
+        bare = Contract(conId=aapl.conId)  # what the real capture shows: 321, missing exchange
+        trade = ib.placeOrder(bare, LimitOrder("BUY", 1, 200.0))
+        _, _, message = await ib.errors.wait_for(321, trade.order.orderId)
+        assert message.endswith("Missing order exchange.")
         await wait_until(ib, lambda: trade.orderStatus.status == "Cancelled")
