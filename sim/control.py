@@ -3,7 +3,7 @@
 Tests and operators use it to move prices, restart the gateway, inject connectivity codes,
 cap fill sizes and read the full brokerage state. Routes (all bodies and answers are JSON):
 
-    GET  /health                      {"ok", "up", "port", "clients": [...], "restarts"}
+    GET  /health                      {"ok", "up", "port", "clients": [...], "restarts", "downFor"}
     GET  /state                       orders, positions, executions, account values, P&L, prices
     POST /price    {"symbol": "AAPL", "price": 181.0}  (or "conId" / "localSymbol" [+ "secType"])
     POST /restart  {"downtime": 2.0}  drop every client, refuse connects for `downtime` s
@@ -132,7 +132,7 @@ class ControlServer:
     async def _health(self, _args: dict[str, Any]) -> dict[str, Any]:
         tws = self.tws
         return {"up": tws.is_up, "port": tws.port, "clients": tws.sessions_view(),
-                "restarts": tws.restarts}
+                "restarts": tws.restarts, "downFor": round(tws.down_for(), 3)}
 
     async def _state(self, _args: dict[str, Any]) -> dict[str, Any]:
         return state_view(self.tws)

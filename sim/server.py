@@ -194,7 +194,7 @@ class PaperTWS:
         self.saved = asyncio.Event()  # set after every state-file write (tests wait on it)
         self.restarts = 0
         self.down_until: float | None = None
-        engine.subscribe(self._on_event)
+        self._subscribed = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -208,6 +208,9 @@ class PaperTWS:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if not self._subscribed:
+            self.engine.subscribe(self._on_event)
+            self._subscribed = True
         self._rebuild_commissions()
         await self._listen()
         if self.control_port is not None:
@@ -259,6 +262,9 @@ class PaperTWS:
             self._save_handle.cancel()
             self._save_handle = None
         self.save_state()
+        if self._subscribed:  # the engine may outlive this server (tests reuse engines)
+            self.engine.unsubscribe(self._on_event)
+            self._subscribed = False
         log.info("paper_tws_stopped", port=self.port)
 
     async def restart(self, downtime: float = 0.0) -> None:
@@ -307,11 +313,6 @@ class PaperTWS:
 
     # ------------------------------------------------------------------ connections
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = "%s:%s" % writer.get_extra_info("peername")[:2]
         if self._server is None:  # accepted in the instant the listener closed
@@ -342,6 +343,8 @@ class PaperTWS:
         if prefix != API_PREFIX:
             raise WireError(f"bad handshake prefix {prefix!r}")
         size = int.from_bytes(await reader.readexactly(4), "big")
+        if size > 1024:
+            raise WireError(f"handshake frame of {size} bytes")
         offer = parse_version_offer(await reader.readexactly(size))
         s.version = offer.negotiate(self.server_version)
         s.send([str(s.version), codec.conn_time(self.clock.now())])
@@ -419,7 +422,14 @@ class PaperTWS:
         handler = self._handlers.get(type(msg))
         if handler is None:  # pragma: no cover - every decoded type has a handler
             return
-        handler(self, s, msg)
+        try:
+            handler(self, s, msg)
+        except Exception as e:  # a bug in one request must not kill the session: log, answer
+            log.exception("paper_tws_handler_failed", client_id=s.client_id,
+                          request=type(msg).__name__)
+            s.send(codec.error(getattr(msg, "req_id", getattr(msg, "order_id", -1)), 320,
+                               f"Error reading request: {type(e).__name__} in the paper TWS",
+                               s.version))
 
     def _h_place(self, s: Session, m: PlaceOrder) -> None:
         cid = s.client_id or 0
@@ -936,6 +946,12 @@ class PaperTWS:
         log.debug("paper_tws_state_saved", path=str(self.state_file))
 
     # ------------------------------------------------------------------ control views
+
+    def down_for(self) -> float:
+        """Seconds left of a restart's downtime (0 when up)."""
+        if self.is_up or self.down_until is None:
+            return 0.0
+        return max(self.down_until - self.clock.monotonic(), 0.0)
 
     def sessions_view(self) -> list[dict[str, Any]]:
         return [{"clientId": cid, "version": s.version, "peer": s.peer, "dropped": s.dropped}
