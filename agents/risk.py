@@ -24,9 +24,12 @@ from agents.rules import (
     ORDER_MSGS_PER_BRACKET,
     RULES,
     RuleContext,
+    construct,
     default_contract_facts,
     deny,
-    gate_broker_state,
+    gate_account_values,
+    gate_connection,
+    gate_freshness,
     gate_trading_state,
     market_entry_price,
     worst_case_loss,
@@ -69,6 +72,9 @@ Prepare = Callable[[TradeProposal], Awaitable[None]]
 StateBy = Literal["operator", "auto", "startup"]
 
 PLACE_SERVICE = "execution.place"
+
+_APPROVED, _REJECTED = Verdict.APPROVED, Verdict.REJECTED
+_BUY, _MKT = Side.BUY, OrderType.MKT
 
 
 class TokenBucket:
@@ -118,6 +124,11 @@ class SnapshotView:
     def __init__(self, snap: PortfolioSnapshot, ledger: ReservationLedger,
                  multiplier_for: Callable[[str], float], limits: RiskLimits) -> None:
         self.snapshot = snap
+        # the fail-closed gates' snapshot-only parts, decided once per snapshot
+        self.connection_gate = gate_connection(snap)
+        self.values_gate = gate_account_values(snap)
+        stamps = (snap.account_values_ts, snap.pnl_ts, snap.positions_ts)
+        self.oldest: datetime | None = None if None in stamps else min(stamps)  # type: ignore[type-var]
         self.positions: dict[str, float] = {}
         self.position_notional: dict[str, float] = {}
         self.marks: dict[str, float] = {}
@@ -209,6 +220,76 @@ def _mid(bid: float | None, ask: float | None) -> float | None:
     return None
 
 
+class DecisionMemory:
+    """proposal_id -> the first proposal and its current decision, for idempotency.
+
+    The newest `recent` entries are kept as objects, so a re-delivery gets the very same
+    decision object back. Older ones are archived as JSON text — strings, which the garbage
+    collector never scans, so a day of ids does not turn into second-long full collections —
+    up to `capacity` in all, oldest forgotten first, except ids `keep(pid)` says are still
+    open (a bracket at IB must never be decided a second time).
+    """
+
+    RECENT = 4096
+
+    def __init__(self, capacity: int, keep: Callable[[str], bool]) -> None:
+        self._keep = keep
+        self.resize(capacity)
+        self._hot: OrderedDict[str, tuple[TradeProposal, RiskDecision]] = OrderedDict()
+        self._cold: OrderedDict[str, tuple[str, str]] = OrderedDict()   # pid -> (proposal, decision) JSON
+
+    def __len__(self) -> int:
+        return len(self._hot) + len(self._cold)
+
+    def __contains__(self, pid: object) -> bool:
+        return pid in self._hot or pid in self._cold
+
+    def resize(self, capacity: int) -> None:
+        self.capacity, self.recent = capacity, min(self.RECENT, capacity)
+
+    def get(self, pid: str) -> tuple[TradeProposal | str, RiskDecision] | None:
+        """(the first proposal — as JSON text if archived —, its decision) or None."""
+        hot = self._hot.get(pid)
+        if hot is not None:
+            return hot
+        cold = self._cold.get(pid)
+        if cold is None:
+            return None
+        return cold[0], RiskDecision.model_validate_json(cold[1])
+
+    @staticmethod
+    def same(first: TradeProposal | str, proposal: TradeProposal) -> bool:
+        if isinstance(first, str):
+            return first == proposal.model_dump_json()
+        return first == proposal
+
+    def put(self, pid: str, proposal: TradeProposal, decision: RiskDecision) -> None:
+        self._hot[pid] = (proposal, decision)
+        if len(self._hot) > 4 * self.recent:   # nobody called compact(): do it now
+            self.compact()
+
+    def replace(self, decision: RiskDecision) -> None:
+        pid = decision.proposal_id
+        hot = self._hot.get(pid)
+        if hot is not None:
+            self._hot[pid] = (hot[0], decision)
+        elif pid in self._cold:
+            self._cold[pid] = (self._cold[pid][0], decision.model_dump_json())
+
+    def compact(self) -> None:
+        """Archive all but the `recent` newest; forget the oldest past `capacity`."""
+        hot, cold = self._hot, self._cold
+        while len(hot) > self.recent:
+            pid, (proposal, decision) = hot.popitem(last=False)
+            cold[pid] = (proposal.model_dump_json(), decision.model_dump_json())
+        for _ in range(len(hot) + len(cold) - self.capacity):
+            if not cold:
+                break
+            pid, entry = cold.popitem(last=False)
+            if self._keep(pid):
+                cold[pid] = entry   # still open: keep it (moves to the newest end)
+
+
 class RiskGovernor:
     """Gates proposals; owns the trading state and the reservations ledger. See module doc."""
 
@@ -221,8 +302,8 @@ class RiskGovernor:
         self.ledger = ReservationLedger()
         self._snapshot: PortfolioSnapshot | None = None
         self._view: SnapshotView | None = None
-        # proposal_id -> (first proposal, its current decision); oldest first
-        self._decisions: OrderedDict[str, tuple[TradeProposal, RiskDecision]] = OrderedDict()
+        self._decisions = DecisionMemory(limits.max_remembered_decisions,
+                                         keep=self.ledger.__contains__)
         # agent_id -> realized P&L today; agent_id -> symbol -> signed units held
         self._agent_realized: dict[str, float] = {}
         self._agent_positions: dict[str, dict[str, float]] = {}
@@ -245,6 +326,7 @@ class RiskGovernor:
 
     def _apply_limits(self, limits: RiskLimits) -> None:
         self._limits = limits
+        self._decisions.resize(limits.max_remembered_decisions)
         self._tz = ZoneInfo(limits.timezone)
         h = limits.trading_hours
         self._hours: tuple[time, time, frozenset[int]] | None = (
@@ -341,6 +423,7 @@ class RiskGovernor:
         tighten: they never lift a state (only an operator's resume does).
         """
         self._snapshot = snapshot
+        self._decisions.compact()
         self.ledger.settle(snapshot.positions_ts)
         self._view = SnapshotView(snapshot, self.ledger, self._multiplier_for, self._limits)
         now = self._clock.now()
@@ -401,7 +484,7 @@ class RiskGovernor:
         seen = self._decisions.get(pid)
         now = self._clock.now()
         if seen is not None:
-            if seen[0] == proposal:
+            if DecisionMemory.same(seen[0], proposal):
                 log.info("risk_decision_repeated", proposal_id=pid, agent_id=proposal.agent_id,
                          verdict=seen[1].verdict.value)
                 return seen[1], False
@@ -416,7 +499,7 @@ class RiskGovernor:
             assert ctx is not None
             self._reserve(proposal, ctx, now)
         decision = self._decision(proposal, reasons, now)
-        self._remember(pid, proposal, decision)
+        self._decisions.put(pid, proposal, decision)
         self._log_decision(proposal, decision, ctx)
         return decision, True
 
@@ -432,10 +515,16 @@ class RiskGovernor:
         elif not agent_bucket.take(mono):
             rate_denied = (f"agent {p.agent_id}", agent_bucket.rate)
 
-        gate = gate_broker_state(snapshot, now, lim) or gate_trading_state(self._state)
+        if snapshot is None:
+            return [gate_connection(None)], None  # type: ignore[list-item]
+        view = self._view
+        if view is None or view.snapshot is not snapshot:
+            view = self._view = SnapshotView(snapshot, self.ledger, self._multiplier_for, lim)
+        gate = view.connection_gate or gate_freshness(
+            math.inf if view.oldest is None else (now - view.oldest).total_seconds(), lim
+        ) or view.values_gate or gate_trading_state(self._state)
         if gate is not None:
             return [gate], None
-        assert snapshot is not None
         sym = self._symbol(p.symbol)
         if self._contract_info is not None:
             contract = self._contract_info(p)
@@ -448,7 +537,7 @@ class RiskGovernor:
             if mult is None:
                 return [deny(DenialCode.UNKNOWN_CONTRACT, value=p.symbol, field="multiplier",
                              detail=f"no contract details; set [symbols.{p.symbol}] multiplier")], None
-        market = p.order_type is OrderType.MKT
+        market = p.order_type is _MKT
         if market:
             px = market_entry_price(p, snapshot, now, lim)
             if isinstance(px, Reason):
@@ -457,13 +546,10 @@ class RiskGovernor:
         else:
             entry = p.limit_price  # type: ignore[assignment]
 
-        view = self._view
-        if view is None or view.snapshot is not snapshot:
-            view = self._view = SnapshotView(snapshot, self.ledger, self._multiplier_for, lim)
         ledger = self.ledger
         agent = p.agent_id
         symbol = p.symbol
-        sign = 1 if p.side is Side.BUY else -1
+        sign = 1 if p.side is _BUY else -1
         qty = p.quantity
         fu, fn = view.pending(symbol, sign)
         lp = ledger.symbol_pending.get(symbol)
@@ -536,28 +622,12 @@ class RiskGovernor:
 
     def _decision(self, p: TradeProposal, reasons: list[Reason], now: datetime) -> RiskDecision:
         # every field is built here from validated inputs: skip re-validation on the hot path
-        return RiskDecision.model_construct(
-            proposal_id=p.proposal_id, agent_id=p.agent_id,
-            verdict=Verdict.REJECTED if reasons else Verdict.APPROVED,
-            reasons=reasons, order_ids=None, trading_state=self._state, ts=now)
-
-    def _remember(self, pid: str, p: TradeProposal, decision: RiskDecision) -> None:
-        """Bounded memory of decisions: forget the oldest, but never an open bracket's."""
-        d = self._decisions
-        d[pid] = (p, decision)
-        excess = len(d) - self._limits.max_remembered_decisions
-        while excess > 0:
-            old_pid, old = d.popitem(last=False)
-            if old_pid in self.ledger:
-                d[old_pid] = old  # still open: keep (moves to the newest end)
-            excess -= 1
-
-    def _replace(self, decision: RiskDecision) -> None:
-        seen = self._decisions.get(decision.proposal_id)
-        if seen is not None:
-            self._decisions[decision.proposal_id] = (seen[0], decision)
+        return construct(RiskDecision, proposal_id=p.proposal_id, agent_id=p.agent_id,
+                         verdict=_REJECTED if reasons else _APPROVED, reasons=reasons,
+                         order_ids=None, trading_state=self._state, ts=now)
 
     def decision_for(self, proposal_id: str) -> RiskDecision | None:
+        """The current decision for an id (None if never seen or long forgotten)."""
         seen = self._decisions.get(proposal_id)
         return None if seen is None else seen[1]
 
@@ -571,11 +641,10 @@ class RiskGovernor:
     def _reject(self, decision: RiskDecision, reasons: list[Reason], why: str) -> RiskDecision:
         """Replace an approval with a rejection and release its reservation."""
         self.release(decision.proposal_id, why)
-        new = RiskDecision.model_construct(
-            proposal_id=decision.proposal_id, agent_id=decision.agent_id,
-            verdict=Verdict.REJECTED, reasons=reasons, order_ids=None,
-            trading_state=self._state, ts=self._clock.now())
-        self._replace(new)
+        new = construct(RiskDecision, proposal_id=decision.proposal_id,
+                        agent_id=decision.agent_id, verdict=_REJECTED, reasons=reasons,
+                        order_ids=None, trading_state=self._state, ts=self._clock.now())
+        self._decisions.replace(new)
         log.info("risk_decision", proposal_id=new.proposal_id, agent_id=new.agent_id,
                  verdict=new.verdict.value, codes=[r.code.value for r in reasons],
                  replaces="approved", trading_state=self._state.value)
@@ -596,7 +665,9 @@ class RiskGovernor:
         seen = self._decisions.get(pid)
         if seen is None or pid not in self.ledger:
             return decision
-        bracket = ApprovedBracket(proposal=seen[0], contract=self._contract_for(seen[0]),
+        first = seen[0] if isinstance(seen[0], TradeProposal) else \
+            TradeProposal.model_validate_json(seen[0])
+        bracket = ApprovedBracket(proposal=first, contract=self._contract_for(first),
                                   approved_at=decision.ts)
         lim = self._limits
         try:
@@ -611,7 +682,7 @@ class RiskGovernor:
             return self._reject(decision, [deny(DenialCode.WHATIF_FAILED, value=repr(e)[:200])],
                                 "what-if failed")
         if pid not in self.ledger:
-            return self._decisions[pid][1]   # released meanwhile (e.g. cancelled)
+            return self.decision_for(pid) or decision   # released meanwhile (e.g. cancelled)
         if self._state is TradingState.HALTED:
             return self._reject(decision, [deny(DenialCode.TRADING_HALTED, value="HALTED",
                                                 detail="halted during the what-if")], "halted")
@@ -784,7 +855,7 @@ class RiskGovernor:
                                                 result.error or "no order ids")],
                                 "placement refused")
         placed = decision.model_copy(update={"order_ids": result.order_ids})
-        self._replace(placed)
+        self._decisions.replace(placed)
         log.info("bracket_placed", proposal_id=p.proposal_id, agent_id=p.agent_id,
                  order_ids=result.order_ids.model_dump())
         return placed

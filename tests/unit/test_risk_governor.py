@@ -270,10 +270,28 @@ def test_decision_memory_is_bounded_but_keeps_open_brackets() -> None:
     open_one = gov.evaluate(proposal("open"), snap)
     for i in range(5):
         assert gov.evaluate(proposal(f"r{i}", sl=100.0), snap).verdict is Verdict.REJECTED
-    assert gov.decision_for("open") is open_one          # still open: never forgotten
-    assert gov.decision_for("r0") is None                # oldest closed one forgotten
+    gov.on_snapshot(snap)                                # memory is compacted off the hot path
+    assert gov.decision_for("r0") is None                # oldest closed ones forgotten
     assert gov.decision_for("r4") is not None
-    assert gov.evaluate(proposal("open"), snap) is open_one
+    assert gov.decision_for("open") == open_one          # still open: never forgotten
+    assert gov.evaluate(proposal("open"), snap) == open_one
+    assert codes(gov.evaluate(proposal("open", qty=1), snap)) == [D.DUPLICATE_PROPOSAL]
+    assert len(gov.ledger) == 1
+
+
+def test_archived_decisions_answer_repeats_and_placement_updates() -> None:
+    """Past the newest few thousand, decisions live as JSON text (no GC cost); same answers."""
+    from agents.risk import DecisionMemory
+
+    gov, clock = governor()
+    snap = snapshot(clock)
+    first = gov.evaluate(proposal("old"), snap)
+    for i in range(DecisionMemory.RECENT):
+        gov.evaluate(proposal(f"n{i}", sl=100.0), snap)
+    gov.on_snapshot(snap)
+    again = gov.evaluate(proposal("old"), snap)
+    assert again == first and again is not first
+    assert codes(gov.evaluate(proposal("old", qty=3), snap)) == [D.DUPLICATE_PROPOSAL]
     assert len(gov.ledger) == 1
 
 
