@@ -182,6 +182,15 @@ def validation_reasons(exc: ValidationError) -> list[Reason]:
     return reasons
 
 
+
+def _honour_cancel() -> None:
+    """Python 3.11's asyncio.wait_for (inside aiomqtt's publish) loses a cancel that races the
+    PUBACK: it returns normally with the task still marked cancelling. Raise it here instead of
+    waiting for the next message forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
 class MqttBridge:
     """Bridge between MQTT topics and the bus. `url` overrides settings.mqtt_url (embedded broker)."""
 
@@ -395,7 +404,7 @@ class MqttBridge:
             if closing in done:
                 status_writer = workers[2]  # offline must be the LAST retained status
                 status_writer.cancel()
-                await asyncio.gather(status_writer, return_exceptions=True)
+                await asyncio.wait([status_writer], timeout=CLOSE_FLUSH_TIMEOUT_S)
                 await self._goodbye(client)
             else:
                 for task in done:
@@ -457,6 +466,7 @@ class MqttBridge:
             self.counters["published"] += 1
             log.debug("mqtt_published", topic=item.topic, proposal_id=item.proposal_id,
                       agent_id=item.agent_id)
+            _honour_cancel()
 
     async def _write_latest(self, client: aiomqtt.Client, channel: _Latest) -> None:
         loop = asyncio.get_running_loop()
@@ -477,6 +487,7 @@ class MqttBridge:
                 raise
             channel.last_sent = loop.time()
             self.counters["published"] += 1
+            _honour_cancel()
 
     # ------------------------------------------------------------------ bus -> MQTT
 

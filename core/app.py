@@ -149,6 +149,7 @@ class Daemon:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._on_stop_signal, sig)
             loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+            loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
 
             await bus.publish(self.status("online"))
             log.info("ready", startup_ms=round((time.monotonic() - self.started_at) * 1000, 1),
@@ -204,6 +205,16 @@ class Daemon:
             log.info("limits_reloaded", path=str(path), changed=changed)
         except ConfigError as e:
             log.error("limits_reload_failed", path=str(path), error=str(e), code="CONFIG")
+
+
+def _dump_tasks() -> None:
+    """SIGUSR1: log every asyncio task with where it is waiting (for a daemon that seems stuck)."""
+    import io
+
+    for task in asyncio.all_tasks():
+        buf = io.StringIO()
+        task.print_stack(limit=8, file=buf)
+        log.warning("task_dump", task=task.get_name(), stack=buf.getvalue()[-2000:])
 
 
 def _port_or_free(preferred: int) -> int:
