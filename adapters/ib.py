@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover - exercised in the ib_insync virtualenv
     IB_LIBRARY = "ib_insync"
 
 from bus.messages import (
+    Alert,
     ApprovedBracket,
     BracketOrderIds,
     BrokerConnection,
@@ -184,7 +185,9 @@ def order_update_from_trade(trade: Any, ts: datetime, code: int | None = None,
         order_ref=o.orderRef or "", symbol=c.symbol or "", side=_side(o.action),
         order_type=o.orderType or "", quantity=float(o.totalQuantity or 0),
         limit_price=ib_number(o.lmtPrice), stop_price=ib_number(o.auxPrice),
-        status=s.status or "", filled=float(s.filled or 0), remaining=float(s.remaining or 0),
+        # completed orders (reqCompletedOrders) carry no orderStatus: their fill is on the order
+        status=s.status or "", filled=float(s.filled or ib_number(getattr(o, "filledQuantity", None)) or 0),
+        remaining=float(s.remaining or 0),
         avg_fill_price=ib_number(s.avgFillPrice) or None, code=code, message=message, ts=ts,
     )
 
@@ -217,8 +220,8 @@ class IBBroker:
         ack_timeout: float = 3.0,
         heartbeat_s: float = 2.0,
         reconnect: bool = True,
-        backoff_base: float = 0.2,
-        backoff_cap: float = 10.0,
+        backoff_base: float = 0.1,
+        backoff_cap: float = 0.5,
         live_ok: bool = False,
     ) -> None:
         if port in LIVE_PORTS and not live_ok:
@@ -372,9 +375,11 @@ class IBBroker:
         self._ts["positions"] = now
         self._ts["account"] = now
         self._synced.update({"positions", "account"})
-        self._max_order_id = max([self._max_order_id] + [t.order.orderId for t in self.ib.trades()])
-        self.ib.client.updateReqId(self._max_order_id + 1)
-        # executions of the day: publish any we have not seen (fills missed while away)
+        self._check_next_valid_id()
+        # reconcile first (the book must know every orderRef IB has), then the executions of
+        # the day that we have not seen: fills that happened while we were away
+        for hook in self._reconcile_hooks:
+            await hook()
         await self._sync_executions()
         # P&L subscriptions (renewed on every connect: a reconnect has none)
         self._pnl = self.ib.reqPnL(self.account)
@@ -387,11 +392,64 @@ class IBBroker:
         for con_id in old_tickers:
             self._subscribe_quote(con_id)
         await self._wait_pnl()
-        for hook in self._reconcile_hooks:
-            await hook()
         self.reconciled = True
         self._set_state(ConnectionState.READY)
         self._ready.set()
+
+    def _check_next_valid_id(self) -> None:
+        """IB's nextValidId must exceed every id this client has used (journal included); a
+        lower one (a reset Gateway, a different account) must never make us reuse an id."""
+        server_next = int(getattr(self.ib.client, "_reqIdSeq", 0) or 0)
+        used = max([self._max_order_id] + [t.order.orderId for t in self.ib.trades()
+                                           if t.order.clientId in (self.client_id, 0)])
+        if used and server_next <= used:
+            log.error("ib_next_valid_id_regressed", next_valid_id=server_next, max_used=used,
+                      code="NEXT_VALID_ID_REGRESSED")
+            self._emit(Alert(code="NEXT_VALID_ID_REGRESSED",
+                             message=f"IB's nextValidId {server_next} is not above the highest id "
+                                     f"used ({used}); continuing from {used + 1}",
+                             ts=self._clock.now()))
+        self._max_order_id = used
+        self.ib.client.updateReqId(used + 1)
+
+    def note_order_ids(self, max_used: int) -> None:
+        """Order ids used by earlier runs (from the journal): never hand them out again."""
+        self._max_order_id = max(self._max_order_id, max_used)
+        if self.ib.isConnected():
+            self.ib.client.updateReqId(self._max_order_id + 1)
+
+    def orders_at_ib(self) -> list[BrokerOrderUpdate]:
+        """Every order IB told this connection about (open and completed), as bus models."""
+        now = self._clock.now()
+        return [order_update_from_trade(t, now) for t in self.ib.trades()
+                if not getattr(t.order, "whatIf", False)]
+
+    async def place_protective(self, entry_order_id: int, *, action: Side, quantity: float,
+                               order_ref: str, stop_price: float | None) -> int:
+        """A standalone order on the entry's contract: a STP at `stop_price`, or a MKT order
+        (flatten) when stop_price is None. Returns its order id."""
+        self._require_ready()
+        entry = self._trade_for(entry_order_id)
+        if entry is None:
+            raise PlacementError(f"entry order {entry_order_id} unknown to IB", code="UNKNOWN_ENTRY")
+        order_id = self.allocate_order_id()
+        kind = "STP" if stop_price is not None else "MKT"
+        order = ibl.Order(orderId=order_id, action=action.value, totalQuantity=quantity, orderType=kind,
+                          tif="GTC", orderRef=order_ref, account=self.account, transmit=True)
+        if stop_price is not None:
+            order.auxPrice = stop_price
+        trade = self.ib.placeOrder(entry.contract, order)
+        log.warning("ib_protective_order_sent", proposal_id=order_ref, order_id=order_id,
+                    order_type=kind, quantity=quantity, stop_price=stop_price)
+        await self._wait_ack([trade], order_ref)
+        return order_id
+
+    def allocate_order_id(self) -> int:
+        self._require_ready()
+        self.ib.client.updateReqId(self._max_order_id + 1)
+        oid = self.ib.client.getReqId()
+        self._max_order_id = max(self._max_order_id, oid)
+        return oid
 
     async def _wait_pnl(self) -> None:
         """Wait (bounded) for the first reqPnL value: until it comes, P&L is a placeholder."""
@@ -558,12 +616,12 @@ class IBBroker:
                 for pos in self.ib.positions(self.account):
                     self._subscribe_pnl_single(pos.contract.conId)
                 await self._wait_pnl()
+            for hook in self._reconcile_hooks:
+                await hook()
             await self._sync_executions()
             now = self._clock.now()
             self._ts["positions"] = self._ts["account"] = now
             self._synced.update({"positions", "account"})
-            for hook in self._reconcile_hooks:
-                await hook()
             self.reconciled = True
             self._set_state(ConnectionState.READY, code=code, message="resynced")
             self._ready.set()

@@ -1,22 +1,30 @@
 """ExecutionAgent: places approved brackets at IB and follows every leg to a terminal state.
 
 It serves `execution.place` on the bus (the RiskGovernor asks it to place an ApprovedBracket),
-writes the order intent to the journal BEFORE anything is sent, and turns the broker's
-order updates and executions into agent-level OrderEvent / Fill messages (proposal_id and
-agent_id come from its book, keyed by orderRef = proposal_id, so a restart can rebuild it).
+writes the order intent to the journal BEFORE anything is sent, and turns the broker's order
+updates and executions into agent-level OrderEvent / Fill messages. Its book is keyed by
+orderRef = proposal_id, so after any reconnect or restart it is rebuilt from what IB has
+(`reconcile`, run by the broker before it reports READY) plus the journal's attribution.
+
+It also guards every filled entry: when the stop is no longer working at IB (rejected,
+cancelled, lost) while a position from the entry is open, it places a protective stop or
+flattens (configurable) and raises an Alert.
 
 State (one line each):
   _brackets: proposal_id -> Bracket          (every bracket placed or adopted this run)
-  _by_order: order_id -> (proposal_id, Leg)   (this client's order ids)
+  _by_order: order_id -> (proposal_id, Leg)   (the legs' order ids, guard orders included)
+  _intents:  proposal_id -> IntentRecord      (journal intents loaded at start, for attribution)
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+from bus.errors import BrokerError
 from bus.messages import (
+    Alert,
     ApprovedBracket,
     BracketOrderIds,
     BrokerExecution,
@@ -27,7 +35,6 @@ from bus.messages import (
     PlacementResult,
     Side,
 )
-from bus.errors import BrokerError
 from core.clock import SYSTEM_CLOCK, Clock
 from core.logs import get_logger
 from structlog.contextvars import bound_contextvars
@@ -35,6 +42,16 @@ from structlog.contextvars import bound_contextvars
 log = get_logger("agents.execution")
 
 TERMINAL = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
+DEAD = frozenset({"Cancelled", "ApiCancelled", "Inactive"})   # terminal without a full fill
+
+GuardAction = Literal["protect", "flatten", "alert"]
+
+
+def _with_state(rec: Any, state: str) -> Any:
+    """A journal IntentRecord (frozen) with a new state."""
+    import dataclasses
+
+    return dataclasses.replace(rec, state=state) if dataclasses.is_dataclass(rec) else rec
 
 
 def _int_code(code: object) -> int | None:
@@ -46,6 +63,9 @@ class BrokerPort(Protocol):
     async def place_bracket(self, bracket: ApprovedBracket, ids: BracketOrderIds | None = None) -> BracketOrderIds: ...
     async def cancel_order(self, order_id: int) -> bool: ...
     def existing_bracket(self, order_ref: str) -> BracketOrderIds | None: ...
+    def orders_at_ib(self) -> list[BrokerOrderUpdate]: ...
+    async def place_protective(self, entry_order_id: int, *, action: Side, quantity: float,
+                               order_ref: str, stop_price: float | None) -> int: ...
 
 
 class JournalPort(Protocol):
@@ -53,6 +73,7 @@ class JournalPort(Protocol):
                      order_id: int | None = None, payload: Any = None) -> Any: ...
     async def record_intent(self, bracket: Any, order_ids: Any) -> Any: ...
     async def mark_intent(self, proposal_id: str, state: str, order_ids: Any = None) -> Any: ...
+    async def intents(self, states: Any = None) -> list[Any]: ...
 
 
 @dataclass
@@ -62,36 +83,59 @@ class Bracket:
     symbol: str
     side: Side
     ids: BracketOrderIds
+    stop_price: float | None = None
     status: dict[Leg, str] = field(default_factory=dict)
     filled: dict[Leg, float] = field(default_factory=dict)
     expiry_handle: asyncio.TimerHandle | None = None
     placed: bool = False               # IB acknowledged the placement (intent acked)
+    guards: dict[int, str] = field(default_factory=dict)   # guard order id -> status
+    guard_filled: float = 0.0
+    guard_check: asyncio.TimerHandle | None = None
 
     def leg_of(self, order_id: int) -> Leg | None:
         if order_id == self.ids.entry:
             return Leg.ENTRY
         if order_id == self.ids.take_profit:
             return Leg.TAKE_PROFIT
-        if order_id == self.ids.stop_loss:
+        if order_id == self.ids.stop_loss or order_id in self.guards:
             return Leg.STOP_LOSS
         return None
 
     @property
+    def open_quantity(self) -> float:
+        """Units the entry bought/sold that no exit has closed yet."""
+        exits = self.filled.get(Leg.TAKE_PROFIT, 0.0) + self.filled.get(Leg.STOP_LOSS, 0.0) + self.guard_filled
+        return max(0.0, self.filled.get(Leg.ENTRY, 0.0) - exits)
+
+    @property
+    def protected(self) -> bool:
+        """A stop (the bracket's or a guard) is still working at IB."""
+        if self.status.get(Leg.STOP_LOSS) not in TERMINAL:
+            return True
+        return any(st not in TERMINAL for st in self.guards.values())
+
+    @property
     def closed(self) -> bool:
-        """Every leg terminal: the bracket no longer carries risk at IB."""
-        return all(self.status.get(leg) in TERMINAL for leg in Leg)
+        """Every leg terminal and nothing open: the bracket no longer carries risk at IB."""
+        legs_done = all(self.status.get(leg) in TERMINAL for leg in Leg)
+        guards_done = all(st in TERMINAL for st in self.guards.values())
+        return legs_done and guards_done and self.open_quantity == 0
 
 
 class ExecutionAgent:
     def __init__(self, bus, broker: BrokerPort, *, journal: JournalPort | None = None,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 clock: Clock = SYSTEM_CLOCK, guard_action: GuardAction = "protect",
+                 guard_grace_s: float = 1.0) -> None:
         self._bus = bus
         self._broker = broker
         self._journal = journal
         self._clock = clock
+        self.guard_action = guard_action
+        self.guard_grace_s = guard_grace_s
         self._brackets: dict[str, Bracket] = {}
         self._by_order: dict[int, tuple[str, Leg]] = {}
-        self._inflight: set[asyncio.Task] = set()
+        self._intents: dict[str, Any] = {}
+        self._tasks: set[asyncio.Task] = set()
         self._placing = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -100,6 +144,18 @@ class ExecutionAgent:
         self._bus.serve("execution.place", self.place)
         self._bus.subscribe(BrokerOrderUpdate, self._on_order_update, name="execution.orders")
         self._bus.subscribe(BrokerExecution, self._on_execution, name="execution.fills")
+
+    async def load_journal(self) -> int:
+        """Attribution of earlier runs' brackets (agent, ids, stop price), before the first connect."""
+        if self._journal is None:
+            return 0
+        for rec in await self._journal.intents():
+            self._intents[rec.proposal_id] = rec
+        return len(self._intents)
+
+    def max_order_id_in_journal(self) -> int:
+        ids = [v for rec in self._intents.values() for v in (rec.order_ids or {}).values() if isinstance(v, int)]
+        return max(ids, default=0)
 
     # ------------------------------------------------------------------ placing
 
@@ -118,15 +174,19 @@ class ExecutionAgent:
     async def _place(self, bracket: ApprovedBracket) -> PlacementResult:
         p = bracket.proposal
         existing = self._brackets.get(p.proposal_id)
-        if existing is not None:  # already placed in this run: same ids, no second order
+        if existing is not None:  # already placed (this run, or adopted from IB): no second order
             return PlacementResult(proposal_id=p.proposal_id, ok=True, order_ids=existing.ids)
+        if p.proposal_id in self._intents:  # an earlier run's intent that never reached IB
+            log.error("placement_refused_old_intent", state=self._intents[p.proposal_id].state)
+            return PlacementResult(proposal_id=p.proposal_id, ok=False, code=None,
+                                   error="an earlier run already recorded an intent for this proposal")
         try:
             ids = self._broker.allocate_bracket_ids()
         except BrokerError as e:
             log.warning("placement_failed", code=e.code, error=e.message)
             return PlacementResult(proposal_id=p.proposal_id, ok=False, error=e.message,
                                    code=_int_code(e.code))
-        book = Bracket(p.proposal_id, p.agent_id, p.symbol, p.side, ids)
+        book = Bracket(p.proposal_id, p.agent_id, p.symbol, p.side, ids, stop_price=p.stop_loss)
         self._track(book)
         if self._journal is not None:  # the intent is durable before anything is sent
             await self._journal.record_intent(bracket, ids)
@@ -175,18 +235,11 @@ class ExecutionAgent:
         for oid in (book.ids.entry, book.ids.take_profit, book.ids.stop_loss):
             self._by_order.pop(oid, None)
 
-    def adopt(self, proposal_id: str, agent_id: str, symbol: str, side: Side, ids: BracketOrderIds) -> None:
-        """Take over a bracket placed by an earlier run (found at IB by orderRef)."""
-        if proposal_id not in self._brackets:
-            self._track(Bracket(proposal_id, agent_id, symbol, side, ids))
-
     def _expire_entry(self, proposal_id: str) -> None:
         book = self._brackets.get(proposal_id)
         if book is None or book.filled.get(Leg.ENTRY, 0) > 0 or book.status.get(Leg.ENTRY) in TERMINAL:
             return
-        task = asyncio.get_running_loop().create_task(self._cancel_entry(book))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        self._spawn(self._cancel_entry(book), f"expire:{proposal_id}")
 
     async def _cancel_entry(self, book: Bracket) -> None:
         with bound_contextvars(proposal_id=book.proposal_id, agent_id=book.agent_id):
@@ -197,17 +250,144 @@ class ExecutionAgent:
                 log.warning("entry_expired_cancel_failed", order_id=book.ids.entry, code=e.code,
                             error=e.message)
 
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no placement is in flight (used on shutdown)."""
+        """Wait until no placement (or guard action) is in flight (used on shutdown)."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+                if self._tasks:
+                    await asyncio.gather(*list(self._tasks), return_exceptions=True)
             return True
         except TimeoutError:
             return False
 
+    # ------------------------------------------------------------------ reconcile
+
+    async def reconcile(self) -> None:
+        """Run by the broker after every (re)connect, before READY: rebuild the book from the
+        orders IB has (matched by orderRef), publish each leg's current state, report intents
+        that never reached IB, and check every open position from an entry is protected."""
+        orders = self._broker.orders_at_ib()
+        by_ref: dict[str, list[BrokerOrderUpdate]] = {}
+        for u in orders:
+            if u.order_ref:
+                by_ref.setdefault(u.order_ref, []).append(u)
+        adopted = 0
+        for ref, legs in by_ref.items():
+            if ref not in self._brackets and (ref in self._intents):
+                if self._adopt(ref, legs):
+                    adopted += 1
+        # leg states as IB has them now (fills that happened while we were away included)
+        for u in sorted(orders, key=lambda x: x.order_id):
+            book = self._brackets.get(u.order_ref)
+            if u.order_id == 0 and book is not None:
+                u = self._completed_as_leg(book, u)
+            if u is not None and (u.order_ref in self._brackets or u.order_id in self._by_order):
+                await self._on_order_update(u, check_guard=False)
+        missing = 0
+        for pid, rec in list(self._intents.items()):
+            if pid in by_ref or pid in self._brackets and self._brackets[pid].placed:
+                if rec.state in ("pending", "sent", "unknown") and self._journal is not None:
+                    await self._journal.mark_intent(pid, "acked")
+                    self._intents[pid] = _with_state(rec, "acked")
+                continue
+            if rec.state in ("pending", "sent", "unknown"):
+                missing += 1
+                await self._report_missing(rec)
+        for book in list(self._brackets.values()):
+            self._schedule_guard_check(book, 0.0)
+        log.info("execution_reconciled", orders_at_ib=len(orders), adopted=adopted,
+                 intents_missing_at_ib=missing, brackets=len(self._brackets))
+        if self._journal is not None:
+            await self._journal.record("reconcile", payload={
+                "orders_at_ib": len(orders), "adopted": adopted, "intents_missing_at_ib": missing})
+
+    def _adopt(self, ref: str, legs: list[BrokerOrderUpdate]) -> bool:
+        """Rebuild a bracket from the orders IB has for its orderRef. The journal's ids are the
+        truth; completed orders come without an orderId (IB sends permId only)."""
+        rec = self._intents.get(ref)
+        ids_j = (rec.order_ids or {}) if rec is not None else {}
+        payload = (rec.payload or {}) if rec is not None else {}
+        proposal = payload.get("proposal") or {}
+        side = Side(proposal["side"]) if proposal.get("side") else None
+        if ids_j.get("entry"):
+            entry, take, stop = ids_j["entry"], ids_j.get("take_profit", 0), ids_j.get("stop_loss", 0)
+        else:  # no journal: the structure IB shows (parent with children)
+            parents = [u for u in legs if u.order_id and not u.parent_id
+                       and any(c.parent_id == u.order_id for c in legs)]
+            if not parents:
+                log.error("adopt_failed_no_entry", proposal_id=ref, order_ids=sorted(u.order_id for u in legs))
+                return False
+            entry = parents[0].order_id
+            side = side or parents[0].side
+            kids = [u for u in legs if u.parent_id == entry]
+            take = next((u.order_id for u in kids if u.order_type == "LMT"), 0)
+            stop = next((u.order_id for u in kids if u.order_type.startswith("STP")), 0)
+        side = side or next((u.side for u in legs if u.order_id == entry and u.side), None) or Side.BUY
+        stop_leg = next((u for u in legs if u.order_id == stop), None)
+        book = Bracket(
+            proposal_id=ref, agent_id=(rec.agent_id if rec and rec.agent_id else proposal.get("agent_id") or "unknown"),
+            symbol=proposal.get("symbol") or legs[0].symbol, side=side,
+            ids=BracketOrderIds(entry=entry, take_profit=take or 0, stop_loss=stop or 0),
+            stop_price=proposal.get("stop_loss") or (stop_leg.stop_price if stop_leg else None),
+            placed=True,
+        )
+        # standalone live orders with this ref (guards placed by an earlier run)
+        for u in legs:
+            if u.order_id and u.order_id not in (entry, take, stop) and not u.parent_id:
+                book.guards[u.order_id] = ""
+        self._track(book)
+        for gid in book.guards:
+            self._by_order[gid] = (ref, Leg.STOP_LOSS)
+        log.info("bracket_adopted", proposal_id=ref, agent_id=book.agent_id, order_id=entry,
+                 take_profit_id=take, stop_loss_id=stop, guards=sorted(book.guards))
+        return True
+
+    @staticmethod
+    def _completed_as_leg(book: Bracket, u: BrokerOrderUpdate) -> BrokerOrderUpdate | None:
+        """A completed order (no orderId at IB) mapped to its leg by role."""
+        if u.side is book.side:
+            oid = book.ids.entry
+        elif u.order_type == "LMT":
+            oid = book.ids.take_profit
+        elif u.order_type.startswith("STP") and book.status.get(Leg.STOP_LOSS) not in TERMINAL:
+            oid = book.ids.stop_loss
+        else:
+            return None
+        return u.model_copy(update={"order_id": oid}) if oid else None
+
+    async def _report_missing(self, rec: Any) -> None:
+        """An intent recorded before a crash whose orders IB does not have: it never reached IB.
+        Reported (Alert + one Inactive OrderEvent per leg) and closed; never re-sent silently."""
+        pid, agent = rec.proposal_id, rec.agent_id or "unknown"
+        ids = rec.order_ids or {}
+        with bound_contextvars(proposal_id=pid, agent_id=agent):
+            log.error("intent_never_reached_ib", state=rec.state, code="INTENT_NOT_AT_IB")
+            await self._bus.publish(Alert(
+                code="INTENT_NOT_AT_IB", proposal_id=pid, agent_id=agent,
+                message="an order intent recorded before a restart never reached IB; not re-sent",
+                ts=self._clock.now()))
+            symbol = ((rec.payload or {}).get("proposal") or {}).get("symbol", "")
+            for leg in Leg:
+                oid = ids.get(leg.value)
+                if not oid:
+                    continue
+                await self._bus.publish(OrderEvent(
+                    proposal_id=pid, agent_id=agent, order_id=oid, leg=leg, symbol=symbol,
+                    status="Inactive", code=None, message="never reached IB (daemon restart)",
+                    ts=self._clock.now()))
+            if self._journal is not None:
+                await self._journal.mark_intent(pid, "failed")
+            self._intents[pid] = _with_state(rec, "failed")
+
     # ------------------------------------------------------------------ following
 
-    def _resolve(self, order_id: int, order_ref: str, parent_id: int | None) -> tuple[Bracket, Leg] | None:
+    def _resolve(self, order_id: int, order_ref: str) -> tuple[Bracket, Leg] | None:
         hit = self._by_order.get(order_id)
         if hit is not None:
             return self._brackets[hit[0]], hit[1]
@@ -218,16 +398,21 @@ class ExecutionAgent:
                 return book, leg
         return None
 
-    async def _on_order_update(self, u: BrokerOrderUpdate) -> None:
-        found = self._resolve(u.order_id, u.order_ref, u.parent_id)
+    async def _on_order_update(self, u: BrokerOrderUpdate, check_guard: bool = True) -> None:
+        found = self._resolve(u.order_id, u.order_ref)
         if found is None:
             return  # not one of ours (manual order, another client)
         book, leg = found
+        if u.order_id in book.guards:
+            await self._on_guard_update(book, u)
+            return
         prev = book.status.get(leg)
         if prev == u.status and u.code is None and book.filled.get(leg, 0.0) == u.filled:
             return  # openOrder + orderStatus repeat the same state
+        if prev in TERMINAL and u.status not in TERMINAL and u.code is None:
+            return  # a late, stale update after the terminal one
         book.status[leg] = u.status
-        book.filled[leg] = u.filled
+        book.filled[leg] = max(book.filled.get(leg, 0.0), u.filled)
         ev = OrderEvent(
             proposal_id=book.proposal_id, agent_id=book.agent_id, order_id=u.order_id, leg=leg,
             symbol=book.symbol, status=u.status, filled=u.filled, remaining=u.remaining,
@@ -241,15 +426,26 @@ class ExecutionAgent:
                 await self._journal.record("order_status", proposal_id=book.proposal_id,
                                            agent_id=book.agent_id, order_id=u.order_id, payload=ev)
             await self._bus.publish(ev)
-            if book.closed:
-                if book.expiry_handle:
-                    book.expiry_handle.cancel()
-                log.info("bracket_closed", statuses={k.value: v for k, v in book.status.items()})
-                if self._journal is not None and book.placed:
-                    await self._journal.mark_intent(book.proposal_id, "done")
+            await self._after_change(book, check_guard)
+
+    async def _after_change(self, book: Bracket, check_guard: bool) -> None:
+        if book.guards and book.open_quantity == 0:
+            # software OCA: an exit that closed the position makes the guard stop pointless (and risky)
+            for gid, st in book.guards.items():
+                if st not in TERMINAL:
+                    book.guards[gid] = "PendingCancel"
+                    self._spawn(self._cancel_guard(book, gid), f"guard-cancel:{gid}")
+        if check_guard:
+            self._schedule_guard_check(book, self.guard_grace_s)
+        if book.closed:
+            if book.expiry_handle:
+                book.expiry_handle.cancel()
+            log.info("bracket_closed", statuses={k.value: v for k, v in book.status.items()})
+            if self._journal is not None and book.placed:
+                await self._journal.mark_intent(book.proposal_id, "done")
 
     async def _on_execution(self, ex: BrokerExecution) -> None:
-        found = self._resolve(ex.order_id, ex.order_ref, None)
+        found = self._resolve(ex.order_id, ex.order_ref)
         if found is None:
             log.info("execution_not_ours", order_id=ex.order_id, exec_id=ex.exec_id)
             return
@@ -267,3 +463,80 @@ class ExecutionAgent:
                 await self._journal.record("fill", proposal_id=book.proposal_id, agent_id=book.agent_id,
                                            order_id=ex.order_id, payload=fill)
             await self._bus.publish(fill)
+
+    # ------------------------------------------------------------------ unprotected-fill guard
+
+    def _schedule_guard_check(self, book: Bracket, delay: float) -> None:
+        """Checked after a grace period: IB may report the stop's OCA cancel before the
+        take-profit's fill; only a state that persists is acted on."""
+        if book.open_quantity <= 0 or book.protected or self.guard_action is None:
+            return
+        if book.guard_check is not None:
+            book.guard_check.cancel()
+        loop = asyncio.get_running_loop()
+        book.guard_check = loop.call_later(
+            delay, lambda: self._spawn(self._guard(book), f"guard:{book.proposal_id}"))
+
+    async def _guard(self, book: Bracket) -> None:
+        book.guard_check = None
+        qty = book.open_quantity
+        if qty <= 0 or book.protected:
+            return
+        with bound_contextvars(proposal_id=book.proposal_id, agent_id=book.agent_id):
+            action = self.guard_action
+            stop_status = book.status.get(Leg.STOP_LOSS)
+            log.error("unprotected_fill", open_quantity=qty, stop_status=stop_status,
+                      action=action, order_id=book.ids.stop_loss, code="UNPROTECTED_FILL")
+            msg = (f"entry filled ({qty:g} open) but the stop is {stop_status}; "
+                   f"{'placing a protective stop' if action == 'protect' else action}")
+            await self._bus.publish(Alert(code="UNPROTECTED_FILL", message=msg, proposal_id=book.proposal_id,
+                                          agent_id=book.agent_id, order_id=book.ids.stop_loss,
+                                          ts=self._clock.now()))
+            if action == "alert":
+                return
+            stop_price = book.stop_price if action == "protect" else None
+            if action == "flatten" and book.status.get(Leg.TAKE_PROFIT) not in TERMINAL:
+                try:
+                    await self._broker.cancel_order(book.ids.take_profit)
+                except BrokerError as e:
+                    log.warning("guard_cancel_take_profit_failed", code=e.code, error=e.message)
+            try:
+                oid = await self._broker.place_protective(
+                    book.ids.entry, action=book.side.opposite, quantity=qty,
+                    order_ref=book.proposal_id, stop_price=stop_price)
+            except BrokerError as e:
+                log.error("guard_order_failed", code=e.code, error=e.message)
+                await self._bus.publish(Alert(code="GUARD_FAILED", message=f"protective order failed: {e}",
+                                              proposal_id=book.proposal_id, agent_id=book.agent_id,
+                                              ts=self._clock.now()))
+                return
+            book.guards[oid] = "Submitted"
+            self._by_order[oid] = (book.proposal_id, Leg.STOP_LOSS)
+            if self._journal is not None:
+                await self._journal.record("alert", proposal_id=book.proposal_id, agent_id=book.agent_id,
+                                           order_id=oid, payload={"code": "UNPROTECTED_FILL", "action": action,
+                                                                  "quantity": qty, "stop_price": stop_price})
+
+    async def _on_guard_update(self, book: Bracket, u: BrokerOrderUpdate) -> None:
+        prev = book.guards.get(u.order_id)
+        book.guards[u.order_id] = u.status
+        if u.status == "Filled" or u.filled:
+            book.guard_filled = max(book.guard_filled, u.filled)
+        if prev != u.status:
+            ev = OrderEvent(
+                proposal_id=book.proposal_id, agent_id=book.agent_id, order_id=u.order_id,
+                leg=Leg.STOP_LOSS, symbol=book.symbol, status=u.status, filled=u.filled,
+                remaining=u.remaining, avg_fill_price=u.avg_fill_price, perm_id=u.perm_id,
+                code=u.code, message=u.message or "protective order", ts=self._clock.now())
+            with bound_contextvars(proposal_id=book.proposal_id, agent_id=book.agent_id):
+                log.info("order_event", order_id=u.order_id, leg="stop_loss", status=u.status,
+                         filled=u.filled, guard=True)
+                await self._bus.publish(ev)
+        await self._after_change(book, check_guard=True)
+
+    async def _cancel_guard(self, book: Bracket, order_id: int) -> None:
+        try:
+            await self._broker.cancel_order(order_id)
+        except BrokerError as e:
+            log.warning("guard_cancel_failed", proposal_id=book.proposal_id, order_id=order_id,
+                        code=e.code, error=e.message)

@@ -122,6 +122,11 @@ class Daemon:
             monitor.attach()
             execution = ExecutionAgent(bus, broker, journal=journal, clock=self.clock)
             execution.attach()
+            # recovery: earlier runs' intents give attribution and the ids never to reuse;
+            # the book is rebuilt from IB (by orderRef) before the broker reports READY
+            await execution.load_journal()
+            broker.note_order_ids(execution.max_order_id_in_journal())
+            broker.add_reconcile_hook(execution.reconcile)
             self.governor = governor = RiskGovernor(limits, self.clock, contract_info=broker.cached_contract)
             _attach_governor(governor, bus, broker, monitor)
             _attach_journal(bus, journal)

@@ -19,7 +19,9 @@ from agents.portfolio import PortfolioMonitor
 from bus.bus import Bus
 from bus.errors import BrokerConnectError
 from bus.messages import (
+    Alert,
     ApprovedBracket,
+    BracketOrderIds,
     ConnectionState,
     Fill,
     Leg,
@@ -81,9 +83,10 @@ async def runtime(paper_tws) -> AsyncIterator[Runtime]:
                       heartbeat_s=0.2)
     monitor = PortfolioMonitor(bus, broker, heartbeat_s=0.2)
     monitor.attach()
-    execution = ExecutionAgent(bus, broker)
+    execution = ExecutionAgent(bus, broker, guard_grace_s=0.2)
     execution.attach()
-    seen = Collector(bus, OrderEvent, Fill, PortfolioSnapshot)
+    broker.add_reconcile_hook(execution.reconcile)
+    seen = Collector(bus, OrderEvent, Fill, PortfolioSnapshot, Alert)
     await broker.start()
     await monitor.start()
     try:
@@ -210,3 +213,145 @@ async def test_1100_goes_fail_closed_until_1102(paper_tws, runtime):
         and not x.reconciled for x in xs))
     await paper_tws.inject(1102)
     assert await runtime.broker.wait_ready(5.0)
+
+
+async def test_unprotected_fill_gets_a_protective_stop(paper_tws, runtime):
+    res = await runtime.place(proposal("guard-1", quantity=4))
+    ids = res.order_ids
+    await paper_tws.set_price("AAPL", 228.5)                    # entry fills, stop working
+    await runtime.seen.wait_for(lambda xs: any(
+        isinstance(x, Fill) and x.proposal_id == "guard-1" and x.leg is Leg.ENTRY for x in xs))
+    assert await runtime.broker.cancel_order(ids.stop_loss)     # the stop is lost at IB
+    alert = await runtime.seen.wait_for(lambda xs: next(
+        (x for x in xs if isinstance(x, Alert) and x.code == "UNPROTECTED_FILL"), None))
+    assert alert.proposal_id == "guard-1" and alert.agent_id == "alpha"
+    st = await paper_tws.state()
+
+    def guards(state):
+        return [o for o in state["orders"] if o.get("orderRef") == "guard-1" and o["orderType"] == "STP"
+                and o["orderId"] != ids.stop_loss]
+    async def guard_working():
+        while True:
+            g = guards(await paper_tws.state())
+            if g and g[0]["status"] in ("Submitted", "PreSubmitted"):
+                return g[0]
+            await asyncio.sleep(0.05)  # polling the paper TWS over HTTP
+    g = await asyncio.wait_for(guard_working(), 5)
+    assert g["action"] == "SELL" and g["totalQuantity"] == 4 and g["auxPrice"] == 226.0
+    # the take-profit still works; when it fills the guard is cancelled (software OCA)
+    await paper_tws.set_price("AAPL", 235.5)
+    async def guard_cancelled():
+        while True:
+            g = guards(await paper_tws.state())
+            if g[0]["status"] == "Cancelled":
+                return
+            await asyncio.sleep(0.05)
+    await asyncio.wait_for(guard_cancelled(), 5)
+    st = await paper_tws.state()
+    assert not [p for p in st["positions"] if p["symbol"] == "AAPL" and p["position"] != 0]
+
+
+async def test_restart_adopts_brackets_and_recovers_missed_fills(paper_tws, tmp_path):
+    from adapters.journal import Journal
+
+    journal = await Journal.open(tmp_path / "j.sqlite")
+
+    async def start_runtime():
+        bus = Bus()
+        await bus.start()
+        broker = IBBroker(host=paper_tws.host, port=paper_tws.port, client_id=9, publish=bus.publish)
+        ex = ExecutionAgent(bus, broker, journal=journal)
+        ex.attach()
+        await ex.load_journal()
+        broker.note_order_ids(ex.max_order_id_in_journal())
+        broker.add_reconcile_hook(ex.reconcile)
+        seen = Collector(bus, OrderEvent, Fill, Alert)
+        await broker.start()
+        return bus, broker, ex, seen
+
+    bus, broker, ex, seen = await start_runtime()
+    p = proposal("adopt-1", quantity=3)
+    res = await ex.place(ApprovedBracket(proposal=p, contract=await broker.resolve_contract(p),
+                                         approved_at=datetime.now(timezone.utc)))
+    assert res.ok
+    ids = res.order_ids
+    await broker.close()                                        # the daemon goes away
+    await bus.close()
+    await paper_tws.set_price("AAPL", 228.0)                    # the entry fills meanwhile
+
+    bus, broker, ex, seen = await start_runtime()              # a new run, same journal
+    try:
+        fill = await seen.wait_for(lambda xs: next(
+            (x for x in xs if isinstance(x, Fill) and x.proposal_id == "adopt-1"), None))
+        assert fill.leg is Leg.ENTRY and fill.agent_id == "alpha" and fill.quantity == 3
+        ev = await seen.wait_for(lambda xs: next(
+            (x for x in xs if isinstance(x, OrderEvent) and x.leg is Leg.ENTRY and x.status == "Filled"), None))
+        assert ev.order_id == ids.entry
+        # the same proposal again: adopted ids back, no second bracket at IB
+        again = await ex.place(ApprovedBracket(proposal=p, contract=None, approved_at=datetime.now(timezone.utc)))
+        assert again.ok and again.order_ids == ids
+        st = await paper_tws.state()
+        assert len([o for o in st["orders"] if o.get("orderRef") == "adopt-1"]) == 3
+        # new ids never reuse old ones
+        fresh = broker.allocate_bracket_ids()
+        assert fresh.entry > ids.stop_loss
+    finally:
+        await broker.close()
+        await bus.close()
+        await journal.close()
+
+
+async def test_intent_that_never_reached_ib_is_reported(paper_tws, tmp_path):
+    from adapters.journal import Journal
+
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    p = proposal("lost-1")
+    await journal.record_intent(ApprovedBracket(proposal=p, approved_at=datetime.now(timezone.utc)),
+                                BracketOrderIds(entry=900, take_profit=901, stop_loss=902))
+    bus = Bus()
+    await bus.start()
+    broker = IBBroker(host=paper_tws.host, port=paper_tws.port, client_id=11, publish=bus.publish)
+    ex = ExecutionAgent(bus, broker, journal=journal)
+    ex.attach()
+    seen = Collector(bus, OrderEvent, Alert)
+    await ex.load_journal()
+    broker.note_order_ids(ex.max_order_id_in_journal())
+    broker.add_reconcile_hook(ex.reconcile)
+    try:
+        await broker.start()
+        alert = await seen.wait_for(lambda xs: next(
+            (x for x in xs if isinstance(x, Alert) and x.code == "INTENT_NOT_AT_IB"), None))
+        assert alert.proposal_id == "lost-1"
+        evs = await seen.wait_for(lambda xs: [x for x in xs if isinstance(x, OrderEvent)
+                                              and x.proposal_id == "lost-1"] if len(
+            [x for x in xs if isinstance(x, OrderEvent)]) >= 3 else None)
+        assert {e.status for e in evs} == {"Inactive"}
+        [rec] = await journal.intents()
+        assert rec.state == "failed"
+        # ids recorded by the lost intent are never handed out again
+        assert broker.allocate_bracket_ids().entry > 902
+        # and the proposal is never placed by this run either
+        again = await ex.place(ApprovedBracket(proposal=p, approved_at=datetime.now(timezone.utc)))
+        assert not again.ok
+        st = await paper_tws.state()
+        assert not [o for o in st["orders"] if o.get("orderRef") == "lost-1"]
+    finally:
+        await broker.close()
+        await bus.close()
+        await journal.close()
+
+
+async def test_next_valid_id_regression_is_alerted(paper_tws):
+    bus = Bus()
+    await bus.start()
+    seen = Collector(bus, Alert)
+    broker = IBBroker(host=paper_tws.host, port=paper_tws.port, client_id=12, publish=bus.publish)
+    broker.note_order_ids(50_000)          # an earlier run used ids up to 50000
+    try:
+        await broker.start()
+        alert = await seen.wait_for(lambda xs: next((x for x in xs if x.code == "NEXT_VALID_ID_REGRESSED"), None))
+        assert "50000" in alert.message
+        assert broker.allocate_bracket_ids().entry > 50_000   # request ids share the sequence
+    finally:
+        await broker.close()
+        await bus.close()
