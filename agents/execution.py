@@ -153,6 +153,14 @@ class ExecutionAgent:
             self._intents[rec.proposal_id] = rec
         return len(self._intents)
 
+    def placed_ids(self, proposal_id: str) -> BracketOrderIds | None:
+        """The order ids of a bracket IB has (placed this run or adopted), else None."""
+        book = self._brackets.get(proposal_id)
+        return book.ids if book is not None and book.placed else None
+
+    def has_intent(self, proposal_id: str) -> bool:
+        return proposal_id in self._intents or proposal_id in self._brackets
+
     def max_order_id_in_journal(self) -> int:
         ids = [v for rec in self._intents.values() for v in (rec.order_ids or {}).values() if isinstance(v, int)]
         return max(ids, default=0)

@@ -626,6 +626,13 @@ class RiskGovernor:
                          verdict=_REJECTED if reasons else _APPROVED, reasons=reasons,
                          order_ids=None, trading_state=self._state, ts=now)
 
+    def restore_decision(self, proposal: TradeProposal, decision: RiskDecision) -> None:
+        """A decision taken by an earlier run (from the journal): a re-delivered proposal_id gets
+        it back and never a second order. No reservation: the bracket, if still working, is
+        counted from IB's working orders like any order without a reservation."""
+        if proposal.proposal_id not in self._decisions:
+            self._decisions.put(proposal.proposal_id, proposal, decision)
+
     def decision_for(self, proposal_id: str) -> RiskDecision | None:
         """The current decision for an id (None if never seen or long forgotten)."""
         seen = self._decisions.get(proposal_id)

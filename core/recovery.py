@@ -1,0 +1,60 @@
+"""Start-up recovery from the journal: what an earlier run decided, filled and left undecided.
+
+Run after the IB connection is READY (the ExecutionAgent has already adopted the brackets IB
+has, by orderRef) and before new proposals are read:
+  - decisions of earlier runs go back into the governor, so a re-delivered proposal_id gets
+    its first decision again and never a second order;
+  - fills go back into the governor's per-agent attribution (deduplicated by exec_id);
+  (proposals journaled without a decision are offered to the gate again by core/app.py; the
+    ExecutionAgent answers a placement an earlier run made with its adopted ids, never a new one)
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from bus.messages import Fill, RiskDecision, TradeProposal, Verdict
+from core.clock import Clock
+from core.logs import get_logger
+
+log = get_logger("core.recovery")
+
+LOOKBACK = timedelta(hours=36)   # a trading day and the night around it
+
+
+async def restore_from_journal(journal: Any, governor: Any, clock: Clock) -> list[TradeProposal]:
+    """Decisions and fills back into the governor. Returns the proposals left undecided.
+    Call before the MQTT intake opens."""
+    since = clock.now() - LOOKBACK
+    events = await journal.events(since=since, kinds=["proposal", "decision", "fill"])
+    proposals: dict[str, TradeProposal] = {}
+    decisions: dict[str, RiskDecision] = {}
+    fills = 0
+    for ev in events:
+        kind, payload = ev["kind"], ev["payload"]
+        try:
+            if kind == "proposal":
+                p = TradeProposal.model_validate(payload)
+                proposals.setdefault(p.proposal_id, p)
+            elif kind == "decision":
+                d = RiskDecision.model_validate(payload)
+                if d.proposal_id and d.verdict is not Verdict.INVALID:
+                    decisions.setdefault(d.proposal_id, d)   # the first decision is the decision
+            elif kind == "fill":
+                governor.on_fill(Fill.model_validate(payload))
+                fills += 1
+        except ValidationError as e:
+            log.warning("recovery_event_unreadable", seq=ev["seq"], kind=kind, error=str(e)[:300])
+    restored = 0
+    for pid, d in decisions.items():
+        p = proposals.get(pid)
+        if p is not None:
+            governor.restore_decision(p, d)
+            restored += 1
+    undecided = [p for pid, p in proposals.items() if pid not in decisions]
+    log.info("journal_restored", decisions_restored=restored, fills_attributed=fills,
+             undecided=len(undecided))
+    return undecided
