@@ -249,6 +249,7 @@ class IBBroker:
         self._ready = asyncio.Event()
         self._reconcile_hooks: list[ReconcileHook] = []
         self._connect_errors: list[tuple[int, str]] = []
+        self._order_errors: dict[int, tuple[int, str]] = {}   # orderId -> last (code, message)
         self._max_order_id = 0
 
         self._contracts: dict[tuple, ResolvedContract] = {}
@@ -592,6 +593,10 @@ class IBBroker:
                 asyncio.get_running_loop().create_task(self._resync(code))
             return
         trade = self._trade_for(req_id) if req_id and req_id > 0 else None
+        if req_id and req_id > 0:
+            # the libraries differ on which codes they record on the trade (ib_insync treats
+            # 110 as a warning): keep the last one per order id for placement results
+            self._order_errors[req_id] = (code, message)
         if trade is not None:
             log.warning("ib_order_error", order_id=req_id, proposal_id=trade.order.orderRef or None,
                         message=message, **bound)
@@ -831,15 +836,12 @@ class IBBroker:
 
     async def _wait_ack(self, trades: list[Any], ref: str) -> None:
         done = asyncio.Event()
-        failure: list[tuple[int | None, str]] = []
+        failure: list[Any] = []
 
         def check(*_: Any) -> None:
             for t in trades:
-                st = t.orderStatus.status
-                if st in ("Cancelled", "ApiCancelled", "Inactive"):
-                    entry = next((e for e in reversed(t.log) if e.errorCode), None)
-                    failure.append((entry.errorCode if entry else None,
-                                    entry.message if entry else f"leg {t.order.orderId} {st}"))
+                if t.orderStatus.status in ("Cancelled", "ApiCancelled", "Inactive"):
+                    failure.append(t)
                     done.set()
                     return
             if all(t.orderStatus.status not in ("PendingSubmit", "") for t in trades):
@@ -858,7 +860,12 @@ class IBBroker:
             for t in trades:
                 t.statusEvent -= check
         if failure:
-            code, msg = failure[0]
+            # resolved after the wait: ib_async cancels the trade before it emits errorEvent
+            t = failure[0]
+            logged = next((e for e in reversed(t.log) if e.errorCode), None)
+            code, msg = (self._order_errors.get(t.order.orderId)
+                         or ((logged.errorCode, logged.message) if logged else None)
+                         or (None, f"leg {t.order.orderId} {t.orderStatus.status}"))
             raise PlacementError(msg, code=code)
 
     async def cancel_order(self, order_id: int) -> bool:
