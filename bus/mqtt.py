@@ -8,9 +8,16 @@ Out  RiskDecision                 -> {prefix}/decisions/{agent_id}  QoS 1
      Status                       -> {prefix}/status                QoS 1, retained; will {"state":"offline"}
      TradingStateChanged, Alert   -> {prefix}/events                QoS 1, "type": trading_state|alert
 
-Every proposal gets an answer: bad input an `invalid` decision listing each error, a full intake
-queue a `rejected` OVERLOADED one, a proposal after stop_intake() a `rejected` SHUTTING_DOWN one.
-The bridge's own answers travel through the bus (so the journal sees them) and back out here.
+A proposal is acknowledged (PUBACK) only once it is durable: the `on_proposal` hook (the daemon
+journals it) has returned and it is on the bus, or its answer is. Until then it stays in the
+broker's persistent session, which delivers it again (DUP) on the next connection; so a crash, a
+broker restart or a failing hook loses nothing (a failing hook ends the connection to get it
+back). stop_intake() keeps the subscription and stops acknowledging: what arrives from then on,
+and what agents publish while the daemon is down, is delivered after the next start. Answers:
+bad input an `invalid` decision listing each error, a full intake queue a `rejected` OVERLOADED
+one; a proposal_id seen before is answered by the gate with its first decision (idempotency).
+Every decision, the bridge's own answers included (they travel through the bus), passes the
+`on_decision` hook (the daemon journals it) before it is published.
 One aiomqtt client per connection, entered once; `_run()` is the reconnect loop. Outgoing
 messages wait in a bounded outbox while disconnected and are flushed, in order, after reconnect.
 """
@@ -26,13 +33,14 @@ import re
 import socket
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
+import paho.mqtt.client as paho
 import structlog
 from pydantic import ValidationError
 
@@ -191,14 +199,47 @@ def _honour_cancel() -> None:
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
 
+
+def _paho(client: aiomqtt.Client) -> paho.Client:
+    """The paho client inside an aiomqtt one: the ONLY place this code reaches past aiomqtt.
+
+    aiomqtt 2.5 lets paho acknowledge each QoS 1 message as soon as it is queued; a proposal
+    must be acknowledged only once it is durable. paho 2.x can do that (`manual_ack_set(True)`
+    before connecting, then `ack(mid, qos)`), but aiomqtt does not expose it: it keeps its paho
+    client in the private `_client`. test_mqtt_bridge.py's manual-ack tests fail if that changes.
+    """
+    inner = getattr(client, "_client", None)
+    if not isinstance(inner, paho.Client):
+        raise MqttError(f"aiomqtt {aiomqtt.__version__} keeps no paho Client in `_client`: "
+                        "manual acknowledgement (bus/mqtt.py `_paho`) must be adapted")
+    return inner
+
+
+# The daemon's intake hook: make the proposal durable (the daemon journals it). Raising means
+# "not durable": the proposal is not acknowledged, and the broker delivers it again.
+ProposalHook = Callable[[TradeProposal], Awaitable[None]]
+# Runs before a decision goes out (the daemon journals it): what an agent has seen is on
+# record, so after a crash a repeat is answered with exactly that decision, never a new one.
+DecisionHook = Callable[[RiskDecision], Awaitable[None]]
+
+
+class _Redeliver(Exception):
+    """Ends a connection so that the broker delivers our unacknowledged proposals again."""
+
+
 class MqttBridge:
-    """Bridge between MQTT topics and the bus. `url` overrides settings.mqtt_url (embedded broker)."""
+    """Bridge between MQTT topics and the bus. `url` overrides settings.mqtt_url (embedded broker);
+    `on_proposal` runs before a proposal is acknowledged, `on_decision` before a decision is
+    published (see ProposalHook, DecisionHook)."""
 
     def __init__(self, settings: Settings, bus: Bus, clock: Clock = SYSTEM_CLOCK, *,
-                 url: str | None = None) -> None:
+                 url: str | None = None, on_proposal: ProposalHook | None = None,
+                 on_decision: DecisionHook | None = None) -> None:
         self._settings = settings
         self._bus = bus
         self._clock = clock
+        self._on_proposal = on_proposal
+        self._decision_hook = on_decision
         raw_url = url or settings.mqtt_url
         if raw_url is None:
             raise ConfigError("MqttBridge needs a broker: MQTT_URL or the embedded broker's url")
@@ -223,6 +264,9 @@ class MqttBridge:
         self._runner: asyncio.Task[None] | None = None
         self._subs: list[Subscription[Any]] = []
         self._intake_open = True
+        self._intake_idle = asyncio.Event()  # clear while one proposal is being taken in
+        self._intake_idle.set()
+        self._not_durable_streak = 0         # hook failures in a row: the reconnect backoff
         # outgoing QoS 1 messages, oldest first; bounded by settings.mqtt_outbox_size
         self._outbox: deque[_Outgoing] = deque()
         self._outbox_ready = asyncio.Event()
@@ -230,8 +274,8 @@ class MqttBridge:
         self._outbox_idle.set()
         self._portfolio = _Latest(self.topics.portfolio, 0, True, settings.portfolio_publish_interval)
         self._status = _Latest(self.topics.status, 1, True, 0.0)
-        self.counters = {"proposals": 0, "invalid": 0, "overloaded": 0, "shutting_down": 0,
-                         "controls": 0, "published": 0, "outbox_dropped": 0, "connects": 0}
+        self.counters = {"proposals": 0, "invalid": 0, "overloaded": 0, "deferred": 0, "not_durable": 0, "controls": 0, "published": 0,
+                         "outbox_dropped": 0, "connects": 0}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -278,24 +322,23 @@ class MqttBridge:
             raise MqttError(f"still connected to MQTT {self.endpoint} after {timeout}s") from None
 
     async def stop_intake(self) -> None:
-        """Unsubscribe proposals so no new work arrives (SIGTERM). Late arrivals get SHUTTING_DOWN."""
+        """Stop taking proposals in (SIGTERM); returns once the one being taken in, if any, is
+        durable, on the bus and acknowledged. The subscription stays: proposals arriving from
+        now on are left unacknowledged, and those published while the daemon is down are
+        queued by the broker; both are delivered when the daemon connects again."""
         if not self._intake_open:
             return
         self._intake_open = False
-        log.info("mqtt_intake_stopped", topic=self.topics.proposals_filter)
-        client = self._client
-        if client is not None and self.connected:
-            try:
-                await client.unsubscribe(self.topics.proposals_filter, timeout=5)
-            except aiomqtt.MqttError as exc:
-                log.warning("mqtt_unsubscribe_failed", code=_rc_value(getattr(exc, "rc", None)),
-                            error=str(exc))
+        log.info("mqtt_intake_stopped", topic=self.topics.proposals_filter,
+                 in_progress=not self._intake_idle.is_set())
+        await self._intake_idle.wait()
 
     async def close(self) -> None:
         """Flush the outbox, publish retained status offline, disconnect cleanly (no will)."""
         if self._state == "CLOSED":
             return
         self._state = "CLOSED"
+        self._intake_open = False  # what arrives while we say goodbye is delivered next time
         self._closing.set()
         if self._runner is not None and not self.connected:
             self._runner.cancel()  # connecting or backing off: nothing to say goodbye on
@@ -330,7 +373,7 @@ class MqttBridge:
         return ctx
 
     def _make_client(self) -> aiomqtt.Client:
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self._host, self._port,
             username=self._username, password=self._password,
             identifier=self._settings.mqtt_client_id,
@@ -343,6 +386,8 @@ class MqttBridge:
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),  # decisions: no Nagle delay
             logger=_PAHO_LOG,
         )
+        _paho(client).manual_ack_set(True)  # acknowledged by _ack(), once handled
+        return client
 
     async def _run(self) -> None:
         """The reconnect loop: connect, serve until the connection dies, back off, again."""
@@ -357,6 +402,8 @@ class MqttBridge:
             except aiomqtt.MqttError as exc:
                 log.warning("mqtt_connection_lost", endpoint=self.endpoint,
                             code=_rc_value(getattr(exc, "rc", None)), error=str(exc))
+            except _Redeliver:  # logged where the hook failed; back off longer each time in a row
+                failures = self._not_durable_streak
             except Exception:
                 log.exception("mqtt_bridge_error", endpoint=self.endpoint)
             finally:
@@ -374,32 +421,34 @@ class MqttBridge:
         log.info("mqtt_disconnected", endpoint=self.endpoint, clean=True)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
-        """One connection: subscribe, then read / write until it dies or close() is called."""
-        if self._intake_open:
-            await self._subscribe(client, self.topics.proposals_filter)
-        else:  # the persistent session may still hold the subscription
-            await client.unsubscribe(self.topics.proposals_filter)
-        await self._subscribe(client, self.topics.control)
-        self._client = client
-        self.counters["connects"] += 1
-        if self._status.payload is None:
-            self._on_status_payload(Status(state="starting", mode=self._settings.mode,
-                                           ts=self._clock.now()).model_dump_json().encode())
-        for channel in (self._status, self._portfolio):
-            if channel.payload is not None:
-                channel.dirty.set()  # re-assert: a will may have replaced our status meanwhile
-        self._disconnected.clear()
-        self._connected.set()
-        log.info("mqtt_connected", endpoint=self.endpoint, client_id=self._settings.mqtt_client_id,
-                 intake=self._intake_open, outbox=len(self._outbox))
-        workers = [
-            asyncio.create_task(self._read(client), name="mqtt-read"),
-            asyncio.create_task(self._write_outbox(client), name="mqtt-outbox"),
-            asyncio.create_task(self._write_latest(client, self._status), name="mqtt-status"),
-            asyncio.create_task(self._write_latest(client, self._portfolio), name="mqtt-portfolio"),
-        ]
-        closing = asyncio.create_task(self._closing.wait(), name="mqtt-closing")
+        """One connection: read, subscribe, then read / write until it dies or close() is called.
+        Reading starts first: a persistent session's unacknowledged proposals come at once, and
+        amqtt handles nothing else (not even our SUBSCRIBE) until they are acknowledged."""
+        workers = [asyncio.create_task(self._read(client), name="mqtt-read")]
+        closing: asyncio.Task[Any] | None = None
         try:
+            # always, even after stop_intake(): the session keeps queueing proposals for next time
+            await self._subscribe(client, self.topics.proposals_filter)
+            await self._subscribe(client, self.topics.control)
+            self._client = client
+            self.counters["connects"] += 1
+            if self._status.payload is None:
+                self._on_status_payload(Status(state="starting", mode=self._settings.mode,
+                                               ts=self._clock.now()).model_dump_json().encode())
+            for channel in (self._status, self._portfolio):
+                if channel.payload is not None:
+                    channel.dirty.set()  # re-assert: a will may have replaced our status meanwhile
+            self._disconnected.clear()
+            self._connected.set()
+            log.info("mqtt_connected", endpoint=self.endpoint,
+                     client_id=self._settings.mqtt_client_id, intake=self._intake_open,
+                     outbox=len(self._outbox))
+            workers += [
+                asyncio.create_task(self._write_outbox(client), name="mqtt-outbox"),
+                asyncio.create_task(self._write_latest(client, self._status), name="mqtt-status"),
+                asyncio.create_task(self._write_latest(client, self._portfolio), name="mqtt-portfolio"),
+            ]
+            closing = asyncio.create_task(self._closing.wait(), name="mqtt-closing")
             done, _ = await asyncio.wait([*workers, closing], return_when=asyncio.FIRST_COMPLETED)
             if closing in done:
                 status_writer = workers[2]  # offline must be the LAST retained status
@@ -410,9 +459,10 @@ class MqttBridge:
                 for task in done:
                     task.result()  # re-raise what ended the connection
         finally:
-            for task in [*workers, closing]:
+            tasks = [*workers, *([closing] if closing is not None else [])]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*workers, closing, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _subscribe(self, client: aiomqtt.Client, topic: str) -> None:
         granted = await client.subscribe(topic, qos=1)
@@ -495,6 +545,12 @@ class MqttBridge:
         with structlog.contextvars.bound_contextvars(proposal_id=decision.proposal_id,
                                                      agent_id=decision.agent_id):
             codes = [str(r.code) for r in decision.reasons]
+            if self._decision_hook is not None:
+                try:
+                    await self._decision_hook(decision)
+                except Exception as exc:  # the agent still gets its answer: never silence
+                    log.error("decision_not_recorded", code="NOT_DURABLE", error=repr(exc),
+                              proposal_id=decision.proposal_id, agent_id=decision.agent_id)
             log.info("decision_out", verdict=str(decision.verdict), code=codes[0] if codes else None,
                      codes=codes)
             self._enqueue(_Outgoing(self.topics.decisions(decision.agent_id),
@@ -526,6 +582,7 @@ class MqttBridge:
     # ------------------------------------------------------------------ MQTT -> bus
 
     async def _read(self, client: aiomqtt.Client) -> None:
+        """Handle each message, then acknowledge it; a proposal only once it is durable."""
         async for message in client.messages:
             topic = message.topic.value
             payload = message.payload if isinstance(message.payload, bytes | bytearray) else \
@@ -533,15 +590,40 @@ class MqttBridge:
             try:
                 agent = self.topics.proposal_agent(topic)
                 if agent is not None:
-                    await self._intake(agent, bytes(payload))
+                    if not self._intake_open:
+                        self._defer(topic, bytes(payload), message.mid)
+                        continue  # unacknowledged: the broker delivers it on the next connection
+                    self._intake_idle.clear()
+                    try:
+                        await self._intake(agent, bytes(payload))
+                    finally:
+                        self._intake_idle.set()
                 elif topic == self.topics.control:
                     await self._control(bytes(payload), retained=message.retain)
                 else:  # e.g. amqtt hands out retained messages of other sessions' filters
                     log.debug("mqtt_ignored", topic=topic)
+            except _Redeliver:
+                raise  # not acknowledged; ends this connection (see _intake)
             except (BusError, LifecycleError) as exc:
                 log.error("mqtt_inbound_failed", topic=topic, code=exc.code, error=str(exc))
             except Exception:  # a bug must not end the connection; the message is logged
                 log.exception("mqtt_inbound_failed", topic=topic, code="INTERNAL", size=len(payload))
+            self._ack(client, message)
+
+    def _ack(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        if message.qos == 0:
+            return
+        rc = _paho(client).ack(message.mid, message.qos)
+        if rc != paho.MQTT_ERR_SUCCESS:  # the connection is gone: the broker delivers it again
+            log.info("mqtt_ack_not_sent", topic=message.topic.value, mid=message.mid,
+                     code=_rc_value(rc))
+
+    def _defer(self, topic: str, payload: bytes, mid: int) -> None:
+        self.counters["deferred"] += 1
+        peek = _PROPOSAL_ID_PEEK.search(payload, 0, 4096)
+        log.info("proposal_deferred", topic=topic, mid=mid, reason="intake stopped",
+                 proposal_id=peek.group(1).decode("utf-8", "replace") if peek else None,
+                 agent_id=self.topics.proposal_agent(topic))
 
     async def _intake(self, topic_agent: str, payload: bytes) -> None:
         self.counters["proposals"] += 1
@@ -557,17 +639,40 @@ class MqttBridge:
         proposal = result
         with structlog.contextvars.bound_contextvars(proposal_id=proposal.proposal_id,
                                                      agent_id=proposal.agent_id):
-            if not self._intake_open:
-                self.counters["shutting_down"] += 1
-                log.info("proposal_refused", code=str(DenialCode.SHUTTING_DOWN))
-                await self._answer(self._refusal(proposal, DenialCode.SHUTTING_DOWN))
-            elif self._bus.offer(proposal):
-                log.info("proposal_received", symbol=proposal.symbol, side=str(proposal.side),
-                         quantity=proposal.quantity)
-            else:
-                self.counters["overloaded"] += 1
-                log.warning("proposal_refused", code=str(DenialCode.OVERLOADED))
-                await self._answer(self._refusal(proposal, DenialCode.OVERLOADED))
+            await self._make_durable(proposal)
+            await self._submit(proposal, "proposal_received")
+
+    async def _make_durable(self, proposal: TradeProposal) -> None:
+        """Run the hook; when it fails, end the connection so the broker delivers it again."""
+        if self._on_proposal is None:
+            return
+        try:
+            await self._on_proposal(proposal)
+        except Exception as exc:  # any failure: not durable, so not acknowledged (see module doc)
+            self.counters["not_durable"] += 1
+            self._not_durable_streak += 1
+            log.error("proposal_not_durable", code="NOT_DURABLE", error=repr(exc),
+                      proposal_id=proposal.proposal_id, agent_id=proposal.agent_id,
+                      streak=self._not_durable_streak, action="reconnect for redelivery")
+            raise _Redeliver(proposal.proposal_id) from exc
+        self._not_durable_streak = 0
+
+    async def _submit(self, proposal: TradeProposal, event: str) -> None:
+        if self._bus.offer(proposal):
+            log.info(event, symbol=proposal.symbol, side=str(proposal.side),
+                     quantity=proposal.quantity)
+        else:
+            self.counters["overloaded"] += 1
+            log.warning("proposal_refused", code=str(DenialCode.OVERLOADED))
+            await self._answer(self._refusal(proposal, DenialCode.OVERLOADED))
+
+    async def resubmit(self, proposal: TradeProposal) -> None:
+        """Offer a proposal that was durable (journaled, so acknowledged) but never decided —
+        the daemon stopped in between — to the gate again: the broker will not send it again.
+        Refused like any other when the intake queue is full."""
+        with structlog.contextvars.bound_contextvars(proposal_id=proposal.proposal_id,
+                                                     agent_id=proposal.agent_id):
+            await self._submit(proposal, "proposal_resubmitted")
 
     def parse_proposal(self, topic_agent: str, payload: bytes) -> TradeProposal | RiskDecision:
         """A valid TradeProposal, or the `invalid` RiskDecision that answers the payload."""

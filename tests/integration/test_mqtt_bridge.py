@@ -11,6 +11,7 @@ import json
 import shutil
 import socket
 import subprocess
+import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
@@ -19,7 +20,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from structlog.testing import capture_logs
 
 from adapters.embedded_broker import EmbeddedBroker
@@ -40,8 +43,8 @@ from bus.messages import (
     TradingStateChanged,
     Verdict,
 )
-from bus.errors import MqttNotConnected
-from bus.mqtt import MqttBridge, backoff_delay
+from bus.errors import MqttError, MqttNotConnected
+from bus.mqtt import MqttBridge, _paho, backoff_delay
 from config.settings import Settings
 from tests.fixtures.mosquitto import MosquittoServer
 
@@ -257,13 +260,215 @@ async def test_overloaded_intake_is_rejected_with_overloaded(mosquitto: Mosquitt
     await bus.close()
 
 
-async def test_stop_intake_unsubscribes_proposals(rig: Rig) -> None:
-    await rig.bridge.stop_intake()
-    await rig.agent.propose("alpha", VALID | {"proposal_id": "late"})
-    # the control topic is still served: its command proves the proposal was not delivered
-    await rig.agent.publish(f"{PREFIX}/control", b'{"action": "halt", "reason": "marker"}')
-    assert (await rig.controls.next()).reason == "marker"
-    assert rig.proposals.queue.empty()
+async def test_stop_intake_defers_proposals_to_the_next_session(mosquitto: MosquittoServer) -> None:
+    """After stop_intake() a proposal is neither taken in nor acknowledged, and the subscription
+    stays: it and the ones published while the daemon is away come with the next session."""
+    settings = make_settings(mqtt_client_id="bracketgate-stop")
+    bus1 = Bus()
+    first_sink, controls = Sink(bus1, TradeProposal), Sink(bus1, ControlCommand)
+    await bus1.start()
+    async with Agent(mosquitto.url) as agent:
+        async with MqttBridge(settings, bus1, url=mosquitto.url) as first:
+            await first.wait_connected(WAIT)
+            await first.stop_intake()
+            await agent.propose("alpha", VALID | {"proposal_id": "late"})
+            # the control topic is still served: its command proves the proposal was read
+            await agent.publish(f"{PREFIX}/control", b'{"action": "halt", "reason": "marker"}')
+            assert (await controls.next()).reason == "marker"
+            assert first.counters["deferred"] == 1
+        assert first_sink.queue.empty()
+        await bus1.close()
+        await agent.propose("alpha", VALID | {"proposal_id": "while-down"})
+    bus2 = Bus()
+    sink = Sink(bus2, TradeProposal)
+    await bus2.start()
+    async with MqttBridge(settings, bus2, url=mosquitto.url) as second:
+        await second.wait_connected(WAIT)
+        got = [(await sink.next()).proposal_id for _ in range(2)]
+        assert got == ["late", "while-down"]
+        with pytest.raises(TimeoutError):  # each exactly once
+            await sink.next(timeout=0.3)
+    await bus2.close()
+
+
+# --------------------------------------------------------------------------- acknowledgement
+
+
+class Broker:
+    """A bare paho client with manual acknowledgement: what mosquitto itself does."""
+
+    def __init__(self, url: str, client_id: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 1883
+        self.client_id = client_id
+        self.got: list[tuple[int, bool, bytes]] = []  # (mid, dup, payload)
+        self._arrived = threading.Condition()
+        self._client: paho.Client | None = None
+
+    def connect(self) -> paho.Client:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             clean_session=False, manual_ack=True)
+        subscribed = threading.Event()
+        client.on_message = self._on_message
+        client.on_subscribe = lambda *a: subscribed.set()
+        client.connect(self.host, self.port)
+        client.loop_start()
+        client.subscribe("ack/#", qos=1)
+        assert subscribed.wait(WAIT)
+        self._client = client
+        return client
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        with self._arrived:
+            self.got.append((msg.mid, bool(msg.dup), msg.payload))
+            self._arrived.notify_all()
+
+    def wait(self, count: int) -> list[tuple[int, bool, bytes]]:
+        with self._arrived:
+            assert self._arrived.wait_for(lambda: len(self.got) >= count, WAIT), self.got
+            got, self.got = self.got[:count], self.got[count:]
+            return got
+
+    def disconnect(self) -> None:
+        assert self._client is not None
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def publish_qos1(url: str, topic: str, *payloads: bytes) -> None:
+    parts = urlsplit(url)
+    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="ack-publisher")
+    pub.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
+    pub.loop_start()
+    try:
+        for payload in payloads:
+            pub.publish(topic, payload, qos=1).wait_for_publish(WAIT)
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+
+
+def test_mosquitto_redelivers_unacknowledged_qos1_with_dup(mosquitto: MosquittoServer) -> None:
+    """What the bridge relies on: a persistent session's unacknowledged QoS 1 messages come
+    again, DUP set, on the next connection — also after the broker restarts — and acknowledged
+    ones never do. (Not within a connection: MQTT 3.1.1 resends only on reconnect.)"""
+    sub = Broker(mosquitto.url, "ack-sub")
+    client = sub.connect()
+    publish_qos1(mosquitto.url, "ack/x", b"m0", b"m1", b"m2")
+    first = sub.wait(3)
+    assert [(dup, p) for _, dup, p in first] == [(False, b"m0"), (False, b"m1"), (False, b"m2")]
+    client.ack(first[0][0], 1)
+    sub.disconnect()  # a clean DISCONNECT: the session (and m1, m2 in flight) stays
+
+    client = sub.connect()
+    again = sub.wait(2)
+    assert [(dup, p) for _, dup, p in again] == [(True, b"m1"), (True, b"m2")]
+    client.ack(again[0][0], 1)  # m1 done; m2 still unacknowledged ...
+    sub.disconnect()
+    mosquitto.restart()  # ... and kept in the broker's persistence across a restart
+
+    client = sub.connect()
+    (last,) = sub.wait(1)
+    assert last[1:] == (True, b"m2")
+    client.ack(last[0], 1)
+    sub.disconnect()
+    client = sub.connect()
+    publish_qos1(mosquitto.url, "ack/x", b"m3")
+    assert [p for _, _, p in sub.wait(1)] == [b"m3"]  # nothing acknowledged came back
+    sub.disconnect()
+
+
+async def test_paho_client_reached_for_manual_ack() -> None:
+    """Fails when aiomqtt stops keeping its paho client in `_client` (see bus/mqtt.py `_paho`)."""
+    bridge = MqttBridge(make_settings(), Bus(), url="mqtt://127.0.0.1:1")
+    client = bridge._make_client()
+    inner = _paho(client)
+    assert isinstance(inner, paho.Client)
+    assert inner._manual_ack is True  # paho's flag behind manual_ack_set(True)
+    assert callable(inner.ack) and callable(inner.manual_ack_set)  # paho's public API
+
+    class Renamed:
+        _paho_client = inner
+
+    with pytest.raises(MqttError, match="manual acknowledgement"):
+        _paho(Renamed())  # type: ignore[arg-type]
+
+
+async def test_proposal_acknowledged_only_once_the_hook_made_it_durable(
+        mosquitto: MosquittoServer) -> None:
+    settings = make_settings(mqtt_client_id="bracketgate-hook")
+    entered, release = asyncio.Event(), asyncio.Event()
+    calls: list[str] = []
+
+    async def slow_journal(p: TradeProposal) -> None:
+        calls.append(p.proposal_id)
+        entered.set()
+        await release.wait()
+
+    bus1 = Bus()
+    await bus1.start()
+    async with Agent(mosquitto.url) as agent:
+        async with MqttBridge(settings, bus1, url=mosquitto.url, on_proposal=slow_journal) as first:
+            await first.wait_connected(WAIT)
+            await agent.propose("alpha", VALID | {"proposal_id": "held"})
+            await entered.wait()
+        # closed while the hook ran: not acknowledged, so the broker still holds it
+        await bus1.close()
+
+        async def journal(p: TradeProposal) -> None:
+            calls.append(p.proposal_id)
+
+        bus2 = Bus()
+        sink = Sink(bus2, TradeProposal)
+        await bus2.start()
+        async with MqttBridge(settings, bus2, url=mosquitto.url, on_proposal=journal) as second:
+            await second.wait_connected(WAIT)
+            assert (await sink.next()).proposal_id == "held"
+            await agent.propose("alpha", b"garbage")  # acknowledged after its answer is queued
+            assert (await agent.next_json(f"{PREFIX}/decisions/alpha"))["verdict"] == "invalid"
+        await bus2.close()
+        assert calls == ["held", "held"]
+
+        bus3 = Bus()
+        sink = Sink(bus3, TradeProposal)
+        await bus3.start()
+        async with MqttBridge(settings, bus3, url=mosquitto.url, on_proposal=journal) as third:
+            await third.wait_connected(WAIT)
+            await agent.propose("alpha", VALID | {"proposal_id": "marker"})
+            assert (await sink.next()).proposal_id == "marker"  # nothing acknowledged came back
+        await bus3.close()
+        assert agent.pending(f"{PREFIX}/decisions/alpha") == 0
+    assert calls == ["held", "held", "marker"]
+
+
+async def test_failing_hook_gets_the_proposal_redelivered(mosquitto: MosquittoServer) -> None:
+    failures = ["journal is full"]
+    calls: list[str] = []
+
+    async def flaky_journal(p: TradeProposal) -> None:
+        calls.append(p.proposal_id)
+        if failures:
+            raise OSError(failures.pop())
+
+    bus = Bus()
+    sink = Sink(bus, TradeProposal)
+    await bus.start()
+    with capture_logs() as logs:
+        async with Agent(mosquitto.url) as agent, \
+                MqttBridge(make_settings(mqtt_client_id="bracketgate-flaky"), bus,
+                           url=mosquitto.url, on_proposal=flaky_journal) as bridge:
+            await bridge.wait_connected(WAIT)
+            await agent.propose("alpha", VALID | {"proposal_id": "flaky"})
+            assert (await sink.next()).proposal_id == "flaky"
+            await bridge.wait_connected(WAIT)  # the redelivery may come before the SUBACKs
+            assert bridge.counters["not_durable"] == 1 and bridge.counters["connects"] == 2
+            with pytest.raises(TimeoutError):
+                await sink.next(timeout=0.3)
+    await bus.close()
+    assert calls == ["flaky", "flaky"]
+    (failed,) = [e for e in logs if e["event"] == "proposal_not_durable"]
+    assert failed["code"] == "NOT_DURABLE" and failed["proposal_id"] == "flaky"
+    assert "journal is full" in failed["error"]
 
 
 # --------------------------------------------------------------------------- outbound
@@ -405,6 +610,10 @@ async def test_retained_control_is_not_replayed_on_reconnect(rig: Rig) -> None:
     # a retained command is acted on once, live; its replay after a reconnect is ignored
     await rig.agent.publish(f"{PREFIX}/control", b'{"action": "reduce", "reason": "sticky"}', retain=True)
     assert (await rig.controls.next()).reason == "sticky"
+    # acknowledged once handled, one loop turn later: a later message through proves it was sent
+    # (else the broker would redeliver the live copy, DUP, and no longer flagged retained)
+    await rig.agent.propose("alpha", VALID | {"proposal_id": "barrier"})
+    assert (await rig.proposals.next()).proposal_id == "barrier"
     with capture_logs() as logs:
         sever(rig.bridge)
         await rig.bridge.wait_disconnected(WAIT)
