@@ -627,6 +627,10 @@ class IBBroker:
             now = self._clock.now()
             self._ts["positions"] = self._ts["account"] = now
             self._synced.update({"positions", "account"})
+            if code == 1102 and self.pnl().known:
+                # data maintained: the reqPnL subscription lives on; the heartbeat may vouch for it again
+                self._synced.add("pnl")
+                self._ts["pnl"] = now
             self.reconciled = True
             self._set_state(ConnectionState.READY, code=code, message="resynced")
             self._ready.set()

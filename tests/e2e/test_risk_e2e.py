@@ -234,11 +234,6 @@ async def test_connectivity_lost_1100_rejects_until_1102(mosquitto, paper_tws_pr
     assert ("connectivity_lost", 1100) in states and ("ready", 1102) in states, states
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "adapters/ib.py: error 1100 clears IBBroker._synced and the 1102 resync ('data maintained') "
-    "adds back only positions and account, not pnl, so the heartbeat stops refreshing the P&L "
-    "stamp: in a quiet market every proposal is rejected SNAPSHOT_STALE max_snapshot_age_s "
-    "after a 1100/1102 blip, until some P&L update happens to arrive"))
 async def test_pnl_stays_fresh_after_1102(mosquitto, paper_tws_process, tmp_path):
     tws = paper_tws_process
     limits = write_limits(tmp_path / "limits.toml", {"max_snapshot_age_s": 3.0})  # heartbeat 2 s
