@@ -1,8 +1,9 @@
 """The daemon: assembles bus, broker, journal, agents and the MQTT bridge, runs until a signal.
 
 Start order: embedded venues (default mode) -> bus -> journal -> IB connection -> agents ->
-MQTT bridge -> status online. SIGINT/SIGTERM: stop intake, finish placements in flight, drain
-the bus, publish status offline, close everything, exit 0. SIGHUP: reload the limits file.
+MQTT bridge -> status online. SIGINT/SIGTERM: stop intake (later proposals stay unacknowledged
+in the broker's session for the next start), decide the ones taken in, finish placements in
+flight, drain the bus, publish status offline, close everything, exit 0. SIGHUP: reload limits.
 Exit codes: 0 clean stop, 2 configuration error, 3 IB unreachable, 4 MQTT broker unreachable.
 """
 
@@ -141,7 +142,16 @@ class Daemon:
             await monitor.start()
             stack.push_async_callback(monitor.stop)
 
-            bridge = MqttBridge(s, bus, self.clock, url=self.mqtt_url)
+            from core.recovery import restore_from_journal
+
+            # earlier runs' decisions (idempotency) and fills (per-agent attribution); the
+            # proposals journaled (so acknowledged to the broker) but never decided come back
+            undecided = await restore_from_journal(journal, governor, self.clock)
+
+            # a proposal is acknowledged to the broker only once journaled (FULL), see bus/mqtt.py
+            bridge = MqttBridge(s, bus, self.clock, url=self.mqtt_url,
+                                on_proposal=_journal_proposal(journal),
+                                on_decision=_journal_decision(journal))
             try:
                 await stack.enter_async_context(bridge)
                 await bridge.wait_connected(timeout=s.ib_connect_timeout)
@@ -149,6 +159,8 @@ class Daemon:
                 log.error("mqtt_unreachable", error=str(e), code=e.code, url=_safe_url(self.mqtt_url))
                 print(f"bracketgate: MQTT broker unreachable: {e}", file=sys.stderr)
                 return EXIT_MQTT
+            for proposal in undecided:
+                await bridge.resubmit(proposal)  # acknowledged, then the daemon died: decide now
 
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -166,6 +178,8 @@ class Daemon:
             log.info("stopping", reason="signal")
             await bus.publish(self.status("stopping"))
             await _step("stop_intake", bridge.stop_intake(), 6.0)
+            # acknowledged proposals are decided before we go (or resubmitted at the next start)
+            await _step("proposals_queued", _drain(bus, 5.0), 6.0)
             await _step("governor_in_flight", governor.aclose(), 10.0)
             await _step("placements_in_flight", execution.wait_idle(10.0), 11.0)
             try:
@@ -279,14 +293,42 @@ async def _step(name: str, aw: Any, timeout: float) -> None:
         log.warning("shutdown_step_timeout", step=name, timeout_s=timeout)
 
 
+async def _drain(bus: Any, timeout: float) -> None:
+    from bus.errors import DrainTimeout
+
+    try:
+        await bus.drain(timeout)
+    except DrainTimeout as e:
+        log.warning("bus_drain_incomplete", error=str(e))
+
+
+def _journal_proposal(journal: Any) -> Any:
+    """The bridge's on_proposal hook: the proposal is journaled durably (FULL) before the broker
+    is told it arrived; once per proposal_id (the broker and agents may deliver it again; the
+    bridge takes proposals in one at a time, so the look-up and the write cannot interleave)."""
+
+    async def on_proposal(p: TradeProposal) -> None:
+        if not await journal.events(proposal_id=p.proposal_id, kinds="proposal", limit=1):
+            await journal.record("proposal", proposal_id=p.proposal_id, agent_id=p.agent_id,
+                                 payload=p, durable=True)
+
+    return on_proposal
+
+
+def _journal_decision(journal: Any) -> Any:
+    """The bridge's on_decision hook: every decision is journaled (FULL, a DURABLE_KIND) before
+    it is published, so a restart answers a repeat with the very decision the agent saw."""
+
+    async def on_decision(d: RiskDecision) -> None:
+        await journal.record("decision", proposal_id=d.proposal_id, agent_id=d.agent_id, payload=d)
+
+    return on_decision
+
+
 def _attach_journal(bus: Any, journal: Any) -> None:
-    """Proposals, decisions and trading-state changes go to the journal as they cross the bus."""
-
-    async def proposal(msg: TradeProposal) -> None:
-        await journal.record("proposal", proposal_id=msg.proposal_id, agent_id=msg.agent_id, payload=msg)
-
-    async def decision(msg: RiskDecision) -> None:
-        await journal.record("decision", proposal_id=msg.proposal_id, agent_id=msg.agent_id, payload=msg)
+    """Trading-state changes and control commands go to the journal as they cross the bus
+    (proposals and decisions are journaled by the MQTT bridge's hooks, before they are
+    acknowledged or published: `_journal_proposal`, `_journal_decision`)."""
 
     async def state(msg: TradingStateChanged) -> None:
         await journal.record("trading_state", payload=msg)
@@ -294,8 +336,6 @@ def _attach_journal(bus: Any, journal: Any) -> None:
     async def control(msg: ControlCommand) -> None:
         await journal.record("note", payload={"control": msg.model_dump(mode="json")})
 
-    bus.subscribe(TradeProposal, proposal, name="journal.proposals")
-    bus.subscribe(RiskDecision, decision, name="journal.decisions")
     bus.subscribe(TradingStateChanged, state, name="journal.state")
     bus.subscribe(ControlCommand, control, name="journal.control")
     _ = (Fill, OrderEvent)  # fills and order events are journaled by the ExecutionAgent
