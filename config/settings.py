@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     ib_account: str | None = None
     ib_live: bool = False                            # explicit opt-in for live ports
     ib_connect_timeout: float = Field(10.0, gt=0)
+    ib_reconnect_max_s: float = Field(0.5, gt=0, le=60)   # cap of the reconnect backoff
+    # an entry filled while its stop is not working at IB: protective stop, flatten, or alert only
+    unprotected_fill_action: Literal["protect", "flatten", "alert"] = "protect"
 
     # --- MQTT
     mqtt_url: str | None = None                      # None = embedded broker on loopback
