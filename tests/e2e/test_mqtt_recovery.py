@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 
+from adapters.journal import Journal
+from bus.messages import TradeProposal
 from tests.fixtures.daemon import REPO, DaemonProcess
-from tests.fixtures.resilient_agent import ResilientAgent, roomy_limits
+from tests.fixtures.resilient_agent import ResilientAgent, bracket, roomy_limits
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
 
@@ -60,6 +62,16 @@ async def journaled_proposals(tmp: Path) -> Counter[str]:
     out, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0, err.decode()
     return Counter(json.loads(line)["proposal_id"] for line in out.decode().splitlines())
+
+
+async def journal_undecided(path: Path, agent_id: str, pid: str) -> None:
+    """What a daemon killed between acknowledging a proposal and deciding it leaves behind."""
+    journal = await Journal.open(path)
+    try:
+        await journal.record("proposal", proposal_id=pid, agent_id=agent_id, durable=True,
+                             payload=TradeProposal.model_validate(bracket(pid) | {"agent_id": agent_id}))
+    finally:
+        await journal.close()
 
 
 async def test_broker_restarts_lose_and_double_nothing(mosquitto, paper_tws_process, tmp_path):
@@ -107,7 +119,8 @@ async def test_proposals_published_while_the_daemon_is_down_are_decided(mosquitt
 
     d = await spawn()
     prefix = d.prefix   # the same MQTT client id (bg-{prefix}) and journal file every time
-    up, stopped, killed = ["up-0"], [f"stopped-{i}" for i in range(5)], [f"killed-{i}" for i in range(5)]
+    up, stopped = ["up-0"], [f"stopped-{i}" for i in range(5)]
+    killed = [f"killed-{i}" for i in range(5)]
     try:
         async with ResilientAgent(mosquitto.url, prefix) as agent:
             agent.propose("up-0")
@@ -124,15 +137,17 @@ async def test_proposals_published_while_the_daemon_is_down_are_decided(mosquitt
             for pid in killed:
                 agent.propose(pid)
             await agent.wait(lambda: not agent.unacked)
+            # and one the dead daemon had journaled — so acknowledged — but not yet decided
+            await journal_undecided(tmp_path / "journal.sqlite", "alpha", "acked-0")
             d = await spawn(prefix)
-            await agent.decided(killed)
+            await agent.decided(killed + ["acked-0"])
 
             # an agent re-publishing after the restarts gets the first decision, no new order
             before = {p: len(agent.decisions[p]) for p in ("up-0", "stopped-0", "killed-0")}
             for pid in before:
                 agent.propose(pid)
             await agent.wait(lambda: all(len(agent.decisions[p]) > n for p, n in before.items()))
-            pids = up + stopped + killed
+            pids = up + stopped + killed + ["acked-0"]
             first = one_verdict_each(agent, pids)
             assert {first[p]["verdict"] for p in pids} == {"approved"}, first
             await orders_once(tws, first)
