@@ -316,6 +316,7 @@ class RiskGovernor:
         self._bus: Bus | None = None
         self._whatif: WhatIf | None = None
         self._prepare: Prepare | None = None
+        self._order_msgs_per_bracket = ORDER_MSGS_PER_BRACKET
         now = clock.monotonic()
         self._proposal_bucket = TokenBucket(limits.max_proposals_per_s, limits.proposal_burst, now)
         self._order_bucket = TokenBucket(limits.max_order_msgs_per_s, limits.max_order_msgs_per_s, now)
@@ -600,6 +601,7 @@ class RiskGovernor:
         c.agent_exposure = exposure
         c.proposal_rate_denied = rate_denied
         c.order_tokens = self._order_bucket.available(mono)
+        c.order_msgs_needed = self._order_msgs_per_bracket
 
         reasons = []
         for rule in RULES:
@@ -613,7 +615,7 @@ class RiskGovernor:
         return px or 0.0
 
     def _reserve(self, p: TradeProposal, c: RuleContext, now: datetime) -> None:
-        self._order_bucket.take(self._clock.monotonic(), ORDER_MSGS_PER_BRACKET)
+        self._order_bucket.take(self._clock.monotonic(), self._order_msgs_per_bracket)
         self._multipliers[p.symbol] = c.multiplier
         self.ledger.reserve(Reservation(
             proposal_id=p.proposal_id, agent_id=p.agent_id, symbol=p.symbol, sign=c.sign,
@@ -793,6 +795,8 @@ class RiskGovernor:
         self._bus = bus
         self._whatif = whatif
         self._prepare = prepare
+        # an IB what-if is an order message too (placeOrder with whatIf=1)
+        self._order_msgs_per_bracket = ORDER_MSGS_PER_BRACKET + (1 if whatif is not None else 0)
         bus.subscribe(TradeProposal, self._on_proposal_msg, name="risk", maxsize=intake_maxsize,
                       overflow=Overflow.REJECT)
         bus.subscribe(PortfolioSnapshot, self._on_snapshot_msg, name="risk", maxsize=4,

@@ -97,7 +97,7 @@ class RuleContext:
         "gross_exposure", "net_exposure",
         "open_brackets", "open_worst_case", "agent_open_brackets", "agent_worst_case",
         "agent_realized", "agent_exposure", "agent_position_notional",
-        "proposal_rate_denied", "order_tokens",
+        "proposal_rate_denied", "order_tokens", "order_msgs_needed",
     )
 
     def __init__(self, **kw: Any) -> None:
@@ -139,6 +139,7 @@ class RuleContext:
     agent_position_notional: float  # the agent's signed position notional in this symbol
     proposal_rate_denied: tuple[str, float] | None   # (bucket, its rate) if out of tokens
     order_tokens: float
+    order_msgs_needed: int          # 3 legs, + 1 when a what-if precedes them
 
 
 Rule = Callable[[RuleContext], Reason | None]
@@ -419,10 +420,11 @@ def rule_rates(c: RuleContext) -> Reason | None:
     if c.proposal_rate_denied is not None:
         bucket, rate = c.proposal_rate_denied
         return deny(D.RATE_LIMITED, rate, bucket, field="proposals_per_s")
-    if c.order_tokens < ORDER_MSGS_PER_BRACKET:
+    needed = c.order_msgs_needed or ORDER_MSGS_PER_BRACKET
+    if c.order_tokens < needed:
         return deny(D.RATE_LIMITED, c.limits.max_order_msgs_per_s, round(c.order_tokens, 3),
                     field="order_msgs_per_s",
-                    detail=f"a bracket needs {ORDER_MSGS_PER_BRACKET} order messages")
+                    detail=f"a bracket needs {needed} order messages")
     return None
 
 

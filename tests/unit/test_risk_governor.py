@@ -630,3 +630,24 @@ async def test_200_proposals_through_the_bus_intake_queue() -> None:
         assert len(h.brackets) == 10
     finally:
         await h.close()
+
+
+def test_order_message_budget_counts_the_whatif():
+    """With IB what-if configured a bracket costs 4 order messages (what-if + 3 legs): at 8/s
+    exactly two brackets fit in one second, not two and two thirds."""
+    async def whatif(_b):
+        return {"init_margin_change": 1.0}
+
+    for configured, admitted in ((None, 2), (whatif, 2)):
+        gov, clock = governor(open_limits(max_order_msgs_per_s=8.0))
+        gov.attach(Bus(), whatif=configured)
+        snap = snapshot(clock)
+        verdicts = [gov.evaluate(proposal(f"p{i}", agent=f"a{i}"), snap).verdict for i in range(3)]
+        assert verdicts.count(Verdict.APPROVED) == admitted
+    # at 7/s: 3-message brackets admit two, 4-message brackets only one
+    for configured, admitted in ((None, 2), (whatif, 1)):
+        gov, clock = governor(open_limits(max_order_msgs_per_s=7.0))
+        gov.attach(Bus(), whatif=configured)
+        snap = snapshot(clock)
+        verdicts = [gov.evaluate(proposal(f"q{i}", agent=f"b{i}"), snap).verdict for i in range(3)]
+        assert verdicts.count(Verdict.APPROVED) == admitted, configured
