@@ -66,7 +66,8 @@ async def run_phase(name: str, mqtt_url: str, prefix: str, count: int, rate: flo
         await asyncio.gather(stream(), restart_broker())
         with contextlib.suppress(AssertionError):  # a timeout: what is missing is counted as lost
             await agent.decided(pids, timeout=settle)
-    latencies = [(agent.decided_at[p] - agent.proposed_at[p]) * 1000 for p in pids if p in agent.decided_at]
+    latencies = [(agent.decided_at[p] - agent.proposed_at[p]) * 1000
+                 for p in pids if p in agent.decided_at]
     first = {p: agent.decisions[p][0] for p in pids if p in agent.decisions}
     return {
         "name": name, "pids": pids, "first": first,
@@ -83,8 +84,8 @@ async def run_phase(name: str, mqtt_url: str, prefix: str, count: int, rate: flo
 
 async def journaled(journal: Path) -> Counter[str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(REPO / "run.py"), "journal", "--path", str(journal), "--kind", "proposal",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable, str(REPO / "run.py"), "journal", "--path", str(journal),
+        "--kind", "proposal", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(err.decode())
@@ -108,7 +109,8 @@ async def main() -> int:
     ap.add_argument("--restarts", type=int, default=20)
     ap.add_argument("--rate", type=float, default=10.0, help="proposals per second")
     ap.add_argument("--interval", type=float, default=0.8, help="seconds between restarts")
-    ap.add_argument("--settle", type=float, default=60.0, help="seconds to wait for the last decisions")
+    ap.add_argument("--settle", type=float, default=60.0,
+                    help="seconds to wait for the last decisions")
     args = ap.parse_args()
     binary = shutil.which(MOSQUITTO_BINARY) or shutil.which("mosquitto")
     if binary is None:
@@ -159,12 +161,11 @@ async def main() -> int:
         print(f"{ph['name']:<9} {len(ph['pids']):>4} {ph['verdicts']['approved']:>8} "
               f"{ph['verdicts']['rejected']:>8} {len(ph['lost']):>4} {len(ph['differing']):>6} "
               f"{twice:>9} {extra:>8} {missing:>7} {ph['repeats']:>7} {dup_in:>6} "
-              f"{ph['republished']:>6} {p50:>8.1f} {p99:>8.1f} {max(lat, default=float('nan')):>8.1f}")
-        if ph["codes"]:
-            print(f"{'':<9} rejection codes: {dict(ph['codes'])}; agent reconnects: {ph['reconnects']}; "
-                  f"mean {statistics.fmean(lat):.1f} ms")
-        else:
-            print(f"{'':<9} agent reconnects: {ph['reconnects']}; mean {statistics.fmean(lat):.1f} ms")
+              f"{ph['republished']:>6} {p50:>8.1f} {p99:>8.1f} "
+              f"{max(lat, default=float('nan')):>8.1f}")
+        codes = f"rejection codes: {dict(ph['codes'])}; " if ph["codes"] else ""
+        print(f"{'':<9} {codes}agent reconnects: {ph['reconnects']}; "
+              f"mean {statistics.fmean(lat):.1f} ms")
     base, chaos = figures["baseline"], figures["restarts"]
     print(f"restarts / baseline: p50 x{chaos[0] / base[0]:.1f}, p99 x{chaos[1] / base[1]:.1f}")
     print("repeats = identical decisions received again; dup_in = proposals the daemon took in "

@@ -274,8 +274,9 @@ class MqttBridge:
         self._outbox_idle.set()
         self._portfolio = _Latest(self.topics.portfolio, 0, True, settings.portfolio_publish_interval)
         self._status = _Latest(self.topics.status, 1, True, 0.0)
-        self.counters = {"proposals": 0, "invalid": 0, "overloaded": 0, "deferred": 0, "not_durable": 0, "controls": 0, "published": 0,
-                         "outbox_dropped": 0, "connects": 0}
+        self.counters = {"proposals": 0, "invalid": 0, "overloaded": 0, "deferred": 0,
+                         "not_durable": 0, "controls": 0, "published": 0, "outbox_dropped": 0,
+                         "connects": 0}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -446,7 +447,8 @@ class MqttBridge:
             workers += [
                 asyncio.create_task(self._write_outbox(client), name="mqtt-outbox"),
                 asyncio.create_task(self._write_latest(client, self._status), name="mqtt-status"),
-                asyncio.create_task(self._write_latest(client, self._portfolio), name="mqtt-portfolio"),
+                asyncio.create_task(self._write_latest(client, self._portfolio),
+                                    name="mqtt-portfolio"),
             ]
             closing = asyncio.create_task(self._closing.wait(), name="mqtt-closing")
             done, _ = await asyncio.wait([*workers, closing], return_when=asyncio.FIRST_COMPLETED)
@@ -614,7 +616,7 @@ class MqttBridge:
         if message.qos == 0:
             return
         rc = _paho(client).ack(message.mid, message.qos)
-        if rc != paho.MQTT_ERR_SUCCESS:  # the connection is gone: the broker delivers it again
+        if rc != paho.MQTT_ERR_SUCCESS:  # paho could not queue it: the broker delivers it again
             log.info("mqtt_ack_not_sent", topic=message.topic.value, mid=message.mid,
                      code=_rc_value(rc))
 
