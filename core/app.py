@@ -116,12 +116,14 @@ class Daemon:
                 host=self.ib_host, port=int(self.ib_port), client_id=s.ib_client_id,
                 account=s.ib_account or "", publish=bus.publish, clock=self.clock,
                 connect_timeout=s.ib_connect_timeout, live_ok=s.ib_live,
+                backoff_cap=s.ib_reconnect_max_s,
             )
             self.broker = broker
             broker.mark_executions_seen(await journal.exec_ids())
             monitor = PortfolioMonitor(bus, broker, clock=self.clock)
             monitor.attach()
-            execution = ExecutionAgent(bus, broker, journal=journal, clock=self.clock)
+            execution = ExecutionAgent(bus, broker, journal=journal, clock=self.clock,
+                                       guard_action=s.unprotected_fill_action)
             execution.attach()
             # recovery: earlier runs' intents give attribution and the ids never to reuse;
             # the book is rebuilt from IB (by orderRef) before the broker reports READY
@@ -169,6 +171,7 @@ class Daemon:
             loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
 
             await bus.publish(self.status("online"))
+            self._follow_status(bus)
             log.info("ready", startup_ms=round((time.monotonic() - self.started_at) * 1000, 1),
                      prefix=s.mqtt_prefix, trading_state=str(governor.state))
 
@@ -195,6 +198,20 @@ class Daemon:
                 loop.remove_signal_handler(sig)
         log.info("stopped", working_orders_stay_at_ib=True)
         return EXIT_OK
+
+    def _follow_status(self, bus: Any) -> None:
+        """The retained {prefix}/status follows the trading state and the IB connection."""
+        from bus.messages import BrokerConnection
+
+        async def republish(_msg: Any) -> None:
+            if self.stop_event.is_set():
+                return  # stopping / offline are published by the shutdown sequence
+            ready = self.broker.state is ConnectionState.READY
+            await bus.publish(self.status("online" if ready else "degraded",
+                                          None if ready else f"IB {self.broker.state.value}"))
+
+        bus.subscribe(TradingStateChanged, republish, name="status")
+        bus.subscribe(BrokerConnection, republish, name="status")
 
     def _endpoints_path(self) -> Any:
         return self.settings.data_dir / "endpoints.json"
