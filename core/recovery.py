@@ -16,13 +16,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bus.messages import Fill, RiskDecision, TradeProposal, Verdict
+from bus.messages import DenialCode, Fill, RiskDecision, TradeProposal, Verdict
 from core.clock import Clock
 from core.logs import get_logger
 
 log = get_logger("core.recovery")
 
 LOOKBACK = timedelta(hours=36)   # a trading day and the night around it
+
+
+def _transport_refusal(d: RiskDecision) -> bool:
+    """The bridge's own OVERLOADED answer is not the gate's decision: a retry after a restart
+    must be decided, not refused forever."""
+    return bool(d.reasons) and all(r.code is DenialCode.OVERLOADED for r in d.reasons)
 
 
 async def restore_from_journal(journal: Any, governor: Any, clock: Clock) -> list[TradeProposal]:
@@ -41,7 +47,7 @@ async def restore_from_journal(journal: Any, governor: Any, clock: Clock) -> lis
                 proposals.setdefault(p.proposal_id, p)
             elif kind == "decision":
                 d = RiskDecision.model_validate(payload)
-                if d.proposal_id and d.verdict is not Verdict.INVALID:
+                if d.proposal_id and d.verdict is not Verdict.INVALID and not _transport_refusal(d):
                     decisions.setdefault(d.proposal_id, d)   # the first decision is the decision
             elif kind == "fill":
                 governor.on_fill(Fill.model_validate(payload))
