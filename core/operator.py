@@ -57,18 +57,26 @@ async def submit(proposal: dict[str, Any], agent_id: str, timeout: float) -> tup
     async with _client(broker_url(), f"bg-submit-{uuid.uuid4().hex[:8]}") as client:
         await client.subscribe(topic_dec, qos=1)
         await client.publish(f"{prefix()}/proposals/{agent_id}", json.dumps(proposal), qos=1)
-        try:
-            async with asyncio.timeout(timeout):
-                async for msg in client.messages:
-                    try:
-                        decision = json.loads(msg.payload)
-                    except ValueError:
-                        continue
-                    if decision.get("proposal_id") == pid:
-                        return (0 if decision.get("verdict") == "approved" else 1), decision
-        except TimeoutError:
-            return 3, None
-    return 3, None
+        decision = await _first_json(client, lambda d: d.get("proposal_id") == pid, timeout)
+    if decision is None:
+        return 3, None
+    return (0 if decision.get("verdict") == "approved" else 1), decision
+
+
+async def _first_json(client: aiomqtt.Client, pred: Any, timeout: float) -> dict[str, Any] | None:
+    """The first JSON object received that satisfies `pred`, or None after `timeout`."""
+    try:
+        async with asyncio.timeout(timeout):
+            async for msg in client.messages:
+                try:
+                    obj = json.loads(msg.payload)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict) and pred(obj):
+                    return obj
+    except TimeoutError:
+        pass
+    return None
 
 
 async def control(action: str, reason: str, timeout: float) -> tuple[int, dict[str, Any] | None]:
@@ -76,22 +84,14 @@ async def control(action: str, reason: str, timeout: float) -> tuple[int, dict[s
         await client.subscribe(f"{prefix()}/events", qos=1)
         await client.publish(f"{prefix()}/control", json.dumps({"action": action, "reason": reason}), qos=1)
         want = {"halt": "HALTED", "reduce": "REDUCING", "resume": "ACTIVE"}[action]
-        try:
-            async with asyncio.timeout(timeout):
-                async for msg in client.messages:
-                    try:
-                        ev = json.loads(msg.payload)
-                    except ValueError:
-                        continue
-                    if ev.get("new") == want:
-                        return 0, ev
-        except TimeoutError:
-            # no change event: the state may already be the wanted one; report status
-            code, st = await status(2.0)
-            if st and (st.get("status") or {}).get("trading_state") == want:
-                return 0, st
-            return 3, st
-    return 3, None
+        ev = await _first_json(client, lambda e: e.get("new") == want, timeout)
+    if ev is not None:
+        return 0, ev
+    # no change event: the state may already be the wanted one; report status
+    _, st = await status(2.0)
+    if st and (st.get("status") or {}).get("trading_state") == want:
+        return 0, st
+    return 3, st
 
 
 async def status(timeout: float) -> tuple[int, dict[str, Any] | None]:
