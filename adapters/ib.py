@@ -79,6 +79,16 @@ class DuplicateOrderRefError(PlacementError):
         self.order_ids = order_ids
 
 
+class PlacementUncertain(PlacementError):
+    """The connection dropped after the bracket was written and before IB acknowledged it:
+    IB may have all, some (untransmitted: the transmit flag rides on the last leg) or none of
+    the legs. Only the next connect's reconcile can tell; never report such a bracket placed."""
+
+    def __init__(self, order_ref: str, message: str) -> None:
+        super().__init__(message, code="PLACEMENT_UNCERTAIN")
+        self.order_ref = order_ref
+
+
 # --------------------------------------------------------------------------- error codes
 
 
@@ -250,6 +260,7 @@ class IBBroker:
         self._reconcile_hooks: list[ReconcileHook] = []
         self._connect_errors: list[tuple[int, str]] = []
         self._order_errors: dict[int, tuple[int, str]] = {}   # orderId -> last (code, message)
+        self._ack_waiters: set[Callable[[], None]] = set()      # placements waiting for IB's ack
         self._max_order_id = 0
 
         self._contracts: dict[tuple, ResolvedContract] = {}
@@ -573,6 +584,8 @@ class IBBroker:
         self._synced.clear()
         self._set_state(ConnectionState.DISCONNECTED, message="socket closed")
         self._disconnected.set()
+        for lost in list(self._ack_waiters):  # their acks died with the socket
+            lost()
 
     def _on_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
         kind = classify_error(code)
@@ -832,17 +845,43 @@ class IBBroker:
             contract = self._ib_contracts[resolved.con_id]
         ids = ids or self.allocate_bracket_ids()
         orders = self._bracket_orders(bracket, (ids.entry, ids.take_profit, ids.stop_loss))
-        trades = [self.ib.placeOrder(contract, o) for o in orders]
+        trades = []
+        try:
+            for o in orders:
+                trades.append(self.ib.placeOrder(contract, o))
+        except ConnectionError as e:  # the socket closed under us (ib_async raises before sending)
+            if not trades:
+                raise BrokerNotConnected(f"IB connection lost before the bracket was sent: {e}") \
+                    from e
+            raise PlacementUncertain(ref, f"IB connection lost after {len(trades)} of 3 legs") \
+                from e
         log.info("ib_bracket_sent", proposal_id=ref, order_id=ids.entry,
                  take_profit_id=ids.take_profit, stop_loss_id=ids.stop_loss)
         await self._wait_ack(trades, ref)
         return ids
 
     async def _wait_ack(self, trades: list[Any], ref: str) -> None:
+        """Until IB acknowledges every leg (PlacementError if it refuses one). A leg that
+        fills means IB took the bracket: done, whatever its siblings' states (a bracket can fill
+        its entry and stop on arrival and cancel its take-profit before all acks are read). A
+        connection that drops first makes the outcome unknown: PlacementUncertain (the orders
+        may be at IB, partly or not at all); a plain timeout with the connection up is logged
+        and passes."""
         done = asyncio.Event()
         failure: list[Any] = []
+        lost: list[bool] = []
+
+        def on_lost() -> None:
+            lost.append(True)
+            done.set()
+
+        def traded() -> bool:
+            return any(t.orderStatus.filled or t.orderStatus.status == "Filled" for t in trades)
 
         def check(*_: Any) -> None:
+            if traded():  # IB took the bracket and it trades: a cancelled leg is its OCA sibling
+                done.set()
+                return
             for t in trades:
                 if t.orderStatus.status in ("Cancelled", "ApiCancelled", "Inactive"):
                     failure.append(t)
@@ -853,6 +892,7 @@ class IBBroker:
 
         for t in trades:
             t.statusEvent += check
+        self._ack_waiters.add(on_lost)
         try:
             check()
             await asyncio.wait_for(done.wait(), self.ack_timeout)
@@ -861,8 +901,17 @@ class IBBroker:
                         statuses=[t.orderStatus.status for t in trades])
             return
         finally:
+            self._ack_waiters.discard(on_lost)
             for t in trades:
                 t.statusEvent -= check
+        if traded():
+            return
+        statuses = [t.orderStatus.status for t in trades]
+        if lost and not failure and any(st in ("PendingSubmit", "") for st in statuses):
+            log.warning("ib_bracket_ack_lost", proposal_id=ref, statuses=statuses,
+                        code="PLACEMENT_UNCERTAIN")
+            raise PlacementUncertain(ref, f"IB connection lost before the legs were acknowledged "
+                                          f"({', '.join(statuses)})")
         if failure:
             # resolved after the wait: ib_async cancels the trade before it emits errorEvent
             t = failure[0]
@@ -873,7 +922,11 @@ class IBBroker:
             raise PlacementError(msg, code=code)
 
     async def cancel_order(self, order_id: int) -> bool:
-        self._require_ready()
+        """Cancel one order. Allowed as soon as the socket is up (a cancel only lowers risk, and
+        the reconcile before READY cancels brackets that were never transmitted)."""
+        if not self.ib.isConnected():
+            raise BrokerNotConnected(
+                f"IB connection is {self.state.value}: cannot cancel {order_id}")
         trade = self._trade_for(order_id)
         if trade is None or trade.isDone():
             return False

@@ -13,7 +13,9 @@ flattens (configurable) and raises an Alert.
 State (one line each):
   _brackets: proposal_id -> Bracket          (every bracket placed or adopted this run)
   _by_order: order_id -> (proposal_id, Leg)   (the legs' order ids, guard orders included)
-  _intents:  proposal_id -> IntentRecord      (journal intents loaded at start, for attribution)
+  _intents:  proposal_id -> IntentRecord      (journal intents loaded at start + this run's)
+  _settling: proposal_id -> Future[ids | None] (placements whose connection dropped before the
+                                                ack: the next reconcile says what IB has)
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from structlog.contextvars import bound_contextvars
 
 log = get_logger("agents.execution")
 
+UNRESOLVED = frozenset({"pending", "sent", "unknown"})   # intent states reconcile must settle
 TERMINAL = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
 DEAD = frozenset({"Cancelled", "ApiCancelled", "Inactive"})   # terminal without a full fill
 
@@ -56,6 +59,18 @@ def _with_state(rec: Any, state: str) -> Any:
 
 def _int_code(code: object) -> int | None:
     return code if isinstance(code, int) else None
+
+
+@dataclass(frozen=True)
+class RunIntent:
+    """An intent recorded by this run, in the shape of the journal's IntentRecord (the fields
+    reconcile reads), so a reconnect settles this run's placements like an earlier run's."""
+
+    proposal_id: str
+    agent_id: str | None
+    state: str
+    order_ids: dict[str, int] | None
+    payload: dict[str, Any]
 
 
 class BrokerPort(Protocol):
@@ -125,16 +140,19 @@ class Bracket:
 class ExecutionAgent:
     def __init__(self, bus, broker: BrokerPort, *, journal: JournalPort | None = None,
                  clock: Clock = SYSTEM_CLOCK, guard_action: GuardAction = "protect",
-                 guard_grace_s: float = 1.0) -> None:
+                 guard_grace_s: float = 1.0, settle_timeout_s: float = 5.0) -> None:
         self._bus = bus
         self._broker = broker
         self._journal = journal
         self._clock = clock
         self.guard_action = guard_action
         self.guard_grace_s = guard_grace_s
+        self.settle_timeout_s = settle_timeout_s
         self._brackets: dict[str, Bracket] = {}
         self._by_order: dict[int, tuple[str, Leg]] = {}
         self._intents: dict[str, Any] = {}
+        self._settling: dict[str, asyncio.Future[BracketOrderIds | None]] = {}
+        self._sending: set[str] = set()          # placements between intent and IB's answer
         self._tasks: set[asyncio.Task] = set()
         self._placing = 0
         self._idle = asyncio.Event()
@@ -182,12 +200,12 @@ class ExecutionAgent:
     async def _place(self, bracket: ApprovedBracket) -> PlacementResult:
         p = bracket.proposal
         existing = self._brackets.get(p.proposal_id)
-        if existing is not None:  # already placed (this run, or adopted from IB): no second order
+        if existing is not None and existing.placed:  # placed this run or adopted: no second order
             return PlacementResult(proposal_id=p.proposal_id, ok=True, order_ids=existing.ids)
-        if p.proposal_id in self._intents:  # an earlier run's intent that never reached IB
+        if p.proposal_id in self._intents:  # an intent that never (verifiably) reached IB
             log.error("placement_refused_old_intent", state=self._intents[p.proposal_id].state)
             return PlacementResult(proposal_id=p.proposal_id, ok=False, code=None,
-                                   error="an earlier run already recorded an intent for this proposal")
+                                   error="an intent for this proposal is already recorded")
         try:
             ids = self._broker.allocate_bracket_ids()
         except BrokerError as e:
@@ -198,18 +216,30 @@ class ExecutionAgent:
         self._track(book)
         if self._journal is not None:  # the intent is durable before anything is sent
             await self._journal.record_intent(bracket, ids)
+        self._intents[p.proposal_id] = RunIntent(
+            p.proposal_id, p.agent_id, "pending", ids.model_dump(),
+            {"proposal": p.model_dump(mode="json")})
+        self._sending.add(p.proposal_id)
         try:
             ids = await self._broker.place_bracket(bracket, ids)
         except BrokerError as e:
+            self._sending.discard(p.proposal_id)
+            if e.code == "PLACEMENT_UNCERTAIN":
+                return await self._placement_uncertain(book, e, p.cancel_entry_after_s)
             return await self._placement_failed(book, e)
+        finally:
+            self._sending.discard(p.proposal_id)
         book.placed = True
         await self._mark(p.proposal_id, "acked", ids)
         log.info("bracket_placed", order_id=ids.entry, take_profit_id=ids.take_profit,
                  stop_loss_id=ids.stop_loss, symbol=p.symbol, side=p.side.value, quantity=p.quantity)
-        if p.cancel_entry_after_s:
-            loop = asyncio.get_running_loop()
-            book.expiry_handle = loop.call_later(p.cancel_entry_after_s, self._expire_entry, p.proposal_id)
+        self._schedule_expiry(book, p.cancel_entry_after_s)
         return PlacementResult(proposal_id=p.proposal_id, ok=True, order_ids=ids)
+
+    def _schedule_expiry(self, book: Bracket, after_s: float | None) -> None:
+        if after_s:
+            loop = asyncio.get_running_loop()
+            book.expiry_handle = loop.call_later(after_s, self._expire_entry, book.proposal_id)
 
     async def _placement_failed(self, book: Bracket, e: BrokerError) -> PlacementResult:
         pid = book.proposal_id
@@ -228,9 +258,43 @@ class ExecutionAgent:
         return PlacementResult(proposal_id=pid, ok=False, order_ids=book.ids, error=e.message,
                                code=_int_code(e.code))
 
+    async def _placement_uncertain(self, book: Bracket, e: BrokerError,
+                                   expire_after_s: float | None) -> PlacementResult:
+        """The connection dropped before IB acknowledged the legs: IB has all of them, some
+        (never transmitted) or none. The next connect's reconcile settles it (adopt, or cancel
+        and fail); wait for that, bounded, and answer what IB has — never a guess."""
+        pid = book.proposal_id
+        log.warning("placement_uncertain", code=e.code, error=e.message, order_id=book.ids.entry,
+                    settle_timeout_s=self.settle_timeout_s)
+        await self._mark(pid, "unknown")
+        fut: asyncio.Future[BracketOrderIds | None] = asyncio.get_running_loop().create_future()
+        self._settling[pid] = fut
+        try:
+            ids = await asyncio.wait_for(asyncio.shield(fut), self.settle_timeout_s)
+        except TimeoutError:
+            ids = None
+        finally:
+            self._settling.pop(pid, None)
+        settled = self._brackets.get(pid)
+        if ids is not None and settled is not None and settled.placed:
+            log.info("bracket_placed", order_id=ids.entry, take_profit_id=ids.take_profit,
+                     stop_loss_id=ids.stop_loss, settled_by="reconcile")
+            self._schedule_expiry(settled, expire_after_s)
+            return PlacementResult(proposal_id=pid, ok=True, order_ids=ids)
+        if not fut.done():
+            # not reconnected in time: answered failed, so a later reconcile cancels whatever
+            # of it IB turns out to have (a failed intent never keeps live orders)
+            log.warning("placement_unsettled", timeout_s=self.settle_timeout_s)
+            await self._mark(pid, "failed")
+        return PlacementResult(proposal_id=pid, ok=False, order_ids=book.ids, code=None,
+                               error=f"IB connection lost while placing; {e.message}")
+
     async def _mark(self, proposal_id: str, state: str, ids: BracketOrderIds | None = None) -> None:
         if self._journal is not None:
             await self._journal.mark_intent(proposal_id, state, ids)
+        rec = self._intents.get(proposal_id)
+        if rec is not None and rec.state != state:
+            self._intents[proposal_id] = _with_state(rec, state)
 
     def _track(self, book: Bracket) -> None:
         self._brackets[book.proposal_id] = book
@@ -278,18 +342,25 @@ class ExecutionAgent:
 
     async def reconcile(self) -> None:
         """Run by the broker after every (re)connect, before READY: rebuild the book from the
-        orders IB has (matched by orderRef), publish each leg's current state, report intents
-        that never reached IB, and check every open position from an entry is protected."""
+        orders IB has (matched by orderRef), cancel brackets that must not live (never
+        transmitted, or answered failed), publish each leg's current state, report intents that
+        never reached IB, settle placements the last disconnect left uncertain, and check every
+        open position from an entry is protected."""
         orders = self._broker.orders_at_ib()
         by_ref: dict[str, list[BrokerOrderUpdate]] = {}
         for u in orders:
             if u.order_ref:
                 by_ref.setdefault(u.order_ref, []).append(u)
-        adopted = 0
+        adopted = revoked = 0
         for ref, legs in by_ref.items():
-            if ref not in self._brackets and (ref in self._intents):
-                if self._adopt(ref, legs):
-                    adopted += 1
+            rec = self._intents.get(ref)
+            book = self._brackets.get(ref)
+            if rec is None or ref in self._sending or (book is not None and book.placed):
+                continue
+            if rec.state == "failed" or self._never_transmitted(rec, legs):
+                revoked += await self._revoke(rec, legs)
+            elif self._adopt(ref, legs):
+                adopted += 1
         # leg states as IB has them now (fills that happened while we were away included)
         for u in sorted(orders, key=lambda x: x.order_id):
             book = self._brackets.get(u.order_ref)
@@ -299,21 +370,78 @@ class ExecutionAgent:
                 await self._on_order_update(u, check_guard=False)
         missing = 0
         for pid, rec in list(self._intents.items()):
-            if pid in by_ref or pid in self._brackets and self._brackets[pid].placed:
-                if rec.state in ("pending", "sent", "unknown") and self._journal is not None:
-                    await self._journal.mark_intent(pid, "acked")
-                    self._intents[pid] = _with_state(rec, "acked")
+            if pid in self._sending:
                 continue
-            if rec.state in ("pending", "sent", "unknown"):
+            book = self._brackets.get(pid)
+            if book is not None and book.placed:
+                if rec.state in UNRESOLVED:
+                    await self._mark(pid, "acked")
+                self._settle(pid, book.ids)
+                continue
+            if rec.state in UNRESOLVED:
                 missing += 1
                 await self._report_missing(rec)
+            self._settle(pid, None)
         for book in list(self._brackets.values()):
             self._schedule_guard_check(book, 0.0)
-        log.info("execution_reconciled", orders_at_ib=len(orders), adopted=adopted,
+        log.info("execution_reconciled", orders_at_ib=len(orders), adopted=adopted, revoked=revoked,
                  intents_missing_at_ib=missing, brackets=len(self._brackets))
         if self._journal is not None:
             await self._journal.record("reconcile", payload={
-                "orders_at_ib": len(orders), "adopted": adopted, "intents_missing_at_ib": missing})
+                "orders_at_ib": len(orders), "adopted": adopted, "revoked": revoked,
+                "intents_missing_at_ib": missing})
+
+    def _settle(self, proposal_id: str, ids: BracketOrderIds | None) -> None:
+        """Answer a placement waiting on this reconcile (see _placement_uncertain)."""
+        fut = self._settling.get(proposal_id)
+        if fut is not None and not fut.done():
+            fut.set_result(ids)
+
+    @staticmethod
+    def _never_transmitted(rec: Any, legs: list[BrokerOrderUpdate]) -> bool:
+        """IB holds legs of this bracket but not its stop — the last leg, the one that carries
+        the transmit flag — and nothing filled: the send was cut (crash, dropped socket) and the
+        legs IB holds were never transmitted. They must not be adopted as a placed bracket."""
+        stop = (rec.order_ids or {}).get("stop_loss")
+        if not stop or any(u.filled > 0 for u in legs):
+            return False
+        return not any(u.order_id == stop or (u.order_id == 0 and u.order_type.startswith("STP"))
+                       for u in legs)
+
+    async def _revoke(self, rec: Any, legs: list[BrokerOrderUpdate]) -> int:
+        """Cancel the live legs IB holds for an intent that must not have any (never
+        transmitted, or its placement was answered failed), close the intent as failed and
+        report it. A filled entry is adopted instead: its position needs its stop."""
+        pid, agent = rec.proposal_id, rec.agent_id or "unknown"
+        live = {u.order_id: u for u in legs if u.order_id and u.status not in TERMINAL}
+        if not live and rec.state not in UNRESOLVED:
+            return 0  # revoked before: IB shows only its cancelled legs
+        with bound_contextvars(proposal_id=pid, agent_id=agent):
+            if any(u.filled > 0 for u in legs):
+                log.error("fill_after_failed_placement", state=rec.state,
+                          code="FILL_AFTER_FAILED_PLACEMENT")
+                await self._bus.publish(Alert(
+                    code="FILL_AFTER_FAILED_PLACEMENT", proposal_id=pid, agent_id=agent,
+                    message="IB filled a bracket whose placement was reported failed; following it",
+                    ts=self._clock.now()))
+                self._adopt(pid, legs)
+                return 0
+            for u in live.values():
+                if u.parent_id in live:
+                    continue  # cancelling its parent cancels it
+                try:
+                    await self._broker.cancel_order(u.order_id)
+                except BrokerError as e:
+                    log.warning("revoke_cancel_failed", order_id=u.order_id, code=e.code,
+                                error=e.message)
+            code = "PLACEMENT_FAILED" if rec.state == "failed" else "BRACKET_NOT_TRANSMITTED"
+            log.error("bracket_revoked", order_ids=sorted(live), state=rec.state, code=code)
+            if rec.state in UNRESOLVED:
+                await self._report_missing(
+                    rec, code="BRACKET_NOT_TRANSMITTED",
+                    message="a bracket whose send was cut (its stop never reached IB) was "
+                            "cancelled; not re-sent")
+        return 1 if live else 0
 
     def _adopt(self, ref: str, legs: list[BrokerOrderUpdate]) -> bool:
         """Rebuild a bracket from the orders IB has for its orderRef. The journal's ids are the
@@ -369,17 +497,17 @@ class ExecutionAgent:
             return None
         return u.model_copy(update={"order_id": oid}) if oid else None
 
-    async def _report_missing(self, rec: Any) -> None:
-        """An intent recorded before a crash whose orders IB does not have: it never reached IB.
+    async def _report_missing(self, rec: Any, code: str = "INTENT_NOT_AT_IB",
+                              message: str = "an order intent recorded before a restart or a "
+                                             "disconnect never reached IB; not re-sent") -> None:
+        """An intent whose orders IB does not have (or holds untransmitted): it never reached IB.
         Reported (Alert + one Inactive OrderEvent per leg) and closed; never re-sent silently."""
         pid, agent = rec.proposal_id, rec.agent_id or "unknown"
         ids = rec.order_ids or {}
         with bound_contextvars(proposal_id=pid, agent_id=agent):
-            log.error("intent_never_reached_ib", state=rec.state, code="INTENT_NOT_AT_IB")
-            await self._bus.publish(Alert(
-                code="INTENT_NOT_AT_IB", proposal_id=pid, agent_id=agent,
-                message="an order intent recorded before a restart never reached IB; not re-sent",
-                ts=self._clock.now()))
+            log.error("intent_never_reached_ib", state=rec.state, code=code)
+            await self._bus.publish(Alert(code=code, proposal_id=pid, agent_id=agent,
+                                          message=message, ts=self._clock.now()))
             symbol = ((rec.payload or {}).get("proposal") or {}).get("symbol", "")
             for leg in Leg:
                 oid = ids.get(leg.value)
@@ -389,9 +517,7 @@ class ExecutionAgent:
                     proposal_id=pid, agent_id=agent, order_id=oid, leg=leg, symbol=symbol,
                     status="Inactive", code=None, message="never reached IB (daemon restart)",
                     ts=self._clock.now()))
-            if self._journal is not None:
-                await self._journal.mark_intent(pid, "failed")
-            self._intents[pid] = _with_state(rec, "failed")
+            await self._mark(pid, "failed")
 
     # ------------------------------------------------------------------ following
 
