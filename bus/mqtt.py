@@ -136,6 +136,7 @@ class _Outgoing:
     retain: bool
     proposal_id: str | None = None
     agent_id: str | None = None
+    is_decision: bool = False
 
 
 class _Latest:
@@ -221,6 +222,8 @@ ProposalHook = Callable[[TradeProposal], Awaitable[None]]
 # Runs before a decision goes out (the daemon journals it): what an agent has seen is on
 # record, so after a crash a repeat is answered with exactly that decision, never a new one.
 DecisionHook = Callable[[RiskDecision], Awaitable[None]]
+# after the broker acknowledged (PUBACK) a decision: (proposal_id, agent_id)
+DeliveredHook = Callable[[str, str], Awaitable[None]]
 
 
 class _Redeliver(Exception):
@@ -234,8 +237,11 @@ class MqttBridge:
 
     def __init__(self, settings: Settings, bus: Bus, clock: Clock = SYSTEM_CLOCK, *,
                  url: str | None = None, on_proposal: ProposalHook | None = None,
-                 on_decision: DecisionHook | None = None) -> None:
+                 on_decision: DecisionHook | None = None,
+                 on_decision_delivered: DeliveredHook | None = None) -> None:
         self._settings = settings
+        self._delivered_hook = on_decision_delivered
+        self._delivery_tasks: set[asyncio.Task[None]] = set()
         self._bus = bus
         self._clock = clock
         self._on_proposal = on_proposal
@@ -289,11 +295,11 @@ class MqttBridge:
         """host:port, for logs (never credentials)."""
         return f"{self._host}:{self._port}"
 
-    async def start(self) -> None:
-        """Subscribe on the bus and start the connection loop (returns at once)."""
-        if self._state != "UNOPENED":
-            raise LifecycleError("mqtt_bridge", self._state, "start")
-        self._state = "OPEN"
+    def attach(self) -> None:
+        """Subscribe on the bus (idempotent). Call it before anything the agents must hear is
+        published (the first reconcile); messages wait in the outbox until connected."""
+        if self._subs:
+            return
         bus = self._bus
         self._subs = [
             bus.subscribe(RiskDecision, self._on_decision, name="mqtt"),
@@ -305,6 +311,13 @@ class MqttBridge:
             bus.subscribe(TradingStateChanged, self._on_event, name="mqtt"),
             bus.subscribe(Alert, self._on_event, name="mqtt"),
         ]
+
+    async def start(self) -> None:
+        """Subscribe on the bus (if not yet) and start the connection loop (returns at once)."""
+        if self._state != "UNOPENED":
+            raise LifecycleError("mqtt_bridge", self._state, "start")
+        self._state = "OPEN"
+        self.attach()
         self._runner = asyncio.create_task(self._run(), name="mqtt-bridge")
 
     async def wait_connected(self, timeout: float) -> None:
@@ -345,6 +358,8 @@ class MqttBridge:
             self._runner.cancel()  # connecting or backing off: nothing to say goodbye on
         if self._runner is not None:
             await asyncio.gather(self._runner, return_exceptions=True)
+        if self._delivery_tasks:  # delivery records of the last decisions
+            await asyncio.wait(list(self._delivery_tasks), timeout=CLOSE_FLUSH_TIMEOUT_S)
         for sub in self._subs:
             await self._bus.unsubscribe(sub)
         self._subs = []
@@ -518,7 +533,25 @@ class MqttBridge:
             self.counters["published"] += 1
             log.debug("mqtt_published", topic=item.topic, proposal_id=item.proposal_id,
                       agent_id=item.agent_id)
+            if item.is_decision and self._delivered_hook is not None:
+                self._decision_delivered(item)
             _honour_cancel()
+
+    def _decision_delivered(self, item: _Outgoing) -> None:
+        """The broker has the decision (PUBACK): tell the daemon (it journals the delivery) off
+        the writer's path."""
+        assert self._delivered_hook is not None
+
+        async def run() -> None:
+            try:
+                await self._delivered_hook(item.proposal_id or "", item.agent_id or "")  # type: ignore[misc]
+            except Exception as exc:  # a missing delivery record only means a repeat at restart
+                log.warning("decision_delivery_not_recorded", proposal_id=item.proposal_id,
+                            agent_id=item.agent_id, error=repr(exc))
+
+        task = asyncio.get_running_loop().create_task(run(), name="mqtt-delivered")
+        self._delivery_tasks.add(task)
+        task.add_done_callback(self._delivery_tasks.discard)
 
     async def _write_latest(self, client: aiomqtt.Client, channel: _Latest) -> None:
         loop = asyncio.get_running_loop()
@@ -557,7 +590,7 @@ class MqttBridge:
                      codes=codes)
             self._enqueue(_Outgoing(self.topics.decisions(decision.agent_id),
                                     decision.model_dump_json().encode(), 1, False,
-                                    decision.proposal_id, decision.agent_id))
+                                    decision.proposal_id, decision.agent_id, is_decision=True))
 
     async def _on_order_event(self, event: OrderEvent) -> None:
         self._enqueue(_Outgoing(self.topics.orders(event.agent_id), _typed_json("order_event", event),

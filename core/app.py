@@ -134,6 +134,23 @@ class Daemon:
             _attach_governor(governor, bus, broker, monitor)
             _attach_journal(bus, journal)
 
+            from core.recovery import restore_from_journal, undelivered_decisions
+
+            # earlier runs' decisions (idempotency) and fills (per-agent attribution); the
+            # proposals journaled (so acknowledged to the broker) but never decided come back,
+            # and so do decisions journaled but never confirmed delivered by the broker
+            undecided = await restore_from_journal(journal, governor, self.clock)
+            undelivered = await undelivered_decisions(journal, self.clock)
+
+            # a proposal is acknowledged to the broker only once journaled (FULL), see bus/mqtt.py
+            bridge = MqttBridge(s, bus, self.clock, url=self.mqtt_url,
+                                on_proposal=_journal_proposal(journal),
+                                on_decision=_journal_decision(journal),
+                                on_decision_delivered=_journal_delivery(journal))
+            # on the bus before the first reconcile, so what it publishes (fills missed while
+            # down, leg states, alerts) reaches the agents once MQTT is connected
+            bridge.attach()
+
             try:
                 await broker.start()
             except BrokerConnectError as e:
@@ -144,16 +161,6 @@ class Daemon:
             await monitor.start()
             stack.push_async_callback(monitor.stop)
 
-            from core.recovery import restore_from_journal
-
-            # earlier runs' decisions (idempotency) and fills (per-agent attribution); the
-            # proposals journaled (so acknowledged to the broker) but never decided come back
-            undecided = await restore_from_journal(journal, governor, self.clock)
-
-            # a proposal is acknowledged to the broker only once journaled (FULL), see bus/mqtt.py
-            bridge = MqttBridge(s, bus, self.clock, url=self.mqtt_url,
-                                on_proposal=_journal_proposal(journal),
-                                on_decision=_journal_decision(journal))
             try:
                 await stack.enter_async_context(bridge)
                 await bridge.wait_connected(timeout=s.ib_connect_timeout)
@@ -161,6 +168,8 @@ class Daemon:
                 log.error("mqtt_unreachable", error=str(e), code=e.code, url=_safe_url(self.mqtt_url))
                 print(f"bracketgate: MQTT broker unreachable: {e}", file=sys.stderr)
                 return EXIT_MQTT
+            for decision in undelivered:
+                await bus.publish(decision)      # journaled, then the daemon died before the PUBACK
             for proposal in undecided:
                 await bridge.resubmit(proposal)  # acknowledged, then the daemon died: decide now
 
@@ -340,6 +349,16 @@ def _journal_decision(journal: Any) -> Any:
         await journal.record("decision", proposal_id=d.proposal_id, agent_id=d.agent_id, payload=d)
 
     return on_decision
+
+
+def _journal_delivery(journal: Any) -> Any:
+    """The bridge's on_decision_delivered hook: the broker has the decision (PUBACK)."""
+
+    async def delivered(proposal_id: str, agent_id: str) -> None:
+        await journal.record("ack", proposal_id=proposal_id, agent_id=agent_id,
+                             payload={"delivered": "decision"})
+
+    return delivered
 
 
 def _attach_journal(bus: Any, journal: Any) -> None:

@@ -64,3 +64,25 @@ async def restore_from_journal(journal: Any, governor: Any, clock: Clock) -> lis
     log.info("journal_restored", decisions_restored=restored, fills_attributed=fills,
              undecided=len(undecided))
     return undecided
+
+
+async def undelivered_decisions(journal: Any, clock: Clock) -> list[RiskDecision]:
+    """Gate decisions journaled (before publishing) whose delivery the broker never confirmed
+    (no `ack` event after them): the daemon died in between. Published again at start; an
+    agent may so see a decision twice, always the identical one."""
+    events = await journal.events(since=clock.now() - LOOKBACK, kinds=["decision", "ack"])
+    pending: dict[str, RiskDecision] = {}
+    for ev in events:
+        pid = ev["proposal_id"] or ""
+        if ev["kind"] == "decision":
+            try:
+                d = RiskDecision.model_validate(ev["payload"])
+            except ValidationError:
+                continue
+            if d.proposal_id and pid not in pending and not _transport_refusal(d):
+                pending[pid] = d
+        elif (ev["payload"] or {}).get("delivered") == "decision":
+            pending.pop(pid, None)
+    if pending:
+        log.warning("decisions_undelivered", count=len(pending), proposal_ids=list(pending)[:20])
+    return list(pending.values())

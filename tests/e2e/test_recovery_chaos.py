@@ -585,15 +585,12 @@ async def daemon_kill_rounds(rig: Rig, rounds: int, *, log: Callable[[str], None
         t0 = time.monotonic()
         await rig.start_daemon()
         restart_s = time.monotonic() - t0
-        missing = await rig.wait_decided([pid], timeout=6.0)
+        missing = await rig.wait_decided([pid], timeout=10.0)
         if missing and journal_decided(rig.journal_path, pid):
-            # decided and journaled, but the daemon died before the decision left for the broker,
-            # and no later start sends it again (test_decision_journaled_before_a_crash_is_
-            # delivered, xfail). The contract's remedy for an agent: the same proposal again
-            # gets the first decision back. Counted, and the answer is audited like any other.
+            # decided and journaled, but never delivered: the start-up must have sent it again
+            # (decisions without a delivery record are republished) — a loss if not
             lost.append(pid)
-            await rig.a.propose(AGENT, rig.proposals[pid])
-            missing = await rig.wait_decided([pid], timeout=10.0)
+            violations.append(f"round {i} ({stage}): {pid} decided and journaled, never delivered")
         if missing:
             violations.append(f"round {i} ({stage}): {pid} has no decision after the restart")
         if (i + 1) % audit_every == 0 or i == rounds - 1:
@@ -841,14 +838,6 @@ async def test_bracket_that_trades_out_before_its_acks_is_placed(paper_tws):
         await bus.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core/app.py: the MQTT bridge subscribes to the bus (MqttBridge.start) only after "
-    "broker.start() has run the first reconcile, so everything that reconcile publishes is "
-    "never sent to MQTT: fills that happened while the daemon was down (_sync_executions), leg "
-    "states, INTENT_NOT_AT_IB / BRACKET_NOT_TRANSMITTED alerts and their Inactive order events. "
-    "Journal and governor see them; the agent never does. Found by the kill chaos "
-    "(fills_while_dead). Fix belongs to the app owner, e.g. subscribe the bridge (its outbox "
-    "queues while disconnected) before broker.start()."))
 async def test_fill_while_the_daemon_is_down_reaches_the_agent(mosquitto, paper_tws_process,
                                                                tmp_path):
     """A bracket's entry fills while the daemon is dead; after the restart the agent must get
@@ -871,15 +860,6 @@ async def test_fill_while_the_daemon_is_down_reaches_the_agent(mosquitto, paper_
                                    and m.get("exec_id") == execs[0]["execId"], timeout=10)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bus/mqtt.py + core/app.py: a decision journaled (on_decision hook) by a daemon that dies "
-    "before the decision reaches the broker is never published again: at start only proposals "
-    "WITHOUT a journaled decision are resubmitted (restore_from_journal -> bridge.resubmit), the "
-    "proposal itself was acknowledged (PUBACK) once journaled so the broker never delivers it "
-    "again, and the bridge's outbox lives in memory only. The agent never hears its decision. "
-    "Found by test_daemon_sigkill_at_random_points (kill right after journal.intent). Needs a "
-    "delivery record from the bridge (e.g. journal each decision's PUBACK); the decisions "
-    "without one can then be resubmitted at start like undecided proposals."))
 async def test_decision_journaled_before_a_crash_is_delivered(mosquitto, paper_tws_process,
                                                               tmp_path):
     """Deterministic: the decision is journaled while the broker is down, then the daemon is
