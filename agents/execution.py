@@ -255,8 +255,23 @@ class ExecutionAgent:
             return PlacementResult(proposal_id=pid, ok=True, order_ids=found)
         log.warning("placement_failed", code=e.code, error=e.message, order_id=book.ids.entry)
         await self._mark(pid, "failed")
+        # IB may have refused one leg and taken the others (e.g. a take-profit off tick while
+        # entry and stop are working): a failed bracket keeps no live order. Cancelling the
+        # entry cancels its children; an already-dead entry is a no-op.
+        await self._cancel_leftovers(book)
         return PlacementResult(proposal_id=pid, ok=False, order_ids=book.ids, error=e.message,
                                code=_int_code(e.code))
+
+    async def _cancel_leftovers(self, book: Bracket) -> None:
+        for oid in (book.ids.entry, book.ids.take_profit, book.ids.stop_loss):
+            if not oid:
+                continue
+            try:
+                if await self._broker.cancel_order(oid):
+                    log.warning("placement_leftover_cancelled", order_id=oid)
+            except BrokerError as e:  # the next reconcile cancels live legs of a failed intent
+                log.warning("placement_leftover_cancel_failed", order_id=oid, code=e.code,
+                            error=e.message)
 
     async def _placement_uncertain(self, book: Bracket, e: BrokerError,
                                    expire_after_s: float | None) -> PlacementResult:

@@ -355,3 +355,19 @@ async def test_next_valid_id_regression_is_alerted(paper_tws):
     finally:
         await broker.close()
         await bus.close()
+
+
+async def test_partly_refused_bracket_keeps_no_live_order(paper_tws, runtime):
+    """IB refuses only the take-profit (off tick): entry and stop must not stay working."""
+    res = await runtime.place(proposal("part-1", take_profit=235.003))
+    assert not res.ok and res.code == 110
+
+    async def none_live():
+        while True:
+            st = await paper_tws.state()
+            legs = [o for o in st["orders"] if o.get("orderRef") == "part-1"]
+            if legs and all(o["status"] in ("Cancelled", "ApiCancelled", "Inactive") for o in legs):
+                return legs
+            await asyncio.sleep(0.05)  # polling the paper TWS over HTTP
+    legs = await asyncio.wait_for(none_live(), 5)
+    assert {o["orderId"] for o in legs} >= {res.order_ids.entry}
