@@ -115,7 +115,7 @@ async def phase_kills(tws: PaperTWSHandle, mqtt_url: str, tmp: Path, seed: int, 
     line(f"  kills took {time.monotonic() - t0:.0f} s; kill points {dict(sorted(stages.items()))}")
     line(f"  decisions journaled but never delivered (agent asked again): "
          f"{result.undelivered_decisions}; executions the agent got no Fill for: "
-         f"{result.fills_not_delivered} (both: core/app.py + bus/mqtt.py, see the xfail tests)")
+         f"{result.fills_not_delivered} (both must be 0: journaled, undelivered ones are re-sent at start)")
     return findings("kills", result)
 
 

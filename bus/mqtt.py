@@ -136,7 +136,7 @@ class _Outgoing:
     retain: bool
     proposal_id: str | None = None
     agent_id: str | None = None
-    is_decision: bool = False
+    delivery: tuple[str, str] | None = None   # (kind, key) reported to on_delivered after PUBACK
 
 
 class _Latest:
@@ -222,8 +222,9 @@ ProposalHook = Callable[[TradeProposal], Awaitable[None]]
 # Runs before a decision goes out (the daemon journals it): what an agent has seen is on
 # record, so after a crash a repeat is answered with exactly that decision, never a new one.
 DecisionHook = Callable[[RiskDecision], Awaitable[None]]
-# after the broker acknowledged (PUBACK) a decision: (proposal_id, agent_id)
-DeliveredHook = Callable[[str, str], Awaitable[None]]
+# after the broker acknowledged (PUBACK) a decision or a fill:
+# (kind "decision" | "fill", proposal_id, agent_id, key: the fill's exec_id, "" for a decision)
+DeliveredHook = Callable[[str, str, str, str], Awaitable[None]]
 
 
 class _Redeliver(Exception):
@@ -238,9 +239,9 @@ class MqttBridge:
     def __init__(self, settings: Settings, bus: Bus, clock: Clock = SYSTEM_CLOCK, *,
                  url: str | None = None, on_proposal: ProposalHook | None = None,
                  on_decision: DecisionHook | None = None,
-                 on_decision_delivered: DeliveredHook | None = None) -> None:
+                 on_delivered: DeliveredHook | None = None) -> None:
         self._settings = settings
-        self._delivered_hook = on_decision_delivered
+        self._delivered_hook = on_delivered
         self._delivery_tasks: set[asyncio.Task[None]] = set()
         self._bus = bus
         self._clock = clock
@@ -533,20 +534,21 @@ class MqttBridge:
             self.counters["published"] += 1
             log.debug("mqtt_published", topic=item.topic, proposal_id=item.proposal_id,
                       agent_id=item.agent_id)
-            if item.is_decision and self._delivered_hook is not None:
+            if item.delivery is not None and self._delivered_hook is not None:
                 self._decision_delivered(item)
             _honour_cancel()
 
     def _decision_delivered(self, item: _Outgoing) -> None:
-        """The broker has the decision (PUBACK): tell the daemon (it journals the delivery) off
-        the writer's path."""
-        assert self._delivered_hook is not None
+        """The broker has the decision or fill (PUBACK): tell the daemon (it journals the
+        delivery) off the writer's path."""
+        assert self._delivered_hook is not None and item.delivery is not None
+        kind, key = item.delivery
 
         async def run() -> None:
             try:
-                await self._delivered_hook(item.proposal_id or "", item.agent_id or "")  # type: ignore[misc]
+                await self._delivered_hook(kind, item.proposal_id or "", item.agent_id or "", key)  # type: ignore[misc]
             except Exception as exc:  # a missing delivery record only means a repeat at restart
-                log.warning("decision_delivery_not_recorded", proposal_id=item.proposal_id,
+                log.warning("delivery_not_recorded", kind=kind, proposal_id=item.proposal_id,
                             agent_id=item.agent_id, error=repr(exc))
 
         task = asyncio.get_running_loop().create_task(run(), name="mqtt-delivered")
@@ -590,7 +592,8 @@ class MqttBridge:
                      codes=codes)
             self._enqueue(_Outgoing(self.topics.decisions(decision.agent_id),
                                     decision.model_dump_json().encode(), 1, False,
-                                    decision.proposal_id, decision.agent_id, is_decision=True))
+                                    decision.proposal_id, decision.agent_id,
+                                    delivery=("decision", "")))
 
     async def _on_order_event(self, event: OrderEvent) -> None:
         self._enqueue(_Outgoing(self.topics.orders(event.agent_id), _typed_json("order_event", event),
@@ -598,7 +601,8 @@ class MqttBridge:
 
     async def _on_fill(self, fill: Fill) -> None:
         self._enqueue(_Outgoing(self.topics.orders(fill.agent_id), _typed_json("fill", fill),
-                                1, False, fill.proposal_id, fill.agent_id))
+                                1, False, fill.proposal_id, fill.agent_id,
+                                delivery=("fill", fill.exec_id)))
 
     async def _on_event(self, event: TradingStateChanged | Alert) -> None:
         kind = "trading_state" if isinstance(event, TradingStateChanged) else "alert"

@@ -134,19 +134,20 @@ class Daemon:
             _attach_governor(governor, bus, broker, monitor)
             _attach_journal(bus, journal)
 
-            from core.recovery import restore_from_journal, undelivered_decisions
+            from core.recovery import restore_from_journal, undelivered_decisions, undelivered_fills
 
             # earlier runs' decisions (idempotency) and fills (per-agent attribution); the
             # proposals journaled (so acknowledged to the broker) but never decided come back,
             # and so do decisions journaled but never confirmed delivered by the broker
             undecided = await restore_from_journal(journal, governor, self.clock)
             undelivered = await undelivered_decisions(journal, self.clock)
+            undelivered_fill_msgs = await undelivered_fills(journal, self.clock)
 
             # a proposal is acknowledged to the broker only once journaled (FULL), see bus/mqtt.py
             bridge = MqttBridge(s, bus, self.clock, url=self.mqtt_url,
                                 on_proposal=_journal_proposal(journal),
                                 on_decision=_journal_decision(journal),
-                                on_decision_delivered=_journal_delivery(journal))
+                                on_delivered=_journal_delivery(journal))
             # on the bus before the first reconcile, so what it publishes (fills missed while
             # down, leg states, alerts) reaches the agents once MQTT is connected
             bridge.attach()
@@ -170,6 +171,8 @@ class Daemon:
                 return EXIT_MQTT
             for decision in undelivered:
                 await bus.publish(decision)      # journaled, then the daemon died before the PUBACK
+            for fill in undelivered_fill_msgs:
+                await bus.publish(fill)          # likewise (the governor counts an exec_id once)
             for proposal in undecided:
                 await bridge.resubmit(proposal)  # acknowledged, then the daemon died: decide now
 
@@ -352,11 +355,11 @@ def _journal_decision(journal: Any) -> Any:
 
 
 def _journal_delivery(journal: Any) -> Any:
-    """The bridge's on_decision_delivered hook: the broker has the decision (PUBACK)."""
+    """The bridge's delivery hook: the broker has the decision or fill (PUBACK)."""
 
-    async def delivered(proposal_id: str, agent_id: str) -> None:
-        await journal.record("ack", proposal_id=proposal_id, agent_id=agent_id,
-                             payload={"delivered": "decision"})
+    async def delivered(kind: str, proposal_id: str, agent_id: str, key: str) -> None:
+        payload = {"delivered": kind} if kind == "decision" else {"delivered": kind, "exec_id": key}
+        await journal.record("ack", proposal_id=proposal_id, agent_id=agent_id, payload=payload)
 
     return delivered
 

@@ -86,3 +86,26 @@ async def undelivered_decisions(journal: Any, clock: Clock) -> list[RiskDecision
     if pending:
         log.warning("decisions_undelivered", count=len(pending), proposal_ids=list(pending)[:20])
     return list(pending.values())
+
+
+async def undelivered_fills(journal: Any, clock: Clock) -> list[Fill]:
+    """Fills journaled whose delivery to the agent the broker never confirmed: the daemon died
+    in between. Published again at start (an agent may so see a fill twice; its exec_id is the
+    key to deduplicate on)."""
+    events = await journal.events(since=clock.now() - LOOKBACK, kinds=["fill", "ack"])
+    pending: dict[str, Fill] = {}
+    delivered: set[str] = set()
+    for ev in events:
+        payload = ev["payload"] or {}
+        if ev["kind"] == "fill":
+            try:
+                f = Fill.model_validate(payload)
+            except ValidationError:
+                continue
+            pending.setdefault(f.exec_id, f)
+        elif payload.get("delivered") == "fill":
+            delivered.add(payload.get("exec_id", ""))
+    out = [f for exec_id, f in pending.items() if exec_id not in delivered]
+    if out:
+        log.warning("fills_undelivered", count=len(out), exec_ids=[f.exec_id for f in out][:20])
+    return out

@@ -602,6 +602,8 @@ async def daemon_kill_rounds(rig: Rig, rounds: int, *, log: Callable[[str], None
             log(f"round {i:3d} kill@{stage:<18} restart->ready {restart_s:.2f}s  {result.line()}")
         if rng.random() < 0.5:                                         # back towards the middle
             await rig.move(MID + rng.uniform(-0.5, 0.5))
+    if result.fills_not_delivered:   # journaled fills without a delivery record are re-sent at start
+        violations.append(f"{result.fills_not_delivered} executions never reached the agent")
     result.violations = list(dict.fromkeys(violations))                # each finding once
     result.undelivered_decisions = len(lost)
     return result, stages

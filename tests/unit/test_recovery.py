@@ -31,3 +31,22 @@ async def test_decisions_fills_and_undecided_come_back(tmp_path):
     assert gov.decision_for("o1") is None                     # a retry is decided afresh
     assert {p.proposal_id for p in undecided} == {"o1", "u1"}
     assert gov.summary()["agent_realized"] == {"a1": 42.5}     # fills attributed to the agent again
+
+
+async def test_undelivered_decisions_and_fills(tmp_path):
+    from core.recovery import undelivered_decisions, undelivered_fills
+
+    gov, clock = governor()
+    async with Journal(tmp_path / "j.sqlite", clock) as j:
+        p1, p2 = proposal("a"), proposal("b")
+        for pid in ("a", "b"):
+            await j.record("decision", payload=RiskDecision(proposal_id=pid, agent_id="a1",
+                                                            verdict=Verdict.APPROVED, ts=clock.now()))
+        await j.record("ack", proposal_id="a", agent_id="a1", payload={"delivered": "decision"})
+        f1 = fill(p1, clock, exec_id="e1")
+        f2 = fill(p2, clock, exec_id="e2")
+        await j.record("fill", payload=f1)
+        await j.record("fill", payload=f2)
+        await j.record("ack", proposal_id="b", agent_id="a1", payload={"delivered": "fill", "exec_id": "e2"})
+        assert [d.proposal_id for d in await undelivered_decisions(j, clock)] == ["b"]
+        assert [f.exec_id for f in await undelivered_fills(j, clock)] == ["e1"]
