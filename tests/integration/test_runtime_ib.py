@@ -371,3 +371,44 @@ async def test_partly_refused_bracket_keeps_no_live_order(paper_tws, runtime):
             await asyncio.sleep(0.05)  # polling the paper TWS over HTTP
     legs = await asyncio.wait_for(none_live(), 5)
     assert {o["orderId"] for o in legs} >= {res.order_ids.entry}
+
+
+def _on_tick(x: float, tick: float) -> float:
+    return round(round(x / tick) * tick, 10)
+
+
+@pytest.mark.parametrize("kind", ["FUT", "OPT"])
+async def test_futures_front_month_and_option_brackets(paper_tws, runtime, kind):
+    if kind == "FUT":
+        probe = proposal(f"{kind}-probe", symbol="ES", sec_type="FUT", exchange="CME", expiry="front",
+                         quantity=1, limit_price=100.0, take_profit=101.0, stop_loss=99.0)
+    else:
+        expiry = sorted({c.expiry for c in paper_tws.universe.find(symbol="AAPL", sec_type="OPT")})[0]
+        probe = proposal(f"{kind}-probe", symbol="AAPL", sec_type="OPT", expiry=expiry, strike=230.0,
+                         right="C", quantity=1, limit_price=1.0, take_profit=2.0, stop_loss=0.5)
+    contract = await runtime.broker.resolve_contract(probe)
+    assert contract is not None and contract.sec_type.value == kind
+    if kind == "FUT":
+        assert contract.multiplier == 50 and contract.min_tick == 0.25
+        fronts = sorted(c.expiry for c in paper_tws.universe.find(symbol="ES", sec_type="FUT"))
+        assert contract.expiry == fronts[0]                       # the front month
+    else:
+        assert contract.multiplier == 100
+    quote = await runtime.broker.ensure_quote(contract)
+    assert quote is not None and quote.last
+    t = contract.min_tick
+    entry = _on_tick(quote.last * 0.99, t)
+    p = probe.model_copy(update={"proposal_id": f"{kind}-1", "limit_price": entry,
+                                 "take_profit": _on_tick(entry * 1.05, t),
+                                 "stop_loss": _on_tick(entry * 0.95, t)})
+    res = await runtime.place(p)
+    assert res.ok, res
+    await paper_tws.set_price(con_id=contract.con_id, price=entry - t)     # the entry fills
+    f = await runtime.seen.wait_for(lambda xs: next(
+        (x for x in xs if isinstance(x, Fill) and x.proposal_id == f"{kind}-1"), None))
+    assert f.leg is Leg.ENTRY and f.quantity == 1
+    snap = await runtime.seen.wait_for(lambda xs: next(
+        (x for x in reversed(xs) if isinstance(x, PortfolioSnapshot)
+         and any(q.con_id == contract.con_id and q.quantity == 1 for q in x.positions)), None))
+    pos = next(q for q in snap.positions if q.con_id == contract.con_id)
+    assert pos.multiplier == contract.multiplier
