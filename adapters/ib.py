@@ -257,6 +257,7 @@ class IBBroker:
         self._heartbeat_task: asyncio.Task | None = None
         self._disconnected = asyncio.Event()
         self._ready = asyncio.Event()
+        self._pnl_event = asyncio.Event()   # set by the first known reqPnL value
         self._reconcile_hooks: list[ReconcileHook] = []
         self._connect_errors: list[tuple[int, str]] = []
         self._order_errors: dict[int, tuple[int, str]] = {}   # orderId -> last (code, message)
@@ -465,13 +466,12 @@ class IBBroker:
 
     async def _wait_pnl(self) -> None:
         """Wait (bounded) for the first reqPnL value: until it comes, P&L is a placeholder."""
-        deadline = self._clock.monotonic() + self.request_timeout
-        while "pnl" not in self._synced and self._clock.monotonic() < deadline:
-            self._pnl_event = asyncio.Event()
+        if "pnl" not in self._synced:
+            self._pnl_event.clear()
             try:
-                await asyncio.wait_for(self._pnl_event.wait(), max(0.0, deadline - self._clock.monotonic()))
+                await asyncio.wait_for(self._pnl_event.wait(), self.request_timeout)
             except TimeoutError:
-                break
+                pass
         if "pnl" not in self._synced:
             log.warning("ib_pnl_not_received", timeout_s=self.request_timeout)
 
@@ -567,9 +567,7 @@ class IBBroker:
     def _on_pnl(self, pnl: Any) -> None:
         if ib_number(pnl.dailyPnL) is not None:
             self._touch("pnl")
-            ev = getattr(self, "_pnl_event", None)
-            if ev:
-                ev.set()
+            self._pnl_event.set()
 
     def _on_tickers(self, tickers: Any) -> None:
         for t in tickers:
@@ -1012,14 +1010,16 @@ class IBBroker:
             c = pos.contract
             item = items.get(c.conId)
             single = self._pnl_single.get(c.conId)
+            # reqPnLSingle's figure when IB has sent one, else the portfolio update's
+            unrealized = ib_number(single.unrealizedPnL) if single else None
+            if unrealized is None and item is not None:
+                unrealized = ib_number(item.unrealizedPNL)
             out.append(Position(
                 con_id=c.conId, symbol=c.symbol, sec_type=c.secType, quantity=float(pos.position),
                 avg_cost=float(pos.avgCost), multiplier=_multiplier(c),
                 market_price=ib_number(item.marketPrice) if item else None,
                 market_value=ib_number(item.marketValue) if item else None,
-                unrealized_pnl=(ib_number(single.unrealizedPnL) if single else None)
-                if single and ib_number(single.unrealizedPnL) is not None
-                else (ib_number(item.unrealizedPNL) if item else None),
+                unrealized_pnl=unrealized,
                 realized_pnl=ib_number(item.realizedPNL) if item else None,
                 expiry=c.lastTradeDateOrContractMonth or None, strike=c.strike or None,
                 right=c.right or None,

@@ -20,8 +20,6 @@ from bus.errors import BrokerConnectError, ConfigError, MqttError
 from bus.messages import (
     ConnectionState,
     ControlCommand,
-    Fill,
-    OrderEvent,
     RiskDecision,
     Status,
     TradeProposal,
@@ -134,14 +132,12 @@ class Daemon:
             _attach_governor(governor, bus, broker, monitor)
             _attach_journal(bus, journal)
 
-            from core.recovery import restore_from_journal, undelivered_decisions, undelivered_fills
+            from core.recovery import recover_from_journal
 
             # earlier runs' decisions (idempotency) and fills (per-agent attribution); the
             # proposals journaled (so acknowledged to the broker) but never decided come back,
             # and so do decisions journaled but never confirmed delivered by the broker
-            undecided = await restore_from_journal(journal, governor, self.clock)
-            undelivered = await undelivered_decisions(journal, self.clock)
-            undelivered_fill_msgs = await undelivered_fills(journal, self.clock)
+            recovered = await recover_from_journal(journal, governor, self.clock)
 
             # a proposal is acknowledged to the broker only once journaled (FULL), see bus/mqtt.py
             bridge = MqttBridge(s, bus, self.clock, url=self.mqtt_url,
@@ -169,11 +165,11 @@ class Daemon:
                 log.error("mqtt_unreachable", error=str(e), code=e.code, url=_safe_url(self.mqtt_url))
                 print(f"bracketgate: MQTT broker unreachable: {e}", file=sys.stderr)
                 return EXIT_MQTT
-            for decision in undelivered:
+            for decision in recovered.undelivered_decisions:
                 await bus.publish(decision)      # journaled, then the daemon died before the PUBACK
-            for fill in undelivered_fill_msgs:
+            for fill in recovered.undelivered_fills:
                 await bus.publish(fill)          # likewise (the governor counts an exec_id once)
-            for proposal in undecided:
+            for proposal in recovered.undecided:
                 await bridge.resubmit(proposal)  # acknowledged, then the daemon died: decide now
 
             loop = asyncio.get_running_loop()
@@ -377,7 +373,6 @@ def _attach_journal(bus: Any, journal: Any) -> None:
 
     bus.subscribe(TradingStateChanged, state, name="journal.state")
     bus.subscribe(ControlCommand, control, name="journal.control")
-    _ = (Fill, OrderEvent)  # fills and order events are journaled by the ExecutionAgent
 
 
 def main(argv: list[str]) -> int:

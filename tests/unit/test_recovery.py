@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from adapters.journal import Journal
 from bus.messages import DenialCode, Leg, Reason, RiskDecision, Side, Verdict
-from core.recovery import restore_from_journal
+from core.recovery import recover_from_journal
 from tests.unit.riskkit import fill, governor, proposal
 
 
@@ -25,7 +25,7 @@ async def test_decisions_fills_and_undecided_come_back(tmp_path):
         await j.record("fill", payload=fill(decided, clock, leg=Leg.TAKE_PROFIT).model_copy(
             update={"exec_id": "x-tp", "side": Side.SELL, "realized_pnl": 42.5}))
 
-        undecided = await restore_from_journal(j, gov, clock)
+        undecided = (await recover_from_journal(j, gov, clock)).undecided
 
     assert gov.decision_for("d1") == first                    # a repeat gets the first decision
     assert gov.decision_for("o1") is None                     # a retry is decided afresh
@@ -34,8 +34,6 @@ async def test_decisions_fills_and_undecided_come_back(tmp_path):
 
 
 async def test_undelivered_decisions_and_fills(tmp_path):
-    from core.recovery import undelivered_decisions, undelivered_fills
-
     gov, clock = governor()
     async with Journal(tmp_path / "j.sqlite", clock) as j:
         p1, p2 = proposal("a"), proposal("b")
@@ -48,5 +46,6 @@ async def test_undelivered_decisions_and_fills(tmp_path):
         await j.record("fill", payload=f1)
         await j.record("fill", payload=f2)
         await j.record("ack", proposal_id="b", agent_id="a1", payload={"delivered": "fill", "exec_id": "e2"})
-        assert [d.proposal_id for d in await undelivered_decisions(j, clock)] == ["b"]
-        assert [f.exec_id for f in await undelivered_fills(j, clock)] == ["e1"]
+        recovered = await recover_from_journal(j, gov, clock)
+        assert [d.proposal_id for d in recovered.undelivered_decisions] == ["b"]
+        assert [f.exec_id for f in recovered.undelivered_fills] == ["e1"]
