@@ -131,6 +131,12 @@ class DenialCode(StrEnum):
     PLACEMENT_FAILED = "PLACEMENT_FAILED"
     DUPLICATE_PROPOSAL = "DUPLICATE_PROPOSAL"
     PROPOSAL_EXPIRED = "PROPOSAL_EXPIRED"
+    # replays and absurd prices
+    RETAINED_PROPOSAL = "RETAINED_PROPOSAL"
+    PRICE_OUT_OF_BAND = "PRICE_OUT_OF_BAND"
+    # what IB has for this proposal's orderRef (crash recovery, lost journal)
+    BRACKET_CANCELLED_AT_IB = "BRACKET_CANCELLED_AT_IB"
+    BRACKET_FINISHED_AT_IB = "BRACKET_FINISHED_AT_IB"
 
 
 DENIAL_MESSAGES: dict[DenialCode, str] = {
@@ -175,6 +181,10 @@ DENIAL_MESSAGES: dict[DenialCode, str] = {
     DenialCode.PLACEMENT_FAILED: "approved bracket could not be sent to IB",
     DenialCode.DUPLICATE_PROPOSAL: "proposal_id already used with different content",
     DenialCode.PROPOSAL_EXPIRED: "proposal expired before it could be placed",
+    DenialCode.RETAINED_PROPOSAL: "a retained proposal is a replay: never placed (publish with retain=false)",
+    DenialCode.PRICE_OUT_OF_BAND: "a price is outside the allowed band around the current quote",
+    DenialCode.BRACKET_CANCELLED_AT_IB: "IB has this proposal's bracket (orderRef) cancelled; not placed again",
+    DenialCode.BRACKET_FINISHED_AT_IB: "IB already traded this proposal's bracket (orderRef); never placed twice",
 }
 
 
