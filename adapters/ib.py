@@ -59,6 +59,7 @@ from bus.messages import (
 )
 from bus.errors import BrokerConnectError, BrokerError, BrokerNotConnected, BrokerTimeout, PlacementError
 from core.clock import SYSTEM_CLOCK, Clock
+from core.crashpoints import crash_point
 from core.logs import get_logger
 
 log = get_logger("adapters.ib")
@@ -258,6 +259,7 @@ class IBBroker:
         self._disconnected = asyncio.Event()
         self._ready = asyncio.Event()
         self._pnl_event = asyncio.Event()   # set by the first known reqPnL value
+        self._refused = asyncio.Event()     # IB refused our client id (326) while connecting
         self._reconcile_hooks: list[ReconcileHook] = []
         self._connect_errors: list[tuple[int, str]] = []
         self._order_errors: dict[int, tuple[int, str]] = {}   # orderId -> last (code, message)
@@ -303,7 +305,20 @@ class IBBroker:
     async def start(self) -> None:
         """Connect once (raising BrokerConnectError with a clear message), then keep connected."""
         self._pump_task = asyncio.create_task(self._pump(), name="ib-event-pump")
-        await self._connect_once()
+        # a restart right after a crash may find IB still holding our client id (326) for a
+        # moment, until it notices the dead socket: retry that, bounded by the connect timeout
+        deadline = asyncio.get_running_loop().time() + self.connect_timeout
+        while True:
+            try:
+                await self._connect_once()
+                break
+            except BrokerConnectError as e:
+                if e.code != 326 or asyncio.get_running_loop().time() + 0.5 > deadline:
+                    raise
+                log.warning("ib_client_id_in_use_retry", client_id=self.client_id, code=326)
+                if self.ib.isConnected():
+                    self.ib.disconnect()
+                await asyncio.sleep(0.5)  # backoff: the one legitimate sleep
         self._supervisor = asyncio.create_task(self._supervise(), name="ib-supervisor")
         self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="ib-heartbeat")
 
@@ -347,9 +362,23 @@ class IBBroker:
         self._disconnected.clear()
         self.reconciled = False
         self._synced.clear()
+        self._refused.clear()
         try:
-            await self.ib.connectAsync(self.host, self.port, clientId=self.client_id,
-                                       timeout=self.connect_timeout, account=self.account)
+            connecting = asyncio.ensure_future(self.ib.connectAsync(
+                self.host, self.port, clientId=self.client_id, timeout=self.connect_timeout,
+                account=self.account))
+            refused = asyncio.ensure_future(self._refused.wait())
+            try:
+                await asyncio.wait([connecting, refused], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                refused.cancel()
+            if not connecting.done():  # 326: IB closed the handshake; do not wait out the timeout
+                connecting.cancel()
+                await asyncio.gather(connecting, return_exceptions=True)
+                if self.ib.isConnected():
+                    self.ib.disconnect()
+                raise TimeoutError("client id in use")
+            connecting.result()
         except ConnectionRefusedError as e:
             self._set_state(ConnectionState.DISCONNECTED, code=502, message="connection refused")
             raise BrokerConnectError(
@@ -589,6 +618,8 @@ class IBBroker:
         kind = classify_error(code)
         if self.state is ConnectionState.CONNECTING:
             self._connect_errors.append((code, message))
+            if code == 326:
+                self._refused.set()
         bound = {"code": code, "req_id": req_id, "error_class": kind.value}
         if kind is ErrorClass.INFO:
             log.info("ib_info", message=message, **bound)
@@ -847,6 +878,8 @@ class IBBroker:
         try:
             for o in orders:
                 trades.append(self.ib.placeOrder(contract, o))
+                if len(trades) == 1:
+                    crash_point("entry_sent")
         except ConnectionError as e:  # the socket closed under us (ib_async raises before sending)
             if not trades:
                 raise BrokerNotConnected(f"IB connection lost before the bracket was sent: {e}") \
@@ -855,6 +888,7 @@ class IBBroker:
                 from e
         log.info("ib_bracket_sent", proposal_id=ref, order_id=ids.entry,
                  take_profit_id=ids.take_profit, stop_loss_id=ids.stop_loss)
+        crash_point("legs_sent")
         await self._wait_ack(trades, ref)
         return ids
 

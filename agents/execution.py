@@ -35,9 +35,11 @@ from bus.messages import (
     Leg,
     OrderEvent,
     PlacementResult,
+    PriorPlacement,
     Side,
 )
 from core.clock import SYSTEM_CLOCK, Clock
+from core.crashpoints import crash_point
 from core.logs import get_logger
 from structlog.contextvars import bound_contextvars
 
@@ -153,6 +155,7 @@ class ExecutionAgent:
         self._intents: dict[str, Any] = {}
         self._settling: dict[str, asyncio.Future[BracketOrderIds | None]] = {}
         self._sending: set[str] = set()          # placements between intent and IB's answer
+        self._refs_at_ib: set[str] = set()       # every orderRef IB told us about (any status)
         self._tasks: set[asyncio.Task] = set()
         self._placing = 0
         self._idle = asyncio.Event()
@@ -178,6 +181,87 @@ class ExecutionAgent:
 
     def has_intent(self, proposal_id: str) -> bool:
         return proposal_id in self._intents or proposal_id in self._brackets
+
+    def prior_placement(self, proposal: Any) -> PriorPlacement | None:
+        """What IB has (or had) for this proposal's orderRef, for a proposal the gate has no
+        decision for: a restart between placing and journaling the decision, a lost journal, a
+        decision memory that forgot. None when neither IB nor an intent knows it (decide it)."""
+        pid = proposal.proposal_id
+        if pid in self._sending:
+            return None  # this run's placement in flight: the gate has its decision
+        book = self._brackets.get(pid)
+        if book is not None and book.placed:
+            return PriorPlacement(proposal_id=pid, outcome="placed", order_ids=book.ids,
+                                  detail="the bracket is at IB (placed before a restart)")
+        rec = self._intents.get(pid)
+        legs = ([u for u in self._broker.orders_at_ib() if u.order_ref == pid]
+                if pid in self._refs_at_ib else [])
+        if not legs:
+            if rec is None:
+                return None
+            return PriorPlacement(
+                proposal_id=pid, outcome="not_at_ib",
+                detail=f"an order intent was recorded ({rec.state}) but the bracket never reached "
+                       "IB (daemon restart); not re-sent")
+        found = "; ".join(sorted(f"{u.order_type} {u.status}"
+                                 + (f" filled {u.filled:g}" if u.filled else "") for u in legs))
+        live = [u for u in legs if u.status not in TERMINAL]
+        stops = [u for u in live if u.parent_id and u.order_type.startswith("STP")]
+        if stops:  # transmitted (the stop carries the transmit flag) and still working: follow it
+            ids = self._adopt_unjournaled(proposal, legs, stops[0].parent_id)
+            if ids is not None:
+                return PriorPlacement(proposal_id=pid, outcome="placed", order_ids=ids,
+                                      detail=f"the bracket is at IB ({found}); adopted")
+        if live:
+            # live legs without a working stop that no journal explains: never left live
+            # under a rejection (cancelling a parent cancels its children)
+            for u in live:
+                if u.order_id and not any(p.order_id == u.parent_id for p in live):
+                    self._spawn(self._cancel_stray(u.order_id, pid), f"cancel-stray:{u.order_id}")
+            return PriorPlacement(
+                proposal_id=pid, outcome="cancelled",
+                detail=f"IB held legs of this orderRef without a working stop ({found}); "
+                       "cancelled, not placed again")
+        if any(u.filled > 0 for u in legs):
+            return PriorPlacement(proposal_id=pid, outcome="finished",
+                                  detail=f"IB traded this bracket before: {found}")
+        return PriorPlacement(proposal_id=pid, outcome="cancelled",
+                              detail=f"IB has this bracket cancelled: {found}")
+
+    def _adopt_unjournaled(self, proposal: Any, legs: list[BrokerOrderUpdate],
+                           entry_id: int | None) -> BracketOrderIds | None:
+        """Follow a working bracket IB has for an orderRef no intent explains (a lost journal):
+        the entry may be a completed order (no orderId); its children name it as parent."""
+        kids = [u for u in legs if entry_id and u.parent_id == entry_id]
+        take = next((u for u in kids if u.order_type == "LMT"), None)
+        stop = next((u for u in kids if u.order_type.startswith("STP")), None)
+        if not entry_id or take is None or stop is None:
+            return None
+        ids = BracketOrderIds(entry=entry_id, take_profit=take.order_id, stop_loss=stop.order_id)
+        book = Bracket(proposal.proposal_id, proposal.agent_id, proposal.symbol, proposal.side,
+                       ids, stop_price=stop.stop_price or proposal.stop_loss, placed=True)
+        entry = next((u for u in legs if u.order_id == entry_id), None)
+        entry_filled = entry.filled if entry else max(
+            (u.filled for u in legs if u.side is proposal.side and not u.parent_id), default=0.0)
+        book.status[Leg.ENTRY] = entry.status if entry else ("Filled" if entry_filled else "")
+        book.filled[Leg.ENTRY] = entry_filled
+        for leg, u in ((Leg.TAKE_PROFIT, take), (Leg.STOP_LOSS, stop)):
+            book.status[leg], book.filled[leg] = u.status, u.filled
+        self._track(book)
+        log.warning("bracket_adopted_without_intent", proposal_id=proposal.proposal_id,
+                    agent_id=proposal.agent_id, order_id=entry_id, take_profit_id=ids.take_profit,
+                    stop_loss_id=ids.stop_loss, code="BRACKET_ADOPTED")
+        self._schedule_guard_check(book, self.guard_grace_s)
+        return ids
+
+    async def _cancel_stray(self, order_id: int, proposal_id: str) -> None:
+        try:
+            await self._broker.cancel_order(order_id)
+            log.warning("stray_order_cancelled", proposal_id=proposal_id, order_id=order_id,
+                        code="BRACKET_CANCELLED_AT_IB")
+        except BrokerError as e:
+            log.error("stray_order_cancel_failed", proposal_id=proposal_id, order_id=order_id,
+                      code=e.code, error=e.message)
 
     def max_order_id_in_journal(self) -> int:
         ids = [v for rec in self._intents.values() for v in (rec.order_ids or {}).values() if isinstance(v, int)]
@@ -216,6 +300,7 @@ class ExecutionAgent:
         self._track(book)
         if self._journal is not None:  # the intent is durable before anything is sent
             await self._journal.record_intent(bracket, ids)
+            crash_point("intent_journaled")
         self._intents[p.proposal_id] = RunIntent(
             p.proposal_id, p.agent_id, "pending", ids.model_dump(),
             {"proposal": p.model_dump(mode="json")})
@@ -230,7 +315,9 @@ class ExecutionAgent:
         finally:
             self._sending.discard(p.proposal_id)
         book.placed = True
+        crash_point("bracket_acked")
         await self._mark(p.proposal_id, "acked", ids)
+        crash_point("intent_acked")
         log.info("bracket_placed", order_id=ids.entry, take_profit_id=ids.take_profit,
                  stop_loss_id=ids.stop_loss, symbol=p.symbol, side=p.side.value, quantity=p.quantity)
         self._schedule_expiry(book, p.cancel_entry_after_s)
@@ -244,7 +331,8 @@ class ExecutionAgent:
     async def _placement_failed(self, book: Bracket, e: BrokerError) -> PlacementResult:
         pid = book.proposal_id
         found: BracketOrderIds | None = getattr(e, "order_ids", None)
-        if e.code == "DUPLICATE_ORDER_REF" and found is not None:
+        if e.code == "DUPLICATE_ORDER_REF" and found is not None and all(
+                (found.entry, found.take_profit, found.stop_loss)):
             # IB already has this proposal's orders (placed before a crash): adopt, never resend
             log.error("placement_duplicate_order_ref", order_id=found.entry)
             self._untrack(book)
@@ -366,6 +454,7 @@ class ExecutionAgent:
         for u in orders:
             if u.order_ref:
                 by_ref.setdefault(u.order_ref, []).append(u)
+        self._refs_at_ib.update(by_ref)
         adopted = revoked = 0
         for ref, legs in by_ref.items():
             rec = self._intents.get(ref)
@@ -548,6 +637,8 @@ class ExecutionAgent:
         return None
 
     async def _on_order_update(self, u: BrokerOrderUpdate, check_guard: bool = True) -> None:
+        if u.order_ref:
+            self._refs_at_ib.add(u.order_ref)
         found = self._resolve(u.order_id, u.order_ref)
         if found is None:
             return  # not one of ours (manual order, another client)

@@ -45,6 +45,7 @@ from bus.messages import (
     OrderType,
     PlacementResult,
     PortfolioSnapshot,
+    PriorPlacement,
     Reason,
     ResolvedContract,
     RiskDecision,
@@ -69,6 +70,8 @@ WhatIf = Callable[[ApprovedBracket], Awaitable[Mapping[str, Any]]]
 # awaited before the synchronous check-and-reserve step: resolves the contract (and a quote
 # for market entries) so that `contract_info` and the snapshot's quotes can answer at once
 Prepare = Callable[[TradeProposal], Awaitable[None]]
+# what IB has (or had) for a proposal_id the gate has no decision for (agents/execution.py)
+PriorLookup = Callable[[TradeProposal], "PriorPlacement | None"]
 StateBy = Literal["operator", "auto", "startup"]
 
 PLACE_SERVICE = "execution.place"
@@ -316,6 +319,7 @@ class RiskGovernor:
         self._bus: Bus | None = None
         self._whatif: WhatIf | None = None
         self._prepare: Prepare | None = None
+        self._prior: PriorLookup | None = None
         self._order_msgs_per_bracket = ORDER_MSGS_PER_BRACKET
         now = clock.monotonic()
         self._proposal_bucket = TokenBucket(limits.max_proposals_per_s, limits.proposal_burst, now)
@@ -493,6 +497,16 @@ class RiskGovernor:
                                       now)
             self._log_decision(proposal, decision, None)
             return decision, False
+        if self._prior is not None:
+            prior = self._prior(proposal)
+            if prior is not None:  # IB has (or had) it: report that, never a fresh verdict
+                decision = self._from_prior(proposal, prior, now)
+                self._decisions.put(pid, proposal, decision)
+                log.warning("risk_decision", proposal_id=pid, agent_id=proposal.agent_id,
+                            verdict=decision.verdict.value,
+                            codes=[r.code.value for r in decision.reasons], prior=prior.outcome,
+                            detail=prior.detail, trading_state=self._state.value)
+                return decision, False
         if now >= self._day_ends:
             self._roll_day(now)
         reasons, ctx = self._check(proposal, snapshot, now)
@@ -627,6 +641,25 @@ class RiskGovernor:
         return construct(RiskDecision, proposal_id=p.proposal_id, agent_id=p.agent_id,
                          verdict=_REJECTED if reasons else _APPROVED, reasons=reasons,
                          order_ids=None, trading_state=self._state, ts=now)
+
+    def use_prior_lookup(self, prior: PriorLookup) -> None:
+        """Consulted for every proposal_id the gate has no decision for (see _evaluate)."""
+        self._prior = prior
+
+    _PRIOR_CODES = {"cancelled": DenialCode.BRACKET_CANCELLED_AT_IB,
+                    "finished": DenialCode.BRACKET_FINISHED_AT_IB,
+                    "not_at_ib": DenialCode.PLACEMENT_FAILED}
+
+    def _from_prior(self, p: TradeProposal, prior: PriorPlacement, now: datetime) -> RiskDecision:
+        """The decision that agrees with what IB has for this orderRef (no reservation: a
+        working bracket is counted from IB's working orders, as after any restart)."""
+        if prior.outcome == "placed" and prior.order_ids is not None and all(
+                (prior.order_ids.entry, prior.order_ids.take_profit, prior.order_ids.stop_loss)):
+            return construct(RiskDecision, proposal_id=p.proposal_id, agent_id=p.agent_id,
+                             verdict=_APPROVED, reasons=[], order_ids=prior.order_ids,
+                             trading_state=self._state, ts=now)
+        code = self._PRIOR_CODES.get(prior.outcome, DenialCode.BRACKET_CANCELLED_AT_IB)
+        return self._decision(p, [deny(code, value=prior.outcome, detail=prior.detail[:300])], now)
 
     def restore_decision(self, proposal: TradeProposal, decision: RiskDecision) -> None:
         """A decision taken by an earlier run (from the journal): a re-delivered proposal_id gets
@@ -861,7 +894,8 @@ class RiskGovernor:
                         error=repr(e), exc_info=True)
             return self._reject(decision, [deny(DenialCode.PLACEMENT_FAILED,
                                                 value=repr(e)[:200])], "placement failed")
-        if not result.ok or result.order_ids is None:
+        ids = result.order_ids
+        if not result.ok or ids is None or not all((ids.entry, ids.take_profit, ids.stop_loss)):
             return self._reject(decision, [deny(DenialCode.PLACEMENT_FAILED, result.code,
                                                 result.error or "no order ids")],
                                 "placement refused")

@@ -314,6 +314,22 @@ class ApprovedBracket(Message):
         return self.proposal.proposal_id
 
 
+class PriorPlacement(Message):
+    """What IB has (or had) for a proposal's orderRef when the gate meets a proposal_id it has no
+    decision for (a restart between placing and journaling the decision, a lost journal). The
+    gate answers from it and never decides such a proposal afresh:
+      placed     every leg is (or was) at IB, ids known -> approved with those ids
+      cancelled  IB holds the legs cancelled (e.g. a send cut by a crash)  -> rejected
+      finished   IB traded the bracket, ids unknown (completed orders)     -> rejected
+      not_at_ib  an earlier run recorded the intent, IB never got it       -> rejected
+    """
+
+    proposal_id: str
+    outcome: Literal["placed", "cancelled", "finished", "not_at_ib"]
+    order_ids: BracketOrderIds | None = None
+    detail: str = ""
+
+
 class PlacementResult(Message):
     proposal_id: str
     ok: bool

@@ -27,6 +27,7 @@ from bus.messages import (
 )
 from config.settings import Settings, describe_mode, load_settings
 from core.clock import SYSTEM_CLOCK, Clock
+from core.crashpoints import crash_point
 from core.logs import configure_logging, get_logger
 
 log = get_logger("bracketgate")
@@ -130,6 +131,8 @@ class Daemon:
             broker.add_reconcile_hook(execution.reconcile)
             self.governor = governor = RiskGovernor(limits, self.clock, contract_info=broker.cached_contract)
             _attach_governor(governor, bus, broker, monitor)
+            # a proposal_id without a decision is first looked up at IB (crash windows, lost journal)
+            governor.use_prior_lookup(execution.prior_placement)
             _attach_journal(bus, journal)
 
             from core.recovery import recover_from_journal
@@ -336,6 +339,7 @@ def _journal_proposal(journal: Any) -> Any:
         if not await journal.events(proposal_id=p.proposal_id, kinds="proposal", limit=1):
             await journal.record("proposal", proposal_id=p.proposal_id, agent_id=p.agent_id,
                                  payload=p, durable=True)
+            crash_point("proposal_journaled")
 
     return on_proposal
 
@@ -346,6 +350,7 @@ def _journal_decision(journal: Any) -> Any:
 
     async def on_decision(d: RiskDecision) -> None:
         await journal.record("decision", proposal_id=d.proposal_id, agent_id=d.agent_id, payload=d)
+        crash_point("decision_journaled")
 
     return on_decision
 
@@ -354,6 +359,8 @@ def _journal_delivery(journal: Any) -> Any:
     """The bridge's delivery hook: the broker has the decision or fill (PUBACK)."""
 
     async def delivered(kind: str, proposal_id: str, agent_id: str, key: str) -> None:
+        if kind == "decision":
+            crash_point("decision_delivered")
         payload = {"delivered": kind} if kind == "decision" else {"delivered": kind, "exec_id": key}
         await journal.record("ack", proposal_id=proposal_id, agent_id=agent_id, payload=payload)
 

@@ -342,6 +342,7 @@ def test_every_code_a_rule_can_emit_has_a_case_here_or_in_the_governor_tests() -
         D.PNL_UNKNOWN, D.ACCOUNT_VALUES_UNKNOWN, D.QUOTE_UNAVAILABLE, D.TRADING_HALTED,
         D.RATE_LIMITED, D.INSUFFICIENT_MARGIN, D.WHATIF_FAILED, D.PLACEMENT_FAILED,
         D.DUPLICATE_PROPOSAL,
+        D.BRACKET_CANCELLED_AT_IB, D.BRACKET_FINISHED_AT_IB,  # tests/unit/test_prior_placement.py
         D.OUTSIDE_TRADING_HOURS,  # test_trading_hours_window above
     }
     # answered by the MQTT bridge / daemon, not the governor
