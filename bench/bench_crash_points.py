@@ -41,7 +41,8 @@ def line(text: str = "") -> None:
 
 async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--kills", type=int, default=7 * len(POINTS))
+    ap.add_argument("--kills", type=int, default=7 * len(POINTS),
+                    help="SIGKILLs wanted (rounds go on until that many, at most twice as many)")
     ap.add_argument("--rate", type=float, default=50.0, help="proposals per second")
     ap.add_argument("--seed", type=int, default=None)
     args = ap.parse_args()
@@ -74,6 +75,12 @@ async def main() -> int:
          f"{dict(sorted(hits.items()))}")
     line(f"   {result.line()}")
     line(f"   rejection codes {dict(result.rejection_codes)}")
+    sample = {}
+    for ds in rig.decisions().values():
+        for r in ds[0].get("reasons") or ():
+            sample.setdefault(r["code"], r)
+    for code, r in sample.items():
+        line(f"   e.g. {code}: {r.get('message')} limit={r.get('limit')} value={r.get('value')}")
     for v in result.violations[:50]:
         line(f"   VIOLATION {v}")
     line(f"== invariant violations: {len(result.violations)}")
