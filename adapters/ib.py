@@ -17,6 +17,7 @@ State kept here (one line each):
   _pending_execs: execId -> (BrokerExecution, deadline handle) (waiting for commissionReport)
   _seen_execs:    set of execIds already published             (dedupe live + reqExecutions)
   _settled:       orderIds a placement check found dead or absent at IB (never cancelled again)
+  _absent:        orderIds a placement check found IB does not have (lost on the way)
 
 Every message to IB goes through `pacer` (adapters/pacer.py): the adapter awaits its turn
 right before each request, and a hook on the client's sendMsg counts what really leaves (the
@@ -277,6 +278,7 @@ class IBBroker:
         self._ack_waiters: set[Callable[[], None]] = set()      # placements waiting for IB's ack
         self._max_order_id = 0
         self._settled: set[int] = set()
+        self._absent: set[int] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
         self._contracts: dict[tuple, ResolvedContract] = {}
@@ -867,7 +869,8 @@ class IBBroker:
         """The legs IB told us about for this orderRef, by name (entry / take_profit /
         stop_loss), each an ib Trade; a leg IB does not have is absent, never an id 0."""
         legs = [t for t in self.ib.trades() if t.order.orderRef == order_ref
-                and not getattr(t.order, "whatIf", False) and t.order.orderId]
+                and not getattr(t.order, "whatIf", False) and t.order.orderId
+                and t.order.orderId not in self._absent]
         parent = next((t for t in legs if not t.order.parentId), None)
         if parent is None:
             return {}
@@ -1043,6 +1046,8 @@ class IBBroker:
         for oid, name in wanted.items():
             if oid not in found or found[oid] in dead:
                 self._settled.add(oid)       # nothing to cancel at IB
+            if oid not in found:
+                self._absent.add(oid)
         for oid in sorted(found, reverse=True):   # children first, then the parent
             if found[oid] not in dead and await self.cancel_order(oid):
                 self._settled.add(oid)
