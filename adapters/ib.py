@@ -16,6 +16,12 @@ State kept here (one line each):
   _pnl_single:    conId -> ib PnLSingle                        (one reqPnLSingle per position)
   _pending_execs: execId -> (BrokerExecution, deadline handle) (waiting for commissionReport)
   _seen_execs:    set of execIds already published             (dedupe live + reqExecutions)
+  _settled:       orderIds a placement check found dead or absent at IB (never cancelled again)
+  _absent:        orderIds a placement check found IB does not have (lost on the way)
+
+Every message to IB goes through `pacer` (adapters/pacer.py): the adapter awaits its turn
+right before each request, and a hook on the client's sendMsg counts what really leaves (the
+library's own 45/s throttle is switched off: one pacer, one count).
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from bus.messages import (
     TradeProposal,
     WorkingOrder,
 )
+from adapters.pacer import DEFAULT_RATE, Pacer, Priority
 from bus.errors import BrokerConnectError, BrokerError, BrokerNotConnected, BrokerTimeout, PlacementError
 from core.clock import SYSTEM_CLOCK, Clock
 from core.crashpoints import crash_point
@@ -203,6 +210,10 @@ def order_update_from_trade(trade: Any, ts: datetime, code: int | None = None,
     )
 
 
+def _describe(legs: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {t.order.orderId} {t.orderStatus.status or '?'}" for name, t in legs.items())
+
+
 # --------------------------------------------------------------------------- the broker
 
 
@@ -234,6 +245,7 @@ class IBBroker:
         backoff_base: float = 0.1,
         backoff_cap: float = 0.5,
         live_ok: bool = False,
+        max_msgs_per_s: float = DEFAULT_RATE,
     ) -> None:
         if port in LIVE_PORTS and not live_ok:
             raise BrokerConnectError(f"port {port} is a LIVE trading port; refusing without explicit live opt-in")
@@ -249,6 +261,8 @@ class IBBroker:
 
         self.ib = ibl.IB()
         self.ib.RaiseRequestErrors = True
+        self.pacer = Pacer(max_msgs_per_s)
+        self._count_sends()
         self.state = ConnectionState.DISCONNECTED
         self.reconciled = False
         self._closing = False
@@ -265,6 +279,9 @@ class IBBroker:
         self._order_errors: dict[int, tuple[int, str]] = {}   # orderId -> last (code, message)
         self._ack_waiters: set[Callable[[], None]] = set()      # placements waiting for IB's ack
         self._max_order_id = 0
+        self._settled: set[int] = set()
+        self._absent: set[int] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
         self._contracts: dict[tuple, ResolvedContract] = {}
         self._ib_contracts: dict[int, Any] = {}
@@ -324,6 +341,9 @@ class IBBroker:
 
     async def close(self) -> None:
         self._closing = True
+        self.pacer.close()   # waiting requests fail with PacerClosed: nothing more is sent
+        for task in list(self._tasks):
+            task.cancel()
         for task in (self._supervisor, self._heartbeat_task):
             if task:
                 task.cancel()
@@ -340,6 +360,30 @@ class IBBroker:
         if self._pump_task:
             self._pump_task.cancel()
             await asyncio.gather(self._pump_task, return_exceptions=True)
+
+    def _count_sends(self) -> None:
+        """Every message the client writes is counted by the pacer (what connectAsync sends on
+        its own included); the library's burst throttle is off so the count is the send."""
+        client = self.ib.client
+        client.MaxRequests = 0
+        send = client.sendMsg
+        pacer = self.pacer
+
+        def counted(msg: Any) -> None:
+            if msg:
+                pacer.note_sent()
+            send(msg)
+
+        client.sendMsg = counted
+
+    async def _turn(self, priority: Priority, n: int = 1) -> None:
+        """Wait for the pacer's turn for `n` messages sent right after (same step)."""
+        await self.pacer.acquire(priority, n)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def add_reconcile_hook(self, hook: ReconcileHook) -> None:
         """Awaited after every (re)connect sync, before the broker is READY again."""
@@ -424,15 +468,16 @@ class IBBroker:
             await hook()
         await self._sync_executions()
         # P&L subscriptions (renewed on every connect: a reconnect has none)
+        await self._turn(Priority.DATA)
         self._pnl = self.ib.reqPnL(self.account)
         self._pnl_single.clear()
         for pos in self.ib.positions(self.account):
-            self._subscribe_pnl_single(pos.contract.conId)
+            await self._subscribe_pnl_single(pos.contract.conId)
         # market data subscriptions are per connection too
         old_tickers = list(self._tickers)
         self._tickers.clear()
         for con_id in old_tickers:
-            self._subscribe_quote(con_id)
+            await self._subscribe_quote(con_id)
         await self._wait_pnl()
         self.reconciled = True
         self._set_state(ConnectionState.READY)
@@ -480,10 +525,15 @@ class IBBroker:
                           tif="GTC", orderRef=order_ref, account=self.account, transmit=True)
         if stop_price is not None:
             order.auxPrice = stop_price
-        trade = self.ib.placeOrder(entry.contract, order)
+        await self._turn(Priority.PROTECT)
+        self._require_ready()
+        try:
+            trade = self.ib.placeOrder(entry.contract, order)
+        except ConnectionError as e:
+            raise BrokerNotConnected(f"IB connection lost before the protective order: {e}") from e
         log.warning("ib_protective_order_sent", proposal_id=order_ref, order_id=order_id,
                     order_type=kind, quantity=quantity, stop_price=stop_price)
-        await self._wait_ack([trade], order_ref)
+        await self._wait_ack([trade], order_ref, ("protective",))
         return order_id
 
     def allocate_order_id(self) -> int:
@@ -534,8 +584,9 @@ class IBBroker:
             if self.state not in (ConnectionState.READY, ConnectionState.CONNECTED):
                 continue
             try:
+                await self._turn(Priority.DATA)
                 await asyncio.wait_for(self.ib.reqCurrentTimeAsync(), self.request_timeout)
-            except (TimeoutError, ConnectionError, OSError) as e:
+            except (TimeoutError, ConnectionError, OSError, BrokerNotConnected) as e:
                 log.warning("ib_heartbeat_failed", error=repr(e))
                 continue
             if self.state is ConnectionState.READY:
@@ -648,20 +699,26 @@ class IBBroker:
 
     async def _resync(self, code: int) -> None:
         try:
+            await self._turn(Priority.DATA)
             await asyncio.wait_for(self.ib.reqPositionsAsync(), self.request_timeout)
+            await self._turn(Priority.DATA)
             await asyncio.wait_for(self.ib.reqOpenOrdersAsync(), self.request_timeout)
             if self.account:
+                await self._turn(Priority.DATA)
                 await asyncio.wait_for(self.ib.reqAccountUpdatesAsync(self.account), self.request_timeout)
             if code == 1101:  # data lost: subscriptions are gone
                 if self._pnl is not None:
+                    await self._turn(Priority.DATA)
                     self.ib.cancelPnL(self.account)
                 for con_id in list(self._pnl_single):
+                    await self._turn(Priority.DATA)
                     self.ib.cancelPnLSingle(self.account, "", con_id)
                 self._pnl_single.clear()
                 self._synced.discard("pnl")
+                await self._turn(Priority.DATA)
                 self._pnl = self.ib.reqPnL(self.account)
                 for pos in self.ib.positions(self.account):
-                    self._subscribe_pnl_single(pos.contract.conId)
+                    await self._subscribe_pnl_single(pos.contract.conId)
                 await self._wait_pnl()
             for hook in self._reconcile_hooks:
                 await hook()
@@ -676,7 +733,7 @@ class IBBroker:
             self.reconciled = True
             self._set_state(ConnectionState.READY, code=code, message="resynced")
             self._ready.set()
-        except (TimeoutError, ConnectionError, OSError) as e:
+        except (TimeoutError, ConnectionError, OSError, BrokerNotConnected) as e:
             log.warning("ib_resync_failed", code=code, error=repr(e))
 
     def _trade_for(self, order_id: int) -> Any:
@@ -693,8 +750,10 @@ class IBBroker:
         self._emit(order_update_from_trade(trade, self._clock.now()))
         self._mark_dirty("orders")
         # a new position may need its P&L subscription
-        if trade.orderStatus.status == "Filled" and self.state is ConnectionState.READY:
-            self._subscribe_pnl_single(trade.contract.conId)
+        con_id = trade.contract.conId
+        if (trade.orderStatus.status == "Filled" and self.state is ConnectionState.READY
+                and con_id not in self._pnl_single and self.account):
+            self._spawn(self._subscribe_pnl_single(con_id), f"ib-pnl-single:{con_id}")
 
     def _execution(self, trade: Any, fill: Any) -> BrokerExecution:
         e, c = fill.execution, fill.contract
@@ -751,8 +810,9 @@ class IBBroker:
     async def _sync_executions(self) -> None:
         """Publish the day's executions not seen yet (fills that happened while disconnected)."""
         try:
+            await self._turn(Priority.DATA)
             fills = await asyncio.wait_for(self.ib.reqExecutionsAsync(), self.request_timeout)
-        except (TimeoutError, ConnectionError) as e:
+        except (TimeoutError, ConnectionError, BrokerNotConnected) as e:
             log.warning("ib_executions_sync_failed", error=repr(e))
             return
         for fill in fills:
@@ -785,6 +845,10 @@ class IBBroker:
         if not self.ib.isConnected():
             raise BrokerNotConnected("IB is not connected")
         query = _to_ib_contract(proposal)
+        await self._turn(Priority.DATA)
+        hit = self._contracts.get(key)   # resolved by another request while this one waited
+        if hit is not None:
+            return hit
         try:
             details = await asyncio.wait_for(self.ib.reqContractDetailsAsync(query), self.request_timeout)
         except TimeoutError as e:
@@ -832,20 +896,37 @@ class IBBroker:
                          **common)
         return [parent, take, stop]
 
-    def existing_bracket(self, order_ref: str) -> BracketOrderIds | None:
-        """The legs IB already has for this orderRef (any status), or None."""
-        legs = [t for t in self.ib.trades() if t.order.orderRef == order_ref and not getattr(t.order, "whatIf", False)]
-        if not legs:
-            return None
+    def bracket_legs(self, order_ref: str) -> dict[str, Any]:
+        """The legs IB told us about for this orderRef, by name (entry / take_profit /
+        stop_loss), each an ib Trade; a leg IB does not have is absent, never an id 0."""
+        legs = [t for t in self.ib.trades() if t.order.orderRef == order_ref
+                and not getattr(t.order, "whatIf", False) and t.order.orderId
+                and t.order.orderId not in self._absent]
         parent = next((t for t in legs if not t.order.parentId), None)
         if parent is None:
-            return None
+            return {}
         kids = [t for t in legs if t.order.parentId == parent.order.orderId]
+        out = {"entry": parent}
         take = next((t for t in kids if t.order.orderType == "LMT"), None)
         stop = next((t for t in kids if t.order.orderType in ("STP", "STP LMT")), None)
-        return BracketOrderIds(entry=parent.order.orderId,
-                               take_profit=take.order.orderId if take else 0,
-                               stop_loss=stop.order.orderId if stop else 0)
+        if take is not None:
+            out["take_profit"] = take
+        if stop is not None:
+            out["stop_loss"] = stop
+        return out
+
+    def existing_bracket(self, order_ref: str) -> BracketOrderIds | None:
+        """The three legs IB already has for this orderRef (any status), or None when it has
+        fewer than three (never an id 0: `bracket_legs` tells which legs there are)."""
+        legs = self.bracket_legs(order_ref)
+        if len(legs) < 3:
+            if legs:
+                log.warning("ib_bracket_incomplete", proposal_id=order_ref,
+                            legs=_describe(legs), code="BRACKET_INCOMPLETE")
+            return None
+        return BracketOrderIds(entry=legs["entry"].order.orderId,
+                               take_profit=legs["take_profit"].order.orderId,
+                               stop_loss=legs["stop_loss"].order.orderId)
 
     def has_order_ref(self, order_ref: str) -> bool:
         return any(t.order.orderRef == order_ref for t in self.ib.trades())
@@ -874,6 +955,9 @@ class IBBroker:
             contract = self._ib_contracts[resolved.con_id]
         ids = ids or self.allocate_bracket_ids()
         orders = self._bracket_orders(bracket, (ids.entry, ids.take_profit, ids.stop_loss))
+        # one turn for the three legs: the transmit chain is never split by a pacing wait
+        await self._turn(Priority.ORDER, 3)
+        self._require_ready()
         trades = []
         try:
             for o in orders:
@@ -889,16 +973,16 @@ class IBBroker:
         log.info("ib_bracket_sent", proposal_id=ref, order_id=ids.entry,
                  take_profit_id=ids.take_profit, stop_loss_id=ids.stop_loss)
         crash_point("legs_sent")
-        await self._wait_ack(trades, ref)
+        await self._wait_ack(trades, ref, ("entry", "take_profit", "stop_loss"))
         return ids
 
-    async def _wait_ack(self, trades: list[Any], ref: str) -> None:
+    async def _wait_ack(self, trades: list[Any], ref: str, names: tuple[str, ...]) -> None:
         """Until IB acknowledges every leg (PlacementError if it refuses one). A leg that
         fills means IB took the bracket: done, whatever its siblings' states (a bracket can fill
         its entry and stop on arrival and cancel its take-profit before all acks are read). A
         connection that drops first makes the outcome unknown: PlacementUncertain (the orders
-        may be at IB, partly or not at all); a plain timeout with the connection up is logged
-        and passes."""
+        may be at IB, partly or not at all). A timeout with the connection up is not success:
+        IB is asked what it has (`_placement_truth`)."""
         done = asyncio.Event()
         failure: list[Any] = []
         lost: list[bool] = []
@@ -931,7 +1015,9 @@ class IBBroker:
         except TimeoutError:
             log.warning("ib_bracket_ack_timeout", proposal_id=ref, timeout_s=self.ack_timeout,
                         statuses=[t.orderStatus.status for t in trades])
-            return
+            if not lost:
+                await self._placement_truth(trades, ref, names)
+                return
         finally:
             self._ack_waiters.discard(on_lost)
             for t in trades:
@@ -953,6 +1039,59 @@ class IBBroker:
                          or (None, f"leg {t.order.orderId} {t.orderStatus.status}"))
             raise PlacementError(msg, code=code)
 
+    async def _placement_truth(self, trades: list[Any], ref: str, names: tuple[str, ...]) -> None:
+        """No ack in time, socket up: ask IB (open, then completed orders) what it has for this
+        orderRef. Every leg there, transmitted (the last leg carries the transmit flag, so its
+        presence says the chain went) and alive or trading: success. Anything else: what is
+        there is cancelled and PlacementError names what was found. Connection lost meanwhile:
+        PlacementUncertain (the reconcile settles it)."""
+        wanted = {t.order.orderId: name for t, name in zip(trades, names)}
+        found: dict[int, str] = {}          # orderId -> IB's status
+        try:
+            await self._turn(Priority.PROTECT)
+            opened = await asyncio.wait_for(self.ib.reqOpenOrdersAsync(), self.request_timeout)
+            for t in opened or []:
+                if t.order.orderId in wanted and t.order.orderRef == ref:
+                    found[t.order.orderId] = t.orderStatus.status or "Submitted"
+            if len(found) < len(wanted):
+                await self._turn(Priority.PROTECT)
+                done = await asyncio.wait_for(self.ib.reqCompletedOrdersAsync(False), self.request_timeout)
+                for t in done or []:
+                    oid = t.order.orderId or next(
+                        (x.order.orderId for x in trades if t.order.permId and
+                         x.order.permId == t.order.permId), 0)
+                    if oid in wanted and oid not in found and (t.order.orderRef or ref) == ref:
+                        found[oid] = t.orderStatus.status or "Completed"
+        except (ConnectionError, OSError, BrokerNotConnected) as e:
+            raise PlacementUncertain(ref, f"IB connection lost while asking what IB has: {e}") from e
+        except TimeoutError:
+            log.warning("ib_placement_query_timeout", proposal_id=ref, timeout_s=self.request_timeout)
+            if not self.ib.isConnected():
+                raise PlacementUncertain(ref, "IB connection lost while asking what IB has") from None
+        dead = ("Cancelled", "ApiCancelled", "Inactive", "PendingCancel")
+        statuses = list(found.values())
+        traded = any(t.orderStatus.filled for t in trades) or "Filled" in statuses
+        if len(found) == len(wanted) and (traded or not any(st in dead for st in statuses)):
+            log.info("ib_bracket_ack_confirmed", proposal_id=ref, order_id=trades[0].order.orderId,
+                     legs={wanted[oid]: st for oid, st in found.items()})
+            return
+        seen = ", ".join(f"{wanted[oid]} {oid} {st}" for oid, st in sorted(found.items())) or "nothing"
+        missing = ", ".join(f"{name} {oid}" for oid, name in wanted.items() if oid not in found)
+        for oid, name in wanted.items():
+            if oid not in found or found[oid] in dead:
+                self._settled.add(oid)       # nothing to cancel at IB
+            if oid not in found:
+                self._absent.add(oid)
+        for oid in sorted(found, reverse=True):   # children first, then the parent
+            if found[oid] not in dead and await self.cancel_order(oid):
+                self._settled.add(oid)
+        message = (f"IB did not acknowledge the placement of {ref!r} within {self.ack_timeout}s; "
+                   f"IB has {seen}" + (f"; missing {missing}" if missing else "")
+                   + "; what IB had was cancelled")
+        log.warning("ib_placement_not_confirmed", proposal_id=ref, found=seen, missing=missing,
+                    code="ACK_TIMEOUT")
+        raise PlacementError(message, code="ACK_TIMEOUT")
+
     async def cancel_order(self, order_id: int) -> bool:
         """Cancel one order. Allowed as soon as the socket is up (a cancel only lowers risk, and
         the reconcile before READY cancels brackets that were never transmitted)."""
@@ -960,9 +1099,15 @@ class IBBroker:
             raise BrokerNotConnected(
                 f"IB connection is {self.state.value}: cannot cancel {order_id}")
         trade = self._trade_for(order_id)
-        if trade is None or trade.isDone():
+        if trade is None or trade.isDone() or order_id in self._settled:
             return False
-        self.ib.cancelOrder(trade.order)
+        await self._turn(Priority.PROTECT)
+        if trade.isDone():
+            return False
+        try:
+            self.ib.cancelOrder(trade.order)
+        except ConnectionError as e:
+            raise BrokerNotConnected(f"IB connection lost: cannot cancel {order_id}: {e}") from e
         return True
 
     async def what_if(self, bracket: ApprovedBracket) -> dict[str, float | None]:
@@ -979,6 +1124,8 @@ class IBBroker:
                           tif=p.tif.value, account=self.account)
         if p.order_type is OrderType.LMT:
             order.lmtPrice = p.limit_price
+        await self._turn(Priority.ORDER)
+        self._require_ready()
         try:
             state = await asyncio.wait_for(self.ib.whatIfOrderAsync(contract, order), self.request_timeout)
         except TimeoutError as e:
@@ -996,9 +1143,12 @@ class IBBroker:
             "commission": ib_number(state.commission),
         }
 
-    def _subscribe_quote(self, con_id: int) -> None:
+    async def _subscribe_quote(self, con_id: int) -> None:
         contract = self._ib_contracts.get(con_id)
         if contract is None or con_id in self._tickers:
+            return
+        await self._turn(Priority.DATA)
+        if con_id in self._tickers or not self.ib.isConnected():
             return
         self._tickers[con_id] = self.ib.reqMktData(contract, "", False, False)
 
@@ -1007,18 +1157,21 @@ class IBBroker:
         if resolved.con_id not in self._tickers:
             if not self.ib.isConnected():
                 return None
-            self._quote_waiters[resolved.con_id] = asyncio.Event()
-            self._subscribe_quote(resolved.con_id)
+            waiter = self._quote_waiters.setdefault(resolved.con_id, asyncio.Event())
             try:
-                await asyncio.wait_for(self._quote_waiters[resolved.con_id].wait(), timeout)
+                await self._subscribe_quote(resolved.con_id)
+                await asyncio.wait_for(waiter.wait(), timeout)
             except TimeoutError:
                 log.warning("ib_quote_timeout", symbol=resolved.symbol, con_id=resolved.con_id)
             finally:
                 self._quote_waiters.pop(resolved.con_id, None)
         return self.quotes().get(resolved.symbol)
 
-    def _subscribe_pnl_single(self, con_id: int) -> None:
+    async def _subscribe_pnl_single(self, con_id: int) -> None:
         if con_id in self._pnl_single or not self.account:
+            return
+        await self._turn(Priority.DATA)
+        if con_id in self._pnl_single or not self.ib.isConnected():
             return
         self._pnl_single[con_id] = self.ib.reqPnLSingle(self.account, "", con_id)
 

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
 from agents.reservations import TERMINAL_STATUSES, Reservation, ReservationLedger
@@ -72,6 +72,15 @@ WhatIf = Callable[[ApprovedBracket], Awaitable[Mapping[str, Any]]]
 Prepare = Callable[[TradeProposal], Awaitable[None]]
 # what IB has (or had) for a proposal_id the gate has no decision for (agents/execution.py)
 PriorLookup = Callable[[TradeProposal], "PriorPlacement | None"]
+
+
+class OrderBudget(Protocol):
+    """The IB pacer as the order-rate rule sees it (adapters/pacer.py `Pacer`)."""
+
+    def headroom(self, horizon_s: float) -> float: ...
+    def promise(self, n: int, within_s: float) -> None: ...
+
+
 StateBy = Literal["operator", "auto", "startup"]
 
 PLACE_SERVICE = "execution.place"
@@ -321,6 +330,9 @@ class RiskGovernor:
         self._prepare: Prepare | None = None
         self._prior: PriorLookup | None = None
         self._order_msgs_per_bracket = ORDER_MSGS_PER_BRACKET
+        # with an IB pacer attached, the order-rate rule reads its headroom (no second count);
+        # without one (unit tests), the max_order_msgs_per_s token bucket below
+        self._order_budget: OrderBudget | None = None
         now = clock.monotonic()
         self._proposal_bucket = TokenBucket(limits.max_proposals_per_s, limits.proposal_burst, now)
         self._order_bucket = TokenBucket(limits.max_order_msgs_per_s, limits.max_order_msgs_per_s, now)
@@ -614,7 +626,12 @@ class RiskGovernor:
                     c.agent_position_notional = n
         c.agent_exposure = exposure
         c.proposal_rate_denied = rate_denied
-        c.order_tokens = self._order_bucket.available(mono)
+        if self._order_budget is not None:
+            c.order_horizon_s = self._order_horizon_s()
+            c.order_tokens = self._order_budget.headroom(c.order_horizon_s)
+        else:
+            c.order_horizon_s = None
+            c.order_tokens = self._order_bucket.available(mono)
         c.order_msgs_needed = self._order_msgs_per_bracket
 
         reasons = []
@@ -628,8 +645,20 @@ class RiskGovernor:
         px = view.marks.get(symbol) or self._last_price.get(symbol) or fallback
         return px or 0.0
 
+    def _order_horizon_s(self) -> float:
+        """Within this, an approval's order messages must have left: half the tighter of the
+        what-if and placement deadlines (the rest is for IB's answers)."""
+        lim = self._limits
+        deadline = lim.placement_timeout_s
+        if self._whatif is not None:
+            deadline = min(deadline, lim.whatif_timeout_s)
+        return deadline / 2
+
     def _reserve(self, p: TradeProposal, c: RuleContext, now: datetime) -> None:
-        self._order_bucket.take(self._clock.monotonic(), self._order_msgs_per_bracket)
+        if self._order_budget is not None:
+            self._order_budget.promise(self._order_msgs_per_bracket, self._order_horizon_s())
+        else:
+            self._order_bucket.take(self._clock.monotonic(), self._order_msgs_per_bracket)
         self._multipliers[p.symbol] = c.multiplier
         self.ledger.reserve(Reservation(
             proposal_id=p.proposal_id, agent_id=p.agent_id, symbol=p.symbol, sign=c.sign,
@@ -820,7 +849,7 @@ class RiskGovernor:
     # ================================================================== bus wiring (thin)
 
     def attach(self, bus: Bus, *, whatif: WhatIf | None = None, prepare: Prepare | None = None,
-               intake_maxsize: int = 1_000) -> None:
+               intake_maxsize: int = 1_000, order_budget: OrderBudget | None = None) -> None:
         """Subscribe to the bus. Proposals are queued REJECT-on-full (the bridge answers
         OVERLOADED); snapshots keep only the newest; order events, fills and commands BLOCK."""
         from bus.bus import Overflow
@@ -828,6 +857,7 @@ class RiskGovernor:
         self._bus = bus
         self._whatif = whatif
         self._prepare = prepare
+        self._order_budget = order_budget
         # an IB what-if is an order message too (placeOrder with whatIf=1)
         self._order_msgs_per_bracket = ORDER_MSGS_PER_BRACKET + (1 if whatif is not None else 0)
         bus.subscribe(TradeProposal, self._on_proposal_msg, name="risk", maxsize=intake_maxsize,

@@ -98,6 +98,7 @@ class RuleContext:
         "open_brackets", "open_worst_case", "agent_open_brackets", "agent_worst_case",
         "agent_realized", "agent_exposure", "agent_position_notional",
         "proposal_rate_denied", "order_tokens", "order_msgs_needed",
+        "order_horizon_s",
     )
 
     def __init__(self, **kw: Any) -> None:
@@ -140,6 +141,7 @@ class RuleContext:
     proposal_rate_denied: tuple[str, float] | None   # (bucket, its rate) if out of tokens
     order_tokens: float
     order_msgs_needed: int          # 3 legs, + 1 when a what-if precedes them
+    order_horizon_s: float | None   # the IB pacer's horizon for order_tokens; None = own bucket
 
 
 Rule = Callable[[RuleContext], Reason | None]
@@ -421,6 +423,11 @@ def rule_rates(c: RuleContext) -> Reason | None:
         bucket, rate = c.proposal_rate_denied
         return deny(D.RATE_LIMITED, rate, bucket, field="proposals_per_s")
     needed = c.order_msgs_needed or ORDER_MSGS_PER_BRACKET
+    if c.order_tokens < needed and c.order_horizon_s is not None:
+        # the IB pacer's headroom: order messages that can still go within the horizon
+        return deny(D.RATE_LIMITED, needed, round(c.order_tokens, 3), field="ib_pacer_headroom",
+                    detail=f"the IB pacer can send {max(0.0, c.order_tokens):.1f} more order "
+                           f"messages within {c.order_horizon_s:g}s; a bracket needs {needed}")
     if c.order_tokens < needed:
         return deny(D.RATE_LIMITED, c.limits.max_order_msgs_per_s, round(c.order_tokens, 3),
                     field="order_msgs_per_s",

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     ib_live: bool = False                            # explicit opt-in for live ports
     ib_connect_timeout: float = Field(10.0, gt=0)
     ib_reconnect_max_s: float = Field(0.5, gt=0, le=60)   # cap of the reconnect backoff
+    ib_max_msgs_per_s: float = Field(40.0, ge=5, lt=50)   # the IB pacer's budget (IB's cap: 50/s)
     # an entry filled while its stop is not working at IB: protective stop, flatten, or alert only
     unprotected_fill_action: Literal["protect", "flatten", "alert"] = "protect"
 

@@ -115,7 +115,7 @@ class Daemon:
                 host=self.ib_host, port=int(self.ib_port), client_id=s.ib_client_id,
                 account=s.ib_account or "", publish=bus.publish, clock=self.clock,
                 connect_timeout=s.ib_connect_timeout, live_ok=s.ib_live,
-                backoff_cap=s.ib_reconnect_max_s,
+                backoff_cap=s.ib_reconnect_max_s, max_msgs_per_s=s.ib_max_msgs_per_s,
             )
             self.broker = broker
             broker.mark_executions_seen(await journal.exec_ids())
@@ -309,7 +309,8 @@ def _attach_governor(governor: Any, bus: Any, broker: Any, monitor: Any) -> None
     async def whatif(bracket: Any) -> dict[str, Any]:
         return await broker.what_if(bracket)
 
-    governor.attach(bus, prepare=prepare, whatif=whatif)
+    # the order-rate rule reads the IB pacer's headroom (one count of what goes to IB)
+    governor.attach(bus, prepare=prepare, whatif=whatif, order_budget=broker.pacer)
 
 
 async def _step(name: str, aw: Any, timeout: float) -> None:

@@ -3,7 +3,8 @@
 Tests and operators use it to move prices, restart the gateway, inject connectivity codes,
 cap fill sizes and read the full brokerage state. Routes (all bodies and answers are JSON):
 
-    GET  /health                      {"ok", "up", "port", "clients": [...], "restarts", "downFor"}
+    GET  /health                      {"ok", "up", "port", "clients": [...], "restarts", "downFor",
+                                       "pacingErrors", "pacingDropped", "lostOrders"}
     GET  /state                       orders, positions, executions, account values, P&L, prices
     POST /price    {"symbol": "AAPL", "price": 181.0}  (or "conId" / "localSymbol" [+ "secType"])
     POST /restart  {"downtime": 2.0}  drop every client, refuse connects for `downtime` s
@@ -12,6 +13,9 @@ cap fill sizes and read the full brokerage state. Routes (all bodies and answers
     POST /fill_qty {"max_qty": 3}     cap each order's fill per price move (null = no cap)
     POST /step     {"n": 1}           move the seeded price paths n steps
     POST /pacing   {"limit": 50}      messages per second per client before error 100
+    POST /ack_hold {"orderRef": "p1", "orderType": "STP", "mode": "lose" | "mute"}  test switch:
+                   the next such order is lost (no order, no answer) or muted (placed, but its
+                   status is never pushed; reqOpenOrders still lists it)
 
 Errors answer {"ok": false, "error": "..."} with 400 (bad input), 404 (unknown path or
 contract) or 405 (wrong method).
@@ -57,6 +61,7 @@ class ControlServer:
             ("POST", "/fill_qty"): self._fill_qty,
             ("POST", "/step"): self._step,
             ("POST", "/pacing"): self._pacing,
+            ("POST", "/ack_hold"): self._ack_hold,
         }
 
     async def start(self) -> None:
@@ -132,7 +137,9 @@ class ControlServer:
     async def _health(self, _args: dict[str, Any]) -> dict[str, Any]:
         tws = self.tws
         return {"up": tws.is_up, "port": tws.port, "clients": tws.sessions_view(),
-                "restarts": tws.restarts, "downFor": round(tws.down_for(), 3)}
+                "restarts": tws.restarts, "downFor": round(tws.down_for(), 3),
+                "pacingErrors": tws.pacing_errors, "pacingDropped": tws.pacing_dropped,
+                "lostOrders": tws.lost_orders}
 
     async def _state(self, _args: dict[str, Any]) -> dict[str, Any]:
         return state_view(self.tws)
@@ -177,6 +184,14 @@ class ControlServer:
     async def _pacing(self, args: dict[str, Any]) -> dict[str, Any]:
         self.tws.pacing_limit = int(_number(args, "limit"))
         return {"limit": self.tws.pacing_limit}
+
+    async def _ack_hold(self, args: dict[str, Any]) -> dict[str, Any]:
+        mode = str(args.get("mode", "lose"))
+        ref, kind = str(args.get("orderRef", "")), str(args.get("orderType", ""))
+        if mode not in ("lose", "mute") or not ref or not kind:
+            raise BadRequest("ack_hold needs orderRef, orderType and mode lose|mute")
+        self.tws.ack_holds[(ref, kind)] = mode
+        return {"orderRef": ref, "orderType": kind, "mode": mode}
 
 
 def _number(args: dict[str, Any], key: str, default: float | None = None) -> float:

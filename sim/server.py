@@ -103,6 +103,8 @@ class Session:
     pacing: deque[float] = field(default_factory=deque)
     paced_window_start: float = -1.0
     dropped: int = 0
+    pacing_errors: int = 0         # error 100 sent to this client
+    peak_window: int = 0           # most messages admitted in one pacing window
     positions_sub: bool = False
     account_sub: bool = False
     account_multi: dict[int, str] = field(default_factory=dict)    # reqId -> model code
@@ -195,6 +197,12 @@ class PaperTWS:
         self.restarts = 0
         self.down_until: float | None = None
         self._subscribed = False
+        # pacing counters over the server's life (sessions come and go); test switches
+        self.pacing_errors = 0
+        self.pacing_dropped = 0
+        self.ack_holds: dict[tuple[str, str], str] = {}   # (orderRef, orderType) -> lose | mute
+        self._muted: set[tuple[int, int]] = set()         # (clientId, orderId) never pushed
+        self.lost_orders = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -305,6 +313,8 @@ class PaperTWS:
         if self.feed is not None:
             self.feed.reset()
         self._commission.clear()
+        self.ack_holds.clear()
+        self._muted.clear()
         for s in self._sessions.values():
             s.sent_values.clear()
         self._schedule_flush()
@@ -400,10 +410,14 @@ class PaperTWS:
             q.popleft()
         if len(q) < self.pacing_limit:
             q.append(now)
+            s.peak_window = max(s.peak_window, len(q))
             return True
         s.dropped += 1
+        self.pacing_dropped += 1
         if q[0] != s.paced_window_start:  # one error per window, as TWS does not flood either
             s.paced_window_start = q[0]
+            s.pacing_errors += 1
+            self.pacing_errors += 1
             s.send(codec.error(-1, 100, f"Max rate of messages per second has been exceeded:"
                                         f"max={self.pacing_limit} rec={len(q) + 1} (1)", s.version))
             log.warning("paper_tws_pacing", client_id=s.client_id, limit=self.pacing_limit)
@@ -447,6 +461,15 @@ class PaperTWS:
             self._reject(s, m, 321, "Error validating request.-'bN' : cause - The paper TWS "
                                     "does not support order conditions", modify=False)
             return
+        hold = self.ack_holds.pop((m.order_ref, m.order_type), None) \
+            if self.ack_holds and not m.what_if else None
+        if hold == "lose":  # test switch: the message is lost on its way, IB never sees it
+            self.lost_orders += 1
+            log.info("paper_tws_order_lost", client_id=cid, order_id=m.order_id,
+                     order_ref=m.order_ref, order_type=m.order_type)
+            return
+        if hold == "mute":  # test switch: IB takes it but never pushes its status
+            self._muted.add((cid, m.order_id))
         existing = self._live_order(cid, m.order_id)
         order = SimOrder(
             client_id=cid, order_id=m.order_id,
@@ -697,6 +720,8 @@ class PaperTWS:
     def _on_event(self, event: BrokerEvent) -> None:
         if isinstance(event, OrderChanged):
             o = event.order
+            if self._muted and (o.client_id, o.order_id) in self._muted:
+                return
             for s in self._order_audience(o.client_id):
                 s.send(self._open_order(o, s.version))
                 s.send(codec.order_status(o))
@@ -954,7 +979,8 @@ class PaperTWS:
         return max(self.down_until - self.clock.monotonic(), 0.0)
 
     def sessions_view(self) -> list[dict[str, Any]]:
-        return [{"clientId": cid, "version": s.version, "peer": s.peer, "dropped": s.dropped}
+        return [{"clientId": cid, "version": s.version, "peer": s.peer, "dropped": s.dropped,
+                 "pacingErrors": s.pacing_errors, "peakPerWindow": s.peak_window}
                 for cid, s in sorted(self._sessions.items())]
 
 

@@ -1,0 +1,189 @@
+"""The IB pacer (adapters/pacer.py) on an injected clock: budget, priorities, a bracket's
+three legs in one turn, what really left, cancellation and close. `grant()` is called by hand
+after the clock moves (the loop timer it arms may also fire; with the clock still, it grants
+nothing new)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from adapters.pacer import Pacer, PacerClosed, Priority
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, s: float) -> None:
+        self.t += s
+
+
+async def settle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)   # let the waiting tasks run up to their await (no timing)
+
+
+def drain(pacer: Pacer) -> None:
+    """Spend the whole bucket as messages nobody acquired."""
+    pacer.note_sent(int(pacer.tokens()))
+    assert pacer.tokens() < 1
+
+
+async def test_within_the_burst_acquires_at_once_and_each_send_is_counted_once() -> None:
+    clock = FakeTime()
+    p = Pacer(8, burst=4, time=clock)
+    await p.acquire(Priority.ORDER, 3)
+    assert p.tokens() == pytest.approx(1)
+    p.note_sent(3)                       # the three legs: paid by the acquire
+    assert p.tokens() == pytest.approx(1)
+    assert p.stats.sent == 3 and p.stats.unpaced == 0
+
+
+async def test_a_send_nobody_acquired_is_taken_from_the_bucket_even_below_zero() -> None:
+    clock = FakeTime()
+    p = Pacer(8, burst=4, time=clock)
+    p.note_sent(6)                       # e.g. what connectAsync sends on its own
+    assert p.tokens() == pytest.approx(-2)
+    assert p.stats.unpaced == 6
+    task = asyncio.create_task(p.acquire(Priority.DATA))
+    await settle()
+    clock.advance(0.25)                  # 2 tokens later: 0, still below 1
+    p.grant()
+    await settle()
+    assert not task.done()
+    clock.advance(0.125)                 # -2 + 3 = 1
+    p.grant()
+    await settle()
+    assert task.done()
+
+
+async def test_priorities_protect_then_order_then_data_fifo_within_a_class() -> None:
+    clock = FakeTime()
+    p = Pacer(8, burst=4, time=clock)
+    drain(p)
+    order: list[str] = []
+
+    async def want(name: str, prio: Priority) -> None:
+        await p.acquire(prio)
+        order.append(name)
+
+    tasks = [asyncio.create_task(want(n, pr)) for n, pr in (
+        ("data-1", Priority.DATA), ("order-1", Priority.ORDER), ("data-2", Priority.DATA),
+        ("cancel-1", Priority.PROTECT), ("order-2", Priority.ORDER), ("cancel-2", Priority.PROTECT))]
+    await settle()
+    assert order == []
+    for _ in range(6):
+        clock.advance(0.125)               # one token each time
+        p.grant()
+        await settle()
+    assert order == ["cancel-1", "cancel-2", "order-1", "order-2", "data-1", "data-2"]
+    await asyncio.gather(*tasks)
+
+
+async def test_a_bracket_waits_for_three_tokens_and_nothing_lower_passes_it() -> None:
+    clock = FakeTime()
+    p = Pacer(8, burst=4, time=clock)
+    drain(p)
+    clock.advance(0.25)   # exactly 2 tokens
+    assert p.tokens() == pytest.approx(2)
+    bracket = asyncio.create_task(p.acquire(Priority.ORDER, 3))
+    data = asyncio.create_task(p.acquire(Priority.DATA, 1))
+    await settle()
+    p.grant()
+    await settle()
+    assert not bracket.done() and not data.done()   # 2 tokens would pay the data, but it waits
+    clock.advance(0.125)
+    p.grant()
+    await settle()
+    assert bracket.done() and not data.done()
+    assert p.tokens() == pytest.approx(0)
+    clock.advance(0.125)
+    p.grant()
+    await settle()
+    assert data.done()
+
+
+async def test_a_cancelled_waiter_spends_nothing_and_the_next_one_moves_up() -> None:
+    clock = FakeTime()
+    p = Pacer(8, burst=4, time=clock)
+    drain(p)
+    first = asyncio.create_task(p.acquire(Priority.ORDER, 3))
+    second = asyncio.create_task(p.acquire(Priority.ORDER, 1))
+    await settle()
+    first.cancel()
+    await settle()
+    assert first.cancelled()
+    assert p.queued() == 1
+    clock.advance(0.125)
+    p.grant()
+    await settle()
+    assert second.done() and not second.cancelled()
+
+
+async def test_close_fails_every_waiter_and_later_acquires() -> None:
+    clock = FakeTime()
+    p = Pacer(8, burst=4, time=clock)
+    drain(p)
+    waiters = [asyncio.create_task(p.acquire(pr)) for pr in Priority]
+    await settle()
+    p.close()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert all(isinstance(r, PacerClosed) for r in results)
+    with pytest.raises(PacerClosed):
+        await p.acquire(Priority.PROTECT)
+
+
+async def test_headroom_counts_the_backlog_and_promises_and_promises_expire() -> None:
+    clock = FakeTime()
+    p = Pacer(8, burst=4, time=clock)
+    assert p.headroom(2.0) == pytest.approx(4 + 16)
+    p.promise(4, within_s=2.0)            # an approval: what-if + three legs to come
+    assert p.headroom(2.0) == pytest.approx(16)
+    await p.acquire(Priority.ORDER, 1)    # the what-if goes: one promised message used
+    p.note_sent()
+    assert p.headroom(2.0) == pytest.approx(3 + 16 - 3)
+    drain(p)
+    queued = asyncio.create_task(p.acquire(Priority.ORDER, 3))   # the legs wait: backlog
+    await settle()
+    assert p.queued(Priority.ORDER) == 3
+    assert p.headroom(2.0) == pytest.approx(p.tokens() + 16 - 3)
+    data = asyncio.create_task(p.acquire(Priority.DATA, 5))      # data does not delay orders
+    await settle()
+    assert p.headroom(2.0) == pytest.approx(p.tokens() + 16 - 3)
+    p.promise(8, within_s=1.0)
+    assert p.headroom(2.0) == pytest.approx(p.tokens() + 16 - 3 - 8)
+    clock.advance(1.0)                    # the promise expired unused (rejected after approval)
+    p.grant()
+    await settle()
+    assert queued.done()
+    assert p.headroom(2.0) == pytest.approx(p.tokens() + 16 - p.queued(Priority.ORDER))
+    p.close()
+    await asyncio.gather(data, return_exceptions=True)
+
+
+async def test_bucket_bound_any_second_carries_at_most_burst_plus_rate() -> None:
+    """Driven by acquires only, sends per 1 s window never exceed burst + rate."""
+    clock = FakeTime()
+    p = Pacer(40, time=clock)             # default burst: 4
+    sent_at: list[float] = []
+    for _ in range(400):
+        while p.tokens() < 1:
+            clock.advance(0.005)
+        await p.acquire(Priority.DATA)
+        p.note_sent()
+        sent_at.append(clock.t)
+    worst = max(sum(1 for t in sent_at if s <= t < s + 1.0) for s in sent_at)
+    assert worst <= 4 + 40
+    assert p.stats.peak_per_s == worst
+
+
+def test_rate_and_burst_are_checked() -> None:
+    with pytest.raises(ValueError):
+        Pacer(0)
+    with pytest.raises(ValueError):
+        Pacer(8, burst=2)
