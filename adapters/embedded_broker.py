@@ -15,6 +15,9 @@ amqtt 0.12 quirks (verified against aiomqtt 2.5, see tests/integration/test_mqtt
   never subscribed to; the MQTT bridge routes by topic and ignores anything it did not ask for.
 - A client that reconnects with the same id while amqtt still sees the old connection is made to
   wait one second ("reconnecting too quickly").
+- Messages queued for a disconnected persistent session are delivered with retain=1 on the
+  next connection, as if they were retained ones; `_Broker` delivers them with retain=0 (as
+  mosquitto does), so the MQTT bridge can refuse real retained proposals (RETAINED_PROPOSAL).
 - Sessions and retained messages live in memory only: they are gone when the broker stops. In
   default mode the broker lives and dies with the daemon, so nothing is lost that could be kept.
 """
@@ -48,6 +51,20 @@ class LoopbackAuthPlugin(BaseAuthPlugin):
         return True
 
 
+class _Broker(Broker):
+    """amqtt's Broker, delivering a session's queued messages as what they are: not retained."""
+
+    async def _publish_session_retained_messages(self, session: Session) -> None:
+        handler = self._get_handler(session)
+        tasks = []
+        while handler and not session.retained_messages.empty():
+            queued = await session.retained_messages.get()
+            tasks.append(asyncio.ensure_future(
+                handler.mqtt_publish(queued.topic, queued.data, queued.qos, retain=False)))
+        if tasks:
+            await asyncio.wait(tasks)
+
+
 class EmbeddedBroker:
     """amqtt broker on `host` (loopback) and `port` (0 = pick a free one). Lifecycle: once."""
 
@@ -76,7 +93,7 @@ class EmbeddedBroker:
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self._requested_port}"}},
             "plugins": {f"{__name__}.LoopbackAuthPlugin": {}},
         }
-        broker = Broker(config)
+        broker = _Broker(config)
         try:
             await broker.start()
         except Exception as exc:

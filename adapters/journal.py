@@ -12,7 +12,23 @@ Errors (all carry the proposal_id they concern, when there is one)::
      ├── SchemaVersionError     file written by a newer schema than this code knows
      ├── DuplicateIntent        a second intent for one proposal_id (= a second order)
      ├── UnknownIntent          mark_intent for a proposal_id without an intent
-     └── IntentStateError       an illegal intent state move (e.g. done -> sent)
+     ├── IntentStateError       an illegal intent state move (e.g. done -> sent)
+     ├── JournalOpenError       the file cannot be a journal: corrupt, truncated, unreadable,
+     │                          unwritable, an I/O error at open (carries path and cause)
+     └── JournalOwnerError      the file was made for another mode or IB account (`claim`)
+
+Integrity. Before SQLite opens the file, adapters/journal_files.py creates it 0600 in a 0700
+directory (or brings an existing one to 0600; SQLite gives -wal/-shm the db file's mode) and
+refuses what cannot be a journal; then the schema is read and one row is written (`meta`
+`last_opened`): a read-only file fails here, not at the first proposal. The `meta` table
+records the mode (default/paper/live) and the IB account the journal was made for; `claim()`
+refuses another. A write that fails later (disk full, I/O error, a file made read-only) is
+reported to `on_write_failure` (the daemon fails closed on it, see core/app.py).
+
+Proposal ids. Recording a `proposal` or `decision` event also keeps one row per proposal_id
+in `proposal_ids` (adapters/journal_ids.py), in the same transaction; `first_seen(pid)` reads
+it back (first-journaled time, first proposal, first gate decision), `prune_ids(before)`
+forgets old ids. Whoever rewrites record() must keep that row in step.
 
 Durability. WAL + synchronous=NORMAL survives a SIGKILL at any point (the OS keeps the WAL
 pages already written) but may lose the last commits on power loss or a kernel crash; WAL +
@@ -55,13 +71,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from adapters import journal_files, journal_ids
+from adapters.journal_ids import SeenId
 from core.clock import SYSTEM_CLOCK, Clock
 from core.logs import get_logger
 
 log = get_logger(__name__)
 
 DEFAULT_PATH = Path("data/journal.sqlite")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BATCH_MAX = 512  # most operations committed in one transaction (one fsync)
 
 
@@ -92,6 +110,30 @@ class UnknownIntent(JournalError):
 
 class IntentStateError(JournalError):
     pass
+
+
+class JournalOpenError(JournalError):
+    """The file cannot be used as a journal. str(): one line naming the file and the cause."""
+
+    def __init__(self, path: Path | str, cause: str) -> None:
+        super().__init__(f"journal {path}: {cause}")
+        self.path = str(path)
+        self.cause = cause
+
+
+class JournalOwnerError(JournalError):
+    """The journal was made for another mode or IB account than the one starting now."""
+
+    def __init__(self, path: Path | str, recorded: Mapping[str, str], current: Mapping[str, str]
+                 ) -> None:
+        def show(d: Mapping[str, str]) -> str:
+            return f"mode={d.get('mode') or '?'} account={d.get('account') or '?'}"
+        super().__init__(f"journal {path} was made for {show(recorded)}, this run is "
+                         f"{show(current)}: refusing to start (use its own JOURNAL_PATH "
+                         "for each account and mode)")
+        self.path = str(path)
+        self.recorded = dict(recorded)
+        self.current = dict(current)
 
 
 # --------------------------------------------------------------------------- kinds and states
@@ -282,8 +324,17 @@ def _v2(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE intents SET updated_ts = created_ts")
 
 
+def _v3(conn: sqlite3.Connection) -> None:
+    """`meta` (the mode and IB account the journal is for) and `proposal_ids` (the long memory
+    of ids, see adapters/journal_ids.py), back-filled from the events already journaled."""
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
+    for sql in journal_ids.SCHEMA:
+        conn.execute(sql)
+    journal_ids.backfill(conn)
+
+
 # MIGRATIONS[n] moves a file from user_version n to n + 1
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -364,6 +415,22 @@ def _insert_event(conn: sqlite3.Connection, ts: str, kind: str, pid: str | None,
     return cur.lastrowid
 
 
+def _cause(exc: BaseException) -> str:
+    """SQLite's reason in words an operator acts on."""
+    text = str(exc)
+    hints = {"file is not a database": "not an SQLite database (corrupt or another kind of file)",
+             "database disk image is malformed": "corrupt (database disk image is malformed)",
+             "readonly database": "not writable (read-only file or directory)",
+             "unable to open database file": "cannot be opened (missing directory, permissions"
+                                             " or a read-only directory for -wal/-shm)",
+             "disk I/O error": "disk I/O error",
+             "database or disk is full": "the disk is full"}
+    for needle, words in hints.items():
+        if needle in text:
+            return words
+    return text or type(exc).__name__
+
+
 # --------------------------------------------------------------------------- writer thread
 
 
@@ -414,22 +481,52 @@ class _Writer(threading.Thread):
         self.loop: asyncio.AbstractEventLoop | None = None
         self._sync_full: bool | None = None
         self.stats = {"batches": 0, "ops": 0, "full_commits": 0}
+        # called on the loop with the error when a write fails in SQLite (not a logical refusal
+        # such as DuplicateIntent): the file is full, gone read-only, or failing
+        self.on_write_failure: Callable[[BaseException], None] | None = None
 
     # -- setup, in the thread
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        except sqlite3.Error as exc:
+            raise JournalOpenError(self.path, _cause(exc)) from exc
         try:
             conn.execute("PRAGMA busy_timeout = 5000")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal" and self.path != ":memory:":
-                raise JournalError(f"cannot put {self.path} in WAL mode (got {mode!r})")
+                raise JournalOpenError(self.path, f"cannot be put in WAL mode (got {mode!r}):"
+                                       " read-only or on a file system without shared memory")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise JournalOpenError(self.path, _cause(exc)) from exc
+        except BaseException:
+            conn.close()
+            raise
+        try:  # a failed migration raises as it is (the file is left as it was)
             old, new = migrate(conn)
             if old != new:
                 log.info("journal.migrated", path=self.path, old_version=old, new_version=new)
         except BaseException:
             conn.close()
             raise
+        try:  # one real write at open: a journal that cannot take one is refused now
+            conn.execute("INSERT INTO meta(key, value) VALUES ('last_opened', ?) ON CONFLICT(key)"
+                         " DO UPDATE SET value = excluded.value", (_ts(datetime.now(timezone.utc)),))
+        except sqlite3.Error as exc:
+            conn.close()
+            raise JournalOpenError(self.path, _cause(exc)) from exc
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.on_write_failure is not None and self.loop is not None:
+            try:
+                self.loop.call_soon_threadsafe(self.on_write_failure, exc)
+            except RuntimeError:  # the loop is closed
+                pass
 
     def _set_sync(self, conn: sqlite3.Connection, full: bool) -> None:
         if self.synchronous != "auto":
@@ -497,6 +594,8 @@ class _Writer(threading.Thread):
                 except Exception as exc:  # the caller receives it through its future
                     conn.execute("ROLLBACK TO op")
                     results.append((None, exc))
+                    if isinstance(exc, sqlite3.Error):
+                        self._failed(exc)
                 else:
                     results.append((result, None))
                 conn.execute("RELEASE op")
@@ -509,6 +608,8 @@ class _Writer(threading.Thread):
                 except sqlite3.Error as rollback_exc:  # SQLite rolled back by itself
                     log.warning("journal.rollback_failed", error=str(rollback_exc))
             results = [(None, exc)] * len(batch)
+            if writes:
+                self._failed(exc)
         else:
             self.stats["batches"] += 1
             self.stats["ops"] += len(batch)
@@ -542,6 +643,7 @@ class Journal:
         *,
         synchronous: Synchronous = "auto",
         batch_max: int = BATCH_MAX,
+        on_write_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         if synchronous not in ("auto", "normal", "full"):
             raise ValueError(f"synchronous must be auto, normal or full, not {synchronous!r}")
@@ -553,6 +655,7 @@ class Journal:
         self.batch_max = batch_max
         self._state = _Lifecycle.UNOPENED
         self._writer: _Writer | None = None
+        self.on_write_failure = on_write_failure
 
     # -- lifecycle
     @classmethod
@@ -566,16 +669,31 @@ class Journal:
             raise JournalStateError(f"journal is {self._state}, cannot open")
         target = str(self.path)
         if target != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._check_file()
         loop = asyncio.get_running_loop()
         writer = _Writer(target, self.synchronous, self.batch_max)
         writer.loop = loop
         writer.ready = loop.create_future()
+        writer.on_write_failure = self.on_write_failure
         writer.start()
         await writer.ready
+        if target != ":memory:":
+            journal_files.prepare(self.path)   # -wal / -shm exist now: owner-only as well
         self._writer = writer
         self._state = _Lifecycle.OPEN
         log.info("journal.opened", path=target, synchronous=self.synchronous)
+
+    def _check_file(self) -> None:
+        """Create the file owner-only (0600 in a 0700 directory); refuse one that cannot be a
+        journal with a JournalOpenError naming the file and the cause."""
+        try:
+            for warning in journal_files.prepare(self.path):
+                log.warning("journal.file_mode", path=str(self.path), problem=warning)
+        except OSError as exc:
+            raise JournalOpenError(self.path, f"cannot be created: {exc.strerror or exc}") from exc
+        problem = journal_files.usable(self.path)
+        if problem is not None:
+            raise JournalOpenError(self.path, problem)
 
     async def close(self) -> None:
         """Finish every queued operation, close the file. Closing twice is a no-op."""
@@ -657,6 +775,7 @@ class Journal:
         oid = order_id if order_id is not None else oid
         ts = _ts(self.clock.now())
         exec_id = body.get("exec_id") if kind is EventKind.FILL else None
+        remembered = kind is EventKind.PROPOSAL or kind is EventKind.DECISION
 
         def run(conn: sqlite3.Connection) -> int:
             if exec_id is not None:
@@ -667,7 +786,10 @@ class Journal:
                     log.info("journal.fill_duplicate", exec_id=exec_id, seq=row[0],
                              proposal_id=pid)
                     return int(row[0])
-            return _insert_event(conn, ts, kind.value, pid, aid, oid, text)
+            seq = _insert_event(conn, ts, kind.value, pid, aid, oid, text)
+            if remembered:
+                journal_ids.remember(conn, kind.value, pid, aid, ts, seq, body)
+            return seq
 
         return await self._submit(run, kind in DURABLE_KINDS if durable is None else durable)
 
@@ -790,6 +912,48 @@ class Journal:
             return None if row is None else json.loads(row[0])
 
         return await self._submit(run, None)
+
+    async def first_seen(self, proposal_id: str) -> SeenId | None:
+        """What the journal remembers of proposal_id (first-journaled time, first proposal,
+        first gate decision), or None: never seen, or pruned (`prune_ids`)."""
+        return await self._submit(lambda conn: journal_ids.lookup(conn, proposal_id), None)
+
+    async def prune_ids(self, before: datetime) -> int:
+        """Forget proposal_ids first seen before `before` (the events stay); returns how many."""
+        cutoff = _ts(before)
+        count = await self._submit(lambda conn: journal_ids.prune(conn, cutoff), False)
+        if count:
+            log.info("journal.ids_pruned", before=cutoff, count=count)
+        return count
+
+    async def meta(self) -> dict[str, str]:
+        """The journal's own facts: mode, account (once known), last_opened."""
+        return await self._submit(
+            lambda conn: dict(conn.execute("SELECT key, value FROM meta").fetchall()), None)
+
+    async def claim(self, *, mode: str, account: str | None) -> dict[str, str]:
+        """Record the mode and IB account this journal is for, or refuse another.
+
+        The first run records them (`account=None`: not known yet, recorded by a later claim
+        once IB said it); a journal made for another mode or account raises JournalOwnerError
+        and changes nothing. Returns the meta rows after the claim."""
+        path = self.path
+
+        def run(conn: sqlite3.Connection) -> dict[str, str]:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            wanted = {"mode": mode, **({"account": account} if account else {})}
+            if any(meta.get(k) not in (None, v) for k, v in wanted.items()):
+                raise JournalOwnerError(path, meta, {"mode": mode, "account": account or ""})
+            for key, value in wanted.items():
+                if key not in meta:
+                    conn.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (key, value))
+                    meta[key] = value
+            return meta
+
+        meta = await self._submit(run, True)
+        log.info("journal.claimed", path=str(path), mode=meta.get("mode"),
+                 account=meta.get("account"))
+        return meta
 
     async def exec_ids(self) -> set[str]:
         """Every exec_id journaled as a fill (for reconciliation: any other one IB reports

@@ -82,6 +82,9 @@ class OrderBudget(Protocol):
 
 
 StateBy = Literal["operator", "auto", "startup"]
+# proposal_id -> what the journal remembers of it (adapters/journal_ids.py SeenId: first_seen,
+# proposal, decision), or None
+IdLookup = Callable[[str], Awaitable[Any]]
 
 PLACE_SERVICE = "execution.place"
 
@@ -337,6 +340,7 @@ class RiskGovernor:
         self._proposal_bucket = TokenBucket(limits.max_proposals_per_s, limits.proposal_burst, now)
         self._order_bucket = TokenBucket(limits.max_order_msgs_per_s, limits.max_order_msgs_per_s, now)
         self._agent_buckets: dict[str, TokenBucket] = {}
+        self._replays = _Replays()
         self._apply_limits(limits)
 
     # ================================================================== limits
@@ -500,6 +504,8 @@ class RiskGovernor:
         pid = proposal.proposal_id
         seen = self._decisions.get(pid)
         now = self._clock.now()
+        if seen is None and pid in self._replays.unknown:
+            return self._replays.cannot_tell(proposal, now, self._state), False
         if seen is not None:
             if DecisionMemory.same(seen[0], proposal):
                 log.info("risk_decision_repeated", proposal_id=pid, agent_id=proposal.agent_id,
@@ -519,6 +525,12 @@ class RiskGovernor:
                             codes=[r.code.value for r in decision.reasons], prior=prior.outcome,
                             detail=prior.detail, trading_state=self._state.value)
                 return decision, False
+        expired = self._replays.expired(proposal, now, self._limits)
+        if expired is not None:
+            decision = self._decision(proposal, [expired], now)
+            self._decisions.put(pid, proposal, decision)
+            self._log_decision(proposal, decision, None)
+            return decision, True
         if now >= self._day_ends:
             self._roll_day(now)
         reasons, ctx = self._check(proposal, snapshot, now)
@@ -954,8 +966,26 @@ class RiskGovernor:
         else:
             await self._answer(proposal, decision)
 
+    # ================================================================== replays (see _Replays)
+
+    def use_id_memory(self, lookup: IdLookup) -> None:
+        """Ask `lookup` (the journal's first_seen) about every id the DecisionMemory does not
+        hold: a re-sent id gets its first decision back however long ago it was decided."""
+        self._replays.lookup = lookup
+
+    async def _recall(self, proposal: TradeProposal) -> None:
+        pid = proposal.proposal_id
+        if self._replays.lookup is None or pid in self._decisions:
+            return
+        seen = await self._replays.recall(proposal)
+        if seen is not None and seen[1] is not None and pid not in self._decisions:
+            self.restore_decision(seen[0], seen[1])
+            log.info("proposal_id_recalled", proposal_id=pid, agent_id=proposal.agent_id,
+                     verdict=seen[1].verdict.value)
+
     async def _prepare_proposal(self, proposal: TradeProposal) -> None:
         """Run the prepare hook; a failure only means the checks see less (they fail closed)."""
+        await self._recall(proposal)
         if self._prepare is None or proposal.proposal_id in self._decisions:
             return
         try:
@@ -984,6 +1014,73 @@ class RiskGovernor:
         ev = self.on_control(cmd)
         if ev is not None:
             await self._require_bus().publish(ev)
+
+
+class _Replays:
+    """How old a proposal is, and what the journal remembers of ids the DecisionMemory forgot.
+
+    Age: from the proposal's `created_at`, and from when the id was first journaled (a proposal
+    resubmitted after a restart keeps its first time); the older counts. Older than
+    `max_proposal_age_s`, or a created_at more than `max_clock_skew_s` ahead of our clock, is
+    refused PROPOSAL_EXPIRED (a gate decision: a re-send gets it again).
+    A lookup that fails cannot tell whether the id was decided: that one delivery is refused
+    OVERLOADED (not remembered, so a retry is decided) and never placed.
+    """
+
+    def __init__(self) -> None:
+        self.lookup: IdLookup | None = None
+        self.first_seen: dict[str, datetime] = {}   # proposal_id -> first journaled, until decided
+        self.unknown: set[str] = set()              # proposal_ids whose lookup failed
+
+    async def recall(self, p: TradeProposal) -> tuple[TradeProposal, RiskDecision | None] | None:
+        """(the first proposal, its first decision or None) when the journal knows the id."""
+        assert self.lookup is not None
+        try:
+            seen = await self.lookup(p.proposal_id)
+        except Exception as e:  # cannot tell: refuse this delivery (see class doc)
+            log.error("proposal_id_lookup_failed", proposal_id=p.proposal_id,
+                      agent_id=p.agent_id, error=repr(e), code=DenialCode.OVERLOADED.value)
+            self.unknown.add(p.proposal_id)
+            return None
+        if seen is None:
+            return None
+        self.first_seen[p.proposal_id] = seen.first_seen
+        if seen.decision is None:
+            return p, None
+        first = p
+        if seen.proposal is not None:
+            try:
+                first = TradeProposal.model_validate(seen.proposal)
+            except ValueError:  # journaled by another version: answer with the first decision
+                first = p
+        return first, RiskDecision.model_validate(seen.decision)
+
+    def cannot_tell(self, p: TradeProposal, now: datetime, state: TradingState) -> RiskDecision:
+        self.unknown.discard(p.proposal_id)
+        reason = deny(DenialCode.OVERLOADED, value=p.proposal_id,
+                      detail="the journal did not answer whether this id was decided; retry")
+        return construct(RiskDecision, proposal_id=p.proposal_id, agent_id=p.agent_id,
+                         verdict=_REJECTED, reasons=[reason], order_ids=None,
+                         trading_state=state, ts=now)
+
+    def expired(self, p: TradeProposal, now: datetime, lim: RiskLimits) -> Reason | None:
+        first = self.first_seen.pop(p.proposal_id, None)
+        if p.created_at is not None:
+            ahead = (p.created_at - now).total_seconds()
+            if ahead > lim.max_clock_skew_s:
+                return deny(DenialCode.PROPOSAL_EXPIRED, lim.max_clock_skew_s, round(-ahead, 3),
+                            detail=f"created_at is {ahead:.1f} s ahead of the daemon's clock"
+                                   " (beyond max_clock_skew_s)", field="created_at")
+        ages = [((now - t).total_seconds(), name) for t, name in
+                ((p.created_at, "created_at"), (first, "first journaled")) if t is not None]
+        if not ages:
+            return None
+        age, since = max(ages)
+        if age > lim.max_proposal_age_s:
+            return deny(DenialCode.PROPOSAL_EXPIRED, lim.max_proposal_age_s, round(age, 3),
+                        detail=f"{age:.1f} s old (since {since})",
+                        field="created_at" if since == "created_at" else None)
+        return None
 
 
 def _float(v: Any) -> float | None:

@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # --------------------------------------------------------------------------- base
 
@@ -226,6 +226,9 @@ class TradeProposal(Message):
     right: Right | None = None
     # cancel the entry if it has not filled this many seconds after placement
     cancel_entry_after_s: Annotated[float, Field(gt=0, le=7 * 86400, allow_inf_nan=False)] | None = None
+    # when the agent made it (ISO-8601 with an offset, e.g. "2026-11-20T15:00:00Z"): an older
+    # proposal than the limits' max_proposal_age_s is refused PROPOSAL_EXPIRED
+    created_at: AwareDatetime | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> TradeProposal:

@@ -225,6 +225,8 @@ DecisionHook = Callable[[RiskDecision], Awaitable[None]]
 # after the broker acknowledged (PUBACK) a decision or a fill:
 # (kind "decision" | "fill", proposal_id, agent_id, key: the fill's exec_id, "" for a decision)
 DeliveredHook = Callable[[str, str, str, str], Awaitable[None]]
+# True when the journal already knows this proposal_id (taken in or answered before)
+SeenIdHook = Callable[[str], Awaitable[bool]]
 
 
 class _Redeliver(Exception):
@@ -239,8 +241,10 @@ class MqttBridge:
     def __init__(self, settings: Settings, bus: Bus, clock: Clock = SYSTEM_CLOCK, *,
                  url: str | None = None, on_proposal: ProposalHook | None = None,
                  on_decision: DecisionHook | None = None,
-                 on_delivered: DeliveredHook | None = None) -> None:
+                 on_delivered: DeliveredHook | None = None,
+                 seen_id: SeenIdHook | None = None) -> None:
         self._settings = settings
+        self._seen_id = seen_id   # retained proposals: answered once (see _refuse_retained)
         self._delivered_hook = on_delivered
         self._delivery_tasks: set[asyncio.Task[None]] = set()
         self._bus = bus
@@ -634,7 +638,10 @@ class MqttBridge:
                         continue  # unacknowledged: the broker delivers it on the next connection
                     self._intake_idle.clear()
                     try:
-                        await self._intake(agent, bytes(payload))
+                        if message.retain:   # a replay by the broker: answered, never offered
+                            await self._refuse_retained(agent, bytes(payload))
+                        else:
+                            await self._intake(agent, bytes(payload))
                     finally:
                         self._intake_idle.set()
                 elif topic == self.topics.control:
@@ -663,6 +670,39 @@ class MqttBridge:
         log.info("proposal_deferred", topic=topic, mid=mid, reason="intake stopped",
                  proposal_id=peek.group(1).decode("utf-8", "replace") if peek else None,
                  agent_id=self.topics.proposal_agent(topic))
+
+    async def _refuse_retained(self, agent: str, payload: bytes) -> None:
+        """A proposal delivered with the retain flag is the broker replaying a stored message
+        (at every SUBSCRIBE, so at every reconnect): answered `rejected` RETAINED_PROPOSAL
+        through the normal answer path (journaled, published), never offered to the gate. It
+        is answered once: when the journal already knows the id (`seen_id`: it was taken in
+        live, or refused before), the replay is only acknowledged. The retained message
+        itself is the publisher's: the daemon never clears it.
+
+        What is detected: mosquitto 2.0 and amqtt 0.12 forward a live publish with retain=1
+        to current subscribers with retain=0 (MQTT 3.1.1 §3.3.1.3), so that one is decided
+        like any proposal; the retained copy comes with retain=1 on every later SUBSCRIBE."""
+        self.counters["retained"] = self.counters.get("retained", 0) + 1
+        parsed = self.parse_proposal(agent, payload)
+        pid = parsed.proposal_id
+        with structlog.contextvars.bound_contextvars(proposal_id=pid or None, agent_id=agent):
+            if pid and self._seen_id is not None:
+                try:
+                    known = await self._seen_id(pid)
+                except Exception as exc:  # cannot tell: refusing again is the safe answer
+                    log.warning("retained_lookup_failed", error=repr(exc))
+                    known = False
+                if known:
+                    log.info("retained_proposal_replay", code=str(DenialCode.RETAINED_PROPOSAL),
+                             action="acknowledged; answered before")
+                    return
+            log.warning("proposal_retained", code=str(DenialCode.RETAINED_PROPOSAL),
+                        action="refused, never placed; the publisher should clear it")
+            await self._answer(RiskDecision(
+                proposal_id=pid, agent_id=agent, verdict=Verdict.REJECTED,
+                reasons=[Reason(code=DenialCode.RETAINED_PROPOSAL,
+                                message=DENIAL_MESSAGES[DenialCode.RETAINED_PROPOSAL])],
+                ts=self._clock.now()))
 
     async def _intake(self, topic_agent: str, payload: bytes) -> None:
         self.counters["proposals"] += 1

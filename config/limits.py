@@ -134,6 +134,12 @@ class RiskLimits(_Strict):
     placement_timeout_s: Seconds = 10.0
     # -- idempotency: decisions remembered (oldest forgotten first; open brackets never)
     max_remembered_decisions: Annotated[int, Field(ge=1)] = 200_000
+    # -- replays: a proposal older than this is refused PROPOSAL_EXPIRED (age from its
+    # created_at, else from when it was first journaled); a created_at further in the future
+    # than the skew allowance is refused too; ids are remembered (journal) for the retention
+    max_proposal_age_s: Seconds = 60.0
+    max_clock_skew_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 5.0
+    proposal_id_retention_days: Annotated[float, Field(gt=0, le=3650, allow_inf_nan=False)] = 7.0
     # -- the trading day (daily counters roll at local midnight) and optional hours window
     timezone: str = "America/New_York"
     trading_hours: TradingHours | None = None

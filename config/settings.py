@@ -80,7 +80,10 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
     risk_limits_file: Path = DEFAULT_LIMITS_FILE        # next to this module, whatever the cwd
-    journal_path: Path = Path("data/journal.sqlite")
+    # unset: each mode keeps its own journal, DATA_DIR/<mode>/journal.sqlite (`_journal_per_mode`);
+    # an explicit JOURNAL_PATH is honoured, and still checked against the mode and IB account
+    # it was made for (adapters/journal.py `claim`)
+    journal_path: Path = Path("data/default/journal.sqlite")
     data_dir: Path = Path("data")
 
     @classmethod
@@ -198,7 +201,18 @@ class Settings(BaseSettings):
             raise ValueError("MQTT_PASSWORD without MQTT_USERNAME")
         return self
 
+    @model_validator(mode="after")
+    def _journal_per_mode(self) -> Settings:
+        if "journal_path" not in self.model_fields_set:
+            self.__dict__["journal_path"] = self.data_dir / self.mode / "journal.sqlite"
+        return self
+
     # ------------------------------------------------------------------ derived
+
+    @property
+    def journal_path_explicit(self) -> bool:
+        """JOURNAL_PATH was given (else the mode's own default under DATA_DIR)."""
+        return "journal_path" in self.model_fields_set
 
     @property
     def mode(self) -> Mode:

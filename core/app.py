@@ -4,16 +4,22 @@ Start order: embedded venues (default mode) -> bus -> journal -> IB connection -
 MQTT bridge -> status online. SIGINT/SIGTERM: stop intake (later proposals stay unacknowledged
 in the broker's session for the next start), decide the ones taken in, finish placements in
 flight, drain the bus, publish status offline, close everything, exit 0. SIGHUP: reload limits.
-Exit codes: 0 clean stop, 2 configuration error, 3 IB unreachable, 4 MQTT broker unreachable.
+Exit codes: 0 clean stop, 2 configuration error, 3 IB unreachable, 4 MQTT broker unreachable,
+5 journal unusable (corrupt, truncated, unreadable, unwritable, made for another mode or IB
+account, or a write failed while running: intake stops, the daemon stops as on SIGTERM).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sqlite3
 import sys
 import time
 from contextlib import AsyncExitStack
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from bus.errors import BrokerConnectError, ConfigError, MqttError
@@ -32,7 +38,8 @@ from core.logs import configure_logging, get_logger
 
 log = get_logger("bracketgate")
 
-EXIT_OK, EXIT_CONFIG, EXIT_IB, EXIT_MQTT = 0, 2, 3, 4
+EXIT_OK, EXIT_CONFIG, EXIT_IB, EXIT_MQTT, EXIT_JOURNAL = 0, 2, 3, 4, 5
+ID_PRUNE_EVERY_S = 3600.0   # proposal_ids older than the retention are forgotten this often
 
 
 class Daemon:
@@ -46,6 +53,8 @@ class Daemon:
         self.ib_port = settings.ib_port
         self.mqtt_url = settings.mqtt_url
         self.embedded_tws: Any = None
+        self.exit_code = EXIT_OK
+        self._connected_once = False
 
     def status(self, state: str, detail: str | None = None) -> Status:
         gov = getattr(self, "governor", None)
@@ -59,13 +68,7 @@ class Daemon:
         )
 
     async def run(self) -> int:
-        from adapters.ib import IBBroker
-        from adapters.journal import Journal
-        from agents.execution import ExecutionAgent
-        from agents.portfolio import PortfolioMonitor
-        from agents.risk import RiskGovernor
-        from bus.bus import Bus
-        from bus.mqtt import MqttBridge
+        from adapters.journal import JournalError
         from config.limits import load_limits
 
         s = self.settings
@@ -75,6 +78,20 @@ class Daemon:
         except ConfigError as e:
             log.error("config_invalid", error=str(e), code="CONFIG")
             return EXIT_CONFIG
+
+        try:
+            return await self._run(s, limits)
+        except (JournalError, sqlite3.Error) as e:  # at start-up: refuse, one line, no traceback
+            return _journal_refused(s.journal_path, e)
+
+    async def _run(self, s: Settings, limits: Any) -> int:
+        from adapters.ib import IBBroker
+        from adapters.journal import Journal, JournalError
+        from agents.execution import ExecutionAgent
+        from agents.portfolio import PortfolioMonitor
+        from agents.risk import RiskGovernor
+        from bus.bus import Bus
+        from bus.mqtt import MqttBridge
 
         mode_line = describe_mode(s)
         async with AsyncExitStack() as stack:
@@ -107,9 +124,14 @@ class Daemon:
             bus = Bus(clock=self.clock)
             await bus.start()
             stack.push_async_callback(bus.close)
-            s.journal_path.parent.mkdir(parents=True, exist_ok=True)
-            journal = await Journal.open(s.journal_path, self.clock)
+            _refuse_legacy_journal(s)
+            journal = await Journal.open(s.journal_path, self.clock,
+                                         on_write_failure=self._journal_failed)
             stack.push_async_callback(journal.close)
+            # made for this mode (and account, when configured; else checked at the first connect)
+            await journal.claim(mode=self.mode, account=s.ib_account)
+            await journal.prune_ids(self.clock.now()
+                                    - timedelta(days=limits.proposal_id_retention_days))
 
             broker = IBBroker(
                 host=self.ib_host, port=int(self.ib_port), client_id=s.ib_client_id,
@@ -128,8 +150,11 @@ class Daemon:
             # the book is rebuilt from IB (by orderRef) before the broker reports READY
             await execution.load_journal()
             broker.note_order_ids(execution.max_order_id_in_journal())
+            # first of the hooks: nothing is reconciled against a journal of another account
+            broker.add_reconcile_hook(self._account_check(journal, broker))
             broker.add_reconcile_hook(execution.reconcile)
             self.governor = governor = RiskGovernor(limits, self.clock, contract_info=broker.cached_contract)
+            governor.use_id_memory(journal.first_seen)   # ids the decision memory forgot
             _attach_governor(governor, bus, broker, monitor)
             # a proposal_id without a decision is first looked up at IB (crash windows, lost journal)
             governor.use_prior_lookup(execution.prior_placement)
@@ -146,7 +171,8 @@ class Daemon:
             bridge = MqttBridge(s, bus, self.clock, url=self.mqtt_url,
                                 on_proposal=_journal_proposal(journal),
                                 on_decision=_journal_decision(journal),
-                                on_delivered=_journal_delivery(journal))
+                                on_delivered=_journal_delivery(journal),
+                                seen_id=_journal_knows(journal))
             # on the bus before the first reconcile, so what it publishes (fills missed while
             # down, leg states, alerts) reaches the agents once MQTT is connected
             bridge.attach()
@@ -157,6 +183,10 @@ class Daemon:
                 log.error("ib_unreachable", error=e.message, code=e.code, host=self.ib_host, port=self.ib_port)
                 print(f"bracketgate: {e.message}", file=sys.stderr)
                 return EXIT_IB
+            except JournalError:   # the account check refused this journal
+                await broker.close()
+                raise
+            self._connected_once = True
             stack.push_async_callback(broker.close)
             await monitor.start()
             stack.push_async_callback(monitor.stop)
@@ -183,6 +213,8 @@ class Daemon:
 
             await bus.publish(self.status("online"))
             self._follow_status(bus)
+            pruner = asyncio.create_task(self._prune_ids(journal), name="journal-prune-ids")
+            stack.push_async_callback(_cancel, pruner)
             log.info("ready", startup_ms=round((time.monotonic() - self.started_at) * 1000, 1),
                      prefix=s.mqtt_prefix, trading_state=str(governor.state))
 
@@ -207,8 +239,55 @@ class Daemon:
                 log.warning("bus_drain_incomplete", error=str(e))
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-        log.info("stopped", working_orders_stay_at_ib=True)
-        return EXIT_OK
+        log.info("stopped", working_orders_stay_at_ib=True, exit_code=self.exit_code)
+        return self.exit_code
+
+    # ------------------------------------------------------------------ the journal's guards
+
+    def _journal_failed(self, exc: BaseException) -> None:
+        """A journal write failed while running: fail closed. Intake stops (proposals stay in
+        the broker's session), the daemon stops as on SIGTERM and exits EXIT_JOURNAL."""
+        if self.exit_code == EXIT_JOURNAL:
+            return
+        self.exit_code = EXIT_JOURNAL
+        from adapters.journal import _cause
+
+        path = self.settings.journal_path
+        log.error("journal_write_failed", path=str(path), cause=_cause(exc), code="JOURNAL",
+                  action="stopping intake and the daemon")
+        print(f"bracketgate: journal {path}: write failed ({_cause(exc)}); stopping",
+              file=sys.stderr)
+        self.stop_event.set()
+
+    def _account_check(self, journal: Any, broker: Any) -> Any:
+        """Reconcile hook: the journal is claimed for the IB account the connection is for
+        (recorded at the first connect). Another account refuses: at start-up the daemon does
+        not start; on a later reconnect it stops (EXIT_JOURNAL) before anything is reconciled."""
+        from adapters.journal import JournalOwnerError
+
+        async def check() -> None:
+            try:
+                await journal.claim(mode=self.mode, account=broker.account or None)
+            except JournalOwnerError as e:
+                if self._connected_once:   # a reconnect: broker.start() is not there to raise
+                    self._journal_failed(e)
+                raise
+
+        return check
+
+    async def _prune_ids(self, journal: Any) -> None:
+        """Forget proposal_ids older than the retention (the limits may change on SIGHUP)."""
+        while True:
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), ID_PRUNE_EVERY_S)
+                return
+            except TimeoutError:
+                pass
+            days = self.governor.limits.proposal_id_retention_days
+            try:
+                await journal.prune_ids(self.clock.now() - timedelta(days=days))
+            except Exception as e:  # a failed prune keeps ids longer: never unsafe
+                log.warning("journal_prune_failed", error=repr(e))
 
     def _follow_status(self, bus: Any) -> None:
         """The retained {prefix}/status follows the trading state and the IB connection."""
@@ -231,7 +310,7 @@ class Daemon:
         """Default mode: tell operator tools where the embedded venues listen."""
         import json
 
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._endpoints_path().write_text(json.dumps({
             "mqtt_url": self.mqtt_url, "mqtt_prefix": self.settings.mqtt_prefix,
             "ib_host": self.ib_host, "ib_port": self.ib_port,
@@ -331,6 +410,50 @@ async def _drain(bus: Any, timeout: float) -> None:
         log.warning("bus_drain_incomplete", error=str(e))
 
 
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def _journal_refused(path: Path, e: BaseException) -> int:
+    """One JSON log line and one stderr line naming the file and the cause; EXIT_JOURNAL."""
+    from adapters.journal import JournalOpenError, JournalOwnerError, _cause
+
+    if isinstance(e, JournalOpenError | JournalOwnerError):
+        line, cause = str(e), getattr(e, "cause", "made for another mode or account")
+        path = Path(e.path)
+    else:
+        cause = _cause(e)
+        line = f"journal {path}: {cause}"
+    log.error("journal_unusable", path=str(path), cause=cause, error=line, code="JOURNAL")
+    print(f"bracketgate: {line}", file=sys.stderr)
+    return EXIT_JOURNAL
+
+
+def _refuse_legacy_journal(s: Settings) -> None:
+    """Before journals were per mode, every mode shared DATA_DIR/journal.sqlite: a paper or live
+    run finding it (and not its own) must not silently start with an empty memory."""
+    from adapters.journal import JournalOpenError
+
+    legacy = s.data_dir / "journal.sqlite"
+    if s.journal_path_explicit or s.mode == "default" or not legacy.exists() \
+            or s.journal_path.exists():
+        return
+    raise JournalOpenError(legacy, f"an earlier version's journal, shared by every mode; this "
+                           f"{s.mode} run now uses {s.journal_path}. Set JOURNAL_PATH={legacy} "
+                           "to keep it (it is checked against this mode and account) or move "
+                           "it away")
+
+
+def _journal_knows(journal: Any) -> Any:
+    """The bridge's seen_id hook: the journal has this proposal_id (taken in or answered)."""
+
+    async def knows(proposal_id: str) -> bool:
+        return await journal.first_seen(proposal_id) is not None
+
+    return knows
+
+
 def _journal_proposal(journal: Any) -> Any:
     """The bridge's on_proposal hook: the proposal is journaled durably (FULL) before the broker
     is told it arrived; once per proposal_id (the broker and agents may deliver it again; the
@@ -397,6 +520,7 @@ def main(argv: list[str]) -> int:
         print(f"bracketgate: invalid configuration: {e}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings.log_format, settings.log_level)
+    os.umask(0o077)   # what the daemon creates (journal, endpoints file) is the owner's only
     try:
         return asyncio.run(Daemon(settings).run())
     except KeyboardInterrupt:

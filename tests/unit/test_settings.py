@@ -31,7 +31,7 @@ def test_defaults_are_default_mode() -> None:
     assert s.mqtt_max_payload == 16 * 1024
     assert s.portfolio_publish_interval == 0.5
     assert s.risk_limits_file == Path(__file__).resolve().parents[2] / "config" / "limits.default.toml"
-    assert s.journal_path == Path("data/journal.sqlite")
+    assert s.journal_path == Path("data/default/journal.sqlite")
     s.validate_live_guard()
     assert describe_mode(s) == "MODE=DEFAULT ib=embedded-paper-tws mqtt=embedded prefix=bracketgate"
 
