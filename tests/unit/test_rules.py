@@ -347,5 +347,6 @@ def test_every_code_a_rule_can_emit_has_a_case_here_or_in_the_governor_tests() -
     }
     # answered by the MQTT bridge / daemon, not the governor
     elsewhere = {D.MALFORMED_JSON, D.PAYLOAD_TOO_LARGE, D.VALIDATION_ERROR, D.OVERLOADED,
-                 D.SHUTTING_DOWN, D.PROPOSAL_EXPIRED}
+                 D.SHUTTING_DOWN, D.PROPOSAL_EXPIRED,
+                 D.RETAINED_PROPOSAL}  # tests/e2e/test_replays_e2e.py
     assert covered | elsewhere == set(DenialCode)
