@@ -497,20 +497,10 @@ class _Writer(threading.Thread):
             if mode != "wal" and self.path != ":memory:":
                 raise JournalOpenError(self.path, f"cannot be put in WAL mode (got {mode!r}):"
                                        " read-only or on a file system without shared memory")
-        except sqlite3.Error as exc:
-            conn.close()
-            raise JournalOpenError(self.path, _cause(exc)) from exc
-        except BaseException:
-            conn.close()
-            raise
-        try:  # a failed migration raises as it is (the file is left as it was)
-            old, new = migrate(conn)
+            old, new = migrate(conn)  # a failed migration raises as it is (the file is left as it was)
             if old != new:
                 log.info("journal.migrated", path=self.path, old_version=old, new_version=new)
-        except BaseException:
-            conn.close()
-            raise
-        try:  # one real write at open: a journal that cannot take one is refused now
+            # one real write at open: a journal that cannot take one is refused now
             conn.execute("INSERT INTO meta(key, value) VALUES ('last_opened', ?) ON CONFLICT(key)"
                          " DO UPDATE SET value = excluded.value", (_ts(datetime.now(timezone.utc)),))
         except sqlite3.Error as exc:

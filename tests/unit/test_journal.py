@@ -23,6 +23,7 @@ from adapters.journal import (
     IntentState,
     IntentStateError,
     Journal,
+    JournalOpenError,
     JournalStateError,
     SchemaVersionError,
     UnknownIntent,
@@ -493,7 +494,7 @@ async def test_failed_migration_leaves_the_file_untouched(path: Path, clock: Man
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE events (x)")  # squatter: v1 cannot create its table
     conn.close()
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(JournalOpenError, match="table events already exists"):
         await Journal.open(path, clock)
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
