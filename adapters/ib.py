@@ -1165,7 +1165,7 @@ class IBBroker:
                 log.warning("ib_quote_timeout", symbol=resolved.symbol, con_id=resolved.con_id)
             finally:
                 self._quote_waiters.pop(resolved.con_id, None)
-        return self.quotes().get(resolved.symbol)
+        return self.quotes().get(resolved.con_id)
 
     async def _subscribe_pnl_single(self, con_id: int) -> None:
         if con_id in self._pnl_single or not self.account:
@@ -1228,17 +1228,21 @@ class IBBroker:
                 continue
             out.append(WorkingOrder(
                 order_id=o.orderId, perm_id=o.permId or None, parent_id=o.parentId or None,
-                order_ref=o.orderRef or None, symbol=t.contract.symbol, side=_side(o.action) or Side.BUY,
+                order_ref=o.orderRef or None, symbol=t.contract.symbol,
+                con_id=t.contract.conId or 0, multiplier=_multiplier(t.contract),
+                side=_side(o.action) or Side.BUY,
                 order_type=o.orderType, quantity=float(o.totalQuantity),
                 remaining=float(s.remaining if s.remaining is not None else o.totalQuantity),
                 limit_price=ib_number(o.lmtPrice), stop_price=ib_number(o.auxPrice), status=s.status,
             ))
         return out
 
-    def quotes(self) -> dict[str, Quote]:
+    def quotes(self) -> dict[int, Quote]:
+        """conId -> the latest quote of every contract streamed (never keyed by symbol: a stock
+        and its options share one)."""
         now = self._clock.now()
-        out = {}
-        for t in self._tickers.values():
+        out: dict[int, Quote] = {}
+        for con_id, t in self._tickers.items():
             bid, ask, last = ib_number(t.bid), ib_number(t.ask), ib_number(t.last)
             if bid is None and ask is None and last is None:
                 continue
@@ -1247,8 +1251,8 @@ class IBBroker:
             if ask is not None and ask <= 0:
                 ask = None
             ts = t.time if isinstance(getattr(t, "time", None), datetime) else now
-            out[t.contract.symbol] = Quote(symbol=t.contract.symbol, bid=bid, ask=ask, last=last,
-                                           ts=ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc))
+            out[con_id] = Quote(con_id=con_id, symbol=t.contract.symbol, bid=bid, ask=ask,
+                                last=last, ts=ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc))
         return out
 
     def freshness(self) -> dict[str, datetime | None]:

@@ -692,7 +692,7 @@ class ExecutionAgent:
         book, leg = found
         fill = Fill(
             proposal_id=book.proposal_id, agent_id=book.agent_id, order_id=ex.order_id, leg=leg,
-            exec_id=ex.exec_id, symbol=ex.symbol, side=ex.side, quantity=ex.quantity, price=ex.price,
+            exec_id=ex.exec_id, symbol=ex.symbol, con_id=ex.con_id, side=ex.side, quantity=ex.quantity, price=ex.price,
             commission=ex.commission, realized_pnl=ex.realized_pnl, exec_time=ex.exec_time,
             ts=self._clock.now(),
         )

@@ -4,7 +4,8 @@ A reservation is made in the same synchronous step as the approval and lives unt
 closes (a child filled, or every leg ended) or placement fails. While it lives it counts its
 worst-case loss against the loss budgets, and its *pending units* — entry quantity not yet
 filled, plus filled quantity the latest snapshot's positions do not show yet — against the
-position and exposure limits. Aggregates are kept incrementally so a check is O(1).
+position and exposure limits. Per-contract figures are keyed by IB's conId (a stock and its
+options are different contracts). Aggregates are kept incrementally so a check is O(1).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from bus.messages import Leg
 
@@ -27,6 +29,7 @@ class Reservation:
     proposal_id: str
     agent_id: str
     symbol: str
+    con_id: int                          # the contract's IB conId: what the pending units are of
     sign: int
     quantity: float
     entry_price: float
@@ -67,7 +70,7 @@ class ReservationLedger:
 
     def __init__(self) -> None:
         self._by_id: dict[str, Reservation] = {}                      # proposal_id -> open reservation
-        self._by_symbol: dict[str, dict[str, Reservation]] = {}       # symbol -> proposal_id -> res
+        self._by_contract: dict[int, dict[str, Reservation]] = {}     # conId -> proposal_id -> res
         self._by_agent: dict[str, dict[str, Reservation]] = {}        # agent_id -> proposal_id -> res
         self.total_worst_case = 0.0
         self.total_margin = 0.0
@@ -75,8 +78,8 @@ class ReservationLedger:
         self.side_pending_notional = [0.0, 0.0]                       # [BUY entries, SELL entries]
         self.agent_worst_case: dict[str, float] = {}                  # agent_id -> sum worst case
         self.agent_pending_notional: dict[str, float] = {}            # agent_id -> sum |pending|
-        # symbol -> [pending BUY units, pending SELL units, BUY notional, SELL notional]
-        self.symbol_pending: dict[str, list[float]] = {}
+        # conId -> [pending BUY units, pending SELL units, BUY notional, SELL notional]
+        self.contract_pending: dict[int, list[float]] = {}
 
     # ------------------------------------------------------------------ queries
 
@@ -95,9 +98,9 @@ class ReservationLedger:
     def agent_open(self, agent_id: str) -> int:
         return len(self._by_agent.get(agent_id, ()))
 
-    def pending_units(self, symbol: str, sign: int) -> float:
-        """Units pending in direction `sign` (+1 buys, -1 sells) for one symbol."""
-        p = self.symbol_pending.get(symbol)
+    def pending_units(self, con_id: int, sign: int) -> float:
+        """Units pending in direction `sign` (+1 buys, -1 sells) for one contract."""
+        p = self.contract_pending.get(con_id)
         if p is None:
             return 0.0
         return p[0] if sign > 0 else p[1]
@@ -108,7 +111,7 @@ class ReservationLedger:
         if res.proposal_id in self._by_id:
             raise ValueError(f"reservation {res.proposal_id} already open")
         self._by_id[res.proposal_id] = res
-        self._by_symbol.setdefault(res.symbol, {})[res.proposal_id] = res
+        self._by_contract.setdefault(res.con_id, {})[res.proposal_id] = res
         self._by_agent.setdefault(res.agent_id, {})[res.proposal_id] = res
         self._account(res, +1)
 
@@ -117,7 +120,8 @@ class ReservationLedger:
         res = self._by_id.pop(proposal_id, None)
         if res is None:
             return None
-        for index, key in ((self._by_symbol, res.symbol), (self._by_agent, res.agent_id)):
+        index: dict[Any, dict[str, Reservation]]
+        for index, key in ((self._by_contract, res.con_id), (self._by_agent, res.agent_id)):
             bucket = index[key]
             del bucket[proposal_id]
             if not bucket:
@@ -129,7 +133,7 @@ class ReservationLedger:
             self.side_pending_notional = [0.0, 0.0]
             self.agent_worst_case.clear()
             self.agent_pending_notional.clear()
-            self.symbol_pending.clear()
+            self.contract_pending.clear()
         return res
 
     def set_margin(self, proposal_id: str, margin: float) -> None:
@@ -204,14 +208,14 @@ class ReservationLedger:
         a = res.agent_id
         self.agent_worst_case[a] = self.agent_worst_case.get(a, 0.0) + k * res.worst_case_loss
         self.agent_pending_notional[a] = self.agent_pending_notional.get(a, 0.0) + k * notional
-        p = self.symbol_pending.get(res.symbol)
+        p = self.contract_pending.get(res.con_id)
         if p is None:
-            p = self.symbol_pending[res.symbol] = [0.0, 0.0, 0.0, 0.0]
+            p = self.contract_pending[res.con_id] = [0.0, 0.0, 0.0, 0.0]
         i = 0 if res.sign > 0 else 1
         p[i] += k * units
         p[i + 2] += k * notional
         if k < 0 and res.agent_id not in self._by_agent:
             self.agent_worst_case.pop(a, None)
             self.agent_pending_notional.pop(a, None)
-        if k < 0 and res.symbol not in self._by_symbol:
-            self.symbol_pending.pop(res.symbol, None)
+        if k < 0 and res.con_id not in self._by_contract:
+            self.contract_pending.pop(res.con_id, None)

@@ -32,6 +32,7 @@ from agents.rules import (
     gate_freshness,
     gate_trading_state,
     market_entry_price,
+    proposal_offline_con_id,
     worst_case_loss,
 )
 from bus.errors import ConfigError
@@ -65,7 +66,10 @@ if TYPE_CHECKING:
 
 log = get_logger("bracketgate.risk")
 
+# a proposal's contract as IB confirmed it (its conId keys quotes, positions, reservations);
+# None = not resolved, and the proposal is rejected UNKNOWN_CONTRACT
 ContractInfo = Callable[[TradeProposal], ResolvedContract | None]
+MultiplierFor = Callable[[int, str], float]      # (conId, symbol) -> contract multiplier
 WhatIf = Callable[[ApprovedBracket], Awaitable[Mapping[str, Any]]]
 # awaited before the synchronous check-and-reserve step: resolves the contract (and a quote
 # for market entries) so that `contract_info` and the snapshot's quotes can answer at once
@@ -123,6 +127,7 @@ class _ForeignBracket:
     """Working orders at IB with no open reservation (placed before a restart, or by hand)."""
 
     symbol: str
+    con_id: int                 # the working orders' contract (0 = not known)
     sign: int                   # entry direction (+1 buy)
     pending_units: float        # entry quantity still working
     pending_notional: float
@@ -132,43 +137,50 @@ class _ForeignBracket:
 class SnapshotView:
     """What the checks need from one PortfolioSnapshot, computed once per snapshot.
 
-    positions: symbol -> signed units; position_notional: symbol -> signed notional;
-    marks: symbol -> per-unit price; foreign: order_ref -> _ForeignBracket.
+    Every per-contract figure is keyed by IB's conId, never by symbol (a stock and its options,
+    or two expiries of one future, are different contracts):
+    positions: conId -> signed units; position_notional: conId -> signed notional;
+    marks: conId -> per-unit price; multipliers: conId -> multiplier (from positions);
+    foreign: order_ref -> _ForeignBracket.
     """
 
     def __init__(self, snap: PortfolioSnapshot, ledger: ReservationLedger,
-                 multiplier_for: Callable[[str], float], limits: RiskLimits) -> None:
+                 multiplier_for: MultiplierFor, limits: RiskLimits) -> None:
         self.snapshot = snap
         # the fail-closed gates' snapshot-only parts, decided once per snapshot
         self.connection_gate = gate_connection(snap)
         self.values_gate = gate_account_values(snap)
         stamps = (snap.account_values_ts, snap.pnl_ts, snap.positions_ts)
         self.oldest: datetime | None = None if None in stamps else min(stamps)  # type: ignore[type-var]
-        self.positions: dict[str, float] = {}
-        self.position_notional: dict[str, float] = {}
-        self.marks: dict[str, float] = {}
-        for sym, q in snap.quotes.items():
+        self.positions: dict[int, float] = {}
+        self.position_notional: dict[int, float] = {}
+        self.marks: dict[int, float] = {}
+        self.multipliers: dict[int, float] = {}
+        for con_id, q in snap.quotes.items():
             px = _mid(q.bid, q.ask) or q.last
             if px is not None and px > 0 and math.isfinite(px):
-                self.marks[sym] = px
+                self.marks[con_id] = px
         for p in snap.positions:
+            cid = p.con_id
+            if p.multiplier and p.multiplier > 0:
+                self.multipliers[cid] = p.multiplier
             if p.market_price is not None and p.market_price > 0:
-                self.marks[p.symbol] = p.market_price
-            elif p.symbol not in self.marks and p.avg_cost > 0:
-                self.marks[p.symbol] = p.avg_cost / (p.multiplier or 1.0)
+                self.marks[cid] = p.market_price
+            elif cid not in self.marks and p.avg_cost > 0:
+                self.marks[cid] = p.avg_cost / (p.multiplier or 1.0)
             if p.market_value is not None and math.isfinite(p.market_value):
                 notional = p.market_value
             elif p.market_price is not None:
                 notional = p.quantity * p.market_price * p.multiplier
             else:
                 notional = p.quantity * p.avg_cost
-            self.positions[p.symbol] = self.positions.get(p.symbol, 0.0) + p.quantity
-            self.position_notional[p.symbol] = self.position_notional.get(p.symbol, 0.0) + notional
+            self.positions[cid] = self.positions.get(cid, 0.0) + p.quantity
+            self.position_notional[cid] = self.position_notional.get(cid, 0.0) + notional
         self.gross_positions = sum(abs(n) for n in self.position_notional.values())
         self.net_positions = sum(self.position_notional.values())
         self.foreign = self._foreign_brackets(snap.working_orders, ledger, multiplier_for, limits)
-        # symbol -> [buy units, sell units, buy notional, sell notional]
-        self.foreign_pending: dict[str, list[float]] = {}
+        # conId -> [buy units, sell units, buy notional, sell notional]
+        self.foreign_pending: dict[int, list[float]] = {}
         self.foreign_worst_case = 0.0
         self.foreign_gross = 0.0
         self.foreign_side = [0.0, 0.0]          # pending notional of [BUY, SELL] entries
@@ -176,13 +188,13 @@ class SnapshotView:
             self.foreign_worst_case += fb.worst_case_loss
             self.foreign_gross += fb.pending_notional
             self.foreign_side[0 if fb.sign > 0 else 1] += fb.pending_notional
-            row = self.foreign_pending.setdefault(fb.symbol, [0.0, 0.0, 0.0, 0.0])
+            row = self.foreign_pending.setdefault(fb.con_id, [0.0, 0.0, 0.0, 0.0])
             i = 0 if fb.sign > 0 else 1
             row[i] += fb.pending_units
             row[i + 2] += fb.pending_notional
 
     def _foreign_brackets(self, orders: list[WorkingOrder], ledger: ReservationLedger,
-                          multiplier_for: Callable[[str], float],
+                          multiplier_for: MultiplierFor,
                           limits: RiskLimits) -> dict[str, _ForeignBracket]:
         groups: dict[str, list[WorkingOrder]] = {}
         for o in orders:
@@ -201,9 +213,11 @@ class SnapshotView:
                 entry, stop = None, entry  # a lone stop protecting a position
             if entry is None and stop is None:
                 continue  # only a take-profit left: the bracket is closing
-            sym = (entry or stop).symbol  # type: ignore[union-attr]
-            mult = multiplier_for(sym)
-            mark = self.marks.get(sym)
+            first = entry or stop
+            assert first is not None
+            sym, cid = first.symbol, first.con_id
+            mult = first.multiplier or self.multipliers.get(cid) or multiplier_for(cid, sym)
+            mark = self.marks.get(cid)
             if entry is not None:
                 sign = entry.side.sign
                 px = entry.limit_price or entry.stop_price or mark or 0.0
@@ -219,11 +233,11 @@ class SnapshotView:
                 sign, units, notional = -stop.side.sign, 0.0, 0.0
                 ref_px = mark if mark is not None else stop.stop_price * (1 + sign * unprotected_pct)
                 worst = stop.remaining * max(0.0, sign * (ref_px - stop.stop_price)) * mult
-            out[ref] = _ForeignBracket(sym, sign, units, notional, worst)
+            out[ref] = _ForeignBracket(sym, cid, sign, units, notional, worst)
         return out
 
-    def pending(self, symbol: str, sign: int) -> tuple[float, float]:
-        row = self.foreign_pending.get(symbol)
+    def pending(self, con_id: int, sign: int) -> tuple[float, float]:
+        row = self.foreign_pending.get(con_id)
         if row is None:
             return 0.0, 0.0
         return (row[0], row[2]) if sign > 0 else (row[1], row[3])
@@ -319,12 +333,12 @@ class RiskGovernor:
         self._view: SnapshotView | None = None
         self._decisions = DecisionMemory(limits.max_remembered_decisions,
                                          keep=self.ledger.__contains__)
-        # agent_id -> realized P&L today; agent_id -> symbol -> signed units held
+        # agent_id -> realized P&L today; agent_id -> conId -> signed units held
         self._agent_realized: dict[str, float] = {}
-        self._agent_positions: dict[str, dict[str, float]] = {}
+        self._agent_positions: dict[str, dict[int, float]] = {}
         self._exec_ids: dict[str, bool] = {}          # exec_id -> realized P&L counted
-        self._last_price: dict[str, float] = {}       # symbol -> last fill price
-        self._multipliers: dict[str, float] = {}      # symbol -> multiplier seen on a reservation
+        self._last_price: dict[int, float] = {}       # conId -> last fill price
+        self._multipliers: dict[int, float] = {}      # conId -> multiplier seen on a reservation
         self._equity_peak: float | None = None        # today's NetLiquidation peak
         self._inflight: dict[str, asyncio.Future[RiskDecision]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -399,10 +413,15 @@ class RiskGovernor:
                                                             al.proposal_burst, now)
         return b
 
-    def _multiplier_for(self, symbol: str) -> float:
-        m = self._multipliers.get(symbol)
+    def _multiplier_for(self, con_id: int, symbol: str) -> float:
+        """A contract's multiplier: as reserved, else the snapshot's positions, else the
+        symbol's configured one, else 1."""
+        m = self._multipliers.get(con_id)
         if m is None:
-            m = self._symbol(symbol).multiplier or 1.0
+            view = self._view
+            m = view.multipliers.get(con_id) if view is not None else None
+            if m is None:
+                m = (self._symbol(symbol).multiplier or 1.0) if symbol else 1.0
         return m
 
     # ================================================================== state
@@ -571,14 +590,16 @@ class RiskGovernor:
                 return [deny(DenialCode.UNKNOWN_CONTRACT, value=p.symbol, field="symbol")], None
             mult: float | None = contract.multiplier
             tick = contract.min_tick if contract.min_tick > 0 else lim.default_min_tick
-        else:
+            con_id = contract.con_id
+        else:  # no IB contract details (tests, benches): a stand-in conId per contract
             mult, tick = default_contract_facts(p, sym, lim)
             if mult is None:
                 return [deny(DenialCode.UNKNOWN_CONTRACT, value=p.symbol, field="multiplier",
                              detail=f"no contract details; set [symbols.{p.symbol}] multiplier")], None
+            con_id = proposal_offline_con_id(p)
         market = p.order_type is _MKT
         if market:
-            px = market_entry_price(p, snapshot, now, lim)
+            px = market_entry_price(p, snapshot, now, lim, con_id=con_id)
             if isinstance(px, Reason):
                 return [px], None
             entry = px
@@ -587,11 +608,11 @@ class RiskGovernor:
 
         ledger = self.ledger
         agent = p.agent_id
-        symbol = p.symbol
         sign = 1 if p.side is _BUY else -1
         qty = p.quantity
-        fu, fn = view.pending(symbol, sign)
-        lp = ledger.symbol_pending.get(symbol)
+        # position and pending figures are the proposal's own contract's (exposure sums all)
+        fu, fn = view.pending(con_id, sign)
+        lp = ledger.contract_pending.get(con_id)
         i = 0 if sign > 0 else 1
 
         c = RuleContext.__new__(RuleContext)
@@ -614,8 +635,9 @@ class RiskGovernor:
         c.notional = qty * entry * mult
         c.net_liquidation = snapshot.account_values["NetLiquidation"]
         c.daily_pnl = snapshot.pnl.daily
-        c.position = view.positions.get(symbol, 0.0)
-        c.position_notional = view.position_notional.get(symbol, 0.0)
+        c.con_id = con_id
+        c.position = view.positions.get(con_id, 0.0)
+        c.position_notional = view.position_notional.get(con_id, 0.0)
         c.pending_same = fu + (lp[i] if lp else 0.0)
         c.pending_same_notional = fn + (lp[i + 2] if lp else 0.0)
         c.gross_exposure = view.gross_positions + view.foreign_gross + ledger.gross_pending_notional
@@ -631,10 +653,12 @@ class RiskGovernor:
         exposure = ledger.agent_pending_notional.get(agent, 0.0)
         c.agent_position_notional = 0.0
         if held:
-            for s, units in held.items():
-                n = units * self._mark(s, view, entry if s == symbol else None) * self._multiplier_for(s)
+            for cid, units in held.items():
+                own = cid == con_id
+                n = (units * self._mark(cid, view, entry if own else None)
+                     * (mult if own else self._multiplier_for(cid, "")))
                 exposure += abs(n)
-                if s == symbol:
+                if own:
                     c.agent_position_notional = n
         c.agent_exposure = exposure
         c.proposal_rate_denied = rate_denied
@@ -653,8 +677,8 @@ class RiskGovernor:
                 reasons.append(r)
         return reasons, c
 
-    def _mark(self, symbol: str, view: SnapshotView, fallback: float | None) -> float:
-        px = view.marks.get(symbol) or self._last_price.get(symbol) or fallback
+    def _mark(self, con_id: int, view: SnapshotView, fallback: float | None) -> float:
+        px = view.marks.get(con_id) or self._last_price.get(con_id) or fallback
         return px or 0.0
 
     def _order_horizon_s(self) -> float:
@@ -671,9 +695,10 @@ class RiskGovernor:
             self._order_budget.promise(self._order_msgs_per_bracket, self._order_horizon_s())
         else:
             self._order_bucket.take(self._clock.monotonic(), self._order_msgs_per_bracket)
-        self._multipliers[p.symbol] = c.multiplier
+        self._multipliers[c.con_id] = c.multiplier
         self.ledger.reserve(Reservation(
-            proposal_id=p.proposal_id, agent_id=p.agent_id, symbol=p.symbol, sign=c.sign,
+            proposal_id=p.proposal_id, agent_id=p.agent_id, symbol=p.symbol, con_id=c.con_id,
+            sign=c.sign,
             quantity=c.quantity, entry_price=c.entry, stop_price=p.stop_loss,
             multiplier=c.multiplier, worst_case_loss=c.worst_case_loss, created_at=now))
 
@@ -717,7 +742,8 @@ class RiskGovernor:
     def _log_decision(self, p: TradeProposal, d: RiskDecision, c: RuleContext | None) -> None:
         log.info("risk_decision", proposal_id=p.proposal_id, agent_id=p.agent_id,
                  verdict=d.verdict.value, codes=[r.code.value for r in d.reasons],
-                 symbol=p.symbol, side=p.side.value, quantity=p.quantity,
+                 symbol=p.symbol, con_id=None if c is None else c.con_id, side=p.side.value,
+                 quantity=p.quantity,
                  worst_case_loss=None if c is None else round(c.worst_case_loss, 2),
                  trading_state=self._state.value)
 
@@ -808,13 +834,15 @@ class RiskGovernor:
         self._exec_ids[fill.exec_id] = realized is not None
         if realized is not None:
             self._agent_realized[fill.agent_id] = self._agent_realized.get(fill.agent_id, 0.0) + realized
+        res = self.ledger.get(fill.proposal_id)
+        cid = fill.con_id or (res.con_id if res is not None else 0)
         held = self._agent_positions.setdefault(fill.agent_id, {})
-        units = held.get(fill.symbol, 0.0) + fill.side.sign * fill.quantity
+        units = held.get(cid, 0.0) + fill.side.sign * fill.quantity
         if abs(units) < 1e-9:
-            held.pop(fill.symbol, None)
+            held.pop(cid, None)
         else:
-            held[fill.symbol] = units
-        self._last_price[fill.symbol] = fill.price
+            held[cid] = units
+        self._last_price[cid] = fill.price
         if fill.leg is Leg.ENTRY:
             self.ledger.entry_fill(fill.proposal_id, fill.quantity, fill.ts)
             return None

@@ -10,6 +10,7 @@ collecting every denial.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable
 from datetime import datetime, time
 from typing import Any, TypeVar
@@ -91,7 +92,8 @@ class RuleContext:
 
     __slots__ = (
         "proposal", "limits", "agent_limits", "symbol_limits", "now", "state", "tz", "hours",
-        "sign", "quantity", "entry", "market_entry", "tick", "multiplier", "worst_case_loss",
+        "con_id", "sign", "quantity", "entry", "market_entry", "tick", "multiplier",
+        "worst_case_loss",
         "notional", "net_liquidation", "daily_pnl",
         "position", "position_notional", "pending_same", "pending_same_notional",
         "gross_exposure", "net_exposure",
@@ -115,6 +117,7 @@ class RuleContext:
     state: TradingState
     tz: ZoneInfo
     hours: tuple[time, time, frozenset[int]] | None
+    con_id: int                     # the proposal's contract (IB conId, or an offline stand-in)
     sign: int                       # +1 BUY, -1 SELL
     quantity: float
     entry: float                    # limit price, or the quote for a MKT entry
@@ -125,9 +128,9 @@ class RuleContext:
     notional: float                 # quantity x entry x multiplier
     net_liquidation: float
     daily_pnl: float
-    position: float                 # signed units held now (snapshot)
-    position_notional: float        # signed notional held now
-    pending_same: float             # units pending in this proposal's direction
+    position: float                 # signed units of this contract held now (snapshot)
+    position_notional: float        # signed notional of this contract held now
+    pending_same: float             # units of this contract pending in this proposal's direction
     pending_same_notional: float
     gross_exposure: float           # sum |position notional| + pending, now
     net_exposure: float             # signed sum, now, with this side's pending entries
@@ -137,7 +140,7 @@ class RuleContext:
     agent_worst_case: float
     agent_realized: float           # the agent's realized P&L today
     agent_exposure: float           # the agent's |position notional| + pending, now
-    agent_position_notional: float  # the agent's signed position notional in this symbol
+    agent_position_notional: float  # the agent's signed position notional in this contract
     proposal_rate_denied: tuple[str, float] | None   # (bucket, its rate) if out of tokens
     order_tokens: float
     order_msgs_needed: int          # 3 legs, + 1 when a what-if precedes them
@@ -202,11 +205,14 @@ def gate_trading_state(state: TradingState) -> Reason | None:
 
 
 def market_entry_price(proposal: TradeProposal, snapshot: PortfolioSnapshot, now: datetime,
-                       limits: RiskLimits) -> float | Reason:
-    """A MKT entry's price: ask for a BUY, bid for a SELL, else last; stale = unavailable."""
-    q = snapshot.quotes.get(proposal.symbol)
+                       limits: RiskLimits, *, con_id: int) -> float | Reason:
+    """A MKT entry's price from the quote of the proposal's own contract (`con_id`, never the
+    symbol: a stock's quote must not price its option): ask for a BUY, bid for a SELL, else
+    last; stale = unavailable."""
+    q = snapshot.quotes.get(con_id)
     if q is None:
-        return deny(D.QUOTE_UNAVAILABLE, detail=f"no quote for {proposal.symbol}")
+        return deny(D.QUOTE_UNAVAILABLE, value=con_id, field="con_id",
+                    detail=f"no quote for {proposal.symbol} {proposal.sec_type.value} (conId {con_id})")
     age = (now - q.ts).total_seconds()
     if age > limits.max_quote_age_s:
         return deny(D.QUOTE_UNAVAILABLE, limits.max_quote_age_s, age, detail="quote stale",
@@ -465,6 +471,21 @@ RULES: tuple[Rule, ...] = (
 
 def is_market(p: TradeProposal) -> bool:
     return p.order_type is OrderType.MKT
+
+
+def offline_con_id(symbol: str, sec_type: str = "STK", expiry: str | None = None,
+                   strike: float | None = None, right: str | None = None,
+                   currency: str = "USD") -> int:
+    """A stand-in conId for a governor run without IB's contract details (tests, benches):
+    negative, so it never collides with IB's, and the same for the same contract every run."""
+    key = "|".join((symbol, str(sec_type), expiry or "", "" if strike is None else f"{strike:g}",
+                    str(right or ""), currency))
+    return -(zlib.crc32(key.encode()) + 1)
+
+
+def proposal_offline_con_id(p: TradeProposal) -> int:
+    return offline_con_id(p.symbol, p.sec_type.value, p.expiry, p.strike,
+                          p.right.value if p.right is not None else None, p.currency)
 
 
 def default_contract_facts(p: TradeProposal, sym: SymbolLimits,

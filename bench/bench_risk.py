@@ -34,6 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.risk import RiskGovernor  # noqa: E402
+from agents.rules import offline_con_id  # noqa: E402
 from bus.messages import (  # noqa: E402
     ConnectionState,
     Fill,
@@ -113,10 +114,11 @@ def make_snapshot(clock: ManualClock, prices: dict[str, float], held: dict[str, 
         ts=now, connection=ConnectionState.READY, reconciled=True,
         account_values={"NetLiquidation": 1_000_000.0, "AvailableFunds": 800_000.0},
         account_values_ts=now, pnl=PnL(daily=-1_250.0), pnl_ts=now, positions_ts=now,
-        positions=[Position(con_id=i, symbol=s, sec_type="STK", quantity=q, avg_cost=prices[s],
-                            market_price=prices[s], market_value=q * prices[s])
-                   for i, (s, q) in enumerate(held.items()) if q],
-        quotes={s: Quote(symbol=s, bid=round(p - 0.01, 2), ask=round(p + 0.01, 2), last=p, ts=now)
+        positions=[Position(con_id=offline_con_id(s), symbol=s, sec_type="STK", quantity=q,
+                            avg_cost=prices[s], market_price=prices[s], market_value=q * prices[s])
+                   for s, q in held.items() if q],
+        quotes={offline_con_id(s): Quote(con_id=offline_con_id(s), symbol=s, bid=round(p - 0.01, 2),
+                                         ask=round(p + 0.01, 2), last=p, ts=now)
                 for s, p in prices.items()})
 
 

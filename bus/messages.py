@@ -370,6 +370,7 @@ class Fill(Message):
     leg: Leg
     exec_id: str
     symbol: str
+    con_id: int = 0                  # IB's contract id (0 = not known)
     side: Side
     quantity: float
     price: float
@@ -404,6 +405,8 @@ class WorkingOrder(Message):
     parent_id: int | None = None
     order_ref: str | None = None
     symbol: str
+    con_id: int = 0                  # IB's contract id (0 = not known)
+    multiplier: float | None = None  # the contract's (None = not known)
     side: Side
     order_type: str
     quantity: float
@@ -426,6 +429,10 @@ class PnL(Message):
 
 
 class Quote(Message):
+    """The latest bid / ask / last of ONE contract: a stock and its options, or two expiries of
+    one future, are different contracts with different quotes."""
+
+    con_id: int                      # IB's contract id: the key of PortfolioSnapshot.quotes
     symbol: str
     bid: float | None = None
     ask: float | None = None
@@ -453,7 +460,18 @@ class PortfolioSnapshot(Message):
     pnl: PnL = Field(default_factory=PnL)
     pnl_ts: datetime | None = None
     working_orders: list[WorkingOrder] = Field(default_factory=list)
-    quotes: dict[str, Quote] = Field(default_factory=dict)
+    # conId -> Quote (JSON object keys are the conId in decimal: {"265598": {...}})
+    quotes: dict[int, Quote] = Field(default_factory=dict, json_schema_extra={
+        "propertyNames": {"pattern": r"^-?[0-9]+$"},
+        "description": "conId (decimal) -> the latest quote of that contract"})
+
+    @field_validator("quotes")
+    @classmethod
+    def _quotes_keyed_by_con_id(cls, v: dict[int, Quote]) -> dict[int, Quote]:
+        wrong = [k for k, q in v.items() if q.con_id != k]
+        if wrong:
+            raise ValueError(f"quotes must be keyed by their con_id; not so for keys {wrong[:5]}")
+        return v
 
     def age(self, now: datetime) -> float:
         """Seconds since the snapshot was taken."""

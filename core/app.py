@@ -379,7 +379,7 @@ def _attach_governor(governor: Any, bus: Any, broker: Any, monitor: Any) -> None
                         agent_id=proposal.agent_id, code=e.code, error=e.message)
             return
         if contract is not None and proposal.order_type is OrderType.MKT:
-            if proposal.symbol not in (governor.snapshot.quotes if governor.snapshot else {}):
+            if contract.con_id not in (governor.snapshot.quotes if governor.snapshot else {}):
                 await broker.ensure_quote(contract)
                 # hand the governor a snapshot with the quote now, not after a bus hop
                 for ev in governor.on_snapshot(monitor.build()):

@@ -1,4 +1,9 @@
-"""Builders shared by the RiskGovernor tests: proposals, snapshots, fills, a governor."""
+"""Builders shared by the RiskGovernor tests: proposals, snapshots, fills, a governor.
+
+The governors built here have no IB contract details, so each contract is known by its offline
+stand-in conId (agents.rules.offline_con_id): `position`, `quote` and `fill` use the same one
+for the same contract (symbol, sec_type, expiry, strike, right).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from agents.risk import RiskGovernor
+from agents.rules import offline_con_id, proposal_offline_con_id
 from bus.messages import (
     ConnectionState,
     Fill,
@@ -60,7 +66,8 @@ def proposal(pid: str = "p1", *, agent: str = "a1", symbol: str = "AAPL", side: 
 
 def snapshot(clock: ManualClock, *, nlv: float | None = NLV, funds: float | None = 900_000.0,
              daily: float | None = 0.0, positions: Iterable[Position] = (),
-             quotes: dict[str, Quote] | None = None, working: Iterable[WorkingOrder] = (),
+             quotes: dict[int, Quote] | Iterable[Quote] | None = None,
+             working: Iterable[WorkingOrder] = (),
              connection: ConnectionState = ConnectionState.READY, reconciled: bool = True,
              ts: datetime | None = None) -> PortfolioSnapshot:
     now = ts or clock.now()
@@ -72,19 +79,38 @@ def snapshot(clock: ManualClock, *, nlv: float | None = NLV, funds: float | None
     return PortfolioSnapshot(
         ts=now, connection=connection, reconciled=reconciled, account_values=values,
         account_values_ts=now, positions=list(positions), positions_ts=now, pnl=PnL(daily=daily),
-        pnl_ts=now, working_orders=list(working), quotes=quotes or {})
+        pnl_ts=now, working_orders=list(working), quotes=by_con_id(quotes))
 
 
-def position(symbol: str, qty: float, price: float = 100.0, mult: float = 1.0) -> Position:
-    return Position(con_id=hash(symbol) % 100000, symbol=symbol, sec_type="STK", quantity=qty,
-                    avg_cost=price * mult, multiplier=mult, market_price=price,
-                    market_value=qty * price * mult)
+def by_con_id(quotes: dict[int, Quote] | Iterable[Quote] | None) -> dict[int, Quote]:
+    if quotes is None:
+        return {}
+    if isinstance(quotes, dict):
+        return quotes
+    return {q.con_id: q for q in quotes}
+
+
+def contract_id(symbol: str = "AAPL", sec_type: str = "STK", expiry: str | None = None,
+                strike: float | None = None, right: str | None = None) -> int:
+    """The offline conId the governor gives a proposal for this contract."""
+    return offline_con_id(symbol, sec_type, expiry, strike, right)
+
+
+def position(symbol: str, qty: float, price: float = 100.0, mult: float = 1.0,
+             sec_type: str = "STK", expiry: str | None = None, strike: float | None = None,
+             right: str | None = None) -> Position:
+    return Position(con_id=contract_id(symbol, sec_type, expiry, strike, right), symbol=symbol,
+                    sec_type=sec_type, quantity=qty, avg_cost=price * mult, multiplier=mult,
+                    market_price=price, market_value=qty * price * mult, expiry=expiry,
+                    strike=strike, right=right)
 
 
 def quote(clock: ManualClock, symbol: str = "AAPL", bid: float | None = 99.99,
           ask: float | None = 100.01, last: float | None = 100.0,
-          ts: datetime | None = None) -> Quote:
-    return Quote(symbol=symbol, bid=bid, ask=ask, last=last, ts=ts or clock.now())
+          ts: datetime | None = None, sec_type: str = "STK", expiry: str | None = None,
+          strike: float | None = None, right: str | None = None) -> Quote:
+    return Quote(con_id=contract_id(symbol, sec_type, expiry, strike, right), symbol=symbol,
+                 bid=bid, ask=ask, last=last, ts=ts or clock.now())
 
 
 def fill(p: TradeProposal, clock: ManualClock, *, leg: Leg = Leg.ENTRY, qty: float | None = None,
@@ -94,7 +120,8 @@ def fill(p: TradeProposal, clock: ManualClock, *, leg: Leg = Leg.ENTRY, qty: flo
     px = price if price is not None else (p.limit_price or 100.0)
     return Fill(proposal_id=p.proposal_id, agent_id=p.agent_id, order_id=1, leg=leg,
                 exec_id=exec_id or f"{p.proposal_id}-{leg.value}-{clock.monotonic()}",
-                symbol=p.symbol, side=side, quantity=float(qty if qty is not None else p.quantity),
+                symbol=p.symbol, con_id=proposal_offline_con_id(p), side=side,
+                quantity=float(qty if qty is not None else p.quantity),
                 price=px, realized_pnl=realized, ts=clock.now())
 
 

@@ -34,6 +34,7 @@ from bus.messages import (
 )
 from core.clock import ManualClock
 from tests.unit.riskkit import (
+    contract_id,
     fill,
     governor,
     open_limits,
@@ -45,6 +46,7 @@ from tests.unit.riskkit import (
 )
 
 D = DenialCode
+AAPL = contract_id("AAPL")
 
 
 def codes(d: RiskDecision) -> list[DenialCode]:
@@ -122,10 +124,10 @@ def test_market_entry_needs_a_usable_quote(quotes: dict[str, dict[str, Any]],
                                            code: DenialCode | None) -> None:
     gov, clock = governor()
     clock.advance(20)
-    qs = {}
+    qs = []
     for sym, q in quotes.items():
         back = q.pop("ts_back", 0.0)
-        qs[sym] = quote(clock, ts=clock.now() - timedelta(seconds=back), **q)
+        qs.append(quote(clock, sym, ts=clock.now() - timedelta(seconds=back), **q))
     d = gov.evaluate(proposal(limit=None, tp=102.0, sl=99.0), snapshot(clock, quotes=qs))
     assert codes(d) == ([code] if code else [])
 
@@ -133,7 +135,7 @@ def test_market_entry_needs_a_usable_quote(quotes: dict[str, dict[str, Any]],
 @pytest.mark.parametrize("side,expect_entry", [("BUY", 100.05), ("SELL", 99.95)])
 def test_market_entry_prices_buy_at_ask_sell_at_bid(side: str, expect_entry: float) -> None:
     gov, clock = governor(open_limits(slippage_ticks=0.0))
-    snap = snapshot(clock, quotes={"AAPL": quote(clock, bid=99.95, ask=100.05, last=100.0)})
+    snap = snapshot(clock, quotes=[quote(clock, bid=99.95, ask=100.05, last=100.0)])
     s = 1 if side == "BUY" else -1
     p = proposal(side=side, limit=None, tp=100.0 + 3 * s, sl=100.0 - 1 * s)
     with capture_logs() as logs:
@@ -362,12 +364,12 @@ def test_working_brackets_unknown_to_the_ledger_count() -> None:
     gov, clock = governor(open_limits(daily_loss_limit=100.0, max_open_brackets=2,
                                       max_position_units=25.0))
     working = [
-        WorkingOrder(order_id=1, order_ref="old-1", symbol="AAPL", side=Side.BUY, order_type="LMT",
+        WorkingOrder(order_id=1, order_ref="old-1", symbol="AAPL", con_id=AAPL, side=Side.BUY, order_type="LMT",
                      quantity=20, remaining=20, limit_price=100.0, status="Submitted"),
-        WorkingOrder(order_id=2, parent_id=1, order_ref="old-1", symbol="AAPL", side=Side.SELL,
+        WorkingOrder(order_id=2, parent_id=1, order_ref="old-1", symbol="AAPL", con_id=AAPL, side=Side.SELL,
                      order_type="LMT", quantity=20, remaining=20, limit_price=104.0,
                      status="PreSubmitted"),
-        WorkingOrder(order_id=3, parent_id=1, order_ref="old-1", symbol="AAPL", side=Side.SELL,
+        WorkingOrder(order_id=3, parent_id=1, order_ref="old-1", symbol="AAPL", con_id=AAPL, side=Side.SELL,
                      order_type="STP", quantity=20, remaining=20, stop_price=96.0,
                      status="PreSubmitted"),
     ]

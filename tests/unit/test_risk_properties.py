@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from agents.risk import RiskGovernor
+from agents.rules import offline_con_id
 from bus.messages import (
     ControlCommand,
     Fill,
@@ -92,11 +93,12 @@ class RiskWorld(RuleBasedStateMachine):
         now = self.clock.now()
         unrealized = sum(self.held[s] * (self.prices[s] - self.avg[s]) for s in SYMBOLS)
         daily = self.realized + unrealized
-        positions = [Position(con_id=i, symbol=s, sec_type="STK", quantity=self.held[s],
+        positions = [Position(con_id=offline_con_id(s), symbol=s, sec_type="STK", quantity=self.held[s],
                               avg_cost=self.avg[s], market_price=self.prices[s],
                               market_value=self.held[s] * self.prices[s])
-                     for i, s in enumerate(SYMBOLS) if self.held[s]]
-        quotes = {s: Quote(symbol=s, bid=round(px - TICK, 2), ask=round(px + TICK, 2), last=px, ts=now)
+                     for s in SYMBOLS if self.held[s]]
+        quotes = {offline_con_id(s): Quote(con_id=offline_con_id(s), symbol=s, bid=round(px - TICK, 2),
+                                           ask=round(px + TICK, 2), last=px, ts=now)
                   for s, px in self.prices.items()}
         snap = PortfolioSnapshot(
             ts=now, connection="ready", reconciled=True,
@@ -168,7 +170,7 @@ class RiskWorld(RuleBasedStateMachine):
         d = self.gov.evaluate(p, self.gov.snapshot)
         if d.verdict is not Verdict.APPROVED:
             return
-        q = self.gov.snapshot.quotes[sym] if self.gov.snapshot else None
+        q = self.gov.snapshot.quotes[offline_con_id(sym)] if self.gov.snapshot else None
         e = (q.ask if s > 0 else q.bid) if market and q else entry
         per_unit = abs(e - stop) + LIMITS.slippage_ticks * TICK * (2 if market else 1)
         self.open[p.proposal_id] = Bracket(p, s, e, qty * per_unit)

@@ -134,7 +134,7 @@ CASES = [
     Case("per-trade loss, MKT entry slips twice", D.PER_TRADE_LOSS_LIMIT,
          dict(per_trade_loss_limit=14.0, slippage_ticks=20.0),  # (1 + .2 + .2) x 10
          P(qty=10, limit=None, tp=102.01, sl=99.01), P(qty=11, limit=None, tp=102.01, sl=99.01),
-         lambda g, c: snapshot(c, quotes={"AAPL": _quote(c)})),
+         lambda g, c: snapshot(c, quotes=[_quote(c)])),
     Case("per-trade loss %", D.PER_TRADE_LOSS_PCT_LIMIT, dict(per_trade_loss_pct=0.001), P(qty=10), P(qty=11)),
     Case("daily loss (today's loss)", D.DAILY_LOSS_LIMIT, dict(daily_loss_limit=110.0),
          P(qty=10), P(qty=11), with_daily(-100.0)),
