@@ -575,6 +575,12 @@ class IBBroker:
                     log.warning("ib_reconnect_failed", attempt=attempt, code=e.code, error=e.message)
                     if self.ib.isConnected():
                         self.ib.disconnect()
+                except Exception as e:  # the loop must outlive anything (e.g. a drop mid-sync)
+                    log.warning("ib_reconnect_failed", attempt=attempt, error=repr(e),
+                                code=getattr(e, "code", None), exc_info=True)
+                    if self.ib.isConnected():
+                        self.ib.disconnect()
+                    self._set_state(ConnectionState.DISCONNECTED, message="sync failed")
 
     async def _heartbeat(self) -> None:
         """A currentTime round trip proves every earlier server message has been processed
@@ -733,8 +739,10 @@ class IBBroker:
             self.reconciled = True
             self._set_state(ConnectionState.READY, code=code, message="resynced")
             self._ready.set()
-        except (TimeoutError, ConnectionError, OSError, BrokerNotConnected) as e:
-            log.warning("ib_resync_failed", code=code, error=repr(e))
+        except Exception as e:  # never left CONNECTED-but-unreconciled: start over
+            log.warning("ib_resync_failed", code=code, error=repr(e), action="reconnect")
+            if self.ib.isConnected() and not self._closing:
+                self.ib.disconnect()   # the supervisor reconnects and syncs from scratch
 
     def _trade_for(self, order_id: int) -> Any:
         for t in self.ib.trades():
