@@ -253,20 +253,21 @@ def _usable(px: float | None) -> bool:
 
 
 def reference_price(c: RuleContext) -> float | Reason:
-    """The centre of the price bands: the quote's mid (bid and ask both usable), else its last.
-    Any quote the adapter holds will do, however old: a band is a sanity bound, not a price
-    (a MKT entry's price needs a fresh one, see market_entry_price)."""
+    """The centre of the price bands: the quote's mid (bid and ask both usable), else its last,
+    else the one side it has (a stream's first tick may bring only the ask). Any quote the
+    adapter holds will do, however old: a band is a sanity bound, not a price (a MKT entry's
+    price needs a fresh one, see market_entry_price)."""
     q = c.quote
     sym = c.proposal.symbol
     if q is None:
         return deny(D.QUOTE_UNAVAILABLE, detail=f"no quote for {sym} to check the price bands "
                     "against (price_bands = false in the limits file switches them off)")
-    if _usable(q.bid) and _usable(q.ask):
-        mid = q.bid / 2.0 + q.ask / 2.0    # type: ignore[operator]  # halves: never overflows
-        if mid > 0:
-            return mid
-    if _usable(q.last):
-        return q.last  # type: ignore[return-value]
+    bid, ask = q.bid if _usable(q.bid) else None, q.ask if _usable(q.ask) else None
+    if bid is not None and ask is not None and bid / 2.0 + ask / 2.0 > 0:
+        return bid / 2.0 + ask / 2.0       # halves: never overflows (nor is 0 but for 5e-324s)
+    for px in (q.last, bid, ask):
+        if _usable(px):
+            return px  # type: ignore[return-value]
     return deny(D.QUOTE_UNAVAILABLE, detail=f"no usable bid/ask/last for {sym} (price bands)")
 
 

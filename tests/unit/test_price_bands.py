@@ -131,6 +131,9 @@ def test_no_quote_fails_closed_unless_the_bands_are_off() -> None:
     (99.0, 101.0, 50.0, 100.0),        # mid when bid and ask are both usable
     (None, 101.0, 100.0, 100.0),       # else last
     (-1.0, 101.0, 100.0, 100.0),       # an unset (-1) bid is not usable
+    (None, 101.0, None, 101.0),        # else the one side there is (a stream's first tick)
+    (99.0, None, -1.0, 99.0),
+    (5e-324, 5e-324, 7.0, 7.0),        # a mid that rounds to 0 is no centre
     (1e308, 1.7e308, 100.0, 1.35e308), # halves: no overflow to inf
 ])
 def test_reference_price_is_the_mid_else_the_last(bid: float | None, ask: float | None,
