@@ -149,7 +149,8 @@ DENIAL_MESSAGES: dict[DenialCode, str] = {
     DenialCode.SNAPSHOT_STALE: "portfolio snapshot older than the limit",
     DenialCode.PNL_UNKNOWN: "daily P&L unknown (not received, nan or unset)",
     DenialCode.ACCOUNT_VALUES_UNKNOWN: "account values needed for risk are missing or unset",
-    DenialCode.QUOTE_UNAVAILABLE: "no current quote to price a market entry or centre the price bands",
+    DenialCode.QUOTE_UNAVAILABLE:
+        "no current quote to price a market entry or centre the price bands",
     DenialCode.TRADING_HALTED: "trading is HALTED",
     DenialCode.REDUCING_ONLY: "trading is REDUCING: only position-reducing proposals are admitted",
     DenialCode.BRACKET_GEOMETRY: "bracket prices are not on the right sides of the entry",

@@ -223,14 +223,17 @@ def _unencodable(data: Any) -> tuple[DenialCode, str, str] | None:
         value, depth, path = stack.pop()
         if isinstance(value, str):
             if _SURROGATE.search(value) is not None:
-                return DenialCode.VALIDATION_ERROR, path, "a string holds a lone surrogate (not Unicode)"
+                return (DenialCode.VALIDATION_ERROR, path,
+                        "a string holds a lone surrogate (not Unicode)")
         elif isinstance(value, dict | list):
             if depth >= MAX_JSON_DEPTH:
-                return DenialCode.MALFORMED_JSON, path, f"nested deeper than {MAX_JSON_DEPTH} levels"
+                return (DenialCode.MALFORMED_JSON, path,
+                        f"nested deeper than {MAX_JSON_DEPTH} levels")
             items = value.items() if isinstance(value, dict) else enumerate(value)
             for key, item in items:
                 if isinstance(key, str) and _SURROGATE.search(key) is not None:
-                    return DenialCode.VALIDATION_ERROR, path, "a key holds a lone surrogate (not Unicode)"
+                    return (DenialCode.VALIDATION_ERROR, path,
+                            "a key holds a lone surrogate (not Unicode)")
                 stack.append((item, depth + 1, f"{path}.{key}" if path else str(key)))
     return None
 
@@ -805,7 +808,7 @@ class MqttBridge:
         except RecursionError:
             return self._invalid(topic_agent, "", [Reason(
                 code=DenialCode.MALFORMED_JSON,
-                message=f"{DENIAL_MESSAGES[DenialCode.MALFORMED_JSON]}: nested too deeply to parse")])
+                message=f"{DENIAL_MESSAGES[DenialCode.MALFORMED_JSON]}: nested too deep to parse")])
         except (UnicodeDecodeError, ValueError) as exc:
             return self._invalid(topic_agent, "", [Reason(
                 code=DenialCode.MALFORMED_JSON,
@@ -841,8 +844,9 @@ class MqttBridge:
     def _invalid(self, agent_id: str, proposal_id: str, reasons: list[Reason]) -> RiskDecision:
         """The `invalid` answer. The ids are echoed `printable` (a topic's agent id is UTF-8
         already, so it is the answer's topic unchanged; see _intake)."""
-        return RiskDecision(proposal_id=printable(proposal_id), agent_id=printable(agent_id, 65_535),
-                            verdict=Verdict.INVALID, reasons=reasons, ts=self._clock.now())
+        return RiskDecision(proposal_id=printable(proposal_id),
+                            agent_id=printable(agent_id, 65_535), verdict=Verdict.INVALID,
+                            reasons=reasons, ts=self._clock.now())
 
     def _refusal(self, proposal: TradeProposal, code: DenialCode) -> RiskDecision:
         return RiskDecision(proposal_id=proposal.proposal_id, agent_id=proposal.agent_id,

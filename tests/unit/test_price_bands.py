@@ -223,3 +223,13 @@ def test_valid_proposals_at_the_contract_extremes_get_a_decision(
     d = gov.evaluate(proposal(qty=qty, limit=limit, tp=tp, sl=sl), snapshot(clock))
     RiskDecision.model_validate_json(d.model_dump_json())
     assert rules.worst_case_loss(qty, limit, sl, mult, 0.01, lim, market_entry=True) >= 0
+
+
+def test_the_json_schema_carries_the_price_bound() -> None:
+    from bus.messages import json_schemas
+
+    props = json_schemas()["TradeProposal"]["properties"]
+    assert props["take_profit"] == {"exclusiveMinimum": 0, "maximum": MAX_PRICE,
+                                    "title": "Take Profit", "type": "number"}
+    assert {"exclusiveMinimum": 0, "maximum": MAX_PRICE, "type": "number"} in \
+        props["limit_price"]["anyOf"]
