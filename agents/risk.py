@@ -30,9 +30,11 @@ from agents.rules import (
     gate_account_values,
     gate_connection,
     gate_freshness,
+    gate_numbers,
     gate_trading_state,
     market_entry_price,
     proposal_offline_con_id,
+    quote_for,
     worst_case_loss,
 )
 from bus.errors import ConfigError
@@ -581,6 +583,8 @@ class RiskGovernor:
         gate = view.connection_gate or gate_freshness(
             math.inf if view.oldest is None else (now - view.oldest).total_seconds(), lim
         ) or view.values_gate or gate_trading_state(self._state)
+        if gate is None:
+            gate = gate_numbers(p)   # never arithmetic on a number it cannot take
         if gate is not None:
             return [gate], None
         sym = self._symbol(p.symbol)
@@ -628,6 +632,7 @@ class RiskGovernor:
         c.quantity = qty
         c.entry = entry
         c.market_entry = market
+        c.quote = quote_for(snapshot, con_id)
         c.tick = tick
         c.multiplier = mult
         c.worst_case_loss = worst_case_loss(qty, entry, p.stop_loss, mult, tick, lim,

@@ -20,10 +20,13 @@ from pydantic import BaseModel
 
 from bus.messages import (
     DENIAL_MESSAGES,
+    MAX_PRICE,
+    MAX_QUANTITY,
     ConnectionState,
     DenialCode,
     OrderType,
     PortfolioSnapshot,
+    Quote,
     Reason,
     SecType,
     Side,
@@ -82,8 +85,16 @@ def worst_case_loss(quantity: float, entry: float, stop: float, multiplier: floa
     return quantity * per_unit * multiplier
 
 
+# past 2**53 ticks every float is a whole number of them: the grid cannot be checked any more
+_MAX_TICK_STEPS = 2.0 ** 53
+
+
 def on_tick(price: float, tick: float, tolerance: float) -> bool:
+    """`price` is a whole number of ticks, at least one. Never raises: a price so large (or so
+    small) that the tick count is inf, nan or past float precision is off tick."""
     steps = price / tick
+    if not 1.0 - tolerance <= steps < _MAX_TICK_STEPS:   # also False for nan
+        return False
     return abs(steps - round(steps)) <= tolerance
 
 
@@ -92,7 +103,7 @@ class RuleContext:
 
     __slots__ = (
         "proposal", "limits", "agent_limits", "symbol_limits", "now", "state", "tz", "hours",
-        "con_id", "sign", "quantity", "entry", "market_entry", "tick", "multiplier",
+        "con_id", "sign", "quantity", "entry", "market_entry", "quote", "tick", "multiplier",
         "worst_case_loss",
         "notional", "net_liquidation", "daily_pnl",
         "position", "position_notional", "pending_same", "pending_same_notional",
@@ -122,6 +133,7 @@ class RuleContext:
     quantity: float
     entry: float                    # limit price, or the quote for a MKT entry
     market_entry: bool
+    quote: Quote | None             # the contract's current quote (see quote_for)
     tick: float
     multiplier: float
     worst_case_loss: float
@@ -204,12 +216,71 @@ def gate_trading_state(state: TradingState) -> Reason | None:
     return None
 
 
+def gate_numbers(p: TradeProposal) -> Reason | None:
+    """Every price finite, > 0 and at most MAX_PRICE, the quantity a whole number in range.
+    The contract validates the same; checked again here (a few comparisons) so that no
+    proposal, however it was built, reaches the arithmetic with a number it cannot take."""
+    for name in ("limit_price", "take_profit", "stop_loss", "strike"):
+        v = getattr(p, name)
+        if v is None:
+            if name in ("take_profit", "stop_loss") or (
+                    name == "limit_price" and p.order_type is not OrderType.MKT):
+                return deny(D.PRICE_OUT_OF_BAND, MAX_PRICE, field=name, detail="missing")
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= MAX_PRICE:
+            return deny(D.PRICE_OUT_OF_BAND, MAX_PRICE, _shown(v), field=name,
+                        detail=f"a price is > 0 and <= {MAX_PRICE:g}")
+    q = p.quantity
+    if isinstance(q, bool) or not isinstance(q, int) or not 0 < q <= MAX_QUANTITY:
+        return deny(D.MAX_ORDER_QUANTITY, MAX_QUANTITY, _shown(q), field="quantity")
+    return None
+
+
+def _shown(v: Any) -> float | str:
+    """A number for a Reason; one float() or str() cannot take (an int of 5,000 digits) as
+    short text."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return f"<{type(v).__name__}>"
+    if isinstance(v, float) or abs(v) < 10**300:
+        return float(v) if math.isfinite(v) else str(v)
+    return f"<an integer of {int(v.bit_length() * 0.30103) + 1} digits>"
+
+
+def quote_for(snapshot: PortfolioSnapshot, con_id: int) -> Quote | None:
+    """The snapshot's quote for one contract (conId): the ONE place a quote is looked up
+    (market entries, price bands, the daemon's prepare hook)."""
+    return snapshot.quotes.get(con_id)
+
+
+def _usable(px: float | None) -> bool:
+    return px is not None and 0 < px < math.inf
+
+
+def reference_price(c: RuleContext) -> float | Reason:
+    """The centre of the price bands: the quote's mid (bid and ask both usable), else its last,
+    else the one side it has (a stream's first tick may bring only the ask). Any quote the
+    adapter holds will do, however old: a band is a sanity bound, not a price (a MKT entry's
+    price needs a fresh one, see market_entry_price)."""
+    q = c.quote
+    sym = c.proposal.symbol
+    if q is None:
+        return deny(D.QUOTE_UNAVAILABLE, detail=f"no quote for {sym} to check the price bands "
+                    "against (price_bands = false in the limits file switches them off)")
+    bid, ask = q.bid if _usable(q.bid) else None, q.ask if _usable(q.ask) else None
+    if bid is not None and ask is not None and bid / 2.0 + ask / 2.0 > 0:
+        return bid / 2.0 + ask / 2.0       # halves: never overflows (nor is 0 but for 5e-324s)
+    for px in (q.last, bid, ask):
+        if _usable(px):
+            return px  # type: ignore[return-value]
+    return deny(D.QUOTE_UNAVAILABLE, detail=f"no usable bid/ask/last for {sym} (price bands)")
+
+
 def market_entry_price(proposal: TradeProposal, snapshot: PortfolioSnapshot, now: datetime,
                        limits: RiskLimits, *, con_id: int) -> float | Reason:
     """A MKT entry's price from the quote of the proposal's own contract (`con_id`, never the
     symbol: a stock's quote must not price its option): ask for a BUY, bid for a SELL, else
     last; stale = unavailable."""
-    q = snapshot.quotes.get(con_id)
+    q = quote_for(snapshot, con_id)
     if q is None:
         return deny(D.QUOTE_UNAVAILABLE, value=con_id, field="con_id",
                     detail=f"no quote for {proposal.symbol} {proposal.sec_type.value} (conId {con_id})")
@@ -279,6 +350,31 @@ def rule_geometry(c: RuleContext) -> Reason | None:
     if s * (p.take_profit - e) <= 0:
         return deny(D.BRACKET_GEOMETRY, e, p.take_profit, field="take_profit",
                     detail=f"take-profit must be {'above' if s > 0 else 'below'} the entry")
+    return None
+
+
+def rule_price_band(c: RuleContext) -> Reason | None:
+    """limit_price within entry_band_pct of the quote, take_profit and stop_loss within
+    exit_band_pct of it; no quote fails closed. The first price outside its band is named."""
+    lim = c.limits
+    if not lim.price_bands:
+        return None
+    ref = reference_price(c)
+    if isinstance(ref, Reason):
+        return ref
+    p = c.proposal
+    for name, px, pct in (("limit_price", p.limit_price, lim.entry_band_pct),
+                          ("take_profit", p.take_profit, lim.exit_band_pct),
+                          ("stop_loss", p.stop_loss, lim.exit_band_pct)):
+        if px is None:
+            continue
+        width = ref * pct / 100.0
+        if px > ref + width:
+            return deny(D.PRICE_OUT_OF_BAND, ref + width, px, field=name,
+                        detail=f"{name} more than {pct:g}% above the quote {ref:g}")
+        if px < ref - width:
+            return deny(D.PRICE_OUT_OF_BAND, ref - width, px, field=name,
+                        detail=f"{name} more than {pct:g}% below the quote {ref:g}")
     return None
 
 
@@ -449,6 +545,7 @@ RULES: tuple[Rule, ...] = (
     rule_sec_type_allowed,
     rule_trading_hours,
     rule_geometry,
+    rule_price_band,
     rule_tick,
     rule_reward_risk,
     rule_stop_distance,

@@ -149,7 +149,8 @@ DENIAL_MESSAGES: dict[DenialCode, str] = {
     DenialCode.SNAPSHOT_STALE: "portfolio snapshot older than the limit",
     DenialCode.PNL_UNKNOWN: "daily P&L unknown (not received, nan or unset)",
     DenialCode.ACCOUNT_VALUES_UNKNOWN: "account values needed for risk are missing or unset",
-    DenialCode.QUOTE_UNAVAILABLE: "no current quote to price a market entry",
+    DenialCode.QUOTE_UNAVAILABLE:
+        "no current quote to price a market entry or centre the price bands",
     DenialCode.TRADING_HALTED: "trading is HALTED",
     DenialCode.REDUCING_ONLY: "trading is REDUCING: only position-reducing proposals are admitted",
     DenialCode.BRACKET_GEOMETRY: "bracket prices are not on the right sides of the entry",
@@ -193,8 +194,13 @@ DENIAL_MESSAGES: dict[DenialCode, str] = {
 ProposalId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
 AgentId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")]
 Symbol = Annotated[str, Field(min_length=1, max_length=24, pattern=r"^[A-Z0-9][A-Z0-9.\- ]*$")]
-Price = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
-Quantity = Annotated[int, Field(gt=0, le=10_000_000, strict=True)]
+# No listed instrument trades near a billion per unit (BRK.A: ~7e5); past that a price is a typo
+# or an attack, and bounded it keeps every product the governor forms (x quantity x multiplier,
+# / tick) far from float overflow. Prices absurd for the instrument are the price bands' job.
+MAX_PRICE = 1e9
+Price = Annotated[float, Field(gt=0, le=MAX_PRICE, allow_inf_nan=False, strict=True)]
+MAX_QUANTITY = 10_000_000
+Quantity = Annotated[int, Field(gt=0, le=MAX_QUANTITY, strict=True)]
 
 
 # --------------------------------------------------------------------------- proposals

@@ -75,6 +75,13 @@ BACKOFF_CAP_S = 10.0
 CLOSE_FLUSH_TIMEOUT_S = 5.0
 WILL_PAYLOAD = b'{"state":"offline"}'
 _PROPOSAL_ID_PEEK = re.compile(rb'"proposal_id"\s*:\s*"([^"\\]{1,64})"')
+# a proposal is one flat JSON object: nothing an agent sends nests deeper than this
+MAX_JSON_DEPTH = 16
+# a lone surrogate: json.loads accepts "\ud800", but no encoder (JSON out, SQLite, logs) can
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# the agent ids a proposals topic may carry (bus/messages.py AgentId): others are answered
+# `invalid` on their own decisions topic, and the bridge logs INVALID_AGENT_ID
+_AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
 
 
 def backoff_delay(attempt: int, *, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_CAP_S,
@@ -174,10 +181,60 @@ def _reason_value(value: Any) -> float | str | None:
     if isinstance(value, int | float):
         try:
             return float(value)
-        except OverflowError:
-            return str(value)[:64]
+        except OverflowError:  # an int past float (str() of one past 4,300 digits raises)
+            return f"<an integer of {value.bit_length()} bits>"
     if isinstance(value, str) and len(value) <= 64:
         return value
+    return None
+
+
+def printable(text: str, limit: int = 256) -> str:
+    """`text` as any encoder takes it: lone surrogates spelled out (\\ud800), at most `limit`."""
+    text = text[:limit]
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:limit]
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object hook: a key given twice is an error (json.loads keeps the last one,
+    which another reader of the same bytes may not)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def _unencodable(data: Any) -> tuple[DenialCode, str, str] | None:
+    """(code, field, why) for a parsed payload no encoder could pass on: nesting deeper than
+    MAX_JSON_DEPTH, or a lone surrogate in any key or string. Walks without recursion."""
+    stack: list[tuple[Any, int, str]] = [(data, 0, "")]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value) is not None:
+                return (DenialCode.VALIDATION_ERROR, path,
+                        "a string holds a lone surrogate (not Unicode)")
+        elif isinstance(value, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                return (DenialCode.MALFORMED_JSON, path,
+                        f"nested deeper than {MAX_JSON_DEPTH} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str) and _SURROGATE.search(key) is not None:
+                    return (DenialCode.VALIDATION_ERROR, path,
+                            "a key holds a lone surrogate (not Unicode)")
+                stack.append((item, depth + 1, f"{path}.{key}" if path else str(key)))
     return None
 
 
@@ -185,7 +242,7 @@ def validation_reasons(exc: ValidationError) -> list[Reason]:
     """One Reason per pydantic error: field = dotted loc, message = msg, value = the input."""
     reasons = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"]) or None
+        loc = printable(".".join(str(p) for p in err["loc"]), 128) or None
         reasons.append(Reason(code=DenialCode.VALIDATION_ERROR, message=err["msg"], field=loc,
                               value=_reason_value(err.get("input")) if loc else None))
     return reasons
@@ -705,12 +762,27 @@ class MqttBridge:
                 ts=self._clock.now()))
 
     async def _intake(self, topic_agent: str, payload: bytes) -> None:
+        """Every payload gets exactly one answer: the proposal goes to the gate (which answers
+        it), or the bridge answers `invalid` on the topic agent's decisions topic, whatever the
+        topic's agent id (an MQTT topic that took the proposal takes the answer too)."""
         self.counters["proposals"] += 1
-        result = self.parse_proposal(topic_agent, payload)
+        if _AGENT_ID.fullmatch(topic_agent) is None:
+            log.warning("proposal_topic_invalid", code="INVALID_AGENT_ID",
+                        topic_agent=printable(topic_agent, 80), length=len(topic_agent),
+                        action="answered invalid on its decisions topic")
+        try:
+            result = self.parse_proposal(topic_agent, payload)
+        except Exception as exc:  # a payload no check foresaw: still answered, and logged
+            log.exception("proposal_unparsed", code="INTERNAL", agent_id=printable(topic_agent, 80),
+                          size=len(payload))
+            result = self._invalid(topic_agent, "", [Reason(
+                code=DenialCode.VALIDATION_ERROR,
+                message=f"{DENIAL_MESSAGES[DenialCode.VALIDATION_ERROR]}: it could not be "
+                        f"checked ({type(exc).__name__})")])
         if isinstance(result, RiskDecision):
             self.counters["invalid"] += 1
             with structlog.contextvars.bound_contextvars(proposal_id=result.proposal_id,
-                                                         agent_id=topic_agent):
+                                                         agent_id=result.agent_id):
                 log.info("proposal_invalid", code=str(result.reasons[0].code),
                          errors=len(result.reasons), size=len(payload))
                 await self._answer(result)
@@ -754,7 +826,13 @@ class MqttBridge:
             await self._submit(proposal, "proposal_resubmitted")
 
     def parse_proposal(self, topic_agent: str, payload: bytes) -> TradeProposal | RiskDecision:
-        """A valid TradeProposal, or the `invalid` RiskDecision that answers the payload."""
+        """A valid TradeProposal, or the `invalid` RiskDecision that answers the payload.
+
+        Whatever the bytes: not UTF-8, not JSON, NaN, 1e400, ints past Python's 4,300 digits,
+        duplicate keys, nesting past MAX_JSON_DEPTH (or past the parser's recursion limit),
+        lone surrogates in any key or string, not an object, too large. The answer itself
+        always encodes (every string in it is `printable`).
+        """
         limit = self._settings.mqtt_max_payload
         if len(payload) > limit:
             peek = _PROPOSAL_ID_PEEK.search(payload, 0, 4096)
@@ -762,16 +840,31 @@ class MqttBridge:
                 Reason(code=DenialCode.PAYLOAD_TOO_LARGE, message=DENIAL_MESSAGES[DenialCode.PAYLOAD_TOO_LARGE],
                        limit=float(limit), value=float(len(payload)))])
         try:
-            data = json.loads(payload.decode("utf-8"))
+            data = json.loads(payload.decode("utf-8"), object_pairs_hook=_object_without_duplicates)
+        except _DuplicateKey as exc:
+            return self._invalid(topic_agent, "", [Reason(
+                code=DenialCode.VALIDATION_ERROR, field=printable(exc.key, 128),
+                message=f"{DENIAL_MESSAGES[DenialCode.VALIDATION_ERROR]}: duplicate key")])
+        except RecursionError:
+            return self._invalid(topic_agent, "", [Reason(
+                code=DenialCode.MALFORMED_JSON,
+                message=f"{DENIAL_MESSAGES[DenialCode.MALFORMED_JSON]}: nested too deep to parse")])
         except (UnicodeDecodeError, ValueError) as exc:
             return self._invalid(topic_agent, "", [Reason(
-                code=DenialCode.MALFORMED_JSON, message=f"{DENIAL_MESSAGES[DenialCode.MALFORMED_JSON]}: {exc}")])
+                code=DenialCode.MALFORMED_JSON,
+                message=f"{DENIAL_MESSAGES[DenialCode.MALFORMED_JSON]}: {printable(str(exc))}")])
         if not isinstance(data, dict):
             return self._invalid(topic_agent, "", [Reason(
                 code=DenialCode.MALFORMED_JSON,
                 message=f"{DENIAL_MESSAGES[DenialCode.MALFORMED_JSON]}: got {type(data).__name__}")])
         raw_id = data.get("proposal_id")
         proposal_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= 256 else ""
+        bad = _unencodable(data)
+        if bad is not None:
+            code, where, why = bad
+            return self._invalid(topic_agent, proposal_id, [Reason(
+                code=code, field=printable(where, 128) or None,
+                message=f"{DENIAL_MESSAGES[code]}: {why}")])
         reasons: list[Reason] = []
         given_agent = data.get("agent_id")
         if given_agent is not None and given_agent != topic_agent:
@@ -789,7 +882,10 @@ class MqttBridge:
         return self._invalid(topic_agent, proposal_id, reasons)
 
     def _invalid(self, agent_id: str, proposal_id: str, reasons: list[Reason]) -> RiskDecision:
-        return RiskDecision(proposal_id=proposal_id, agent_id=agent_id, verdict=Verdict.INVALID,
+        """The `invalid` answer. The ids are echoed `printable` (a topic's agent id is UTF-8
+        already, so it is the answer's topic unchanged; see _intake)."""
+        return RiskDecision(proposal_id=printable(proposal_id),
+                            agent_id=printable(agent_id, 65_535), verdict=Verdict.INVALID,
                             reasons=reasons, ts=self._clock.now())
 
     def _refusal(self, proposal: TradeProposal, code: DenialCode) -> RiskDecision:

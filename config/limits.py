@@ -112,6 +112,12 @@ class RiskLimits(_Strict):
     min_stop_distance_pct: Pct = 0.1
     max_stop_distance_pct: Pct = 10.0
     option_multiplier: PosMoney = 100.0   # when no contract_info and no symbol override
+    # -- price bands around the current quote (its mid, else its last): absurd prices refused.
+    # A resting entry a fifth away from the market (BUY at 200 with the stock at 230) is normal
+    # use, and exits lie beyond the entry; 1,000x the quote or 5e-324 is never meant.
+    price_bands: bool = True               # false: no band check, and no quote needed for LMT
+    entry_band_pct: Pct = 20.0             # limit_price within 20 % of the quote
+    exit_band_pct: Pct = 50.0              # take_profit and stop_loss within 50 % of it
     # -- size and exposure
     max_order_quantity: Annotated[int, Field(ge=0)] = 5_000
     max_order_notional: Money = 200_000.0

@@ -366,8 +366,8 @@ def _safe_url(url: str | None) -> str | None:
 
 def _attach_governor(governor: Any, bus: Any, broker: Any, monitor: Any) -> None:
     """The governor meets IB only through these two callables (both via the broker port)."""
+    from agents.rules import quote_for
     from bus.errors import BrokerError
-    from bus.messages import OrderType
 
     async def prepare(proposal: TradeProposal) -> None:
         if not broker.is_ready:
@@ -378,8 +378,10 @@ def _attach_governor(governor: Any, bus: Any, broker: Any, monitor: Any) -> None
             log.warning("contract_resolution_failed", proposal_id=proposal.proposal_id,
                         agent_id=proposal.agent_id, code=e.code, error=e.message)
             return
-        if contract is not None and proposal.order_type is OrderType.MKT:
-            if contract.con_id not in (governor.snapshot.quotes if governor.snapshot else {}):
+        # every entry needs the quote: a MKT entry is priced at it, every price is banded by it
+        if contract is not None:
+            snap = governor.snapshot
+            if snap is None or quote_for(snap, contract.con_id) is None:
                 await broker.ensure_quote(contract)
                 # hand the governor a snapshot with the quote now, not after a bus hop
                 for ev in governor.on_snapshot(monitor.build()):

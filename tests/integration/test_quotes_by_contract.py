@@ -132,8 +132,14 @@ async def test_two_futures_expiries_are_priced_at_their_own_quotes(paper_tws, ri
 
 
 async def test_position_limits_count_each_contract_alone(paper_tws, rig):
-    # resting limit orders (far from the market): reservations only, nothing fills
+    # resting limit orders (below the market, inside the price bands): reservations only
     opt = option_kw(paper_tws)
+    call = await rig.broker.resolve_contract(TradeProposal.model_validate(dict(
+        proposal_id="probe", agent_id="alpha", symbol="AAPL", side="BUY", quantity=1,
+        limit_price=1.0, take_profit=2.0, stop_loss=0.5, **opt)))
+    assert call is not None
+    await paper_tws.set_price("AAPL", 228.50)
+    await paper_tws.set_price(con_id=call.con_id, price=0.55)
     stock = dict(order_type="LMT", limit_price=200.0, take_profit=210.0, stop_loss=196.0)
     option = dict(order_type="LMT", limit_price=0.50, take_profit=0.80, stop_loss=0.46, **opt)
     assert (await rig.decide("stk-10", quantity=10, **stock)).verdict is Verdict.APPROVED

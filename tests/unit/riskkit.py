@@ -39,6 +39,8 @@ OPEN: dict[str, Any] = dict(
     max_order_notional=1e12, max_position_units=1e12, max_position_notional=1e12,
     max_gross_exposure_pct=1e9, max_net_exposure_pct=1e9, max_open_brackets=1_000_000,
     max_proposals_per_s=1e9, proposal_burst=1_000_000_000, max_order_msgs_per_s=1e9,
+    # the bands stay on (every default snapshot quotes its symbols) but wide: 1,000x the quote
+    entry_band_pct=100_000.0, exit_band_pct=100_000.0,
     agent=dict(loss_limit=1e9, exposure_limit=1e12, max_open_brackets=1_000_000,
                max_proposals_per_s=1e9, proposal_burst=1_000_000_000),
 )
@@ -64,13 +66,21 @@ def proposal(pid: str = "p1", *, agent: str = "a1", symbol: str = "AAPL", side: 
         stop_loss=sl if sl is not None else round(ref - 1 * s, 2), **kw)
 
 
+# every symbol the governor tests trade: the default snapshot quotes each (for the price bands)
+QUOTED = ("AAPL", "MSFT", "TSLA", "SPY", "ES", "NQ", "EUR")
+QUOTE_PX = 100.0
+
+
 def snapshot(clock: ManualClock, *, nlv: float | None = NLV, funds: float | None = 900_000.0,
              daily: float | None = 0.0, positions: Iterable[Position] = (),
              quotes: dict[int, Quote] | Iterable[Quote] | None = None,
              working: Iterable[WorkingOrder] = (),
              connection: ConnectionState = ConnectionState.READY, reconciled: bool = True,
              ts: datetime | None = None) -> PortfolioSnapshot:
+    """`quotes` None: every QUOTED symbol at QUOTE_PX (bid/ask a cent around it); {} none."""
     now = ts or clock.now()
+    if quotes is None:
+        quotes = [quote(clock, s, QUOTE_PX - 0.01, QUOTE_PX + 0.01, QUOTE_PX, now) for s in QUOTED]
     values = {}
     if nlv is not None:
         values["NetLiquidation"] = nlv
@@ -85,8 +95,8 @@ def snapshot(clock: ManualClock, *, nlv: float | None = NLV, funds: float | None
 def by_con_id(quotes: dict[int, Quote] | Iterable[Quote] | None) -> dict[int, Quote]:
     if quotes is None:
         return {}
-    if isinstance(quotes, dict):
-        return quotes
+    if isinstance(quotes, dict):   # keyed by anything (a symbol, a conId): each quote has its conId
+        quotes = quotes.values()
     return {q.con_id: q for q in quotes}
 
 
