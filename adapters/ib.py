@@ -456,6 +456,11 @@ class IBBroker:
 
     async def _after_connect(self) -> None:
         """Sync what risk needs, renew subscriptions, run reconcile hooks, then READY."""
+        # subscriptions are per connection: forget the old ones before the first await, so one
+        # made meanwhile (a fill's P&L, a proposal's quote) is this connection's and kept
+        self._pnl_single.clear()
+        old_tickers = list(self._tickers)
+        self._tickers.clear()
         now = self._clock.now()
         # connectAsync has loaded positions, open + completed orders, account values, executions
         self._ts["positions"] = now
@@ -470,12 +475,9 @@ class IBBroker:
         # P&L subscriptions (renewed on every connect: a reconnect has none)
         await self._turn(Priority.DATA)
         self._pnl = self.ib.reqPnL(self.account)
-        self._pnl_single.clear()
         for pos in self.ib.positions(self.account):
             await self._subscribe_pnl_single(pos.contract.conId)
         # market data subscriptions are per connection too
-        old_tickers = list(self._tickers)
-        self._tickers.clear()
         for con_id in old_tickers:
             await self._subscribe_quote(con_id)
         await self._wait_pnl()
