@@ -156,6 +156,7 @@ class ExecutionAgent:
         self._settling: dict[str, asyncio.Future[BracketOrderIds | None]] = {}
         self._sending: set[str] = set()          # placements between intent and IB's answer
         self._refs_at_ib: set[str] = set()       # every orderRef IB told us about (any status)
+        self._placements: dict[str, asyncio.Task[PlacementResult]] = {}   # in flight, by proposal_id
         self._tasks: set[asyncio.Task] = set()
         self._placing = 0
         self._idle = asyncio.Event()
@@ -163,6 +164,7 @@ class ExecutionAgent:
 
     def attach(self) -> None:
         self._bus.serve("execution.place", self.place)
+        self._bus.serve("execution.outcome", self.outcome)
         self._bus.subscribe(BrokerOrderUpdate, self._on_order_update, name="execution.orders")
         self._bus.subscribe(BrokerExecution, self._on_execution, name="execution.fills")
 
@@ -270,6 +272,24 @@ class ExecutionAgent:
     # ------------------------------------------------------------------ placing
 
     async def place(self, bracket: ApprovedBracket) -> PlacementResult:
+        """Place a bracket. The placement runs as its own task: a requester that stops waiting
+        (the governor's placement deadline) does not cut it off between IB's legs; it can ask
+        for the outcome with `execution.outcome` (what IB ends up having is the answer)."""
+        p = bracket.proposal
+        task = self._placements.get(p.proposal_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(
+                self._run_placement(bracket), name=f"execution:place:{p.proposal_id}")
+            self._placements[p.proposal_id] = task
+            task.add_done_callback(lambda _t, pid=p.proposal_id: self._placements.pop(pid, None))
+        return await asyncio.shield(task)
+
+    async def outcome(self, proposal_id: str) -> PlacementResult | None:
+        """The result of a placement still in flight (waits for it), else None."""
+        task = self._placements.get(proposal_id)
+        return None if task is None else await asyncio.shield(task)
+
+    async def _run_placement(self, bracket: ApprovedBracket) -> PlacementResult:
         p = bracket.proposal
         self._placing += 1
         self._idle.clear()

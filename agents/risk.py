@@ -93,6 +93,8 @@ StateBy = Literal["operator", "auto", "startup"]
 IdLookup = Callable[[str], Awaitable[Any]]
 
 PLACE_SERVICE = "execution.place"
+OUTCOME_SERVICE = "execution.outcome"   # a placement past its deadline: wait for what IB took
+OUTCOME_GRACE_S = 60.0
 
 _APPROVED, _REJECTED = Verdict.APPROVED, Verdict.REJECTED
 _BUY, _MKT = Side.BUY, OrderType.MKT
@@ -962,8 +964,7 @@ class RiskGovernor:
                                   approved_at=decision.ts)
         await bus.publish(bracket)
         try:
-            result: PlacementResult = await bus.request(
-                PLACE_SERVICE, bracket, timeout=self._limits.placement_timeout_s)
+            result: PlacementResult = await self._place_and_wait(bus, bracket)
         except Exception as e:  # any failure to place is a typed, logged rejection
             log.warning("placement_failed", proposal_id=p.proposal_id, agent_id=p.agent_id,
                         error=repr(e), exc_info=True)
@@ -979,6 +980,26 @@ class RiskGovernor:
         log.info("bracket_placed", proposal_id=p.proposal_id, agent_id=p.agent_id,
                  order_ids=result.order_ids.model_dump())
         return placed
+
+    async def _place_and_wait(self, bus: Bus, bracket: ApprovedBracket) -> PlacementResult:
+        """The placement's result. Past `placement_timeout_s` the placement is not abandoned
+        (IB may be taking the legs right now): its outcome is awaited, bounded by
+        OUTCOME_GRACE_S, so the decision says what IB has, never a guess."""
+        from bus.errors import RequestTimeout
+
+        p = bracket.proposal
+        try:
+            return await bus.request(PLACE_SERVICE, bracket,
+                                     timeout=self._limits.placement_timeout_s)
+        except RequestTimeout:
+            if not bus.has_service(OUTCOME_SERVICE):
+                raise
+            log.warning("placement_slow", proposal_id=p.proposal_id, agent_id=p.agent_id,
+                        timeout_s=self._limits.placement_timeout_s, code="PLACEMENT_SLOW")
+            result = await bus.request(OUTCOME_SERVICE, p.proposal_id, timeout=OUTCOME_GRACE_S)
+            if result is None:
+                raise
+            return result
 
     def _require_bus(self) -> Bus:
         if self._bus is None:

@@ -237,6 +237,9 @@ class Bus:
             raise ServiceAlreadyServed(service)
         self._services[service] = handler
 
+    def has_service(self, service: str) -> bool:
+        return service in self._services
+
     async def request(self, service: str, payload: Any, *, timeout: float) -> Any:
         """Call the service's handler; its exception is re-raised here, its result returned."""
         if self._state is BusState.CLOSED:

@@ -167,3 +167,30 @@ async def test_a_refused_stop_leaves_nothing_live_and_the_placement_failed(paper
     legs = await until_none_live(paper_tws, "stop-1")
     assert legs   # IB saw the legs, and none is working
     assert rig.execution.placed_ids("stop-1") is None
+
+
+async def test_a_placement_past_the_governors_deadline_is_answered_with_what_ib_took(
+        paper_tws, rig):
+    """The governor's placement deadline (0.1 s) passes while IB is taking the legs (acks muted:
+    the adapter asks IB after its 0.5 s ack timeout). The decision must say what IB has: all
+    three legs, so approved with their ids — not a PLACEMENT_FAILED with a live bracket."""
+    from agents.portfolio import PortfolioMonitor
+    from agents.risk import RiskGovernor
+    from bus.messages import Verdict
+    from core.clock import SYSTEM_CLOCK
+    from tests.unit.riskkit import open_limits
+
+    await paper_tws.post("/ack_hold", {"orderRef": "slow-1", "orderType": "STP", "mode": "mute"})
+    gov = RiskGovernor(open_limits(placement_timeout_s=0.1, price_bands=False), SYSTEM_CLOCK,
+                       contract_info=rig.broker.cached_contract)
+    gov.attach(rig.bus)
+    monitor = PortfolioMonitor(rig.bus, rig.broker)
+    p = proposal("slow-1")
+    await rig.broker.resolve_contract(p)
+    gov.on_snapshot(monitor.build())
+    d = await gov.handle_proposal(p)
+    legs = await legs_at_ib(paper_tws, "slow-1")
+    assert len(legs) == 3 and not any(o["status"] in DEAD for o in legs)
+    assert d.verdict is Verdict.APPROVED, d.reasons
+    assert (d.order_ids.entry, d.order_ids.take_profit, d.order_ids.stop_loss) == tuple(
+        sorted(o["orderId"] for o in legs))
