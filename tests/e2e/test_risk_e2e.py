@@ -456,8 +456,7 @@ async def test_concurrent_burst_admits_exactly_the_limit(mosquitto, paper_tws_pr
 async def test_rate_limits_keep_the_gateway_under_pacing(mosquitto, paper_tws_process, tmp_path):
     tws = paper_tws_process
     # room for every bracket, so only the rate limits decide: each agent's bucket (burst 5,
-    # 1/s) and the order-message bucket (45 messages/s; a bracket is a what-if + 3 legs = 4
-    # messages, so 11 brackets at once; IB's pacing is 50/s)
+    # 1/s) and the IB pacer's headroom (a bracket is a what-if + 3 legs = 4 messages)
     limits = write_limits(tmp_path / "limits.toml", {"max_open_brackets": 200},
                           {"max_open_brackets": 100, "proposal_burst": 5,
                            "max_proposals_per_s": 1.0})
@@ -480,10 +479,11 @@ async def test_rate_limits_keep_the_gateway_under_pacing(mosquitto, paper_tws_pr
         flood_limited = [pid for pid in fields if wanted[pid] == "flood"
                          and fields[pid] == "proposals_per_s"]
         assert 10 - refill_s <= len(flood_limited) <= 10, fields
-        # the order-message bucket: 45 messages = 11 brackets at once (+11.25 a second), the
-        # rest RATE_LIMITED, so IB's pacing (50 messages/s) is never reached by orders
-        assert any(f == "order_msgs_per_s" for f in fields.values()), fields
-        assert 11 <= len(approved) <= 11 + math.ceil(11.25 * refill_s), (len(approved), refill_s)
+        # the IB pacer (IB_MAX_MSGS_PER_S 40, burst 4): an approval promises its 4 messages
+        # within 2.5 s (half the what-if deadline), so (4 + 40 x 2.5) / 4 = 26 brackets at once
+        # (+10 a second); the rest RATE_LIMITED, and IB's pacing (50/s) is never reached
+        assert any(f == "ib_pacer_headroom" for f in fields.values()), fields
+        assert 1 <= len(approved) <= 26 + math.ceil(10 * refill_s), (len(approved), refill_s)
 
         placed: dict[str, list[dict]] = {}
         async with asyncio.timeout(10):
