@@ -49,6 +49,9 @@ max_proposals_per_s = 100000.0
 proposal_burst = 100000
 max_remembered_decisions = 200000
 margin_cushion_pct = 0.0
+# the entries rest far below the market (nothing fills): bands wide enough to admit them
+entry_band_pct = 70.0
+exit_band_pct = 90.0
 
 [agent]
 loss_limit = 1e12
