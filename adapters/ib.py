@@ -592,7 +592,9 @@ class IBBroker:
             if self.state not in (ConnectionState.READY, ConnectionState.CONNECTED):
                 continue
             try:
-                await self._turn(Priority.DATA)
+                # one message every heartbeat_s, and the proof that the snapshot is current:
+                # never starved behind a placement backlog (the gate would fail closed, stale)
+                await self._turn(Priority.PROTECT)
                 await asyncio.wait_for(self.ib.reqCurrentTimeAsync(), self.request_timeout)
             except (TimeoutError, ConnectionError, OSError, BrokerNotConnected) as e:
                 log.warning("ib_heartbeat_failed", error=repr(e))
