@@ -199,7 +199,10 @@ class ReservationLedger:
 
     def _account(self, res: Reservation, k: int) -> None:
         """Add (k=+1) or remove (k=-1) one reservation's share of the running totals."""
-        units = res.pending_units
+        # res.pending_units, spelled out (two properties deep; this runs per reserve and fill)
+        q = res.quantity
+        filled = min(q, max(res.fills_qty, res.status_filled))
+        units = (0.0 if res.entry_done else q - filled) + max(0.0, filled - res.settled_qty)
         notional = units * res.entry_price * res.multiplier
         self.total_worst_case += k * res.worst_case_loss
         self.total_margin += k * res.margin

@@ -10,11 +10,12 @@ a thin bus wiring (`attach`) that places approved brackets through `execution.pl
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from zoneinfo import ZoneInfo
@@ -23,6 +24,7 @@ from agents.reservations import TERMINAL_STATUSES, Reservation, ReservationLedge
 from agents.rules import (
     ORDER_MSGS_PER_BRACKET,
     RULES,
+    Rule,
     RuleContext,
     construct,
     default_contract_facts,
@@ -35,6 +37,9 @@ from agents.rules import (
     market_entry_price,
     proposal_offline_con_id,
     quote_for,
+    rule_price_band,
+    rule_reducing_only,
+    rule_trading_hours,
     worst_case_loss,
 )
 from bus.errors import ConfigError
@@ -98,6 +103,13 @@ OUTCOME_GRACE_S = 60.0
 
 _APPROVED, _REJECTED = Verdict.APPROVED, Verdict.REJECTED
 _BUY, _MKT = Side.BUY, OrderType.MKT
+_REDUCING = TradingState.REDUCING
+_INFO = logging.INFO
+_set_attr = object.__setattr__
+_new_decision = RiskDecision.__new__
+_DECISION_FIELDS = frozenset(("proposal_id", "agent_id", "verdict", "reasons", "order_ids",
+                              "trading_state", "ts"))
+_OFFLINE_FACTS_MAX = 10_000     # contracts remembered by the offline stand-in (tests, benches)
 
 
 class TokenBucket:
@@ -115,7 +127,10 @@ class TokenBucket:
         return self.tokens
 
     def take(self, now: float, n: float = 1.0) -> bool:
-        if self.available(now) >= n:
+        if now > self.stamp:   # available(now), inline: called for every proposal
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+        if self.tokens >= n:
             self.tokens -= n
             return True
         return False
@@ -196,6 +211,12 @@ class SnapshotView:
             i = 0 if fb.sign > 0 else 1
             row[i] += fb.pending_units
             row[i + 2] += fb.pending_notional
+        # what every proposal's context reads of the account, read once (valid once
+        # values_gate passed; the gate runs first)
+        self.net_liquidation = snap.account_values.get("NetLiquidation")
+        self.daily_pnl = snap.pnl.daily
+        self.gross_base = self.gross_positions + self.foreign_gross
+        self.open_foreign = len(self.foreign)
 
     def _foreign_brackets(self, orders: list[WorkingOrder], ledger: ReservationLedger,
                           multiplier_for: MultiplierFor,
@@ -373,6 +394,16 @@ class RiskGovernor:
         self._symbol_limits: dict[str, SymbolLimits] = {}   # symbol -> resolved limits
         self._agent_limits: dict[str, AgentLimits] = {}     # agent_id -> resolved limits
         self._day_ends = self._next_midnight(self._clock.now())
+        # the rules that can deny under these limits, in RULES order (a rule switched off by
+        # the limits file always passes): (any state but REDUCING, REDUCING)
+        active = tuple(r for r in RULES if not (
+            (r is rule_trading_hours and self._hours is None)
+            or (r is rule_price_band and not limits.price_bands)))
+        self._rules: tuple[tuple[Rule, ...], tuple[Rule, ...]] = (
+            tuple(r for r in active if r is not rule_reducing_only), active)
+        # (symbol, sec_type, expiry, strike, right, currency) -> (stand-in conId, multiplier,
+        # min tick) when no IB contract details are wired (tests, benches)
+        self._offline_facts: dict[tuple[Any, ...], tuple[int, float | None, float]] = {}
         now = self._clock.monotonic()
         self._proposal_bucket.retune(limits.max_proposals_per_s, limits.proposal_burst, now)
         self._order_bucket.retune(limits.max_order_msgs_per_s, limits.max_order_msgs_per_s, now)
@@ -499,7 +530,8 @@ class RiskGovernor:
     def _next_midnight(self, now: datetime) -> datetime:
         local = now.astimezone(self._tz)
         tomorrow = (local + timedelta(days=1)).date()
-        return datetime.combine(tomorrow, time(0), tzinfo=self._tz)
+        # kept in UTC: compared with the clock's UTC now on every decision, same offsets = cheap
+        return datetime.combine(tomorrow, time(0), tzinfo=self._tz).astimezone(timezone.utc)
 
     def _roll_day(self, now: datetime) -> None:
         """A new trading day: per-agent realized P&L and the equity peak start over."""
@@ -531,8 +563,9 @@ class RiskGovernor:
             return self._replays.cannot_tell(proposal, now, self._state), False
         if seen is not None:
             if DecisionMemory.same(seen[0], proposal):
-                log.info("risk_decision_repeated", proposal_id=pid, agent_id=proposal.agent_id,
-                         verdict=seen[1].verdict.value)
+                if log.is_enabled_for(_INFO):
+                    log.info("risk_decision_repeated", proposal_id=pid,
+                             agent_id=proposal.agent_id, verdict=seen[1].verdict._value_)
                 return seen[1], False
             decision = self._decision(proposal, [deny(DenialCode.DUPLICATE_PROPOSAL, value=pid)],
                                       now)
@@ -571,11 +604,12 @@ class RiskGovernor:
         mono = self._clock.monotonic()
         # every attempt spends a proposal token, so a flood is limited whatever else fails
         rate_denied: tuple[str, float] | None = None
-        agent_bucket = self._agent_bucket(p.agent_id, mono)
+        agent = p.agent_id
+        agent_bucket = self._agent_buckets.get(agent) or self._agent_bucket(agent, mono)
         if not self._proposal_bucket.take(mono):
             rate_denied = ("global", lim.max_proposals_per_s)
         elif not agent_bucket.take(mono):
-            rate_denied = (f"agent {p.agent_id}", agent_bucket.rate)
+            rate_denied = (f"agent {agent}", agent_bucket.rate)
 
         if snapshot is None:
             return [gate_connection(None)], None  # type: ignore[list-item]
@@ -589,7 +623,7 @@ class RiskGovernor:
             gate = gate_numbers(p)   # never arithmetic on a number it cannot take
         if gate is not None:
             return [gate], None
-        sym = self._symbol(p.symbol)
+        sym = self._symbol_limits.get(p.symbol) or self._symbol(p.symbol)
         if self._contract_info is not None:
             contract = self._contract_info(p)
             if contract is None:
@@ -598,11 +632,10 @@ class RiskGovernor:
             tick = contract.min_tick if contract.min_tick > 0 else lim.default_min_tick
             con_id = contract.con_id
         else:  # no IB contract details (tests, benches): a stand-in conId per contract
-            mult, tick = default_contract_facts(p, sym, lim)
+            con_id, mult, tick = self._offline(p, sym)
             if mult is None:
                 return [deny(DenialCode.UNKNOWN_CONTRACT, value=p.symbol, field="multiplier",
                              detail=f"no contract details; set [symbols.{p.symbol}] multiplier")], None
-            con_id = proposal_offline_con_id(p)
         market = p.order_type is _MKT
         if market:
             px = market_entry_price(p, snapshot, now, lim, con_id=con_id)
@@ -613,45 +646,44 @@ class RiskGovernor:
             entry = p.limit_price  # type: ignore[assignment]
 
         ledger = self.ledger
-        agent = p.agent_id
         sign = 1 if p.side is _BUY else -1
         qty = p.quantity
         # position and pending figures are the proposal's own contract's (exposure sums all)
-        fu, fn = view.pending(con_id, sign)
+        row = view.foreign_pending.get(con_id) if view.foreign_pending else None
         lp = ledger.contract_pending.get(con_id)
         i = 0 if sign > 0 else 1
 
         c = RuleContext.__new__(RuleContext)
         c.proposal = p
         c.limits = lim
-        c.agent_limits = self._agent(agent)
+        c.agent_limits = self._agent_limits.get(agent) or self._agent(agent)
         c.symbol_limits = sym
         c.now = now
-        c.state = self._state
+        c.state = state = self._state
         c.tz = self._tz
         c.hours = self._hours
         c.sign = sign
         c.quantity = qty
         c.entry = entry
         c.market_entry = market
-        c.quote = quote_for(snapshot, con_id)
+        c.quote = snapshot.quotes.get(con_id)          # quote_for(snapshot, con_id)
         c.tick = tick
         c.multiplier = mult
         c.worst_case_loss = worst_case_loss(qty, entry, p.stop_loss, mult, tick, lim,
                                             market_entry=market)
-        c.notional = qty * entry * mult
-        c.net_liquidation = snapshot.account_values["NetLiquidation"]
-        c.daily_pnl = snapshot.pnl.daily
+        c.notional = notional = qty * entry * mult
+        c.net_liquidation = view.net_liquidation
+        c.daily_pnl = view.daily_pnl
         c.con_id = con_id
         c.position = view.positions.get(con_id, 0.0)
         c.position_notional = view.position_notional.get(con_id, 0.0)
-        c.pending_same = fu + (lp[i] if lp else 0.0)
-        c.pending_same_notional = fn + (lp[i + 2] if lp else 0.0)
-        c.gross_exposure = view.gross_positions + view.foreign_gross + ledger.gross_pending_notional
+        c.pending_same = (row[i] if row else 0.0) + (lp[i] if lp else 0.0)
+        c.pending_same_notional = (row[i + 2] if row else 0.0) + (lp[i + 2] if lp else 0.0)
+        c.gross_exposure = view.gross_base + ledger.gross_pending_notional
         # net exposure if every pending entry on this side fills (and none on the other)
         c.net_exposure = view.net_positions + sign * (view.foreign_side[i]
                                                       + ledger.side_pending_notional[i])
-        c.open_brackets = len(ledger) + len(view.foreign)
+        c.open_brackets = len(ledger) + view.open_foreign
         c.open_worst_case = ledger.total_worst_case + view.foreign_worst_case
         c.agent_open_brackets = ledger.agent_open(agent)
         c.agent_worst_case = ledger.agent_worst_case.get(agent, 0.0)
@@ -677,12 +709,19 @@ class RiskGovernor:
             c.order_tokens = self._order_bucket.available(mono)
         c.order_msgs_needed = self._order_msgs_per_bracket
 
-        reasons = []
-        for rule in RULES:
-            r = rule(c)
-            if r is not None:
-                reasons.append(r)
+        reasons = [r for rule in self._rules[state is _REDUCING] if (r := rule(c)) is not None]
         return reasons, c
+
+    def _offline(self, p: TradeProposal, sym: SymbolLimits) -> tuple[int, float | None, float]:
+        """(stand-in conId, multiplier or None, min tick) without IB's contract details."""
+        key = (p.symbol, p.sec_type, p.expiry, p.strike, p.right, p.currency)
+        facts = self._offline_facts.get(key)
+        if facts is None:
+            if len(self._offline_facts) >= _OFFLINE_FACTS_MAX:
+                self._offline_facts.clear()
+            mult, tick = default_contract_facts(p, sym, self._limits)
+            facts = self._offline_facts[key] = (proposal_offline_con_id(p), mult, tick)
+        return facts
 
     def _mark(self, con_id: int, view: SnapshotView, fallback: float | None) -> float:
         px = view.marks.get(con_id) or self._last_price.get(con_id) or fallback
@@ -711,9 +750,16 @@ class RiskGovernor:
 
     def _decision(self, p: TradeProposal, reasons: list[Reason], now: datetime) -> RiskDecision:
         # every field is built here from validated inputs: skip re-validation on the hot path
-        return construct(RiskDecision, proposal_id=p.proposal_id, agent_id=p.agent_id,
-                         verdict=_REJECTED if reasons else _APPROVED, reasons=reasons,
-                         order_ids=None, trading_state=self._state, ts=now)
+        # (construct(RiskDecision, ...) spelled out: no keyword dict to build and copy)
+        d = _new_decision(RiskDecision)
+        _set_attr(d, "__dict__", {"proposal_id": p.proposal_id, "agent_id": p.agent_id,
+                                  "verdict": _REJECTED if reasons else _APPROVED,
+                                  "reasons": reasons, "order_ids": None,
+                                  "trading_state": self._state, "ts": now})
+        _set_attr(d, "__pydantic_fields_set__", set(_DECISION_FIELDS))
+        _set_attr(d, "__pydantic_extra__", None)
+        _set_attr(d, "__pydantic_private__", None)
+        return d
 
     def use_prior_lookup(self, prior: PriorLookup) -> None:
         """Consulted for every proposal_id the gate has no decision for (see _evaluate)."""
@@ -747,12 +793,17 @@ class RiskGovernor:
         return None if seen is None else seen[1]
 
     def _log_decision(self, p: TradeProposal, d: RiskDecision, c: RuleContext | None) -> None:
-        log.info("risk_decision", proposal_id=p.proposal_id, agent_id=p.agent_id,
-                 verdict=d.verdict.value, codes=[r.code.value for r in d.reasons],
-                 symbol=p.symbol, con_id=None if c is None else c.con_id, side=p.side.value,
-                 quantity=p.quantity,
-                 worst_case_loss=None if c is None else round(c.worst_case_loss, 2),
-                 trading_state=self._state.value)
+        # nothing is built for a line the level filters out; enum values read as attributes
+        # (`.value` is a Python-level property on every read)
+        if not log.is_enabled_for(_INFO):
+            return
+        log.bound().info(
+            "risk_decision", proposal_id=p.proposal_id, agent_id=p.agent_id,
+            verdict=d.verdict._value_, codes=[r.code._value_ for r in d.reasons],
+            symbol=p.symbol, con_id=None if c is None else c.con_id, side=p.side._value_,
+            quantity=p.quantity,
+            worst_case_loss=None if c is None else round(c.worst_case_loss, 2),
+            trading_state=self._state._value_)
 
     def _reject(self, decision: RiskDecision, reasons: list[Reason], why: str) -> RiskDecision:
         """Replace an approval with a rejection and release its reservation."""
@@ -1118,7 +1169,9 @@ class _Replays:
                          trading_state=state, ts=now)
 
     def expired(self, p: TradeProposal, now: datetime, lim: RiskLimits) -> Reason | None:
-        first = self.first_seen.pop(p.proposal_id, None)
+        first = self.first_seen.pop(p.proposal_id, None) if self.first_seen else None
+        if first is None and p.created_at is None:
+            return None     # no age to judge (as below, with no ages)
         if p.created_at is not None:
             ahead = (p.created_at - now).total_seconds()
             if ahead > lim.max_clock_skew_s:

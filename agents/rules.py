@@ -53,13 +53,27 @@ def construct(cls: type[M], **fields: Any) -> M:
     return m
 
 
+_new_reason = Reason.__new__
+_REASON_FIELDS = frozenset(("code", "message", "limit", "value", "field"))
+
+
 def deny(code: DenialCode, limit: Any = None, value: Any = None, *, detail: str = "",
          field: str | None = None) -> Reason:
     """A typed denial. Built without validation (hot path), so normalised here as Reason's
     validator would: numbers become floats, non-finite floats become text."""
     msg = DENIAL_MESSAGES[code]
-    return construct(Reason, code=code, message=f"{msg}: {detail}" if detail else msg,
-                     limit=_number_or_text(limit), value=_number_or_text(value), field=field)
+    # floats that are finite (x - x is 0.0 only for those) go as they are: the common case
+    if type(limit) is not float or limit - limit != 0.0:
+        limit = _number_or_text(limit)
+    if type(value) is not float or value - value != 0.0:
+        value = _number_or_text(value)
+    m = _new_reason(Reason)
+    _set_attr(m, "__dict__", {"code": code, "message": f"{msg}: {detail}" if detail else msg,
+                              "limit": limit, "value": value, "field": field})
+    _set_attr(m, "__pydantic_fields_set__", set(_REASON_FIELDS))
+    _set_attr(m, "__pydantic_extra__", None)
+    _set_attr(m, "__pydantic_private__", None)
+    return m
 
 
 def _number_or_text(v: Any) -> float | str | None:
@@ -216,10 +230,20 @@ def gate_trading_state(state: TradingState) -> Reason | None:
     return None
 
 
+def _price_ok(v: Any) -> bool:
+    return type(v) is float and 0.0 < v <= MAX_PRICE
+
+
 def gate_numbers(p: TradeProposal) -> Reason | None:
     """Every price finite, > 0 and at most MAX_PRICE, the quantity a whole number in range.
     The contract validates the same; checked again here (a few comparisons) so that no
     proposal, however it was built, reaches the arithmetic with a number it cannot take."""
+    lp, k, q = p.limit_price, p.strike, p.quantity
+    if (_price_ok(p.take_profit) and _price_ok(p.stop_loss)
+            and (_price_ok(lp) or (lp is None and p.order_type is OrderType.MKT))
+            and (k is None or _price_ok(k))
+            and type(q) is int and 0 < q <= MAX_QUANTITY):
+        return None     # the common case, decided in a few comparisons; else find the reason
     for name in ("limit_price", "take_profit", "stop_loss", "strike"):
         v = getattr(p, name)
         if v is None:
@@ -230,7 +254,6 @@ def gate_numbers(p: TradeProposal) -> Reason | None:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= MAX_PRICE:
             return deny(D.PRICE_OUT_OF_BAND, MAX_PRICE, _shown(v), field=name,
                         detail=f"a price is > 0 and <= {MAX_PRICE:g}")
-    q = p.quantity
     if isinstance(q, bool) or not isinstance(q, int) or not 0 < q <= MAX_QUANTITY:
         return deny(D.MAX_ORDER_QUANTITY, MAX_QUANTITY, _shown(q), field="quantity")
     return None
@@ -266,9 +289,13 @@ def reference_price(c: RuleContext) -> float | Reason:
     if q is None:
         return deny(D.QUOTE_UNAVAILABLE, detail=f"no quote for {sym} to check the price bands "
                     "against (price_bands = false in the limits file switches them off)")
-    bid, ask = q.bid if _usable(q.bid) else None, q.ask if _usable(q.ask) else None
-    if bid is not None and ask is not None and bid / 2.0 + ask / 2.0 > 0:
+    bid, ask = q.bid, q.ask
+    if bid is not None and ask is not None and 0 < bid < math.inf and 0 < ask < math.inf \
+            and bid / 2.0 + ask / 2.0 > 0:  # both usable, the common case
         return bid / 2.0 + ask / 2.0       # halves: never overflows (nor is 0 but for 5e-324s)
+    bid, ask = bid if _usable(bid) else None, ask if _usable(ask) else None
+    if bid is not None and ask is not None and bid / 2.0 + ask / 2.0 > 0:
+        return bid / 2.0 + ask / 2.0
     for px in (q.last, bid, ask):
         if _usable(px):
             return px  # type: ignore[return-value]
@@ -363,27 +390,35 @@ def rule_price_band(c: RuleContext) -> Reason | None:
     if isinstance(ref, Reason):
         return ref
     p = c.proposal
-    for name, px, pct in (("limit_price", p.limit_price, lim.entry_band_pct),
-                          ("take_profit", p.take_profit, lim.exit_band_pct),
-                          ("stop_loss", p.stop_loss, lim.exit_band_pct)):
-        if px is None:
-            continue
-        width = ref * pct / 100.0
-        if px > ref + width:
-            return deny(D.PRICE_OUT_OF_BAND, ref + width, px, field=name,
-                        detail=f"{name} more than {pct:g}% above the quote {ref:g}")
-        if px < ref - width:
-            return deny(D.PRICE_OUT_OF_BAND, ref - width, px, field=name,
-                        detail=f"{name} more than {pct:g}% below the quote {ref:g}")
+    entry_w, exit_w = lim.entry_band_pct, lim.exit_band_pct
+    return (_in_band("limit_price", p.limit_price, ref, entry_w)
+            or _in_band("take_profit", p.take_profit, ref, exit_w)
+            or _in_band("stop_loss", p.stop_loss, ref, exit_w))
+
+
+def _in_band(name: str, px: float | None, ref: float, pct: float) -> Reason | None:
+    """None if `px` is absent or within `pct` % of `ref`; else the PRICE_OUT_OF_BAND denial."""
+    if px is None:
+        return None
+    width = ref * pct / 100.0
+    if px > ref + width:
+        return deny(D.PRICE_OUT_OF_BAND, ref + width, px, field=name,
+                    detail=f"{name} more than {pct:g}% above the quote {ref:g}")
+    if px < ref - width:
+        return deny(D.PRICE_OUT_OF_BAND, ref - width, px, field=name,
+                    detail=f"{name} more than {pct:g}% below the quote {ref:g}")
     return None
 
 
 def rule_tick(c: RuleContext) -> Reason | None:
     p, tick, tol = c.proposal, c.tick, c.limits.tick_tolerance
-    for name, px in (("limit_price", p.limit_price), ("take_profit", p.take_profit),
-                     ("stop_loss", p.stop_loss)):
-        if px is not None and not on_tick(px, tick, tol):
-            return deny(D.PRICE_OFF_TICK, tick, px, field=name)
+    lp, tp, sl = p.limit_price, p.take_profit, p.stop_loss
+    if lp is not None and not on_tick(lp, tick, tol):
+        return deny(D.PRICE_OFF_TICK, tick, lp, field="limit_price")
+    if tp is not None and not on_tick(tp, tick, tol):
+        return deny(D.PRICE_OFF_TICK, tick, tp, field="take_profit")
+    if sl is not None and not on_tick(sl, tick, tol):
+        return deny(D.PRICE_OFF_TICK, tick, sl, field="stop_loss")
     return None
 
 
