@@ -137,6 +137,12 @@ class DenialCode(StrEnum):
     # what IB has for this proposal's orderRef (crash recovery, lost journal)
     BRACKET_CANCELLED_AT_IB = "BRACKET_CANCELLED_AT_IB"
     BRACKET_FINISHED_AT_IB = "BRACKET_FINISHED_AT_IB"
+    # who may trade (agents file, message authentication)
+    UNKNOWN_AGENT = "UNKNOWN_AGENT"
+    AGENT_DISABLED = "AGENT_DISABLED"
+    AUTH_REQUIRED = "AUTH_REQUIRED"
+    BAD_SIGNATURE = "BAD_SIGNATURE"
+    SIGNATURE_REPLAYED = "SIGNATURE_REPLAYED"
 
 
 DENIAL_MESSAGES: dict[DenialCode, str] = {
@@ -186,6 +192,11 @@ DENIAL_MESSAGES: dict[DenialCode, str] = {
     DenialCode.PRICE_OUT_OF_BAND: "a price is outside the allowed band around the current quote",
     DenialCode.BRACKET_CANCELLED_AT_IB: "IB has this proposal's bracket (orderRef) cancelled; not placed again",
     DenialCode.BRACKET_FINISHED_AT_IB: "IB already traded this proposal's bracket (orderRef); never placed twice",
+    DenialCode.UNKNOWN_AGENT: "agent_id is not in the agents file",
+    DenialCode.AGENT_DISABLED: "agent is disabled in the agents file",
+    DenialCode.AUTH_REQUIRED: "this agent's messages must be signed (HMAC) and this one is not",
+    DenialCode.BAD_SIGNATURE: "the message's signature does not verify with the agent's key",
+    DenialCode.SIGNATURE_REPLAYED: "the signed message is outside the replay window or was seen before",
 }
 
 
