@@ -459,12 +459,12 @@ CHECKPOINT_KEY = "recovery_checkpoint"
 _UNDELIVERED_DECISIONS = (
     "SELECT i.decision_seq, d.payload FROM proposal_ids i JOIN events d ON d.seq = i.decision_seq"
     " WHERE i.decision_seq > ? AND d.ts >= ? AND NOT EXISTS (SELECT 1 FROM events a"
-    "  WHERE a.proposal_id = i.proposal_id AND a.kind = 'ack'"
+    "  INDEXED BY events_proposal WHERE a.proposal_id = i.proposal_id AND a.kind = 'ack'"
     "  AND json_extract(a.payload, '$.delivered') = 'decision')"
     " ORDER BY i.decision_seq")
 _UNDELIVERED_FILLS = (
     "SELECT f.seq, f.payload FROM events f WHERE f.seq > ? AND f.kind = 'fill' AND f.ts >= ?"
-    " AND NOT EXISTS (SELECT 1 FROM events a WHERE a.kind = 'ack'"
+    " AND NOT EXISTS (SELECT 1 FROM events a INDEXED BY events_ack_exec WHERE a.kind = 'ack'"
     "  AND json_extract(a.payload, '$.exec_id') = json_extract(f.payload, '$.exec_id')"
     "  AND json_extract(a.payload, '$.delivered') = 'fill')"
     " ORDER BY f.seq")
