@@ -1125,18 +1125,18 @@ class Journal:
 
     async def intents_to_load(self, since: datetime) -> list[IntentRecord]:
         """The intents start-up keeps in memory: every one not finished (pending, sent, acked,
-        unknown), every one updated since `since`, and every one whose proposal has no gate
-        decision journaled (a crash between the intent and the decision). The rest are
-        finished brackets whose ids the journal answers (`first_seen`)."""
-        cutoff = _ts(since)
+        unknown) and every one whose proposal has no gate decision journaled (a crash between
+        the intent and the decision: `prior_placement` answers it). The rest are finished
+        brackets with a journaled decision, which the journal answers (`first_seen`) before
+        the gate would ever ask for a prior placement. `since` is kept for the signature."""
         terminal = [s.value for s in IntentState if s.terminal]
         sql = ("SELECT proposal_id, agent_id, created_ts, updated_ts, state, order_ids, payload"
-               " FROM intents i WHERE state NOT IN (?, ?) OR updated_ts >= ?"
+               " FROM intents i WHERE state NOT IN (?, ?)"
                " OR NOT EXISTS (SELECT 1 FROM proposal_ids p WHERE p.proposal_id = i.proposal_id"
                " AND p.decision_seq IS NOT NULL) ORDER BY created_ts, rowid")
 
         def run(conn: sqlite3.Connection) -> list[IntentRecord]:
-            return [_intent_row(r) for r in conn.execute(sql, [*terminal, cutoff])]
+            return [_intent_row(r) for r in conn.execute(sql, terminal)]
 
         return await self._submit(run, None)
 
@@ -1144,13 +1144,12 @@ class Journal:
         """The highest order id any intent ever recorded (order ids are never reused)."""
 
         def run(conn: sqlite3.Connection) -> int:
-            best = 0
-            for (text,) in conn.execute(
-                    "SELECT order_ids FROM intents WHERE order_ids IS NOT NULL"):
-                for v in json.loads(text).values():
-                    if isinstance(v, int) and v > best:
-                        best = v
-            return best
+            row = conn.execute(
+                "SELECT max(max(coalesce(json_extract(order_ids, '$.entry'), 0),"
+                " coalesce(json_extract(order_ids, '$.take_profit'), 0),"
+                " coalesce(json_extract(order_ids, '$.stop_loss'), 0)))"
+                " FROM intents WHERE order_ids IS NOT NULL").fetchone()
+            return int(row[0] or 0)
 
         return await self._submit(run, None)
 

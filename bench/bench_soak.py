@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench_soak.py --n 1000000      # the soak (about an hour)
     .venv/bin/python bench/bench_soak.py --build 1000000  # restart on a 1M-proposal journal
                                                           # written through the Journal API
+    .venv/bin/python bench/bench_soak.py --build 1000000 --reuse FILE   # ... built before
 
 Real processes on loopback: mosquitto, the daemon (`python run.py`), the paper TWS in this
 process WITH its pacing. About 90 % of the proposals are rejected (a quantity past
@@ -188,7 +189,7 @@ async def build(n: int, path: Path) -> None:
                 dec = {"proposal_id": pid, "agent_id": p["agent_id"],
                        "verdict": "approved" if approved else "rejected", "ts": now,
                        "trading_state": "ACTIVE", "order_ids": None,
-                       "reasons": [] if approved else [{"code": "MAX_POSITION_UNITS",
+                       "reasons": [] if approved else [{"code": "POSITION_LIMIT",
                                                         "message": "position past the limit"}]}
 
                 async def one(p=p, dec=dec, pid=pid, approved=approved, i=i) -> None:
@@ -217,7 +218,10 @@ async def main(a: argparse.Namespace) -> None:
     try:
         empty_ms, empty_wall = await restart_ms(tws, broker, work, work / "empty.sqlite")
         n = a.build or a.n
-        if a.build:
+        if a.reuse:
+            journal = Path(a.reuse)
+            print(f"bracketgate soak: restart on {journal} (built earlier with --build {n})")
+        elif a.build:
             print(f"bracketgate soak: restart on a journal of {n} proposals written directly")
             await build(n, journal)
         else:
@@ -241,6 +245,7 @@ if __name__ == "__main__":
     ap.add_argument("--n", type=int, default=20_000, help="proposals through the daemon")
     ap.add_argument("--build", type=int, default=0,
                     help="instead: write this many proposals through the Journal API")
+    ap.add_argument("--reuse", help="with --build N: restart on this journal, built before")
     ap.add_argument("--window", type=int, default=200, help="proposals in flight")
     ap.add_argument("--approve-every", type=int, default=10, help="1 in N approved")
     asyncio.run(main(ap.parse_args()))
