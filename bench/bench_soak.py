@@ -68,7 +68,7 @@ proposal_burst = 5000
 """
 
 SYMBOLS = ("AAPL", "MSFT", "TSLA", "SPY")
-PRICE = {"AAPL": 150.0, "MSFT": 300.0, "TSLA": 150.0, "SPY": 400.0}
+PRICE = {"AAPL": 207.0, "MSFT": 378.0, "TSLA": 225.0, "SPY": 522.0}   # 10 % under the sim
 
 
 def rss_kb(pid: int) -> int:
@@ -83,9 +83,8 @@ def proposal(i: int, approve_every: int) -> dict:
     px = PRICE[sym]
     approved = i % approve_every == 0
     p = {"proposal_id": f"soak-{i}-{uuid.uuid4().hex[:6]}", "symbol": sym, "side": "BUY",
-         "quantity": 1 if approved else 100000, "order_type": "LMT",
-         "limit_price": round(px * 0.5, 2), "take_profit": round(px * 0.52, 2),
-         "stop_loss": round(px * 0.49, 2)}
+         "quantity": 1 if approved else 100000, "order_type": "LMT",   # below the market: rests
+         "limit_price": px, "take_profit": round(px * 1.04, 2), "stop_loss": round(px * 0.97, 2)}
     if approved:
         p["cancel_entry_after_s"] = 1.0
     return p
@@ -114,8 +113,7 @@ async def flow(n: int, window: int, approve_every: int, tws, broker, work: Path,
                journal: Path) -> None:
     d = await DaemonProcess.spawn(ib_host=tws.host, ib_port=tws.port, mqtt_url=broker.url,
                                   tmp=work, extra_env={"RISK_LIMITS_FILE": str(work / "limits.toml"),
-                                                       "JOURNAL_PATH": str(journal),
-                                                       "LOG_LEVEL": "WARNING"})
+                                                       "JOURNAL_PATH": str(journal)})
     d.logs.clear()
     pid = d.proc.pid
     verdicts: dict[str, int] = {}
@@ -131,7 +129,9 @@ async def flow(n: int, window: int, approve_every: int, tws, broker, work: Path,
         async def read() -> None:
             nonlocal done
             async for msg in client.messages:
-                v = json.loads(msg.payload).get("verdict", "?")
+                dec = json.loads(msg.payload)
+                v = "/".join([dec.get("verdict", "?")] + [r.get("code", "?") for r in
+                                                          dec.get("reasons") or ()])
                 verdicts[v] = verdicts.get(v, 0) + 1
                 done += 1
                 free.release()
@@ -145,6 +145,8 @@ async def flow(n: int, window: int, approve_every: int, tws, broker, work: Path,
             await client.publish(f"{d.prefix}/proposals/soak{i % 5}",
                                  json.dumps(proposal(i, approve_every)), qos=1)
             if (i + 1) % 10_000 == 0:
+                d.logs.clear()   # this process keeps the daemon's log lines: not its RSS
+                d.raw.clear()
                 curve.append((i + 1, rss_kb(pid), time.perf_counter() - t0))
                 print(f"  {i + 1:>9} proposals  RSS {curve[-1][1] / 1024:7.1f} MB"
                       f"  (+{(curve[-1][1] - curve[1 if len(curve) > 1 else 0][1]) / 1024:6.1f} MB"
