@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -94,13 +95,23 @@ def journal_files_size(path: Path) -> int:
     return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
 
 
+async def spawn(tws, broker, work: Path, env: dict[str, str], timeout: float) -> DaemonProcess:
+    """The daemon, ready; killed by its PID when it does not get there."""
+    d = await DaemonProcess.spawn(ib_host=tws.host, ib_port=tws.port, mqtt_url=broker.url,
+                                  tmp=work, extra_env=env, wait_ready=False)
+    try:
+        await d.wait_log(lambda e: e.get("event") == "ready", timeout=timeout)
+    except BaseException:
+        await d.kill()
+        raise
+    return d
+
+
 async def restart_ms(tws, broker, work: Path, journal: Path) -> tuple[float, float]:
     """(daemon's own startup_ms to ready, wall ms from spawn) on `journal`."""
     t0 = time.perf_counter()
-    d = await DaemonProcess.spawn(ib_host=tws.host, ib_port=tws.port, mqtt_url=broker.url,
-                                  tmp=work, timeout=600,
-                                  extra_env={"RISK_LIMITS_FILE": str(work / "limits.toml"),
-                                             "JOURNAL_PATH": str(journal)})
+    d = await spawn(tws, broker, work, {"RISK_LIMITS_FILE": str(work / "limits.toml"),
+                                        "JOURNAL_PATH": str(journal)}, 600)
     wall = (time.perf_counter() - t0) * 1000
     ready = next(e for e in d.logs if e.get("event") == "ready")
     restored = next((e for e in d.logs if e.get("event") == "journal_restored"), {})
@@ -111,9 +122,8 @@ async def restart_ms(tws, broker, work: Path, journal: Path) -> tuple[float, flo
 
 async def flow(n: int, window: int, approve_every: int, tws, broker, work: Path,
                journal: Path) -> None:
-    d = await DaemonProcess.spawn(ib_host=tws.host, ib_port=tws.port, mqtt_url=broker.url,
-                                  tmp=work, extra_env={"RISK_LIMITS_FILE": str(work / "limits.toml"),
-                                                       "JOURNAL_PATH": str(journal)})
+    d = await spawn(tws, broker, work, {"RISK_LIMITS_FILE": str(work / "limits.toml"),
+                                        "JOURNAL_PATH": str(journal)}, 30)
     d.logs.clear()
     pid = d.proc.pid
     verdicts: dict[str, int] = {}
@@ -217,7 +227,7 @@ async def main(a: argparse.Namespace) -> None:
     broker.start()
     tws = await start_paper_tws()   # the paper TWS's own pacing stays on
     journal = work / "journal.sqlite"
-    try:
+    try:   # the daemon is stopped by its PID in every case (restart_ms, flow)
         empty_ms, empty_wall = await restart_ms(tws, broker, work, work / "empty.sqlite")
         n = a.build or a.n
         if a.reuse:
@@ -240,6 +250,10 @@ async def main(a: argparse.Namespace) -> None:
     finally:
         await stop_paper_tws(tws)
         broker.stop()
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"  kept {work}")
 
 
 if __name__ == "__main__":
@@ -248,6 +262,7 @@ if __name__ == "__main__":
     ap.add_argument("--build", type=int, default=0,
                     help="instead: write this many proposals through the Journal API")
     ap.add_argument("--reuse", help="with --build N: restart on this journal, built before")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (journal)")
     ap.add_argument("--window", type=int, default=200, help="proposals in flight")
     ap.add_argument("--approve-every", type=int, default=10, help="1 in N approved")
     asyncio.run(main(ap.parse_args()))
