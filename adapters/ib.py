@@ -15,7 +15,9 @@ State kept here (one line each):
   _tickers:       conId -> ib Ticker                           (streaming quotes)
   _pnl_single:    conId -> ib PnLSingle                        (one reqPnLSingle per position)
   _pending_execs: execId -> (BrokerExecution, deadline handle) (waiting for commissionReport)
-  _seen_execs:    set of execIds already published             (dedupe live + reqExecutions)
+  _seen_execs:    execIds already published, the newest SEEN_EXECS_MAX (dedupe live +
+                  reqExecutions, which reports the last days only; the journal keeps every
+                  fill unique by exec_id and the governor counts an exec_id once a day)
   _settled:       orderIds a placement check found dead or absent at IB (never cancelled again)
   _absent:        orderIds a placement check found IB does not have (lost on the way)
 
@@ -32,7 +34,7 @@ import random
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 try:  # ib_async is the chosen library; ib_insync 0.9.86 has the same API
     import ib_async as ibl
@@ -221,6 +223,26 @@ Publish = Callable[[Any], Awaitable[None]]
 ReconcileHook = Callable[[], Awaitable[None]]
 
 
+SEEN_EXECS_MAX = 200_000    # execIds remembered as published (a few days of fills)
+ORDER_ERRORS_MAX = 4096     # orderIds whose last error is kept (read when a placement fails)
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class _Bounded(dict[_K, _V]):
+    """A dict that forgets its oldest insertions past `cap` (insertion order)."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+
+    def __setitem__(self, key: _K, value: _V) -> None:
+        super().__setitem__(key, value)
+        if len(self) > self.cap:
+            del self[next(iter(self))]
+
+
 class IBBroker:
     """The one IB connection, as an async context manager.
 
@@ -276,7 +298,7 @@ class IBBroker:
         self._refused = asyncio.Event()     # IB refused our client id (326) while connecting
         self._reconcile_hooks: list[ReconcileHook] = []
         self._connect_errors: list[tuple[int, str]] = []
-        self._order_errors: dict[int, tuple[int, str]] = {}   # orderId -> last (code, message)
+        self._order_errors: _Bounded[int, tuple[int, str]] = _Bounded(ORDER_ERRORS_MAX)  # orderId -> last (code, message)
         self._ack_waiters: set[Callable[[], None]] = set()      # placements waiting for IB's ack
         self._max_order_id = 0
         self._settled: set[int] = set()
@@ -290,7 +312,7 @@ class IBBroker:
         self._pnl: Any = None
         self._pnl_single: dict[int, Any] = {}
         self._pending_execs: dict[str, tuple[BrokerExecution, asyncio.TimerHandle]] = {}
-        self._seen_execs: set[str] = set()
+        self._seen_execs: _Bounded[str, bool] = _Bounded(SEEN_EXECS_MAX)
         # freshness: when each part was last updated or confirmed current by a heartbeat
         self._ts: dict[str, datetime | None] = {"account": None, "positions": None, "pnl": None}
         self._synced: set[str] = set()
@@ -813,7 +835,7 @@ class IBBroker:
     def _publish_exec(self, ex: BrokerExecution) -> None:
         if ex.exec_id in self._seen_execs:
             return
-        self._seen_execs.add(ex.exec_id)
+        self._seen_execs[ex.exec_id] = True
         log.info("ib_execution", order_id=ex.order_id, proposal_id=ex.order_ref or None,
                  exec_id=ex.exec_id, side=ex.side.value, quantity=ex.quantity, price=ex.price,
                  commission=ex.commission)
@@ -840,7 +862,8 @@ class IBBroker:
 
     def mark_executions_seen(self, exec_ids: set[str]) -> None:
         """Executions already journaled in an earlier run: never publish them again."""
-        self._seen_execs.update(exec_ids)
+        for exec_id in exec_ids:
+            self._seen_execs[exec_id] = True
 
     # ------------------------------------------------------------------ commands
 

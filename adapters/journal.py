@@ -79,7 +79,8 @@ from core.logs import get_logger
 log = get_logger(__name__)
 
 DEFAULT_PATH = Path("data/journal.sqlite")
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+CACHE_KIB = -4096  # PRAGMA cache_size (negative: KiB): SQLite's page cache, bounded at 4 MB
 BATCH_MAX = 512  # most operations committed in one transaction (one fsync)
 
 
@@ -333,8 +334,31 @@ def _v3(conn: sqlite3.Connection) -> None:
     journal_ids.backfill(conn)
 
 
+def _v4(conn: sqlite3.Connection) -> None:
+    """Indexes that keep start-up and retention cheap however long the journal grows (see
+    `recovery_set`, `compact`): every query of the read path is an index range, not a scan."""
+    for sql in V4_INDEXES:
+        conn.execute(sql)
+
+
+V4_INDEXES = (
+    # fills / proposals of a time window (attribution at start-up, exec_ids, compaction)
+    "CREATE INDEX IF NOT EXISTS events_kind_ts ON events(kind, ts)",
+    # a fill's delivery record, looked up by exec_id
+    "CREATE INDEX IF NOT EXISTS events_ack_exec ON events(json_extract(payload, '$.exec_id'))"
+    " WHERE kind = 'ack'",
+    # ids journaled but never decided: what start-up must offer to the gate again
+    "CREATE INDEX IF NOT EXISTS proposal_ids_undecided ON proposal_ids(first_seen)"
+    " WHERE decision_seq IS NULL",
+    # decisions by their seq: the ones past the recovery checkpoint, the newest few
+    "CREATE INDEX IF NOT EXISTS proposal_ids_decision ON proposal_ids(decision_seq)"
+    " WHERE decision_seq IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS intents_updated ON intents(updated_ts)",
+)
+
+
 # MIGRATIONS[n] moves a file from user_version n to n + 1
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -402,6 +426,123 @@ def _event_row(row: tuple[Any, ...]) -> dict[str, Any]:
     seq, ts, kind, pid, aid, oid, payload = row
     return {"seq": seq, "ts": ts, "kind": kind, "proposal_id": pid, "agent_id": aid,
             "order_id": oid, "payload": json.loads(payload)}
+
+
+def _intent_row(r: tuple[Any, ...]) -> IntentRecord:
+    return IntentRecord(
+        proposal_id=r[0], agent_id=r[1],
+        created_ts=datetime.fromisoformat(r[2]),
+        updated_ts=datetime.fromisoformat(r[3] or r[2]),
+        state=IntentState(r[4]),
+        order_ids=json.loads(r[5]) if r[5] else None,
+        payload=json.loads(r[6]),
+    )
+
+
+# --------------------------------------------------------------------------- recovery reads
+
+
+@dataclass(slots=True)
+class RecoverySet:
+    """What start-up reads (Journal.recovery_set); payloads decoded, each list in seq order."""
+
+    checkpoint: int
+    undecided: list[dict[str, Any]]
+    undelivered_decisions: list[dict[str, Any]]
+    undelivered_fills: list[dict[str, Any]]
+    fills: list[dict[str, Any]]
+    decisions: list[tuple[dict[str, Any], dict[str, Any]]]   # (first proposal, first decision)
+
+
+CHECKPOINT_KEY = "recovery_checkpoint"
+
+_UNDELIVERED_DECISIONS = (
+    "SELECT i.decision_seq, d.payload FROM proposal_ids i JOIN events d ON d.seq = i.decision_seq"
+    " WHERE i.decision_seq > ? AND d.ts >= ? AND NOT EXISTS (SELECT 1 FROM events a"
+    "  INDEXED BY events_proposal WHERE a.proposal_id = i.proposal_id AND a.kind = 'ack'"
+    "  AND json_extract(a.payload, '$.delivered') = 'decision')"
+    " ORDER BY i.decision_seq")
+_UNDELIVERED_FILLS = (
+    "SELECT f.seq, f.payload FROM events f WHERE f.seq > ? AND f.kind = 'fill' AND f.ts >= ?"
+    " AND NOT EXISTS (SELECT 1 FROM events a INDEXED BY events_ack_exec WHERE a.kind = 'ack'"
+    "  AND json_extract(a.payload, '$.exec_id') = json_extract(f.payload, '$.exec_id')"
+    "  AND json_extract(a.payload, '$.delivered') = 'fill')"
+    " ORDER BY f.seq")
+# the two queries above and these, each an index range (checked with EXPLAIN QUERY PLAN in
+# tests/unit/test_journal_bounded.py)
+_UNDECIDED = (
+    "SELECT p.payload FROM proposal_ids i JOIN events p ON p.seq = i.proposal_seq"
+    " WHERE i.decision_seq IS NULL AND i.first_seen >= ? AND i.proposal_seq IS NOT NULL"
+    " ORDER BY i.proposal_seq")
+_FILLS = "SELECT payload FROM events WHERE kind = 'fill' AND ts >= ? ORDER BY seq"
+_RECENT_DECISIONS = (
+    "SELECT p.payload, d.payload FROM proposal_ids i JOIN events d ON d.seq = i.decision_seq"
+    " JOIN events p ON p.seq = i.proposal_seq WHERE i.decision_seq IS NOT NULL AND d.ts >= ?"
+    " ORDER BY i.decision_seq DESC LIMIT ?")
+
+RECOVERY_QUERIES = {"undelivered_decisions": _UNDELIVERED_DECISIONS,
+                    "undelivered_fills": _UNDELIVERED_FILLS, "undecided": _UNDECIDED,
+                    "fills": _FILLS, "recent_decisions": _RECENT_DECISIONS}
+
+
+def _read_checkpoint(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (CHECKPOINT_KEY,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _write_checkpoint(conn: sqlite3.Connection, seq: int) -> int:
+    conn.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET"
+                 " value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS"
+                 " INTEGER)", (CHECKPOINT_KEY, str(seq)))
+    return _read_checkpoint(conn)
+
+
+def _checkpoint_candidate(conn: sqlite3.Connection, current: int, cutoff: str) -> int:
+    """The highest seq S >= current such that nothing at or below S is still undelivered."""
+    top = conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+    pending = [conn.execute(f"SELECT min(seq) FROM ({sql})", (current, cutoff)).fetchone()[0]
+               for sql in (_UNDELIVERED_DECISIONS.replace("i.decision_seq, d.payload",
+                                                          "i.decision_seq AS seq"),
+                           _UNDELIVERED_FILLS.replace("f.seq, f.payload", "f.seq AS seq"))]
+    first = min((p for p in pending if p is not None), default=None)
+    return max(current, top if first is None else first - 1)
+
+
+def _checkpoint_candidate_file(path: Path, current: int, cutoff: str) -> int:
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        return _checkpoint_candidate(conn, current, cutoff)
+    finally:
+        conn.close()
+
+
+def _advance_checkpoint(read: sqlite3.Connection, write: sqlite3.Connection, cutoff: str) -> int:
+    current = _read_checkpoint(read)
+    return _write_checkpoint(write, _checkpoint_candidate(read, current, cutoff))
+
+
+def _recovery_set(conn: sqlite3.Connection, cutoff: str, recent: int) -> RecoverySet:
+    checkpoint = _read_checkpoint(conn)
+    rows = conn.execute(_RECENT_DECISIONS, (cutoff, recent)).fetchall()
+    return RecoverySet(
+        checkpoint=checkpoint,
+        undecided=[json.loads(r[0]) for r in conn.execute(_UNDECIDED, (cutoff,))],
+        undelivered_decisions=[json.loads(r[1]) for r in
+                               conn.execute(_UNDELIVERED_DECISIONS, (checkpoint, cutoff))],
+        undelivered_fills=[json.loads(r[1]) for r in
+                           conn.execute(_UNDELIVERED_FILLS, (checkpoint, cutoff))],
+        fills=[json.loads(r[0]) for r in conn.execute(_FILLS, (cutoff,))],
+        decisions=[(json.loads(p), json.loads(d)) for p, d in reversed(rows)],
+    )
+
+
+def _incremental_vacuum(conn: sqlite3.Connection, pages: int) -> int:
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:   # 2 = INCREMENTAL
+        return 0
+    before = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    conn.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+    return before - conn.execute("PRAGMA freelist_count").fetchone()[0]
 
 
 def _insert_event(conn: sqlite3.Connection, ts: str, kind: str, pid: str | None,
@@ -497,6 +638,11 @@ class _Writer(threading.Thread):
             if mode != "wal" and self.path != ":memory:":
                 raise JournalOpenError(self.path, f"cannot be put in WAL mode (got {mode!r}):"
                                        " read-only or on a file system without shared memory")
+            # bounded page cache (4 MB; SQLite's default is 2 MB); a new file frees pages
+            # incrementally (`compact`); both set before the schema, outside any transaction
+            conn.execute(f"PRAGMA cache_size = {CACHE_KIB}")
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             old, new = migrate(conn)  # a failed migration raises as it is (the file is left as it was)
             if old != new:
                 log.info("journal.migrated", path=self.path, old_version=old, new_version=new)
@@ -878,17 +1024,7 @@ class Journal:
         sql += " ORDER BY created_ts, rowid"
 
         def run(conn: sqlite3.Connection) -> list[IntentRecord]:
-            return [
-                IntentRecord(
-                    proposal_id=r[0], agent_id=r[1],
-                    created_ts=datetime.fromisoformat(r[2]),
-                    updated_ts=datetime.fromisoformat(r[3] or r[2]),
-                    state=IntentState(r[4]),
-                    order_ids=json.loads(r[5]) if r[5] else None,
-                    payload=json.loads(r[6]),
-                )
-                for r in conn.execute(sql, args)
-            ]
+            return [_intent_row(r) for r in conn.execute(sql, args)]
 
         return await self._submit(run, None)
 
@@ -945,16 +1081,117 @@ class Journal:
                  account=meta.get("account"))
         return meta
 
-    async def exec_ids(self) -> set[str]:
-        """Every exec_id journaled as a fill (for reconciliation: any other one IB reports
-        is a missed fill)."""
+    async def exec_ids(self, since: datetime | None = None) -> set[str]:
+        """Every exec_id journaled as a fill (since `since`, when given: IB reports executions
+        of the last days only), for reconciliation: any other one IB reports is a missed fill."""
+        sql = ("SELECT json_extract(payload, '$.exec_id') FROM events WHERE kind = 'fill'"
+               + (" AND ts >= ?" if since is not None else ""))
+        args = [_ts(since)] if since is not None else []
 
         def run(conn: sqlite3.Connection) -> set[str]:
-            return {
-                str(r[0]) for r in conn.execute(
-                    "SELECT json_extract(payload, '$.exec_id') FROM events"
-                    " WHERE kind = 'fill' AND json_extract(payload, '$.exec_id') IS NOT NULL")
-            }
+            return {str(r[0]) for r in conn.execute(sql, args) if r[0] is not None}
+
+        return await self._submit(run, None)
+
+    # -- start-up: only what recovery needs (each an index range, see V4_INDEXES)
+    async def recovery_set(self, since: datetime, recent: int = 4096) -> RecoverySet:
+        """What start-up needs, read through indexes, never a scan of the journal:
+
+        - `undecided`: proposals journaled since `since` without a gate decision (proposal_ids
+          rows whose decision_seq is NULL);
+        - `undelivered_decisions` / `undelivered_fills`: gate decisions and fills journaled past
+          the recovery checkpoint (meta `recovery_checkpoint`, see `checkpoint_recovery`) and
+          since `since`, without a delivery record (`ack`);
+        - `fills`: every fill since `since` (per-agent attribution of the day);
+        - `decisions`: the `recent` newest (first proposal, first gate decision) pairs since
+          `since`, to warm the governor's memory (older ids are answered by `first_seen`).
+        Payloads are decoded dicts; `checkpoint` is the checkpoint read."""
+        cutoff = _ts(since)
+        return await self._submit(lambda conn: _recovery_set(conn, cutoff, recent), None)
+
+    async def checkpoint_recovery(self, since: datetime) -> int:
+        """Move the recovery checkpoint forward: the highest seq S such that every gate decision
+        and fill with seq <= S (journaled since `since`) has its delivery record. The scan runs
+        on a read-only connection of its own (WAL: the writer is not held up); only the new
+        value goes through the writer. Returns the checkpoint (never moved back)."""
+        cutoff = _ts(since)
+        if str(self.path) == ":memory:":
+            return await self._submit(lambda conn: _advance_checkpoint(conn, conn, cutoff), False)
+        current = await self._submit(_read_checkpoint, None)
+        found = await asyncio.to_thread(_checkpoint_candidate_file, self.path, current, cutoff)
+        if found <= current:
+            return current
+        return await self._submit(lambda conn: _write_checkpoint(conn, found), False)
+
+    async def intents_to_load(self, since: datetime) -> list[IntentRecord]:
+        """The intents start-up keeps in memory: every one not finished (pending, sent, acked,
+        unknown) and every one whose proposal has no gate decision journaled (a crash between
+        the intent and the decision: `prior_placement` answers it). The rest are finished
+        brackets with a journaled decision, which the journal answers (`first_seen`) before
+        the gate would ever ask for a prior placement. `since` is kept for the signature."""
+        terminal = [s.value for s in IntentState if s.terminal]
+        sql = ("SELECT proposal_id, agent_id, created_ts, updated_ts, state, order_ids, payload"
+               " FROM intents i WHERE state NOT IN (?, ?)"
+               " OR NOT EXISTS (SELECT 1 FROM proposal_ids p WHERE p.proposal_id = i.proposal_id"
+               " AND p.decision_seq IS NOT NULL) ORDER BY created_ts, rowid")
+
+        def run(conn: sqlite3.Connection) -> list[IntentRecord]:
+            return [_intent_row(r) for r in conn.execute(sql, terminal)]
+
+        return await self._submit(run, None)
+
+    async def max_order_id(self) -> int:
+        """The highest order id any intent ever recorded (order ids are never reused)."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT max(max(coalesce(json_extract(order_ids, '$.entry'), 0),"
+                " coalesce(json_extract(order_ids, '$.take_profit'), 0),"
+                " coalesce(json_extract(order_ids, '$.stop_loss'), 0)))"
+                " FROM intents WHERE order_ids IS NOT NULL").fetchone()
+            return int(row[0] or 0)
+
+        return await self._submit(run, None)
+
+    # -- retention
+    async def compact(self, before: datetime, *, vacuum_pages: int = 2000) -> dict[str, int]:
+        """Delete events journaled before `before`, except those still needed: events of an
+        intent not finished, and the proposal / decision rows `proposal_ids` still points at
+        (the caller keeps `before` at or past the id retention, see config/limits.py
+        `journal_retention_days`). Finished intents older than `before` go too. Then frees up to
+        `vacuum_pages` pages (incremental_vacuum) when the file was made with
+        auto_vacuum=INCREMENTAL; otherwise the freed pages are reused by new rows (the file
+        does not shrink without a VACUUM). Returns counts."""
+        cutoff = _ts(before)
+        terminal = [s.value for s in IntentState if s.terminal]
+
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            intents = conn.execute(
+                "DELETE FROM intents WHERE updated_ts < ? AND state IN (?, ?)",
+                (cutoff, *terminal)).rowcount
+            events = conn.execute(
+                "DELETE FROM events WHERE ts < ?"
+                " AND (proposal_id IS NULL OR proposal_id NOT IN (SELECT proposal_id FROM intents))"
+                " AND seq NOT IN (SELECT proposal_seq FROM proposal_ids WHERE proposal_seq IS NOT NULL)"
+                " AND seq NOT IN (SELECT decision_seq FROM proposal_ids WHERE decision_seq IS NOT NULL)",
+                (cutoff,)).rowcount
+            return {"events": events, "intents": intents}
+
+        counts = await self._submit(run, False)
+        pages = await self._submit(lambda conn: _incremental_vacuum(conn, vacuum_pages), None)
+        counts["pages_freed"] = pages
+        if counts["events"] or counts["intents"]:
+            log.info("journal.compacted", before=cutoff, **counts)
+        return counts
+
+    async def size(self) -> dict[str, int]:
+        """Pages, free pages and bytes of the file (the -wal not counted)."""
+
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            page = conn.execute("PRAGMA page_size").fetchone()[0]
+            count = conn.execute("PRAGMA page_count").fetchone()[0]
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            return {"page_size": page, "pages": count, "free_pages": free, "bytes": page * count}
 
         return await self._submit(run, None)
 

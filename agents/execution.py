@@ -16,11 +16,21 @@ State (one line each):
   _intents:  proposal_id -> IntentRecord      (journal intents loaded at start + this run's)
   _settling: proposal_id -> Future[ids | None] (placements whose connection dropped before the
                                                 ack: the next reconcile says what IB has)
+  _closed:   proposal_id -> when it closed       (closed brackets, forgotten CLOSED_KEEP_S later)
+
+Bounded: a closed bracket (every leg terminal, nothing open) is dropped from _brackets,
+_by_order and _intents CLOSED_KEEP_S after it closed (late commission reports and repeats still
+find it meanwhile), sooner only past CLOSED_KEEP_MAX closed ones. Its orderRef stays in
+_refs_at_ib, so `prior_placement` still reads IB's orders by orderRef for it; its id, intent and
+decision stay in the journal (`first_seen`). Start-up loads only the intents still needed
+(Journal.intents_to_load); the highest order id ever used is read from the journal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -48,6 +58,10 @@ log = get_logger("agents.execution")
 UNRESOLVED = frozenset({"pending", "sent", "unknown"})   # intent states reconcile must settle
 TERMINAL = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
 DEAD = frozenset({"Cancelled", "ApiCancelled", "Inactive"})   # terminal without a full fill
+
+CLOSED_KEEP_S = 300.0      # a closed bracket is forgotten this long after it closed
+CLOSED_KEEP_MAX = 10_000   # ... or sooner, past this many closed brackets remembered
+INTENT_LOOKBACK_S = 36 * 3600.0   # finished intents updated this recently are loaded at start
 
 GuardAction = Literal["protect", "flatten", "alert"]
 
@@ -156,6 +170,8 @@ class ExecutionAgent:
         self._settling: dict[str, asyncio.Future[BracketOrderIds | None]] = {}
         self._sending: set[str] = set()          # placements between intent and IB's answer
         self._refs_at_ib: set[str] = set()       # every orderRef IB told us about (any status)
+        self._closed: OrderedDict[str, float] = OrderedDict()   # closed brackets, oldest first
+        self._max_order_id_journal = 0
         self._placements: dict[str, asyncio.Task[PlacementResult]] = {}   # in flight, by proposal_id
         self._tasks: set[asyncio.Task] = set()
         self._placing = 0
@@ -172,7 +188,15 @@ class ExecutionAgent:
         """Attribution of earlier runs' brackets (agent, ids, stop price), before the first connect."""
         if self._journal is None:
             return 0
-        for rec in await self._journal.intents():
+        if hasattr(self._journal, "intents_to_load"):   # only the intents still needed
+            from datetime import timedelta
+
+            recs = await self._journal.intents_to_load(
+                self._clock.now() - timedelta(seconds=INTENT_LOOKBACK_S))
+            self._max_order_id_journal = await self._journal.max_order_id()
+        else:
+            recs = await self._journal.intents()
+        for rec in recs:
             self._intents[rec.proposal_id] = rec
         return len(self._intents)
 
@@ -267,7 +291,7 @@ class ExecutionAgent:
 
     def max_order_id_in_journal(self) -> int:
         ids = [v for rec in self._intents.values() for v in (rec.order_ids or {}).values() if isinstance(v, int)]
-        return max(ids, default=0)
+        return max(ids + [self._max_order_id_journal])
 
     # ------------------------------------------------------------------ placing
 
@@ -703,6 +727,33 @@ class ExecutionAgent:
             log.info("bracket_closed", statuses={k.value: v for k, v in book.status.items()})
             if self._journal is not None and book.placed:
                 await self._journal.mark_intent(book.proposal_id, "done")
+            self._note_closed(book.proposal_id)
+
+    def _note_closed(self, proposal_id: str) -> None:
+        """Remember when a bracket closed; forget the ones closed long enough ago."""
+        now = time.monotonic()
+        self._closed[proposal_id] = now
+        self._closed.move_to_end(proposal_id)
+        while self._closed:
+            pid, at = next(iter(self._closed.items()))
+            if now - at < CLOSED_KEEP_S and len(self._closed) <= CLOSED_KEEP_MAX:
+                break
+            del self._closed[pid]
+            self._forget(pid)
+
+    def _forget(self, proposal_id: str) -> None:
+        book = self._brackets.get(proposal_id)
+        if book is None or not book.closed or proposal_id in self._sending \
+                or proposal_id in self._settling or proposal_id in self._placements:
+            return
+        del self._brackets[proposal_id]
+        for oid in (book.ids.entry, book.ids.take_profit, book.ids.stop_loss, *book.guards):
+            if self._by_order.get(oid, (None,))[0] == proposal_id:
+                del self._by_order[oid]
+        rec = self._intents.pop(proposal_id, None)
+        for v in ((rec.order_ids or {}).values() if rec is not None else ()):
+            if isinstance(v, int) and v > self._max_order_id_journal:
+                self._max_order_id_journal = v
 
     async def _on_execution(self, ex: BrokerExecution) -> None:
         found = self._resolve(ex.order_id, ex.order_ref)

@@ -277,6 +277,9 @@ def _mid(bid: float | None, ask: float | None) -> float | None:
 class DecisionMemory:
     """proposal_id -> the first proposal and its current decision, for idempotency.
 
+    A hot cache, bounded by `capacity` (limits `max_remembered_decisions`): the journal keeps
+    every id with its first decision for `proposal_id_retention_days` and answers a miss
+    (RiskGovernor.use_id_memory), so only open brackets must stay here.
     The newest `recent` entries are kept as objects, so a re-delivery gets the very same
     decision object back. Older ones are archived as JSON text — strings, which the garbage
     collector never scans, so a day of ids does not turn into second-long full collections —
@@ -1132,6 +1135,8 @@ class _Replays:
     OVERLOADED (not remembered, so a retry is decided) and never placed.
     """
 
+    FIRST_SEEN_MAX = 4096
+
     def __init__(self) -> None:
         self.lookup: IdLookup | None = None
         self.first_seen: dict[str, datetime] = {}   # proposal_id -> first journaled, until decided
@@ -1150,6 +1155,8 @@ class _Replays:
         if seen is None:
             return None
         self.first_seen[p.proposal_id] = seen.first_seen
+        if len(self.first_seen) > self.FIRST_SEEN_MAX:   # ids recalled but never decided
+            del self.first_seen[next(iter(self.first_seen))]
         if seen.decision is None:
             return p, None
         first = p

@@ -138,14 +138,18 @@ class RiskLimits(_Strict):
     margin_cushion_pct: Annotated[float, Field(ge=0, lt=100)] = 10.0
     whatif_timeout_s: Seconds = 5.0
     placement_timeout_s: Seconds = 10.0
-    # -- idempotency: decisions remembered (oldest forgotten first; open brackets never)
-    max_remembered_decisions: Annotated[int, Field(ge=1)] = 200_000
+    # -- idempotency: decisions held in memory, a hot cache (oldest forgotten first; open
+    # brackets never); every id is answered for proposal_id_retention_days from the journal
+    max_remembered_decisions: Annotated[int, Field(ge=1)] = 8192
     # -- replays: a proposal older than this is refused PROPOSAL_EXPIRED (age from its
     # created_at, else from when it was first journaled); a created_at further in the future
     # than the skew allowance is refused too; ids are remembered (journal) for the retention
     max_proposal_age_s: Seconds = 60.0
     max_clock_skew_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 5.0
     proposal_id_retention_days: Annotated[float, Field(gt=0, le=3650, allow_inf_nan=False)] = 7.0
+    # -- journal retention: events older than this are deleted (Journal.compact, hourly), except
+    # what an open intent or a remembered id still needs; at least proposal_id_retention_days
+    journal_retention_days: Annotated[float, Field(gt=0, le=3650, allow_inf_nan=False)] = 14.0
     # -- the trading day (daily counters roll at local midnight) and optional hours window
     timezone: str = "America/New_York"
     trading_hours: TradingHours | None = None
@@ -185,6 +189,9 @@ class RiskLimits(_Strict):
             raise ValueError("min_stop_distance_pct must be <= max_stop_distance_pct")
         if self.max_order_msgs_per_s < 3:
             raise ValueError("max_order_msgs_per_s must admit one bracket (3 messages)")
+        if self.journal_retention_days < self.proposal_id_retention_days:
+            raise ValueError("journal_retention_days must be >= proposal_id_retention_days (a"
+                             " remembered id is answered from its journaled events)")
         return self
 
     # ------------------------------------------------------------------ resolved lookups

@@ -39,6 +39,7 @@ from core.logs import configure_logging, get_logger
 log = get_logger("bracketgate")
 
 EXIT_OK, EXIT_CONFIG, EXIT_IB, EXIT_MQTT, EXIT_JOURNAL = 0, 2, 3, 4, 5
+CHECKPOINT_EVERY_S = 30.0   # the journal's recovery checkpoint is moved forward this often
 ID_PRUNE_EVERY_S = 3600.0   # proposal_ids older than the retention are forgotten this often
 
 
@@ -140,7 +141,9 @@ class Daemon:
                 backoff_cap=s.ib_reconnect_max_s, max_msgs_per_s=s.ib_max_msgs_per_s,
             )
             self.broker = broker
-            broker.mark_executions_seen(await journal.exec_ids())
+            # IB reports executions of the last days only: the journal's fills of a week suffice
+            broker.mark_executions_seen(await journal.exec_ids(since=self.clock.now()
+                                                                - timedelta(days=7)))
             monitor = PortfolioMonitor(bus, broker, clock=self.clock)
             monitor.attach()
             execution = ExecutionAgent(bus, broker, journal=journal, clock=self.clock,
@@ -276,16 +279,34 @@ class Daemon:
         return check
 
     async def _prune_ids(self, journal: Any) -> None:
-        """Forget proposal_ids older than the retention (the limits may change on SIGHUP)."""
+        """Journal upkeep: the recovery checkpoint moves forward every CHECKPOINT_EVERY_S (a
+        restart reads only the tail since); every ID_PRUNE_EVERY_S proposal_ids older than
+        the retention are forgotten and events older than journal_retention_days deleted
+        (the limits may change on SIGHUP). Stopping moves the checkpoint a last time."""
+        from core.recovery import LOOKBACK
+
+        last_prune = time.monotonic()
         while True:
             try:
-                await asyncio.wait_for(self.stop_event.wait(), ID_PRUNE_EVERY_S)
-                return
+                await asyncio.wait_for(self.stop_event.wait(), CHECKPOINT_EVERY_S)
+                stopping = True
             except TimeoutError:
-                pass
-            days = self.governor.limits.proposal_id_retention_days
+                stopping = False
             try:
-                await journal.prune_ids(self.clock.now() - timedelta(days=days))
+                await journal.checkpoint_recovery(self.clock.now() - LOOKBACK)
+            except Exception as e:  # a checkpoint not moved only makes the next start read more
+                log.warning("journal_checkpoint_failed", error=repr(e))
+            if stopping:
+                return
+            if time.monotonic() - last_prune < ID_PRUNE_EVERY_S:
+                continue
+            last_prune = time.monotonic()
+            lim = self.governor.limits
+            try:
+                await journal.prune_ids(self.clock.now()
+                                        - timedelta(days=lim.proposal_id_retention_days))
+                await journal.compact(self.clock.now() - timedelta(
+                    days=max(lim.journal_retention_days, lim.proposal_id_retention_days)))
             except Exception as e:  # a failed prune keeps ids longer: never unsafe
                 log.warning("journal_prune_failed", error=repr(e))
 

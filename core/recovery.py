@@ -1,14 +1,21 @@
 """Start-up recovery from the journal: what an earlier run decided, filled, left undecided and
-left undelivered — read in one pass over the journal's recent events.
+left undelivered — read through the journal's indexes (Journal.recovery_set), never a pass over
+every event, so start-up stays near constant however long the journal is:
 
-Run before the IB connection starts and the MQTT intake opens:
-  - decisions of earlier runs go back into the governor, so a re-delivered proposal_id gets
-    its first decision again and never a second order;
-  - fills go back into the governor's per-agent attribution (deduplicated by exec_id);
-  - proposals journaled without a decision are returned (core/app.py offers them to the gate
-    again; the ExecutionAgent answers a placement an earlier run made with its adopted ids);
-  - decisions and fills journaled without a delivery record (`ack` after the broker's PUBACK)
-    are returned to be published again: an agent may so see one twice, always identical.
+  - the newest decisions of earlier runs go back into the governor's memory (a warm cache;
+    every older id is answered by the journal's `first_seen` on a memory miss, see
+    RiskGovernor.use_id_memory), so a re-delivered proposal_id gets its first decision again
+    and never a second order;
+  - fills of the window go back into the governor's per-agent attribution (deduplicated by
+    exec_id);
+  - proposals journaled without a gate decision are returned (proposal_ids rows without a
+    decision: core/app.py offers them to the gate again; the ExecutionAgent answers a
+    placement an earlier run made with its adopted ids);
+  - decisions and fills journaled past the recovery checkpoint without a delivery record
+    (`ack` after the broker's PUBACK) are returned to be published again: an agent may so
+    see one twice, always identical. The checkpoint (meta `recovery_checkpoint`) is the seq
+    up to which everything was delivered; it is moved forward here and while running
+    (core/app.py, Journal.checkpoint_recovery), so only the tail since is read.
 """
 
 from __future__ import annotations
@@ -41,7 +48,65 @@ def _transport_refusal(d: RiskDecision) -> bool:
     return bool(d.reasons) and all(r.code is DenialCode.OVERLOADED for r in d.reasons)
 
 
+RECENT_DECISIONS = 4096   # decisions put back into the governor's memory (a warm cache)
+
+
+def _read(model: Any, payload: dict[str, Any], what: str) -> Any:
+    try:
+        return model.model_validate(payload)
+    except ValidationError as e:
+        log.warning("recovery_event_unreadable", kind=what,
+                    proposal_id=payload.get("proposal_id"), error=str(e)[:300])
+        return None
+
+
 async def recover_from_journal(journal: Any, governor: Any, clock: Clock) -> Recovered:
+    since = clock.now() - LOOKBACK
+    if not hasattr(journal, "recovery_set"):   # a journal without the indexed read path
+        return await _recover_from_events(journal, governor, clock)
+    rs = await journal.recovery_set(since, recent=RECENT_DECISIONS)
+    fills: dict[str, Fill] = {}
+    for payload in rs.fills:
+        f = _read(Fill, payload, "fill")
+        if f is not None:
+            fills.setdefault(f.exec_id, f)
+    for f in fills.values():
+        governor.on_fill(f)
+    restored = 0
+    for p_payload, d_payload in rs.decisions:
+        p, d = _read(TradeProposal, p_payload, "proposal"), _read(RiskDecision, d_payload, "decision")
+        if p is not None and d is not None and d.verdict is not Verdict.INVALID \
+                and not _transport_refusal(d):
+            governor.restore_decision(p, d)
+            restored += 1
+    undecided: dict[str, TradeProposal] = {}
+    for payload in rs.undecided:
+        p = _read(TradeProposal, payload, "proposal")
+        if p is not None:
+            undecided.setdefault(p.proposal_id, p)
+    decisions: dict[str, RiskDecision] = {}
+    for payload in rs.undelivered_decisions:
+        d = _read(RiskDecision, payload, "decision")
+        if d is not None and d.proposal_id:
+            decisions.setdefault(d.proposal_id, d)
+    unsent_fills: dict[str, Fill] = {}
+    for payload in rs.undelivered_fills:
+        f = _read(Fill, payload, "fill")
+        if f is not None:
+            unsent_fills.setdefault(f.exec_id, f)
+    out = Recovered(undecided=list(undecided.values()),
+                    undelivered_decisions=list(decisions.values()),
+                    undelivered_fills=list(unsent_fills.values()))
+    checkpoint = await journal.checkpoint_recovery(since)
+    log.info("journal_restored", decisions_restored=restored, fills_attributed=len(fills),
+             undecided=len(out.undecided), decisions_undelivered=len(out.undelivered_decisions),
+             fills_undelivered=len(out.undelivered_fills), checkpoint_was=rs.checkpoint,
+             checkpoint=checkpoint)
+    return out
+
+
+async def _recover_from_events(journal: Any, governor: Any, clock: Clock) -> Recovered:
+    """One pass over the window's events (a journal object without `recovery_set`)."""
     events = await journal.events(since=clock.now() - LOOKBACK,
                                   kinds=["proposal", "decision", "fill", "ack"])
     proposals: dict[str, TradeProposal] = {}

@@ -1,0 +1,268 @@
+"""Soak: the daemon's memory while proposals flow, the journal it leaves, and a restart on it.
+
+    .venv/bin/python bench/bench_soak.py                  # 20k proposals through the daemon
+    .venv/bin/python bench/bench_soak.py --n 1000000      # the issue's soak (about an hour)
+    .venv/bin/python bench/bench_soak.py --build 1000000  # restart on a 1M-proposal journal
+                                                          # written through the Journal API
+    .venv/bin/python bench/bench_soak.py --build 1000000 --reuse FILE   # ... built before
+
+Real processes on loopback: mosquitto, the daemon (`python run.py`), the paper TWS in this
+process WITH its pacing. About 90 % of the proposals are rejected (a quantity past
+max_position_units), the rest approved at a limit far below the market with
+cancel_entry_after_s=1, so their entries are cancelled at IB a second later (closed brackets).
+Up to `--window` proposals are in flight (closed loop on the decisions: this is a memory soak,
+not a latency figure). The daemon's RSS (/proc/PID/status VmRSS) is printed every 10k as a
+curve; then the journal's size and bytes per proposal; then the daemon is restarted on that
+journal and timed to `ready` (its own startup_ms), against a restart on an empty journal in the
+same run (the baseline).
+
+--build N skips the flow: it writes N proposals straight through the Journal API (a proposal,
+its decision and the delivery record; 10 % with an intent, finished) into a fresh file, then
+times the daemon's restart on it against the empty baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import aiomqtt  # noqa: E402
+
+from tests.fixtures.daemon import DaemonProcess  # noqa: E402
+from tests.fixtures.mosquitto import MOSQUITTO_BINARY, MosquittoServer  # noqa: E402
+from tests.fixtures.paper_tws import start_paper_tws, stop_paper_tws  # noqa: E402
+
+LIMITS = """
+max_snapshot_age_s = 10.0
+max_quote_age_s = 15.0
+daily_loss_limit = 1000000.0
+per_trade_loss_limit = 100000.0
+per_trade_loss_pct = 50.0
+max_drawdown_pct = 90.0
+max_open_brackets = 100000
+max_position_units = 10000.0
+max_position_notional = 1e12
+max_order_notional = 1e12
+max_gross_exposure_pct = 100000.0
+max_net_exposure_pct = 100000.0
+max_proposals_per_s = 5000.0
+proposal_burst = 5000
+max_order_msgs_per_s = 45.0
+
+[agent]
+loss_limit = 1e12
+exposure_limit = 1e15
+max_open_brackets = 100000
+max_proposals_per_s = 5000.0
+proposal_burst = 5000
+"""
+
+SYMBOLS = ("AAPL", "MSFT", "TSLA", "SPY")
+PRICE = {"AAPL": 207.0, "MSFT": 378.0, "TSLA": 225.0, "SPY": 522.0}   # 10 % under the sim
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def proposal(i: int, approve_every: int) -> dict:
+    sym = SYMBOLS[i % 4]
+    px = PRICE[sym]
+    approved = i % approve_every == 0
+    p = {"proposal_id": f"soak-{i}-{uuid.uuid4().hex[:6]}", "symbol": sym, "side": "BUY",
+         "quantity": 1 if approved else 100000, "order_type": "LMT",   # below the market: rests
+         "limit_price": px, "take_profit": round(px * 1.04, 2), "stop_loss": round(px * 0.97, 2)}
+    if approved:
+        p["cancel_entry_after_s"] = 1.0
+    return p
+
+
+def journal_files_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
+async def spawn(tws, broker, work: Path, env: dict[str, str], timeout: float) -> DaemonProcess:
+    """The daemon, ready; killed by its PID when it does not get there."""
+    d = await DaemonProcess.spawn(ib_host=tws.host, ib_port=tws.port, mqtt_url=broker.url,
+                                  tmp=work, extra_env=env, wait_ready=False)
+    try:
+        await d.wait_log(lambda e: e.get("event") == "ready", timeout=timeout)
+    except BaseException:
+        await d.kill()
+        raise
+    return d
+
+
+async def restart_ms(tws, broker, work: Path, journal: Path) -> tuple[float, float]:
+    """(daemon's own startup_ms to ready, wall ms from spawn) on `journal`."""
+    t0 = time.perf_counter()
+    d = await spawn(tws, broker, work, {"RISK_LIMITS_FILE": str(work / "limits.toml"),
+                                        "JOURNAL_PATH": str(journal)}, 600)
+    wall = (time.perf_counter() - t0) * 1000
+    ready = next(e for e in d.logs if e.get("event") == "ready")
+    restored = next((e for e in d.logs if e.get("event") == "journal_restored"), {})
+    await d.terminate()
+    print(f"    restored: {json.dumps({k: v for k, v in restored.items() if k not in ('event', 'timestamp', 'level', 'logger')})}")
+    return float(ready["startup_ms"]), wall
+
+
+async def flow(n: int, window: int, approve_every: int, tws, broker, work: Path,
+               journal: Path) -> None:
+    d = await spawn(tws, broker, work, {"RISK_LIMITS_FILE": str(work / "limits.toml"),
+                                        "JOURNAL_PATH": str(journal)}, 30)
+    d.logs.clear()
+    pid = d.proc.pid
+    verdicts: dict[str, int] = {}
+    got = asyncio.Event()
+    done = 0
+    free = asyncio.Semaphore(window)
+    curve: list[tuple[int, int, float]] = []
+    host, port = broker.url.rsplit("//", 1)[1].split(":")
+    async with aiomqtt.Client(hostname=host, port=int(port),
+                              identifier=f"soak-{uuid.uuid4().hex[:6]}") as client:
+        await client.subscribe(f"{d.prefix}/decisions/#", qos=1)
+
+        async def read() -> None:
+            nonlocal done
+            async for msg in client.messages:
+                dec = json.loads(msg.payload)
+                v = "/".join([dec.get("verdict", "?")] + [r.get("code", "?") for r in
+                                                          dec.get("reasons") or ()])
+                verdicts[v] = verdicts.get(v, 0) + 1
+                done += 1
+                free.release()
+                got.set()
+
+        reader = asyncio.create_task(read())
+        t0 = time.perf_counter()
+        curve.append((0, rss_kb(pid), 0.0))
+        for i in range(n):
+            await free.acquire()
+            await client.publish(f"{d.prefix}/proposals/soak{i % 5}",
+                                 json.dumps(proposal(i, approve_every)), qos=1)
+            if (i + 1) % 10_000 == 0:
+                d.logs.clear()   # this process keeps the daemon's log lines: not its RSS
+                d.raw.clear()
+                curve.append((i + 1, rss_kb(pid), time.perf_counter() - t0))
+                print(f"  {i + 1:>9} proposals  RSS {curve[-1][1] / 1024:7.1f} MB"
+                      f"  (+{(curve[-1][1] - curve[1 if len(curve) > 1 else 0][1]) / 1024:6.1f} MB"
+                      f" since 10k)  {(i + 1) / curve[-1][2]:6.0f}/s", flush=True)
+        while done < n:
+            got.clear()
+            try:
+                await asyncio.wait_for(got.wait(), 30)
+            except TimeoutError:
+                print(f"  decisions stopped at {done} of {n}")
+                break
+        elapsed = time.perf_counter() - t0
+        await asyncio.sleep(2.0)   # the last entries' cancel_entry_after_s
+        end_rss = rss_kb(pid)
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    rc = await d.terminate()
+    print(f"  decided {done} of {n} in {elapsed:.0f} s ({done / elapsed:.0f}/s): {verdicts}")
+    if len(curve) > 2:
+        warm = curve[1][1]
+        print(f"  RSS: start {curve[0][1] / 1024:.1f} MB, at 10k {warm / 1024:.1f} MB, end"
+              f" {end_rss / 1024:.1f} MB: {(end_rss - warm) / 1024:+.1f} MB over the last"
+              f" {n - 10_000} proposals")
+    print(f"  daemon exit code on SIGTERM: {rc}")
+
+
+async def build(n: int, path: Path) -> None:
+    """N proposals written through the Journal API, as the daemon writes them."""
+    from adapters.journal import Journal
+
+    t0 = time.perf_counter()
+    now = datetime.now(timezone.utc).isoformat()
+    async with Journal(path) as j:
+        batch = 2000
+        for start in range(0, n, batch):
+            ops = []
+            for i in range(start, min(n, start + batch)):
+                p = proposal(i, 10)
+                p["agent_id"] = f"soak{i % 5}"
+                pid = p["proposal_id"]
+                approved = p["quantity"] == 1
+                dec = {"proposal_id": pid, "agent_id": p["agent_id"],
+                       "verdict": "approved" if approved else "rejected", "ts": now,
+                       "trading_state": "ACTIVE", "order_ids": None,
+                       "reasons": [] if approved else [{"code": "POSITION_LIMIT",
+                                                        "message": "position past the limit"}]}
+
+                async def one(p=p, dec=dec, pid=pid, approved=approved, i=i) -> None:
+                    await j.record("proposal", payload=p, durable=False)
+                    if approved:
+                        ids = (10_000 + 3 * i, 10_001 + 3 * i, 10_002 + 3 * i)
+                        await j.record_intent({"proposal": p}, ids)
+                        await j.mark_intent(pid, "sent")
+                        await j.mark_intent(pid, "done")
+                    await j.record("decision", payload=dec, durable=False)
+                    await j.record("ack", proposal_id=pid, agent_id=p["agent_id"],
+                                   payload={"delivered": "decision"}, durable=False)
+                ops.append(one())
+            await asyncio.gather(*ops)
+        await j.checkpoint_recovery(datetime(2000, 1, 1, tzinfo=timezone.utc))
+    print(f"  built {n} proposals in {time.perf_counter() - t0:.0f} s")
+
+
+async def main(a: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bg-bench-soak-"))
+    (work / "limits.toml").write_text(LIMITS)
+    broker = MosquittoServer(MOSQUITTO_BINARY, work / "mosquitto")
+    broker.start()
+    tws = await start_paper_tws()   # the paper TWS's own pacing stays on
+    journal = work / "journal.sqlite"
+    try:   # the daemon is stopped by its PID in every case (restart_ms, flow)
+        empty_ms, empty_wall = await restart_ms(tws, broker, work, work / "empty.sqlite")
+        n = a.build or a.n
+        if a.reuse:
+            journal = Path(a.reuse)
+            print(f"bracketgate soak: restart on {journal} (built earlier with --build {n})")
+        elif a.build:
+            print(f"bracketgate soak: restart on a journal of {n} proposals written directly")
+            await build(n, journal)
+        else:
+            print(f"bracketgate soak: {n} proposals through mosquitto, ~{100 // a.approve_every}"
+                  f" % approved (pid {os.getpid()})")
+            await flow(n, a.window, a.approve_every, tws, broker, work, journal)
+        size = journal_files_size(journal)
+        print(f"  journal: {size / 1e6:.1f} MB (db + wal) = {size / n:.0f} bytes/proposal")
+        big_ms, big_wall = await restart_ms(tws, broker, work, journal)
+        print(f"  restart to ready: {big_ms:.0f} ms on it vs {empty_ms:.0f} ms on an empty"
+              f" journal (baseline, same run): ratio {big_ms / empty_ms:.2f};"
+              f" {big_ms - empty_ms:+.0f} ms  (wall from spawn {big_wall:.0f} vs"
+              f" {empty_wall:.0f} ms)")
+    finally:
+        await stop_paper_tws(tws)
+        broker.stop()
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"  kept {work}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=20_000, help="proposals through the daemon")
+    ap.add_argument("--build", type=int, default=0,
+                    help="instead: write this many proposals through the Journal API")
+    ap.add_argument("--reuse", help="with --build N: restart on this journal, built before")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (journal)")
+    ap.add_argument("--window", type=int, default=200, help="proposals in flight")
+    ap.add_argument("--approve-every", type=int, default=10, help="1 in N approved")
+    asyncio.run(main(ap.parse_args()))
