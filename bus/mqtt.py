@@ -993,7 +993,7 @@ class MqttBridge:
                                   value=_reason_value(given_agent)))
         data["agent_id"] = topic_agent
         try:
-            proposal = TradeProposal.model_validate_json(json.dumps(data, allow_nan=True))
+            proposal = TradeProposal.model_validate(data)   # parsed once: from the dict
         except ValidationError as exc:
             reasons.extend(validation_reasons(exc))
         else:
