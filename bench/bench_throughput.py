@@ -140,7 +140,8 @@ async def drive(url: str, inp: str, out: str, bodies: list[bytes], agents: int,
             "cpu_ms_per": (cpu1 - cpu0) / max(1, n)}
 
 
-async def trial(count: int, agents: int, concurrency: int, warmup: int) -> dict[str, Any]:
+async def trial(count: int, agents: int, concurrency: int, warmup: int,
+                py_spy: str | None = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bg-bench-tp-"))
     (work / "limits.toml").write_text(LIMITS)
     broker = MosquittoServer(MOSQUITTO_BINARY, work / "mosquitto")
@@ -171,20 +172,33 @@ async def trial(count: int, agents: int, concurrency: int, warmup: int) -> dict[
             assert d.proc.pid is not None
             await drive(broker.url, f"{pfx}/proposals", f"{pfx}/decisions", payloads(warmup, "w" + run),
                         agents, concurrency, d.proc.pid)
+            spy = None
+            if py_spy:   # a profile of the measured part: py-spy's collapsed stacks
+                spy = await asyncio.create_subprocess_exec(
+                    str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+                    str(d.proc.pid), "--format", "raw", "--rate", "250", "--threads",
+                    "--output", py_spy, stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL)
+                await asyncio.sleep(1.0)
             res["daemon"] = await drive(broker.url, f"{pfx}/proposals", f"{pfx}/decisions",
                                         payloads(count, run), agents, concurrency, d.proc.pid)
-            res["rejected"] = sum(1 for e in d.logs if e.get("event") == "risk_decision"
-                                  and e.get("verdict") == "rejected")
+            if spy is not None:
+                spy.send_signal(2)
+                await spy.wait()
         finally:
             res["rc"] = await d.terminate()
+            await asyncio.wait_for(d._reader, 10)   # every line read
+        res["rejected"] = sum(1 for e in d.logs if e.get("event") == "risk_decision"
+                              and e.get("verdict") == "rejected")
     finally:
         await stop_process(proc, tws)
         broker.stop()
     return res
 
 
-async def main(count: int, agents: int, concurrency: int, trials: int, warmup: int) -> None:
-    results = [await trial(count, agents, concurrency, warmup) for _ in range(trials)]
+async def main(count: int, agents: int, concurrency: int, trials: int, warmup: int,
+               py_spy: str | None) -> None:
+    results = [await trial(count, agents, concurrency, warmup, py_spy) for _ in range(trials)]
     print(f"bracketgate throughput: {count} rejected proposals from {agents} agents, "
           f"{concurrency} publishes in flight, {trials} trial(s) (mosquitto, paper TWS, daemon, "
           "echo: each its own process, loopback)")
@@ -207,6 +221,8 @@ if __name__ == "__main__":
     ap.add_argument("--concurrency", type=int, default=200, help="publishes in flight")
     ap.add_argument("--trials", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=500, help="proposals sent first, not counted")
+    ap.add_argument("--py-spy", metavar="FILE", help="profile the daemon's measured part with "
+                    "py-spy (pip install py-spy; not a requirement) into FILE, collapsed stacks")
     a = ap.parse_args()
     logging.getLogger("mqtt").setLevel(logging.ERROR)   # aiomqtt: "There are N pending publish calls"
-    asyncio.run(main(a.count, a.agents, a.concurrency, a.trials, a.warmup))
+    asyncio.run(main(a.count, a.agents, a.concurrency, a.trials, a.warmup, a.py_spy))

@@ -296,9 +296,10 @@ ProposalsHook = Callable[[list[TradeProposal]], Awaitable[None]]
 DecisionHook = Callable[[RiskDecision], Awaitable[None]]
 # The same for the decisions that are ready together (one journal commit for all of them)
 DecisionsHook = Callable[[list[RiskDecision]], Awaitable[None]]
-# after the broker acknowledged (PUBACK) a decision or a fill:
-# (kind "decision" | "fill", proposal_id, agent_id, key: the fill's exec_id, "" for a decision)
-DeliveredHook = Callable[[str, str, str, str], Awaitable[None]]
+# after the broker acknowledged (PUBACK) decisions or fills, those acknowledged meanwhile together:
+# each (kind "decision" | "fill", proposal_id, agent_id, key: the fill's exec_id, "" for a decision)
+Delivery = tuple[str, str, str, str]
+DeliveredHook = Callable[[list[Delivery]], Awaitable[None]]
 # True when the journal already knows this proposal_id (taken in or answered before)
 SeenIdHook = Callable[[str], Awaitable[bool]]
 
@@ -329,6 +330,7 @@ class MqttBridge:
         self._seen_id = seen_id   # retained proposals: answered once (see _refuse_retained)
         self._delivered_hook = on_delivered
         self._delivery_tasks: set[asyncio.Task[None]] = set()
+        self._deliveries: list[Delivery] = []   # acknowledged, not yet handed to the hook
         self._bus = bus
         self._clock = clock
         self._on_proposal = on_proposal
@@ -655,20 +657,26 @@ class MqttBridge:
 
     def _decision_delivered(self, item: _Outgoing) -> None:
         """The broker has the decision or fill (PUBACK): tell the daemon (it journals the
-        delivery) off the writer's path."""
+        delivery) off the writer's path; what is acknowledged meanwhile goes with it."""
         assert self._delivered_hook is not None and item.delivery is not None
         kind, key = item.delivery
-
-        async def run() -> None:
-            try:
-                await self._delivered_hook(kind, item.proposal_id or "", item.agent_id or "", key)  # type: ignore[misc]
-            except Exception as exc:  # a missing delivery record only means a repeat at restart
-                log.warning("delivery_not_recorded", kind=kind, proposal_id=item.proposal_id,
-                            agent_id=item.agent_id, error=repr(exc))
-
-        task = asyncio.get_running_loop().create_task(run(), name="mqtt-delivered")
+        self._deliveries.append((kind, item.proposal_id or "", item.agent_id or "", key))
+        if self._delivery_tasks:
+            return   # the running one takes it
+        task = asyncio.get_running_loop().create_task(self._report_deliveries(),
+                                                      name="mqtt-delivered")
         self._delivery_tasks.add(task)
         task.add_done_callback(self._delivery_tasks.discard)
+
+    async def _report_deliveries(self) -> None:
+        assert self._delivered_hook is not None
+        while self._deliveries:
+            batch, self._deliveries = self._deliveries, []
+            try:
+                await self._delivered_hook(batch)
+            except Exception as exc:  # a missing delivery record only means a repeat at restart
+                log.warning("delivery_not_recorded", deliveries=len(batch), error=repr(exc),
+                            proposal_id=batch[0][1], agent_id=batch[0][2])
 
     async def _write_latest(self, client: aiomqtt.Client, channel: _Latest) -> None:
         loop = asyncio.get_running_loop()

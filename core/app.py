@@ -486,13 +486,17 @@ def _journal_decision(journal: Any) -> Any:
 
 
 def _journal_delivery(journal: Any) -> Any:
-    """The bridge's delivery hook: the broker has the decision or fill (PUBACK)."""
+    """The bridge's delivery hook: the broker has these decisions and fills (PUBACK); one
+    journal operation for all of them."""
 
-    async def delivered(kind: str, proposal_id: str, agent_id: str, key: str) -> None:
-        if kind == "decision":
+    async def delivered(deliveries: list[tuple[str, str, str, str]]) -> None:
+        if any(kind == "decision" for kind, *_ in deliveries):
             crash_point("decision_delivered")
-        payload = {"delivered": kind} if kind == "decision" else {"delivered": kind, "exec_id": key}
-        await journal.record("ack", proposal_id=proposal_id, agent_id=agent_id, payload=payload)
+        await journal.record_many([
+            {"kind": "ack", "proposal_id": pid, "agent_id": aid,
+             "payload": {"delivered": kind} if kind == "decision"
+             else {"delivered": kind, "exec_id": key}}
+            for kind, pid, aid, key in deliveries])
 
     return delivered
 
