@@ -21,6 +21,7 @@ same broker, at the same schedule.
 from __future__ import annotations
 
 import argparse
+import bisect
 import asyncio
 import json
 import logging
@@ -121,12 +122,12 @@ async def main(n: int, rate: float, approve_every: int, baseline_n: int) -> None
     tws = await start_paper_tws()   # pacing ON: 50 messages per client per second
     assert tws.tws is not None
     entry_at: dict[str, float] = {}
-    whatif_at: dict[str, float] = {}
+    whatifs: list[float] = []   # ib_async sends a what-if without the orderRef: matched by time
 
     def on_place(m: Any) -> None:
         now = time.perf_counter()
         if m.what_if:
-            whatif_at.setdefault(m.order_ref, now)
+            whatifs.append(now)
         elif m.parent_id == 0 and m.order_ref:
             entry_at.setdefault(m.order_ref, now)
 
@@ -188,6 +189,12 @@ async def main(n: int, rate: float, approve_every: int, baseline_n: int) -> None
     approved = {p for p in due if p in received and received[p][1].get("verdict") == "approved"}
     others = [p for p in due if p in received and p not in approved]
     to_entry = [(entry_at[p] - due[p]) * 1000 for p in approved if p in entry_at]
+    whatif_at: dict[str, float] = {}
+    for p in approved:   # the last what-if between its schedule and its entry
+        if p in entry_at:
+            i = bisect.bisect_right(whatifs, entry_at[p]) - 1
+            if i >= 0 and whatifs[i] >= due[p]:
+                whatif_at[p] = whatifs[i]
     to_whatif = [(whatif_at[p] - due[p]) * 1000 for p in approved if p in whatif_at]
     whatif_rt = [(entry_at[p] - whatif_at[p]) * 1000 for p in approved if p in entry_at and p in whatif_at]
     dec_approved = [(received[p][0] - due[p]) * 1000 for p in approved]

@@ -286,3 +286,52 @@ async def test_handler_runs_with_bound_context(bus: Bus) -> None:
         await bus.drain(timeout=1)
     line = next(e for e in logs if e["event"] == "handling")
     assert line["proposal_id"] == "p-7" and line["agent_id"] == "beta"
+
+
+# --------------------------------------------------------------------------- batches
+
+
+async def test_subscribe_batch_hands_over_what_is_queued_in_order() -> None:
+    from bus.messages import ControlCommand
+
+    bus = Bus()
+    got: list[list[str]] = []
+    gate = asyncio.Event()
+
+    async def handler(batch: list[ControlCommand]) -> None:
+        got.append([m.reason for m in batch])
+        await gate.wait()
+
+    sub = bus.subscribe_batch(ControlCommand, handler, name="batch", batch_max=3)
+    await bus.start()
+    for i in range(7):
+        await bus.publish(ControlCommand(action="halt", reason=f"r{i}", by="t"))
+    gate.set()
+    await bus.drain(2.0)
+    assert got == [["r0", "r1", "r2"], ["r3", "r4", "r5"], ["r6"]]   # at most batch_max each
+    await bus.publish(ControlCommand(action="halt", reason="alone", by="t"))
+    await bus.drain(2.0)
+    assert got[-1] == ["alone"]          # a message alone is handed over alone, at once
+    assert sub.delivered == 8
+    await bus.close()
+
+
+async def test_a_failing_batch_handler_is_counted_and_the_bus_goes_on() -> None:
+    from bus.messages import ControlCommand
+
+    bus = Bus()
+    calls: list[int] = []
+
+    async def handler(batch: list[ControlCommand]) -> None:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+
+    sub = bus.subscribe_batch(ControlCommand, handler, name="batch")
+    await bus.start()
+    await bus.publish(ControlCommand(action="halt", reason="a", by="t"))
+    await bus.drain(2.0)
+    await bus.publish(ControlCommand(action="halt", reason="b", by="t"))
+    await bus.drain(2.0)
+    assert calls == [1, 1] and sub.failed == 1 and sub.delivered == 1
+    await bus.close()
