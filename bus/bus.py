@@ -93,6 +93,8 @@ class Subscription(Generic[M]):
     worker: asyncio.Task[None] | None = field(default=None, repr=False)
     active: bool = True
     batch_max: int = 0   # > 0: `handler` takes a list of up to batch_max messages (subscribe_batch)
+    # set by the worker each time it takes a message off the queue (wait_for_room)
+    freed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
     def key(self) -> str:
@@ -252,6 +254,21 @@ class Bus:
             self._put_nowait(sub, msg)
         return True
 
+    async def wait_for_room(self, topic: type[Message], timeout: float) -> bool:
+        """Wait (at most `timeout` s) until offer() of a `topic` message would find room in
+        every REJECT and BLOCK queue; True if it would now. For a producer that can hold back
+        (the MQTT bridge: the broker keeps what it has not acknowledged) rather than refuse."""
+        subs = [s for s in self._subs.get(topic, ()) if s.overflow is not Overflow.DROP_OLDEST]
+        try:
+            async with asyncio.timeout(timeout):
+                for sub in subs:
+                    while sub.full and sub.active:
+                        sub.freed.clear()
+                        await sub.freed.wait()
+        except TimeoutError:
+            return False
+        return True
+
     # ------------------------------------------------------------------ request/reply
 
     def serve(self, service: str, handler: Callable[[Any], Awaitable[Any]]) -> None:
@@ -332,6 +349,7 @@ class Bus:
         topic = sub.topic.__name__
         while True:
             msg = await sub.queue.get()
+            sub.freed.set()
             ctx = message_context(msg)
             started = self._clock.monotonic()
             try:
@@ -354,6 +372,7 @@ class Bus:
             batch = [await queue.get()]
             while len(batch) < sub.batch_max and not queue.empty():
                 batch.append(queue.get_nowait())
+            sub.freed.set()
             started = self._clock.monotonic()
             try:
                 await sub.handler(batch)

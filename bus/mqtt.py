@@ -14,8 +14,9 @@ broker's persistent session, which delivers it again (DUP) on the next connectio
 broker restart or a failing hook loses nothing (a failing hook ends the connection to get it
 back). stop_intake() keeps the subscription and stops acknowledging: what arrives from then on,
 and what agents publish while the daemon is down, is delivered after the next start. Answers:
-bad input an `invalid` decision listing each error, a full intake queue a `rejected` OVERLOADED
-one; a proposal_id seen before is answered by the gate with its first decision (idempotency).
+bad input an `invalid` decision listing each error, an intake queue still full after
+INTAKE_ROOM_WAIT_S (the bridge holds back first: what it has not acknowledged waits at the
+broker) a `rejected` OVERLOADED one; a proposal_id seen before is answered by the gate with its first decision (idempotency).
 Every decision, the bridge's own answers included (they travel through the bus), passes the
 `on_decision` hook (the daemon journals it) before it is published.
 One aiomqtt client per connection, entered once; `_run()` is the reconnect loop. Outgoing
@@ -76,6 +77,8 @@ CLOSE_FLUSH_TIMEOUT_S = 5.0
 # proposals taken from the client's queue together (one journal commit, acknowledged in order);
 # mosquitto has at most max_inflight_messages (20 by default) unacknowledged with us anyway
 INTAKE_BATCH_MAX = 256
+# how long a proposal waits for room in a full intake queue before it is answered OVERLOADED
+INTAKE_ROOM_WAIT_S = 1.0
 # QoS 1 publishes awaiting their PUBACK at once (sent in order; resent in order after a reconnect)
 OUTBOX_WINDOW = 64
 WILL_PAYLOAD = b'{"state":"offline"}'
@@ -937,6 +940,10 @@ class MqttBridge:
         raise _Redeliver(proposal.proposal_id) from exc
 
     async def _submit(self, proposal: TradeProposal, event: str) -> None:
+        # the gate is behind: hold back (unacknowledged, the broker keeps the rest) for a while
+        # before refusing; a backlog drained after a restart is decided, not answered OVERLOADED
+        if self._bus.state is BusState.OPEN:
+            await self._bus.wait_for_room(TradeProposal, INTAKE_ROOM_WAIT_S)
         if self._bus.offer(proposal):
             log.info(event, proposal_id=proposal.proposal_id, agent_id=proposal.agent_id,
                      symbol=proposal.symbol, side=proposal.side.value, quantity=proposal.quantity)

@@ -335,3 +335,27 @@ async def test_a_failing_batch_handler_is_counted_and_the_bus_goes_on() -> None:
     await bus.drain(2.0)
     assert calls == [1, 1] and sub.failed == 1 and sub.delivered == 1
     await bus.close()
+
+
+async def test_wait_for_room_returns_once_the_worker_takes_one() -> None:
+    bus = Bus()
+    release = asyncio.Event()
+
+    async def slow(_msg: TradeProposal) -> None:
+        await release.wait()
+
+    bus.subscribe(TradeProposal, slow, name="risk", maxsize=1, overflow=Overflow.REJECT)
+    await bus.start()
+    p = TradeProposal(proposal_id="w-1", agent_id="a", symbol="AAPL", side="BUY", quantity=1,
+                      limit_price=100.0, take_profit=110.0, stop_loss=95.0)
+    assert bus.offer(p)                      # taken by the worker (blocked in the handler)
+    await asyncio.sleep(0)
+    assert bus.offer(p.model_copy(update={"proposal_id": "w-2"}))   # fills the queue
+    assert await bus.wait_for_room(TradeProposal, 0.05) is False    # still full
+    waiting = asyncio.create_task(bus.wait_for_room(TradeProposal, 2.0))
+    await asyncio.sleep(0)
+    release.set()                            # w-1 done, the worker takes w-2: room again
+    assert await waiting is True
+    assert bus.offer(p.model_copy(update={"proposal_id": "w-3"}))
+    await bus.drain(2.0)
+    await bus.close()
