@@ -892,13 +892,41 @@ class Journal:
         order_id: int | None = None,
         payload: Mapping[str, Any] | BaseModel | None = None,
         durable: bool | None = None,
-    ) -> int:
+        once: bool = False,
+    ) -> int | None:
         """Append one event; returns its seq once committed.
 
         proposal_id / agent_id / order_id default to the payload's own fields. A fill whose
         exec_id is already journaled is not written again: the first one's seq is returned.
-        `durable` overrides the per-kind choice (`DURABLE_KINDS`).
+        `durable` overrides the per-kind choice (`DURABLE_KINDS`). `once`: not written (None
+        returned) when an event of this kind is already journaled for the proposal_id; the
+        look-up runs in the write's own transaction, so nothing can come in between.
         """
+        run, full = self._event_write(kind, proposal_id, agent_id, order_id, payload, durable, once)
+        return await self._submit(run, full)
+
+    async def record_many(self, events: Sequence[Mapping[str, Any]]) -> list[int | None]:
+        """Append several events in ONE operation (one transaction, one commit): each item holds
+        record()'s keyword arguments plus `kind`. All or none: when one fails, none is written
+        and the error is raised. Committed FULL when any of them is durable."""
+        if not events:
+            return []
+        writes = [self._event_write(e["kind"], e.get("proposal_id"), e.get("agent_id"),
+                                    e.get("order_id"), e.get("payload"), e.get("durable"),
+                                    e.get("once", False)) for e in events]
+        runs = [run for run, _ in writes]
+
+        def run_all(conn: sqlite3.Connection) -> list[int | None]:
+            return [run(conn) for run in runs]
+
+        return await self._submit(run_all, any(full for _, full in writes))
+
+    def _event_write(self, kind: EventKind | str, proposal_id: str | None, agent_id: str | None,
+                     order_id: int | None, payload: Mapping[str, Any] | BaseModel | None,
+                     durable: bool | None, once: bool,
+                     ) -> tuple[Callable[[sqlite3.Connection], int | None], bool]:
+        """(the insert, run in the writer thread; committed FULL?) of one event. Encoding
+        happens here, on the caller's side, so a bad payload raises before anything is queued."""
         kind = EventKind(kind)
         if kind is EventKind.INTENT:
             raise ValueError("intents are written with record_intent(), which keeps both tables")
@@ -912,8 +940,13 @@ class Journal:
         ts = _ts(self.clock.now())
         exec_id = body.get("exec_id") if kind is EventKind.FILL else None
         remembered = kind is EventKind.PROPOSAL or kind is EventKind.DECISION
+        only_once = once and pid is not None
 
-        def run(conn: sqlite3.Connection) -> int:
+        def run(conn: sqlite3.Connection) -> int | None:
+            if only_once and conn.execute(
+                    "SELECT 1 FROM events WHERE proposal_id = ? AND kind = ? LIMIT 1",
+                    (pid, kind.value)).fetchone() is not None:
+                return None
             if exec_id is not None:
                 row = conn.execute(
                     "SELECT seq FROM events WHERE kind = 'fill'"
@@ -927,7 +960,7 @@ class Journal:
                 journal_ids.remember(conn, kind.value, pid, aid, ts, seq, body)
             return seq
 
-        return await self._submit(run, kind in DURABLE_KINDS if durable is None else durable)
+        return run, kind in DURABLE_KINDS if durable is None else durable
 
     async def record_intent(
         self,

@@ -3,6 +3,9 @@ its order at the paper TWS (and to the approved decision back at the agent).
 
     .venv/bin/python bench/bench_e2e.py [--n 150] [--rate 8]
 
+Closed loop (one proposal at a time): it shows a single proposal's path, not latency under
+load; for that, bench/bench_latency.py (open loop, from the scheduled send time).
+
 Real processes on loopback: mosquitto, the daemon (`python run.py`, JSON logs), and the paper
 TWS in THIS process so the moment the entry order reaches it is read on the same clock as the
 publish. Baseline in the same run: an MQTT publish -> receive round trip through the same
@@ -69,7 +72,7 @@ async def main(n: int, rate: float) -> None:
     (work / "limits.toml").write_text(LIMITS)
     broker = MosquittoServer(MOSQUITTO_BINARY, work / "mosquitto")
     broker.start()
-    tws = await start_paper_tws(pacing_limit=0)
+    tws = await start_paper_tws()   # pacing ON (50 messages per client per second), as IB
     arrived: dict[str, float] = {}
 
     def on_event(ev: object) -> None:
@@ -99,7 +102,7 @@ async def main(n: int, rate: float) -> None:
                 for i in range(n):
                     pid = f"bench-{i}-{uuid.uuid4().hex[:6]}"
                     sym = ("AAPL", "MSFT", "TSLA", "SPY")[i % 4]
-                    px = {"AAPL": 150.0, "MSFT": 300.0, "TSLA": 150.0, "SPY": 400.0}[sym]  # far below: rests
+                    px = {"AAPL": 195.5, "MSFT": 357.0, "TSLA": 212.5, "SPY": 493.0}[sym]  # 15 % under: in band, rests
                     prop = {"proposal_id": pid, "symbol": sym, "side": "BUY", "quantity": 1,
                             "order_type": "LMT", "limit_price": px, "take_profit": round(px * 1.04, 2),
                             "stop_loss": round(px * 0.97, 2)}

@@ -15,6 +15,10 @@ Overflow policy, chosen per subscription (what happens when its queue is full):
     DROP_OLDEST  the oldest queued message is dropped (and logged, and counted) to make room.
                  Use only where the latest value supersedes older ones: portfolio snapshots.
 
+Batches: `subscribe_batch()` hands its handler every message already queued (up to `batch_max`,
+in publish order) in one call, so per-message costs a handler can share (one journal commit for
+many decisions) are paid once per burst. A message alone is handed over alone, at once.
+
 Lifecycle: UNOPENED -start()-> OPEN -close()-> CLOSED. Subscribing and publishing before
 start() is allowed (messages wait in the queues); after close() they raise LifecycleError.
 """
@@ -88,6 +92,9 @@ class Subscription(Generic[M]):
     max_handler_s: float = 0.0
     worker: asyncio.Task[None] | None = field(default=None, repr=False)
     active: bool = True
+    batch_max: int = 0   # > 0: `handler` takes a list of up to batch_max messages (subscribe_batch)
+    # set by the worker each time it takes a message off the queue (wait_for_room)
+    freed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
     def key(self) -> str:
@@ -187,6 +194,25 @@ class Bus:
             self._start_worker(sub)
         return sub
 
+    def subscribe_batch(
+        self,
+        topic: type[M],
+        handler: Callable[[list[M]], Awaitable[None]],
+        *,
+        name: str,
+        batch_max: int = 256,
+        maxsize: int | None = None,
+        overflow: Overflow = Overflow.BLOCK,
+    ) -> Subscription[M]:
+        """Like subscribe(), but `handler` gets what is queued (1 to batch_max messages, in
+        order) in one call. Its context (proposal_id, agent_id) is the handler's to bind."""
+        if batch_max < 1:
+            raise ValueError("batch_max must be >= 1")
+        sub = self.subscribe(topic, handler, name=name, maxsize=maxsize,  # type: ignore[arg-type]
+                             overflow=overflow)
+        sub.batch_max = batch_max
+        return sub
+
     async def unsubscribe(self, sub: Subscription[Any]) -> None:
         """Remove a subscription and stop its worker (undelivered messages are discarded)."""
         sub.active = False
@@ -226,6 +252,21 @@ class Bus:
             return False
         for sub in subs:
             self._put_nowait(sub, msg)
+        return True
+
+    async def wait_for_room(self, topic: type[Message], timeout: float) -> bool:
+        """Wait (at most `timeout` s) until offer() of a `topic` message would find room in
+        every REJECT and BLOCK queue; True if it would now. For a producer that can hold back
+        (the MQTT bridge: the broker keeps what it has not acknowledged) rather than refuse."""
+        subs = [s for s in self._subs.get(topic, ()) if s.overflow is not Overflow.DROP_OLDEST]
+        try:
+            async with asyncio.timeout(timeout):
+                for sub in subs:
+                    while sub.full and sub.active:
+                        sub.freed.clear()
+                        await sub.freed.wait()
+        except TimeoutError:
+            return False
         return True
 
     # ------------------------------------------------------------------ request/reply
@@ -302,9 +343,13 @@ class Bus:
         sub.worker = asyncio.create_task(self._work(sub), name=f"bus:{sub.key}")
 
     async def _work(self, sub: Subscription[Any]) -> None:
+        if sub.batch_max:
+            await self._work_batches(sub)
+            return
         topic = sub.topic.__name__
         while True:
             msg = await sub.queue.get()
+            sub.freed.set()
             ctx = message_context(msg)
             started = self._clock.monotonic()
             try:
@@ -319,3 +364,26 @@ class Bus:
             finally:
                 sub.max_handler_s = max(sub.max_handler_s, self._clock.monotonic() - started)
                 sub.queue.task_done()
+
+    async def _work_batches(self, sub: Subscription[Any]) -> None:
+        topic = sub.topic.__name__
+        queue = sub.queue
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < sub.batch_max and not queue.empty():
+                batch.append(queue.get_nowait())
+            sub.freed.set()
+            started = self._clock.monotonic()
+            try:
+                await sub.handler(batch)
+                sub.delivered += len(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                sub.failed += len(batch)
+                log.exception("bus_handler_failed", topic=topic, subscription=sub.name,
+                              messages=len(batch), **message_context(batch[0]))
+            finally:
+                sub.max_handler_s = max(sub.max_handler_s, self._clock.monotonic() - started)
+                for _ in batch:
+                    queue.task_done()

@@ -14,8 +14,9 @@ broker's persistent session, which delivers it again (DUP) on the next connectio
 broker restart or a failing hook loses nothing (a failing hook ends the connection to get it
 back). stop_intake() keeps the subscription and stops acknowledging: what arrives from then on,
 and what agents publish while the daemon is down, is delivered after the next start. Answers:
-bad input an `invalid` decision listing each error, a full intake queue a `rejected` OVERLOADED
-one; a proposal_id seen before is answered by the gate with its first decision (idempotency).
+bad input an `invalid` decision listing each error, an intake queue still full after
+INTAKE_ROOM_WAIT_S (the bridge holds back first: what it has not acknowledged waits at the
+broker) a `rejected` OVERLOADED one; a proposal_id seen before is answered by the gate with its first decision (idempotency).
 Every decision, the bridge's own answers included (they travel through the bus), passes the
 `on_decision` hook (the daemon journals it) before it is published.
 One aiomqtt client per connection, entered once; `_run()` is the reconnect loop. Outgoing
@@ -73,6 +74,13 @@ _PAHO_LOG = logging.getLogger("aiomqtt")
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 10.0
 CLOSE_FLUSH_TIMEOUT_S = 5.0
+# proposals taken from the client's queue together (one journal commit, acknowledged in order);
+# mosquitto has at most max_inflight_messages (20 by default) unacknowledged with us anyway
+INTAKE_BATCH_MAX = 256
+# how long a proposal waits for room in a full intake queue before it is answered OVERLOADED
+INTAKE_ROOM_WAIT_S = 1.0
+# QoS 1 publishes awaiting their PUBACK at once (sent in order; resent in order after a reconnect)
+OUTBOX_WINDOW = 64
 WILL_PAYLOAD = b'{"state":"offline"}'
 _PROPOSAL_ID_PEEK = re.compile(rb'"proposal_id"\s*:\s*"([^"\\]{1,64})"')
 # a proposal is one flat JSON object: nothing an agent sends nests deeper than this
@@ -273,17 +281,33 @@ def _paho(client: aiomqtt.Client) -> paho.Client:
     return inner
 
 
+def _inbox(client: aiomqtt.Client) -> asyncio.Queue[aiomqtt.Message] | None:
+    """The queue behind `client.messages`, to take what is already in it without the task and
+    asyncio.wait that aiomqtt's iterator spends on every message; None when aiomqtt keeps no
+    asyncio.Queue in `_queue` (then messages come one at a time, through the iterator)."""
+    inner = getattr(client, "_queue", None)
+    return inner if isinstance(inner, asyncio.Queue) else None
+
+
 # The daemon's intake hook: make the proposal durable (the daemon journals it). Raising means
 # "not durable": the proposal is not acknowledged, and the broker delivers it again.
 ProposalHook = Callable[[TradeProposal], Awaitable[None]]
+# The same for the proposals that arrived together (one journal commit for all of them)
+ProposalsHook = Callable[[list[TradeProposal]], Awaitable[None]]
 # Runs before a decision goes out (the daemon journals it): what an agent has seen is on
 # record, so after a crash a repeat is answered with exactly that decision, never a new one.
 DecisionHook = Callable[[RiskDecision], Awaitable[None]]
-# after the broker acknowledged (PUBACK) a decision or a fill:
-# (kind "decision" | "fill", proposal_id, agent_id, key: the fill's exec_id, "" for a decision)
-DeliveredHook = Callable[[str, str, str, str], Awaitable[None]]
+# The same for the decisions that are ready together (one journal commit for all of them)
+DecisionsHook = Callable[[list[RiskDecision]], Awaitable[None]]
+# after the broker acknowledged (PUBACK) decisions or fills, those acknowledged meanwhile together:
+# each (kind "decision" | "fill", proposal_id, agent_id, key: the fill's exec_id, "" for a decision)
+Delivery = tuple[str, str, str, str]
+DeliveredHook = Callable[[list[Delivery]], Awaitable[None]]
 # True when the journal already knows this proposal_id (taken in or answered before)
 SeenIdHook = Callable[[str], Awaitable[bool]]
+
+
+_DEFER = object()   # a proposal that came after stop_intake(): left unacknowledged
 
 
 class _Redeliver(Exception):
@@ -299,15 +323,23 @@ class MqttBridge:
                  url: str | None = None, on_proposal: ProposalHook | None = None,
                  on_decision: DecisionHook | None = None,
                  on_delivered: DeliveredHook | None = None,
-                 seen_id: SeenIdHook | None = None) -> None:
+                 seen_id: SeenIdHook | None = None,
+                 on_proposals: ProposalsHook | None = None,
+                 on_decisions: DecisionsHook | None = None) -> None:
+        if on_proposal is not None and on_proposals is not None \
+                or on_decision is not None and on_decisions is not None:
+            raise ConfigError("MqttBridge takes one proposal hook and one decision hook")
         self._settings = settings
         self._seen_id = seen_id   # retained proposals: answered once (see _refuse_retained)
         self._delivered_hook = on_delivered
         self._delivery_tasks: set[asyncio.Task[None]] = set()
+        self._deliveries: list[Delivery] = []   # acknowledged, not yet handed to the hook
         self._bus = bus
         self._clock = clock
         self._on_proposal = on_proposal
+        self._on_proposals = on_proposals
         self._decision_hook = on_decision
+        self._decisions_hook = on_decisions
         raw_url = url or settings.mqtt_url
         if raw_url is None:
             raise ConfigError("MqttBridge needs a broker: MQTT_URL or the embedded broker's url")
@@ -364,7 +396,8 @@ class MqttBridge:
             return
         bus = self._bus
         self._subs = [
-            bus.subscribe(RiskDecision, self._on_decision, name="mqtt"),
+            bus.subscribe_batch(RiskDecision, self._on_decisions, name="mqtt",
+                                batch_max=INTAKE_BATCH_MAX),
             bus.subscribe(OrderEvent, self._on_order_event, name="mqtt"),
             bus.subscribe(Fill, self._on_fill, name="mqtt"),
             bus.subscribe(PortfolioSnapshot, self._on_snapshot, name="mqtt", maxsize=8,
@@ -463,7 +496,9 @@ class MqttBridge:
             timeout=10,
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),  # decisions: no Nagle delay
             logger=_PAHO_LOG,
+            max_inflight_messages=OUTBOX_WINDOW,   # paho's own default window is 20
         )
+        client.pending_calls_threshold = OUTBOX_WINDOW + 16   # a full window is no warning
         _paho(client).manual_ack_set(True)  # acknowledged by _ack(), once handled
         return client
 
@@ -580,41 +615,71 @@ class MqttBridge:
         self._outbox_ready.set()
 
     async def _write_outbox(self, client: aiomqtt.Client) -> None:
-        while True:
-            if not self._outbox:
-                self._outbox_ready.clear()
-                self._outbox_idle.set()
-                await self._outbox_ready.wait()
-                continue
-            item = self._outbox.popleft()
-            try:
-                await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
-            except BaseException:
-                self._outbox.appendleft(item)  # not acknowledged: send again after reconnect
-                raise
-            self.counters["published"] += 1
-            log.debug("mqtt_published", topic=item.topic, proposal_id=item.proposal_id,
-                      agent_id=item.agent_id)
-            if item.delivery is not None and self._delivered_hook is not None:
-                self._decision_delivered(item)
-            _honour_cancel()
+        """Send the outbox in order, up to OUTBOX_WINDOW awaiting their PUBACK at once. What is
+        not acknowledged when the connection ends goes back to the front, in order (QoS 1: a
+        repeat is possible, a loss is not)."""
+        loop = asyncio.get_running_loop()
+        inflight: deque[tuple[_Outgoing, asyncio.Task[None]]] = deque()
+        try:
+            while True:
+                while self._outbox and len(inflight) < OUTBOX_WINDOW:
+                    item = self._outbox.popleft()
+                    inflight.append((item, loop.create_task(client.publish(
+                        item.topic, item.payload, qos=item.qos, retain=item.retain))))
+                if not inflight:
+                    self._outbox_ready.clear()
+                    self._outbox_idle.set()
+                    await self._outbox_ready.wait()
+                    continue
+                item, sending = inflight[0]
+                if not sending.done() and not self._outbox and len(inflight) < OUTBOX_WINDOW:
+                    # the oldest PUBACK, or something new to send meanwhile
+                    self._outbox_ready.clear()
+                    ready = loop.create_task(self._outbox_ready.wait())
+                    try:
+                        await asyncio.wait((sending, ready), return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        ready.cancel()
+                    if not sending.done():
+                        continue
+                await sending   # raises what ended it
+                inflight.popleft()
+                self.counters["published"] += 1
+                if item.delivery is not None and self._delivered_hook is not None:
+                    self._decision_delivered(item)
+                _honour_cancel()
+        finally:
+            for _, sending in inflight:
+                sending.cancel()
+            if inflight:
+                await asyncio.gather(*(t for _, t in inflight), return_exceptions=True)
+            # not acknowledged: sent again, in order, after reconnect
+            self._outbox.extendleft(reversed([
+                item for item, t in inflight
+                if not t.done() or t.cancelled() or t.exception() is not None]))
 
     def _decision_delivered(self, item: _Outgoing) -> None:
         """The broker has the decision or fill (PUBACK): tell the daemon (it journals the
-        delivery) off the writer's path."""
+        delivery) off the writer's path; what is acknowledged meanwhile goes with it."""
         assert self._delivered_hook is not None and item.delivery is not None
         kind, key = item.delivery
-
-        async def run() -> None:
-            try:
-                await self._delivered_hook(kind, item.proposal_id or "", item.agent_id or "", key)  # type: ignore[misc]
-            except Exception as exc:  # a missing delivery record only means a repeat at restart
-                log.warning("delivery_not_recorded", kind=kind, proposal_id=item.proposal_id,
-                            agent_id=item.agent_id, error=repr(exc))
-
-        task = asyncio.get_running_loop().create_task(run(), name="mqtt-delivered")
+        self._deliveries.append((kind, item.proposal_id or "", item.agent_id or "", key))
+        if self._delivery_tasks:
+            return   # the running one takes it
+        task = asyncio.get_running_loop().create_task(self._report_deliveries(),
+                                                      name="mqtt-delivered")
         self._delivery_tasks.add(task)
         task.add_done_callback(self._delivery_tasks.discard)
+
+    async def _report_deliveries(self) -> None:
+        assert self._delivered_hook is not None
+        while self._deliveries:
+            batch, self._deliveries = self._deliveries, []
+            try:
+                await self._delivered_hook(batch)
+            except Exception as exc:  # a missing delivery record only means a repeat at restart
+                log.warning("delivery_not_recorded", deliveries=len(batch), error=repr(exc),
+                            proposal_id=batch[0][1], agent_id=batch[0][2])
 
     async def _write_latest(self, client: aiomqtt.Client, channel: _Latest) -> None:
         loop = asyncio.get_running_loop()
@@ -640,21 +705,35 @@ class MqttBridge:
     # ------------------------------------------------------------------ bus -> MQTT
 
     async def _on_decision(self, decision: RiskDecision) -> None:
-        with structlog.contextvars.bound_contextvars(proposal_id=decision.proposal_id,
-                                                     agent_id=decision.agent_id):
-            codes = [str(r.code) for r in decision.reasons]
-            if self._decision_hook is not None:
+        await self._on_decisions([decision])
+
+    async def _on_decisions(self, decisions: list[RiskDecision]) -> None:
+        """Journal the decisions ready together (the hook: one commit), then send each."""
+        if self._decisions_hook is not None:
+            try:
+                await self._decisions_hook(decisions)
+            except Exception as exc:  # the agents still get their answers: never silence
+                for decision in decisions:
+                    self._not_recorded(decision, exc)
+        elif self._decision_hook is not None:
+            for decision in decisions:
                 try:
                     await self._decision_hook(decision)
-                except Exception as exc:  # the agent still gets its answer: never silence
-                    log.error("decision_not_recorded", code="NOT_DURABLE", error=repr(exc),
-                              proposal_id=decision.proposal_id, agent_id=decision.agent_id)
-            log.info("decision_out", verdict=str(decision.verdict), code=codes[0] if codes else None,
-                     codes=codes)
+                except Exception as exc:
+                    self._not_recorded(decision, exc)
+        for decision in decisions:
+            # the gate (risk_decision) or the bridge (proposal_invalid, ...) logged it already
+            log.debug("decision_out", proposal_id=decision.proposal_id,
+                      agent_id=decision.agent_id, verdict=decision.verdict.value)
             self._enqueue(_Outgoing(self.topics.decisions(decision.agent_id),
                                     decision.model_dump_json().encode(), 1, False,
                                     decision.proposal_id, decision.agent_id,
                                     delivery=("decision", "")))
+
+    @staticmethod
+    def _not_recorded(decision: RiskDecision, exc: BaseException) -> None:
+        log.error("decision_not_recorded", code="NOT_DURABLE", error=repr(exc),
+                  proposal_id=decision.proposal_id, agent_id=decision.agent_id)
 
     async def _on_order_event(self, event: OrderEvent) -> None:
         self._enqueue(_Outgoing(self.topics.orders(event.agent_id), _typed_json("order_event", event),
@@ -682,36 +761,74 @@ class MqttBridge:
     # ------------------------------------------------------------------ MQTT -> bus
 
     async def _read(self, client: aiomqtt.Client) -> None:
-        """Handle each message, then acknowledge it; a proposal only once it is durable."""
-        async for message in client.messages:
-            topic = message.topic.value
-            payload = message.payload if isinstance(message.payload, bytes | bytearray) else \
-                str(message.payload or "").encode()
+        """Handle each message, then acknowledge it; a proposal only once it is durable.
+
+        What is already queued when one message arrives is taken with it (up to
+        INTAKE_BATCH_MAX): its proposals are parsed, then made durable together (one journal
+        commit), then each message is handled and acknowledged in the order it came."""
+        messages = client.messages
+        inbox = _inbox(client)
+        while True:
             try:
-                agent = self.topics.proposal_agent(topic)
-                if agent is not None:
-                    if not self._intake_open:
-                        self._defer(topic, bytes(payload), message.mid)
-                        continue  # unacknowledged: the broker delivers it on the next connection
-                    self._intake_idle.clear()
+                batch = [await anext(messages)]
+            except StopAsyncIteration:
+                return
+            if inbox is not None:
+                while len(batch) < INTAKE_BATCH_MAX:
                     try:
+                        batch.append(inbox.get_nowait())
+                    except asyncio.QueueEmpty:
+                        break
+            await self._handle(client, batch)
+
+    async def _handle(self, client: aiomqtt.Client, batch: list[aiomqtt.Message]) -> None:
+        # (message, topic, payload, agent of a proposals topic, parsed proposal or answer)
+        items: list[tuple[aiomqtt.Message, str, bytes, str | None, Any]] = []
+        fresh: list[TradeProposal] = []
+        for message in batch:
+            topic = message.topic.value
+            raw = message.payload
+            payload = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
+            agent = self.topics.proposal_agent(topic)
+            parsed: Any = None
+            if agent is not None and not self._intake_open:
+                parsed = _DEFER
+            elif agent is not None and not message.retain:
+                parsed = self._take_in(agent, payload)
+                if isinstance(parsed, TradeProposal):
+                    fresh.append(parsed)
+            items.append((message, topic, payload, agent, parsed))
+        self._intake_idle.clear()
+        try:
+            failure = await self._make_durable(fresh) if fresh else None
+            for message, topic, payload, agent, parsed in items:
+                try:
+                    if agent is not None:
+                        if parsed is _DEFER:
+                            self._defer(topic, payload, message.mid)
+                            continue  # unacknowledged: the broker delivers it on the next connection
                         if message.retain:   # a replay by the broker: answered, never offered
-                            await self._refuse_retained(agent, bytes(payload))
+                            await self._refuse_retained(agent, payload)
+                        elif isinstance(parsed, TradeProposal):
+                            if failure is not None:
+                                self._not_durable(parsed, failure)
+                            await self._submit(parsed, "proposal_received")
                         else:
-                            await self._intake(agent, bytes(payload))
-                    finally:
-                        self._intake_idle.set()
-                elif topic == self.topics.control:
-                    await self._control(bytes(payload), retained=message.retain)
-                else:  # e.g. amqtt hands out retained messages of other sessions' filters
-                    log.debug("mqtt_ignored", topic=topic)
-            except _Redeliver:
-                raise  # not acknowledged; ends this connection (see _intake)
-            except (BusError, LifecycleError) as exc:
-                log.error("mqtt_inbound_failed", topic=topic, code=exc.code, error=str(exc))
-            except Exception:  # a bug must not end the connection; the message is logged
-                log.exception("mqtt_inbound_failed", topic=topic, code="INTERNAL", size=len(payload))
-            self._ack(client, message)
+                            await self._answer_invalid(parsed, len(payload))
+                    elif topic == self.topics.control:
+                        await self._control(payload, retained=message.retain)
+                    else:  # e.g. amqtt hands out retained messages of other sessions' filters
+                        log.debug("mqtt_ignored", topic=topic)
+                except _Redeliver:
+                    raise  # not acknowledged; ends this connection (see _make_durable)
+                except (BusError, LifecycleError) as exc:
+                    log.error("mqtt_inbound_failed", topic=topic, code=exc.code, error=str(exc))
+                except Exception:  # a bug must not end the connection; the message is logged
+                    log.exception("mqtt_inbound_failed", topic=topic, code="INTERNAL",
+                                  size=len(payload))
+                self._ack(client, message)
+        finally:
+            self._intake_idle.set()
 
     def _ack(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         if message.qos == 0:
@@ -761,7 +878,7 @@ class MqttBridge:
                                 message=DENIAL_MESSAGES[DenialCode.RETAINED_PROPOSAL])],
                 ts=self._clock.now()))
 
-    async def _intake(self, topic_agent: str, payload: bytes) -> None:
+    def _take_in(self, topic_agent: str, payload: bytes) -> TradeProposal | RiskDecision:
         """Every payload gets exactly one answer: the proposal goes to the gate (which answers
         it), or the bridge answers `invalid` on the topic agent's decisions topic, whatever the
         topic's agent id (an MQTT topic that took the proposal takes the answer too)."""
@@ -771,59 +888,77 @@ class MqttBridge:
                         topic_agent=printable(topic_agent, 80), length=len(topic_agent),
                         action="answered invalid on its decisions topic")
         try:
-            result = self.parse_proposal(topic_agent, payload)
+            return self.parse_proposal(topic_agent, payload)
         except Exception as exc:  # a payload no check foresaw: still answered, and logged
             log.exception("proposal_unparsed", code="INTERNAL", agent_id=printable(topic_agent, 80),
                           size=len(payload))
-            result = self._invalid(topic_agent, "", [Reason(
+            return self._invalid(topic_agent, "", [Reason(
                 code=DenialCode.VALIDATION_ERROR,
                 message=f"{DENIAL_MESSAGES[DenialCode.VALIDATION_ERROR]}: it could not be "
                         f"checked ({type(exc).__name__})")])
-        if isinstance(result, RiskDecision):
-            self.counters["invalid"] += 1
-            with structlog.contextvars.bound_contextvars(proposal_id=result.proposal_id,
-                                                         agent_id=result.agent_id):
-                log.info("proposal_invalid", code=str(result.reasons[0].code),
-                         errors=len(result.reasons), size=len(payload))
-                await self._answer(result)
-            return
-        proposal = result
-        with structlog.contextvars.bound_contextvars(proposal_id=proposal.proposal_id,
-                                                     agent_id=proposal.agent_id):
-            await self._make_durable(proposal)
-            await self._submit(proposal, "proposal_received")
 
-    async def _make_durable(self, proposal: TradeProposal) -> None:
-        """Run the hook; when it fails, end the connection so the broker delivers it again."""
-        if self._on_proposal is None:
+    async def _intake(self, topic_agent: str, payload: bytes) -> None:
+        """One payload, alone: parsed, made durable, offered (or answered)."""
+        result = self._take_in(topic_agent, payload)
+        if isinstance(result, RiskDecision):
+            await self._answer_invalid(result, len(payload))
             return
+        failure = await self._make_durable([result])
+        if failure is not None:
+            self._not_durable(result, failure)
+        await self._submit(result, "proposal_received")
+
+    async def _answer_invalid(self, result: RiskDecision, size: int) -> None:
+        self.counters["invalid"] += 1
+        with structlog.contextvars.bound_contextvars(proposal_id=result.proposal_id,
+                                                     agent_id=result.agent_id):
+            log.info("proposal_invalid", code=str(result.reasons[0].code),
+                     errors=len(result.reasons), size=size)
+            await self._answer(result)
+
+    async def _make_durable(self, proposals: list[TradeProposal]) -> BaseException | None:
+        """Run the hook over the proposals that came together; the failure, if any (then none
+        of them is acknowledged: see _not_durable)."""
         try:
-            await self._on_proposal(proposal)
+            if self._on_proposals is not None:
+                await self._on_proposals(proposals)
+            elif self._on_proposal is not None:
+                for proposal in proposals:
+                    await self._on_proposal(proposal)
         except Exception as exc:  # any failure: not durable, so not acknowledged (see module doc)
-            self.counters["not_durable"] += 1
-            self._not_durable_streak += 1
-            log.error("proposal_not_durable", code="NOT_DURABLE", error=repr(exc),
-                      proposal_id=proposal.proposal_id, agent_id=proposal.agent_id,
-                      streak=self._not_durable_streak, action="reconnect for redelivery")
-            raise _Redeliver(proposal.proposal_id) from exc
+            return exc
         self._not_durable_streak = 0
+        return None
+
+    def _not_durable(self, proposal: TradeProposal, exc: BaseException) -> None:
+        """End the connection so that the broker delivers it (and what came after) again."""
+        self.counters["not_durable"] += 1
+        self._not_durable_streak += 1
+        log.error("proposal_not_durable", code="NOT_DURABLE", error=repr(exc),
+                  proposal_id=proposal.proposal_id, agent_id=proposal.agent_id,
+                  streak=self._not_durable_streak, action="reconnect for redelivery")
+        raise _Redeliver(proposal.proposal_id) from exc
 
     async def _submit(self, proposal: TradeProposal, event: str) -> None:
+        # the gate is behind: hold back (unacknowledged, the broker keeps the rest) for a while
+        # before refusing; a backlog drained after a restart is decided, not answered OVERLOADED
+        if self._bus.state is BusState.OPEN:
+            await self._bus.wait_for_room(TradeProposal, INTAKE_ROOM_WAIT_S)
         if self._bus.offer(proposal):
-            log.info(event, symbol=proposal.symbol, side=str(proposal.side),
-                     quantity=proposal.quantity)
+            log.info(event, proposal_id=proposal.proposal_id, agent_id=proposal.agent_id,
+                     symbol=proposal.symbol, side=proposal.side.value, quantity=proposal.quantity)
         else:
             self.counters["overloaded"] += 1
-            log.warning("proposal_refused", code=str(DenialCode.OVERLOADED))
-            await self._answer(self._refusal(proposal, DenialCode.OVERLOADED))
+            with structlog.contextvars.bound_contextvars(proposal_id=proposal.proposal_id,
+                                                         agent_id=proposal.agent_id):
+                log.warning("proposal_refused", code=str(DenialCode.OVERLOADED))
+                await self._answer(self._refusal(proposal, DenialCode.OVERLOADED))
 
     async def resubmit(self, proposal: TradeProposal) -> None:
         """Offer a proposal that was durable (journaled, so acknowledged) but never decided —
         the daemon stopped in between — to the gate again: the broker will not send it again.
         Refused like any other when the intake queue is full."""
-        with structlog.contextvars.bound_contextvars(proposal_id=proposal.proposal_id,
-                                                     agent_id=proposal.agent_id):
-            await self._submit(proposal, "proposal_resubmitted")
+        await self._submit(proposal, "proposal_resubmitted")
 
     def parse_proposal(self, topic_agent: str, payload: bytes) -> TradeProposal | RiskDecision:
         """A valid TradeProposal, or the `invalid` RiskDecision that answers the payload.
@@ -873,7 +1008,7 @@ class MqttBridge:
                                   value=_reason_value(given_agent)))
         data["agent_id"] = topic_agent
         try:
-            proposal = TradeProposal.model_validate_json(json.dumps(data, allow_nan=True))
+            proposal = TradeProposal.model_validate(data)   # parsed once: from the dict
         except ValidationError as exc:
             reasons.extend(validation_reasons(exc))
         else:

@@ -172,8 +172,8 @@ class Daemon:
 
             # a proposal is acknowledged to the broker only once journaled (FULL), see bus/mqtt.py
             bridge = MqttBridge(s, bus, self.clock, url=self.mqtt_url,
-                                on_proposal=_journal_proposal(journal),
-                                on_decision=_journal_decision(journal),
+                                on_proposals=_journal_proposal(journal),
+                                on_decisions=_journal_decision(journal),
                                 on_delivered=_journal_delivery(journal),
                                 seen_id=_journal_knows(journal))
             # on the bus before the first reconcile, so what it publishes (fills missed while
@@ -478,38 +478,46 @@ def _journal_knows(journal: Any) -> Any:
 
 
 def _journal_proposal(journal: Any) -> Any:
-    """The bridge's on_proposal hook: the proposal is journaled durably (FULL) before the broker
-    is told it arrived; once per proposal_id (the broker and agents may deliver it again; the
-    bridge takes proposals in one at a time, so the look-up and the write cannot interleave)."""
+    """The bridge's on_proposals hook: the proposals that came in together are journaled
+    durably (FULL), in one transaction and one commit, before the broker is told they arrived;
+    once per proposal_id (the broker and agents may deliver one again; the look-up runs inside
+    the write's own transaction, so nothing comes in between)."""
 
-    async def on_proposal(p: TradeProposal) -> None:
-        if not await journal.events(proposal_id=p.proposal_id, kinds="proposal", limit=1):
-            await journal.record("proposal", proposal_id=p.proposal_id, agent_id=p.agent_id,
-                                 payload=p, durable=True)
-            crash_point("proposal_journaled")
+    async def on_proposals(proposals: list[TradeProposal]) -> None:
+        await journal.record_many([
+            {"kind": "proposal", "proposal_id": p.proposal_id, "agent_id": p.agent_id,
+             "payload": p, "durable": True, "once": True} for p in proposals])
+        crash_point("proposal_journaled")
 
-    return on_proposal
+    return on_proposals
 
 
 def _journal_decision(journal: Any) -> Any:
-    """The bridge's on_decision hook: every decision is journaled (FULL, a DURABLE_KIND) before
-    it is published, so a restart answers a repeat with the very decision the agent saw."""
+    """The bridge's on_decisions hook: every decision is journaled (FULL, a DURABLE_KIND) before
+    it is published, so a restart answers a repeat with the very decision the agent saw; the
+    decisions that are ready together share one commit."""
 
-    async def on_decision(d: RiskDecision) -> None:
-        await journal.record("decision", proposal_id=d.proposal_id, agent_id=d.agent_id, payload=d)
+    async def on_decisions(decisions: list[RiskDecision]) -> None:
+        await journal.record_many([
+            {"kind": "decision", "proposal_id": d.proposal_id, "agent_id": d.agent_id,
+             "payload": d} for d in decisions])
         crash_point("decision_journaled")
 
-    return on_decision
+    return on_decisions
 
 
 def _journal_delivery(journal: Any) -> Any:
-    """The bridge's delivery hook: the broker has the decision or fill (PUBACK)."""
+    """The bridge's delivery hook: the broker has these decisions and fills (PUBACK); one
+    journal operation for all of them."""
 
-    async def delivered(kind: str, proposal_id: str, agent_id: str, key: str) -> None:
-        if kind == "decision":
+    async def delivered(deliveries: list[tuple[str, str, str, str]]) -> None:
+        if any(kind == "decision" for kind, *_ in deliveries):
             crash_point("decision_delivered")
-        payload = {"delivered": kind} if kind == "decision" else {"delivered": kind, "exec_id": key}
-        await journal.record("ack", proposal_id=proposal_id, agent_id=agent_id, payload=payload)
+        await journal.record_many([
+            {"kind": "ack", "proposal_id": pid, "agent_id": aid,
+             "payload": {"delivered": kind} if kind == "decision"
+             else {"delivered": kind, "exec_id": key}}
+            for kind, pid, aid, key in deliveries])
 
     return delivered
 

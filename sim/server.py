@@ -203,6 +203,9 @@ class PaperTWS:
         self.ack_holds: dict[tuple[str, str], str] = {}   # (orderRef, orderType) -> lose | mute
         self._muted: set[tuple[int, int]] = set()         # (clientId, orderId) never pushed
         self.lost_orders = 0
+        # benchmarks: called with each placeOrder the session handles (what-if ones too), before
+        # the engine sees it (bench/bench_latency.py takes its receive time)
+        self.on_place_order: Callable[[PlaceOrder], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -446,6 +449,8 @@ class PaperTWS:
                                s.version))
 
     def _h_place(self, s: Session, m: PlaceOrder) -> None:
+        if self.on_place_order is not None:
+            self.on_place_order(m)
         cid = s.client_id or 0
         if not m.contract.exchange:  # TWS wants the routing exchange even with a conId
             self._reject(s, m, 321, "Error validating request.-'bN' : cause - Missing order "

@@ -286,3 +286,76 @@ async def test_handler_runs_with_bound_context(bus: Bus) -> None:
         await bus.drain(timeout=1)
     line = next(e for e in logs if e["event"] == "handling")
     assert line["proposal_id"] == "p-7" and line["agent_id"] == "beta"
+
+
+# --------------------------------------------------------------------------- batches
+
+
+async def test_subscribe_batch_hands_over_what_is_queued_in_order() -> None:
+    from bus.messages import ControlCommand
+
+    bus = Bus()
+    got: list[list[str]] = []
+    gate = asyncio.Event()
+
+    async def handler(batch: list[ControlCommand]) -> None:
+        got.append([m.reason for m in batch])
+        await gate.wait()
+
+    sub = bus.subscribe_batch(ControlCommand, handler, name="batch", batch_max=3)
+    await bus.start()
+    for i in range(7):
+        await bus.publish(ControlCommand(action="halt", reason=f"r{i}", by="t"))
+    gate.set()
+    await bus.drain(2.0)
+    assert got == [["r0", "r1", "r2"], ["r3", "r4", "r5"], ["r6"]]   # at most batch_max each
+    await bus.publish(ControlCommand(action="halt", reason="alone", by="t"))
+    await bus.drain(2.0)
+    assert got[-1] == ["alone"]          # a message alone is handed over alone, at once
+    assert sub.delivered == 8
+    await bus.close()
+
+
+async def test_a_failing_batch_handler_is_counted_and_the_bus_goes_on() -> None:
+    from bus.messages import ControlCommand
+
+    bus = Bus()
+    calls: list[int] = []
+
+    async def handler(batch: list[ControlCommand]) -> None:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+
+    sub = bus.subscribe_batch(ControlCommand, handler, name="batch")
+    await bus.start()
+    await bus.publish(ControlCommand(action="halt", reason="a", by="t"))
+    await bus.drain(2.0)
+    await bus.publish(ControlCommand(action="halt", reason="b", by="t"))
+    await bus.drain(2.0)
+    assert calls == [1, 1] and sub.failed == 1 and sub.delivered == 1
+    await bus.close()
+
+
+async def test_wait_for_room_returns_once_the_worker_takes_one() -> None:
+    bus = Bus()
+    release = asyncio.Event()
+
+    async def slow(_msg: TradeProposal) -> None:
+        await release.wait()
+
+    bus.subscribe(TradeProposal, slow, name="risk", maxsize=1, overflow=Overflow.REJECT)
+    await bus.start()
+    p = TradeProposal(proposal_id="w-1", agent_id="a", symbol="AAPL", side="BUY", quantity=1,
+                      limit_price=100.0, take_profit=110.0, stop_loss=95.0)
+    assert bus.offer(p)                      # taken by the worker (blocked in the handler)
+    await asyncio.sleep(0)
+    assert bus.offer(p.model_copy(update={"proposal_id": "w-2"}))   # fills the queue
+    assert await bus.wait_for_room(TradeProposal, 0.05) is False    # still full
+    waiting = asyncio.create_task(bus.wait_for_room(TradeProposal, 2.0))
+    await asyncio.sleep(0)
+    release.set()                            # w-1 done, the worker takes w-2: room again
+    assert await waiting is True
+    assert bus.offer(p.model_copy(update={"proposal_id": "w-3"}))
+    await bus.drain(2.0)
+    await bus.close()

@@ -1,0 +1,240 @@
+"""Open-loop latency of the daemon: publish -> entry placeOrder at the paper TWS, and -> the
+decision back at the agent, at a fixed schedule of proposals per second.
+
+    .venv/bin/python bench/bench_latency.py [--n 2000] [--rate 100] [--approve-every 20]
+
+Open loop: proposal i is due at t0 + i / rate and its latency is measured from that scheduled
+time, not from when it was actually sent, so a stall in the daemon (or in this process) shows up
+in every proposal behind it instead of slowing the load. Every `approve-every`-th proposal is
+approvable (its entry rests far below the market), the others are rejected for their loss, so
+the IB legs stay inside the pacing of IB (the paper TWS's own pacing stays ON, 50 messages per
+client per second, and the daemon's pacer keeps under it).
+
+Real processes on loopback: mosquitto and the daemon (`python run.py`, JSON logs); the paper TWS
+in THIS process so the moment a placeOrder reaches it (its `on_place_order` hook) is read on the
+same clock as the schedule. Reported apart: the what-if round trip (the what-if placeOrder at
+the paper TWS -> the entry placeOrder, i.e. IB's answer plus the daemon's last checks) and
+publish -> what-if. Baseline in the same run: an MQTT publish -> receive round trip through the
+same broker, at the same schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import asyncio
+import json
+import logging
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.fixtures.daemon import DaemonProcess  # noqa: E402
+from tests.fixtures.mosquitto import MOSQUITTO_BINARY, MosquittoServer  # noqa: E402
+from tests.fixtures.paper_tws import start_paper_tws, stop_paper_tws  # noqa: E402
+
+LIMITS = """
+max_snapshot_age_s = 10.0
+max_quote_age_s = 15.0
+daily_loss_limit = 1e12
+per_trade_loss_limit = 100.0
+per_trade_loss_pct = 100.0
+max_drawdown_pct = 99.0
+max_open_brackets = 1000000
+max_position_units = 1e12
+max_position_notional = 1e15
+max_order_notional = 1e15
+max_gross_exposure_pct = 1e9
+max_net_exposure_pct = 1e9
+max_proposals_per_s = 100000.0
+proposal_burst = 100000
+max_remembered_decisions = 200000
+
+[agent]
+loss_limit = 1e12
+exposure_limit = 1e15
+max_open_brackets = 1000000
+max_proposals_per_s = 100000.0
+proposal_burst = 100000
+"""
+
+PX = {"AAPL": 195.5, "MSFT": 357.0, "TSLA": 212.5, "SPY": 493.0}   # 15 % under the paper TWS's quotes: inside the entry band (20 %), and the entries rest
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def fmt(xs: list[float]) -> str:
+    if not xs:
+        return "(none)"
+    return (f"p50 {statistics.median(xs):7.2f} ms   p90 {pct(xs, 90):7.2f} ms   "
+            f"p99 {pct(xs, 99):7.2f} ms   max {max(xs):7.2f} ms   (n={len(xs)})")
+
+
+def body(i: int, pid: str, approvable: bool) -> bytes:
+    sym = ("AAPL", "MSFT", "TSLA", "SPY")[i % 4]
+    px = PX[sym]
+    qty = 1 if approvable else 1000   # 1000 x 3 % of the price is past the per-trade loss limit
+    return json.dumps({"proposal_id": pid, "symbol": sym, "side": "BUY", "quantity": qty,
+                       "order_type": "LMT", "limit_price": px, "take_profit": round(px * 1.04, 2),
+                       "stop_loss": round(px * 0.97, 2)}).encode()
+
+
+async def open_loop(client: aiomqtt.Client, n: int, rate: float,
+                    topic_body: Any) -> tuple[dict[str, float], float]:
+    """Publish n messages at t0 + i / rate (each its own task: a slow PUBACK does not delay
+    the next one); returns {key: scheduled time} and the worst lateness of a send."""
+    loop = asyncio.get_running_loop()
+    due: dict[str, float] = {}
+    late = 0.0
+    tasks = []
+    t0 = time.perf_counter() + 0.05
+    for i in range(n):
+        at = t0 + i / rate
+        wait = at - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        late = max(late, time.perf_counter() - at)
+        key, topic, payload = topic_body(i)
+        due[key] = at
+        tasks.append(loop.create_task(client.publish(topic, payload, qos=1)))
+    await asyncio.gather(*tasks)
+    return due, late
+
+
+async def main(n: int, rate: float, approve_every: int, baseline_n: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bg-bench-lat-"))
+    (work / "limits.toml").write_text(LIMITS)
+    broker = MosquittoServer(MOSQUITTO_BINARY, work / "mosquitto")
+    broker.start()
+    tws = await start_paper_tws()   # pacing ON: 50 messages per client per second
+    assert tws.tws is not None
+    entry_at: dict[str, float] = {}
+    whatifs: list[float] = []   # ib_async sends a what-if without the orderRef: matched by time
+
+    def on_place(m: Any) -> None:
+        now = time.perf_counter()
+        if m.what_if:
+            whatifs.append(now)
+        elif m.parent_id == 0 and m.order_ref:
+            entry_at.setdefault(m.order_ref, now)
+
+    tws.tws.on_place_order = on_place
+    u = urlsplit(broker.url)
+    run = uuid.uuid4().hex[:6]
+    received: dict[str, tuple[float, dict[str, Any]]] = {}
+    echoed: dict[str, float] = {}
+    try:
+        d = await DaemonProcess.spawn(ib_host=tws.host, ib_port=tws.port, mqtt_url=broker.url,
+                                      tmp=work, extra_env={"RISK_LIMITS_FILE": str(work / "limits.toml")})
+        try:
+            async with aiomqtt.Client(u.hostname or "127.0.0.1", u.port or 1883,
+                                      identifier=f"bench-lat-{run}",
+                                      socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)) as c:
+                await c.subscribe(f"{d.prefix}/decisions/+", qos=1)
+                await c.subscribe(f"echo{run}/#", qos=1)
+
+                async def read() -> None:
+                    async for m in c.messages:
+                        now = time.perf_counter()
+                        raw = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
+                        if m.topic.value.startswith(f"echo{run}/"):
+                            echoed.setdefault(raw.decode(), now)
+                            continue
+                        dec = json.loads(raw)
+                        received.setdefault(dec.get("proposal_id", ""), (now, dec))
+
+                reader = asyncio.create_task(read())
+                # warm-up: the first proposal of each symbol fetches its contract and quote
+                for i in range(8):
+                    pid = f"warm-{run}-{i}"
+                    await c.publish(f"{d.prefix}/proposals/lat{i % 4}", body(i, pid, i < 4), qos=1)
+                await asyncio.sleep(2.0)
+                # baseline: the same schedule through the same broker, answered by no one
+                echo_due, echo_late = await open_loop(
+                    c, baseline_n, rate, lambda i: (f"e{i}", f"echo{run}/{i}", f"e{i}".encode()))
+                await asyncio.sleep(1.0)
+
+                def proposal(i: int) -> tuple[str, str, bytes]:
+                    pid = f"lat-{run}-{i}"
+                    return pid, f"{d.prefix}/proposals/lat{i % 5}", body(i, pid, i % approve_every == 0)
+
+                due, late = await open_loop(c, n, rate, proposal)
+                deadline = time.perf_counter() + 15
+                while len([p for p in due if p in received]) < n and time.perf_counter() < deadline:
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(0.5)
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+        finally:
+            rc = await d.terminate()
+        health = await tws.get("/health")
+    finally:
+        await stop_paper_tws(tws)
+        broker.stop()
+
+    base = [(echoed[k] - t) * 1000 for k, t in echo_due.items() if k in echoed]
+    approved = {p for p in due if p in received and received[p][1].get("verdict") == "approved"}
+    others = [p for p in due if p in received and p not in approved]
+    to_entry = [(entry_at[p] - due[p]) * 1000 for p in approved if p in entry_at]
+    whatif_at: dict[str, float] = {}
+    for p in approved:   # the last what-if between its schedule and its entry
+        if p in entry_at:
+            i = bisect.bisect_right(whatifs, entry_at[p]) - 1
+            if i >= 0 and whatifs[i] >= due[p]:
+                whatif_at[p] = whatifs[i]
+    to_whatif = [(whatif_at[p] - due[p]) * 1000 for p in approved if p in whatif_at]
+    whatif_rt = [(entry_at[p] - whatif_at[p]) * 1000 for p in approved if p in entry_at and p in whatif_at]
+    dec_approved = [(received[p][0] - due[p]) * 1000 for p in approved]
+    dec_other = [(received[p][0] - due[p]) * 1000 for p in others]
+    verdicts: dict[str, int] = {}
+    for p in due:
+        if p in received:
+            dec = received[p][1]
+            v = dec.get("verdict", "?")
+            if v != "approved":
+                v += ":" + ",".join(r.get("code", "?") for r in dec.get("reasons", [])[:1])
+            verdicts[v] = verdicts.get(v, 0) + 1
+    print(f"bracketgate open-loop latency: {n} proposals at {rate:.0f}/s, every {approve_every}th "
+          f"approvable (mosquitto + daemon subprocess + paper TWS with pacing ON, loopback)")
+    print(f"  verdicts {verdicts}; unanswered {n - sum(verdicts.values())}; "
+          f"worst send lateness {late * 1000:.1f} ms (baseline {echo_late * 1000:.1f} ms)")
+    print(f"  baseline MQTT publish -> receive      {fmt(base)}")
+    print(f"  publish -> entry placeOrder at TWS    {fmt(to_entry)}")
+    print(f"  publish -> approved decision back     {fmt(dec_approved)}")
+    print(f"  publish -> rejected decision back     {fmt(dec_other)}")
+    print(f"  apart: publish -> what-if at TWS      {fmt(to_whatif)}")
+    print(f"  apart: what-if at TWS -> entry        {fmt(whatif_rt)}  (IB's answer + last checks)")
+    if base:
+        b = statistics.median(base)
+        print(f"  p50 ratio to the baseline: entry {statistics.median(to_entry) / b if to_entry else float('nan'):.1f}x, "
+              f"approved {statistics.median(dec_approved) / b if dec_approved else float('nan'):.1f}x, "
+              f"rejected {statistics.median(dec_other) / b if dec_other else float('nan'):.1f}x")
+    print(f"  paper TWS pacing: error 100 sent {health['pacingErrors']}, dropped {health['pacingDropped']}")
+    print(f"  daemon exit code on SIGTERM: {rc}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--rate", type=float, default=100.0, help="proposals per second, open loop")
+    ap.add_argument("--approve-every", type=int, default=20,
+                    help="every k-th proposal is approvable (IB pacing: 4 messages per approval)")
+    ap.add_argument("--baseline-n", type=int, default=500)
+    a = ap.parse_args()
+    logging.getLogger("mqtt").setLevel(logging.ERROR)
+    from core.logs import configure_logging
+    configure_logging("json", "WARNING")   # the in-process paper TWS: quiet
+    asyncio.run(main(a.n, a.rate, a.approve_every, a.baseline_n))

@@ -1,0 +1,228 @@
+"""Sustained proposals/s through mosquitto: the daemon against a raw aiomqtt echo, same run.
+
+    .venv/bin/python bench/bench_throughput.py [--count 6000] [--concurrency 200] [--trials 1]
+
+Real processes on loopback: mosquitto, the paper TWS (`run.py sim`, its own process), the
+daemon (`python run.py`, JSON logs) and the baseline, a tiny aiomqtt process that answers each
+QoS 1 message on another topic (QoS 1, without awaiting each PUBACK in line: the broker's pace). Both get the same proposal payloads at the same
+publish window; each proposal is rejected by the gate (per-trade loss), as ~99 % are in the
+field. Printed: the sustained rate of each (answers between the 10th and 90th percentile of
+arrival, so start-up and tail are left out), their ratio (the goal: >= 0.7), and CPU ms per
+proposal of the daemon and of the echo process (utime + stime from /proc/<pid>/stat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.fixtures.daemon import DaemonProcess  # noqa: E402
+from tests.fixtures.mosquitto import MOSQUITTO_BINARY, MosquittoServer  # noqa: E402
+from tests.fixtures.paper_tws import spawn_paper_tws, stop_process  # noqa: E402
+
+# every proposal is rejected for its loss (3 % of 150 > 1.0), after every other check ran
+LIMITS = """
+max_snapshot_age_s = 10.0
+max_quote_age_s = 15.0
+daily_loss_limit = 1e12
+per_trade_loss_limit = 1.0
+per_trade_loss_pct = 100.0
+max_drawdown_pct = 99.0
+max_open_brackets = 1000000
+max_position_units = 1e12
+max_position_notional = 1e15
+max_order_notional = 1e15
+max_gross_exposure_pct = 1e9
+max_net_exposure_pct = 1e9
+max_proposals_per_s = 100000.0
+proposal_burst = 100000
+max_remembered_decisions = 200000
+
+[agent]
+loss_limit = 1e12
+exposure_limit = 1e15
+max_open_brackets = 1000000
+max_proposals_per_s = 100000.0
+proposal_burst = 100000
+"""
+
+# the baseline: answer each message on another topic, nothing else
+ECHO = r"""
+import asyncio, sys, aiomqtt
+host, port, inp, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+async def main():
+    async with aiomqtt.Client(host, port, identifier="bench-echo", max_inflight_messages=64) as c:
+        await c.subscribe(inp + "/+", qos=1)
+        print("ready", flush=True)
+        c.pending_calls_threshold = 10**6
+        pending = set()
+        async for m in c.messages:  # no PUBACK awaited in line: as fast as the broker goes
+            t = asyncio.ensure_future(c.publish(out + "/" + m.topic.value.rsplit("/", 1)[1],
+                                                m.payload, qos=1))
+            pending.add(t)
+            t.add_done_callback(pending.discard)
+asyncio.run(main())
+"""
+
+PX = {"AAPL": 195.5, "MSFT": 357.0, "TSLA": 212.5, "SPY": 493.0}   # 15 % under the paper TWS's quotes: inside the entry band (20 %), and the entries rest
+
+
+def payloads(count: int, run: str) -> list[bytes]:
+    out = []
+    for i in range(count):
+        sym = ("AAPL", "MSFT", "TSLA", "SPY")[i % 4]
+        px = PX[sym]
+        out.append(('{"proposal_id":"tp-%s-%d","symbol":"%s","side":"BUY","quantity":1,'
+                    '"order_type":"LMT","limit_price":%s,"take_profit":%s,"stop_loss":%s}'
+                    % (run, i, sym, px, round(px * 1.04, 2), round(px * 0.97, 2))).encode())
+    return out
+
+
+def cpu_ms(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+async def drive(url: str, inp: str, out: str, bodies: list[bytes], agents: int,
+                concurrency: int, pid: int) -> dict[str, Any]:
+    """Publish every body to {inp}/a{i % agents}, count answers on {out}/+; rates and CPU."""
+    u = urlsplit(url)
+    arrivals: list[float] = []
+    done = asyncio.Event()
+    async with aiomqtt.Client(u.hostname or "127.0.0.1", u.port or 1883,
+                              identifier=f"bench-drv-{uuid.uuid4().hex[:6]}",
+                              socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)) as c:
+        await c.subscribe(f"{out}/+", qos=1)
+
+        async def read() -> None:
+            async for _ in c.messages:
+                arrivals.append(time.perf_counter())
+                if len(arrivals) >= len(bodies):
+                    done.set()
+
+        reader = asyncio.create_task(read())
+        sem = asyncio.Semaphore(concurrency)
+
+        async def send(i: int, body: bytes) -> None:
+            async with sem:
+                await c.publish(f"{inp}/a{i % agents}", body, qos=1)
+
+        cpu0 = cpu_ms(pid)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(send(i, b) for i, b in enumerate(bodies)))
+        try:
+            await asyncio.wait_for(done.wait(), 120)
+        except TimeoutError:
+            pass
+        t1 = time.perf_counter()
+        cpu1 = cpu_ms(pid)
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    n = len(arrivals)
+    lo, hi = arrivals[n // 10], arrivals[(n * 9) // 10 - 1]
+    sustained = ((n * 9) // 10 - n // 10 - 1) / (hi - lo) if hi > lo else float("nan")
+    return {"answered": n, "overall": n / (t1 - t0), "sustained": sustained,
+            "cpu_ms_per": (cpu1 - cpu0) / max(1, n)}
+
+
+async def trial(count: int, agents: int, concurrency: int, warmup: int,
+                py_spy: str | None = None) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="bg-bench-tp-"))
+    (work / "limits.toml").write_text(LIMITS)
+    broker = MosquittoServer(MOSQUITTO_BINARY, work / "mosquitto")
+    broker.start()
+    proc, tws = await spawn_paper_tws()
+    u = urlsplit(broker.url)
+    run = uuid.uuid4().hex[:6]
+    res: dict[str, Any] = {}
+    try:
+        echo = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", ECHO, u.hostname or "127.0.0.1", str(u.port), f"echo{run}/in",
+            f"echo{run}/out", stdout=asyncio.subprocess.PIPE)
+        assert echo.stdout is not None
+        await asyncio.wait_for(echo.stdout.readline(), 10)
+        try:
+            await drive(broker.url, f"echo{run}/in", f"echo{run}/out", payloads(warmup, "w" + run),
+                        agents, concurrency, echo.pid)
+            res["echo"] = await drive(broker.url, f"echo{run}/in", f"echo{run}/out",
+                                      payloads(count, run), agents, concurrency, echo.pid)
+        finally:
+            echo.terminate()
+            await echo.wait()
+        d = await DaemonProcess.spawn(ib_host=tws.host, ib_port=tws.port, mqtt_url=broker.url,
+                                      tmp=work, extra_env={"RISK_LIMITS_FILE": str(work / "limits.toml"),
+                                                           "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO")})
+        try:
+            pfx = d.prefix
+            assert d.proc.pid is not None
+            await drive(broker.url, f"{pfx}/proposals", f"{pfx}/decisions", payloads(warmup, "w" + run),
+                        agents, concurrency, d.proc.pid)
+            spy = None
+            if py_spy:   # a profile of the measured part: py-spy's collapsed stacks
+                spy = await asyncio.create_subprocess_exec(
+                    str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+                    str(d.proc.pid), "--format", "raw", "--rate", "250", "--threads",
+                    "--output", py_spy, stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL)
+                await asyncio.sleep(1.0)
+            res["daemon"] = await drive(broker.url, f"{pfx}/proposals", f"{pfx}/decisions",
+                                        payloads(count, run), agents, concurrency, d.proc.pid)
+            if spy is not None:
+                spy.send_signal(2)
+                await spy.wait()
+        finally:
+            res["rc"] = await d.terminate()
+            await asyncio.wait_for(d._reader, 10)   # every line read
+        res["rejected"] = sum(1 for e in d.logs if e.get("event") == "risk_decision"
+                              and e.get("verdict") == "rejected")
+    finally:
+        await stop_process(proc, tws)
+        broker.stop()
+    return res
+
+
+async def main(count: int, agents: int, concurrency: int, trials: int, warmup: int,
+               py_spy: str | None) -> None:
+    results = [await trial(count, agents, concurrency, warmup, py_spy) for _ in range(trials)]
+    print(f"bracketgate throughput: {count} rejected proposals from {agents} agents, "
+          f"{concurrency} publishes in flight, {trials} trial(s) (mosquitto, paper TWS, daemon, "
+          "echo: each its own process, loopback)")
+    for i, r in enumerate(results):
+        e, d = r["echo"], r["daemon"]
+        print(f"  trial {i + 1}: echo {e['sustained']:7.0f}/s ({e['answered']} answered, "
+              f"{e['cpu_ms_per']:.3f} ms CPU each)   daemon {d['sustained']:7.0f}/s "
+              f"({d['answered']} answered, {d['cpu_ms_per']:.3f} ms CPU each)   "
+              f"ratio {d['sustained'] / e['sustained']:.2f}   gate rejections logged "
+              f"{r['rejected']}   exit {r['rc']}")
+    ratio = statistics.median(r["daemon"]["sustained"] / r["echo"]["sustained"] for r in results)
+    print(f"  median: daemon/echo sustained ratio {ratio:.2f} (goal >= 0.7); daemon CPU "
+          f"{statistics.median(r['daemon']['cpu_ms_per'] for r in results):.3f} ms per proposal")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=6000)
+    ap.add_argument("--agents", type=int, default=10)
+    ap.add_argument("--concurrency", type=int, default=200, help="publishes in flight")
+    ap.add_argument("--trials", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=500, help="proposals sent first, not counted")
+    ap.add_argument("--py-spy", metavar="FILE", help="profile the daemon's measured part with "
+                    "py-spy (pip install py-spy; not a requirement) into FILE, collapsed stacks")
+    a = ap.parse_args()
+    logging.getLogger("mqtt").setLevel(logging.ERROR)   # aiomqtt: "There are N pending publish calls"
+    asyncio.run(main(a.count, a.agents, a.concurrency, a.trials, a.warmup, a.py_spy))
