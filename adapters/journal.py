@@ -792,6 +792,7 @@ class Journal:
         self._state = _Lifecycle.UNOPENED
         self._writer: _Writer | None = None
         self.on_write_failure = on_write_failure
+        self._fresh: dict[str, tuple[str | None, str]] = {}   # proposal_id -> (agent, first ts)
 
     # -- lifecycle
     @classmethod
@@ -903,7 +904,9 @@ class Journal:
         look-up runs in the write's own transaction, so nothing can come in between.
         """
         run, full = self._event_write(kind, proposal_id, agent_id, order_id, payload, durable, once)
-        return await self._submit(run, full)
+        seq = await self._submit(run, full)
+        self._note_fresh(run)
+        return seq
 
     async def record_many(self, events: Sequence[Mapping[str, Any]]) -> list[int | None]:
         """Append several events in ONE operation (one transaction, one commit): each item holds
@@ -919,7 +922,26 @@ class Journal:
         def run_all(conn: sqlite3.Connection) -> list[int | None]:
             return [run(conn) for run in runs]
 
-        return await self._submit(run_all, any(full for _, full in writes))
+        seqs = await self._submit(run_all, any(full for _, full in writes))
+        for run in runs:
+            self._note_fresh(run)
+        return seqs
+
+    # -- ids journaled for the first time: the gate's look-up of them needs no round trip
+    FRESH_MAX = 65_536
+
+    def _note_fresh(self, run: Any) -> None:
+        """After a committed write: a proposal_id that no row knew before it is remembered here
+        (first-journaled time, agent) so `first_seen` answers it without the writer thread."""
+        decided = getattr(run, "decided", None)
+        if decided is not None:   # a decision for an id makes the "nothing decided" answer stale
+            self._fresh.pop(decided, None)
+        hit = getattr(run, "fresh", None)
+        if hit:
+            if len(self._fresh) >= self.FRESH_MAX:
+                self._fresh.clear()   # the look-ups fall back to SQLite: correct, only slower
+            pid, aid, ts = hit[0]
+            self._fresh[pid] = (aid, ts)
 
     def _event_write(self, kind: EventKind | str, proposal_id: str | None, agent_id: str | None,
                      order_id: int | None, payload: Mapping[str, Any] | BaseModel | None,
@@ -942,11 +964,16 @@ class Journal:
         remembered = kind is EventKind.PROPOSAL or kind is EventKind.DECISION
         only_once = once and pid is not None
 
+        fresh: list[tuple[str, str | None, str]] = []
+
         def run(conn: sqlite3.Connection) -> int | None:
+            fresh.clear()
             if only_once and conn.execute(
                     "SELECT 1 FROM events WHERE proposal_id = ? AND kind = ? LIMIT 1",
                     (pid, kind.value)).fetchone() is not None:
                 return None
+            new_id = kind is EventKind.PROPOSAL and pid is not None and conn.execute(
+                "SELECT 1 FROM proposal_ids WHERE proposal_id = ?", (pid,)).fetchone() is None
             if exec_id is not None:
                 row = conn.execute(
                     "SELECT seq FROM events WHERE kind = 'fill'"
@@ -958,8 +985,12 @@ class Journal:
             seq = _insert_event(conn, ts, kind.value, pid, aid, oid, text)
             if remembered:
                 journal_ids.remember(conn, kind.value, pid, aid, ts, seq, body)
+            if new_id:
+                fresh.append((pid, aid, ts))
             return seq
 
+        run.fresh = fresh  # type: ignore[attr-defined]  # read by _note_fresh after the commit
+        run.decided = pid if kind is EventKind.DECISION else None  # type: ignore[attr-defined]
         return run, kind in DURABLE_KINDS if durable is None else durable
 
     async def record_intent(
@@ -1075,6 +1106,11 @@ class Journal:
     async def first_seen(self, proposal_id: str) -> SeenId | None:
         """What the journal remembers of proposal_id (first-journaled time, first proposal,
         first gate decision), or None: never seen, or pruned (`prune_ids`)."""
+        hit = self._fresh.pop(proposal_id, None)
+        if hit is not None:   # journaled by this process a moment ago, new then: nothing decided
+            return journal_ids.SeenId(proposal_id=proposal_id, agent_id=hit[0],
+                                      first_seen=datetime.fromisoformat(hit[1]), verdict=None,
+                                      proposal=None, decision=None)
         return await self._submit(lambda conn: journal_ids.lookup(conn, proposal_id), None)
 
     async def prune_ids(self, before: datetime) -> int:

@@ -64,3 +64,31 @@ async def test_once_writes_a_proposal_once_per_id(tmp_path: Path) -> None:
         # without `once` (the default) every record is written, as before
         await journal.record("proposal", payload=p, durable=True)
         assert len(await journal.events(kinds="proposal")) == 3
+
+
+async def test_a_new_id_is_looked_up_without_a_writer_round_trip(tmp_path: Path) -> None:
+    """The gate asks `first_seen` for every new proposal_id: an id this journal just wrote for
+    the first time is answered in process (no operation queued behind the FULL commits); a
+    decision for it, or an id it knew before, goes to SQLite as always."""
+    async with Journal(tmp_path / "j.sqlite") as journal:
+        p = TradeProposal(**PROPOSAL)
+        await journal.record("proposal", payload=p, durable=True, once=True)
+        ops = journal.stats["ops"]
+        seen = await journal.first_seen("p-1")
+        assert journal.stats["ops"] == ops                       # no round trip
+        assert seen is not None and seen.decision is None and seen.agent_id == "alpha"
+        again = await journal.first_seen("p-1")                  # the second time: SQLite
+        assert journal.stats["ops"] == ops + 1
+        assert again is not None and again.first_seen == seen.first_seen
+
+        await journal.record("proposal", payload=TradeProposal(**PROPOSAL | {"proposal_id": "p-2"}),
+                             durable=True, once=True)
+        await journal.record("decision", proposal_id="p-2", agent_id="alpha", payload={
+            "proposal_id": "p-2", "agent_id": "alpha", "verdict": "rejected", "reasons": [],
+            "ts": "2026-12-01T00:00:00Z"})
+        decided = await journal.first_seen("p-2")                 # not the stale "undecided"
+        assert decided is not None and decided.decision is not None
+
+        await journal.record("proposal", payload=p, durable=True, once=True)   # known id
+        assert await journal.first_seen("p-1") is not None
+        assert journal.stats["ops"] > ops + 1
