@@ -105,12 +105,15 @@ class Daemon:
                 stack.push_async_callback(tws.stop)
                 self.embedded_tws = tws
                 self.ib_host, self.ib_port = "127.0.0.1", tws.port
+            bridge_url: str | None = None
             if self.mqtt_url is None:
                 from adapters.embedded_broker import EmbeddedBroker
 
-                broker_srv = EmbeddedBroker(host="127.0.0.1", port=_port_or_free(1883))
+                broker_srv = EmbeddedBroker(host="127.0.0.1", port=_port_or_free(1883),
+                                            credentials_file=s.data_dir / "default" / "mqtt-credentials.json")
                 await stack.enter_async_context(broker_srv)
-                self.mqtt_url = broker_srv.url
+                self.mqtt_url = broker_srv.url                   # no secret: logged, endpoints.json
+                bridge_url = broker_srv.login_url("daemon")     # the daemon's own login
             # the one line a person cannot miss: what this process trades against
             log.warning(f"=== {mode_line} ===", mode=self.mode, ib=f"{self.ib_host}:{self.ib_port}",
                         mqtt=_safe_url(self.mqtt_url),
@@ -168,7 +171,7 @@ class Daemon:
             recovered = await recover_from_journal(journal, governor, self.clock)
 
             # a proposal is acknowledged to the broker only once journaled (FULL), see bus/mqtt.py
-            bridge = MqttBridge(s, bus, self.clock, url=self.mqtt_url,
+            bridge = MqttBridge(s, bus, self.clock, url=bridge_url or self.mqtt_url,
                                 on_proposal=_journal_proposal(journal),
                                 on_decision=_journal_decision(journal),
                                 on_delivered=_journal_delivery(journal),
