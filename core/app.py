@@ -111,7 +111,12 @@ class Daemon:
 
                 broker_srv = EmbeddedBroker(host="127.0.0.1", port=_port_or_free(1883),
                                             credentials_file=s.data_dir / "default" / "mqtt-credentials.json")
-                await stack.enter_async_context(broker_srv)
+                try:
+                    await stack.enter_async_context(broker_srv)
+                except MqttError as e:   # its port, or a credentials file others can read
+                    log.error("embedded_broker_failed", error=str(e))
+                    print(f"bracketgate: embedded MQTT broker: {e}", file=sys.stderr)
+                    return EXIT_MQTT
                 self.mqtt_url = broker_srv.url                   # no secret: logged, endpoints.json
                 bridge_url = broker_srv.login_url("daemon")     # the daemon's own login
             # the one line a person cannot miss: what this process trades against
