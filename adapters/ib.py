@@ -243,6 +243,25 @@ class _Bounded(dict[_K, _V]):
             del self[next(iter(self))]
 
 
+def account_guard(configured: str, managed: list[str], *, paper: bool) -> str:
+    """The account to trade, checked against what this IB login manages (`managedAccounts`).
+
+    IB_ACCOUNT (`configured`), when set, must be one of them; in paper mode (paper ports, or the
+    embedded TWS) the account must be a paper one: IB paper account ids start with "D". Else
+    BrokerConnectError code ACCOUNT_GUARD: the daemon exits 3 with that one line, trading nothing."""
+    account = configured or (managed[0] if managed else "")
+    if configured and configured not in managed:
+        raise BrokerConnectError(
+            f"IB_ACCOUNT={configured} is not among the accounts this IB login manages "
+            f"({', '.join(managed) or 'none'}): refusing to trade", code="ACCOUNT_GUARD")
+    if paper and account and not account.startswith("D"):
+        raise BrokerConnectError(
+            f"paper mode, but IB account {account} is not a paper account (IB paper accounts "
+            "start with D): refusing to trade; use a paper login, or a live port with IB_LIVE=true",
+            code="ACCOUNT_GUARD")
+    return account
+
+
 class IBBroker:
     """The one IB connection, as an async context manager.
 
@@ -272,6 +291,7 @@ class IBBroker:
         if port in LIVE_PORTS and not live_ok:
             raise BrokerConnectError(f"port {port} is a LIVE trading port; refusing without explicit live opt-in")
         self.host, self.port, self.client_id, self.account = host, port, client_id, account
+        self.live_ok = live_ok
         self._publish = publish
         self._clock = clock
         self.connect_timeout = connect_timeout
@@ -460,9 +480,12 @@ class IBBroker:
             code, msg = self._connect_error_detail()
             self._set_state(ConnectionState.DISCONNECTED, code=code, message=str(e))
             raise BrokerConnectError(msg or f"IB closed the connection during the handshake: {e}", code=code) from e
-        if not self.account:
-            accounts = self.ib.client.getAccounts()
-            self.account = accounts[0] if accounts else ""
+        try:
+            self.account = account_guard(self.account, self.ib.client.getAccounts(), paper=not self.live_ok)
+        except BrokerConnectError as e:
+            log.error("ib_account_refused", code=e.code, error=e.message)
+            self.ib.disconnect()   # before any order or reconcile: nothing is traded
+            raise
         self._set_state(ConnectionState.CONNECTED)
         await self._after_connect()
 

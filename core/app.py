@@ -106,12 +106,20 @@ class Daemon:
                 stack.push_async_callback(tws.stop)
                 self.embedded_tws = tws
                 self.ib_host, self.ib_port = "127.0.0.1", tws.port
+            bridge_url: str | None = None
             if self.mqtt_url is None:
                 from adapters.embedded_broker import EmbeddedBroker
 
-                broker_srv = EmbeddedBroker(host="127.0.0.1", port=_port_or_free(1883))
-                await stack.enter_async_context(broker_srv)
-                self.mqtt_url = broker_srv.url
+                broker_srv = EmbeddedBroker(host="127.0.0.1", port=_port_or_free(1883),
+                                            credentials_file=s.data_dir / "default" / "mqtt-credentials.json")
+                try:
+                    await stack.enter_async_context(broker_srv)
+                except MqttError as e:   # its port, or a credentials file others can read
+                    log.error("embedded_broker_failed", error=str(e))
+                    print(f"bracketgate: embedded MQTT broker: {e}", file=sys.stderr)
+                    return EXIT_MQTT
+                self.mqtt_url = broker_srv.url                   # no secret: logged, endpoints.json
+                bridge_url = broker_srv.login_url("daemon")     # the daemon's own login
             # the one line a person cannot miss: what this process trades against
             log.warning(f"=== {mode_line} ===", mode=self.mode, ib=f"{self.ib_host}:{self.ib_port}",
                         mqtt=_safe_url(self.mqtt_url),
@@ -171,7 +179,7 @@ class Daemon:
             recovered = await recover_from_journal(journal, governor, self.clock)
 
             # a proposal is acknowledged to the broker only once journaled (FULL), see bus/mqtt.py
-            bridge = MqttBridge(s, bus, self.clock, url=self.mqtt_url,
+            bridge = MqttBridge(s, bus, self.clock, url=bridge_url or self.mqtt_url,
                                 on_proposals=_journal_proposal(journal),
                                 on_decisions=_journal_decision(journal),
                                 on_delivered=_journal_delivery(journal),

@@ -5,7 +5,14 @@ They talk to the daemon only through the broker, as any strategy agent or operat
   python run.py submit --agent demo --json '{"proposal_id": "...", ...}'
   python run.py halt --reason "news"      python run.py resume      python run.py status
 The broker comes from MQTT_URL, else from the endpoints file the daemon writes in default mode
-(data/endpoints.json), else mqtt://127.0.0.1:1883. Output is JSON on stdout.
+(data/endpoints.json), else mqtt://127.0.0.1:1883. The login comes from MQTT_URL's user:password,
+else MQTT_USERNAME / MQTT_PASSWORD, else (MQTT_URL unset: default mode) the `operator` login of
+the embedded broker's credentials file, DATA_DIR/default/mqtt-credentials.json.
+Output is JSON on stdout; errors are one JSON line on stderr, with every secret redacted.
+
+Exit codes: 0 approved / done, 1 rejected or invalid, 2 bad usage or a bad MQTT_URL,
+3 no answer from the daemon before the timeout, 4 MQTT broker unreachable,
+6 the broker refused the login ("not authorized": wrong or missing username/password).
 """
 
 from __future__ import annotations
@@ -14,15 +21,25 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
 ENDPOINTS_FILE = Path(os.environ.get("DATA_DIR", "data")) / "endpoints.json"
+CREDENTIALS_FILE = Path(os.environ.get("DATA_DIR", "data")) / "default" / "mqtt-credentials.json"
+EXIT_USAGE, EXIT_NO_ANSWER, EXIT_UNREACHABLE, EXIT_NOT_AUTHORIZED = 2, 3, 4, 6
+MQTT_SCHEMES = ("mqtt", "tcp", "mqtts", "ssl")
+NOT_AUTHORIZED_CODES = {4, 5, 134, 135}   # MQTT 3.1.1 CONNACK 4/5, MQTT 5 reason codes 134/135
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+
+
+class BadUrl(ValueError):
+    pass
 
 
 def broker_url() -> str:
@@ -30,8 +47,66 @@ def broker_url() -> str:
         return os.environ["MQTT_URL"]
     try:
         return json.loads(ENDPOINTS_FILE.read_text())["mqtt_url"]
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, TypeError):
         return "mqtt://127.0.0.1:1883"
+
+
+def _embedded_login() -> tuple[str | None, str | None]:
+    """Default mode only (MQTT_URL unset): the operator login the embedded broker made."""
+    if os.environ.get("MQTT_URL"):
+        return None, None
+    try:
+        login = json.loads(CREDENTIALS_FILE.read_text())["operator"]
+        return str(login["username"]), str(login["password"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None, None
+
+
+def login() -> tuple[str | None, str | None]:
+    """(username, password): MQTT_URL's, else MQTT_USERNAME/MQTT_PASSWORD, else the embedded one."""
+    try:
+        u = urlsplit(broker_url())
+        if u.username is not None:
+            return unquote(u.username), unquote(u.password) if u.password is not None else None
+    except ValueError:
+        pass
+    if os.environ.get("MQTT_USERNAME"):
+        return os.environ["MQTT_USERNAME"], os.environ.get("MQTT_PASSWORD") or None
+    return _embedded_login()
+
+
+def secrets_in_play() -> list[str]:
+    """Every secret this process knows, longest first: what redact() must never let through."""
+    found = {os.environ.get("MQTT_PASSWORD") or "", _embedded_login()[1] or "", login()[1] or ""}
+    try:
+        raw = urlsplit(broker_url()).password
+        if raw:
+            found |= {raw, unquote(raw)}
+    except ValueError:
+        pass
+    return sorted((x for x in found if x), key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    """`text` without any URL userinfo (scheme://user:pass@ -> scheme://***@) nor known secret."""
+    text = _URL_USERINFO.sub(lambda m: f"{m.group(1)}***@", text)
+    for secret in secrets_in_play():
+        text = text.replace(secret, "***")
+    return text
+
+
+def safe_url() -> str:
+    return redact(broker_url())
+
+
+def is_not_authorized(exc: BaseException) -> bool:
+    """The broker refused the login (CONNACK 4/5, paho's "Not authorized" / "Bad user name...")."""
+    rc = getattr(exc, "rc", None)
+    value = getattr(rc, "value", rc)
+    if isinstance(value, int) and value in NOT_AUTHORIZED_CODES:
+        return True
+    text = f"{rc} {exc}".lower()
+    return "not authori" in text or "bad user name or password" in text
 
 
 def prefix() -> str:
@@ -39,14 +114,22 @@ def prefix() -> str:
 
 
 def _client(url: str, client_id: str) -> aiomqtt.Client:
-    u = urlsplit(url)
+    try:
+        u = urlsplit(url)
+        port = u.port
+    except ValueError as exc:
+        raise BadUrl(f"MQTT_URL is not a valid URL ({exc})") from None
+    if u.scheme.lower() not in MQTT_SCHEMES:
+        raise BadUrl(f"MQTT_URL scheme must be one of {list(MQTT_SCHEMES)}, got {u.scheme!r}")
+    if not u.hostname:
+        raise BadUrl("MQTT_URL has no host")
     tls = None
-    if u.scheme in ("mqtts", "ssl"):
+    if u.scheme.lower() in ("mqtts", "ssl") or os.environ.get("MQTT_CA_FILE"):
         tls = aiomqtt.TLSParameters(ca_certs=os.environ.get("MQTT_CA_FILE") or None)
+    username, password = login()
     return aiomqtt.Client(
-        hostname=u.hostname or "127.0.0.1", port=u.port or (8883 if tls else 1883),
-        username=u.username or os.environ.get("MQTT_USERNAME") or None,
-        password=u.password or os.environ.get("MQTT_PASSWORD") or None,
+        hostname=u.hostname, port=port or (8883 if tls else 1883),
+        username=username, password=password,
         identifier=client_id, tls_params=tls, timeout=5,
     )
 
@@ -168,11 +251,22 @@ def main(argv: list[str]) -> int:
             code, out = asyncio.run(status(a.timeout))
         else:
             code, out = asyncio.run(control(a.cmd, a.reason, a.timeout))
+    except BadUrl as e:
+        return _fail(EXIT_USAGE, f"bad MQTT_URL {safe_url()}: {e}")
     except aiomqtt.MqttError as e:
-        print(json.dumps({"error": f"MQTT broker unreachable at {broker_url()}: {e}"}), file=sys.stderr)
-        return 4
+        if is_not_authorized(e):
+            return _fail(EXIT_NOT_AUTHORIZED, f"MQTT broker at {safe_url()} refused the login: not authorized"
+                         f" (user {login()[0] or '(none)'}; check MQTT_URL / MQTT_USERNAME / MQTT_PASSWORD)")
+        return _fail(EXIT_UNREACHABLE, f"MQTT broker unreachable at {safe_url()}: {e}")
+    except (OSError, ValueError) as e:   # a bad --file or --json, a TLS file that is not there
+        return _fail(EXIT_USAGE, f"{type(e).__name__}: {e}")
     if out is None:
         print(json.dumps({"error": "no answer from the daemon before the timeout"}), file=sys.stderr)
     else:
         print(json.dumps(out, indent=2))
+    return code
+
+
+def _fail(code: int, message: str) -> int:
+    print(json.dumps({"error": redact(message), "exit_code": code}), file=sys.stderr)
     return code

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from core.logs import configure_logging, get_logger
 from sim.engine import Brokerage
 from sim.market import PriceFeed
+from sim.model import AccountState
 from sim.server import PaperTWS, load_state
 from sim.universe import Universe
 
@@ -41,13 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max messages per second per client before error 100 (0 = off)")
     p.add_argument("--max-clients", type=int, default=32)
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--account", default=None, metavar="ID",
+                   help="the account id the TWS presents (default DU1234567, a paper id); e.g. "
+                        "U1234567 plays a live account behind a paper port (the daemon's account guard)")
     return p
 
 
 async def run(args: argparse.Namespace) -> int:
     universe = Universe()
     state = load_state(args.state) if args.state else None
-    engine = Brokerage.from_dict(state, universe) if state else Brokerage(universe)
+    engine = Brokerage.from_dict(state, universe) if state else Brokerage(
+        universe, account=AccountState(account_id=args.account) if args.account else None)
+    if state and args.account:
+        engine.account.account_id = args.account
     feed = PriceFeed(universe, seed=args.seed)
     tws = PaperTWS(engine, universe, host=args.host, port=args.port, feed=feed,
                    control_port=args.control_port, max_clients=args.max_clients,

@@ -669,14 +669,18 @@ async def test_tls_and_password_from_settings_never_logged(mosquitto: MosquittoS
 # --------------------------------------------------------------------------- embedded broker
 
 
+def _login(broker: EmbeddedBroker, role: str) -> tuple[str, str]:
+    return broker.credentials[role]["username"], broker.credentials[role]["password"]
+
+
 async def test_bridge_through_the_embedded_broker() -> None:
     bus = Bus()
     sink = Sink(bus, TradeProposal)
     await bus.start()
     async with EmbeddedBroker() as broker:
         assert broker.url.startswith("mqtt://127.0.0.1:")
-        async with Agent(broker.url) as agent:
-            async with MqttBridge(make_settings(), bus, url=broker.url) as bridge:
+        async with Agent(broker.url, credentials=_login(broker, "demo")) as agent:
+            async with MqttBridge(make_settings(), bus, url=broker.login_url("daemon")) as bridge:
                 await bridge.wait_connected(WAIT)
                 await agent.propose("alpha", VALID)
                 proposal = await sink.next()
@@ -687,7 +691,7 @@ async def test_bridge_through_the_embedded_broker() -> None:
                 await agent.propose("alpha", b"nope")
                 assert (await agent.next_json(f"{PREFIX}/decisions/alpha"))["verdict"] == "invalid"
                 await bus.publish(Status(state="online", ts=TS))
-                async with Agent(broker.url, subscribe=f"{PREFIX}/status") as late:
+                async with Agent(broker.url, subscribe=f"{PREFIX}/status", credentials=_login(broker, "demo")) as late:
                     while True:  # amqtt may first replay other retained messages (see its quirks)
                         msg = await late.next(f"{PREFIX}/status")
                         if json.loads(msg.payload)["state"] == "online":  # type: ignore[arg-type]
@@ -698,20 +702,20 @@ async def test_bridge_through_the_embedded_broker() -> None:
 
 async def test_embedded_broker_keeps_the_persistent_session() -> None:
     """amqtt queues QoS 1 for a disconnected persistent session only for non-anonymous clients:
-    EmbeddedBroker's LoopbackAuthPlugin makes that work (see adapters/embedded_broker.py)."""
+    EmbeddedBroker's PasswordAuthPlugin makes that work (see adapters/embedded_broker.py)."""
     settings = make_settings(mqtt_client_id="bracketgate-embedded")
     async with EmbeddedBroker() as broker:
         bus1 = Bus()
         await bus1.start()
-        async with MqttBridge(settings, bus1, url=broker.url) as first:
+        async with MqttBridge(settings, bus1, url=broker.login_url("daemon")) as first:
             await first.wait_connected(WAIT)
         await bus1.close()
-        async with Agent(broker.url) as agent:
+        async with Agent(broker.url, credentials=_login(broker, "demo")) as agent:
             await agent.propose("alpha", VALID | {"proposal_id": "while-away"})
         bus2 = Bus()
         sink = Sink(bus2, TradeProposal)
         await bus2.start()
-        async with MqttBridge(settings, bus2, url=broker.url) as second:
+        async with MqttBridge(settings, bus2, url=broker.login_url("daemon")) as second:
             await second.wait_connected(WAIT)
             assert (await sink.next()).proposal_id == "while-away"
         await bus2.close()
