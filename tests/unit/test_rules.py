@@ -371,13 +371,13 @@ def test_every_code_a_rule_can_emit_has_a_case_here_or_in_the_governor_tests() -
         D.DUPLICATE_PROPOSAL,
         D.BRACKET_CANCELLED_AT_IB, D.BRACKET_FINISHED_AT_IB,  # tests/unit/test_prior_placement.py
         D.OUTSIDE_TRADING_HOURS,  # test_trading_hours_window above
+        D.UNKNOWN_AGENT, D.AGENT_DISABLED,  # the agents file: tests/unit/test_agents.py
     }
     # answered by the MQTT bridge / daemon, not the governor
     elsewhere = {D.MALFORMED_JSON, D.PAYLOAD_TOO_LARGE, D.VALIDATION_ERROR, D.OVERLOADED,
                  D.SHUTTING_DOWN, D.PROPOSAL_EXPIRED,
                  D.RETAINED_PROPOSAL,  # tests/e2e/test_replays_e2e.py
-                 # who may trade (issue 10): the agents file and message authentication, each
-                 # with its own tests once built
-                 D.UNKNOWN_AGENT, D.AGENT_DISABLED, D.AUTH_REQUIRED, D.BAD_SIGNATURE,
-                 D.SIGNATURE_REPLAYED}
+                 # who may trade (issue 10): message authentication, with its own tests once
+                 # built
+                 D.AUTH_REQUIRED, D.BAD_SIGNATURE, D.SIGNATURE_REPLAYED}
     assert covered | elsewhere == set(DenialCode)
