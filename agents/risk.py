@@ -64,6 +64,7 @@ from bus.messages import (
     Verdict,
     WorkingOrder,
 )
+from config.agents import AgentsFile, diff_agents, load_agents
 from config.limits import AgentLimits, RiskLimits, SymbolLimits, diff_limits, load_limits
 from core.clock import Clock
 from core.logs import get_logger
@@ -110,6 +111,9 @@ _new_decision = RiskDecision.__new__
 _DECISION_FIELDS = frozenset(("proposal_id", "agent_id", "verdict", "reasons", "order_ids",
                               "trading_state", "ts"))
 _OFFLINE_FACTS_MAX = 10_000     # contracts remembered by the offline stand-in (tests, benches)
+# the one budget every unregistered agent_id shares when there is no agents file (not a valid
+# agent_id, so no agent can be it)
+SHARED_BUDGET = "*unregistered*"
 
 
 class TokenBucket:
@@ -352,8 +356,10 @@ class RiskGovernor:
 
     def __init__(self, limits: RiskLimits, clock: Clock, *,
                  contract_info: ContractInfo | None = None,
-                 initial_state: TradingState = TradingState.ACTIVE) -> None:
+                 initial_state: TradingState = TradingState.ACTIVE,
+                 agents: AgentsFile | None = None) -> None:
         self._clock = clock
+        self._agents = agents
         self._contract_info = contract_info
         self._state = initial_state
         self.ledger = ReservationLedger()
@@ -361,8 +367,9 @@ class RiskGovernor:
         self._view: SnapshotView | None = None
         self._decisions = DecisionMemory(limits.max_remembered_decisions,
                                          keep=self.ledger.__contains__)
-        # agent_id -> realized P&L today; agent_id -> conId -> signed units held
+        # agent_id -> realized P&L today; budget -> conId -> signed units held
         self._agent_realized: dict[str, float] = {}
+        self._budget_realized: dict[str, float] = {}  # the same by budget (see budget_of)
         self._agent_positions: dict[str, dict[int, float]] = {}
         self._exec_ids: dict[str, bool] = {}          # exec_id -> realized P&L counted
         self._last_price: dict[int, float] = {}       # conId -> last fill price
@@ -381,7 +388,9 @@ class RiskGovernor:
         now = clock.monotonic()
         self._proposal_bucket = TokenBucket(limits.max_proposals_per_s, limits.proposal_burst, now)
         self._order_bucket = TokenBucket(limits.max_order_msgs_per_s, limits.max_order_msgs_per_s, now)
+        # budget -> proposal bucket; budget -> order-message bucket (its share of the pacer)
         self._agent_buckets: dict[str, TokenBucket] = {}
+        self._agent_order_buckets: dict[str, TokenBucket] = {}
         self._replays = _Replays()
         self._apply_limits(limits)
 
@@ -395,7 +404,6 @@ class RiskGovernor:
         self._hours: tuple[time, time, frozenset[int]] | None = (
             None if h is None else (h.start, h.end, frozenset(h.weekdays)))
         self._symbol_limits: dict[str, SymbolLimits] = {}   # symbol -> resolved limits
-        self._agent_limits: dict[str, AgentLimits] = {}     # agent_id -> resolved limits
         self._day_ends = self._next_midnight(self._clock.now())
         # the rules that can deny under these limits, in RULES order (a rule switched off by
         # the limits file always passes): (any state but REDUCING, REDUCING)
@@ -410,13 +418,62 @@ class RiskGovernor:
         now = self._clock.monotonic()
         self._proposal_bucket.retune(limits.max_proposals_per_s, limits.proposal_burst, now)
         self._order_bucket.retune(limits.max_order_msgs_per_s, limits.max_order_msgs_per_s, now)
-        for agent_id, bucket in self._agent_buckets.items():
-            al = limits.for_agent(agent_id)
+        self._apply_agents()
+
+    def _apply_agents(self) -> None:
+        """Resolve budgets afresh (limits or agents file changed): drop the cached per-budget
+        limits and retune the buckets of budgets that exist."""
+        self._agent_limits: dict[str, AgentLimits] = {}     # budget -> resolved limits
+        self._budgets: dict[str, str] = {}                  # agent_id -> budget (cache)
+        now = self._clock.monotonic()
+        for budget, bucket in self._agent_buckets.items():
+            al = self._agent(budget)
             bucket.retune(al.max_proposals_per_s, al.proposal_burst, now)
+        for budget, bucket in self._agent_order_buckets.items():
+            rate, cap = self._order_share(self._agent(budget))
+            bucket.retune(rate, cap, now)
 
     @property
     def limits(self) -> RiskLimits:
         return self._limits
+
+    @property
+    def agents(self) -> AgentsFile | None:
+        return self._agents
+
+    def set_agents(self, agents: AgentsFile | None) -> list[str]:
+        """Use another agents file (None: none). Returns what changed. Open reservations stay
+        counted under the budget they were made in until they close."""
+        changes = diff_agents(self._agents, agents)
+        self._agents = agents
+        self._apply_agents()
+        return changes
+
+    def reload_agents(self, path: str | Path) -> list[str]:
+        """Re-read the agents file (SIGHUP). Returns what changed; an invalid file raises
+        ConfigError and the current agents stay in force."""
+        try:
+            new = load_agents(path)
+        except ConfigError as e:
+            log.error("agents_reload_failed", path=str(path), error=str(e))
+            raise
+        changes = self.set_agents(new)
+        log.info("agents_reloaded", path=str(path), changes=changes,
+                 agents=len(new.agents), enabled=sum(e.enabled for e in new.agents.values()))
+        return changes
+
+    def budget_of(self, agent_id: str) -> str:
+        """Whose budget an agent_id spends: its own when the agents file or the limits file's
+        `[agents.<id>]` names it, else (no agents file) the one SHARED_BUDGET."""
+        b = self._budgets.get(agent_id)
+        if b is None:
+            known = (self._agents is not None and agent_id in self._agents.agents) \
+                or agent_id in self._limits.agents
+            b = agent_id if known else SHARED_BUDGET
+            if len(self._budgets) >= _OFFLINE_FACTS_MAX:
+                self._budgets.clear()
+            self._budgets[agent_id] = b
+        return b
 
     def reload_limits(self, path: str | Path) -> list[str]:
         """Re-read the limits file (SIGHUP). Returns what changed; an invalid file raises
@@ -437,19 +494,49 @@ class RiskGovernor:
             sl = self._symbol_limits[symbol] = self._limits.for_symbol(symbol)
         return sl
 
-    def _agent(self, agent_id: str) -> AgentLimits:
-        al = self._agent_limits.get(agent_id)
+    def _agent(self, budget: str) -> AgentLimits:
+        """A budget's limits. Precedence (lowest first): the limits file's `[agent]`, its
+        `[agents.<id>]`, the agents file's `[agents.<id>]`; the shared budget: `[agent]`."""
+        al = self._agent_limits.get(budget)
         if al is None:
-            al = self._agent_limits[agent_id] = self._limits.for_agent(agent_id)
+            al = self._limits.agent if budget == SHARED_BUDGET else self._limits.for_agent(budget)
+            if self._agents is not None and budget != SHARED_BUDGET:
+                al = self._agents.limits_for(budget, al)
+            self._agent_limits[budget] = al
         return al
 
-    def _agent_bucket(self, agent_id: str, now: float) -> TokenBucket:
-        b = self._agent_buckets.get(agent_id)
+    def _agent_bucket(self, budget: str, now: float) -> TokenBucket:
+        b = self._agent_buckets.get(budget)
         if b is None:
-            al = self._agent(agent_id)
-            b = self._agent_buckets[agent_id] = TokenBucket(al.max_proposals_per_s,
-                                                            al.proposal_burst, now)
+            al = self._agent(budget)
+            b = self._agent_buckets[budget] = TokenBucket(al.max_proposals_per_s,
+                                                          al.proposal_burst, now)
         return b
+
+    def _order_share(self, al: AgentLimits) -> tuple[float, float]:
+        """(rate, capacity) of a budget's order-message bucket: its share of the IB pacer's
+        rate and of the headroom the pacer offers when idle (burst + rate x horizon)."""
+        share = al.max_order_share_pct / 100.0
+        budget = self._order_budget
+        rate = getattr(budget, "rate", None)
+        if budget is None or rate is None:
+            return math.inf, math.inf    # no pacer: the global order bucket alone
+        burst = float(getattr(budget, "burst", 0.0))
+        return share * rate, max(float(self._order_msgs_per_bracket),
+                                 share * (burst + rate * self._order_horizon_s()))
+
+    def _agent_order_bucket(self, budget: str, now: float) -> TokenBucket:
+        b = self._agent_order_buckets.get(budget)
+        if b is None:
+            rate, cap = self._order_share(self._agent(budget))
+            b = self._agent_order_buckets[budget] = TokenBucket(rate, cap, now)
+        return b
+
+    def use_order_budget(self, budget: OrderBudget | None) -> None:
+        """The IB pacer the order-rate rule reads (attach() sets it); each budget may take
+        at most its max_order_share_pct of it."""
+        self._order_budget = budget
+        self._agent_order_buckets.clear()
 
     def _multiplier_for(self, con_id: int, symbol: str) -> float:
         """A contract's multiplier: as reserved, else the snapshot's positions, else the
@@ -540,6 +627,7 @@ class RiskGovernor:
         """A new trading day: per-agent realized P&L and the equity peak start over."""
         log.info("risk_day_rolled", agents=len(self._agent_realized))
         self._agent_realized.clear()
+        self._budget_realized.clear()
         self._exec_ids.clear()
         self._equity_peak = None
         self._day_ends = self._next_midnight(now)
@@ -584,6 +672,13 @@ class RiskGovernor:
                             codes=[r.code.value for r in decision.reasons], prior=prior.outcome,
                             detail=prior.detail, trading_state=self._state.value)
                 return decision, False
+        if self._agents is not None:
+            refused = self._agent_gate(proposal.agent_id)
+            if refused is not None:   # before any other check: no token spent, nothing placed
+                decision = self._decision(proposal, [refused], now)
+                self._decisions.put(pid, proposal, decision)
+                self._log_decision(proposal, decision, None)
+                return decision, True
         expired = self._replays.expired(proposal, now, self._limits)
         if expired is not None:
             decision = self._decision(proposal, [expired], now)
@@ -601,18 +696,35 @@ class RiskGovernor:
         self._log_decision(proposal, decision, ctx)
         return decision, True
 
+    def _agent_gate(self, agent_id: str) -> Reason | None:
+        """With an agents file: UNKNOWN_AGENT / AGENT_DISABLED, else None."""
+        assert self._agents is not None
+        entry = self._agents.agents.get(agent_id)
+        if entry is None:
+            return deny(DenialCode.UNKNOWN_AGENT, value=agent_id, field="agent_id",
+                        detail="not in the agents file")
+        if not entry.enabled:
+            return deny(DenialCode.AGENT_DISABLED, value=agent_id, field="agent_id",
+                        detail="enabled = false in the agents file")
+        return None
+
     def _check(self, p: TradeProposal, snapshot: PortfolioSnapshot | None,
                now: datetime) -> tuple[list[Reason], RuleContext | None]:
         lim = self._limits
         mono = self._clock.monotonic()
-        # every attempt spends a proposal token, so a flood is limited whatever else fails
+        # every attempt spends a token of its agent's budget, so a flood is limited whatever
+        # else fails; the global bucket is charged only for what the agent's own bucket admits
+        # (fair share: a flooding agent spends its own tokens, never the other agents')
         rate_denied: tuple[str, float] | None = None
         agent = p.agent_id
-        agent_bucket = self._agent_buckets.get(agent) or self._agent_bucket(agent, mono)
-        if not self._proposal_bucket.take(mono):
+        budget = self._budgets.get(agent) or self.budget_of(agent)
+        agent_bucket = self._agent_buckets.get(budget) or self._agent_bucket(budget, mono)
+        if not agent_bucket.take(mono):
+            rate_denied = (f"agent {agent}" if budget != SHARED_BUDGET
+                           else "unregistered agents (one shared budget)", agent_bucket.rate)
+        elif not self._proposal_bucket.take(mono):
+            agent_bucket.tokens += 1.0   # not the agent's fault: its token back
             rate_denied = ("global", lim.max_proposals_per_s)
-        elif not agent_bucket.take(mono):
-            rate_denied = (f"agent {agent}", agent_bucket.rate)
 
         if snapshot is None:
             return [gate_connection(None)], None  # type: ignore[list-item]
@@ -659,7 +771,7 @@ class RiskGovernor:
         c = RuleContext.__new__(RuleContext)
         c.proposal = p
         c.limits = lim
-        c.agent_limits = self._agent_limits.get(agent) or self._agent(agent)
+        c.agent_limits = self._agent_limits.get(budget) or self._agent(budget)
         c.symbol_limits = sym
         c.now = now
         c.state = state = self._state
@@ -688,11 +800,12 @@ class RiskGovernor:
                                                       + ledger.side_pending_notional[i])
         c.open_brackets = len(ledger) + view.open_foreign
         c.open_worst_case = ledger.total_worst_case + view.foreign_worst_case
-        c.agent_open_brackets = ledger.agent_open(agent)
-        c.agent_worst_case = ledger.agent_worst_case.get(agent, 0.0)
-        c.agent_realized = self._agent_realized.get(agent, 0.0)
-        held = self._agent_positions.get(agent)
-        exposure = ledger.agent_pending_notional.get(agent, 0.0)
+        # per-agent figures are the budget's (the ledger and the fills are kept by budget)
+        c.agent_open_brackets = ledger.agent_open(budget)
+        c.agent_worst_case = ledger.agent_worst_case.get(budget, 0.0)
+        c.agent_realized = self._budget_realized.get(budget, 0.0)
+        held = self._agent_positions.get(budget)
+        exposure = ledger.agent_pending_notional.get(budget, 0.0)
         c.agent_position_notional = 0.0
         if held:
             for cid, units in held.items():
@@ -707,9 +820,12 @@ class RiskGovernor:
         if self._order_budget is not None:
             c.order_horizon_s = self._order_horizon_s()
             c.order_tokens = self._order_budget.headroom(c.order_horizon_s)
+            ob = self._agent_order_buckets.get(budget) or self._agent_order_bucket(budget, mono)
+            c.agent_order_tokens = ob.available(mono)
         else:
             c.order_horizon_s = None
             c.order_tokens = self._order_bucket.available(mono)
+            c.agent_order_tokens = math.inf
         c.order_msgs_needed = self._order_msgs_per_bracket
 
         reasons = [r for rule in self._rules[state is _REDUCING] if (r := rule(c)) is not None]
@@ -740,13 +856,17 @@ class RiskGovernor:
         return deadline / 2
 
     def _reserve(self, p: TradeProposal, c: RuleContext, now: datetime) -> None:
+        budget = self.budget_of(p.agent_id)
         if self._order_budget is not None:
             self._order_budget.promise(self._order_msgs_per_bracket, self._order_horizon_s())
+            self._agent_order_bucket(budget, self._clock.monotonic()).take(
+                self._clock.monotonic(), self._order_msgs_per_bracket)
         else:
             self._order_bucket.take(self._clock.monotonic(), self._order_msgs_per_bracket)
         self._multipliers[c.con_id] = c.multiplier
+        # kept under its budget: the ledger's per-agent totals are the budget's
         self.ledger.reserve(Reservation(
-            proposal_id=p.proposal_id, agent_id=p.agent_id, symbol=p.symbol, con_id=c.con_id,
+            proposal_id=p.proposal_id, agent_id=budget, symbol=p.symbol, con_id=c.con_id,
             sign=c.sign,
             quantity=c.quantity, entry_price=c.entry, stop_price=p.stop_loss,
             multiplier=c.multiplier, worst_case_loss=c.worst_case_loss, created_at=now))
@@ -885,19 +1005,20 @@ class RiskGovernor:
     def on_fill(self, fill: Fill) -> Reservation | None:
         """Attribute a fill to its agent; move its reservation. The released one if it closed."""
         seen = self._exec_ids.get(fill.exec_id)
+        budget = self.budget_of(fill.agent_id)
         realized = fill.realized_pnl if fill.realized_pnl is not None and math.isfinite(
             fill.realized_pnl) else None
         if seen is not None:
             if not seen and realized is not None:  # the commission report came later
-                self._agent_realized[fill.agent_id] = self._agent_realized.get(fill.agent_id, 0.0) + realized
+                self._count_realized(fill.agent_id, budget, realized)
                 self._exec_ids[fill.exec_id] = True
             return None
         self._exec_ids[fill.exec_id] = realized is not None
         if realized is not None:
-            self._agent_realized[fill.agent_id] = self._agent_realized.get(fill.agent_id, 0.0) + realized
+            self._count_realized(fill.agent_id, budget, realized)
         res = self.ledger.get(fill.proposal_id)
         cid = fill.con_id or (res.con_id if res is not None else 0)
-        held = self._agent_positions.setdefault(fill.agent_id, {})
+        held = self._agent_positions.setdefault(budget, {})
         units = held.get(cid, 0.0) + fill.side.sign * fill.quantity
         if abs(units) < 1e-9:
             held.pop(cid, None)
@@ -911,6 +1032,11 @@ class RiskGovernor:
             return self.release(fill.proposal_id, f"{fill.leg.value} filled")
         return None
 
+    def _count_realized(self, agent_id: str, budget: str, realized: float) -> None:
+        # by agent_id (attribution, status) and by budget (what the loss rule reads)
+        self._agent_realized[agent_id] = self._agent_realized.get(agent_id, 0.0) + realized
+        self._budget_realized[budget] = self._budget_realized.get(budget, 0.0) + realized
+
     def on_order_event(self, ev: OrderEvent) -> Reservation | None:
         """An order-status step of one leg. The released reservation if the bracket closed."""
         if self.ledger.leg_status(ev.proposal_id, ev.leg, ev.status, ev.filled, ev.ts):
@@ -921,7 +1047,7 @@ class RiskGovernor:
         """Stop counting a bracket (closed, cancelled, rejected, or never placed)."""
         res = self.ledger.release(proposal_id)
         if res is not None:
-            log.info("reservation_released", proposal_id=proposal_id, agent_id=res.agent_id,
+            log.info("reservation_released", proposal_id=proposal_id, budget=res.agent_id,
                      why=why, worst_case_loss=round(res.worst_case_loss, 2),
                      open_brackets=len(self.ledger))
         return res
@@ -958,9 +1084,9 @@ class RiskGovernor:
         self._bus = bus
         self._whatif = whatif
         self._prepare = prepare
-        self._order_budget = order_budget
         # an IB what-if is an order message too (placeOrder with whatIf=1)
         self._order_msgs_per_bracket = ORDER_MSGS_PER_BRACKET + (1 if whatif is not None else 0)
+        self.use_order_budget(order_budget)
         bus.subscribe(TradeProposal, self._on_proposal_msg, name="risk", maxsize=intake_maxsize,
                       overflow=Overflow.REJECT)
         bus.subscribe(PortfolioSnapshot, self._on_snapshot_msg, name="risk", maxsize=4,

@@ -125,7 +125,7 @@ class RuleContext:
         "open_brackets", "open_worst_case", "agent_open_brackets", "agent_worst_case",
         "agent_realized", "agent_exposure", "agent_position_notional",
         "proposal_rate_denied", "order_tokens", "order_msgs_needed",
-        "order_horizon_s",
+        "order_horizon_s", "agent_order_tokens",
     )
 
     def __init__(self, **kw: Any) -> None:
@@ -171,6 +171,7 @@ class RuleContext:
     order_tokens: float
     order_msgs_needed: int          # 3 legs, + 1 when a what-if precedes them
     order_horizon_s: float | None   # the IB pacer's horizon for order_tokens; None = own bucket
+    agent_order_tokens: float | None  # the agent's share of the pacer left (inf: no pacer)
 
 
 Rule = Callable[[RuleContext], Reason | None]
@@ -565,6 +566,14 @@ def rule_rates(c: RuleContext) -> Reason | None:
         return deny(D.RATE_LIMITED, needed, round(c.order_tokens, 3), field="ib_pacer_headroom",
                     detail=f"the IB pacer can send {max(0.0, c.order_tokens):.1f} more order "
                            f"messages within {c.order_horizon_s:g}s; a bracket needs {needed}")
+    share = c.agent_order_tokens
+    if share is not None and share < needed:
+        # fair share: this agent has taken its max_order_share_pct of the pacer for now
+        pct = c.agent_limits.max_order_share_pct
+        return deny(D.RATE_LIMITED, needed, round(share, 3), field="agent_order_share",
+                    detail=f"agent {c.proposal.agent_id} used its {pct:g} % share of the IB "
+                           f"pacer ({max(0.0, share):.1f} order messages left; a bracket "
+                           f"needs {needed})")
     if c.order_tokens < needed:
         return deny(D.RATE_LIMITED, c.limits.max_order_msgs_per_s, round(c.order_tokens, 3),
                     field="order_msgs_per_s",

@@ -26,6 +26,7 @@ PosMoney = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Pct = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+SharePct = Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)]
 
 DEFAULT_LIMITS_PATH = Path(__file__).with_name("limits.default.toml")
 
@@ -42,6 +43,9 @@ class AgentLimits(_Strict):
     max_open_brackets: Annotated[int, Field(ge=0)] = 10
     max_proposals_per_s: Rate = 5.0        # token bucket: sustained rate ...
     proposal_burst: Annotated[int, Field(ge=1)] = 10  # ... and bucket size
+    # fair share of the IB pacer: the most of its order-message throughput (and of its idle
+    # headroom) this agent's approvals may take, so one agent cannot exhaust it
+    max_order_share_pct: SharePct = 50.0
 
 
 class AgentOverride(_Strict):
@@ -52,6 +56,7 @@ class AgentOverride(_Strict):
     max_open_brackets: Annotated[int, Field(ge=0)] | None = None
     max_proposals_per_s: Rate | None = None
     proposal_burst: Annotated[int, Field(ge=1)] | None = None
+    max_order_share_pct: SharePct | None = None
 
 
 class SymbolOverride(_Strict):

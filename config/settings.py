@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
     risk_limits_file: Path = DEFAULT_LIMITS_FILE        # next to this module, whatever the cwd
+    # the agents file (config/agents.py): who may trade, per-agent limits and keys; None = no
+    # registry (every agent_id not named in the limits file shares one budget)
+    agents_file: Path | None = None
     # unset: each mode keeps its own journal, DATA_DIR/<mode>/journal.sqlite (`_journal_per_mode`);
     # an explicit JOURNAL_PATH is honoured, and still checked against the mode and IB account
     # it was made for (adapters/journal.py `claim`)
@@ -110,7 +113,8 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v
 
-    @field_validator("mqtt_password", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", mode="before")
+    @field_validator("mqtt_password", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file",
+                     "agents_file", mode="before")
     @classmethod
     def _empty_secret_or_path_is_none(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v

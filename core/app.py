@@ -54,6 +54,7 @@ class Daemon:
         self.ib_port = settings.ib_port
         self.mqtt_url = settings.mqtt_url
         self.embedded_tws: Any = None
+        self.agents: Any = None          # config/agents.py AgentsFile, when AGENTS_FILE is set
         self.exit_code = EXIT_OK
         self._connected_once = False
 
@@ -70,15 +71,20 @@ class Daemon:
 
     async def run(self) -> int:
         from adapters.journal import JournalError
+        from config.agents import load_agents
         from config.limits import load_limits
 
         s = self.settings
         try:
             s.validate_live_guard()
             limits = load_limits(s.risk_limits_file)
+            self.agents = load_agents(s.agents_file) if s.agents_file is not None else None
         except ConfigError as e:
             log.error("config_invalid", error=str(e), code="CONFIG")
             return EXIT_CONFIG
+        if self.agents is not None:
+            log.info("agents_loaded", path=str(s.agents_file), agents=len(self.agents.agents),
+                     enabled=sum(e.enabled for e in self.agents.agents.values()))
 
         try:
             return await self._run(s, limits)
@@ -164,7 +170,8 @@ class Daemon:
             # first of the hooks: nothing is reconciled against a journal of another account
             broker.add_reconcile_hook(self._account_check(journal, broker))
             broker.add_reconcile_hook(execution.reconcile)
-            self.governor = governor = RiskGovernor(limits, self.clock, contract_info=broker.cached_contract)
+            self.governor = governor = RiskGovernor(limits, self.clock, contract_info=broker.cached_contract,
+                                                   agents=self.agents)
             governor.use_id_memory(journal.first_seen)   # ids the decision memory forgot
             _attach_governor(governor, bus, broker, monitor)
             # a proposal_id without a decision is first looked up at IB (crash windows, lost journal)
@@ -360,6 +367,12 @@ class Daemon:
             log.info("limits_reloaded", path=str(path), changed=changed)
         except ConfigError as e:
             log.error("limits_reload_failed", path=str(path), error=str(e), code="CONFIG")
+        agents_path = self.settings.agents_file
+        if agents_path is not None:   # an invalid file keeps the agents in force (logged)
+            try:
+                self.governor.reload_agents(agents_path)
+            except ConfigError:
+                pass
 
 
 def _dump_tasks() -> None:

@@ -70,11 +70,14 @@ def _ts(iso: str) -> float:
 
 
 def write_limits(path: Path, top: dict[str, Any] | None = None,
-                 agent: dict[str, Any] | None = None) -> Path:
-    """A limits TOML: the given top-level keys and `[agent]` keys; every other limit defaults."""
+                 agent: dict[str, Any] | None = None, agents: list[str] = ()) -> Path:
+    """A limits TOML: the given top-level keys and `[agent]` keys; every other limit defaults.
+    `agents`: agent_ids named (`[agents.<id>]`, empty), each with a budget of its own (every
+    other agent_id shares one)."""
     lines = [f"{k} = {json.dumps(v)}" for k, v in (top or {}).items()]
     if agent:
         lines += ["[agent]", *(f"{k} = {json.dumps(v)}" for k, v in agent.items())]
+    lines += [f"[agents.{a}]" for a in agents]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -85,10 +88,12 @@ def ready_snapshot(s: Any) -> bool:
 
 @asynccontextmanager
 async def running(mosquitto: Any, tws: PaperTWSHandle, tmp_path: Path, *,
-                  limits: Path | None = None) -> AsyncIterator[tuple[DaemonProcess, MqttProbe]]:
+                  limits: Path | None = None, env: dict[str, str] | None = None,
+                  ) -> AsyncIterator[tuple[DaemonProcess, MqttProbe]]:
     """The daemon against `tws` and `mosquitto`, plus a probe that has seen it READY; the whole
     body bounded by TEST_BUDGET_S; the daemon stopped by PID (SIGTERM) and expected to exit 0."""
     extra = {"RISK_LIMITS_FILE": str(limits)} if limits is not None else {}
+    extra |= env or {}
     async with asyncio.timeout(TEST_BUDGET_S):
         d = await DaemonProcess.spawn(ib_host=tws.host, ib_port=tws.port, mqtt_url=mosquitto.url,
                                       tmp=tmp_path, extra_env=extra)
@@ -427,7 +432,8 @@ async def test_sighup_reloads_limits_and_keeps_them_on_a_bad_file(mosquitto, pap
 async def test_concurrent_burst_admits_exactly_the_limit(mosquitto, paper_tws_process, tmp_path):
     tws = paper_tws_process
     n_admitted = 5
-    limits = write_limits(tmp_path / "limits.toml", {"max_open_brackets": n_admitted})
+    limits = write_limits(tmp_path / "limits.toml", {"max_open_brackets": n_admitted},
+                          agents=[f"agent-{a}" for a in range(5)])   # five budgets
     async with running(mosquitto, tws, tmp_path, limits=limits) as (d, agent):
         wanted = {_pid(f"c{a}"): f"agent-{a}" for a in range(5) for _ in range(10)}   # 50
         async with asyncio.TaskGroup() as tg:
@@ -459,7 +465,8 @@ async def test_rate_limits_keep_the_gateway_under_pacing(mosquitto, paper_tws_pr
     # 1/s) and the IB pacer's headroom (a bracket is a what-if + 3 legs = 4 messages)
     limits = write_limits(tmp_path / "limits.toml", {"max_open_brackets": 200},
                           {"max_open_brackets": 100, "proposal_burst": 5,
-                           "max_proposals_per_s": 1.0})
+                           "max_proposals_per_s": 1.0},
+                          agents=["flood", *(f"wide-{a}" for a in range(8))])  # nine budgets
     async with running(mosquitto, tws, tmp_path, limits=limits) as (d, agent):
         wanted = {_pid("flood"): "flood" for _ in range(15)}
         wanted |= {_pid(f"w{a}"): f"wide-{a}" for a in range(8) for _ in range(4)}   # 32

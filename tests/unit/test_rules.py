@@ -126,8 +126,14 @@ CASES = [
          P(), P(), after_approvals(2, agent="z"), bad_setup=after_approvals(3, agent="z")),
     Case("open brackets per agent", D.MAX_OPEN_BRACKETS_AGENT, dict(agent={"max_open_brackets": 2}),
          P(), P(), after_approvals(1), bad_setup=after_approvals(2)),
+    # agents named in the limits file have budgets of their own ...
     Case("open brackets per agent (others unaffected)", D.MAX_OPEN_BRACKETS_AGENT,
-         dict(agent={"max_open_brackets": 2}), P(agent="a2"), P(), after_approvals(2)),
+         dict(agent={"max_open_brackets": 2}, agents={"a1": {}, "a2": {}}), P(agent="a2"), P(),
+         after_approvals(2)),
+    # ... every other agent_id shares ONE budget (issue 10): inventing ids buys nothing
+    Case("unregistered agent ids share one budget", D.MAX_OPEN_BRACKETS_AGENT,
+         dict(agent={"max_open_brackets": 2}), P(agent="a2"), P(agent="invented-9"),
+         after_approvals(1), bad_setup=after_approvals(2)),
     Case("per-trade loss", D.PER_TRADE_LOSS_LIMIT, dict(per_trade_loss_limit=10.0), P(qty=10), P(qty=11)),
     Case("per-trade loss with slippage", D.PER_TRADE_LOSS_LIMIT,
          dict(per_trade_loss_limit=12.0, slippage_ticks=20.0), P(qty=10), P(qty=11)),
@@ -297,7 +303,9 @@ def test_pending_reductions_use_up_reducing_room() -> None:
 
 
 def test_rate_limits_proposals_per_agent_and_orders() -> None:
-    lim = open_limits(agent={"max_proposals_per_s": 1.0, "proposal_burst": 2})
+    # both agents named in the limits file: each has a bucket of its own
+    lim = open_limits(agent={"max_proposals_per_s": 1.0, "proposal_burst": 2},
+                      agents={"a1": {}, "other": {}})
     gov, clock = governor(lim)
     snap = snapshot(clock)
     codes = [[r.code for r in gov.evaluate(proposal(f"p{i}"), snap).reasons] for i in range(3)]
@@ -363,13 +371,13 @@ def test_every_code_a_rule_can_emit_has_a_case_here_or_in_the_governor_tests() -
         D.DUPLICATE_PROPOSAL,
         D.BRACKET_CANCELLED_AT_IB, D.BRACKET_FINISHED_AT_IB,  # tests/unit/test_prior_placement.py
         D.OUTSIDE_TRADING_HOURS,  # test_trading_hours_window above
+        D.UNKNOWN_AGENT, D.AGENT_DISABLED,  # the agents file: tests/unit/test_agents.py
     }
     # answered by the MQTT bridge / daemon, not the governor
     elsewhere = {D.MALFORMED_JSON, D.PAYLOAD_TOO_LARGE, D.VALIDATION_ERROR, D.OVERLOADED,
                  D.SHUTTING_DOWN, D.PROPOSAL_EXPIRED,
                  D.RETAINED_PROPOSAL,  # tests/e2e/test_replays_e2e.py
-                 # who may trade (issue 10): the agents file and message authentication, each
-                 # with its own tests once built
-                 D.UNKNOWN_AGENT, D.AGENT_DISABLED, D.AUTH_REQUIRED, D.BAD_SIGNATURE,
-                 D.SIGNATURE_REPLAYED}
+                 # who may trade (issue 10): message authentication, with its own tests once
+                 # built
+                 D.AUTH_REQUIRED, D.BAD_SIGNATURE, D.SIGNATURE_REPLAYED}
     assert covered | elsewhere == set(DenialCode)
