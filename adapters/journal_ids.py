@@ -43,11 +43,18 @@ class SeenId:
 
 def is_gate_decision(body: Mapping[str, Any]) -> bool:
     """A decision that answers the id for good: not `invalid` (the payload was no proposal), not
-    the bridge's own OVERLOADED refusal (a retry must be decided). Same rule as core/recovery.py."""
+    the bridge's own refusals (OVERLOADED, a missing or bad signature: a retry must be decided).
+    Same rule as core/recovery.py."""
     if body.get("verdict") == "invalid" or not body.get("proposal_id"):
         return False
     codes = [r.get("code") for r in body.get("reasons") or () if isinstance(r, Mapping)]
-    return not (codes and all(c == "OVERLOADED" for c in codes))
+    return not (codes and all(c in TRANSPORT_REFUSALS for c in codes))
+
+
+# the bridge's own refusals, not the gate's: a retry (or the real agent, for a forged or
+# replayed signature) must be decided, so they never answer an id for good
+TRANSPORT_REFUSALS = frozenset({"OVERLOADED", "AUTH_REQUIRED", "BAD_SIGNATURE",
+                                "SIGNATURE_REPLAYED"})
 
 
 def remember(conn: sqlite3.Connection, kind: str, pid: str | None, aid: str | None, ts: str,

@@ -45,6 +45,7 @@ import paho.mqtt.client as paho
 import structlog
 from pydantic import ValidationError
 
+from bus.auth import Authenticator, Refusal
 from bus.bus import Bus, BusState, Overflow, Subscription
 from bus.errors import BusError, ConfigError, LifecycleError, MqttError, MqttNotConnected
 from bus.messages import (
@@ -325,11 +326,13 @@ class MqttBridge:
                  on_delivered: DeliveredHook | None = None,
                  seen_id: SeenIdHook | None = None,
                  on_proposals: ProposalsHook | None = None,
-                 on_decisions: DecisionsHook | None = None) -> None:
+                 on_decisions: DecisionsHook | None = None,
+                 authenticator: Authenticator | None = None) -> None:
         if on_proposal is not None and on_proposals is not None \
                 or on_decision is not None and on_decisions is not None:
             raise ConfigError("MqttBridge takes one proposal hook and one decision hook")
         self._settings = settings
+        self._auth = authenticator   # signed messages (bus/auth.py), when an agents file has keys
         self._seen_id = seen_id   # retained proposals: answered once (see _refuse_retained)
         self._delivered_hook = on_delivered
         self._delivery_tasks: set[asyncio.Task[None]] = set()
@@ -887,6 +890,12 @@ class MqttBridge:
             log.warning("proposal_topic_invalid", code="INVALID_AGENT_ID",
                         topic_agent=printable(topic_agent, 80), length=len(topic_agent),
                         action="answered invalid on its decisions topic")
+        if self._auth is not None and len(payload) <= self._settings.mqtt_max_payload:
+            opened = self._auth.open_proposal(self.topics.proposals(topic_agent), topic_agent,
+                                              payload)
+            if isinstance(opened, Refusal):
+                return self._unauthenticated(topic_agent, payload, opened)
+            payload = opened
         try:
             return self.parse_proposal(topic_agent, payload)
         except Exception as exc:  # a payload no check foresaw: still answered, and logged
@@ -896,6 +905,20 @@ class MqttBridge:
                 code=DenialCode.VALIDATION_ERROR,
                 message=f"{DENIAL_MESSAGES[DenialCode.VALIDATION_ERROR]}: it could not be "
                         f"checked ({type(exc).__name__})")])
+
+    def _unauthenticated(self, agent: str, payload: bytes, refusal: Refusal) -> RiskDecision:
+        """A proposal whose signature is missing, wrong or replayed: answered `rejected` with the
+        code (journaled like every answer), never offered to the gate, and not remembered as
+        the id's decision (a forger cannot burn an agent's proposal_id: see journal_ids)."""
+        self.counters["unauthenticated"] = self.counters.get("unauthenticated", 0) + 1
+        peek = _PROPOSAL_ID_PEEK.search(payload.replace(b'\\"', b'"'), 0, 8192)
+        pid = peek.group(1).decode("utf-8", "replace") if peek else ""
+        log.warning("proposal_unauthenticated", code=str(refusal.code), detail=refusal.detail,
+                    proposal_id=printable(pid) or None, agent_id=printable(agent, 80))
+        return RiskDecision(proposal_id=printable(pid), agent_id=printable(agent, 65_535),
+                            verdict=Verdict.REJECTED,
+                            reasons=[Reason(code=refusal.code, message=refusal.message)],
+                            ts=self._clock.now())
 
     async def _intake(self, topic_agent: str, payload: bytes) -> None:
         """One payload, alone: parsed, made durable, offered (or answered)."""
@@ -1045,6 +1068,16 @@ class MqttBridge:
         if len(payload) > self._settings.mqtt_max_payload:
             log.warning("control_invalid", code=str(DenialCode.PAYLOAD_TOO_LARGE), size=len(payload))
             return
+        if self._auth is not None:
+            opened = self._auth.open_control(self.topics.control, payload)
+            if isinstance(opened, Refusal):   # journaled and published as an Alert
+                self.counters["controls_refused"] = self.counters.get("controls_refused", 0) + 1
+                log.warning("control_refused", code=str(opened.code), detail=opened.detail)
+                await self._bus.publish(Alert(code=str(opened.code),
+                                              message=f"control command refused: {opened.message}",
+                                              ts=self._clock.now()))
+                return
+            payload = opened
         try:
             command = ControlCommand.model_validate_json(payload)
         except ValidationError as exc:

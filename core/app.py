@@ -24,6 +24,7 @@ from typing import Any
 
 from bus.errors import BrokerConnectError, ConfigError, MqttError
 from bus.messages import (
+    Alert,
     ConnectionState,
     ControlCommand,
     RiskDecision,
@@ -190,7 +191,8 @@ class Daemon:
                                 on_proposals=_journal_proposal(journal),
                                 on_decisions=_journal_decision(journal),
                                 on_delivered=_journal_delivery(journal),
-                                seen_id=_journal_knows(journal))
+                                seen_id=_journal_knows(journal),
+                                authenticator=_authenticator(governor))
             # on the bus before the first reconcile, so what it publishes (fills missed while
             # down, leg states, alerts) reaches the agents once MQTT is connected
             bridge.attach()
@@ -375,6 +377,25 @@ class Daemon:
                 pass
 
 
+def _authenticator(governor: Any) -> Any:
+    """Signed messages (bus/auth.py) whenever an agents file is in force: agents with a key and
+    the operator (once it has one) must sign; keys follow the file across SIGHUP reloads."""
+    from bus.auth import Authenticator
+
+    if governor.agents is None:
+        return None
+
+    def key_for(agent_id: str) -> bytes | None:
+        agents = governor.agents
+        return agents.key_for(agent_id) if agents is not None else None
+
+    def operator_key() -> bytes | None:
+        agents = governor.agents
+        return agents.operator_key if agents is not None else None
+
+    return Authenticator(key_for, operator_key)
+
+
 def _dump_tasks() -> None:
     """SIGUSR1: log every asyncio task with where it is waiting (for a daemon that seems stuck)."""
     import io
@@ -554,8 +575,16 @@ def _attach_journal(bus: Any, journal: Any) -> None:
     async def control(msg: ControlCommand) -> None:
         await journal.record("note", payload={"control": msg.model_dump(mode="json")})
 
+    async def refused(msg: Alert) -> None:
+        if msg.code in _AUTH_CODES:   # a control command the bridge refused (bus/auth.py)
+            await journal.record("alert", payload=msg)
+
     bus.subscribe(TradingStateChanged, state, name="journal.state")
     bus.subscribe(ControlCommand, control, name="journal.control")
+    bus.subscribe(Alert, refused, name="journal.refused")
+
+
+_AUTH_CODES = frozenset({"AUTH_REQUIRED", "BAD_SIGNATURE", "SIGNATURE_REPLAYED"})
 
 
 def main(argv: list[str]) -> int:

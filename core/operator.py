@@ -8,6 +8,8 @@ The broker comes from MQTT_URL, else from the endpoints file the daemon writes i
 (data/endpoints.json), else mqtt://127.0.0.1:1883. The login comes from MQTT_URL's user:password,
 else MQTT_USERNAME / MQTT_PASSWORD, else (MQTT_URL unset: default mode) the `operator` login of
 the embedded broker's credentials file, DATA_DIR/default/mqtt-credentials.json.
+With AGENTS_FILE set, a proposal is signed with its agent's key and a control command with the
+operator's, when the file has them (bus/auth.py; the daemon then requires it).
 Output is JSON on stdout; errors are one JSON line on stderr, with every secret redacted.
 
 Exit codes: 0 approved / done, 1 rejected or invalid, 2 bad usage or a bad MQTT_URL,
@@ -29,6 +31,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+
+from bus.errors import ConfigError
 
 ENDPOINTS_FILE = Path(os.environ.get("DATA_DIR", "data")) / "endpoints.json"
 CREDENTIALS_FILE = Path(os.environ.get("DATA_DIR", "data")) / "default" / "mqtt-credentials.json"
@@ -139,11 +143,26 @@ async def submit(proposal: dict[str, Any], agent_id: str, timeout: float) -> tup
     topic_dec = f"{prefix()}/decisions/{agent_id}"
     async with _client(broker_url(), f"bg-submit-{uuid.uuid4().hex[:8]}") as client:
         await client.subscribe(topic_dec, qos=1)
-        await client.publish(f"{prefix()}/proposals/{agent_id}", json.dumps(proposal), qos=1)
+        topic = f"{prefix()}/proposals/{agent_id}"
+        await client.publish(topic, _maybe_signed(topic, json.dumps(proposal), agent_id), qos=1)
         decision = await _first_json(client, lambda d: d.get("proposal_id") == pid, timeout)
     if decision is None:
         return 3, None
     return (0 if decision.get("verdict") == "approved" else 1), decision
+
+
+def _maybe_signed(topic: str, body: str, agent_id: str | None) -> str | bytes:
+    """Signed with the agent's key (a proposal) or the operator's (control) when the agents
+    file (AGENTS_FILE) has one, as the daemon then requires (bus/auth.py, docs/AUTH.md)."""
+    path = os.environ.get("AGENTS_FILE")
+    if not path:
+        return body
+    from bus.auth import sign
+    from config.agents import load_agents
+
+    agents = load_agents(path)
+    key = agents.key_for(agent_id) if agent_id is not None else agents.operator_key
+    return body if key is None else sign(key, topic, body)
 
 
 async def _first_json(client: aiomqtt.Client, pred: Any, timeout: float) -> dict[str, Any] | None:
@@ -165,7 +184,10 @@ async def _first_json(client: aiomqtt.Client, pred: Any, timeout: float) -> dict
 async def control(action: str, reason: str, timeout: float) -> tuple[int, dict[str, Any] | None]:
     async with _client(broker_url(), f"bg-control-{uuid.uuid4().hex[:8]}") as client:
         await client.subscribe(f"{prefix()}/events", qos=1)
-        await client.publish(f"{prefix()}/control", json.dumps({"action": action, "reason": reason}), qos=1)
+        topic = f"{prefix()}/control"
+        await client.publish(topic, _maybe_signed(topic, json.dumps({"action": action,
+                                                                     "reason": reason}), None),
+                             qos=1)
         want = {"halt": "HALTED", "reduce": "REDUCING", "resume": "ACTIVE"}[action]
         ev = await _first_json(client, lambda e: e.get("new") == want, timeout)
     if ev is not None:
@@ -253,6 +275,8 @@ def main(argv: list[str]) -> int:
             code, out = asyncio.run(control(a.cmd, a.reason, a.timeout))
     except BadUrl as e:
         return _fail(EXIT_USAGE, f"bad MQTT_URL {safe_url()}: {e}")
+    except ConfigError as e:   # AGENTS_FILE unreadable or invalid (it never prints a key)
+        return _fail(EXIT_USAGE, f"AGENTS_FILE: {e}")
     except aiomqtt.MqttError as e:
         if is_not_authorized(e):
             return _fail(EXIT_NOT_AUTHORIZED, f"MQTT broker at {safe_url()} refused the login: not authorized"

@@ -26,7 +26,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bus.messages import DenialCode, Fill, RiskDecision, TradeProposal, Verdict
+from adapters.journal_ids import TRANSPORT_REFUSALS
+from bus.messages import Fill, RiskDecision, TradeProposal, Verdict
 from core.clock import Clock
 from core.logs import get_logger
 
@@ -43,9 +44,9 @@ class Recovered:
 
 
 def _transport_refusal(d: RiskDecision) -> bool:
-    """The bridge's own OVERLOADED answer is not the gate's decision: a retry after a restart
-    must be decided, not refused forever."""
-    return bool(d.reasons) and all(r.code is DenialCode.OVERLOADED for r in d.reasons)
+    """The bridge's own answers (OVERLOADED, a missing or bad signature) are not the gate's
+    decision: a retry after a restart must be decided, not refused forever."""
+    return bool(d.reasons) and all(r.code.value in TRANSPORT_REFUSALS for r in d.reasons)
 
 
 RECENT_DECISIONS = 4096   # decisions put back into the governor's memory (a warm cache)

@@ -10,6 +10,7 @@ agent at ~250 proposals/s cannot starve a quiet agent's 1/s proposals.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.e2e.test_risk_e2e import (
     running,
     write_limits,
 )
+from bus.auth import sign
 from tests.fixtures.daemon import MqttProbe
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
@@ -51,6 +53,11 @@ async def test_unknown_and_disabled_agents_are_refused_and_nothing_placed(
     async with running(mosquitto, tws, tmp_path, env={"AGENTS_FILE": str(agents)}) as (d, probe):
         wanted = {_pid("u"): "stranger", _pid("d"): "off", _pid("a"): "alpha"}
         for pid, agent_id in wanted.items():
+            if agent_id == "alpha":   # an agent with a key signs (bus/auth.py)
+                topic = f"{d.prefix}/proposals/alpha"
+                await probe.client.publish(topic, sign(KEY.encode(), topic,
+                                                       json.dumps(resting(pid))), qos=1)
+                continue
             await probe.propose(agent_id, resting(pid))
         got = await decisions(probe, wanted)
         by_agent = {wanted[pid]: dec for pid, dec in got.items()}
@@ -94,9 +101,16 @@ async def test_sighup_enables_and_disables_an_agent(mosquitto, paper_tws_process
     tws = paper_tws_process
     path = write_agents(tmp_path / "agents.toml", {"alpha": {"enabled": False}})
     async with running(mosquitto, tws, tmp_path, env={"AGENTS_FILE": str(path)}) as (d, probe):
+        signing = False   # once the file gives alpha a key, alpha must sign (bus/auth.py)
+
         async def verdict(tag: str) -> dict[str, Any]:
             pid = _pid(tag)
-            await probe.propose("alpha", resting(pid))
+            if signing:
+                topic = f"{d.prefix}/proposals/alpha"
+                await probe.client.publish(topic, sign(KEY.encode(), topic,
+                                                       json.dumps(resting(pid))), qos=1)
+            else:
+                await probe.propose("alpha", resting(pid))
             return await probe.decision("alpha", pid)
 
         assert codes(await verdict("off")) == {"AGENT_DISABLED"}
@@ -106,6 +120,8 @@ async def test_sighup_enables_and_disables_an_agent(mosquitto, paper_tws_process
         line = await d.wait_log(lambda e: e.get("event") == "agents_reloaded")
         assert "agents.alpha.enabled: False -> True" in line["changes"], line
         assert "agents.alpha.key: changed" in line["changes"], line
+        assert codes(await verdict("unsigned")) == {"AUTH_REQUIRED"}   # the key is in force
+        signing = True
         assert (await verdict("on"))["verdict"] == "approved"
 
         path.write_text("[agents.alpha]\nenabled = true\nmax_open_brakets = 3\n")   # typo
@@ -119,6 +135,7 @@ async def test_sighup_enables_and_disables_an_agent(mosquitto, paper_tws_process
         d.proc.send_signal(signal.SIGHUP)
         await d.wait_log(lambda e: e.get("event") == "agents_reloaded"
                          and any("True -> False" in c for c in e.get("changes", [])))
+        signing = False   # the key is gone with it
         assert codes(await verdict("off-again")) == {"AGENT_DISABLED"}
         assert d.proc.returncode is None and len(d.logs) > mark
     assert KEY not in "\n".join(d.raw)

@@ -377,7 +377,7 @@ def test_every_code_a_rule_can_emit_has_a_case_here_or_in_the_governor_tests() -
     elsewhere = {D.MALFORMED_JSON, D.PAYLOAD_TOO_LARGE, D.VALIDATION_ERROR, D.OVERLOADED,
                  D.SHUTTING_DOWN, D.PROPOSAL_EXPIRED,
                  D.RETAINED_PROPOSAL,  # tests/e2e/test_replays_e2e.py
-                 # who may trade (issue 10): message authentication, with its own tests once
-                 # built
+                 # message authentication (bus/auth.py): tests/unit/test_auth.py and
+                 # tests/e2e/test_auth_e2e.py
                  D.AUTH_REQUIRED, D.BAD_SIGNATURE, D.SIGNATURE_REPLAYED}
     assert covered | elsewhere == set(DenialCode)
