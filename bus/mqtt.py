@@ -72,6 +72,7 @@ log = get_logger("bracketgate.mqtt")
 # paho's own lines go to the "aiomqtt" stdlib logger, whose level core/logs.py sets (not "mqtt")
 _PAHO_LOG = logging.getLogger("aiomqtt")
 
+NOT_AUTHORIZED_RC = frozenset({4, 5, 134, 135})   # CONNACK: bad login / not authorised (3.1.1, 5)
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 10.0
 CLOSE_FLUSH_TIMEOUT_S = 5.0
@@ -332,6 +333,7 @@ class MqttBridge:
                 or on_decision is not None and on_decisions is not None:
             raise ConfigError("MqttBridge takes one proposal hook and one decision hook")
         self._settings = settings
+        self.last_refusal: int | None = None   # the broker's CONNACK code when it refused our login
         self._auth = authenticator   # signed messages (bus/auth.py), when an agents file has keys
         self._seen_id = seen_id   # retained proposals: answered once (see _refuse_retained)
         self._delivered_hook = on_delivered
@@ -516,8 +518,10 @@ class MqttBridge:
                     failures = 0
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
-                log.warning("mqtt_connection_lost", endpoint=self.endpoint,
-                            code=_rc_value(getattr(exc, "rc", None)), error=str(exc))
+                rc = _rc_value(getattr(exc, "rc", None))
+                self.last_refusal = rc if rc in NOT_AUTHORIZED_RC else None
+                log.warning("mqtt_connection_lost", endpoint=self.endpoint, code=rc,
+                            error=str(exc), not_authorized=self.last_refusal is not None)
             except _Redeliver:  # logged where the hook failed; back off longer each time in a row
                 failures = self._not_durable_streak
             except Exception:

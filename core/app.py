@@ -215,6 +215,12 @@ class Daemon:
                 await stack.enter_async_context(bridge)
                 await bridge.wait_connected(timeout=s.ib_connect_timeout)
             except MqttError as e:
+                if bridge.last_refusal is not None:   # it answered, and refused our login
+                    log.error("mqtt_not_authorized", code=bridge.last_refusal,
+                              url=_safe_url(self.mqtt_url))
+                    print(f"bracketgate: MQTT broker at {_safe_url(self.mqtt_url)} refused the "
+                          f"login: not authorized (check MQTT_URL's user:password)", file=sys.stderr)
+                    return EXIT_MQTT
                 log.error("mqtt_unreachable", error=str(e), code=e.code, url=_safe_url(self.mqtt_url))
                 print(f"bracketgate: MQTT broker unreachable: {e}", file=sys.stderr)
                 return EXIT_MQTT

@@ -153,3 +153,27 @@ async def test_tls_with_a_ca_made_here(mosquitto: MosquittoServer, paper_tws_pro
         assert "certificate" in bad.stderr.lower() or "ssl" in bad.stderr.lower(), bad.stderr
     finally:
         assert await d.terminate() == 0
+
+
+async def test_a_daemon_whose_login_is_refused_says_not_authorized(
+        mosquitto: MosquittoServer, paper_tws_process: Any, tmp_path: Path) -> None:
+    """Not "unreachable": the broker answered and refused the login. One line, exit 4, and the
+    password appears nowhere in what the daemon printed."""
+    prefix = f"bgauth{uuid.uuid4().hex[:6]}"
+    _secured(mosquitto, prefix)
+    mosquitto.restart()
+    tws = paper_tws_process
+    wrong = "wrong-password-31337"
+    d = await DaemonProcess.spawn(ib_host=tws.host, ib_port=tws.port, prefix=prefix, tmp=tmp_path,
+                                  mqtt_url=f"mqtt://bracketgate:{wrong}@{mosquitto.host}:"
+                                           f"{mosquitto.port}", wait_ready=False,
+                                  extra_env={"IB_CONNECT_TIMEOUT": "2"})
+    try:
+        rc = await d.wait_exit(timeout=30)
+    finally:
+        await d.kill()
+    out = "\n".join(d.raw)
+    assert rc == 4, out[-2000:]
+    assert "refused the login: not authorized" in out
+    assert "unreachable" not in [ln for ln in d.raw if ln.startswith("bracketgate:")][0]
+    assert wrong not in out
