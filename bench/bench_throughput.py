@@ -34,32 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.fixtures.daemon import DaemonProcess  # noqa: E402
 from tests.fixtures.mosquitto import MOSQUITTO_BINARY, MosquittoServer  # noqa: E402
 from tests.fixtures.paper_tws import spawn_paper_tws, stop_process  # noqa: E402
+from bench.benchkit import wide_limits  # noqa: E402
 
 # every proposal is rejected for its loss (3 % of 150 > 1.0), after every other check ran
-LIMITS = """
-max_snapshot_age_s = 10.0
-max_quote_age_s = 15.0
-daily_loss_limit = 1e12
-per_trade_loss_limit = 1.0
-per_trade_loss_pct = 100.0
-max_drawdown_pct = 99.0
-max_open_brackets = 1000000
-max_position_units = 1e12
-max_position_notional = 1e15
-max_order_notional = 1e15
-max_gross_exposure_pct = 1e9
-max_net_exposure_pct = 1e9
-max_proposals_per_s = 100000.0
-proposal_burst = 100000
-max_remembered_decisions = 200000
-
-[agent]
-loss_limit = 1e12
-exposure_limit = 1e15
-max_open_brackets = 1000000
-max_proposals_per_s = 100000.0
-proposal_burst = 100000
-"""
+LIMITS = wide_limits(per_trade_loss_limit=1.0)
 
 # the baseline: answer each message on another topic, nothing else
 ECHO = r"""
