@@ -1360,6 +1360,16 @@ def _since(text: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
+def _configured_path() -> Path:
+    """The journal the daemon would open with this environment / .env (its mode's own)."""
+    try:
+        from config.settings import load_settings
+
+        return Path(load_settings().journal_path)
+    except Exception:  # a configuration the daemon would refuse: fall back on the env only
+        return Path(os.environ.get("JOURNAL_PATH") or DEFAULT_PATH)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python run.py journal [--path FILE] [--since ISO] [--proposal ID] [--kind K]...`
 
@@ -1368,15 +1378,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(
         prog="run.py journal", description="Print journal events as JSON lines.")
-    parser.add_argument("--path", type=Path,
-                        default=Path(os.environ.get("JOURNAL_PATH") or DEFAULT_PATH),
-                        help="journal file (default: $JOURNAL_PATH or data/journal.sqlite)")
+    parser.add_argument("--path", type=Path, default=None,
+                        help="journal file (default: the daemon's for this configuration: "
+                             "$JOURNAL_PATH, else DATA_DIR/<mode>/journal.sqlite)")
     parser.add_argument("--since", type=_since,
                         help="only events at or after this time (ISO 8601; naive = UTC)")
     parser.add_argument("--proposal", help="only events of this proposal_id")
     parser.add_argument("--kind", action="append", choices=[k.value for k in EventKind],
                         help="only events of this kind (repeatable)")
     args = parser.parse_args(argv)
+    if args.path is None:
+        args.path = _configured_path()
     if not args.path.is_file():
         print(f"journal: no journal file at {args.path}", file=sys.stderr)
         return 2
