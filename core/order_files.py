@@ -192,10 +192,10 @@ def policy_exits(side: str, entry: float, tick: float, stop_pct: float, reward_r
             reward = abs(take_profit - entry)
             risk_ticks = max(1, math.floor(reward / reward_risk / tick + 1e-9))
         stop_loss = _on_tick(entry / tick - sign * risk_ticks, tick)
-    if take_profit is None:
-        risk_ticks = abs(entry - stop_loss) / tick
-        reward_ticks = math.ceil(risk_ticks * reward_risk - 1e-9)
-        take_profit = _on_tick(entry / tick + sign * reward_ticks, tick)
+    if take_profit is None:   # rounded outwards: reward / risk >= reward_risk on the tick
+        target = (entry + sign * abs(entry - stop_loss) * reward_risk) / tick
+        take_profit = _on_tick(math.ceil(target - 1e-9) if sign > 0 else math.floor(target + 1e-9),
+                               tick)
     return take_profit, stop_loss
 
 
