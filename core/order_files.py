@@ -232,8 +232,9 @@ def plan_orders(data: bytes, *, agent_id: str, limits: Any, name: str = "") -> P
             proposal["limit_price"] = entry
         filled = tuple(k for k in ("take_profit", "stop_loss") if k not in fields)
         tp, sl = fields.get("take_profit"), fields.get("stop_loss")
-        if (filled and not errors and fields["action"] in ("BUY", "SELL") and entry > 0
-                and str(sec_type) in ("STK", "OPT", "FUT")):
+        policy_ok = (not errors and fields["action"] in ("BUY", "SELL") and entry > 0
+                     and str(sec_type) in ("STK", "OPT", "FUT"))
+        if filled and policy_ok:
             tick = limits.min_tick_for(fields["ticker"], sec_type)
             tp, sl = policy_exits(fields["action"], entry, tick, policy.stop_distance_pct,
                                   policy.reward_risk, tp, sl)
@@ -247,8 +248,8 @@ def plan_orders(data: bytes, *, agent_id: str, limits: Any, name: str = "") -> P
             for err in e.errors():
                 loc = [str(p) for p in err["loc"]]
                 name_ = FROM_PROPOSAL.get(loc[0], loc[0]) if loc else "row"
-                if name_ in flagged or (err["type"] == "missing" and errors):
-                    continue   # already named by the reading, or missing because of it
+                if name_ in flagged or (err["type"] == "missing" and (errors or name_ in filled)):
+                    continue   # already named, or missing only because of another bad field
                 plan.errors.append(RowError(row, name_, err["msg"].removeprefix("Value error, ")))
         else:
             if not errors:
