@@ -27,7 +27,8 @@ def _schema(rest: list[str]) -> int:
     from bus.messages import json_schemas
 
     argparse.ArgumentParser(prog="run.py schema",
-                            description="print the JSON Schema of every bus/MQTT message").parse_args(rest)
+                            description="print the JSON Schema of every bus/MQTT message",
+                            ).parse_args(rest)
     print(json.dumps(json_schemas(), indent=2))
     return 0
 

@@ -5,7 +5,8 @@ Top-level keys are the global limits; `[agent]` holds every agent's default budg
 `[agents.<agent_id>]` overrides some of it for one agent, `[symbols.<SYMBOL>]` overrides the
 size limits (and contract facts: multiplier, min tick) for one symbol, the optional
 `[trading_hours]` restricts when proposals are admitted, and `[bracket_policy]` fills in the
-take-profit / stop-loss an order file's row leaves out (core/order_files.py; not a gate check). Percentages are in percent (0.5 = 0.5 %).
+take-profit / stop-loss an order file's row leaves out (core/order_files.py; not a gate check).
+Percentages are in percent (0.5 = 0.5 %).
 """
 
 from __future__ import annotations

@@ -309,12 +309,13 @@ def main(argv: list[str]) -> int:
         c = sub.add_parser(name, help=f"{name} trading")
         c.add_argument("--reason", default="operator")
         c.add_argument("--timeout", type=float, default=5.0)
-    st = sub.add_parser("status", help="one line of the retained status and portfolio (exit 0 online,"
-                                       " 1 degraded, 3 offline)")
+    st = sub.add_parser("status", help="one line of the retained status and portfolio"
+                                       " (exit 0 online, 1 degraded, 3 offline)")
     st.add_argument("--json", action="store_true", help="the whole retained status and portfolio")
     st.add_argument("--timeout", type=float, default=3.0)
     a = ap.parse_args(argv)
-    if a.cmd == "submit" and not (a.json or a.file) and None in (a.symbol, a.side, a.qty, a.tp, a.sl):
+    if (a.cmd == "submit" and not (a.json or a.file)
+            and None in (a.symbol, a.side, a.qty, a.tp, a.sl)):
         ap.error("submit needs --json/--file, or --symbol --side --qty --tp --sl [--limit]")
 
     def run() -> int:
@@ -328,7 +329,8 @@ def main(argv: list[str]) -> int:
         else:
             code, out = asyncio.run(control(a.cmd, a.reason, a.timeout))
         if out is None:
-            print(json.dumps({"error": "no answer from the daemon before the timeout"}), file=sys.stderr)
+            print(json.dumps({"error": "no answer from the daemon before the timeout"}),
+                  file=sys.stderr)
         else:
             print(json.dumps(out, indent=2))
         return code

@@ -122,7 +122,8 @@ def _number(value: Any, *, whole: bool) -> int | float:
         try:
             value = int(text) if whole else float(text)
         except ValueError:
-            raise ValueError(f"expected {'a whole number' if whole else 'a number'}, got {value!r}") from None
+            kind = "a whole number" if whole else "a number"
+            raise ValueError(f"expected {kind}, got {value!r}") from None
     if whole:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -302,7 +303,8 @@ async def send(plan: Plan, agent_id: str, timeout: float, pace: _Pace) -> int:
                 line["error"] = "no answer from the daemon before the timeout"
                 print(json.dumps(line), flush=True)
                 for later in plan.orders[i + 1:]:
-                    print(json.dumps(later.as_json() | {"decision": None, "sent": False}), flush=True)
+                    print(json.dumps(later.as_json() | {"decision": None, "sent": False}),
+                          flush=True)
                 return EXIT_NO_ANSWER
             print(json.dumps(line), flush=True)
             if decision.get("verdict") != "approved":
@@ -314,7 +316,8 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="run.py orders", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("file", help="a JSON list or a CSV with a header row ('-' = stdin)")
-    ap.add_argument("--agent", default="orders", help="the agent_id the rows are sent as (default orders)")
+    ap.add_argument("--agent", default="orders",
+                    help="the agent_id the rows are sent as (default orders)")
     ap.add_argument("--dry-run", action="store_true", help="print the proposals, send nothing")
     ap.add_argument("--limits", help="limits file with [bracket_policy] (default RISK_LIMITS_FILE,"
                                      " else config/limits.default.toml)")
