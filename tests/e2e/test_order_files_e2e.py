@@ -151,3 +151,35 @@ async def test_status_summary_json_and_exit_codes(mosquitto, paper_tws_process, 
     # a prefix no daemon ever used: no status at all, exit 3
     rc, out, _ = await cli(d, "status", "--timeout", "1", env={"MQTT_PREFIX": "nobody-here"})
     assert rc == 3 and out.startswith("offline: no status retained on nobody-here/status"), out
+
+
+async def test_a_long_file_is_paced_to_the_buckets_and_signed_with_the_agents_key(
+        mosquitto, paper_tws_process, tmp_path: Path):
+    """8 rows against an agent bucket of 3: sent as fast as the bucket refills, none refused
+    RATE_LIMITED; with keys in AGENTS_FILE each row is signed (an unsigned one is refused)."""
+    from tests.e2e.test_agents_e2e import write_agents
+    from tests.e2e.test_risk_e2e import write_limits
+
+    tws = paper_tws_process
+    limits = write_limits(tmp_path / "limits.toml", agent={"proposal_burst": 3, "max_proposals_per_s": 2.0,
+                                                           "max_open_brackets": 20})
+    agents = write_agents(tmp_path / "agents.toml", {"pm": {"key": "pm-e2e-key-" + "k" * 20}})
+    env = {"AGENTS_FILE": str(agents)}
+    f = tmp_path / "long.json"
+    f.write_text(json.dumps([{"ticker": "AAPL", "action": "BUY", "quantity": 1, "limit_price": 200 + i}
+                             for i in range(8)]))
+    async with running(mosquitto, tws, tmp_path, limits=limits, env=env) as (d, agent):
+        rc, out, err = await cli(d, "orders", str(f), "--agent", "pm", "--limits", str(limits), env=env)
+        got = lines(out)
+        assert rc == 0, out + err
+        assert [x["decision"]["verdict"] for x in got] == ["approved"] * 8
+        assert len(await orders_by_ref(tws, {x["proposal_id"] for x in got})) == 8
+
+        # the same rows unsigned (no AGENTS_FILE for the CLI): refused, nothing placed
+        other = tmp_path / "unsigned.json"
+        other.write_text(json.dumps([{"ticker": "AAPL", "action": "BUY", "quantity": 1, "limit_price": 199}]))
+        rc, out, err = await cli(d, "orders", str(other), "--agent", "pm", env={"AGENTS_FILE": ""})
+        refused = lines(out)
+        assert rc == 1 and refused[0]["decision"]["verdict"] != "approved", out + err
+        assert {r["code"] for r in refused[0]["decision"]["reasons"]} == {"AUTH_REQUIRED"}
+        assert not await orders_by_ref(tws, {refused[0]["proposal_id"]})
