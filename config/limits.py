@@ -3,8 +3,10 @@
 `load_limits(path)` reads the file with tomllib and validates it (unknown keys are errors).
 Top-level keys are the global limits; `[agent]` holds every agent's default budget,
 `[agents.<agent_id>]` overrides some of it for one agent, `[symbols.<SYMBOL>]` overrides the
-size limits (and contract facts: multiplier, min tick) for one symbol, and the optional
-`[trading_hours]` restricts when proposals are admitted. Percentages are in percent (0.5 = 0.5 %).
+size limits (and contract facts: multiplier, min tick) for one symbol, the optional
+`[trading_hours]` restricts when proposals are admitted, and `[bracket_policy]` fills in the
+take-profit / stop-loss an order file's row leaves out (core/order_files.py; not a gate check).
+Percentages are in percent (0.5 = 0.5 %).
 """
 
 from __future__ import annotations
@@ -84,6 +86,19 @@ class TradingHours(_Strict):
         return self
 
 
+class BracketPolicy(_Strict):
+    """`[bracket_policy]`: exits for an order file's row that gives none (core/order_files.py).
+
+    The stop lies `stop_distance_pct` % of the entry away (on the losing side), the take-profit
+    `reward_risk` times that distance on the winning side; both on the contract's tick (the stop
+    at least one tick away, the take-profit rounded outwards so reward:risk never falls below).
+    Only the order-file command uses it: the gate checks the result like any other proposal.
+    """
+
+    stop_distance_pct: Annotated[float, Field(gt=0, lt=100, allow_inf_nan=False)] = 1.0
+    reward_risk: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] = 2.0
+
+
 @dataclass(frozen=True, slots=True)
 class SymbolLimits:
     """The size limits that apply to one symbol: global limits with its override applied."""
@@ -158,6 +173,8 @@ class RiskLimits(_Strict):
     # -- the trading day (daily counters roll at local midnight) and optional hours window
     timezone: str = "America/New_York"
     trading_hours: TradingHours | None = None
+    # -- exits for order-file rows without take-profit / stop-loss (not a check of the gate)
+    bracket_policy: BracketPolicy = Field(default_factory=BracketPolicy)
     # -- per-agent and per-symbol
     agent: AgentLimits = Field(default_factory=AgentLimits)
     agents: dict[str, AgentOverride] = Field(default_factory=dict)
@@ -210,6 +227,14 @@ class RiskLimits(_Strict):
         if over is None:
             return self.agent
         return self.agent.model_copy(update=over.model_dump(exclude_none=True))
+
+    def min_tick_for(self, symbol: str, sec_type: str = "STK") -> float:
+        """The tick a price of `symbol` is rounded to when IB's contract details are not at hand:
+        its `[symbols]` override, else futures_min_tick for a future, else default_min_tick."""
+        over = self.symbols.get(symbol)
+        if over is not None and over.min_tick is not None:
+            return over.min_tick
+        return self.futures_min_tick if str(sec_type) == "FUT" else self.default_min_tick
 
     def for_symbol(self, symbol: str) -> SymbolLimits:
         over = self.symbols.get(symbol) or SymbolOverride()

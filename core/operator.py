@@ -3,7 +3,8 @@
 They talk to the daemon only through the broker, as any strategy agent or operator would:
   python run.py submit --agent demo --symbol AAPL --side BUY --qty 10 --limit 175 --tp 180 --sl 172.5
   python run.py submit --agent demo --json '{"proposal_id": "...", ...}'
-  python run.py halt --reason "news"      python run.py resume      python run.py status
+  python run.py halt --reason "news"      python run.py resume
+  python run.py status [--json]       (order files: python run.py orders FILE, core/order_files.py)
 The broker comes from MQTT_URL, else from the endpoints file the daemon writes in default mode
 (data/endpoints.json), else mqtt://127.0.0.1:1883. The login comes from MQTT_URL's user:password,
 else MQTT_USERNAME / MQTT_PASSWORD, else (MQTT_URL unset: default mode) the `operator` login of
@@ -15,6 +16,9 @@ Output is JSON on stdout; errors are one JSON line on stderr, with every secret 
 Exit codes: 0 approved / done, 1 rejected or invalid, 2 bad usage or a bad MQTT_URL,
 3 no answer from the daemon before the timeout, 4 MQTT broker unreachable,
 6 the broker refused the login ("not authorized": wrong or missing username/password).
+`status` prints one line (state, mode, trading state, IB connection, positions, daily P&L,
+working orders, snapshot age; `--json`: the whole retained status and portfolio) and exits
+0 online, 1 degraded (IB not ready, or starting / stopping), 3 offline or no status retained.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import os
 import re
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -199,6 +204,49 @@ async def control(action: str, reason: str, timeout: float) -> tuple[int, dict[s
     return 3, st
 
 
+STATUS_EXIT = {"online": 0, "degraded": 1, "starting": 1, "stopping": 1, "offline": 3}
+
+
+def status_exit(out: dict[str, Any]) -> int:
+    """0 online, 1 degraded (or starting / stopping), 3 offline or no status at all."""
+    st = out.get("status")
+    return STATUS_EXIT.get(st.get("state"), 3) if isinstance(st, dict) else 3
+
+
+def _age_s(iso: Any, now: datetime) -> float | None:
+    try:
+        return (now - datetime.fromisoformat(str(iso).replace("Z", "+00:00"))).total_seconds()
+    except (TypeError, ValueError):
+        return None
+
+
+def status_line(out: dict[str, Any], now: datetime | None = None) -> str:
+    """One line: `online mode=paper trading=ACTIVE ib=ready positions=2 daily_pnl=-12.50
+    working_orders=3 age=0.4s` (age: of the portfolio snapshot)."""
+    now = now or datetime.now(UTC)
+    st, pf = out.get("status"), out.get("portfolio")
+    if not isinstance(st, dict):
+        return f"offline: no status retained on {prefix()}/status at {safe_url()}"
+    parts = [str(st.get("state"))]
+    if st.get("detail"):
+        parts[0] += f" ({st['detail']})"
+    parts += [f"mode={st.get('mode') or '?'}", f"trading={st.get('trading_state') or '?'}",
+              f"ib={st.get('connection') or '?'}"]
+    if st.get("state") == "offline":
+        age = _age_s(st.get("ts"), now)
+        return " ".join(parts + ([f"since={st.get('ts')}"] if age is None else [f"for={age:.0f}s"]))
+    if isinstance(pf, dict):
+        daily = (pf.get("pnl") or {}).get("daily")
+        age = _age_s(pf.get("ts"), now)
+        parts += [f"positions={len(pf.get('positions') or [])}",
+                  f"daily_pnl={'?' if daily is None else f'{daily:.2f}'}",
+                  f"working_orders={len(pf.get('working_orders') or [])}",
+                  f"age={'?' if age is None else f'{age:.1f}s'}"]
+    else:
+        parts.append("portfolio=none")
+    return " ".join(parts)
+
+
 async def status(timeout: float) -> tuple[int, dict[str, Any] | None]:
     out: dict[str, Any] = {}
     async with _client(broker_url(), f"bg-status-{uuid.uuid4().hex[:8]}") as client:
@@ -216,7 +264,7 @@ async def status(timeout: float) -> tuple[int, dict[str, Any] | None]:
                         break
         except TimeoutError:
             pass
-    return (0 if "status" in out else 3), out
+    return status_exit(out), out
 
 
 def _proposal_from_args(a: argparse.Namespace) -> dict[str, Any]:
@@ -261,18 +309,40 @@ def main(argv: list[str]) -> int:
         c = sub.add_parser(name, help=f"{name} trading")
         c.add_argument("--reason", default="operator")
         c.add_argument("--timeout", type=float, default=5.0)
-    st = sub.add_parser("status", help="print the retained status and portfolio")
+    st = sub.add_parser("status", help="one line of the retained status and portfolio"
+                                       " (exit 0 online, 1 degraded, 3 offline)")
+    st.add_argument("--json", action="store_true", help="the whole retained status and portfolio")
     st.add_argument("--timeout", type=float, default=3.0)
     a = ap.parse_args(argv)
-    try:
+    if (a.cmd == "submit" and not (a.json or a.file)
+            and None in (a.symbol, a.side, a.qty, a.tp, a.sl)):
+        ap.error("submit needs --json/--file, or --symbol --side --qty --tp --sl [--limit]")
+
+    def run() -> int:
         if a.cmd == "submit":
-            if not (a.json or a.file) and None in (a.symbol, a.side, a.qty, a.tp, a.sl):
-                ap.error("submit needs --json/--file, or --symbol --side --qty --tp --sl [--limit]")
             code, out = asyncio.run(submit(_proposal_from_args(a), a.agent, a.timeout))
         elif a.cmd == "status":
             code, out = asyncio.run(status(a.timeout))
+            if not a.json:
+                print(status_line(out or {}))
+                return code
         else:
             code, out = asyncio.run(control(a.cmd, a.reason, a.timeout))
+        if out is None:
+            print(json.dumps({"error": "no answer from the daemon before the timeout"}),
+                  file=sys.stderr)
+        else:
+            print(json.dumps(out, indent=2))
+        return code
+
+    return guarded(run)
+
+
+def guarded(run: Any) -> int:
+    """`run()`'s exit code, or the exit code and one redacted JSON line on stderr of the error
+    it raised (a bad MQTT_URL, an AGENTS_FILE, an unreachable or refusing broker, a bad input)."""
+    try:
+        return int(run())
     except BadUrl as e:
         return _fail(EXIT_USAGE, f"bad MQTT_URL {safe_url()}: {e}")
     except ConfigError as e:   # AGENTS_FILE unreadable or invalid (it never prints a key)
@@ -284,11 +354,6 @@ def main(argv: list[str]) -> int:
         return _fail(EXIT_UNREACHABLE, f"MQTT broker unreachable at {safe_url()}: {e}")
     except (OSError, ValueError) as e:   # a bad --file or --json, a TLS file that is not there
         return _fail(EXIT_USAGE, f"{type(e).__name__}: {e}")
-    if out is None:
-        print(json.dumps({"error": "no answer from the daemon before the timeout"}), file=sys.stderr)
-    else:
-        print(json.dumps(out, indent=2))
-    return code
 
 
 def _fail(code: int, message: str) -> int:

@@ -140,14 +140,14 @@ async def test_tls_with_a_ca_made_here(mosquitto: MosquittoServer, paper_tws_pro
         # the operator CLI over TLS with the same CA file
         env = {**os.environ, "MQTT_URL": _url("operator", "127.0.0.1", port, "mqtts"),
                "MQTT_CA_FILE": str(ca / "ca.crt"), "MQTT_PREFIX": prefix}
-        st = subprocess.run([sys.executable, str(REPO / "run.py"), "status"], env=env,
+        st = subprocess.run([sys.executable, str(REPO / "run.py"), "status", "--json"], env=env,
                             capture_output=True, text=True, timeout=30)
         assert st.returncode == 0, st.stdout + st.stderr
         assert json.loads(st.stdout)["status"]["state"] == "online"
 
         # without the CA the server is not trusted: no connection, and no password printed
         env.pop("MQTT_CA_FILE")
-        bad = subprocess.run([sys.executable, str(REPO / "run.py"), "status"], env=env,
+        bad = subprocess.run([sys.executable, str(REPO / "run.py"), "status", "--json"], env=env,
                              capture_output=True, text=True, timeout=30)
         assert bad.returncode == 4 and LOGINS["operator"] not in bad.stdout + bad.stderr
         assert "certificate" in bad.stderr.lower() or "ssl" in bad.stderr.lower(), bad.stderr

@@ -51,7 +51,7 @@ async def test_default_mode_broker_needs_the_generated_logins(tmp_path: Path) ->
         everything = "\n".join(d.raw)
         assert all(c["password"] not in everything for c in creds.values())   # nor in the logs
 
-        st = await asyncio.to_thread(_cli, tmp_path, "status")
+        st = await asyncio.to_thread(_cli, tmp_path, "status", "--json")
         assert st.returncode == 0, st.stdout + st.stderr
         assert json.loads(st.stdout)["status"]["state"] == "online"
 
