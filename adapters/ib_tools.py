@@ -351,7 +351,7 @@ async def _resolve(ib: Any, a: argparse.Namespace, errors: list, timeout: float)
         names = ", ".join(sorted(d.contract.localSymbol or str(d.contract.conId) for d in details)[:10])
         raise ToolError(f"{_describe(a)} is ambiguous ({len(details)} contracts: {names}); be more "
                         "specific (--expiry YYYYMMDD)", "AMBIGUOUS_CONTRACT", EXIT_REFUSED)
-    return details[0].contract
+    return details[0]
 
 
 async def _reference_price(ib: Any, contract: Any, timeout: float) -> float | None:
@@ -367,7 +367,7 @@ async def _reference_price(ib: Any, contract: Any, timeout: float) -> float | No
     return None
 
 
-def _tick_round(price: float, tick: float = 0.01) -> float:
+def _tick_round(price: float, tick: float) -> float:
     return round(round(price / tick) * tick, 8)
 
 
@@ -385,7 +385,8 @@ async def smoke(a: argparse.Namespace, conn: dict[str, Any], ib_account: str | N
             raise ToolError(f"IB_ACCOUNT={ib_account} is not among this login's accounts "
                             f"({', '.join(managed) or 'none'})", "ACCOUNT_GUARD", EXIT_REFUSED)
         account = ib_account or (managed[0] if managed else "")
-        contract = await _resolve(ib, a, errors, a.timeout)
+        details = await _resolve(ib, a, errors, a.timeout)
+        contract, tick = details.contract, (_num(details.minTick) or 0.01)
         report: dict[str, Any] = {
             "connection": _public(conn), "account": account,
             "contract": _contract(contract), "order": None}
@@ -395,7 +396,7 @@ async def smoke(a: argparse.Namespace, conn: dict[str, Any], ib_account: str | N
         if a.order == "LMT" and limit is None:
             if ref is None:
                 raise ToolError(f"no market price for {_describe(a)}: give --limit", "NO_PRICE", EXIT_REFUSED)
-            limit, limit_from = _tick_round(ref * 0.5), "half the reference price (cannot fill)"
+            limit, limit_from = _tick_round(ref * 0.5, tick), "half the reference price, on the tick (cannot fill)"
         report["order"] = {"action": "BUY", "quantity": a.qty, "orderType": a.order, "limit": limit,
                            "limitFrom": limit_from if a.order == "LMT" else None, "tif": "DAY",
                            "orderRef": SMOKE_REF}
