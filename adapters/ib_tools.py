@@ -390,7 +390,9 @@ async def smoke(a: argparse.Namespace, conn: dict[str, Any], ib_account: str | N
         report: dict[str, Any] = {
             "connection": _public(conn), "account": account,
             "contract": _contract(contract), "order": None}
-        ref = await _reference_price(ib, contract, a.timeout)
+        # with --limit the price is for the report only: do not wait out a login without data
+        needed = a.order == "LMT" and a.limit is None
+        ref = await _reference_price(ib, contract, a.timeout if needed else min(a.timeout, 3.0))
         report["referencePrice"] = ref
         limit, limit_from = a.limit, "--limit"
         if a.order == "LMT" and limit is None:
