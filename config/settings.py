@@ -8,6 +8,7 @@ Modes: `default` (nothing configured: embedded paper TWS + embedded MQTT broker)
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -258,10 +259,54 @@ class Settings(BaseSettings):
                 "Set IB_HOST and IB_PORT (4001 / 7496) or drop IB_LIVE.", code="LIVE_GUARD")
 
 
+# IBKR_* (the habit of IB Gateway automation scripts) are aliases of our IB_* variables: either
+# name works, in the environment or in .env; both set to different values is a ConfigError.
+IB_ALIASES = {"ib_host": "ibkr_host", "ib_port": "ibkr_port", "ib_client_id": "ibkr_client_id"}
+TOOLS_CLIENT_ID_DEFAULT = 9001   # the operator tools' own IB client id (dump, smoke), by habit
+
+
+def read_env_file(env_file: str | Path | None = ".env") -> dict[str, str]:
+    """Every variable of a dotenv file, names lower-cased ({} when there is no such file)."""
+    if env_file is None or not Path(env_file).is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    return {k.lower(): v for k, v in dotenv_values(env_file).items() if v is not None}
+
+
+def settings_env(env_file: str | Path | None = ".env") -> dict[str, str]:
+    """The variables every command sees: the .env file, overridden by the environment."""
+    merged = read_env_file(env_file)
+    merged.update({k.lower(): v for k, v in os.environ.items()})
+    return merged
+
+
+def _alias_overrides(env_file: str | Path | None) -> dict[str, str]:
+    """IB_* values given only under their IBKR_* names; a disagreement is a ConfigError."""
+    env = settings_env(env_file)
+    out: dict[str, str] = {}
+    for own, alias in IB_ALIASES.items():
+        mine, theirs = env.get(own), env.get(alias)
+        if theirs is None or not theirs.strip():
+            continue
+        if mine is not None and mine.strip() and mine.strip() != theirs.strip():
+            raise ConfigError(
+                f"{own.upper()}={mine.strip()} and {alias.upper()}={theirs.strip()} disagree "
+                f"({alias.upper()} is an alias of {own.upper()}): set only one",
+                code="ALIAS_CONFLICT")
+        if mine is None or not mine.strip():
+            out[own] = theirs.strip()
+    return out
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Read env + .env (+ overrides, e.g. `_env_file=...`); every problem is one ConfigError."""
+    """Read env + .env (+ overrides, e.g. `_env_file=...`); every problem is one ConfigError.
+
+    IBKR_HOST / IBKR_PORT / IBKR_CLIENT_ID stand for IB_HOST / IB_PORT / IB_CLIENT_ID."""
+    env_file = overrides.get("_env_file", ".env")
+    aliased = {k: v for k, v in _alias_overrides(env_file).items() if k not in overrides}
     try:
-        return Settings(**overrides)
+        return Settings(**aliased, **overrides)
     except ValidationError as exc:
         lines = []
         for err in exc.errors(include_url=False, include_input=False):
@@ -286,3 +331,45 @@ def describe_mode(settings: Settings) -> str:
         mqtt += " tls" + ("(insecure)" if settings.mqtt_tls_insecure else "")
     banner = "!!! LIVE TRADING — REAL MONEY !!! " if settings.mode == "live" else ""
     return f"{banner}MODE={mode} ib={ib} mqtt={mqtt} prefix={settings.mqtt_prefix}"
+
+
+def tool_connection(settings: Settings, env_file: str | Path | None = ".env",
+                    client_id: int | None = None) -> dict[str, Any]:
+    """Where the operator tools (dump, smoke) connect, and why: host, port, client id, sources.
+
+    Host/port: IB_HOST/IB_PORT (or IBKR_*) from the environment or .env; unset (default mode):
+    the embedded paper TWS the daemon wrote to DATA_DIR/endpoints.json, else 127.0.0.1:4002.
+    Client id: `client_id` (--client-id), else TOOLS_CLIENT_ID, else an IB_CLIENT_ID/IBKR_CLIENT_ID
+    set in this command's environment, else 9001. An IB_CLIENT_ID only in .env is the daemon's
+    own: the tools do not take it (they would collide with the running daemon)."""
+    import json
+
+    if settings.ib_host is not None:
+        host, port, where = settings.ib_host, int(settings.ib_port or DEFAULT_IB_PORT), "IB_HOST/IB_PORT"
+    else:
+        endpoints = settings.data_dir / "endpoints.json"
+        try:
+            data = json.loads(endpoints.read_text())
+            host, port, where = str(data["ib_host"]), int(data["ib_port"]), str(endpoints)
+        except (OSError, KeyError, ValueError, TypeError):
+            host, port, where = "127.0.0.1", DEFAULT_IB_PORT, "default"
+    env = settings_env(env_file)
+    process_env = {k.lower(): v for k, v in os.environ.items()}
+    if client_id is not None:
+        cid, cid_from = client_id, "--client-id"
+    elif (env.get("tools_client_id") or "").strip():
+        cid, cid_from = env["tools_client_id"].strip(), "TOOLS_CLIENT_ID"
+    elif (process_env.get("ibkr_client_id") or process_env.get("ib_client_id") or "").strip():
+        name = "ibkr_client_id" if (process_env.get("ibkr_client_id") or "").strip() else "ib_client_id"
+        cid, cid_from = process_env[name].strip(), name.upper()
+    else:
+        cid, cid_from = TOOLS_CLIENT_ID_DEFAULT, "the tools' default"
+    try:
+        cid = int(cid)
+        if cid < 0:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{cid_from}={cid!r} is not a client id (an integer >= 0)",
+                          code="INVALID_SETTINGS") from None
+    return {"host": host, "port": port, "endpoint_from": where, "client_id": cid,
+            "client_id_from": cid_from}

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import sys
 import uuid
@@ -39,8 +38,18 @@ import aiomqtt
 
 from bus.errors import ConfigError
 
-ENDPOINTS_FILE = Path(os.environ.get("DATA_DIR", "data")) / "endpoints.json"
-CREDENTIALS_FILE = Path(os.environ.get("DATA_DIR", "data")) / "default" / "mqtt-credentials.json"
+
+
+def _getenv(name: str, default: str | None = None) -> str | None:
+    """A setting as every command reads it (config/settings.py): the environment, else .env."""
+    from config.settings import settings_env
+
+    value = settings_env().get(name.lower())
+    return value if value is not None else default
+
+
+ENDPOINTS_FILE = Path(_getenv("DATA_DIR", "data") or "data") / "endpoints.json"
+CREDENTIALS_FILE = Path(_getenv("DATA_DIR", "data") or "data") / "default" / "mqtt-credentials.json"
 EXIT_USAGE, EXIT_NO_ANSWER, EXIT_UNREACHABLE, EXIT_NOT_AUTHORIZED = 2, 3, 4, 6
 MQTT_SCHEMES = ("mqtt", "tcp", "mqtts", "ssl")
 NOT_AUTHORIZED_CODES = {4, 5, 134, 135}   # MQTT 3.1.1 CONNACK 4/5, MQTT 5 reason codes 134/135
@@ -52,8 +61,8 @@ class BadUrl(ValueError):
 
 
 def broker_url() -> str:
-    if os.environ.get("MQTT_URL"):
-        return os.environ["MQTT_URL"]
+    if _getenv("MQTT_URL"):
+        return _getenv("MQTT_URL")  # type: ignore[return-value]
     try:
         return json.loads(ENDPOINTS_FILE.read_text())["mqtt_url"]
     except (OSError, KeyError, ValueError, TypeError):
@@ -62,7 +71,7 @@ def broker_url() -> str:
 
 def _embedded_login() -> tuple[str | None, str | None]:
     """Default mode only (MQTT_URL unset): the operator login the embedded broker made."""
-    if os.environ.get("MQTT_URL"):
+    if _getenv("MQTT_URL"):
         return None, None
     try:
         login = json.loads(CREDENTIALS_FILE.read_text())["operator"]
@@ -79,14 +88,14 @@ def login() -> tuple[str | None, str | None]:
             return unquote(u.username), unquote(u.password) if u.password is not None else None
     except ValueError:
         pass
-    if os.environ.get("MQTT_USERNAME"):
-        return os.environ["MQTT_USERNAME"], os.environ.get("MQTT_PASSWORD") or None
+    if _getenv("MQTT_USERNAME"):
+        return _getenv("MQTT_USERNAME"), _getenv("MQTT_PASSWORD") or None
     return _embedded_login()
 
 
 def secrets_in_play() -> list[str]:
     """Every secret this process knows, longest first: what redact() must never let through."""
-    found = {os.environ.get("MQTT_PASSWORD") or "", _embedded_login()[1] or "", login()[1] or ""}
+    found = {_getenv("MQTT_PASSWORD") or "", _embedded_login()[1] or "", login()[1] or ""}
     try:
         raw = urlsplit(broker_url()).password
         if raw:
@@ -119,7 +128,15 @@ def is_not_authorized(exc: BaseException) -> bool:
 
 
 def prefix() -> str:
-    return os.environ.get("MQTT_PREFIX", "bracketgate")
+    """MQTT_PREFIX, else (default mode) the prefix the daemon wrote to the endpoints file."""
+    if _getenv("MQTT_PREFIX"):
+        return _getenv("MQTT_PREFIX")  # type: ignore[return-value]
+    if not _getenv("MQTT_URL"):
+        try:
+            return str(json.loads(ENDPOINTS_FILE.read_text())["mqtt_prefix"])
+        except (OSError, KeyError, ValueError, TypeError):
+            pass
+    return "bracketgate"
 
 
 def _client(url: str, client_id: str) -> aiomqtt.Client:
@@ -133,8 +150,8 @@ def _client(url: str, client_id: str) -> aiomqtt.Client:
     if not u.hostname:
         raise BadUrl("MQTT_URL has no host")
     tls = None
-    if u.scheme.lower() in ("mqtts", "ssl") or os.environ.get("MQTT_CA_FILE"):
-        tls = aiomqtt.TLSParameters(ca_certs=os.environ.get("MQTT_CA_FILE") or None)
+    if u.scheme.lower() in ("mqtts", "ssl") or _getenv("MQTT_CA_FILE"):
+        tls = aiomqtt.TLSParameters(ca_certs=_getenv("MQTT_CA_FILE") or None)
     username, password = login()
     return aiomqtt.Client(
         hostname=u.hostname, port=port or (8883 if tls else 1883),
@@ -159,7 +176,7 @@ async def submit(proposal: dict[str, Any], agent_id: str, timeout: float) -> tup
 def _maybe_signed(topic: str, body: str, agent_id: str | None) -> str | bytes:
     """Signed with the agent's key (a proposal) or the operator's (control) when the agents
     file (AGENTS_FILE) has one, as the daemon then requires (bus/auth.py, docs/AUTH.md)."""
-    path = os.environ.get("AGENTS_FILE")
+    path = _getenv("AGENTS_FILE")
     if not path:
         return body
     from bus.auth import sign

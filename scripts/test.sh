@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fresh machine -> the whole test suite: installs mosquitto (Debian) and both virtualenvs, runs
 # every test under ib_async, then the paper TWS client-level suite and the IB adapter's
-# integration tests again under ib_insync 0.9.86.
+# integration tests and the operator tools (dump, smoke) again under ib_insync 0.9.86.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
@@ -12,5 +12,5 @@ fi
 scripts/setup.sh --insync
 echo "== tests under ib_async"
 .venv/bin/python -m pytest -q "$@"
-echo "== paper TWS client-level suite and the IB adapter under ib_insync 0.9.86 (drop-in)"
-.venv-insync/bin/python -m pytest -q tests/sim tests/integration/test_runtime_ib.py -p no:cacheprovider
+echo "== paper TWS client-level suite, the IB adapter and the IB tools under ib_insync 0.9.86 (drop-in)"
+.venv-insync/bin/python -m pytest -q tests/sim tests/integration/test_runtime_ib.py tests/integration/test_ib_tools.py -p no:cacheprovider
