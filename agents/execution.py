@@ -56,6 +56,7 @@ from structlog.contextvars import bound_contextvars
 log = get_logger("agents.execution")
 
 UNRESOLVED = frozenset({"pending", "sent", "unknown"})   # intent states reconcile must settle
+FINISHED = frozenset({"done", "failed"})                  # intent states nothing moves back
 TERMINAL = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
 DEAD = frozenset({"Cancelled", "ApiCancelled", "Inactive"})   # terminal without a full fill
 
@@ -437,6 +438,13 @@ class ExecutionAgent:
                                error=f"IB connection lost while placing; {e.message}")
 
     async def _mark(self, proposal_id: str, state: str, ids: BracketOrderIds | None = None) -> None:
+        """Move the intent (journal, then memory). An intent already finished (done, failed)
+        is not moved back (a reconcile that found its bracket closed at IB must not mark it
+        acked): logged, the journal's state stands."""
+        rec = self._intents.get(proposal_id)
+        if rec is not None and rec.state in FINISHED and state not in FINISHED:
+            log.info("intent_state_kept", proposal_id=proposal_id, state=rec.state, wanted=state)
+            return
         if self._journal is not None:
             await self._journal.mark_intent(proposal_id, state, ids)
         rec = self._intents.get(proposal_id)
@@ -522,7 +530,7 @@ class ExecutionAgent:
                 continue
             book = self._brackets.get(pid)
             if book is not None and book.placed:
-                if rec.state in UNRESOLVED:
+                if rec.state in UNRESOLVED and not book.closed:
                     await self._mark(pid, "acked")
                 self._settle(pid, book.ids)
                 continue
@@ -726,7 +734,7 @@ class ExecutionAgent:
                 book.expiry_handle.cancel()
             log.info("bracket_closed", statuses={k.value: v for k, v in book.status.items()})
             if self._journal is not None and book.placed:
-                await self._journal.mark_intent(book.proposal_id, "done")
+                await self._mark(book.proposal_id, "done")
             self._note_closed(book.proposal_id)
 
     def _note_closed(self, proposal_id: str) -> None:
