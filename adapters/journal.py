@@ -587,13 +587,22 @@ def _incremental_vacuum(conn: sqlite3.Connection, pages: int) -> int:
     return before - conn.execute("PRAGMA freelist_count").fetchone()[0]
 
 
+# a proposal journaled once per id: (the id has a row, its proposal_seq, a proposal event of the
+# id exists: by the id's own index, see _event_write)
+_PROPOSAL_ONCE = (
+    "SELECT EXISTS(SELECT 1 FROM proposal_ids WHERE proposal_id = ?1),"
+    " (SELECT proposal_seq FROM proposal_ids WHERE proposal_id = ?1),"
+    " EXISTS(SELECT 1 FROM events INDEXED BY events_proposal WHERE proposal_id = ?1"
+    " AND kind = 'proposal')")
+
+
+_INSERT_EVENT = ("INSERT INTO events(ts, kind, proposal_id, agent_id, order_id, payload)"
+                 " VALUES (?, ?, ?, ?, ?, ?)")
+
+
 def _insert_event(conn: sqlite3.Connection, ts: str, kind: str, pid: str | None,
                   aid: str | None, oid: int | None, payload: str) -> int:
-    cur = conn.execute(
-        "INSERT INTO events(ts, kind, proposal_id, agent_id, order_id, payload)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (ts, kind, pid, aid, oid, payload),
-    )
+    cur = conn.execute(_INSERT_EVENT, (ts, kind, pid, aid, oid, payload))
     assert cur.lastrowid is not None
     return cur.lastrowid
 
@@ -961,9 +970,25 @@ class Journal:
                                     e.get("order_id"), e.get("payload"), e.get("durable"),
                                     e.get("once", False), ts) for e in events]
         runs = [run for run, _ in writes]
+        rows = [run.row for run in runs]  # type: ignore[attr-defined]
 
         def run_all(conn: sqlite3.Connection) -> list[int | None]:
-            return [run(conn) for run in runs]
+            # a run of plain inserts (acks, statuses: no look-up, no id row) is one executemany
+            seqs: list[int | None] = []
+            i, n = 0, len(runs)
+            while i < n:
+                j = i
+                while j < n and rows[j] is not None:
+                    j += 1
+                if j - i > 1:
+                    conn.executemany(_INSERT_EVENT, rows[i:j])
+                    last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                    seqs.extend(range(last - (j - i) + 1, last + 1))  # one writer: consecutive
+                    i = j
+                else:
+                    seqs.append(runs[i](conn))
+                    i += 1
+            return seqs
 
         seqs = await self._submit(run_all, any(full for _, full in writes))
         for run in runs:
@@ -1015,14 +1040,21 @@ class Journal:
             fresh.clear()
             known = None
             if kind is EventKind.PROPOSAL and pid is not None:
-                known = conn.execute("SELECT proposal_seq FROM proposal_ids WHERE proposal_id = ?",
-                                     (pid,)).fetchone()
-            if only_once:
-                if known is not None and known[0] is not None:
-                    return None   # this id's proposal is journaled already
+                if only_once:   # both look-ups below in one statement (a writer-thread hop less)
+                    found, proposal_seq, journaled = conn.execute(_PROPOSAL_ONCE, (pid,)).fetchone()
+                    if found:
+                        if proposal_seq is not None:
+                            return None   # this id's proposal is journaled already
+                        known = (proposal_seq,)
+                    elif journaled:
+                        return None       # journaled, its id row pruned since
+                else:
+                    known = conn.execute("SELECT proposal_seq FROM proposal_ids WHERE"
+                                         " proposal_id = ?", (pid,)).fetchone()
+            elif only_once:   # another kind, once per id
                 # by the id's own index (the planner would pick (kind, ts) and scan every
                 # proposal ever journaled: a third of the daemon's time at 1,000/s)
-                if (known is None or kind is not EventKind.PROPOSAL) and conn.execute(
+                if conn.execute(
                         "SELECT 1 FROM events INDEXED BY events_proposal WHERE proposal_id = ?"
                         " AND kind = ? LIMIT 1", (pid, kind.value)).fetchone() is not None:
                     return None
@@ -1042,6 +1074,9 @@ class Journal:
                 fresh.append((pid, aid, ts))
             return seq
 
+        # the row alone, when the insert is all there is to it (record_many: executemany)
+        run.row = (None if remembered or only_once or exec_id is not None  # type: ignore[attr-defined]
+                   else (ts, kind.value, pid, aid, oid, text))
         run.fresh = fresh  # type: ignore[attr-defined]  # read by _note_fresh after the commit
         run.decided = pid if kind is EventKind.DECISION else None  # type: ignore[attr-defined]
         return run, kind in DURABLE_KINDS if durable is None else durable
