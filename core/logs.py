@@ -2,12 +2,13 @@
 
 Our own events take a fast path: `get_logger`'s Logger filters by level itself and, while
 the JSON configuration is the current one, runs that configuration's processors as plain
-calls and writes the line (the same keys in the same order as structlog's level-filtering
-bound logger would write, at about a third of its cost: no bound-logger proxy, no processor
-loop, no renderer object); a line with positional arguments or exc_info, the console
-renderer, or capture_logs take structlog's own path. A hot path can also ask whether a level
-is on and skip building a line nobody will write; the line's JSON encoder and its timestamp
-are built once, not per line. Stdlib logging (ib_async, aiomqtt, amqtt) is routed through structlog's
+calls and writes the line: the same keys in the same order as structlog's level-filtering
+bound logger would write, ~7 µs instead of ~11-12 µs for the gate's decision line to a null
+stream (no bound-logger proxy, no processor loop, no renderer object). A line with positional
+arguments or exc_info, the console renderer and capture_logs take structlog's own path. A hot
+path can also ask whether a level is on and skip building a line nobody will write; the
+line's JSON encoder and its timestamp are built once, not per line. Stdlib logging (ib_async,
+aiomqtt, amqtt) is routed through structlog's
 ProcessorFormatter into the same stream with the same keys, so every line of the process is
 one JSON object: `event`, `level`, `timestamp`, `logger`, plus the context bound per unit of
 work (`proposal_id`, `agent_id`, `order_id`, `code`).
