@@ -46,6 +46,8 @@ from core.clock import SYSTEM_CLOCK, Clock
 from core.logs import get_logger
 
 log = get_logger("bracketgate.bus")
+_bind = structlog.contextvars.bind_contextvars
+_reset = structlog.contextvars.reset_contextvars
 
 M = TypeVar("M", bound=Message)
 
@@ -353,8 +355,13 @@ class Bus:
             ctx = message_context(msg)
             started = self._clock.monotonic()
             try:
-                with structlog.contextvars.bound_contextvars(**ctx):
+                # bound for the handler, then reset (what bound_contextvars does, without its
+                # generator and its two copies of the whole context per message)
+                tokens = _bind(**ctx)
+                try:
                     await sub.handler(msg)
+                finally:
+                    _reset(**tokens)
                 sub.delivered += 1
             except asyncio.CancelledError:
                 raise

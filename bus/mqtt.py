@@ -299,8 +299,10 @@ ProposalsHook = Callable[[list[TradeProposal]], Awaitable[None]]
 # Runs before a decision goes out (the daemon journals it): what an agent has seen is on
 # record, so after a crash a repeat is answered with exactly that decision, never a new one.
 DecisionHook = Callable[[RiskDecision], Awaitable[None]]
-# The same for the decisions that are ready together (one journal commit for all of them)
-DecisionsHook = Callable[[list[RiskDecision]], Awaitable[None]]
+# The same for the decisions that are ready together (one journal commit for all of them). It
+# may return the JSON bytes it journaled, one per decision: those very bytes are published
+# (one encode per decision, and what the agent gets is byte for byte what is on record)
+DecisionsHook = Callable[[list[RiskDecision]], Awaitable[list[bytes] | None]]
 # after the broker acknowledged (PUBACK) decisions or fills, those acknowledged meanwhile together:
 # each (kind "decision" | "fill", proposal_id, agent_id, key: the fill's exec_id, "" for a decision)
 Delivery = tuple[str, str, str, str]
@@ -715,10 +717,12 @@ class MqttBridge:
         await self._on_decisions([decision])
 
     async def _on_decisions(self, decisions: list[RiskDecision]) -> None:
-        """Journal the decisions ready together (the hook: one commit), then send each."""
+        """Journal the decisions ready together (the hook: one commit), then send each (the
+        bytes the hook journaled, when it returns them)."""
+        payloads: list[bytes] | None = None
         if self._decisions_hook is not None:
             try:
-                await self._decisions_hook(decisions)
+                payloads = await self._decisions_hook(decisions)
             except Exception as exc:  # the agents still get their answers: never silence
                 for decision in decisions:
                     self._not_recorded(decision, exc)
@@ -728,12 +732,17 @@ class MqttBridge:
                     await self._decision_hook(decision)
                 except Exception as exc:
                     self._not_recorded(decision, exc)
-        for decision in decisions:
+        if payloads is not None and len(payloads) != len(decisions):
+            payloads = None
+        debug = log.is_enabled_for(logging.DEBUG)
+        for i, decision in enumerate(decisions):
             # the gate (risk_decision) or the bridge (proposal_invalid, ...) logged it already
-            log.debug("decision_out", proposal_id=decision.proposal_id,
-                      agent_id=decision.agent_id, verdict=decision.verdict.value)
+            if debug:
+                log.debug("decision_out", proposal_id=decision.proposal_id,
+                          agent_id=decision.agent_id, verdict=decision.verdict.value)
             self._enqueue(_Outgoing(self.topics.decisions(decision.agent_id),
-                                    decision.model_dump_json().encode(), 1, False,
+                                    decision.model_dump_json().encode() if payloads is None
+                                    else payloads[i], 1, False,
                                     decision.proposal_id, decision.agent_id,
                                     delivery=("decision", "")))
 

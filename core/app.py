@@ -22,6 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from adapters.journal import encode as encode_payload
 from bus.errors import BrokerConnectError, ConfigError, MqttError
 from bus.messages import (
     Alert,
@@ -543,15 +544,21 @@ def _journal_proposal(journal: Any) -> Any:
 def _journal_decision(journal: Any) -> Any:
     """The bridge's on_decisions hook: every decision is journaled (FULL, a DURABLE_KIND) before
     it is published, so a restart answers a repeat with the very decision the agent saw; the
-    decisions that are ready together share one commit."""
+    decisions that are ready together share one commit. Each is encoded once: the bridge
+    publishes the bytes journaled (returned here)."""
 
-    async def on_decisions(decisions: list[RiskDecision]) -> None:
+    async def on_decisions(decisions: list[RiskDecision]) -> list[bytes]:
+        encoded = [encode_payload(d) for d in decisions]
         await journal.record_many([
             {"kind": "decision", "proposal_id": d.proposal_id, "agent_id": d.agent_id,
-             "payload": d} for d in decisions])
+             "payload": e} for d, e in zip(decisions, encoded)])
         crash_point("decision_journaled")
+        return [e.text.encode() for e in encoded]
 
     return on_decisions
+
+
+_DELIVERED_DECISION = encode_payload({"delivered": "decision"})   # the same payload every time
 
 
 def _journal_delivery(journal: Any) -> Any:
@@ -563,7 +570,7 @@ def _journal_delivery(journal: Any) -> Any:
             crash_point("decision_delivered")
         await journal.record_many([
             {"kind": "ack", "proposal_id": pid, "agent_id": aid,
-             "payload": {"delivered": kind} if kind == "decision"
+             "payload": _DELIVERED_DECISION if kind == "decision"
              else {"delivered": kind, "exec_id": key}}
             for kind, pid, aid, key in deliveries])
 
