@@ -55,8 +55,8 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 
-from bus.errors import LifecycleError, MqttError
-from core.logs import get_logger
+from bracketgate.bus.errors import LifecycleError, MqttError
+from bracketgate.core.logs import get_logger
 
 log = get_logger("bracketgate.embedded_broker")
 

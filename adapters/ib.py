@@ -45,7 +45,7 @@ except ImportError:  # pragma: no cover - exercised in the ib_insync virtualenv
 
     IB_LIBRARY = "ib_insync"
 
-from bus.messages import (
+from bracketgate.bus.messages import (
     Alert,
     ApprovedBracket,
     BracketOrderIds,
@@ -65,11 +65,11 @@ from bus.messages import (
     TradeProposal,
     WorkingOrder,
 )
-from adapters.pacer import DEFAULT_RATE, Pacer, Priority
-from bus.errors import BrokerConnectError, BrokerError, BrokerNotConnected, BrokerTimeout, PlacementError
-from core.clock import SYSTEM_CLOCK, Clock
-from core.crashpoints import crash_point
-from core.logs import get_logger
+from bracketgate.adapters.pacer import DEFAULT_RATE, Pacer, Priority
+from bracketgate.bus.errors import BrokerConnectError, BrokerError, BrokerNotConnected, BrokerTimeout, PlacementError
+from bracketgate.core.clock import SYSTEM_CLOCK, Clock
+from bracketgate.core.crashpoints import crash_point
+from bracketgate.core.logs import get_logger
 
 log = get_logger("adapters.ib")
 

@@ -28,8 +28,8 @@ import time
 from datetime import date, datetime, timezone
 from typing import Any
 
-from adapters.ib import LIVE_PORTS, ib_number, ibl
-from bus.errors import ConfigError
+from bracketgate.adapters.ib import LIVE_PORTS, ib_number, ibl
+from bracketgate.bus.errors import ConfigError
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_IB = 0, 1, 2, 3
 DUMP_KINDS = ("accounts", "positions", "orders", "account", "executions", "completed")
@@ -515,7 +515,7 @@ def main(argv: list[str]) -> int:
             _check_smoke_args(a)
     except ToolError as e:
         return _fail(e.message, e.code, e.exit_code)
-    from config.settings import load_settings, tool_connection
+    from bracketgate.config.settings import load_settings, tool_connection
 
     try:
         settings = load_settings(_env_file=a.env_file)

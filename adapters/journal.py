@@ -71,10 +71,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from adapters import journal_files, journal_ids
-from adapters.journal_ids import SeenId
-from core.clock import SYSTEM_CLOCK, Clock
-from core.logs import get_logger
+from bracketgate.adapters import journal_files, journal_ids
+from bracketgate.adapters.journal_ids import SeenId
+from bracketgate.core.clock import SYSTEM_CLOCK, Clock
+from bracketgate.core.logs import get_logger
 
 log = get_logger(__name__)
 
@@ -1443,7 +1443,7 @@ def _since(text: str) -> datetime:
 def _configured_path() -> Path:
     """The journal the daemon would open with this environment / .env (its mode's own)."""
     try:
-        from config.settings import load_settings
+        from bracketgate.config.settings import load_settings
 
         return Path(load_settings().journal_path)
     except Exception:  # a configuration the daemon would refuse: fall back on the env only

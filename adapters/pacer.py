@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from bus.errors import BrokerNotConnected
+from bracketgate.bus.errors import BrokerNotConnected
 
 DEFAULT_RATE = 40.0
 IB_LIMIT_PER_S = 50

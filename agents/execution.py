@@ -34,8 +34,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from bus.errors import BrokerError
-from bus.messages import (
+from bracketgate.bus.errors import BrokerError
+from bracketgate.bus.messages import (
     Alert,
     ApprovedBracket,
     BracketOrderIds,
@@ -48,9 +48,9 @@ from bus.messages import (
     PriorPlacement,
     Side,
 )
-from core.clock import SYSTEM_CLOCK, Clock
-from core.crashpoints import crash_point
-from core.logs import get_logger
+from bracketgate.core.clock import SYSTEM_CLOCK, Clock
+from bracketgate.core.crashpoints import crash_point
+from bracketgate.core.logs import get_logger
 from structlog.contextvars import bound_contextvars
 
 log = get_logger("agents.execution")

@@ -11,7 +11,7 @@ import asyncio
 from datetime import datetime
 from typing import Protocol
 
-from bus.messages import (
+from bracketgate.bus.messages import (
     BrokerConnection,
     BrokerDataChanged,
     ConnectionState,
@@ -21,8 +21,8 @@ from bus.messages import (
     Quote,
     WorkingOrder,
 )
-from core.clock import SYSTEM_CLOCK, Clock
-from core.logs import get_logger
+from bracketgate.core.clock import SYSTEM_CLOCK, Clock
+from bracketgate.core.logs import get_logger
 
 log = get_logger("agents.portfolio")
 

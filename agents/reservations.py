@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bus.messages import Leg
+from bracketgate.bus.messages import Leg
 
 # IB order statuses after which a leg does nothing more (lower case)
 TERMINAL_STATUSES = frozenset({"filled", "cancelled", "apicancelled", "inactive", "rejected"})

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
-from agents.reservations import TERMINAL_STATUSES, Reservation, ReservationLedger
-from agents.rules import (
+from bracketgate.agents.reservations import TERMINAL_STATUSES, Reservation, ReservationLedger
+from bracketgate.agents.rules import (
     ORDER_MSGS_PER_BRACKET,
     RULES,
     Rule,
@@ -42,8 +42,8 @@ from agents.rules import (
     rule_trading_hours,
     worst_case_loss,
 )
-from bus.errors import ConfigError
-from bus.messages import (
+from bracketgate.bus.errors import ConfigError
+from bracketgate.bus.messages import (
     ApprovedBracket,
     ControlCommand,
     DenialCode,
@@ -64,13 +64,13 @@ from bus.messages import (
     Verdict,
     WorkingOrder,
 )
-from config.agents import AgentsFile, diff_agents, load_agents
-from config.limits import AgentLimits, RiskLimits, SymbolLimits, diff_limits, load_limits
-from core.clock import Clock
-from core.logs import get_logger
+from bracketgate.config.agents import AgentsFile, diff_agents, load_agents
+from bracketgate.config.limits import AgentLimits, RiskLimits, SymbolLimits, diff_limits, load_limits
+from bracketgate.core.clock import Clock
+from bracketgate.core.logs import get_logger
 
 if TYPE_CHECKING:
-    from bus.bus import Bus
+    from bracketgate.bus.bus import Bus
 
 log = get_logger("bracketgate.risk")
 
@@ -1080,7 +1080,7 @@ class RiskGovernor:
                intake_maxsize: int = 1_000, order_budget: OrderBudget | None = None) -> None:
         """Subscribe to the bus. Proposals are queued REJECT-on-full (the bridge answers
         OVERLOADED); snapshots keep only the newest; order events, fills and commands BLOCK."""
-        from bus.bus import Overflow
+        from bracketgate.bus.bus import Overflow
 
         self._bus = bus
         self._whatif = whatif
@@ -1166,7 +1166,7 @@ class RiskGovernor:
         """The placement's result. Past `placement_timeout_s` the placement is not abandoned
         (IB may be taking the legs right now): its outcome is awaited, bounded by
         OUTCOME_GRACE_S, so the decision says what IB has, never a guess."""
-        from bus.errors import RequestTimeout
+        from bracketgate.bus.errors import RequestTimeout
 
         p = bracket.proposal
         try:

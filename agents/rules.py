@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
-from bus.messages import (
+from bracketgate.bus.messages import (
     DENIAL_MESSAGES,
     MAX_PRICE,
     MAX_QUANTITY,
@@ -33,7 +33,7 @@ from bus.messages import (
     TradeProposal,
     TradingState,
 )
-from config.limits import AgentLimits, RiskLimits, SymbolLimits
+from bracketgate.config.limits import AgentLimits, RiskLimits, SymbolLimits
 
 D = DenialCode
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.crashpoints import POINTS  # noqa: E402
+from bracketgate.core.crashpoints import POINTS  # noqa: E402
 from tests.e2e.test_crash_points import crash_storm  # noqa: E402
 from tests.e2e.test_recovery_chaos import Rig  # noqa: E402
 from tests.fixtures.mosquitto import MOSQUITTO_BINARY, MosquittoServer  # noqa: E402

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sim.model import OrderChanged  # noqa: E402
+from bracketgate.sim.model import OrderChanged  # noqa: E402
 from tests.fixtures.daemon import DaemonProcess, MqttProbe  # noqa: E402
 from tests.fixtures.mosquitto import MOSQUITTO_BINARY, MosquittoServer  # noqa: E402
 from tests.fixtures.paper_tws import start_paper_tws, stop_paper_tws  # noqa: E402

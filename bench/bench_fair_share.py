@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config.limits import DEFAULT_LIMITS_PATH  # noqa: E402
+from bracketgate.config.limits import DEFAULT_LIMITS_PATH  # noqa: E402
 from tests.fixtures.daemon import DaemonProcess, MqttProbe  # noqa: E402
 from tests.fixtures.mosquitto import MOSQUITTO_BINARY, MosquittoServer  # noqa: E402
 from tests.fixtures.paper_tws import start_paper_tws, stop_paper_tws  # noqa: E402
@@ -58,7 +58,7 @@ async def quiet_round(probe: MqttProbe, n: int, interval: float) -> tuple[list[s
 
 
 async def main(seconds: float, flood_rate: float, agents_file: bool) -> None:
-    from core.logs import configure_logging
+    from bracketgate.core.logs import configure_logging
 
     configure_logging("console", "WARNING")   # the in-process paper TWS: quiet
     work = Path(tempfile.mkdtemp(prefix="bg-fair-"))

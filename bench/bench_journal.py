@@ -38,9 +38,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.journal import Journal, _insert_event, _ts, migrate  # noqa: E402
-from core.clock import SYSTEM_CLOCK  # noqa: E402
-from core.logs import configure_logging  # noqa: E402
+from bracketgate.adapters.journal import Journal, _insert_event, _ts, migrate  # noqa: E402
+from bracketgate.core.clock import SYSTEM_CLOCK  # noqa: E402
+from bracketgate.core.logs import configure_logging  # noqa: E402
 
 PAYLOAD = {"status": "Submitted", "filled": 0.0, "remaining": 10.0, "symbol": "AAPL",
            "avg_fill_price": None, "perm_id": 123456789, "leg": "entry"}

@@ -213,6 +213,6 @@ if __name__ == "__main__":
     ap.add_argument("--baseline-n", type=int, default=500)
     a = ap.parse_args()
     logging.getLogger("mqtt").setLevel(logging.ERROR)
-    from core.logs import configure_logging
+    from bracketgate.core.logs import configure_logging
     configure_logging("json", "WARNING")   # the in-process paper TWS: quiet
     asyncio.run(main(a.n, a.rate, a.approve_every, a.baseline_n))

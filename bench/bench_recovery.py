@@ -63,7 +63,7 @@ from tests.e2e.test_recovery_chaos import (  # noqa: E402
     daemon_kill_rounds,
     gateway_restart_storm,
 )
-from core.logs import configure_logging  # noqa: E402
+from bracketgate.core.logs import configure_logging  # noqa: E402
 from tests.fixtures.mosquitto import MOSQUITTO_BINARY, MosquittoServer  # noqa: E402
 from tests.fixtures.paper_tws import PaperTWSHandle, spawn_paper_tws, stop_process  # noqa: E402
 
@@ -144,7 +144,7 @@ async def baselines(tws: PaperTWSHandle, n: int) -> tuple[list[float], list[floa
     """Fresh connects to the same paper TWS: ib_async's connectAsync, and our IBBroker.start()."""
     import ib_async
 
-    from adapters.ib import IBBroker
+    from bracketgate.adapters.ib import IBBroker
 
     raw: list[float] = []
     ours: list[float] = []

@@ -39,9 +39,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.risk import RiskGovernor  # noqa: E402
-from agents.rules import construct, offline_con_id  # noqa: E402
-from bus.messages import (  # noqa: E402
+from bracketgate.agents.risk import RiskGovernor  # noqa: E402
+from bracketgate.agents.rules import construct, offline_con_id  # noqa: E402
+from bracketgate.bus.messages import (  # noqa: E402
     ConnectionState,
     Fill,
     Leg,
@@ -56,9 +56,9 @@ from bus.messages import (  # noqa: E402
     TradingState,
     Verdict,
 )
-from config.limits import DEFAULT_LIMITS_PATH, load_limits, parse_limits  # noqa: E402
-from core.clock import ManualClock  # noqa: E402
-from core.logs import configure_logging  # noqa: E402
+from bracketgate.config.limits import DEFAULT_LIMITS_PATH, load_limits, parse_limits  # noqa: E402
+from bracketgate.core.clock import ManualClock  # noqa: E402
+from bracketgate.core.logs import configure_logging  # noqa: E402
 
 SYMBOLS = ["AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "JPM", "XOM", "KO", "PEP", "WMT"]
 AGENTS = [f"agent-{i}" for i in range(8)]

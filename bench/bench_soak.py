@@ -185,7 +185,7 @@ async def flow(n: int, window: int, approve_every: int, tws, broker, work: Path,
 
 async def build(n: int, path: Path) -> None:
     """N proposals written through the Journal API, as the daemon writes them."""
-    from adapters.journal import Journal
+    from bracketgate.adapters.journal import Journal
 
     t0 = time.perf_counter()
     now = datetime.now(timezone.utc).isoformat()

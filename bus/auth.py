@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bus.messages import DENIAL_MESSAGES, DenialCode
+from bracketgate.bus.messages import DENIAL_MESSAGES, DenialCode
 
 ENVELOPE_KEYS = frozenset({"body", "ts", "nonce", "sig"})
 NONCE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")

@@ -33,7 +33,7 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 
-from bus.errors import (
+from bracketgate.bus.errors import (
     BusOverloaded,
     DrainTimeout,
     LifecycleError,
@@ -41,9 +41,9 @@ from bus.errors import (
     RequestTimeout,
     ServiceAlreadyServed,
 )
-from bus.messages import Message
-from core.clock import SYSTEM_CLOCK, Clock
-from core.logs import get_logger
+from bracketgate.bus.messages import Message
+from bracketgate.core.clock import SYSTEM_CLOCK, Clock
+from bracketgate.core.logs import get_logger
 
 log = get_logger("bracketgate.bus")
 _bind = structlog.contextvars.bind_contextvars

@@ -45,10 +45,10 @@ import paho.mqtt.client as paho
 import structlog
 from pydantic import ValidationError
 
-from bus.auth import Authenticator, Refusal
-from bus.bus import Bus, BusState, Overflow, Subscription
-from bus.errors import BusError, ConfigError, LifecycleError, MqttError, MqttNotConnected
-from bus.messages import (
+from bracketgate.bus.auth import Authenticator, Refusal
+from bracketgate.bus.bus import Bus, BusState, Overflow, Subscription
+from bracketgate.bus.errors import BusError, ConfigError, LifecycleError, MqttError, MqttNotConnected
+from bracketgate.bus.messages import (
     DENIAL_MESSAGES,
     Alert,
     ControlCommand,
@@ -64,9 +64,9 @@ from bus.messages import (
     TradingStateChanged,
     Verdict,
 )
-from config.settings import Settings
-from core.clock import SYSTEM_CLOCK, Clock
-from core.logs import get_logger
+from bracketgate.config.settings import Settings
+from bracketgate.core.clock import SYSTEM_CLOCK, Clock
+from bracketgate.core.logs import get_logger
 
 log = get_logger("bracketgate.mqtt")
 # paho's own lines go to the "aiomqtt" stdlib logger, whose level core/logs.py sets (not "mqtt")

@@ -43,8 +43,8 @@ from pydantic import (
     model_validator,
 )
 
-from bus.errors import ConfigError
-from config.limits import AgentLimits, AgentOverride
+from bracketgate.bus.errors import ConfigError
+from bracketgate.config.limits import AgentLimits, AgentOverride
 
 MIN_KEY_BYTES = 16
 _AGENT_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")

@@ -20,8 +20,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bus.errors import ConfigError
-from bus.messages import SecType
+from bracketgate.bus.errors import ConfigError
+from bracketgate.bus.messages import SecType
 
 Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 PosMoney = Annotated[float, Field(gt=0, allow_inf_nan=False)]

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
-from bus.errors import ConfigError
+from bracketgate.bus.errors import ConfigError
 
 Mode = Literal["default", "paper", "live"]
 

@@ -22,9 +22,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from adapters.journal import encode as encode_payload
-from bus.errors import BrokerConnectError, ConfigError, MqttError
-from bus.messages import (
+from bracketgate.adapters.journal import encode as encode_payload
+from bracketgate.bus.errors import BrokerConnectError, ConfigError, MqttError
+from bracketgate.bus.messages import (
     Alert,
     ConnectionState,
     ControlCommand,
@@ -33,10 +33,10 @@ from bus.messages import (
     TradeProposal,
     TradingStateChanged,
 )
-from config.settings import Settings, describe_mode, load_settings
-from core.clock import SYSTEM_CLOCK, Clock
-from core.crashpoints import crash_point
-from core.logs import configure_logging, get_logger
+from bracketgate.config.settings import Settings, describe_mode, load_settings
+from bracketgate.core.clock import SYSTEM_CLOCK, Clock
+from bracketgate.core.crashpoints import crash_point
+from bracketgate.core.logs import configure_logging, get_logger
 
 log = get_logger("bracketgate")
 
@@ -72,9 +72,9 @@ class Daemon:
         )
 
     async def run(self) -> int:
-        from adapters.journal import JournalError
-        from config.agents import load_agents
-        from config.limits import load_limits
+        from bracketgate.adapters.journal import JournalError
+        from bracketgate.config.agents import load_agents
+        from bracketgate.config.limits import load_limits
 
         s = self.settings
         try:
@@ -94,19 +94,19 @@ class Daemon:
             return _journal_refused(s.journal_path, e)
 
     async def _run(self, s: Settings, limits: Any) -> int:
-        from adapters.ib import IBBroker
-        from adapters.journal import Journal, JournalError
-        from agents.execution import ExecutionAgent
-        from agents.portfolio import PortfolioMonitor
-        from agents.risk import RiskGovernor
-        from bus.bus import Bus
-        from bus.mqtt import MqttBridge
+        from bracketgate.adapters.ib import IBBroker
+        from bracketgate.adapters.journal import Journal, JournalError
+        from bracketgate.agents.execution import ExecutionAgent
+        from bracketgate.agents.portfolio import PortfolioMonitor
+        from bracketgate.agents.risk import RiskGovernor
+        from bracketgate.bus.bus import Bus
+        from bracketgate.bus.mqtt import MqttBridge
 
         mode_line = describe_mode(s)
         async with AsyncExitStack() as stack:
             # ---- embedded venues (default mode: no IB and no MQTT configured)
             if self.ib_host is None:
-                from sim.server import PaperTWS
+                from bracketgate.sim.server import PaperTWS
 
                 tws = PaperTWS(host="127.0.0.1", port=self.ib_port or _port_or_free(4002),
                                control_port=_port_or_free(4102), tick_interval=1.0)
@@ -116,7 +116,7 @@ class Daemon:
                 self.ib_host, self.ib_port = "127.0.0.1", tws.port
             bridge_url: str | None = None
             if self.mqtt_url is None:
-                from adapters.embedded_broker import EmbeddedBroker
+                from bracketgate.adapters.embedded_broker import EmbeddedBroker
 
                 broker_srv = EmbeddedBroker(host="127.0.0.1", port=_port_or_free(1883),
                                             credentials_file=s.data_dir / "default" / "mqtt-credentials.json")
@@ -180,7 +180,7 @@ class Daemon:
             governor.use_prior_lookup(execution.prior_placement)
             _attach_journal(bus, journal)
 
-            from core.recovery import recover_from_journal
+            from bracketgate.core.recovery import recover_from_journal
 
             # earlier runs' decisions (idempotency) and fills (per-agent attribution); the
             # proposals journaled (so acknowledged to the broker) but never decided come back,
@@ -277,7 +277,7 @@ class Daemon:
         if self.exit_code == EXIT_JOURNAL:
             return
         self.exit_code = EXIT_JOURNAL
-        from adapters.journal import _cause
+        from bracketgate.adapters.journal import _cause
 
         path = self.settings.journal_path
         log.error("journal_write_failed", path=str(path), cause=_cause(exc), code="JOURNAL",
@@ -290,7 +290,7 @@ class Daemon:
         """Reconcile hook: the journal is claimed for the IB account the connection is for
         (recorded at the first connect). Another account refuses: at start-up the daemon does
         not start; on a later reconnect it stops (EXIT_JOURNAL) before anything is reconciled."""
-        from adapters.journal import JournalOwnerError
+        from bracketgate.adapters.journal import JournalOwnerError
 
         async def check() -> None:
             try:
@@ -307,7 +307,7 @@ class Daemon:
         restart reads only the tail since); every ID_PRUNE_EVERY_S proposal_ids older than
         the retention are forgotten and events older than journal_retention_days deleted
         (the limits may change on SIGHUP). Stopping moves the checkpoint a last time."""
-        from core.recovery import LOOKBACK
+        from bracketgate.core.recovery import LOOKBACK
 
         last_prune = time.monotonic()
         while True:
@@ -336,7 +336,7 @@ class Daemon:
 
     def _follow_status(self, bus: Any) -> None:
         """The retained {prefix}/status follows the trading state and the IB connection."""
-        from bus.messages import BrokerConnection
+        from bracketgate.bus.messages import BrokerConnection
 
         async def republish(_msg: Any) -> None:
             if self.stop_event.is_set():
@@ -387,7 +387,7 @@ class Daemon:
 def _authenticator(governor: Any) -> Any:
     """Signed messages (bus/auth.py) whenever an agents file is in force: agents with a key and
     the operator (once it has one) must sign; keys follow the file across SIGHUP reloads."""
-    from bus.auth import Authenticator
+    from bracketgate.bus.auth import Authenticator
 
     if governor.agents is None:
         return None
@@ -436,8 +436,8 @@ def _safe_url(url: str | None) -> str | None:
 
 def _attach_governor(governor: Any, bus: Any, broker: Any, monitor: Any) -> None:
     """The governor meets IB only through these two callables (both via the broker port)."""
-    from agents.rules import quote_for
-    from bus.errors import BrokerError
+    from bracketgate.agents.rules import quote_for
+    from bracketgate.bus.errors import BrokerError
 
     async def prepare(proposal: TradeProposal) -> None:
         if not broker.is_ready:
@@ -474,7 +474,7 @@ async def _step(name: str, aw: Any, timeout: float) -> None:
 
 
 async def _drain(bus: Any, timeout: float) -> None:
-    from bus.errors import DrainTimeout
+    from bracketgate.bus.errors import DrainTimeout
 
     try:
         await bus.drain(timeout)
@@ -489,7 +489,7 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
 
 def _journal_refused(path: Path, e: BaseException) -> int:
     """One JSON log line and one stderr line naming the file and the cause; EXIT_JOURNAL."""
-    from adapters.journal import JournalOpenError, JournalOwnerError, _cause
+    from bracketgate.adapters.journal import JournalOpenError, JournalOwnerError, _cause
 
     if isinstance(e, JournalOpenError | JournalOwnerError):
         line, cause = str(e), getattr(e, "cause", "made for another mode or account")
@@ -505,7 +505,7 @@ def _journal_refused(path: Path, e: BaseException) -> int:
 def _refuse_legacy_journal(s: Settings) -> None:
     """Before journals were per mode, every mode shared DATA_DIR/journal.sqlite: a paper or live
     run finding it (and not its own) must not silently start with an empty memory."""
-    from adapters.journal import JournalOpenError
+    from bracketgate.adapters.journal import JournalOpenError
 
     legacy = s.data_dir / "journal.sqlite"
     if s.journal_path_explicit or s.mode == "default" or not legacy.exists() \

@@ -36,13 +36,13 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
-from bus.errors import ConfigError
+from bracketgate.bus.errors import ConfigError
 
 
 
 def _getenv(name: str, default: str | None = None) -> str | None:
     """A setting as every command reads it (config/settings.py): the environment, else .env."""
-    from config.settings import settings_env
+    from bracketgate.config.settings import settings_env
 
     value = settings_env().get(name.lower())
     return value if value is not None else default
@@ -179,8 +179,8 @@ def _maybe_signed(topic: str, body: str, agent_id: str | None) -> str | bytes:
     path = _getenv("AGENTS_FILE")
     if not path:
         return body
-    from bus.auth import sign
-    from config.agents import load_agents
+    from bracketgate.bus.auth import sign
+    from bracketgate.config.agents import load_agents
 
     agents = load_agents(path)
     key = agents.key_for(agent_id) if agent_id is not None else agents.operator_key

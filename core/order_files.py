@@ -34,7 +34,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bus.messages import TradeProposal
+from bracketgate.bus.messages import TradeProposal
 
 REQUIRED = ("ticker", "action", "quantity", "limit_price")
 OPTIONAL = ("take_profit", "stop_loss", "sec_type", "expiry", "strike", "right", "order_type")
@@ -284,7 +284,7 @@ class _Pace:
 
 async def send(plan: Plan, agent_id: str, timeout: float, pace: _Pace) -> int:
     """Each order through the gate in file order, one JSON line per row with its decision."""
-    from core import operator as op
+    from bracketgate.core import operator as op
 
     worst = EXIT_OK
     topic_dec = f"{op.prefix()}/decisions/{agent_id}"
@@ -324,9 +324,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each decision")
     a = ap.parse_args(argv)
 
-    from bus.errors import ConfigError
-    from config.limits import DEFAULT_LIMITS_PATH, load_limits
-    from core import operator as op
+    from bracketgate.bus.errors import ConfigError
+    from bracketgate.config.limits import DEFAULT_LIMITS_PATH, load_limits
+    from bracketgate.core import operator as op
 
     try:
         limits = load_limits(a.limits or os.environ.get("RISK_LIMITS_FILE") or DEFAULT_LIMITS_PATH)

@@ -26,10 +26,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from adapters.journal_ids import TRANSPORT_REFUSALS
-from bus.messages import Fill, RiskDecision, TradeProposal, Verdict
-from core.clock import Clock
-from core.logs import get_logger
+from bracketgate.adapters.journal_ids import TRANSPORT_REFUSALS
+from bracketgate.bus.messages import Fill, RiskDecision, TradeProposal, Verdict
+from bracketgate.core.clock import Clock
+from bracketgate.core.logs import get_logger
 
 log = get_logger("core.recovery")
 

@@ -16,12 +16,12 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from core.logs import configure_logging, get_logger
-from sim.engine import Brokerage
-from sim.market import PriceFeed
-from sim.model import AccountState
-from sim.server import PaperTWS, load_state
-from sim.universe import Universe
+from bracketgate.core.logs import configure_logging, get_logger
+from bracketgate.sim.engine import Brokerage
+from bracketgate.sim.market import PriceFeed
+from bracketgate.sim.model import AccountState
+from bracketgate.sim.server import PaperTWS, load_state
+from bracketgate.sim.universe import Universe
 
 log = get_logger("sim.cli")
 

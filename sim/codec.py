@@ -21,8 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from sim.model import UNSET_DOUBLE, SimContract, SimExecution, SimOrder, SimPosition, WhatIfResult
-from sim.wire import (
+from bracketgate.sim.model import UNSET_DOUBLE, SimContract, SimExecution, SimOrder, SimPosition, WhatIfResult
+from bracketgate.sim.wire import (
     UNSET_DOUBLE_STR,
     UNSET_INTEGER_STR,
     UNSET_LONG_STR,

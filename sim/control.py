@@ -28,9 +28,9 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from core.logs import get_logger
-from sim.model import UNSET_DOUBLE, SimExecution, SimOrder, SimPosition
-from sim.universe import UnknownContract
+from bracketgate.core.logs import get_logger
+from bracketgate.sim.model import UNSET_DOUBLE, SimExecution, SimOrder, SimPosition
+from bracketgate.sim.universe import UnknownContract
 
 log = get_logger("sim.control")
 

@@ -136,10 +136,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from core.logs import get_logger
-from sim.margin import ZERO_MARGIN, CommissionModel, MarginModel, MarginRequirement
-from sim.market import half_spread
-from sim.model import (
+from bracketgate.core.logs import get_logger
+from bracketgate.sim.margin import ZERO_MARGIN, CommissionModel, MarginModel, MarginRequirement
+from bracketgate.sim.market import half_spread
+from bracketgate.sim.model import (
     UNSET_DOUBLE,
     AccountChanged,
     AccountState,
@@ -156,7 +156,7 @@ from sim.model import (
     SimPosition,
     WhatIfResult,
 )
-from sim.universe import Universe, UnknownContract, round_to_tick
+from bracketgate.sim.universe import Universe, UnknownContract, round_to_tick
 
 log = get_logger("sim.engine")
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sim.model import SimContract
+from bracketgate.sim.model import SimContract
 
 DEFAULT_FUTURES_MARGINS: Mapping[str, tuple[float, float]] = {
     "ES": (22_000.0, 20_000.0),

@@ -16,8 +16,8 @@ import math
 import random
 from dataclasses import dataclass
 
-from sim.model import SimContract
-from sim.universe import Universe, round_to_tick
+from bracketgate.sim.model import SimContract
+from bracketgate.sim.universe import Universe, round_to_tick
 
 STEPS_PER_YEAR = 252 * 6.5 * 3600  # one step = one second of a trading year
 

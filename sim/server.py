@@ -25,10 +25,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from core.clock import SYSTEM_CLOCK, Clock
-from core.logs import get_logger
-from sim import codec
-from sim.codec import (
+from bracketgate.core.clock import SYSTEM_CLOCK, Clock
+from bracketgate.core.logs import get_logger
+from bracketgate.sim import codec
+from bracketgate.sim.codec import (
     CancelOrder,
     ContractSpec,
     PlaceOrder,
@@ -46,7 +46,7 @@ from sim.codec import (
     StartApi,
     Unsupported,
 )
-from sim.model import (
+from bracketgate.sim.model import (
     BrokerEvent,
     ExecutionAdded,
     OrderChanged,
@@ -58,9 +58,9 @@ from sim.model import (
     SimExecution,
     SimOrder,
 )
-from sim.market import PriceFeed
-from sim.universe import Universe, UnknownContract
-from sim.wire import (
+from bracketgate.sim.market import PriceFeed
+from bracketgate.sim.universe import Universe, UnknownContract
+from bracketgate.sim.wire import (
     API_PREFIX,
     MAX_SERVER_VERSION,
     FrameDecoder,
@@ -164,7 +164,7 @@ class PaperTWS:
         if universe is None:
             universe = engine.universe if engine is not None else Universe()
         if engine is None:
-            from sim.engine import Brokerage
+            from bracketgate.sim.engine import Brokerage
 
             engine = Brokerage(universe)
         self.engine = engine
@@ -225,7 +225,7 @@ class PaperTWS:
         self._rebuild_commissions()
         await self._listen()
         if self.control_port is not None:
-            from sim.control import ControlServer
+            from bracketgate.sim.control import ControlServer
 
             self._control = ControlServer(self, host=self.host, port=self.control_port)
             await self._control.start()

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
-from sim.model import SimContract
+from bracketgate.sim.model import SimContract
 
 _MONTH_CODES = {3: "H", 6: "M", 9: "U", 12: "Z"}
 _FUTURE_EXCHANGE_ALIASES = {"GLOBEX": "CME"}

@@ -14,7 +14,7 @@ from decimal import Decimal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sim.model import UNSET_DOUBLE, UNSET_INTEGER
+from bracketgate.sim.model import UNSET_DOUBLE, UNSET_INTEGER
 
 UNSET_DOUBLE_STR = "1.7976931348623157E308"
 UNSET_INTEGER_STR = str(UNSET_INTEGER)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.ib import account_guard
-from bus.errors import BrokerConnectError
-from core.app import EXIT_IB
+from bracketgate.adapters.ib import account_guard
+from bracketgate.bus.errors import BrokerConnectError
+from bracketgate.core.app import EXIT_IB
 from tests.e2e.test_journal_integrity import run_daemon
 from tests.fixtures.paper_tws import PaperTWSHandle, spawn_paper_tws, stop_process
 

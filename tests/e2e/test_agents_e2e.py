@@ -27,7 +27,7 @@ from tests.e2e.test_risk_e2e import (
     running,
     write_limits,
 )
-from bus.auth import sign
+from bracketgate.bus.auth import sign
 from tests.fixtures.daemon import MqttProbe
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]

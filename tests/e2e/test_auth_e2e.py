@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.journal import read_events
-from bus.auth import sign
+from bracketgate.adapters.journal import read_events
+from bracketgate.bus.auth import sign
 from tests.e2e.test_agents_e2e import write_agents
 from tests.e2e.test_risk_e2e import _pid, orders_by_ref, resting, running
 from tests.fixtures.daemon import REPO

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from core.crashpoints import ENV, POINTS
+from bracketgate.core.crashpoints import ENV, POINTS
 from tests.e2e.test_recovery_chaos import (
     Audit,
     Rig,
@@ -135,7 +135,7 @@ async def test_sigkill_at_every_named_crash_point(mosquitto, paper_tws_process, 
 
 @pytest.mark.parametrize("spec", ["proposal_journaled", "bracket_acked@2", "nowhere"])
 def test_crash_point_spec_is_validated(spec):
-    from core import crashpoints
+    from bracketgate.core import crashpoints
 
     if spec == "nowhere":
         with pytest.raises(ValueError, match="unknown crash point"):

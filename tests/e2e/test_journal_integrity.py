@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from adapters.journal import Journal
-from core.app import EXIT_JOURNAL
+from bracketgate.adapters.journal import Journal
+from bracketgate.core.app import EXIT_JOURNAL
 from tests.fixtures.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]

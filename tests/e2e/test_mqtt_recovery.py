@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from adapters.journal import Journal
-from bus.messages import TradeProposal
+from bracketgate.adapters.journal import Journal
+from bracketgate.bus.messages import TradeProposal
 from tests.fixtures.daemon import REPO, DaemonProcess
 from tests.fixtures.resilient_agent import ResilientAgent, bracket, roomy_limits
 

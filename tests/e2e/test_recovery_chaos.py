@@ -53,7 +53,7 @@ from typing import Any
 
 import pytest
 
-from adapters.journal import read_events
+from bracketgate.adapters.journal import read_events
 from tests.fixtures.daemon import REPO, DaemonProcess, MqttProbe
 from tests.fixtures.paper_tws import PaperTWSHandle
 
@@ -677,8 +677,8 @@ async def test_bracket_cut_off_mid_send_is_cancelled_not_adopted(mosquitto, pape
     'approved' bracket without a stop (adopted as placed before the fix)."""
     import ib_async
 
-    from adapters.journal import Journal
-    from bus.messages import TradeProposal
+    from bracketgate.adapters.journal import Journal
+    from bracketgate.bus.messages import TradeProposal
 
     tws = paper_tws_process
     async with asyncio.timeout(60):
@@ -742,12 +742,12 @@ async def test_connection_cut_mid_placement_is_settled_by_reconcile(paper_tws, c
     reported the bracket placed — with nothing, or an untransmitted entry, at IB. Now: legs 1-2
     (the stop never reached IB, nothing was transmitted) -> cancelled, intent failed, placement
     refused; leg 3 (the whole bracket is working at IB) -> adopted, placement ok with its ids."""
-    from adapters.ib import IBBroker
-    from agents.execution import ExecutionAgent
-    from bus.bus import Bus
-    from bus.messages import ApprovedBracket, TradeProposal
-    from sim.codec import PlaceOrder
-    from sim.server import PaperTWS
+    from bracketgate.adapters.ib import IBBroker
+    from bracketgate.agents.execution import ExecutionAgent
+    from bracketgate.bus.bus import Bus
+    from bracketgate.bus.messages import ApprovedBracket, TradeProposal
+    from bracketgate.sim.codec import PlaceOrder
+    from bracketgate.sim.server import PaperTWS
 
     pid = f"cut{cut_at_leg}-{uuid.uuid4().hex[:6]}"
     tws = paper_tws.tws
@@ -808,10 +808,10 @@ async def test_bracket_that_trades_out_before_its_acks_is_placed(paper_tws):
     and cancels the take-profit (OCA) before the daemon has read the acks. The cancelled leg
     was taken for a refusal: PLACEMENT_FAILED, a 'rejected' decision for a bracket that traded
     (entry and stop filled, a realized loss). A leg that fills means IB took the bracket."""
-    from adapters.ib import IBBroker
-    from agents.execution import ExecutionAgent
-    from bus.bus import Bus
-    from bus.messages import ApprovedBracket, TradeProposal
+    from bracketgate.adapters.ib import IBBroker
+    from bracketgate.agents.execution import ExecutionAgent
+    from bracketgate.bus.bus import Bus
+    from bracketgate.bus.messages import ApprovedBracket, TradeProposal
 
     await paper_tws.set_price(SYMBOL, MID)
     bus = Bus()

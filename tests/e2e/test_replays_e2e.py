@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from adapters.journal import Journal
-from bus.messages import RiskDecision, TradeProposal, Verdict
-from core.clock import ManualClock
+from bracketgate.adapters.journal import Journal
+from bracketgate.bus.messages import RiskDecision, TradeProposal, Verdict
+from bracketgate.core.clock import ManualClock
 from tests.fixtures.daemon import DaemonProcess, MqttProbe
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]

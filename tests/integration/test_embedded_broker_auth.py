@@ -11,12 +11,12 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from adapters.embedded_broker import LOGINS, EmbeddedBroker
-from bus.bus import Bus
-from bus.errors import MqttError
-from bus.messages import TradeProposal
-from bus.mqtt import MqttBridge
-from config.settings import Settings
+from bracketgate.adapters.embedded_broker import LOGINS, EmbeddedBroker
+from bracketgate.bus.bus import Bus
+from bracketgate.bus.errors import MqttError
+from bracketgate.bus.messages import TradeProposal
+from bracketgate.bus.mqtt import MqttBridge
+from bracketgate.config.settings import Settings
 
 PREFIX = "bgauth"
 VALID = {"proposal_id": "p-1", "symbol": "AAPL", "side": "BUY", "quantity": 10, "order_type": "LMT",

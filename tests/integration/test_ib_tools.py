@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from sim.server import PaperTWS
+from bracketgate.sim.server import PaperTWS
 from tests.fixtures.paper_tws import PaperTWSHandle
 from tests.iblib import IB, LimitOrder, MarketOrder, Stock
 

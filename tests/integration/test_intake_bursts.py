@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from adapters.journal import Journal
-from bus.bus import Bus
-from bus.messages import Reason, DenialCode, RiskDecision, TradeProposal, Verdict
-from bus.mqtt import MqttBridge
-from core.app import _journal_decision, _journal_proposal
+from bracketgate.adapters.journal import Journal
+from bracketgate.bus.bus import Bus
+from bracketgate.bus.messages import Reason, DenialCode, RiskDecision, TradeProposal, Verdict
+from bracketgate.bus.mqtt import MqttBridge
+from bracketgate.core.app import _journal_decision, _journal_proposal
 from tests.fixtures.mosquitto import MosquittoServer
 from tests.integration.test_mqtt_bridge import PREFIX, TS, VALID, WAIT, Agent, Sink, make_settings
 

@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from adapters.journal import SCHEMA_VERSION, IntentState, Journal
-from core.clock import SystemClock
+from bracketgate.adapters.journal import SCHEMA_VERSION, IntentState, Journal
+from bracketgate.core.clock import SystemClock
 
 REPO = Path(__file__).resolve().parents[2]
 KILLS = 10
@@ -27,9 +27,9 @@ KILLS = 10
 WRITER = r"""
 import asyncio, sys
 from pathlib import Path
-from adapters.journal import Journal
-from core.clock import SystemClock
-from core.logs import configure_logging
+from bracketgate.adapters.journal import Journal
+from bracketgate.core.clock import SystemClock
+from bracketgate.core.logs import configure_logging
 
 configure_logging("json", "WARNING", stream=sys.stderr)
 path, run = Path(sys.argv[1]), sys.argv[2]

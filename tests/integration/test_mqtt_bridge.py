@@ -25,9 +25,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from structlog.testing import capture_logs
 
-from adapters.embedded_broker import EmbeddedBroker
-from bus.bus import Bus, Overflow
-from bus.messages import (
+from bracketgate.adapters.embedded_broker import EmbeddedBroker
+from bracketgate.bus.bus import Bus, Overflow
+from bracketgate.bus.messages import (
     Alert,
     ControlCommand,
     DenialCode,
@@ -43,9 +43,9 @@ from bus.messages import (
     TradingStateChanged,
     Verdict,
 )
-from bus.errors import MqttError, MqttNotConnected
-from bus.mqtt import MqttBridge, _paho, backoff_delay
-from config.settings import Settings
+from bracketgate.bus.errors import MqttError, MqttNotConnected
+from bracketgate.bus.mqtt import MqttBridge, _paho, backoff_delay
+from bracketgate.config.settings import Settings
 from tests.fixtures.mosquitto import MosquittoServer
 
 pytestmark = pytest.mark.mosquitto

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from adapters.ib import IBBroker
-from agents.execution import ExecutionAgent
-from bus.bus import Bus
-from bus.errors import PlacementError
-from bus.messages import ApprovedBracket, TradeProposal
+from bracketgate.adapters.ib import IBBroker
+from bracketgate.agents.execution import ExecutionAgent
+from bracketgate.bus.bus import Bus
+from bracketgate.bus.errors import PlacementError
+from bracketgate.bus.messages import ApprovedBracket, TradeProposal
 
 pytestmark = pytest.mark.ib
 
@@ -174,10 +174,10 @@ async def test_a_placement_past_the_governors_deadline_is_answered_with_what_ib_
     """The governor's placement deadline (0.1 s) passes while IB is taking the legs (acks muted:
     the adapter asks IB after its 0.5 s ack timeout). The decision must say what IB has: all
     three legs, so approved with their ids — not a PLACEMENT_FAILED with a live bracket."""
-    from agents.portfolio import PortfolioMonitor
-    from agents.risk import RiskGovernor
-    from bus.messages import Verdict
-    from core.clock import SYSTEM_CLOCK
+    from bracketgate.agents.portfolio import PortfolioMonitor
+    from bracketgate.agents.risk import RiskGovernor
+    from bracketgate.bus.messages import Verdict
+    from bracketgate.core.clock import SYSTEM_CLOCK
     from tests.unit.riskkit import open_limits
 
     await paper_tws.post("/ack_hold", {"orderRef": "slow-1", "orderType": "STP", "mode": "mute"})

@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 
-from adapters.ib import IBBroker
-from agents.execution import ExecutionAgent
-from agents.portfolio import PortfolioMonitor
-from agents.risk import RiskGovernor
-from bus.bus import Bus
-from bus.messages import DenialCode, RiskDecision, TradeProposal, Verdict
-from core.app import _attach_governor
-from core.clock import SYSTEM_CLOCK
-from config.limits import DEFAULT_LIMITS_PATH, parse_limits
+from bracketgate.adapters.ib import IBBroker
+from bracketgate.agents.execution import ExecutionAgent
+from bracketgate.agents.portfolio import PortfolioMonitor
+from bracketgate.agents.risk import RiskGovernor
+from bracketgate.bus.bus import Bus
+from bracketgate.bus.messages import DenialCode, RiskDecision, TradeProposal, Verdict
+from bracketgate.core.app import _attach_governor
+from bracketgate.core.clock import SYSTEM_CLOCK
+from bracketgate.config.limits import DEFAULT_LIMITS_PATH, parse_limits
 
 pytestmark = pytest.mark.ib
 

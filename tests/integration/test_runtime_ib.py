@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from adapters.ib import IBBroker
-from agents.execution import ExecutionAgent
-from agents.portfolio import PortfolioMonitor
-from bus.bus import Bus
-from bus.errors import BrokerConnectError
-from bus.messages import (
+from bracketgate.adapters.ib import IBBroker
+from bracketgate.agents.execution import ExecutionAgent
+from bracketgate.agents.portfolio import PortfolioMonitor
+from bracketgate.bus.bus import Bus
+from bracketgate.bus.errors import BrokerConnectError
+from bracketgate.bus.messages import (
     Alert,
     ApprovedBracket,
     BracketOrderIds,
@@ -252,7 +252,7 @@ async def test_unprotected_fill_gets_a_protective_stop(paper_tws, runtime):
 
 
 async def test_restart_adopts_brackets_and_recovers_missed_fills(paper_tws, tmp_path):
-    from adapters.journal import Journal
+    from bracketgate.adapters.journal import Journal
 
     journal = await Journal.open(tmp_path / "j.sqlite")
 
@@ -302,7 +302,7 @@ async def test_restart_adopts_brackets_and_recovers_missed_fills(paper_tws, tmp_
 
 
 async def test_intent_that_never_reached_ib_is_reported(paper_tws, tmp_path):
-    from adapters.journal import Journal
+    from bracketgate.adapters.journal import Journal
 
     journal = await Journal.open(tmp_path / "j.sqlite")
     p = proposal("lost-1")

@@ -8,8 +8,8 @@ import signal
 
 import pytest
 
-from sim.engine import Brokerage
-from sim.universe import Universe
+from bracketgate.sim.engine import Brokerage
+from bracketgate.sim.universe import Universe
 from tests.fixtures.paper_tws import spawn_paper_tws, start_paper_tws, stop_paper_tws, stop_process
 from tests.iblib import IB, ExecutionFilter, LimitOrder, MarketOrder, Stock
 from tests.sim.support import ErrorLog, connected, qualify_one, wait_until

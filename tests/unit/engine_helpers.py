@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import date
 
-from sim.engine import Brokerage
-from sim.model import BrokerEvent, SimContract, SimOrder
-from sim.universe import Universe
+from bracketgate.sim.engine import Brokerage
+from bracketgate.sim.model import BrokerEvent, SimContract, SimOrder
+from bracketgate.sim.universe import Universe
 
 AS_OF = date(2026, 11, 20)          # a Friday: the third Friday of November 2026
 T0 = 1_795_176_000.0                # 2026-11-20 12:00 UTC

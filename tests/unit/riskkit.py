@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from agents.risk import RiskGovernor
-from agents.rules import offline_con_id, proposal_offline_con_id
-from bus.messages import (
+from bracketgate.agents.risk import RiskGovernor
+from bracketgate.agents.rules import offline_con_id, proposal_offline_con_id
+from bracketgate.bus.messages import (
     ConnectionState,
     Fill,
     Leg,
@@ -26,8 +26,8 @@ from bus.messages import (
     TradeProposal,
     WorkingOrder,
 )
-from config.limits import RiskLimits
-from core.clock import ManualClock
+from bracketgate.config.limits import RiskLimits
+from bracketgate.core.clock import ManualClock
 
 NLV = 1_000_000.0
 

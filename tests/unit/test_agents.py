@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from adapters.pacer import Pacer
-from agents.risk import SHARED_BUDGET
-from bus.errors import ConfigError
-from bus.messages import DenialCode, Leg, Verdict
-from config.agents import AgentsFile, load_agents, parse_agents
-from config.limits import RiskLimits
+from bracketgate.adapters.pacer import Pacer
+from bracketgate.agents.risk import SHARED_BUDGET
+from bracketgate.bus.errors import ConfigError
+from bracketgate.bus.messages import DenialCode, Leg, Verdict
+from bracketgate.config.agents import AgentsFile, load_agents, parse_agents
+from bracketgate.config.limits import RiskLimits
 from tests.unit.riskkit import fill, governor, open_limits, proposal, snapshot
 
 D = DenialCode

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from bus.auth import Authenticator, Refusal, sign, signed_string
-from bus.messages import DenialCode as D
+from bracketgate.bus.auth import Authenticator, Refusal, sign, signed_string
+from bracketgate.bus.messages import DenialCode as D
 
 KEY = b"alpha-key-0123456789"
 OPKEY = b"operator-key-0123456789"

@@ -7,14 +7,14 @@ import sqlite3
 from datetime import timedelta
 from types import SimpleNamespace
 
-from adapters import journal as J
-from adapters.ib import _Bounded
-from adapters.journal import Journal
-from agents.execution import ExecutionAgent
-from agents.risk import DecisionMemory
-from bus.messages import BracketOrderIds, DenialCode, Reason, RiskDecision, Verdict
-from config.limits import RiskLimits
-from core.recovery import recover_from_journal
+from bracketgate.adapters import journal as J
+from bracketgate.adapters.ib import _Bounded
+from bracketgate.adapters.journal import Journal
+from bracketgate.agents.execution import ExecutionAgent
+from bracketgate.agents.risk import DecisionMemory
+from bracketgate.bus.messages import BracketOrderIds, DenialCode, Reason, RiskDecision, Verdict
+from bracketgate.config.limits import RiskLimits
+from bracketgate.core.recovery import recover_from_journal
 from tests.unit.riskkit import governor, proposal
 
 
@@ -106,7 +106,7 @@ class _Broker:
 
 
 async def test_execution_forgets_closed_brackets_and_prior_placement_still_reads_ib(monkeypatch):
-    import agents.execution as ex
+    import bracketgate.agents.execution as ex
 
     monkeypatch.setattr(ex, "CLOSED_KEEP_S", 0.0)
     broker = _Broker()

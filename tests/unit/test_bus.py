@@ -10,8 +10,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from bus.bus import Bus, BusState, Overflow
-from bus.errors import (
+from bracketgate.bus.bus import Bus, BusState, Overflow
+from bracketgate.bus.errors import (
     BusError,
     BusOverloaded,
     DrainTimeout,
@@ -20,8 +20,8 @@ from bus.errors import (
     RequestTimeout,
     ServiceAlreadyServed,
 )
-from bus.messages import ControlCommand, PortfolioSnapshot, TradeProposal
-from core.clock import ManualClock
+from bracketgate.bus.messages import ControlCommand, PortfolioSnapshot, TradeProposal
+from bracketgate.core.clock import ManualClock
 
 CLOCK = ManualClock()
 
@@ -272,7 +272,7 @@ async def test_drain_times_out_with_pending(bus: Bus) -> None:
 
 
 async def test_handler_runs_with_bound_context(bus: Bus) -> None:
-    from core.logs import get_logger
+    from bracketgate.core.logs import get_logger
 
     inner = get_logger("test")
 
@@ -292,7 +292,7 @@ async def test_handler_runs_with_bound_context(bus: Bus) -> None:
 
 
 async def test_subscribe_batch_hands_over_what_is_queued_in_order() -> None:
-    from bus.messages import ControlCommand
+    from bracketgate.bus.messages import ControlCommand
 
     bus = Bus()
     got: list[list[str]] = []
@@ -317,7 +317,7 @@ async def test_subscribe_batch_hands_over_what_is_queued_in_order() -> None:
 
 
 async def test_a_failing_batch_handler_is_counted_and_the_bus_goes_on() -> None:
-    from bus.messages import ControlCommand
+    from bracketgate.bus.messages import ControlCommand
 
     bus = Bus()
     calls: list[int] = []

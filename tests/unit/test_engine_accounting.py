@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from sim.engine import Brokerage
-from sim.model import UNSET_DOUBLE, OrderRejected
+from bracketgate.sim.engine import Brokerage
+from bracketgate.sim.model import UNSET_DOUBLE, OrderRejected
 from tests.unit.engine_helpers import AS_OF, Clock, bracket, make_engine, order
 
 approx = pytest.approx

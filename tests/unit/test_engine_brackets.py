@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sim.model import OrderChanged, OrderError, OrderRejected
+from bracketgate.sim.model import OrderChanged, OrderError, OrderRejected
 from tests.unit.engine_helpers import bracket, kinds, make_engine, order
 
 

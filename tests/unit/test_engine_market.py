@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sim.market import PriceFeed, half_spread
-from sim.universe import Universe
+from bracketgate.sim.market import PriceFeed, half_spread
+from bracketgate.sim.universe import Universe
 from tests.unit.engine_helpers import AS_OF, bracket, make_engine
 
 

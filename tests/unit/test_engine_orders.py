@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sim.model import OrderChanged, OrderError, OrderRejected
-from sim.universe import UnknownContract
+from bracketgate.sim.model import OrderChanged, OrderError, OrderRejected
+from bracketgate.sim.universe import UnknownContract
 from tests.unit.engine_helpers import kinds, make_engine, order
 
 

@@ -16,11 +16,11 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-import core.logs as logs
-from adapters.journal import Journal, _json, encode
-from agents.rules import deny
-from bus.messages import DenialCode, RiskDecision, TradeProposal, Verdict
-from core.app import _journal_decision
+import bracketgate.core.logs as logs
+from bracketgate.adapters.journal import Journal, _json, encode
+from bracketgate.agents.rules import deny
+from bracketgate.bus.messages import DenialCode, RiskDecision, TradeProposal, Verdict
+from bracketgate.core.app import _journal_decision
 
 PROPOSAL = {"proposal_id": "p-1", "agent_id": "alpha", "symbol": "AAPL", "side": "BUY",
             "quantity": 10, "order_type": "LMT", "limit_price": 175.0, "take_profit": 180.0,

@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from adapters.ib import LIVE_PORTS, ErrorClass, IBBroker, classify_error, ib_number
-from adapters.ib_tools import transmit_allowed
-from bus.errors import BrokerConnectError
+from bracketgate.adapters.ib import LIVE_PORTS, ErrorClass, IBBroker, classify_error, ib_number
+from bracketgate.adapters.ib_tools import transmit_allowed
+from bracketgate.bus.errors import BrokerConnectError
 
 
 @pytest.mark.parametrize("code,cls", [

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.journal import (
+from bracketgate.adapters.journal import (
     DURABLE_KINDS,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -30,7 +30,7 @@ from adapters.journal import (
     intent_move_allowed,
     main,
 )
-from bus.messages import (
+from bracketgate.bus.messages import (
     ApprovedBracket,
     BracketOrderIds,
     Fill,
@@ -42,7 +42,7 @@ from bus.messages import (
     TradingStateChanged,
     Verdict,
 )
-from core.clock import ManualClock
+from bracketgate.core.clock import ManualClock
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 20, 15, 0, tzinfo=timezone.utc)
@@ -567,7 +567,7 @@ def test_cli_default_path_from_env(cli_file: Path, monkeypatch: pytest.MonkeyPat
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from adapters.journal import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from bracketgate.adapters.journal import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True,
                           text=True, timeout=30, env={**os.environ, **(env or {})})
 
@@ -594,7 +594,7 @@ async def test_cli_reads_while_the_daemon_writes(path: Path, clock: ManualClock)
 
 async def test_a_dead_writer_fails_callers_instead_of_hanging(
         journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
-    from adapters import journal as module
+    from bracketgate.adapters import journal as module
 
     def explode(self: object, conn: object, batch: object) -> None:
         raise RuntimeError("boom")

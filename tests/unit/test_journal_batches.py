@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.journal import Journal
-from bus.messages import TradeProposal
+from bracketgate.adapters.journal import Journal
+from bracketgate.bus.messages import TradeProposal
 
 PROPOSAL = {"proposal_id": "p-1", "agent_id": "alpha", "symbol": "AAPL", "side": "BUY",
             "quantity": 10, "order_type": "LMT", "limit_price": 175.0, "take_profit": 180.0,

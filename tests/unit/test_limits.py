@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bus.errors import ConfigError
-from bus.messages import SecType
-from config.limits import DEFAULT_LIMITS_PATH, RiskLimits, diff_limits, load_limits, parse_limits
+from bracketgate.bus.errors import ConfigError
+from bracketgate.bus.messages import SecType
+from bracketgate.config.limits import DEFAULT_LIMITS_PATH, RiskLimits, diff_limits, load_limits, parse_limits
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from structlog.testing import capture_logs
 
-from core.logs import configure_logging, get_logger
+from bracketgate.core.logs import configure_logging, get_logger
 
 
 def test_a_logger_made_before_configuration_follows_every_later_one() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sim.margin import CommissionModel, MarginModel, MarginRequirement
-from sim.model import SimContract
+from bracketgate.sim.margin import CommissionModel, MarginModel, MarginRequirement
+from bracketgate.sim.model import SimContract
 
 STK = SimContract(265598, "AAPL", "STK", "SMART", "NASDAQ")
 ES = SimContract(515416632, "ES", "FUT", "CME", "CME", multiplier=50.0, min_tick=0.25)

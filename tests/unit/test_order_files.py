@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from config.limits import DEFAULT_LIMITS_PATH, load_limits, parse_limits
-from core.operator import status_exit, status_line
-from core.order_files import BadOrderFile, plan_orders, policy_exits, read_rows
+from bracketgate.config.limits import DEFAULT_LIMITS_PATH, load_limits, parse_limits
+from bracketgate.core.operator import status_exit, status_line
+from bracketgate.core.order_files import BadOrderFile, plan_orders, policy_exits, read_rows
 
 REPO = Path(__file__).resolve().parents[2]
 LIMITS = load_limits(DEFAULT_LIMITS_PATH)

@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from adapters.pacer import Pacer, PacerClosed, Priority
+from bracketgate.adapters.pacer import Pacer, PacerClosed, Priority
 
 
 class FakeTime:

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from adapters.journal import Journal
-from bus.bus import Bus
-from bus.messages import RiskDecision, TradeProposal, Verdict
-from bus.mqtt import MAX_JSON_DEPTH, MqttBridge
-from config.settings import Settings
-from core.clock import ManualClock
+from bracketgate.adapters.journal import Journal
+from bracketgate.bus.bus import Bus
+from bracketgate.bus.messages import RiskDecision, TradeProposal, Verdict
+from bracketgate.bus.mqtt import MAX_JSON_DEPTH, MqttBridge
+from bracketgate.config.settings import Settings
+from bracketgate.core.clock import ManualClock
 from tests.fixtures.fuzz import BASE, corpus
 
 PREFIX = "bg"

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agents import rules
-from agents.risk import RiskGovernor
-from bus.messages import (
+from bracketgate.agents import rules
+from bracketgate.agents.risk import RiskGovernor
+from bracketgate.bus.messages import (
     MAX_PRICE,
     DenialCode,
     OrderType,
@@ -30,8 +30,8 @@ from bus.messages import (
     TradeProposal,
     Verdict,
 )
-from config.limits import DEFAULT_LIMITS_PATH, RiskLimits, load_limits
-from core.clock import ManualClock
+from bracketgate.config.limits import DEFAULT_LIMITS_PATH, RiskLimits, load_limits
+from bracketgate.core.clock import ManualClock
 from tests.unit.riskkit import governor, open_limits, proposal, quote, snapshot
 
 D = DenialCode
@@ -226,7 +226,7 @@ def test_valid_proposals_at_the_contract_extremes_get_a_decision(
 
 
 def test_the_json_schema_carries_the_price_bound() -> None:
-    from bus.messages import json_schemas
+    from bracketgate.bus.messages import json_schemas
 
     props = json_schemas()["TradeProposal"]["properties"]
     assert props["take_profit"] == {"exclusiveMinimum": 0, "maximum": MAX_PRICE,

@@ -3,7 +3,7 @@ decision reports what IB has, never a fresh verdict (issue 8: crash windows, los
 
 from __future__ import annotations
 
-from bus.messages import BracketOrderIds, DenialCode as D, PriorPlacement, Verdict
+from bracketgate.bus.messages import BracketOrderIds, DenialCode as D, PriorPlacement, Verdict
 from tests.unit.riskkit import governor, open_limits, proposal, snapshot
 
 

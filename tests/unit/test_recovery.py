@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from adapters.journal import Journal
-from bus.messages import DenialCode, Leg, Reason, RiskDecision, Side, Verdict
-from core.recovery import recover_from_journal
+from bracketgate.adapters.journal import Journal
+from bracketgate.bus.messages import DenialCode, Leg, Reason, RiskDecision, Side, Verdict
+from bracketgate.core.recovery import recover_from_journal
 from tests.unit.riskkit import fill, governor, proposal
 
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from adapters.journal import Journal, JournalOwnerError
-from agents.risk import PLACE_SERVICE, RiskGovernor
-from bus.bus import Bus
-from bus.messages import (
+from bracketgate.adapters.journal import Journal, JournalOwnerError
+from bracketgate.agents.risk import PLACE_SERVICE, RiskGovernor
+from bracketgate.bus.bus import Bus
+from bracketgate.bus.messages import (
     ApprovedBracket,
     BracketOrderIds,
     DenialCode,
@@ -28,8 +28,8 @@ from bus.messages import (
     TradeProposal,
     Verdict,
 )
-from core.clock import ManualClock
-from core.recovery import LOOKBACK, recover_from_journal
+from bracketgate.core.clock import ManualClock
+from bracketgate.core.recovery import LOOKBACK, recover_from_journal
 from tests.unit.riskkit import open_limits, proposal, snapshot
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bus.messages import (
+from bracketgate.bus.messages import (
     DenialCode,
     Fill,
     Leg,
@@ -28,7 +28,7 @@ from bus.messages import (
     Verdict,
     WorkingOrder,
 )
-from core.clock import ManualClock
+from bracketgate.core.clock import ManualClock
 from tests.unit.riskkit import governor, open_limits, snapshot
 
 D = DenialCode

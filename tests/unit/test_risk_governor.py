@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from agents.risk import PLACE_SERVICE, RiskGovernor
-from bus.bus import Bus
-from bus.errors import ConfigError
-from bus.messages import (
+from bracketgate.agents.risk import PLACE_SERVICE, RiskGovernor
+from bracketgate.bus.bus import Bus
+from bracketgate.bus.errors import ConfigError
+from bracketgate.bus.messages import (
     DENIAL_MESSAGES,
     ApprovedBracket,
     BracketOrderIds,
@@ -32,7 +32,7 @@ from bus.messages import (
     Verdict,
     WorkingOrder,
 )
-from core.clock import ManualClock
+from bracketgate.core.clock import ManualClock
 from tests.unit.riskkit import (
     contract_id,
     fill,
@@ -283,7 +283,7 @@ def test_decision_memory_is_bounded_but_keeps_open_brackets() -> None:
 
 def test_archived_decisions_answer_repeats_and_placement_updates() -> None:
     """Past the newest few thousand, decisions live as JSON text (no GC cost); same answers."""
-    from agents.risk import DecisionMemory
+    from bracketgate.agents.risk import DecisionMemory
 
     gov, clock = governor()
     snap = snapshot(clock)

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from agents.risk import RiskGovernor
-from agents.rules import offline_con_id
-from bus.messages import (
+from bracketgate.agents.risk import RiskGovernor
+from bracketgate.agents.rules import offline_con_id
+from bracketgate.bus.messages import (
     ControlCommand,
     Fill,
     Leg,
@@ -33,8 +33,8 @@ from bus.messages import (
     TradingState,
     Verdict,
 )
-from config.limits import RiskLimits
-from core.clock import ManualClock
+from bracketgate.config.limits import RiskLimits
+from bracketgate.core.clock import ManualClock
 
 TICK = 0.01
 EPS = 1e-6

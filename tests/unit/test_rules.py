@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from agents import rules
-from agents.risk import RiskGovernor
-from bus.messages import (
+from bracketgate.agents import rules
+from bracketgate.agents.risk import RiskGovernor
+from bracketgate.bus.messages import (
     DENIAL_MESSAGES,
     DenialCode,
     Leg,
@@ -26,8 +26,8 @@ from bus.messages import (
     TradingState,
     Verdict,
 )
-from config.limits import RiskLimits
-from core.clock import ManualClock
+from bracketgate.config.limits import RiskLimits
+from bracketgate.core.clock import ManualClock
 from tests.unit.riskkit import fill, governor, open_limits, position, proposal, quote, snapshot
 
 D = DenialCode

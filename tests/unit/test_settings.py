@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from bus.errors import ConfigError
-from config.settings import Settings, describe_mode, load_settings
+from bracketgate.bus.errors import ConfigError
+from bracketgate.config.settings import Settings, describe_mode, load_settings
 
 OWN_VARS = [name.upper() for name in Settings.model_fields]
 

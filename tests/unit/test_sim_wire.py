@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from sim import codec
-from sim.wire import (
+from bracketgate.sim import codec
+from bracketgate.sim.wire import (
     FrameDecoder,
     VersionOffer,
     WireError,

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from sim import codec
-from sim.engine import Brokerage
-from sim.model import SimContract, SimExecution, SimOrder, SimPosition, WhatIfResult
-from sim.universe import Universe
-from sim.wire import API_PREFIX, FrameDecoder, pack, pack_raw, split_fields
+from bracketgate.sim import codec
+from bracketgate.sim.engine import Brokerage
+from bracketgate.sim.model import SimContract, SimExecution, SimOrder, SimPosition, WhatIfResult
+from bracketgate.sim.universe import Universe
+from bracketgate.sim.wire import API_PREFIX, FrameDecoder, pack, pack_raw, split_fields
 from tests.fixtures.paper_tws import start_paper_tws, stop_paper_tws
 from tests.iblib import LIBRARY, ib
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bus.errors import ConfigError
-from config.settings import IB_ALIASES, Settings, load_settings, tool_connection
+from bracketgate.bus.errors import ConfigError
+from bracketgate.config.settings import IB_ALIASES, Settings, load_settings, tool_connection
 
 SCRUB = [n.upper() for n in Settings.model_fields] + [a.upper() for a in IB_ALIASES.values()] + [
     "TOOLS_CLIENT_ID", "DATA_DIR"]

@@ -6,8 +6,8 @@ from datetime import date
 
 import pytest
 
-from sim.model import SimContract
-from sim.universe import Universe, UnknownContract, next_quarterlies, third_friday
+from bracketgate.sim.model import SimContract
+from bracketgate.sim.universe import Universe, UnknownContract, next_quarterlies, third_friday
 
 AS_OF = date(2026, 11, 20)
 
