@@ -74,6 +74,7 @@ from pydantic import BaseModel
 from bracketgate.adapters import journal_files, journal_ids
 from bracketgate.adapters.journal_ids import SeenId
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
+from bracketgate.core.fastjson import encoder
 from bracketgate.core.logs import get_logger
 
 log = get_logger(__name__)
@@ -251,24 +252,8 @@ def _no_json_form(obj: Any) -> Any:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
-# json.dumps(separators=..., allow_nan=False) builds a JSONEncoder and a C encoder per call
-# (~6 µs of a payload's ~9): the C encoder is built once here, same output. No circular-
-# reference markers: a payload is a tree (a cycle ends in RecursionError instead of ValueError)
-try:
-    from json.encoder import c_make_encoder, encode_basestring_ascii
-except ImportError:  # pragma: no cover - a Python without the C accelerator
-    c_make_encoder = None
-if c_make_encoder is not None:
-    _c_json = c_make_encoder(None, _no_json_form, encode_basestring_ascii, None, ":", ",",
-                             False, False, False)
-
-    def _json(plain: Any) -> str:
-        if isinstance(plain, str):   # json.dumps' own special case of a bare string
-            return encode_basestring_ascii(plain)
-        return "".join(_c_json(plain, 0))
-else:  # pragma: no cover
-    def _json(plain: Any) -> str:
-        return json.dumps(plain, separators=(",", ":"), allow_nan=False)
+# the payloads' encoder, built once (core/fastjson.py): json.dumps' compact, finite output
+_json = encoder(_no_json_form, separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True, slots=True)

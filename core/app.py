@@ -452,10 +452,11 @@ def _attach_governor(governor: Any, bus: Any, broker: Any, monitor: Any) -> None
         if contract is not None:
             snap = governor.snapshot
             if snap is None or quote_for(snap, contract.con_id) is None:
-                await broker.ensure_quote(contract)
-                # hand the governor a snapshot with the quote now, not after a bus hop
-                for ev in governor.on_snapshot(monitor.build()):
-                    await bus.publish(ev)
+                # hand the governor a snapshot with the quote now, not after a bus hop; a
+                # contract IB has no quote for is not rebuilt for at every proposal
+                if await broker.ensure_quote(contract) is not None:
+                    for ev in governor.on_snapshot(monitor.build()):
+                        await bus.publish(ev)
 
     async def whatif(bracket: Any) -> dict[str, Any]:
         return await broker.what_if(bracket)

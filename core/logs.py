@@ -28,6 +28,8 @@ import structlog
 from structlog._config import _CONFIG   # what structlog's lazy proxy reads on every call
 from structlog.contextvars import STRUCTLOG_KEY_PREFIX
 
+from bracketgate.core.fastjson import encoder
+
 LogFormat = Literal["auto", "json", "console"]
 
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key")
@@ -73,25 +75,13 @@ def _json_fallback(obj: Any) -> Any:
         return repr(obj)
 
 
-# json.dumps(event, default=...) builds a JSONEncoder, and each encode a C encoder, per line:
-# here the C encoder is built once (same output as json.dumps; no circular-reference check,
-# a log line is flat)
-try:
-    from json.encoder import c_make_encoder, encode_basestring_ascii
-except ImportError:  # pragma: no cover - a Python without the C accelerator
-    c_make_encoder = None
-if c_make_encoder is not None:
-    _c_encode = c_make_encoder(None, _json_fallback, encode_basestring_ascii, None, ": ", ", ",
-                               False, False, True)
+# the line's encoder, built once (core/fastjson.py): json.dumps(event, default=...)'s output
+_encode = encoder(_json_fallback, separators=(", ", ": "), allow_nan=True)
 
-    def _dumps(event: dict[str, Any], **_kw: Any) -> str:
-        """JSONRenderer's serializer (its keyword arguments are ours already)."""
-        return "".join(_c_encode(event, 0))
-else:  # pragma: no cover
-    _encode = json.JSONEncoder(default=_json_fallback).encode
 
-    def _dumps(event: dict[str, Any], **_kw: Any) -> str:
-        return _encode(event)
+def _dumps(event: dict[str, Any], **_kw: Any) -> str:
+    """JSONRenderer's serializer (its keyword arguments are ours already)."""
+    return _encode(event)
 
 
 _second: tuple[int, str] = (-1, "")   # (a UTC second, its "YYYY-MM-DDTHH:MM:SS")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from bracketgate.adapters.journal import read_events
 from bracketgate.bus.auth import sign
 from tests.e2e.test_agents_e2e import write_agents
 from tests.e2e.test_risk_e2e import _pid, orders_by_ref, resting, running
-from tests.fixtures.daemon import REPO
+from tests.fixtures.daemon import run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
 
@@ -89,15 +87,11 @@ async def test_only_signed_messages_trade_or_halt(mosquitto, paper_tws_process, 
         assert "control command refused" in alert["message"]
         status = [m for t, m, _ in probe.messages[mark:] if t == "status"]
         assert all(s.get("trading_state") != "HALTED" for s in status), status
-        cli_env = {**os.environ, "MQTT_URL": d.env["MQTT_URL"], "MQTT_PREFIX": d.prefix,
-                   "DATA_DIR": d.env["DATA_DIR"], "AGENTS_FILE": str(agents)}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(REPO / "run.py"), "halt", "--reason", "signed", env=cli_env,
-            cwd=str(tmp_path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 20)
-        assert proc.returncode == 0, (out, err)
+        rc, out, err = await run_cli(d, "halt", "--reason", "signed", timeout=20,
+                                     env={"AGENTS_FILE": str(agents)})
+        assert rc == 0, (out, err)
         assert json.loads(out)["new"] == "HALTED"
-        assert OPKEY not in (out + err).decode() and KEY not in "\n".join(d.raw)
+        assert OPKEY not in out + err and KEY not in "\n".join(d.raw)
     journal = Path(d.env["JOURNAL_PATH"])
     refused = [e for e in read_events(journal, kinds=["alert"])
                if e["payload"].get("code") == "AUTH_REQUIRED"]

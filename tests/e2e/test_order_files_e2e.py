@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.test_risk_e2e import orders_by_ref, ready_snapshot, running
-from tests.fixtures.daemon import REPO, DaemonProcess
+from tests.fixtures.daemon import DaemonProcess, run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
 
@@ -33,19 +31,7 @@ AAPL,BUY,5,201.50,210,196
 
 async def cli(d: DaemonProcess, *args: str, timeout: float = 30.0,
               env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """`python run.py <args>` against the daemon's broker and prefix: (exit code, stdout, stderr)."""
-    full = {**os.environ, "MQTT_URL": d.env["MQTT_URL"], "MQTT_PREFIX": d.prefix,
-            "DATA_DIR": d.env["DATA_DIR"], **(env or {})}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(REPO / "run.py"), *args, cwd=d.env["DATA_DIR"], env=full,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(f"run.py {' '.join(args)} did not finish in {timeout}s") from None
-    return await proc.wait(), out.decode(), err.decode()
+    return await run_cli(d, *args, timeout=timeout, env=env)
 
 
 def lines(text: str) -> list[dict[str, Any]]:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.daemon import REPO, DaemonProcess, MqttProbe
+from tests.fixtures.daemon import DaemonProcess, MqttProbe, run_cli
 from tests.fixtures.paper_tws import PaperTWSHandle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
@@ -110,23 +108,12 @@ async def running(mosquitto: Any, tws: PaperTWSHandle, tmp_path: Path, *,
 
 async def operator(d: DaemonProcess, *args: str, timeout: float = 15.0) -> tuple[int, Any]:
     """`python run.py <args>` against the daemon's broker and prefix: (exit code, JSON out)."""
-    env = {**os.environ, "MQTT_URL": d.env["MQTT_URL"], "MQTT_PREFIX": d.prefix,
-           "DATA_DIR": d.env["DATA_DIR"]}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(REPO / "run.py"), *args, cwd=d.env["DATA_DIR"], env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(f"run.py {' '.join(args)} did not finish in {timeout}s") from None
-    rc = await proc.wait()
+    rc, out, err = await run_cli(d, *args, timeout=timeout)
     try:
         payload = json.loads(out) if out.strip() else None
     except ValueError:
-        payload = out.decode(errors="replace")
-    return rc, payload if payload is not None else err.decode(errors="replace")
+        payload = out
+    return rc, payload if payload is not None else err
 
 
 async def orders_by_ref(tws: PaperTWSHandle, refs: set[str] | None = None) -> dict[str, list[dict]]:
