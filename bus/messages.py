@@ -143,6 +143,18 @@ class DenialCode(StrEnum):
     AUTH_REQUIRED = "AUTH_REQUIRED"
     BAD_SIGNATURE = "BAD_SIGNATURE"
     SIGNATURE_REPLAYED = "SIGNATURE_REPLAYED"
+    # multi-leg combos (BAG)
+    UNDEFINED_RISK_COMBO = "UNDEFINED_RISK_COMBO"
+    # bracket lifecycle commands (cancel / amend / trail / close)
+    UNKNOWN_BRACKET = "UNKNOWN_BRACKET"
+    NOT_BRACKET_OWNER = "NOT_BRACKET_OWNER"
+    BRACKET_FILLED_USE_CLOSE = "BRACKET_FILLED_USE_CLOSE"
+    BRACKET_NOT_WORKING = "BRACKET_NOT_WORKING"
+    NOTHING_TO_CLOSE = "NOTHING_TO_CLOSE"
+    CLOSE_EXCEEDS_POSITION = "CLOSE_EXCEEDS_POSITION"
+    DUPLICATE_COMMAND = "DUPLICATE_COMMAND"
+    COMMAND_IN_PROGRESS = "COMMAND_IN_PROGRESS"
+    COMMAND_FAILED = "COMMAND_FAILED"
 
 
 DENIAL_MESSAGES: dict[DenialCode, str] = {
@@ -197,6 +209,18 @@ DENIAL_MESSAGES: dict[DenialCode, str] = {
     DenialCode.AUTH_REQUIRED: "this agent's messages must be signed (HMAC) and this one is not",
     DenialCode.BAD_SIGNATURE: "the message's signature does not verify with the agent's key",
     DenialCode.SIGNATURE_REPLAYED: "the signed message is outside the replay window or was seen before",
+    DenialCode.UNDEFINED_RISK_COMBO:
+        "combo's loss is unbounded (e.g. a short straddle) and the limits file does not allow undefined-risk combos",
+    DenialCode.UNKNOWN_BRACKET: "no bracket is known for this proposal_id",
+    DenialCode.NOT_BRACKET_OWNER: "only the agent that opened a bracket may change it",
+    DenialCode.BRACKET_FILLED_USE_CLOSE:
+        "the entry has filled: cancelling would leave the position unprotected; use close",
+    DenialCode.BRACKET_NOT_WORKING: "the bracket is finished at IB: nothing left to change",
+    DenialCode.NOTHING_TO_CLOSE: "the bracket holds no position to close",
+    DenialCode.CLOSE_EXCEEDS_POSITION: "close quantity above what the bracket holds",
+    DenialCode.DUPLICATE_COMMAND: "command_id already used with different content",
+    DenialCode.COMMAND_IN_PROGRESS: "another command on this bracket is still in flight",
+    DenialCode.COMMAND_FAILED: "IB refused or did not confirm the change; the bracket is as IB reports it",
 }
 
 
