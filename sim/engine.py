@@ -137,7 +137,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from bracketgate.core.logs import get_logger
-from bracketgate.sim import modify, trailing
+from bracketgate.sim import modify, oca, trailing
 from bracketgate.sim.margin import ZERO_MARGIN, CommissionModel, MarginModel, MarginRequirement
 from bracketgate.sim.market import half_spread
 from bracketgate.sim.model import (
@@ -932,6 +932,7 @@ class Brokerage:
             self._sync_children(parent)  # siblings: reduced, or cancelled once nothing is left
         else:
             self._oca_standalone(order, qty)
+        oca.across(self, order, qty)  # named groups spanning brackets (sim/oca.py)
         self._sync_children(order)
 
     def _finish(self, order: SimOrder, status: str, text: str) -> None:
