@@ -258,6 +258,9 @@ async def test_trail_follows_the_high_never_back_and_triggers(paper_tws):
         await wait_until(ib, lambda: trail.orderStatus.status == "Filled", what="trail hit")
         assert trail.orderStatus.avgFillPrice == 230.9
         assert [p["position"] for p in (await paper_tws.state())["positions"]] == [0]
+        [done] = [t for t in await ib.reqCompletedOrdersAsync(apiOnly=True)
+                  if t.order.orderType == "TRAIL"]
+        assert (done.order.trailStopPrice, done.orderStatus.status) == (231.0, "Filled")
 
 
 async def test_trailing_percent_and_a_buy_trail_on_a_short(paper_tws):
@@ -430,3 +433,16 @@ async def test_partial_close_in_the_children_oca_group_shrinks_them(paper_tws):
                          and tp.orderStatus.status == "Cancelled")
         assert sl.orderStatus.filled == 7
         assert [p["position"] for p in (await paper_tws.state())["positions"]] == [0]
+
+
+async def test_adjustable_stop_is_refused_not_silently_dropped(paper_tws):
+    async with connected(paper_tws) as ib:
+        aapl = await _aapl(ib)
+        stop = Order(action="SELL", totalQuantity=5, orderType="STP", auxPrice=220.0,
+                     triggerPrice=235.0, adjustedOrderType="TRAIL", adjustedTrailingAmount=1.0,
+                     adjustableTrailingUnit=0)
+        trade = ib.placeOrder(aapl, stop)
+        err = await ib.errors.wait_for(321, trade.order.orderId)
+        assert "adjustable stops" in err[2]
+        await wait_until(ib, lambda: trade.orderStatus.status == "Cancelled")
+        assert trade.order.orderId not in await _rows(paper_tws)
