@@ -29,7 +29,9 @@ CONTRACT (sim/server.py codes against exactly this; keep signatures stable):
           110 "The price does not conform to the minimum price variation for this contract."
           135 "Can't find order with id =N": parent_id names no order of that client (ext.)
           105 "Order being modified does not match original order": modify changes the
-              contract or the action (extension)
+              contract or the action (extension); the other modify refusals (104, 329, 135,
+              10326/10327, quantity below filled) are in sim/modify.py, TRAIL checks in
+              sim/trailing.py
           201 "Order rejected - reason:...": after a full fill at the expected price the
               initial margin would exceed equity with loan value (orders without a parent
               only; an order that lowers the requirement is never refused); also a child whose
