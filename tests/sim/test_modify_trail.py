@@ -192,6 +192,16 @@ async def test_modify_refusals_carry_the_tws_codes_and_change_nothing(paper_tws)
         assert err[2] == "OCA group revision is not allowed"
         assert (await _row(paper_tws, lmt.order.orderId))["ocaGroup"] == ""
         await _resync(ib, lmt)
+        # 10327: the OCA type of a grouped order is restated differently
+        grouped = ib.placeOrder(aapl, LimitOrder("BUY", 1, 210.0, ocaGroup="grp", ocaType=3))
+        await wait_until(ib, lambda: grouped.orderStatus.status == "Submitted")
+        retyped = copy.copy(grouped.order)
+        retyped.ocaType = 1
+        ib.placeOrder(aapl, retyped)
+        err = await ib.errors.wait_for(10327, grouped.order.orderId)
+        assert err[2] == "OCA group type revision is not allowed"
+        assert (await _row(paper_tws, grouped.order.orderId))["ocaType"] == 3
+        await _resync(ib, grouped)
         # 321: below what already filled
         await paper_tws.fill_qty(3)
         part = ib.placeOrder(aapl, LimitOrder("BUY", 10, 228.0, orderRef="r321"))
