@@ -639,8 +639,8 @@ class Brokerage:
         order.outside_rth = new.outside_rth
         order.transmit = new.transmit
         trailing.on_modify(self, order, new, old_aux)
-        if new.oca_group:
-            order.oca_group, order.oca_type = new.oca_group, new.oca_type
+        if new.oca_group:  # (an ocaType of 0 on a modify leaves the type as it is)
+            order.oca_group, order.oca_type = new.oca_group, new.oca_type or order.oca_type
         log.info("order_modified", client_id=order.client_id, order_id=order.order_id,
                  perm_id=perm, qty=new.total_quantity, lmt=order.lmt_price, aux=order.aux_price)
         if is_child:

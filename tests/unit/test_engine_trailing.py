@@ -201,3 +201,15 @@ def test_standalone_close_in_a_children_group_with_cancel_type(env):
     eng.place(order(aapl, 4, "SELL", 10, "MKT", oca_group="g", oca_type=1))
     assert (eng.order(1, 2).status, eng.order(1, 3).status) == ("Cancelled", "Cancelled")
     assert eng.position(aapl.con_id).quantity == 0
+
+
+def test_modify_with_unset_oca_type_keeps_the_reduce_semantics(env):
+    eng, _events, aapl = env
+    eng.place(order(aapl, 1, "BUY", 10, "MKT"))
+    tp = eng.place(order(aapl, 2, "SELL", 10, "LMT", 235.0, oca_group="x", oca_type=3))
+    tr = eng.place(trail(aapl, 3, "SELL", 10, amount=1.0, oca_group="x", oca_type=3))
+    eng.place(order(aapl, 2, "SELL", 10, "LMT", 234.0, oca_group="x"))   # ocaType 0: unchanged
+    assert tp.oca_type == 3
+    eng.set_price_fill_qty(4)
+    eng.set_price(aapl.con_id, 234.0)                    # 4 taken: the trail is reduced, not gone
+    assert (tp.filled, tr.status, tr.total_quantity) == (4, "Submitted", 6)
