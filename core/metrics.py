@@ -12,6 +12,7 @@ State (one line each):
   alerts:      the latest alerts, newest last (disconnects, halts, rejects by code in bursts)
   pnl_series:  (epoch ms, daily, unrealized, realized), today's, sampled once a second at most
   _seen_agents: agent ids seen with an open bracket (with the agents file's: the label set)
+  _fill_price: (proposal_id, leg) -> the last fill's price (a filled leg is no working order)
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ class Observer:
         self.pnl_series: deque[tuple[int, float, float | None, float | None]] = \
             deque(maxlen=PNL_POINTS_MAX)
         self._seen_agents: OrderedDict[str, None] = OrderedDict()
+        self._fill_price: OrderedDict[Any, float] = OrderedDict()
         self._rejects: dict[str, deque[float]] = {}
         self._burst_alerted: dict[str, float] = {}
         self._mqtt_was: bool | None = None
@@ -250,6 +252,7 @@ class Observer:
     async def _on_fill(self, f: Fill) -> None:
         self.fills_total.inc()
         self.fills += 1
+        _remember(self._fill_price, (f.proposal_id, f.leg.value), f.price)
         self._touch()
 
     async def _on_order_event(self, e: OrderEvent) -> None:
@@ -351,7 +354,7 @@ class Observer:
         working = {o.order_id: o for o in snap.working_orders} if snap is not None else {}
         brackets: dict[str, list[dict[str, Any]]] = {}
         for agent, books in sorted(self.open_brackets_by_agent().items()):
-            brackets[_cut(agent)] = [_bracket_view(b, working) for b in books]
+            brackets[_cut(agent)] = [_bracket_view(b, working, self._fill_price) for b in books]
         gov = self.governor
         rtt = getattr(broker, "heartbeat_rtt_s", None)
         return {
@@ -383,7 +386,8 @@ class Observer:
         return int((getattr(self.bridge, "counters", None) or {}).get("proposals", 0))
 
 
-def _bracket_view(b: Any, working: dict[int, Any]) -> dict[str, Any]:
+def _bracket_view(b: Any, working: dict[int, Any], fill_price: dict[Any, float]
+                  ) -> dict[str, Any]:
     legs = []
     for leg, oid in ((Leg.ENTRY, b.ids.entry), (Leg.TAKE_PROFIT, b.ids.take_profit),
                      (Leg.STOP_LOSS, b.ids.stop_loss)):
@@ -391,6 +395,8 @@ def _bracket_view(b: Any, working: dict[int, Any]) -> dict[str, Any]:
         price = None
         if w is not None:
             price = w.stop_price if leg is Leg.STOP_LOSS else w.limit_price
+        if price is None:
+            price = fill_price.get((b.proposal_id, leg.value))
         if price is None and leg is Leg.STOP_LOSS:
             price = b.stop_price
         legs.append({"leg": leg.value, "order_id": oid, "status": b.status.get(leg, "?"),

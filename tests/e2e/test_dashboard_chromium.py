@@ -124,6 +124,9 @@ async def test_dashboard_follows_the_run_live(mosquitto, paper_tws_process, tmp_
             await tws.set_price("AAPL", 228.80)
             await page.wait_for(f"document.querySelector('{entry_sel}').dataset.status === "
                                 "'Filled'", 15, "alpha's entry filled on the page")
+            entry_price = await page.evaluate(
+                f"document.querySelector('{entry_sel}').lastChild.textContent")
+            assert entry_price != "–" and 228.0 < float(entry_price) <= 229.0, entry_price
             beta_entry = await page.evaluate(
                 f"document.querySelector('#brackets tr[data-proposal=\"{beta}\"][data-leg=\"entry\"]')"
                 ".dataset.status")
