@@ -28,7 +28,8 @@ TLS_SCHEMES = {"mqtts", "ssl"}
 
 # Variables in a .env file with one of these prefixes must be ours: a typo there is an error.
 # Anything else in the file (other tools' variables) is ignored.
-OWN_PREFIXES = ("ib_", "mqtt_", "log_", "risk_", "journal_", "data_", "portfolio_", "http_")
+# (not "http_": HTTP_PROXY and friends belong to other tools; HTTP_* are matched by name)
+OWN_PREFIXES = ("ib_", "mqtt_", "log_", "risk_", "journal_", "data_", "portfolio_")
 
 
 DEFAULT_LIMITS_FILE = Path(__file__).resolve().parent / "limits.default.toml"

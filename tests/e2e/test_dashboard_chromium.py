@@ -41,14 +41,20 @@ def bracket(pid: str, **kw):
 def require_chromium() -> None:
     if chromium_binary() is not None:
         return
-    message = "Debian's chromium is not installed (apt-get install chromium): the dashboard is untested"
+    message = ("Debian's chromium is not installed (apt-get install chromium): the dashboard "
+               "is untested")
     if os.environ.get("CI") or os.environ.get("BRACKETGATE_REQUIRE_CHROMIUM"):
         pytest.fail(message)
     pytest.skip(message)
 
 
 def js_text(selector: str) -> str:
-    return f"(document.querySelector({json.dumps(selector)}) || {{}}).textContent"
+    return f"({q(selector)} || {{}}).textContent"
+
+
+def q(selector: str) -> str:
+    """document.querySelector for `selector`, as a JS expression."""
+    return f"document.querySelector({json.dumps(selector)})"
 
 
 async def test_dashboard_follows_the_run_live(mosquitto, paper_tws_process, tmp_path: Path):
@@ -101,14 +107,14 @@ async def test_dashboard_follows_the_run_live(mosquitto, paper_tws_process, tmp_
                 "\"stop_loss\"]').lastChild.textContent")
             assert stop_price == "226.50"
 
-            await page.wait_for(f"!!document.querySelector('#decisions tr[data-proposal=\"{rej}\"]')",
-                                10, "the rejection in the decisions")
-            row = await page.evaluate(
-                f"(() => {{ const r = document.querySelector('#decisions tr[data-proposal=\"{rej}\"]');"
-                " return [r.dataset.verdict, r.querySelector('.reasons').textContent]; })()")
+            rej_row = q(f'#decisions tr[data-proposal="{rej}"]')
+            await page.wait_for(f"!!{rej_row}", 10, "the rejection in the decisions")
+            row = await page.evaluate(f"(() => {{ const r = {rej_row};"
+                                      " return [r.dataset.verdict,"
+                                      " r.querySelector('.reasons').textContent]; })()")
             assert row[0] == "rejected" and "BRACKET_GEOMETRY" in row[1], row
             approved = await page.evaluate(
-                f"document.querySelector('#decisions tr[data-proposal=\"{alpha}\"]').dataset.verdict")
+                q(f'#decisions tr[data-proposal="{alpha}"]') + ".dataset.verdict")
             assert approved == "approved"
 
             # hostile agent id and proposal id: shown literally, never parsed as HTML or run
@@ -128,8 +134,7 @@ async def test_dashboard_follows_the_run_live(mosquitto, paper_tws_process, tmp_
                 f"document.querySelector('{entry_sel}').lastChild.textContent")
             assert entry_price != "–" and 228.0 < float(entry_price) <= 229.0, entry_price
             beta_entry = await page.evaluate(
-                f"document.querySelector('#brackets tr[data-proposal=\"{beta}\"][data-leg=\"entry\"]')"
-                ".dataset.status")
+                q(f'#brackets tr[data-proposal="{beta}"][data-leg="entry"]') + ".dataset.status")
             assert beta_entry != "Filled"
             await page.wait_for("(document.querySelector('#positions tr[data-symbol=AAPL] .qty')"
                                 " || {}).textContent === '10'", 15, "the AAPL position")

@@ -41,7 +41,8 @@ async def test_metrics_and_health_move_with_the_run(mosquitto, paper_tws_process
         await poll(lambda: healthz(url), lambda r: r[0] == 200, 15, "/healthz ready")
         assert (await healthz(url))[1] == {"status": "ready"}
         before = await scrape(url)
-        assert value(before, "bracketgate_ready") == 1 and value(before, "bracketgate_ib_connected") == 1
+        assert value(before, "bracketgate_ready") == 1
+        assert value(before, "bracketgate_ib_connected") == 1
         assert value(before, "bracketgate_trading_state", state="ACTIVE") == 1
         assert value(before, "bracketgate_trading_state", state="HALTED") == 0
         assert value(before, "bracketgate_uptime_seconds") > 0
@@ -100,7 +101,8 @@ async def test_metrics_and_health_move_with_the_run(mosquitto, paper_tws_process
             assert "BROKER_DISCONNECTED" in reasons, reasons
             back = await scrape(url)
             assert value(back, "bracketgate_ib_reconnects_total") >= 1
-            assert value(back, "bracketgate_ib_connected") == 1 and value(back, "bracketgate_ready") == 1
+            assert value(back, "bracketgate_ib_connected") == 1
+            assert value(back, "bracketgate_ready") == 1
             assert value(back, "bracketgate_mqtt_reconnects_total") == 0
             rtt = await poll(lambda: scrape(url), lambda m: 0 < value(
                 m, "bracketgate_heartbeat_rtt_seconds") < 5, 10, "heartbeat round trip")

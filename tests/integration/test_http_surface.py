@@ -29,7 +29,8 @@ from bracketgate.core.metrics import Observer
 NOW = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 
 
-async def http(port: int, raw: bytes | str, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+async def http(port: int, raw: bytes | str, timeout: float = 5.0
+               ) -> tuple[int, dict[str, str], bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(raw.encode() if isinstance(raw, str) else raw)
     await writer.drain()
@@ -75,7 +76,8 @@ async def served():
         await bus.close()
 
 
-def decision(pid: str, verdict: Verdict, code: str | None = None, agent: str = "alpha") -> RiskDecision:
+def decision(pid: str, verdict: Verdict, code: str | None = None,
+             agent: str = "alpha") -> RiskDecision:
     reasons = [Reason(code=code, message=f"why {code}")] if code else []
     return RiskDecision(proposal_id=pid, agent_id=agent, verdict=verdict, reasons=reasons, ts=NOW)
 
