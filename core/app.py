@@ -209,8 +209,8 @@ class Daemon:
 
             # a proposal is acknowledged to the broker only once journaled (FULL), see bus/mqtt.py
             bridge = MqttBridge(s, bus, self.clock, url=bridge_url or self.mqtt_url,
-                                on_proposals=_journal_proposal(journal),
-                                on_decisions=_journal_decision(journal),
+                                on_proposals=observer.timing(_journal_proposal(journal)),
+                                on_decisions=observer.counting(_journal_decision(journal)),
                                 on_delivered=_journal_delivery(journal),
                                 seen_id=_journal_knows(journal),
                                 authenticator=_authenticator(governor))

@@ -6,7 +6,7 @@ broker's state, reconnects and heartbeat, the pacer's last second, the bridge's 
 execution agent's open brackets, the portfolio monitor's latest snapshot. core/http.py serves it.
 
 State (one line each):
-  _started:    proposal_id -> loop time the proposal reached the bus  (decision latency; bounded)
+  _started:    proposal_id -> loop time the bridge took it in          (decision latency; bounded)
   _approved:   proposal_id -> loop time its ApprovedBracket went out  (placement latency; bounded)
   decisions:   the latest decisions, newest last (dashboard)
   alerts:      the latest alerts, newest last (disconnects, halts, rejects by code in bursts)
@@ -21,14 +21,13 @@ import asyncio
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from bracketgate.bus.bus import Overflow
 from bracketgate.bus.messages import (
     Alert,
     ApprovedBracket,
@@ -119,7 +118,8 @@ class Observer:
 
         self._started: OrderedDict[str, float] = OrderedDict()
         self._approved: OrderedDict[str, float] = OrderedDict()
-        self.decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
+        self.decisions: deque[RiskDecision] = deque(maxlen=DECISIONS_KEPT)   # see _decision_view
+        self._decision_counters: dict[tuple[str, str], Any] = {}   # (verdict, code) -> child
         self.alerts: deque[dict[str, Any]] = deque(maxlen=ALERTS_KEPT)
         self.pnl_series: deque[tuple[int, float, float | None, float | None]] = \
             deque(maxlen=PNL_POINTS_MAX)
@@ -137,12 +137,9 @@ class Observer:
     # ------------------------------------------------------------------ wiring
 
     def attach(self, bus: Any) -> None:
-        """Cheap handlers on the bus. The proposal observer drops the oldest when behind (a
-        latency start lost, never a proposal refused because of it)."""
-        bus.subscribe(TradeProposal, self._on_proposal, name="metrics", maxsize=PENDING_MAX,
-                      overflow=Overflow.DROP_OLDEST)
+        """Cheap handlers on the bus. Proposals and decisions are seen in the MQTT bridge's own
+        hooks instead (`timing`, `counting`): no extra bus hop on the intake path."""
         bus.subscribe(ApprovedBracket, self._on_approved, name="metrics")
-        bus.subscribe_batch(RiskDecision, self._on_decisions, name="metrics")
         bus.subscribe(Fill, self._on_fill, name="metrics")
         bus.subscribe(OrderEvent, self._on_order_event, name="metrics")
         bus.subscribe(BrokerConnection, self._on_connection, name="metrics")
@@ -212,32 +209,53 @@ class Observer:
 
     # ------------------------------------------------------------------ bus handlers
 
-    async def _on_proposal(self, p: TradeProposal) -> None:
-        _remember(self._started, p.proposal_id, asyncio.get_running_loop().time())
+    def timing(self, on_proposals: Callable[[list[TradeProposal]], Awaitable[None]]
+               ) -> Callable[[list[TradeProposal]], Awaitable[None]]:
+        """The bridge's on_proposals hook, noting when each proposal came in (the decision
+        latency's start: intake, journal write and gate included) before running it."""
+
+        async def timed(proposals: list[TradeProposal]) -> None:
+            now = asyncio.get_running_loop().time()
+            for p in proposals:
+                _remember(self._started, p.proposal_id, now)
+            await on_proposals(proposals)
+
+        return timed
+
+    def counting(self, on_decisions: Callable[[list[RiskDecision]], Awaitable[Any]]
+                 ) -> Callable[[list[RiskDecision]], Awaitable[Any]]:
+        """The bridge's on_decisions hook (every decision passes it once, before it goes out),
+        counting and timing the decisions before running it."""
+
+        async def counted(decisions: list[RiskDecision]) -> Any:
+            self.note_decisions(decisions)
+            return await on_decisions(decisions)
+
+        return counted
 
     async def _on_approved(self, b: ApprovedBracket) -> None:
         _remember(self._approved, b.proposal.proposal_id, asyncio.get_running_loop().time())
 
-    async def _on_decisions(self, decisions: list[RiskDecision]) -> None:
+    def note_decisions(self, decisions: list[RiskDecision]) -> None:
         now = asyncio.get_running_loop().time()
+        counters = self._decision_counters
         for d in decisions:
+            verdict = d.verdict.value
             code = d.reasons[0].code.value if d.reasons else "none"
-            self.decisions_total.labels(d.verdict.value, code).inc()
-            self.verdicts[d.verdict.value] += 1
+            child = counters.get((verdict, code))
+            if child is None:
+                child = counters[(verdict, code)] = self.decisions_total.labels(verdict, code)
+            child.inc()
+            self.verdicts[verdict] += 1
             started = self._started.pop(d.proposal_id, None)
             if started is not None:
                 self.decision_latency.observe(now - started)
             approved = self._approved.pop(d.proposal_id, None)
             if approved is not None:
                 self.placement_latency.observe(now - approved)
-            self.decisions.append({
-                "ts": d.ts.isoformat(), "agent_id": _cut(d.agent_id),
-                "proposal_id": _cut(d.proposal_id), "verdict": d.verdict.value,
-                "reasons": [{"code": r.code.value, "message": _cut(r.message)}
-                            for r in d.reasons[:4]],
-                "order_ids": d.order_ids.model_dump() if d.order_ids is not None else None})
-            if d.verdict is Verdict.REJECTED and d.reasons:
+            if verdict == "rejected" and d.reasons:
                 self._count_reject(code, now)
+        self.decisions.extend(decisions)
         self._touch()
 
     def _count_reject(self, code: str, now: float) -> None:
@@ -376,7 +394,7 @@ class Observer:
                           for p in (snap.positions if snap is not None else []) if p.quantity],
             "pnl_series": list(self.pnl_series)[-2000:],
             "brackets": brackets,
-            "decisions": list(self.decisions)[-30:][::-1],
+            "decisions": [_decision_view(d) for d in list(self.decisions)[-30:][::-1]],
             "alerts": list(self.alerts)[-30:][::-1],
             "counts": {"proposals": self.proposals(), "fills": self.fills,
                        "decisions": dict(self.verdicts)},
@@ -384,6 +402,13 @@ class Observer:
 
     def proposals(self) -> int:
         return int((getattr(self.bridge, "counters", None) or {}).get("proposals", 0))
+
+
+def _decision_view(d: RiskDecision) -> dict[str, Any]:
+    return {"ts": d.ts.isoformat(), "agent_id": _cut(d.agent_id),
+            "proposal_id": _cut(d.proposal_id), "verdict": d.verdict.value,
+            "reasons": [{"code": r.code.value, "message": _cut(r.message)} for r in d.reasons[:4]],
+            "order_ids": d.order_ids.model_dump() if d.order_ids is not None else None}
 
 
 def _bracket_view(b: Any, working: dict[int, Any], fill_price: dict[Any, float]

@@ -67,6 +67,12 @@ async def served():
     await bus.start()
     obs = Observer(mode="paper", prefix="t")
     obs.attach(bus)
+
+    async def journaled(decisions: list[RiskDecision]) -> None:   # the daemon's journal hook
+        return None
+
+    # as the MQTT bridge does: its on_decisions hook sees each decision once (core/app.py)
+    bus.subscribe_batch(RiskDecision, obs.counting(journaled), name="bridge")
     srv = HttpServer(obs, "127.0.0.1", 0)
     await srv.start()
     try:
@@ -127,8 +133,13 @@ async def test_metrics_follow_the_bus(served) -> None:
 
     proposal = TradeProposal(proposal_id="p1", agent_id="alpha", symbol="AAPL", side=Side.BUY,
                              quantity=1, limit_price=10.0, take_profit=11.0, stop_loss=9.0)
-    await bus.publish(proposal)
-    await bus.drain(2.0)
+    seen: list[list[TradeProposal]] = []
+
+    async def journal_hook(proposals: list[TradeProposal]) -> None:
+        seen.append(proposals)
+
+    await obs.timing(journal_hook)([proposal])     # the bridge's intake hook, timed
+    assert seen == [[proposal]]
     await bus.publish(decision("p1", Verdict.REJECTED, "DAILY_LOSS_LIMIT"))
     await bus.publish(decision("p2", Verdict.APPROVED))
     await bus.publish(Fill(proposal_id="p2", agent_id="alpha", order_id=1, leg=Leg.ENTRY,
@@ -211,6 +222,13 @@ def test_http_host_is_loopback_unless_opted_in() -> None:
     with pytest.raises(ConfigError, match="HTTP_PORT"):
         load_settings(_env_file=None, http_port=70000)
     assert load_settings(_env_file=None, http_port="").http_port is None
+
+
+def test_other_tools_http_variables_in_env_file_are_left_alone(tmp_path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("HTTP_PROXY=http://proxy:3128\nHTTP_PORT=8123\nHTTP_HOST=localhost\n")
+    s = load_settings(_env_file=env)
+    assert s.http_port == 8123 and s.http_host == "localhost"
 
 
 async def test_port_choice_by_mode(unused_port) -> None:
