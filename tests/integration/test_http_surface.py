@@ -251,3 +251,31 @@ async def test_port_choice_by_mode(unused_port) -> None:
     srv = await start_http(fixed, obs)
     assert srv is not None and srv.port == unused_port
     await srv.stop()
+
+
+async def test_open_brackets_label_set_and_stopping(served) -> None:
+    """Labels: the agents file's agents (0 when nothing is open) plus those seen with an open
+    bracket, which stay (at 0) once closed; /healthz says STOPPING once a stop was asked."""
+    from bracketgate.agents.execution import Bracket
+    from bracketgate.bus.messages import BracketOrderIds
+
+    _, obs, srv = served
+    open_now: list[Bracket] = []
+
+    class Execution:   # what the Observer reads of the ExecutionAgent
+        def open_brackets(self) -> list[Bracket]:
+            return list(open_now)
+
+    obs._known_agents = lambda: ["alpha", "beta"]
+    obs.watch(execution=Execution())
+    open_now.append(Bracket("p1", "gamma", "AAPL", Side.BUY, BracketOrderIds(
+        entry=1, take_profit=2, stop_loss=3), placed=True))
+    text = (await http(srv.port, get("/metrics")))[2].decode()
+    assert metric(text, "bracketgate_open_brackets", agent_id="gamma") == 1
+    assert metric(text, "bracketgate_open_brackets", agent_id="alpha") == 0
+    open_now.clear()
+    text = (await http(srv.port, get("/metrics")))[2].decode()
+    assert metric(text, "bracketgate_open_brackets", agent_id="gamma") == 0
+    obs.stopping = lambda: True
+    status, _, body = await http(srv.port, get("/healthz"))
+    assert status == 503 and json.loads(body)["reason"] == "STOPPING"
