@@ -164,14 +164,20 @@ class HttpServer:
         obs.listeners += 1
         try:
             loop = asyncio.get_running_loop()
-            sent = -1
+            sent, series_sent = -1, None
             while True:
                 if not await obs.changed(sent, KEEPALIVE_S):
                     writer.write(b": keepalive\n\n")
                     await writer.drain()
                     continue
                 sent = obs.version
-                writer.write(b"event: state\ndata: " + _state_json(obs) + b"\n\n")
+                state = obs.state()
+                series = state["pnl_series"]
+                mark = (len(series), series[-1][0] if series else None)
+                if mark == series_sent:
+                    state["pnl_series"] = None     # unchanged: the page keeps the one it has
+                series_sent = mark
+                writer.write(b"event: state\ndata: " + _json(state) + b"\n\n")
                 await writer.drain()
                 next_at = loop.time() + PUSH_MIN_INTERVAL_S
                 await asyncio.sleep(max(0.0, next_at - loop.time()))   # a rate limit
@@ -181,8 +187,11 @@ class HttpServer:
 
 
 def _state_json(obs: Any) -> bytes:
-    return json.dumps(obs.state(), separators=(",", ":"), allow_nan=False,
-                      default=str).encode()
+    return _json(obs.state())
+
+
+def _json(state: dict[str, Any]) -> bytes:
+    return json.dumps(state, separators=(",", ":"), allow_nan=False, default=str).encode()
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str]]:

@@ -479,6 +479,11 @@ class _Live:
         for part in ("daily", "unrealized", "realized"):
             yield gauge(f"bracketgate_pnl_{part}", f"Account {part} P&L (NaN: unknown)",
                         _num(getattr(pnl, part, None)))
+        fam = GaugeMetricFamily("bracketgate_ib_connection_state", "1 for the IB connection's "
+                                "current state", labels=["state"])
+        for st in ConnectionState:
+            fam.add_metric([st.value], float(broker is not None and broker.state is st))
+        yield fam
         fam = GaugeMetricFamily("bracketgate_trading_state", "1 for the current trading state",
                                 labels=["state"])
         for st in TradingState:

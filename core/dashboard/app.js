@@ -5,6 +5,7 @@
 
 const SVG = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
+let lastSeries = [];
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -94,7 +95,8 @@ function render(st) {
   $("reconnects").textContent = `${st.ib_reconnects} / ${st.mqtt_reconnects}`;
   $("counts").textContent = `${st.counts.proposals} / ${st.counts.fills}`;
   $("version").textContent = String(st.version);
-  drawChart($("pnl-chart"), st.pnl_series || []);
+  if (st.pnl_series) lastSeries = st.pnl_series;   // null on a push: unchanged
+  drawChart($("pnl-chart"), lastSeries);
 
   rows($("positions").tBodies[0], st.positions, (p) => el("tr", { "data-symbol": p.symbol },
     el("td", {}, p.symbol), el("td", {}, p.sec_type), el("td", { class: "qty" }, p.quantity),

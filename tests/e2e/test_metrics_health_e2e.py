@@ -45,6 +45,8 @@ async def test_metrics_and_health_move_with_the_run(mosquitto, paper_tws_process
         assert value(before, "bracketgate_ib_connected") == 1
         assert value(before, "bracketgate_trading_state", state="ACTIVE") == 1
         assert value(before, "bracketgate_trading_state", state="HALTED") == 0
+        assert value(before, "bracketgate_ib_connection_state", state="ready") == 1
+        assert value(before, "bracketgate_ib_connection_state", state="disconnected") == 0
         assert value(before, "bracketgate_uptime_seconds") > 0
 
         async with MqttProbe(mosquitto.url, d.prefix) as agent:
@@ -89,6 +91,7 @@ async def test_metrics_and_health_move_with_the_run(mosquitto, paper_tws_process
             assert down[1]["reason"] in {"BROKER_DISCONNECTED", "NOT_RECONCILED"}, down
             m = await scrape(url)
             assert value(m, "bracketgate_ready") == 0
+            assert value(m, "bracketgate_ib_connection_state", state="ready") == 0
             reasons = {down[1]["reason"]}
 
             async def health_noting_reasons():
