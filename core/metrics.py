@@ -3,9 +3,9 @@
 The Observer counts where events already pass (the MQTT bridge's intake and decision hooks, the
 journal writer's commit; a few cheap bus handlers for fills, order events, connection and state
 changes: a counter, a histogram, a deque append) and reads everything else from the rooms when
-asked (a scrape, a /healthz, a dashboard push): the
-broker's state, reconnects and heartbeat, the pacer's last second, the bridge's counters, the
-execution agent's open brackets, the portfolio monitor's latest snapshot. core/http.py serves it.
+asked (a scrape, a /healthz, a dashboard push): the broker's state, reconnects and heartbeat,
+the pacer's last second, the bridge's counters, the execution agent's open brackets, the
+portfolio monitor's latest snapshot. core/http.py serves it.
 
 State (one line each):
   _started:    proposal_id -> loop time the bridge took it in          (decision latency; bounded)
