@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -307,6 +308,8 @@ class IBBroker:
         self._count_sends()
         self.state = ConnectionState.DISCONNECTED
         self.reconciled = False
+        self.reconnects = 0                       # reconnects that succeeded (metrics, status)
+        self.heartbeat_rtt_s: float | None = None  # the last heartbeat's round trip
         self._closing = False
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         self._pump_task: asyncio.Task | None = None
@@ -616,6 +619,7 @@ class IBBroker:
                 try:
                     log.info("ib_reconnecting", attempt=attempt, host=self.host, port=self.port)
                     await self._connect_once()
+                    self.reconnects += 1
                     log.info("ib_reconnected", attempt=attempt)
                     break
                 except BrokerConnectError as e:
@@ -640,7 +644,9 @@ class IBBroker:
                 # one message every heartbeat_s, and the proof that the snapshot is current:
                 # never starved behind a placement backlog (the gate would fail closed, stale)
                 await self._turn(Priority.PROTECT)
+                sent = time.monotonic()
                 await asyncio.wait_for(self.ib.reqCurrentTimeAsync(), self.request_timeout)
+                self.heartbeat_rtt_s = time.monotonic() - sent
             except (TimeoutError, ConnectionError, OSError, BrokerNotConnected) as e:
                 log.warning("ib_heartbeat_failed", error=repr(e))
                 continue

@@ -60,8 +60,9 @@ import queue
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from enum import Enum, StrEnum
@@ -618,6 +619,7 @@ class _Op:
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     stop: bool = False  # close(): finish what came before, close the connection, answer
+    queued_at: float = field(default_factory=time.perf_counter)   # for the write latency
 
 
 def _resolve(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -661,6 +663,9 @@ class _Writer(threading.Thread):
         # called on the loop with the error when a write fails in SQLite (not a logical refusal
         # such as DuplicateIntent): the file is full, gone read-only, or failing
         self.on_write_failure: Callable[[BaseException], None] | None = None
+        # called IN THIS THREAD after each committed batch of writes with the seconds its oldest
+        # write waited from being handed over until committed (core/metrics.py; must be cheap)
+        self.on_commit: Callable[[float], None] | None = None
 
     # -- setup, in the thread
     def _connect(self) -> sqlite3.Connection:
@@ -786,6 +791,8 @@ class _Writer(threading.Thread):
             self.stats["batches"] += 1
             self.stats["ops"] += len(batch)
             self.stats["full_commits"] += bool(writes) and bool(self._sync_full)
+            if writes and self.on_commit is not None:
+                self.on_commit(time.perf_counter() - min(op.queued_at for op in batch))
         # one wake-up per loop per batch, not one per operation
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
         for op, (result, error) in zip(batch, results):
@@ -907,6 +914,17 @@ class Journal:
     def stats(self) -> dict[str, int]:
         """Batches and operations committed so far (group commit at work: ops / batches)."""
         return dict(self._writer.stats) if self._writer else {}
+
+    def observe_commits(self, callback: Callable[[float], None] | None) -> None:
+        """`callback(seconds)` after each committed batch of writes, in the writer thread: how
+        long its oldest write waited from record() until committed (metrics, status lag)."""
+        if self._writer is not None:
+            self._writer.on_commit = callback
+
+    @property
+    def pending(self) -> int:
+        """Operations handed to the writer and not yet taken up (approximate)."""
+        return self._writer.ops.qsize() if self._writer else 0
 
     def _submit(self, run: Callable[[sqlite3.Connection], Any], durable: bool | None) -> Any:
         if self._state is not _Lifecycle.OPEN:

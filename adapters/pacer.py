@@ -208,6 +208,13 @@ class Pacer:
                 times.popleft()
             self.stats.peak_per_s = max(self.stats.peak_per_s, len(times))
 
+    def sent_last_second(self) -> int:
+        """Messages that left in the last second (what IB's 50/s window sees; metrics)."""
+        now, times = self._now(), self._sent_times
+        while times and now - times[0] >= 1.0:
+            times.popleft()
+        return len(times)
+
     # ------------------------------------------------------------------ the governor's view
 
     def headroom(self, horizon_s: float) -> float:

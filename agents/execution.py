@@ -206,6 +206,10 @@ class ExecutionAgent:
         book = self._brackets.get(proposal_id)
         return book.ids if book is not None and book.placed else None
 
+    def open_brackets(self) -> list[Bracket]:
+        """The brackets placed or adopted this run that still carry risk (dashboard, metrics)."""
+        return [b for b in self._brackets.values() if b.placed and not b.closed]
+
     def has_intent(self, proposal_id: str) -> bool:
         return proposal_id in self._intents or proposal_id in self._brackets
 

@@ -557,6 +557,14 @@ class Status(Message):
     connection: ConnectionState | None = None
     detail: str | None = None
     ts: datetime
+    # how the daemon is doing (core/metrics.py), as of `ts`; None = not known yet
+    started_at: datetime | None = None
+    uptime_s: float | None = None
+    heartbeat_rtt_ms: float | None = None     # the last IB heartbeat's round trip
+    ib_reconnects: int | None = None
+    mqtt_reconnects: int | None = None
+    journal_lag_ms: float | None = None       # the last journal commit: oldest write's wait
+    http: str | None = None                   # the dashboard / metrics URL, when serving
 
 
 class Alert(Message):

@@ -28,6 +28,7 @@ TLS_SCHEMES = {"mqtts", "ssl"}
 
 # Variables in a .env file with one of these prefixes must be ours: a typo there is an error.
 # Anything else in the file (other tools' variables) is ignored.
+# (not "http_": HTTP_PROXY and friends belong to other tools; HTTP_* are matched by name)
 OWN_PREFIXES = ("ib_", "mqtt_", "log_", "risk_", "journal_", "data_", "portfolio_")
 
 
@@ -77,6 +78,13 @@ class Settings(BaseSettings):
     mqtt_outbox_size: int = Field(10_000, ge=1)      # outgoing messages kept while disconnected
     portfolio_publish_interval: float = Field(0.5, ge=0)
 
+    # --- the HTTP port (core/http.py: dashboard, /metrics, /healthz); read-only, loopback
+    http_host: str = "127.0.0.1"
+    # None: a free port in default mode, no HTTP server in paper/live; 0: a free port (both
+    # written to DATA_DIR/endpoints.json as "http")
+    http_port: int | None = Field(None, ge=0, le=65535)
+    http_allow_remote: bool = False                  # explicit opt-in for a non-loopback HTTP_HOST
+
     # --- logs, files
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
@@ -120,7 +128,7 @@ class Settings(BaseSettings):
     def _empty_secret_or_path_is_none(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v
 
-    @field_validator("ib_port", mode="before")
+    @field_validator("ib_port", "http_port", mode="before")
     @classmethod
     def _empty_port_is_none(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v
@@ -207,6 +215,14 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _http_loopback(self) -> Settings:
+        if not self.http_allow_remote and not is_loopback_host(self.http_host):
+            raise ValueError(f"HTTP_HOST={self.http_host!r} is not a loopback address: the "
+                             "dashboard and /metrics have no login; set HTTP_ALLOW_REMOTE=true "
+                             "to serve them beyond this machine (behind your own proxy)")
+        return self
+
+    @model_validator(mode="after")
     def _journal_per_mode(self) -> Settings:
         if "journal_path" not in self.model_fields_set:
             self.__dict__["journal_path"] = self.data_dir / self.mode / "journal.sqlite"
@@ -257,6 +273,19 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "IB_LIVE=true but IB_HOST is not set: the embedded paper TWS cannot trade live. "
                 "Set IB_HOST and IB_PORT (4001 / 7496) or drop IB_LIVE.", code="LIVE_GUARD")
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost (no name resolution: a name that may change is not trusted)."""
+    import ipaddress
+
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 # IBKR_* (the habit of IB Gateway automation scripts) are aliases of our IB_* variables: either

@@ -42,6 +42,7 @@ log = get_logger("bracketgate")
 
 EXIT_OK, EXIT_CONFIG, EXIT_IB, EXIT_MQTT, EXIT_JOURNAL = 0, 2, 3, 4, 5
 CHECKPOINT_EVERY_S = 30.0   # the journal's recovery checkpoint is moved forward this often
+STATUS_EVERY_S = 15.0       # the retained status is refreshed this often (uptime, heartbeat)
 ID_PRUNE_EVERY_S = 3600.0   # proposal_ids older than the retention are forgotten this often
 
 
@@ -59,6 +60,7 @@ class Daemon:
         self.agents: Any = None          # config/agents.py AgentsFile, when AGENTS_FILE is set
         self.exit_code = EXIT_OK
         self._connected_once = False
+        self.observer: Any = None        # core/metrics.py: metrics, readiness, the dashboard
 
     def status(self, state: str, detail: str | None = None) -> Status:
         gov = getattr(self, "governor", None)
@@ -69,6 +71,7 @@ class Daemon:
             trading_state=gov.state if gov is not None else None,
             connection=broker.state if broker is not None else ConnectionState.DISCONNECTED,
             detail=detail, ts=self.clock.now(),
+            **(self.observer.status_fields() if self.observer is not None else {}),
         )
 
     async def run(self) -> int:
@@ -133,7 +136,22 @@ class Daemon:
                         mqtt=_safe_url(self.mqtt_url),
                         sim_control_port=getattr(self.embedded_tws, "control_port", None))
 
-            if self.mode == "default":
+            # ---- the HTTP port (dashboard, /metrics, /healthz): up first, answering 503 meanwhile
+            from bracketgate.core.http import start_http
+            from bracketgate.core.metrics import Observer
+
+            self.observer = observer = Observer(mode=self.mode, prefix=s.mqtt_prefix,
+                                                clock=self.clock, known_agents=self._agent_ids)
+            observer.stopping = self.stop_event.is_set
+            try:
+                http = await start_http(s, observer)
+            except ConfigError as e:
+                log.error("http_unavailable", error=str(e), code=e.code)
+                print(f"bracketgate: {e}", file=sys.stderr)
+                return EXIT_CONFIG
+            if http is not None:
+                stack.push_async_callback(http.stop)
+            if self.mode == "default" or (http is not None and s.http_port == 0):
                 self._write_endpoints()
                 stack.callback(self._remove_endpoints)
 
@@ -141,6 +159,7 @@ class Daemon:
             bus = Bus(clock=self.clock)
             await bus.start()
             stack.push_async_callback(bus.close)
+            observer.attach(bus)
             _refuse_legacy_journal(s)
             journal = await Journal.open(s.journal_path, self.clock,
                                          on_write_failure=self._journal_failed)
@@ -169,6 +188,7 @@ class Daemon:
             # the book is rebuilt from IB (by orderRef) before the broker reports READY
             await execution.load_journal()
             broker.note_order_ids(execution.max_order_id_in_journal())
+            observer.watch(broker=broker, execution=execution, journal=journal, monitor=monitor)
             # first of the hooks: nothing is reconciled against a journal of another account
             broker.add_reconcile_hook(self._account_check(journal, broker))
             broker.add_reconcile_hook(execution.reconcile)
@@ -189,14 +209,15 @@ class Daemon:
 
             # a proposal is acknowledged to the broker only once journaled (FULL), see bus/mqtt.py
             bridge = MqttBridge(s, bus, self.clock, url=bridge_url or self.mqtt_url,
-                                on_proposals=_journal_proposal(journal),
-                                on_decisions=_journal_decision(journal),
+                                on_proposals=observer.timing(_journal_proposal(journal)),
+                                on_decisions=observer.counting(_journal_decision(journal)),
                                 on_delivered=_journal_delivery(journal),
                                 seen_id=_journal_knows(journal),
                                 authenticator=_authenticator(governor))
             # on the bus before the first reconcile, so what it publishes (fills missed while
             # down, leg states, alerts) reaches the agents once MQTT is connected
             bridge.attach()
+            observer.watch(governor=governor, bridge=bridge)
 
             try:
                 await broker.start()
@@ -242,6 +263,10 @@ class Daemon:
             self._follow_status(bus)
             pruner = asyncio.create_task(self._prune_ids(journal), name="journal-prune-ids")
             stack.push_async_callback(_cancel, pruner)
+            observer.running = True
+            for task in (asyncio.create_task(observer.run(self.stop_event), name="observer"),
+                         asyncio.create_task(self._refresh_status(bus), name="status-refresh")):
+                stack.push_async_callback(_cancel, task)
             log.info("ready", startup_ms=round((time.monotonic() - self.started_at) * 1000, 1),
                      prefix=s.mqtt_prefix, trading_state=str(governor.state))
 
@@ -348,6 +373,26 @@ class Daemon:
         bus.subscribe(TradingStateChanged, republish, name="status")
         bus.subscribe(BrokerConnection, republish, name="status")
 
+    async def _refresh_status(self, bus: Any) -> None:
+        """The retained status again every STATUS_EVERY_S: its uptime, heartbeat round trip,
+        reconnects and journal lag stay current while nothing else changes."""
+        while True:
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), STATUS_EVERY_S)
+                return
+            except TimeoutError:
+                pass
+            ready = self.broker.state is ConnectionState.READY
+            await bus.publish(self.status("online" if ready else "degraded",
+                                          None if ready else f"IB {self.broker.state.value}"))
+
+    def _agent_ids(self) -> list[str]:
+        """The agents the agents file names (the open-brackets metric's label set, with those
+        seen with a bracket open)."""
+        gov = getattr(self, "governor", None)
+        agents = gov.agents if gov is not None else self.agents
+        return sorted(agents.agents) if agents is not None else []
+
     def _endpoints_path(self) -> Any:
         return self.settings.data_dir / "endpoints.json"
 
@@ -356,10 +401,17 @@ class Daemon:
         import json
 
         self.settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        http = getattr(self.observer, "http_url", None)
+        if self.mode != "default":   # paper/live with HTTP_PORT=0: only where the port is
+            self._endpoints_path().write_text(json.dumps({"http": http, "mode": self.mode,
+                                                          "mqtt_prefix": self.settings.mqtt_prefix},
+                                                         indent=2))
+            return
         self._endpoints_path().write_text(json.dumps({
             "mqtt_url": self.mqtt_url, "mqtt_prefix": self.settings.mqtt_prefix,
             "ib_host": self.ib_host, "ib_port": self.ib_port,
             "sim_control_port": getattr(self.embedded_tws, "control_port", None),
+            "http": http,
         }, indent=2))
 
     def _remove_endpoints(self) -> None:

@@ -17,7 +17,8 @@ Exit codes: 0 approved / done, 1 rejected or invalid, 2 bad usage or a bad MQTT_
 3 no answer from the daemon before the timeout, 4 MQTT broker unreachable,
 6 the broker refused the login ("not authorized": wrong or missing username/password).
 `status` prints one line (state, mode, trading state, IB connection, positions, daily P&L,
-working orders, snapshot age; `--json`: the whole retained status and portfolio) and exits
+working orders, snapshot age, then uptime, the last IB heartbeat's round trip, IB and MQTT
+reconnects, journal lag; `--json`: the whole retained status and portfolio) and exits
 0 online, 1 degraded (IB not ready, or starting / stopping), 3 offline or no status retained.
 """
 
@@ -261,7 +262,29 @@ def status_line(out: dict[str, Any], now: datetime | None = None) -> str:
                   f"age={'?' if age is None else f'{age:.1f}s'}"]
     else:
         parts.append("portfolio=none")
-    return " ".join(parts)
+    return " ".join(parts + _health_parts(st, now))
+
+
+def _health_parts(st: dict[str, Any], now: datetime) -> list[str]:
+    """`up=1h02m rtt=1.3ms reconnects=ib:0,mqtt:1 journal_lag=0.8ms`, from what the status has
+    (uptime from started_at, so a status retained a while ago still says the truth)."""
+    out: list[str] = []
+    since = _age_s(st.get("started_at"), now) if st.get("started_at") else None
+    up = since if since is not None else st.get("uptime_s")
+    if isinstance(up, int | float):
+        s = int(up)
+        out.append(f"up={s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600
+                   else f"up={s // 60}m{s % 60:02d}s")
+    if isinstance(st.get("heartbeat_rtt_ms"), int | float):
+        out.append(f"rtt={st['heartbeat_rtt_ms']:.1f}ms")
+    if st.get("ib_reconnects") is not None or st.get("mqtt_reconnects") is not None:
+        out.append(f"reconnects=ib:{st.get('ib_reconnects', '?')},"
+                   f"mqtt:{st.get('mqtt_reconnects', '?')}")
+    if isinstance(st.get("journal_lag_ms"), int | float):
+        out.append(f"journal_lag={st['journal_lag_ms']:.1f}ms")
+    if st.get("http"):
+        out.append(f"http={st['http']}")
+    return out
 
 
 async def status(timeout: float) -> tuple[int, dict[str, Any] | None]:

@@ -9,6 +9,13 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
 fi
+# the dashboard test drives Debian's chromium headless; here a missing one fails it, never skips
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+export BRACKETGATE_REQUIRE_CHROMIUM=1
 scripts/setup.sh --insync
 echo "== tests under ib_async"
 .venv/bin/python -m pytest -q "$@"

@@ -33,6 +33,8 @@ def test_pip_install_gives_the_bracketgate_command_and_one_namespace(tmp_path: P
                                check=True).stdout.strip())
     assert (site / "bracketgate" / "adapters" / "ib.py").is_file()
     assert (site / "bracketgate" / "config" / "limits.default.toml").is_file()
+    for page in ("index.html", "app.js", "app.css"):   # the dashboard, served by the daemon
+        assert (site / "bracketgate" / "core" / "dashboard" / page).is_file(), page
     for bare in ("config", "bus", "core", "agents", "adapters", "sim"):
         assert not (site / bare).exists(), f"{bare} installed at the top level"
     # the command, run away from the checkout, with the project's dependencies on the path

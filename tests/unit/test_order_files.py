@@ -219,3 +219,15 @@ def test_status_line_and_exit_codes() -> None:
     assert status_exit(offline) == 3 and status_line(offline, NOW).endswith("for=10s")
     assert status_exit({}) == 3 and status_line({}, NOW).startswith("offline: no status")
     assert status_exit({"status": {"state": "starting"}}) == 1
+
+
+def test_status_line_health_fields() -> None:
+    """Uptime (from started_at), heartbeat round trip, reconnects, journal lag, the HTTP port."""
+    st = {**ONLINE["status"], "started_at": "2026-12-01T13:58:05Z", "uptime_s": 3.0,
+          "heartbeat_rtt_ms": 1.26, "ib_reconnects": 2, "mqtt_reconnects": 0,
+          "journal_lag_ms": 0.84, "http": "http://127.0.0.1:8740"}
+    line = status_line({**ONLINE, "status": st}, NOW)
+    assert line.endswith("age=0.4s up=1h02m rtt=1.3ms reconnects=ib:2,mqtt:0 journal_lag=0.8ms"
+                         " http=http://127.0.0.1:8740"), line
+    short = {**st, "started_at": None, "uptime_s": 75.0, "heartbeat_rtt_ms": None}
+    assert " up=1m15s reconnects=ib:2,mqtt:0 " in status_line({**ONLINE, "status": short}, NOW)
