@@ -133,3 +133,37 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
 def test_parser_reads_what_systemd_reads() -> None:
     parsed = parse_unit("[Service]\n# c\nA=1\nA=2\nB=x \\\n y\nA=\nA=3\n")
     assert parsed["Service"]["A"] == ["3"] and parsed["Service"]["B"] == ["x  y"]
+
+
+TEMPLATE = REPO / "deploy" / "systemd" / "bracketgate@.service"
+PER_INSTANCE = {   # the only keys the template may change, and to what
+    ("Unit", "Description"): "bracketgate risk gate for IB bracket orders (account %i)",
+    ("Service", "EnvironmentFile"): "/etc/bracketgate/%i.env",
+    ("Service", "WorkingDirectory"): "/var/lib/bracketgate/%i",
+    ("Service", "StateDirectory"): "bracketgate/%i",
+    ("Service", "ReadWritePaths"): "/var/lib/bracketgate/%i",
+}
+
+
+def test_template_is_the_unit_with_per_account_paths(unit: dict[str, dict[str, list[str]]]) -> None:
+    template = parse_unit(TEMPLATE.read_text())
+    assert set(template) == set(unit)
+    for section, keys in unit.items():
+        assert set(template[section]) == set(keys), section
+        for key, values in keys.items():
+            want = [PER_INSTANCE[(section, key)]] if (section, key) in PER_INSTANCE else values
+            assert template[section][key] == want, (section, key)
+
+
+def test_systemd_analyze_verify_template(tmp_path: Path) -> None:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze not installed")
+    text = TEMPLATE.read_text()
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    local = tmp_path / "bracketgate@acct-a.service"   # an instance of the template
+    local.write_text(text.replace(exec_start, f"ExecStart={sys.executable} {REPO / 'run.py'} daemon"))
+    done = subprocess.run([tool, "verify", "--man=no", str(local)], capture_output=True,
+                          text=True, timeout=60)
+    output = (done.stdout + done.stderr).strip()
+    assert done.returncode == 0 and "bracketgate@" not in output, output
