@@ -67,6 +67,7 @@ async def test_sigterm_is_a_prompt_clean_stop_with_sd_notify(mosquitto, paper_tw
             took = time.monotonic() - started
             assert rc == 0, "\n".join(d.raw[-30:])
             assert took < 15.0, f"SIGTERM to exit took {took:.1f}s"
+            print(f"SIGTERM -> exit 0 in {took:.2f} s")
             status = await agent.wait_topic("status", lambda s: s.get("state") == "offline",
                                             timeout=10)
             assert status["detail"] == "clean shutdown"
