@@ -1,7 +1,7 @@
 """Two daemons (two IB accounts) x 50 agents on ONE mosquitto, against one daemon alone, same run.
 
     .venv/bin/python bench/bench_two_daemons.py [--agents 50] [--per-agent 40] [--window 2]
-                                                [--rate 40] [--seconds 8]
+                                                [--rate 40] [--seconds 8] [--trials 3]
 
 Real processes on loopback (tests/fixtures/two_daemons.py): mosquitto, two paper TWS processes
 (accounts DU1111111, DU2222222), two daemons with their own prefix, journal and client ids.
@@ -12,7 +12,7 @@ every other check ran, as most are in the field, so the figures are the gate's p
 journal, checks, decision out), not IB's order pacing.
 
 Three configurations, one after another on the same processes: A alone, B alone, A and B at
-once. Each runs
+once (--trials rounds, the alone ones in alternating order; medians printed). Each runs
   throughput  closed loop: every agent keeps --window proposals in flight, --per-agent each;
               sustained decisions/s (10th..90th percentile of arrivals) and the loop's latency;
   latency     open loop: --rate proposals/s per daemon spread over its agents for --seconds;
@@ -209,13 +209,26 @@ async def main(a: argparse.Namespace) -> None:
             warm = argparse.Namespace(**{**vars(a), "per_agent": 4, "window": 1, "rate": 50.0,
                                          "seconds": 1.0})
             await run_config([a_side, b_side], warm, broker.port)
-            alone = {**await run_config([a_side], a, broker.port),
-                     **await run_config([b_side], a, broker.port)}
-            both = await run_config([a_side, b_side], a, broker.port)
+            alones: list[dict[str, Any]] = []
+            boths: list[dict[str, Any]] = []
+            for t in range(a.trials):   # the alone runs in alternating order (warm-up effects)
+                order = [a_side, b_side] if t % 2 == 0 else [b_side, a_side]
+                alone_t: dict[str, Any] = {}
+                for side in order:
+                    alone_t.update(await run_config([side], a, broker.port))
+                alones.append(alone_t)
+                boths.append(await run_config([a_side, b_side], a, broker.port))
+            alone, both = medians(alones), medians(boths)
         rcs = [s.d.proc.returncode for s in two.sides]
     finally:
         broker.stop()
     report(a, alone, both, rcs)
+
+
+def medians(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per side, the median of each figure over the trials."""
+    return {name: {k: statistics.median(t[name][k] for t in trials) for k in trials[0][name]}
+            for name in trials[0]}
 
 
 def report(a: argparse.Namespace, alone: dict[str, Any], both: dict[str, Any], rcs: list[Any]) -> None:
@@ -224,7 +237,8 @@ def report(a: argparse.Namespace, alone: dict[str, Any], both: dict[str, Any], r
           f"alone, same run; rejected proposals (per-trade loss, every check run); each daemon's "
           f"load from its own process of {a.agents} MQTT clients")
     print(f"  throughput: closed loop, {inflight} in flight per daemon, {a.agents * a.per_agent} "
-          f"proposals; latency: open loop {a.rate:g}/s per daemon for {a.seconds:g} s")
+          f"proposals; latency: open loop {a.rate:g}/s per daemon for {a.seconds:g} s; "
+          f"medians of {a.trials} trial(s)")
     hdr = (f"  {'':14} {'sustained/s':>12} {'loop p50 ms':>12} {'lat p50':>8} {'p90':>8} "
            f"{'p99 ms':>8} {'CPU ms/prop':>12}")
     print(hdr)
@@ -255,6 +269,7 @@ if __name__ == "__main__":
     ap.add_argument("--window", type=int, default=2, help="proposals in flight per agent")
     ap.add_argument("--rate", type=float, default=40.0, help="open-loop proposals/s per daemon")
     ap.add_argument("--seconds", type=float, default=8.0, help="open-loop duration")
+    ap.add_argument("--trials", type=int, default=3, help="rounds of (A alone, B alone, both)")
     ap.add_argument("--drive", metavar="PREFIX", help=argparse.SUPPRESS)   # the load process
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
