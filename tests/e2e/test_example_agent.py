@@ -1,8 +1,9 @@
 """examples/agent.py against the embedded default (`python run.py` with nothing configured, as
 `bash scripts/run.sh` runs it: embedded paper TWS + embedded broker), run as a user would: its
 login from data/default/mqtt-credentials.json, the port from data/endpoints.json. The agent's
-bracket is approved, its entry fills, it sends the break-even `amend` and (once the commands
-topic of issue 13 is merged) gets the command's answer."""
+bracket is approved, its entry fills, the test moves the market towards the target, the agent
+sends the break-even `amend` and (once the commands topic of issue 13 is merged) gets the
+command's answer."""
 
 from __future__ import annotations
 
@@ -61,6 +62,14 @@ class DefaultDaemon:
             return self.proc.wait(10)
 
 
+def set_price(control_port: int, price: float) -> None:
+    """Move AAPL at the embedded paper TWS (its control port, as the README's curl does)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{control_port}/price", method="POST",
+                                 data=json.dumps({"symbol": "AAPL", "price": price}).encode())
+    with urllib.request.urlopen(req, timeout=10) as answer:
+        assert answer.status == 200
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One default daemon, one run of the example agent: its exit code and JSON events."""
@@ -73,23 +82,30 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         demo = json.loads((data / "default" / "mqtt-credentials.json").read_text())["demo"]
         port = endpoints["mqtt_url"].rsplit(":", 1)[1]
         # the embedded paper TWS's prices walk by themselves: start AAPL where --price says
-        req = urllib.request.Request(f"http://127.0.0.1:{endpoints['sim_control_port']}/price",
-                                     data=json.dumps({"symbol": "AAPL", "price": PRICE}).encode(),
-                                     method="POST")
-        with urllib.request.urlopen(req, timeout=10) as answer:
-            assert answer.status == 200
+        set_price(endpoints["sim_control_port"], PRICE)
         started = time.monotonic()
-        done = subprocess.run(
+        agent = subprocess.Popen(
             [sys.executable, str(AGENT), "--port", port, "--username", demo["username"],
              "--password", demo["password"], "--prefix", endpoints["mqtt_prefix"],
              "--price", str(PRICE), "--timeout", "20"],
-            capture_output=True, text=True, timeout=60, cwd=tmp)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp)
+        assert agent.stdout is not None
+        lines: list[str] = []
+        for line in agent.stdout:      # ends when the agent exits (answer, or its timeout)
+            lines.append(line)
+            event = json.loads(line)
+            if event["event"] == "fill" and event["leg"] == "entry":
+                # the market goes 3/4 of the way to the take-profit: the agent's trigger
+                target = round(event["price"] + 0.75 * (round(PRICE * 1.02, 2) - event["price"]), 2)
+                set_price(endpoints["sim_control_port"], target)
+        stderr = agent.stderr.read() if agent.stderr else ""
+        returncode = agent.wait(10)
         took = time.monotonic() - started
     finally:
         rc = daemon.stop()
     (tmp / "daemon.log").write_text("\n".join(daemon.lines) + "\n")
-    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    return {"rc": done.returncode, "events": events, "stderr": done.stderr, "took": took,
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    return {"rc": returncode, "events": events, "stderr": stderr, "took": took,
             "daemon_rc": rc, "daemon_log": daemon.lines}
 
 
@@ -111,6 +127,9 @@ def test_example_agent_is_approved_filled_and_sends_the_break_even_amend(run: di
     amend = amends[0]
     assert amend["action"] == "amend" and amend["proposal_id"] == decisions[0]["proposal_id"]
     assert amend["stop_loss"] == round(fills[-1]["price"], 2)    # break-even: the entry's price
+    # sent once the bid was half way to the take-profit (the test moved the market 3/4 of it)
+    halfway = fills[-1]["price"] + 0.5 * (round(PRICE * 1.02, 2) - fills[-1]["price"])
+    assert amend["bid"] >= halfway
     assert run["daemon_rc"] == 0
 
 
