@@ -298,7 +298,7 @@ CODE_DOCS: dict[DenialCode, CodeDoc] = {
         "the proposal_id", "check the proposal_id (an approved one)"),
     D.NOT_BRACKET_OWNER: CodeDoc(
         "rejected", "command handler: the command came on another agent's commands topic", "",
-        "the agent that owns the bracket, when shown", "only the agent that proposed a bracket changes it"),
+        "", "only the agent that proposed a bracket changes it"),
     D.BRACKET_FILLED_USE_CLOSE: CodeDoc(
         "rejected", "command handler: `cancel` after the entry filled (it would leave the position "
         "without its stop)", "", "", "send `close` instead"),
