@@ -212,7 +212,8 @@ CODE_DOCS: dict[DenialCode, CodeDoc] = {
         "rejected", "rule_rates: the agent's or the global proposal bucket is empty "
         "(`max_proposals_per_s`, `proposal_burst`), or the IB pacer has no room for the "
         "bracket's order messages, or the agent used its `max_order_share_pct`",
-        "proposals/s of the bucket, or the order messages needed",
+        "proposals/s of the bucket, the order messages a bracket needs (pacer, share), or "
+        "`max_order_msgs_per_s`",
         "which bucket (`global`, `agent <id>`, `unregistered agents (one shared budget)`) or the "
         "messages left", "slow down: back off (e.g. 1 s, doubling) and send a new proposal_id",
         "`proposals_per_s`, `ib_pacer_headroom`, `agent_order_share` or `order_msgs_per_s`"),
