@@ -34,6 +34,12 @@ def _schema(rest: list[str]) -> int:
     return 0
 
 
+def _codes(rest: list[str]) -> int:
+    from bracketgate.bus.denial_codes import main
+
+    return main(rest)
+
+
 def _journal(rest: list[str]) -> int:
     from bracketgate.adapters.journal import main
 
@@ -67,6 +73,7 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "daemon": ("the trading daemon (the default when no command is given)", _daemon),
     "sim": ("the paper TWS alone (a TWS-wire-protocol paper broker)", _sim),
     "schema": ("print the JSON Schema of every bus/MQTT message", _schema),
+    "codes": ("every denial code with its meaning (--markdown: docs/DENIAL_CODES.md)", _codes),
     "journal": ("print the journal as JSON lines", _journal),
     "submit": ("publish one proposal over MQTT and print the decision", _operator("submit")),
     "orders": ("send an order file (JSON list or CSV) through the gate, one decision per row",

@@ -37,6 +37,7 @@ from bracketgate.config.settings import Settings, describe_mode, load_settings
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.crashpoints import crash_point
 from bracketgate.core.logs import configure_logging, get_logger
+from bracketgate.core.sdnotify import sd_notify
 
 log = get_logger("bracketgate")
 
@@ -269,11 +270,13 @@ class Daemon:
                 stack.push_async_callback(_cancel, task)
             log.info("ready", startup_ms=round((time.monotonic() - self.started_at) * 1000, 1),
                      prefix=s.mqtt_prefix, trading_state=str(governor.state))
+            sd_notify(f"READY=1\nSTATUS=ready prefix={s.mqtt_prefix}")   # systemd Type=notify
 
             await self.stop_event.wait()
 
             # ---- graceful stop
             log.info("stopping", reason="signal")
+            sd_notify("STOPPING=1")
             await bus.publish(self.status("stopping"))
             await _step("stop_intake", bridge.stop_intake(), 6.0)
             # acknowledged proposals are decided before we go (or resubmitted at the next start)
