@@ -1229,6 +1229,13 @@ class IBBroker:
                 log.warning("ib_quote_timeout", symbol=resolved.symbol, con_id=resolved.con_id)
             finally:
                 self._quote_waiters.pop(resolved.con_id, None)
+        elif (pending := self._quote_waiters.get(resolved.con_id)) is not None:
+            # subscribed by a proposal a moment ago, first tick not in yet: wait for the same tick
+            # rather than answer QUOTE_UNAVAILABLE to the second proposal of a burst
+            try:
+                await asyncio.wait_for(pending.wait(), timeout)
+            except TimeoutError:
+                pass
         return self.quotes().get(resolved.con_id)
 
     async def _subscribe_pnl_single(self, con_id: int) -> None:

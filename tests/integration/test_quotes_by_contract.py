@@ -8,6 +8,7 @@ overwrote the other and a market entry on one was risk-priced at the other's pri
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -150,3 +151,22 @@ async def test_position_limits_count_each_contract_alone(paper_tws, rig):
     assert [r.code for r in over_stock.reasons] == [DenialCode.POSITION_LIMIT]
     assert [r.code for r in over_option.reasons] == [DenialCode.POSITION_LIMIT]
     assert over_stock.reasons[0].value == 11 and over_option.reasons[0].value == 11
+
+
+async def test_a_second_proposal_during_the_first_quote_subscription_waits_for_the_same_tick(
+        paper_tws, rig):
+    # two market entries on a contract never quoted before arrive together: the first subscribes,
+    # the second found the subscription in flight and was answered QUOTE_UNAVAILABLE (seen with
+    # two daemons on one broker); both must get the first tick
+    await paper_tws.set_price("MSFT", 410.25)
+    msft = await rig.broker.resolve_contract(TradeProposal.model_validate(dict(
+        proposal_id="probe", agent_id="alpha", symbol="MSFT", side="BUY", quantity=1,
+        order_type="MKT", take_profit=420.0, stop_loss=400.0)))
+    assert msft is not None and msft.con_id not in rig.broker.quotes()
+    first_task = asyncio.create_task(rig.broker.ensure_quote(msft))
+    while msft.con_id not in rig.broker._tickers:    # the first one's reqMktData is out
+        await asyncio.sleep(0)
+    second = await rig.broker.ensure_quote(msft)
+    first = await first_task
+    assert first is not None and second is not None
+    assert second.ask == pytest.approx(410.25, abs=0.05)
