@@ -274,3 +274,24 @@ async def test_average_prices_are_exact(paper_tws):
         await paper_tws.fill_qty(None)
         state = await paper_tws.state()
         assert [repr(o["avgFillPrice"]) for o in state["orders"]] == ["233.71"]
+
+
+async def test_combo_orders_and_fills_are_seen_again_after_a_reconnect(paper_tws):
+    async with connected(paper_tws) as ib:
+        call, put = await _options(ib, (230.0, "C"), (230.0, "P"))
+        await _prices(paper_tws, (call, 10.0), (put, 8.0))
+        straddle = _bag((call, "BUY"), (put, "BUY"))
+        filled = ib.placeOrder(straddle, MarketOrder("BUY", 1, orderRef="again-filled"))
+        working = ib.placeOrder(straddle, LimitOrder("BUY", 1, 15.0, orderRef="again-working"))
+        await wait_until(ib, lambda: filled.orderStatus.status == "Filled"
+                         and working.orderStatus.status == "Submitted")
+    async with connected(paper_tws) as ib:  # the same client id: its open orders come back
+        [trade] = [t for t in ib.openTrades() if t.order.orderRef == "again-working"]
+        assert trade.contract.secType == "BAG"
+        assert [(leg.conId, leg.ratio, leg.action) for leg in trade.contract.comboLegs] == [
+            (call.conId, 1, "BUY"), (put.conId, 1, "BUY")]
+        fills = await ib.reqExecutionsAsync()
+        assert sorted(f.contract.secType for f in fills) == ["BAG", "OPT", "OPT"]
+        done = await ib.reqCompletedOrdersAsync(apiOnly=True)
+        [completed] = [t for t in done if t.order.orderRef == "again-filled"]
+        assert completed.contract.secType == "BAG" and len(completed.contract.comboLegs) == 2
