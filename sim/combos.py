@@ -385,12 +385,7 @@ def project(eng: Brokerage, bag: SimContract, action: str, qty: float,
     )
 
 
-# ---------------------------------------------------------------------- wire helpers
-
-
-def legs_descrip(bag: SimContract) -> str:
-    """openOrder's comboLegsDescrip: `conId|ratio` per leg, the ratio negative for a SELL leg."""
-    return ",".join(f"{leg.con_id}|{leg_sign(leg) * leg.ratio}" for leg in bag.combo_legs)
+# ---------------------------------------------------------------------- server helpers
 
 
 def quote(tws: Any, bag: SimContract) -> tuple[float, float, float, float, float, float]:

@@ -816,7 +816,9 @@ class Brokerage:
             for perm in sorted(candidates & self._open):
                 order = self.orders[perm]
                 arrival = perm in arrivals or perm in self._arrivals  # (newly activated too)
-                if not arrival and not combos.touches(order.contract, con_ids):
+                if not arrival and order.contract.con_id not in con_ids \
+                        and not (order.contract.combo_legs and combos.touches(order.contract,
+                                                                              con_ids)):
                     continue
                 self._arrivals.discard(perm)
                 if not self._is_working(order):

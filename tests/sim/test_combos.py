@@ -68,6 +68,8 @@ async def test_straddle_quoted_and_filled_as_one(paper_tws):
         # bid = sum of the legs' bids, ask = sum of the asks (options: 2-tick half spread)
         await wait_until(ib, lambda: ticker.bid == 17.96 and ticker.ask == 18.04
                          and ticker.last == 18.0, what="combo quote")
+        [snapshot] = await ib.reqTickersAsync(straddle)  # snapshot: ends with tickSnapshotEnd
+        assert (snapshot.bid, snapshot.ask, snapshot.last) == (17.96, 18.04, 18.0)
         trade = ib.placeOrder(straddle, LimitOrder("BUY", 2, 17.50, orderRef="straddle"))
         await wait_until(ib, lambda: trade.orderStatus.status == "Submitted")
         await paper_tws.set_price(con_id=call.conId, price=9.40)  # combo last 17.40 <= 17.50
@@ -189,6 +191,8 @@ async def test_combo_bracket_modify_child_and_cancel_parent(paper_tws):
             await ib.updateEvent
         assert orders[take_profit.order.orderId]["lmtPrice"] == 8.5
         assert orders[take_profit.order.orderId]["secType"] == "BAG"
+        assert [leg["conId"] for leg in orders[take_profit.order.orderId]["comboLegs"]] == [
+            long_call.conId, short_call.conId]
         ib.cancelOrder(entry.order)
         await wait_until(ib, lambda: all(t.orderStatus.status == "Cancelled"
                                          for t in (entry, take_profit, stop)),
