@@ -61,7 +61,8 @@ if TYPE_CHECKING:  # pragma: no cover
 BAG_CON_ID = 28812380
 COMBO_TICK = 0.01
 LEG_SEC_TYPES = ("OPT", "STK")
-MSG_NO_LEGS = "Error validating request.-'bN' : cause - Security type 'BAG' requires combo leg details."
+MSG_NO_LEGS = ("Error validating request.-'bN' : cause - Security type 'BAG' requires combo leg "
+               "details.")
 
 
 def is_bag(contract: Any) -> bool:

@@ -1330,7 +1330,7 @@ def _apply_fill(pos: SimPosition, sign: float, qty: float, price: float, commiss
     if open_qty > 0:
         held = abs(pos.quantity)
         unit_cost = price * mult + sign * comm_open / open_qty
-        # rounded to 8 places as IB reports them: no float artefacts (233.71, not 233.70999999999998)
+        # rounded to 8 places as IB reports them: 233.71, never 233.70999999999998
         pos.avg_cost = round((pos.avg_cost * held + unit_cost * open_qty) / (held + open_qty), 8)
         pos.avg_price = round((pos.avg_price * held + price * open_qty) / (held + open_qty), 8)
         pos.quantity += sign * open_qty

@@ -27,10 +27,10 @@ import pytest
 
 ibapi = pytest.importorskip("ibapi")
 
-from ibapi.client import EClient  # noqa: E402
-from ibapi.contract import ComboLeg, Contract  # noqa: E402
-from ibapi.order import Order  # noqa: E402
-from ibapi.wrapper import EWrapper  # noqa: E402
+from ibapi.client import EClient
+from ibapi.contract import ComboLeg, Contract
+from ibapi.order import Order
+from ibapi.wrapper import EWrapper
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"

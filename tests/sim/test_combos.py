@@ -139,7 +139,7 @@ async def _combo_bracket(ib, paper_tws, ref):
 
 async def test_combo_bracket_take_profit_cancels_the_stop(paper_tws):
     async with connected(paper_tws) as ib:
-        long_call, short_call, entry, take_profit, stop = await _combo_bracket(
+        long_call, short_call, _entry, take_profit, stop = await _combo_bracket(
             ib, paper_tws, "cb-tp")
         await paper_tws.set_price(con_id=long_call.conId, price=12.0)  # combo 8.00
         await wait_until(ib, lambda: take_profit.orderStatus.status == "Filled"
@@ -157,7 +157,7 @@ async def test_combo_bracket_take_profit_cancels_the_stop(paper_tws):
 
 async def test_combo_bracket_stop_cancels_the_take_profit(paper_tws):
     async with connected(paper_tws) as ib:
-        long_call, _, entry, take_profit, stop = await _combo_bracket(ib, paper_tws, "cb-sl")
+        long_call, _, _entry, take_profit, stop = await _combo_bracket(ib, paper_tws, "cb-sl")
         await paper_tws.set_price(con_id=long_call.conId, price=8.90)  # combo 4.90 <= 5.00
         await wait_until(ib, lambda: stop.orderStatus.status == "Filled"
                          and take_profit.orderStatus.status == "Cancelled", what="SL filled")
@@ -229,7 +229,7 @@ async def test_bad_leg_is_refused_and_nothing_changes(paper_tws):
         combo.comboLegs = [ComboLeg(conId=call.conId, ratio=1, action="BUY", exchange="SMART"),
                            ComboLeg(conId=999999, ratio=1, action="BUY", exchange="SMART")]
         trade = ib.placeOrder(combo, LimitOrder("BUY", 1, 5.0))
-        _, code, message = await ib.errors.wait_for(321, trade.order.orderId)
+        _, _code, message = await ib.errors.wait_for(321, trade.order.orderId)
         assert "combo details for leg '2' are invalid" in message
         await wait_until(ib, lambda: trade.orderStatus.status == "Cancelled")
         empty = Contract(secType="BAG", symbol="AAPL", exchange="SMART", currency="USD")
