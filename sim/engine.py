@@ -118,6 +118,9 @@ CONTRACT (sim/server.py codes against exactly this; keep signatures stable):
         orders cancelled, start-of-day NetLiq/marks taken, realized and the day's completed
         orders/executions cleared.
 
+Combos (BAG contracts, `contract.combo_legs`): sim/combos.py prices, fills (atomically, per
+leg + the BAG) and margins them; the hooks here only route a BAG there.
+
 Money is float, rounded to the tick for prices. Accounting as IB reports it: avgCost per unit
 includes the multiplier and the commission (ES 1 @ 5900: 5900*50 + 0.85 = 295000.85; a short
 subtracts it); unrealized = (price*mult - avgCost)*qty; realized on a closing fill = (price*mult

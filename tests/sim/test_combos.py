@@ -299,3 +299,22 @@ async def test_combo_orders_and_fills_are_seen_again_after_a_reconnect(paper_tws
         done = await ib.reqCompletedOrdersAsync(apiOnly=True)
         [completed] = [t for t in done if t.order.orderRef == "again-filled"]
         assert completed.contract.secType == "BAG" and len(completed.contract.comboLegs) == 2
+
+
+async def test_credit_combo_bracket_to_the_stop(paper_tws):
+    async with connected(paper_tws) as ib:
+        short_call, long_call = await _options(ib, (230.0, "C"), (240.0, "C"))
+        await _prices(paper_tws, (short_call, 10.0), (long_call, 4.0))
+        bear_call = _bag((short_call, "SELL"), (long_call, "BUY"))  # quoted about -6.00
+        # bought for a credit: P&L = (exit - entry) x 100, so TP above and the stop below
+        bracket = ib.bracketOrder("BUY", 1, -6.00, -3.00, -8.00, orderRef="credit-br")
+        entry, take_profit, stop = [ib.placeOrder(bear_call, o) for o in bracket]
+        await wait_until(ib, lambda: entry.orderStatus.status == "Filled"
+                         and stop.orderStatus.status == "Submitted", what="credit entry filled")
+        assert entry.orderStatus.avgFillPrice == -6.0
+        await paper_tws.set_price(con_id=short_call.conId, price=12.0)  # combo -8.00
+        await wait_until(ib, lambda: stop.orderStatus.status == "Filled"
+                         and take_profit.orderStatus.status == "Cancelled", what="credit stop")
+        assert stop.orderStatus.avgFillPrice == -8.0
+        state = await paper_tws.state()
+        assert state["pnl"]["realized"] == pytest.approx((-8.0 + 6.0) * 100 - 4.0)
