@@ -4,9 +4,9 @@ combo legs, orderComboLegs, smartComboRoutingParams and the order attributes aft
 from __future__ import annotations
 
 import pytest
-
 from bracketgate.sim import codec
 from bracketgate.sim.model import ComboLeg
+
 from tests.iblib import ComboLeg as IbComboLeg
 from tests.iblib import Contract, LimitOrder, TagValue, ib
 from tests.unit.test_sim_wire import VERSIONS, _Recorder
