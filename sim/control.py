@@ -221,6 +221,8 @@ def _order_view(o: SimOrder) -> dict[str, Any]:
         "localSymbol": o.contract.local_symbol, "account": o.account,
         "completedStatus": o.completed_status, "trailStopPrice": o.trail_stop_price,
         "trailingPercent": o.trailing_percent, "lmtPriceOffset": o.lmt_price_offset,
+        "comboLegs": [{"conId": leg.con_id, "ratio": leg.ratio, "action": leg.action,
+                       "exchange": leg.exchange} for leg in o.contract.combo_legs],
     }
 
 

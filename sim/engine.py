@@ -120,6 +120,9 @@ CONTRACT (sim/server.py codes against exactly this; keep signatures stable):
         orders cancelled, start-of-day NetLiq/marks taken, realized and the day's completed
         orders/executions cleared.
 
+Combos (BAG contracts, `contract.combo_legs`): sim/combos.py prices, fills (atomically, per
+leg + the BAG) and margins them; the hooks here only route a BAG there.
+
 Money is float, rounded to the tick for prices. Accounting as IB reports it: avgCost per unit
 includes the multiplier and the commission (ES 1 @ 5900: 5900*50 + 0.85 = 295000.85; a short
 subtracts it); unrealized = (price*mult - avgCost)*qty; realized on a closing fill = (price*mult
@@ -139,7 +142,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from bracketgate.core.logs import get_logger
-from bracketgate.sim import modify, oca, trailing
+from bracketgate.sim import combos, modify, oca, trailing
 from bracketgate.sim.margin import ZERO_MARGIN, CommissionModel, MarginModel, MarginRequirement
 from bracketgate.sim.market import half_spread
 from bracketgate.sim.model import (
@@ -482,6 +485,8 @@ class Brokerage:
             self.prices[con_id] = self.price(con_id)
 
     def _bid_ask(self, contract: SimContract) -> tuple[float, float]:
+        if contract.combo_legs:
+            return combos.bid_ask(self, contract)
         px = self.price(contract.con_id)
         half = half_spread(contract)
         bid = max(round_to_tick(px - half, contract.min_tick), contract.min_tick)
@@ -568,7 +573,8 @@ class Brokerage:
         self.by_client[key] = perm_id
         self._open.add(perm_id)
         self._open_by_con.setdefault(contract.con_id, set()).add(perm_id)
-        self._pin_price(contract.con_id)
+        for con_id in combos.priced_con_ids(contract):
+            self._pin_price(con_id)
         if parent is not None:
             self._parent_of[perm_id] = parent.perm_id
             self._kids.setdefault(parent.perm_id, []).append(perm_id)
@@ -599,12 +605,14 @@ class Brokerage:
         if order.order_type in ("STP", "STP LMT") and not _is_set(order.aux_price):
             raise _validation("Missing aux price.")
         try:
-            contract = self.universe.resolve(order.contract)
+            contract = (combos.check_bag(self.universe, order.contract)
+                        if combos.is_bag(order.contract) else self.universe.resolve(order.contract))
         except UnknownContract:
             raise OrderRejected(200, MSG_NO_SECDEF) from None
         for px in (order.lmt_price if order.order_type in ("LMT", "STP LMT") else None,
                    order.aux_price if order.order_type in ("STP", "STP LMT") else None):
-            if px is not None and (px <= 0 or not _on_tick(px, contract.min_tick)):
+            if px is not None and ((px <= 0 and not contract.combo_legs)
+                                   or not _on_tick(px, contract.min_tick)):
                 raise OrderRejected(110, MSG_TICK)
         trailing.validate(order, contract)  # TRAIL / TRAIL LIMIT: 321 / 110
         return contract
@@ -622,6 +630,8 @@ class Brokerage:
 
     def _modify(self, order: SimOrder, new: SimOrder) -> SimOrder:
         contract = self._check_order(new)
+        if contract.combo_legs != order.contract.combo_legs:
+            raise OrderRejected(105, MSG_MISMATCH)  # a modify may not change a combo's legs
         modify.check(self, order, new, contract)  # 105, 329, 135, 10326/10327, 321 (sim/modify.py)
         old_aux = order.aux_price
         perm = order.perm_id
@@ -813,10 +823,14 @@ class Brokerage:
             candidates = set(arrivals)
             for con_id in con_ids:
                 candidates |= self._open_by_con.get(con_id, set())
+            if con_ids and self._open_by_con.get(combos.BAG_CON_ID):
+                candidates |= combos.open_orders_on(self, con_ids)
             for perm in sorted(candidates & self._open):
                 order = self.orders[perm]
                 arrival = perm in arrivals or perm in self._arrivals  # (newly activated too)
-                if not arrival and order.contract.con_id not in con_ids:
+                if not arrival and order.contract.con_id not in con_ids \
+                        and not (order.contract.combo_legs and combos.touches(order.contract,
+                                                                              con_ids)):
                     continue
                 self._arrivals.discard(perm)
                 if not self._is_working(order):
@@ -842,7 +856,7 @@ class Brokerage:
         if order.order_type in trailing.TRAIL_TYPES:
             return trailing.fill_price(self, order, arrival)
         contract = order.contract
-        px = self.price(contract.con_id)
+        px = combos.last(self, contract) if contract.combo_legs else self.price(contract.con_id)
         bid, ask = self._bid_ask(contract)
         buy = order.action == "BUY"
         kind = order.order_type
@@ -872,7 +886,7 @@ class Brokerage:
 
     def _expected_fill_price(self, order: SimOrder, contract: SimContract) -> float:
         bid, ask = self._bid_ask(contract)
-        px = self.price(contract.con_id)
+        px = combos.last(self, contract) if contract.combo_legs else self.price(contract.con_id)
         buy = order.action == "BUY"
         if order.order_type == "MKT":
             return ask if buy else bid
@@ -888,12 +902,13 @@ class Brokerage:
     # ------------------------------------------------------------------ fills
 
     def _execute(self, order: SimOrder, qty: float, price: float, liquidity: int) -> None:
+        if order.contract.combo_legs:
+            return combos.execute(self, order, qty, price, liquidity)
         contract = order.contract
         mult = contract.multiplier
         commission = self.commission_model.execution_commission(
             contract, order.filled, order.avg_fill_price * order.filled * mult, qty, price)
-        order.avg_fill_price = ((order.avg_fill_price * order.filled + price * qty)
-                                / (order.filled + qty))
+        order.avg_fill_price = combos.exact_avg(order.avg_fill_price, order.filled, price, qty)
         order.filled += qty
         order.last_fill_price = price
         sign = 1.0 if order.action == "BUY" else -1.0
@@ -987,6 +1002,8 @@ class Brokerage:
 
     def _project(self, contract: SimContract, action: str, qty: float,
                  fill_px: float) -> WhatIfResult:
+        if contract.combo_legs:
+            return combos.project(self, contract, action, qty, fill_px)
         sign = 1.0 if action == "BUY" else -1.0
         before = self._margins()
         total_before = before[0] + before[1]
@@ -1328,8 +1345,9 @@ def _apply_fill(pos: SimPosition, sign: float, qty: float, price: float, commiss
     if open_qty > 0:
         held = abs(pos.quantity)
         unit_cost = price * mult + sign * comm_open / open_qty
-        pos.avg_cost = (pos.avg_cost * held + unit_cost * open_qty) / (held + open_qty)
-        pos.avg_price = (pos.avg_price * held + price * open_qty) / (held + open_qty)
+        # rounded to 8 places as IB reports them: 233.71, never 233.70999999999998
+        pos.avg_cost = round((pos.avg_cost * held + unit_cost * open_qty) / (held + open_qty), 8)
+        pos.avg_price = round((pos.avg_price * held + price * open_qty) / (held + open_qty), 8)
         pos.quantity += sign * open_qty
         if contract.sec_type == "FUT":
             cash -= comm_open
