@@ -846,6 +846,9 @@ class IBBroker:
         if exec_id in self._seen_execs or exec_id in self._pending_execs:
             return
         ex = self._execution(trade, fill)
+        if ex.sec_type == "BAG":   # a combo's own execution: its legs' reports carry commission
+            self._publish_exec(ex)
+            return
         # publish once, with the commission: wait for commissionReport (bounded)
         handle = asyncio.get_running_loop().call_later(1.0, self._release_exec, exec_id)
         self._pending_execs[exec_id] = (ex, handle)
