@@ -813,6 +813,11 @@ class RiskGovernor:
         c.position_notional = view.position_notional.get(con_id, 0.0)
         c.pending_same = (row[i] if row else 0.0) + (lp[i] if lp else 0.0)
         c.pending_same_notional = (row[i + 2] if row else 0.0) + (lp[i + 2] if lp else 0.0)
+        if self._combos and combo is None:   # this contract as a leg of a pending combo
+            cp = self._combos.pending(ledger).get(con_id)
+            if cp is not None:
+                c.pending_same += cp[i]
+                c.pending_same_notional += cp[i + 2]
         c.gross_exposure = view.gross_base + ledger.gross_pending_notional
         # net exposure if every pending entry on this side fills (and none on the other)
         c.net_exposure = view.net_positions + sign * (view.foreign_side[i]

@@ -181,6 +181,20 @@ def test_pending_combos_count_per_leg_until_released() -> None:
     assert gov.evaluate(combo(STRADDLE, "c4"), s).verdict is Verdict.APPROVED
 
 
+def test_a_single_leg_proposal_counts_a_pending_combo_leg_of_its_contract() -> None:
+    gov, clock = governor(open_limits(max_position_units=3.0))
+    s = snap(clock)
+    assert gov.evaluate(combo(STRADDLE, "c1"), s).verdict is Verdict.APPROVED   # 2 calls pending
+    call = TradeProposal(proposal_id="s1", agent_id="a1", symbol=SPY, sec_type="OPT",
+                         side=Side.BUY, quantity=2, limit_price=5.0, take_profit=6.0,
+                         stop_loss=4.5, expiry=E, strike=100.0, right="C")
+    d = gov.evaluate(call, s)
+    assert [(r.code, r.value) for r in d.reasons] == [(D.POSITION_LIMIT, 4.0)]
+    gov.release("c1", "test")
+    assert gov.evaluate(call.model_copy(update={"proposal_id": "s2"}), s).verdict \
+        is Verdict.APPROVED
+
+
 def test_opposite_legs_net_against_pending_and_held() -> None:
     # the call vertical buys 100C and sells 105C: selling 105C against a held long 105C shrinks it
     held = position(SPY, 2, 3.0, 100.0, "OPT", E, 105.0, "C")
