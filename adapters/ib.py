@@ -892,12 +892,15 @@ class IBBroker:
         except (TimeoutError, ConnectionError, BrokerNotConnected) as e:
             log.warning("ib_executions_sync_failed", error=repr(e))
             return
+        # the library keeps each execution's commission on the fill it saw first (its own
+        # start-up sync); a later request's fill objects carry an empty report
+        known = {f.execution.execId: f for f in self.ib.fills()}
         for fill in fills:
             if fill.execution.execId in self._seen_execs:
                 continue
             trade = self._trade_for(fill.execution.orderId)
             ex = self._execution(trade, fill)
-            rep = fill.commissionReport
+            rep = (known.get(fill.execution.execId) or fill).commissionReport
             if rep is not None and rep.execId:
                 ex = ex.model_copy(update={"commission": ib_number(rep.commission),
                                            "realized_pnl": ib_number(rep.realizedPNL)})

@@ -166,6 +166,14 @@ def _leg_quote(snapshot: PortfolioSnapshot, cid: int) -> Quote | None:
     return snapshot.quotes.get(cid)
 
 
+def _usable(px: float | None) -> float | None:
+    return px if px is not None and 0 < px < math.inf else None
+
+
+def _first(*prices: float | None) -> float | None:
+    return next((px for px in prices if px is not None), None)
+
+
 def combo_quote(combo: ComboRisk, p: TradeProposal, snapshot: PortfolioSnapshot,
                 view: SnapshotView) -> Quote | Reason:
     """The combo's bid / ask for a BUY of it, from its legs' (IB's sign: a credit is < 0)."""
@@ -175,9 +183,12 @@ def combo_quote(combo: ComboRisk, p: TradeProposal, snapshot: PortfolioSnapshot,
     for lg, leg in zip(combo.legs, legs):
         q = _leg_quote(snapshot, lg.con_id)
         mark = view.marks.get(lg.con_id)
-        lb = q.bid if q is not None and q.bid is not None and q.bid > 0 else mark
-        la = q.ask if q is not None and q.ask is not None and q.ask > 0 else mark
-        if lb is None or la is None or not (math.isfinite(lb) and math.isfinite(la)):
+        # a stream's first tick may bring one side only: the other side, the last, the mark
+        b, a, last = (_usable(q.bid), _usable(q.ask), _usable(q.last)) if q is not None \
+            else (None, None, None)
+        lb = _first(b, last, a, mark)
+        la = _first(a, last, b, mark)
+        if lb is None or la is None:
             return deny(D.QUOTE_UNAVAILABLE, value=lg.con_id, field=f"legs[{lg.index}]",
                         detail=f"no quote for legs[{lg.index}] ({p.symbol} {leg.describe()})")
         w = leg.ratio * lg.multiplier / combo.multiplier

@@ -252,6 +252,16 @@ def test_price_bands_are_a_share_of_the_gross_premium_around_the_combo_mid() -> 
     assert [(r.code, r.field) for r in d.reasons] == [(D.PRICE_OUT_OF_BAND, "limit_price")]
 
 
+def test_a_leg_quoted_on_one_side_only_prices_the_combo_with_that_side() -> None:
+    # a stream's first tick may bring only the ask: the call quoted 5.05 ask, no bid, no last
+    gov, clock = governor(open_limits())
+    qs = [quote(clock, SPY, None, 5.05, None, sec_type="OPT", expiry=E, strike=100.0, right="C"),
+          quote(clock, SPY, 4.95, 5.05, 5.0, sec_type="OPT", expiry=E, strike=100.0, right="P")]
+    d = gov.evaluate(combo(STRADDLE, limit=None), snapshot(clock, quotes=qs))
+    assert d.verdict is Verdict.APPROVED, d.reasons
+    assert gov.ledger.get("c1").worst_case_loss == pytest.approx(2 * (10.10 - 8.0) * 100)
+
+
 def test_a_leg_without_a_quote_fails_closed_naming_it() -> None:
     gov, clock = governor(open_limits())
     p = combo([opt(100, "C", "BUY"), opt(110, "C", "SELL")], limit=3.0, tp=4.0, sl=2.0)
