@@ -241,6 +241,11 @@ def apply_combo(c: RuleContext, combo: ComboRisk, snapshot: PortfolioSnapshot,
         lg.pending_same_notional = fn + (lp[i + 2] if lp else 0.0) + (cp[i + 2] if cp else 0.0)
         lg.held_by_agent = (held.get(cid, 0.0) if held else 0.0) * lg.mark * lg.multiplier
     combo.gross_per_combo = gross / combo.multiplier
+    # a leg that sells what the account holds long (or buys back a short) only closes it:
+    # not naked (closing a long straddle is no short straddle)
+    covered = [min(lg.units, max(0.0, -lg.sign * lg.position)) / qty for lg in combo.legs]
+    if any(covered):
+        combo.structure = structure(p.legs or [], c.sign, combo.multiplier, covered)
     c.notional = qty * gross
     # the agent's exposure: its legs at their marks (its figure was built with the combo's key)
     # worst case: the stop's, with the slippage allowance single legs get; capped by the

@@ -124,9 +124,14 @@ class Structure:
         return max(0.0, side * entry - self.worst_payoff)
 
 
-def structure(legs: list[ComboLeg], side: int, multiplier: float) -> Structure:
-    """The shape of `side` (+1 BUY, -1 SELL) of the combo: see the module doc."""
+def structure(legs: list[ComboLeg], side: int, multiplier: float,
+              covered: list[float] | None = None) -> Structure:
+    """The shape of `side` (+1 BUY, -1 SELL) of the combo: see the module doc. `covered[i]`:
+    units per combo of leg i that only close what the account holds (a SELL of a held long):
+    not naked, but then the combo alone is not the position, so no structure bound."""
     q = [(side * leg.sign * leg.ratio, leg) for leg in legs]
+    if covered is not None and any(covered):
+        q = [(n - math.copysign(min(abs(n), cov), n), leg) for (n, leg), cov in zip(q, covered)]
     stock = sum(n for n, leg in q if leg.sec_type == "STK") / (multiplier or 1.0)
     calls = sum(n for n, leg in q if leg.right == "C")
     puts = sum(n for n, leg in q if leg.right == "P")
@@ -139,7 +144,7 @@ def structure(legs: list[ComboLeg], side: int, multiplier: float) -> Structure:
     if why:
         return Structure("; ".join(why), None)
     expiries = {leg.expiry for _, leg in q if leg.sec_type == "OPT"}
-    if len(expiries) > 1:
+    if len(expiries) > 1 or (covered is not None and any(covered)):
         return Structure("", None)      # calendars: the payoff depends on the back leg's value
 
     def payoff(s: float) -> float:

@@ -353,3 +353,51 @@ def test_the_bag_fill_moves_the_bracket_and_leg_fills_the_positions_and_pnl() ->
     # a re-delivered fill counts nothing twice
     gov.on_fill(f("x4", Leg.TAKE_PROFIT, "OPT", call, Side.SELL, 2, 9.0, realized=800.0))
     assert gov._agent_realized["a1"] == 800.0
+
+
+# =========================================================================== restarts, REDUCING
+
+def test_a_working_combo_bracket_from_before_a_restart_counts_its_worst_case() -> None:
+    from bracketgate.bus.messages import WorkingOrder
+
+    bag = 28812380     # IB's conId of every BAG
+    common = dict(order_ref="old-combo", symbol=SPY, con_id=bag, multiplier=100.0,
+                  quantity=2.0, remaining=2.0, status="Submitted")
+    working = [
+        WorkingOrder(order_id=1, side=Side.BUY, order_type="LMT", limit_price=-1.5, **common),
+        WorkingOrder(order_id=2, parent_id=1, side=Side.SELL, order_type="LMT", limit_price=-0.5,
+                     **common),
+        WorkingOrder(order_id=3, parent_id=1, side=Side.SELL, order_type="STP", stop_price=-2.5,
+                     **common)]
+    # 2 x |-1.50 - -2.50| x 100 = 200 of the daily budget is taken by the old combo
+    gov, clock = governor(open_limits(daily_loss_limit=600.0))
+    s = snap(clock, working=working)
+    assert gov.summary()["open_worst_case"] == 0.0
+    d = gov.evaluate(combo(STRADDLE), s)                       # 400 more: 600, at the limit
+    assert d.verdict is Verdict.APPROVED, d.reasons
+    assert gov.summary()["open_worst_case"] == pytest.approx(600.0)
+    d = gov.evaluate(combo(STRADDLE, "c2", qty=1), s)
+    assert [(r.code, r.value) for r in d.reasons] == [(D.DAILY_LOSS_LIMIT, 200.0)]
+
+
+def test_reducing_admits_a_combo_only_if_every_leg_reduces() -> None:
+    from bracketgate.bus.messages import TradingState
+
+    held = [position(SPY, 2, 5.0, 100.0, "OPT", E, 100.0, "C"),
+            position(SPY, 2, 5.0, 100.0, "OPT", E, 100.0, "P")]
+    gov, clock = governor(open_limits(), initial_state=TradingState.REDUCING)
+    s = snap(clock, positions=held)
+    # selling the straddle closes both legs
+    d = gov.evaluate(combo(STRADDLE, "close", side="SELL", limit=10.0, tp=8.0, sl=11.0), s)
+    assert d.verdict is Verdict.APPROVED, d.reasons
+    # buying more grows them
+    d = gov.evaluate(combo(STRADDLE, "grow"), s)
+    assert [(r.code, r.field) for r in d.reasons] == [(D.REDUCING_ONLY, "legs[0]")]
+    # the close above is pending: the held calls are spoken for
+    d = gov.evaluate(combo(STRADDLE, "close2", side="SELL", limit=10.0, tp=8.0, sl=11.0), s)
+    assert [(r.code, r.field) for r in d.reasons] == [(D.REDUCING_ONLY, "legs[0]")]
+    # a vertical that sells the held call but buys a 105 call the account does not hold
+    gov, clock = governor(open_limits(), initial_state=TradingState.REDUCING)
+    d = gov.evaluate(combo([opt(100, "C", "SELL"), opt(105, "C", "BUY")], "mixed", limit=-2.0,
+                           tp=-1.0, sl=-2.5), s)
+    assert [(r.code, r.field) for r in d.reasons] == [(D.REDUCING_ONLY, "legs[1]")]
