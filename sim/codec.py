@@ -21,7 +21,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from bracketgate.sim.model import UNSET_DOUBLE, SimContract, SimExecution, SimOrder, SimPosition, WhatIfResult
+from bracketgate.sim.model import (
+    UNSET_DOUBLE,
+    ComboLeg,
+    SimContract,
+    SimExecution,
+    SimOrder,
+    SimPosition,
+    WhatIfResult,
+)
 from bracketgate.sim.wire import (
     UNSET_DOUBLE_STR,
     UNSET_INTEGER_STR,
@@ -104,6 +112,11 @@ class PlaceOrder:
     oca_type: int
     what_if: bool
     n_conditions: int = 0
+    combo_legs: tuple[ComboLeg, ...] = ()                 # BAG: the contract's comboLegs
+    combo_leg_prices: tuple[float | None, ...] = ()       # BAG: orderComboLegs (per-leg prices)
+    smart_combo_params: tuple[tuple[str, str], ...] = ()  # BAG: smartComboRoutingParams
+    e_trade_only: bool = False
+    firm_quote_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,7 @@ class ReqMktData:
     generic_ticks: str
     snapshot: bool
     regulatory_snapshot: bool
+    combo_legs: tuple[ComboLeg, ...] = ()                 # BAG: the contract's comboLegs
 
 
 @dataclass(frozen=True)
@@ -267,15 +281,15 @@ def decode_client(fields: Sequence[str], version: int) -> ClientMessage:
         r.skip()  # version 11
         req_id = r.int()
         spec = _read_contract(r)
+        legs: tuple[ComboLeg, ...] = ()
         if spec.sec_type == "BAG":
-            n = r.int()
-            r.skip(4 * n)
+            legs = tuple(ComboLeg(r.int(), r.int(), r.str(), r.str()) for _ in range(r.int()))
         if r.bool():  # delta-neutral contract
             r.skip(3)
         generic = r.str()
         snapshot = r.bool()
         regulatory = r.bool()
-        return ReqMktData(req_id, spec, generic, snapshot, regulatory)
+        return ReqMktData(req_id, spec, generic, snapshot, regulatory, legs)
     if msg_id in (CANCEL_MKT_DATA, CANCEL_ACCOUNT_SUMMARY, CANCEL_POSITIONS_MULTI,
                   CANCEL_ACCOUNT_UPDATES_MULTI):
         r.skip()
@@ -351,23 +365,18 @@ def _decode_place_order(r: FieldReader, version: int) -> PlaceOrder:
     r.skip(4)  # blockOrder, sweepToFill, displaySize, triggerMethod
     outside_rth = r.bool()
     r.skip()  # hidden
-    if spec.sec_type == "BAG":
-        n = r.int()
-        r.skip(8 * n)
-        n = r.int()
-        r.skip(n)
-        n = r.int()
-        r.skip(2 * n)
+    legs, leg_prices, combo_params = _read_combo(r) if spec.sec_type == "BAG" else ((), (), ())
     # sharesAllocation discretionaryAmt goodAfterTime goodTillDate faGroup faMethod faPercentage
     r.skip(7)
     if version < 177:
         r.skip()  # faProfile
     r.skip(4)  # modelCode, shortSaleSlot, designatedLocation, exemptCode
     oca_type = r.int()
-    # rule80A settlingFirm allOrNone minQty percentOffset eTradeOnly firmQuoteOnly nbboPriceCap
-    # auctionStrategy startingPrice stockRefPrice delta stockRangeLower stockRangeUpper
-    # overridePercentageConstraints volatility volatilityType
-    r.skip(17)
+    r.skip(5)  # rule80A settlingFirm allOrNone minQty percentOffset
+    e_trade_only, firm_quote_only = r.bool(), r.bool()
+    # nbboPriceCap auctionStrategy startingPrice stockRefPrice delta stockRangeLower
+    # stockRangeUpper overridePercentageConstraints volatility volatilityType
+    r.skip(10)
     dn_order_type = r.str()
     r.skip()  # deltaNeutralAuxPrice
     if dn_order_type:
@@ -399,8 +408,23 @@ def _decode_place_order(r: FieldReader, version: int) -> PlaceOrder:
         order_type=order_type, lmt_price=lmt_price, aux_price=aux_price, tif=tif or "DAY",
         oca_group=oca_group, account=account, order_ref=order_ref, transmit=transmit,
         parent_id=parent_id, outside_rth=outside_rth, oca_type=oca_type, what_if=what_if,
-        n_conditions=n_conditions,
+        n_conditions=n_conditions, combo_legs=legs, combo_leg_prices=leg_prices,
+        smart_combo_params=combo_params, e_trade_only=e_trade_only,
+        firm_quote_only=firm_quote_only,
     )
+
+
+def _read_combo(r: FieldReader) -> tuple[tuple[ComboLeg, ...], tuple[float | None, ...],
+                                         tuple[tuple[str, str], ...]]:
+    """placeOrder's BAG block: comboLegs (conId ratio action exchange openClose shortSaleSlot
+    designatedLocation exemptCode), orderComboLegs (price), smartComboRoutingParams (tag value)."""
+    legs = []
+    for _ in range(r.int()):
+        legs.append(ComboLeg(r.int(), r.int(), r.str(), r.str()))
+        r.skip(4)  # openClose shortSaleSlot designatedLocation exemptCode
+    prices = tuple(r.opt_float() for _ in range(r.int()))
+    params = tuple((r.str(), r.str()) for _ in range(r.int()))
+    return tuple(legs), prices, params
 
 
 # ======================================================================== outgoing
@@ -474,6 +498,18 @@ def _contract11(c: SimContract, exchange: str | None = None, strike: str | None 
         _right(c, right_unset), f_multiplier(c.multiplier), exch, c.currency,
         c.local_symbol or c.symbol, c.trading_class or c.symbol,
     ]
+
+
+def _combo_fields(c: SimContract) -> Fields:
+    """comboLegsDescrip, comboLegs (conId ratio action exchange openClose shortSaleSlot
+    designatedLocation exemptCode each), orderComboLegs and smartComboRoutingParams (none)."""
+    if not c.combo_legs:
+        return ["", "0", "0", "0"]
+    f: Fields = [",".join(f"{leg.con_id}|{leg.ratio if leg.action == 'BUY' else -leg.ratio}"
+                          for leg in c.combo_legs), str(len(c.combo_legs))]
+    for leg in c.combo_legs:
+        f += [str(leg.con_id), str(leg.ratio), leg.action, leg.exchange, "0", "0", "", "-1"]
+    return f + ["0", "0"]
 
 
 # ---- session start, errors, time
@@ -579,8 +615,8 @@ def open_order(o: SimOrder, version: int, *, what_if: WhatIfResult | None = None
         "0", "0",                            # continuousUpdate referencePriceType
         "", "", "", "",                      # trailStopPrice trailingPercent basisPoints
                                              # basisPointsType
-        "",                                  # comboLegsDescrip
-        "0", "0", "0",                       # comboLegs, orderComboLegs, smartComboRoutingParams
+        *_combo_fields(c),                   # comboLegsDescrip, comboLegs, orderComboLegs,
+                                             # smartComboRoutingParams
         UNSET_INTEGER_STR, UNSET_INTEGER_STR, "",  # scaleInitLevelSize scaleSubsLevelSize increment
         "",                                  # hedgeType
         "0", "", "IB", "0",                  # optOutSmartRouting clearingAccount clearingIntent
@@ -675,8 +711,8 @@ def completed_order(o: SimOrder, version: int, parent_perm_id: int | None = None
         "0", "0", "0", "",                      # delta-neutral conId shortSale slot location
         "0", "0", "", "",                       # continuousUpdate referencePriceType trailStopPrice
                                                 # trailingPercent
-        "",                                     # comboLegsDescrip
-        "0", "0", "0",                          # comboLegs orderComboLegs smartComboRoutingParams
+        *_combo_fields(c),                      # comboLegsDescrip comboLegs orderComboLegs
+                                                # smartComboRoutingParams
         UNSET_INTEGER_STR, UNSET_INTEGER_STR, "",  # scaleInit scaleSubs increment
         "",                                     # hedgeType
         "", "IB", "0",                          # clearingAccount clearingIntent notHeld

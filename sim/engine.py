@@ -137,6 +137,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from bracketgate.core.logs import get_logger
+from bracketgate.sim import combos
 from bracketgate.sim.margin import ZERO_MARGIN, CommissionModel, MarginModel, MarginRequirement
 from bracketgate.sim.market import half_spread
 from bracketgate.sim.model import (
@@ -479,6 +480,8 @@ class Brokerage:
             self.prices[con_id] = self.price(con_id)
 
     def _bid_ask(self, contract: SimContract) -> tuple[float, float]:
+        if contract.combo_legs:
+            return combos.bid_ask(self, contract)
         px = self.price(contract.con_id)
         half = half_spread(contract)
         bid = max(round_to_tick(px - half, contract.min_tick), contract.min_tick)
@@ -559,7 +562,8 @@ class Brokerage:
         self.by_client[key] = perm_id
         self._open.add(perm_id)
         self._open_by_con.setdefault(contract.con_id, set()).add(perm_id)
-        self._pin_price(contract.con_id)
+        for con_id in combos.priced_con_ids(contract):
+            self._pin_price(con_id)
         if parent is not None:
             self._parent_of[perm_id] = parent.perm_id
             self._kids.setdefault(parent.perm_id, []).append(perm_id)
@@ -590,12 +594,14 @@ class Brokerage:
         if order.order_type in ("STP", "STP LMT") and not _is_set(order.aux_price):
             raise _validation("Missing aux price.")
         try:
-            contract = self.universe.resolve(order.contract)
+            contract = (combos.check_bag(self.universe, order.contract)
+                        if combos.is_bag(order.contract) else self.universe.resolve(order.contract))
         except UnknownContract:
             raise OrderRejected(200, MSG_NO_SECDEF) from None
         for px in (order.lmt_price if order.order_type in ("LMT", "STP LMT") else None,
                    order.aux_price if order.order_type in ("STP", "STP LMT") else None):
-            if px is not None and (px <= 0 or not _on_tick(px, contract.min_tick)):
+            if px is not None and ((px <= 0 and not contract.combo_legs)
+                                   or not _on_tick(px, contract.min_tick)):
                 raise OrderRejected(110, MSG_TICK)
         return contract
 
@@ -612,7 +618,8 @@ class Brokerage:
 
     def _modify(self, order: SimOrder, new: SimOrder) -> SimOrder:
         contract = self._check_order(new)
-        if contract.con_id != order.contract.con_id or new.action != order.action:
+        if contract.con_id != order.contract.con_id or new.action != order.action \
+                or contract.combo_legs != order.contract.combo_legs:
             raise OrderRejected(105, MSG_MISMATCH)
         if new.total_quantity < order.filled - EPS:
             raise _validation("Order quantity is less than the filled quantity.")
@@ -804,10 +811,12 @@ class Brokerage:
             candidates = set(arrivals)
             for con_id in con_ids:
                 candidates |= self._open_by_con.get(con_id, set())
+            if con_ids and self._open_by_con.get(combos.BAG_CON_ID):
+                candidates |= combos.open_orders_on(self, con_ids)
             for perm in sorted(candidates & self._open):
                 order = self.orders[perm]
                 arrival = perm in arrivals or perm in self._arrivals  # (newly activated too)
-                if not arrival and order.contract.con_id not in con_ids:
+                if not arrival and not combos.touches(order.contract, con_ids):
                     continue
                 self._arrivals.discard(perm)
                 if not self._is_working(order):
@@ -831,7 +840,7 @@ class Brokerage:
     def _fill_price(self, order: SimOrder, arrival: bool) -> tuple[float, int] | None:
         """(price, liquidity) if `order` fills now, else None. Records stop triggers."""
         contract = order.contract
-        px = self.price(contract.con_id)
+        px = combos.last(self, contract) if contract.combo_legs else self.price(contract.con_id)
         bid, ask = self._bid_ask(contract)
         buy = order.action == "BUY"
         kind = order.order_type
@@ -861,7 +870,7 @@ class Brokerage:
 
     def _expected_fill_price(self, order: SimOrder, contract: SimContract) -> float:
         bid, ask = self._bid_ask(contract)
-        px = self.price(contract.con_id)
+        px = combos.last(self, contract) if contract.combo_legs else self.price(contract.con_id)
         buy = order.action == "BUY"
         if order.order_type == "MKT":
             return ask if buy else bid
@@ -877,12 +886,13 @@ class Brokerage:
     # ------------------------------------------------------------------ fills
 
     def _execute(self, order: SimOrder, qty: float, price: float, liquidity: int) -> None:
+        if order.contract.combo_legs:
+            return combos.execute(self, order, qty, price, liquidity)
         contract = order.contract
         mult = contract.multiplier
         commission = self.commission_model.execution_commission(
             contract, order.filled, order.avg_fill_price * order.filled * mult, qty, price)
-        order.avg_fill_price = ((order.avg_fill_price * order.filled + price * qty)
-                                / (order.filled + qty))
+        order.avg_fill_price = combos.exact_avg(order.avg_fill_price, order.filled, price, qty)
         order.filled += qty
         order.last_fill_price = price
         sign = 1.0 if order.action == "BUY" else -1.0
@@ -975,6 +985,8 @@ class Brokerage:
 
     def _project(self, contract: SimContract, action: str, qty: float,
                  fill_px: float) -> WhatIfResult:
+        if contract.combo_legs:
+            return combos.project(self, contract, action, qty, fill_px)
         sign = 1.0 if action == "BUY" else -1.0
         before = self._margins()
         total_before = before[0] + before[1]
@@ -1316,8 +1328,9 @@ def _apply_fill(pos: SimPosition, sign: float, qty: float, price: float, commiss
     if open_qty > 0:
         held = abs(pos.quantity)
         unit_cost = price * mult + sign * comm_open / open_qty
-        pos.avg_cost = (pos.avg_cost * held + unit_cost * open_qty) / (held + open_qty)
-        pos.avg_price = (pos.avg_price * held + price * open_qty) / (held + open_qty)
+        # rounded to 8 places as IB reports them: no float artefacts (233.71, not 233.70999999999998)
+        pos.avg_cost = round((pos.avg_cost * held + unit_cost * open_qty) / (held + open_qty), 8)
+        pos.avg_price = round((pos.avg_price * held + price * open_qty) / (held + open_qty), 8)
         pos.quantity += sign * open_qty
         if contract.sec_type == "FUT":
             cash -= comm_open

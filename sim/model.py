@@ -15,7 +15,7 @@ Shapes (one line each):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 UNSET_DOUBLE = 1.7976931348623157e308  # IB's "unset" double (sent as 1.7976931348623157E308)
 UNSET_INTEGER = 2147483647
@@ -26,13 +26,22 @@ OrderStatusName = Literal[
 TERMINAL_STATUSES = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
 
 
+class ComboLeg(NamedTuple):
+    """One leg of a BAG contract as the client sent it (see sim/combos.py)."""
+
+    con_id: int
+    ratio: int
+    action: str                 # "BUY" / "SELL": the leg's side when the combo is bought
+    exchange: str = "SMART"
+
+
 @dataclass(frozen=True)
 class SimContract:
     """One instrument of the universe. conId is stable across runs (seeded universe)."""
 
     con_id: int
     symbol: str
-    sec_type: Literal["STK", "OPT", "FUT"]
+    sec_type: Literal["STK", "OPT", "FUT", "BAG"]
     exchange: str               # "SMART" for STK/OPT, "CME" for FUT
     primary_exchange: str       # "NASDAQ", "ARCA", "CME"...
     currency: str = "USD"
@@ -46,6 +55,12 @@ class SimContract:
     right: str = ""             # "C" / "P" / ""
     long_name: str = ""
     under_con_id: int = 0
+    combo_legs: tuple[ComboLeg, ...] = ()   # BAG only (sim/combos.py)
+
+    def __post_init__(self) -> None:  # a state file gives the legs back as JSON lists
+        legs = self.combo_legs
+        if not isinstance(legs, tuple) or (legs and not isinstance(legs[0], ComboLeg)):
+            object.__setattr__(self, "combo_legs", tuple(ComboLeg(*leg) for leg in self.combo_legs))
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Any
 
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.logs import get_logger
-from bracketgate.sim import codec
+from bracketgate.sim import codec, combos
 from bracketgate.sim.codec import (
     CancelOrder,
     ContractSpec,
@@ -59,6 +59,7 @@ from bracketgate.sim.model import (
     SimOrder,
 )
 from bracketgate.sim.market import PriceFeed
+from bracketgate.sim.order_rules import unsupported_attribute
 from bracketgate.sim.universe import Universe, UnknownContract
 from bracketgate.sim.wire import (
     API_PREFIX,
@@ -111,6 +112,7 @@ class Session:
     positions_multi: set[int] = field(default_factory=set)
     account_summary: dict[int, frozenset[str] | None] = field(default_factory=dict)
     mkt_data: dict[int, tuple[int, bool]] = field(default_factory=dict)
+    combo_quotes: dict[int, SimContract] = field(default_factory=dict)  # reqId -> BAG
     pnl: set[int] = field(default_factory=set)
     pnl_single: dict[int, int] = field(default_factory=dict)
     sent_values: dict[tuple[Any, ...], Any] = field(default_factory=dict)
@@ -457,10 +459,22 @@ class PaperTWS:
                                     "exchange.", modify=self._live_order(cid, m.order_id)
                          is not None or m.what_if)
             return
+        refusal = unsupported_attribute(m)
+        if refusal is not None:
+            self._reject(s, m, *refusal, modify=self._live_order(cid, m.order_id) is not None
+                         or m.what_if)
+            return
         try:
-            contract = self._resolve(m.contract)
+            contract = (combos.bag_contract(self.universe, m.contract.symbol,
+                                            m.contract.currency, m.contract.exchange,
+                                            m.combo_legs)
+                        if m.contract.sec_type.upper() == "BAG" else self._resolve(m.contract))
         except UnknownContract:
             s.send(codec.error(m.order_id, 200, NO_SECURITY, s.version))
+            return
+        except OrderRejected as e:  # a BAG's legs refused (sim/combos.py)
+            self._reject(s, m, e.code, e.message, modify=self._live_order(cid, m.order_id)
+                         is not None or m.what_if)
             return
         if m.n_conditions:
             self._reject(s, m, 321, "Error validating request.-'bN' : cause - The paper TWS "
@@ -528,6 +542,9 @@ class PaperTWS:
             s.send(codec.error(m.order_id, e.code, e.message, s.version))
 
     def _h_mkt_data(self, s: Session, m: ReqMktData) -> None:
+        if m.contract.sec_type.upper() == "BAG":
+            combos.start_quotes(self, s, m)
+            return
         try:
             contract = self._resolve(m.contract)
         except UnknownContract:
@@ -551,6 +568,7 @@ class PaperTWS:
     def _h_req_id(self, s: Session, m: ReqId) -> None:
         if m.msg_id == codec.CANCEL_MKT_DATA:
             s.mkt_data.pop(m.req_id, None)
+            s.combo_quotes.pop(m.req_id, None)
         elif m.msg_id == codec.CANCEL_ACCOUNT_SUMMARY:
             s.account_summary.pop(m.req_id, None)
         elif m.msg_id == codec.CANCEL_POSITIONS_MULTI:
@@ -618,13 +636,17 @@ class PaperTWS:
     def _h_executions(self, s: Session, m: ReqExecutions) -> None:
         for e in self._filtered_executions(m.filter):
             s.send(codec.exec_details(m.req_id, e, s.version))
-            s.send(codec.commission_report(e))
+            if not combos.is_bag(e.contract):
+                s.send(codec.commission_report(e))
         s.send(codec.exec_details_end(m.req_id))
 
     def _h_contract_details(self, s: Session, m: ReqContractDetails) -> None:
         spec = m.contract
         sec_type = spec.sec_type.upper()
         override = ""
+        if sec_type == "BAG":  # as TWS: combos have no contract details
+            s.send(codec.error(m.req_id, 321, combos.MSG_BAG_DETAILS, s.version))
+            return
         if m.sec_id_type or m.sec_id:
             matches: list[SimContract] = []
         elif sec_type == "CONTFUT":
@@ -735,7 +757,8 @@ class PaperTWS:
             self._commission[e.perm_id] = self._commission.get(e.perm_id, 0.0) + e.commission
             for s in self._order_audience(e.client_id):
                 s.send(codec.exec_details(-1, e, s.version))
-                s.send(codec.commission_report(e))
+                if not combos.is_bag(e.contract):  # a combo's commission is on its legs
+                    s.send(codec.commission_report(e))
         elif isinstance(event, PositionChanged):
             account = self._account_id()
             for s in self._sessions.values():
@@ -750,6 +773,7 @@ class PaperTWS:
                     for req_id, (con_id, _) in s.mkt_data.items():
                         if con_id == event.con_id:
                             self._send_quote(s, req_id, c)
+                combos.on_price(self, event.con_id)
         elif isinstance(event, OrderError):
             s = self._sessions.get(event.client_id)
             if s is not None:

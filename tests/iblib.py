@@ -22,3 +22,5 @@ StopOrder = ib.StopOrder
 Order = ib.Order
 ExecutionFilter = ib.ExecutionFilter
 util = ib.util
+ComboLeg = ib.ComboLeg
+TagValue = ib.TagValue
