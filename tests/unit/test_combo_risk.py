@@ -401,3 +401,36 @@ def test_reducing_admits_a_combo_only_if_every_leg_reduces() -> None:
     d = gov.evaluate(combo([opt(100, "C", "SELL"), opt(105, "C", "BUY")], "mixed", limit=-2.0,
                            tp=-1.0, sl=-2.5), s)
     assert [(r.code, r.field) for r in d.reasons] == [(D.REDUCING_ONLY, "legs[1]")]
+
+
+async def test_the_what_if_is_asked_for_the_combo_and_its_margin_must_fit() -> None:
+    """IB's what-if runs on the combo (the ApprovedBracket carries the BAG's legs); a margin
+    change past AvailableFunds x (1 - cushion) replaces the approval and frees the legs."""
+    p = combo(STRADDLE)
+    legs = [ResolvedContract(con_id=500 + i, symbol=SPY, sec_type="OPT", exchange="SMART",
+                             currency="USD", multiplier=100.0, expiry=E, strike=100.0, right=r)
+            for i, r in enumerate(("C", "P"))]
+    bag = ResolvedContract(con_id=-7, symbol=SPY, sec_type="BAG", exchange="SMART",
+                           currency="USD", multiplier=100.0, legs=legs)
+    asked: list[Any] = []
+
+    async def whatif(bracket: Any) -> dict[str, float]:
+        asked.append(bracket)
+        return {"init_margin_change": 2000.0}
+
+    for funds, verdict in ((2000.0 / 0.9 + 1, Verdict.APPROVED), (2000.0 / 0.9 - 1, Verdict.REJECTED)):
+        gov, clock = governor(open_limits(margin_cushion_pct=10.0),
+                              contract_info=lambda q: bag if getattr(q, "legs", None) else None)
+        s = snapshot(clock, funds=funds, quotes=[
+            Quote(con_id=cid, symbol=SPY, bid=4.95, ask=5.05, ts=clock.now()) for cid in (500, 501)])
+        gov.on_snapshot(s)
+        d = gov.evaluate(p, s)
+        assert d.verdict is Verdict.APPROVED
+        d = await gov.confirm_margin(d, whatif)
+        assert d.verdict is verdict, d.reasons
+        assert asked[-1].contract.sec_type.value == "BAG" and asked[-1].contract.legs == legs
+        if verdict is Verdict.REJECTED:
+            assert [r.code for r in d.reasons] == [D.INSUFFICIENT_MARGIN]
+            assert "c1" not in gov.ledger
+            # the legs are no longer pending: the same straddle fits the position limit again
+            assert gov._combos.pending(gov.ledger) == {}
