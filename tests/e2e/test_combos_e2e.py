@@ -178,11 +178,12 @@ async def test_combo_in_flight_across_a_gateway_restart(mosquitto, paper_tws, tm
             _check_pnl(await _all_fills(rig, pid, 6), "take_profit")
 
 
-async def test_combo_in_flight_across_a_daemon_sigkill(mosquitto, paper_tws, tmp_path):
-    """Entry filled, exits working; the daemon is SIGKILLed and the stop fills while it is down.
-    The restarted daemon reconciles the combo from IB (by orderRef): the agent gets the fills it
-    missed, a re-sent proposal_id its first decision (never a second bracket), and a new combo
-    is decided with the old one's state known."""
+@pytest.mark.parametrize("stop_fills", ["while_down", "after_restart"])
+async def test_combo_in_flight_across_a_daemon_sigkill(mosquitto, paper_tws, tmp_path, stop_fills):
+    """Entry filled, exits working; the daemon is SIGKILLed and the stop fills while it is down
+    (or once it is back). The restarted daemon reconciles the combo from IB (by orderRef): the
+    agent gets the fills it missed, a re-sent proposal_id its first decision (never a second
+    bracket), and a new combo is decided and traded after it."""
     combos = Combos(paper_tws)
     async with asyncio.timeout(120):
         async with Rig(paper_tws, mosquitto.url, tmp_path, random.Random(14)) as rig:
@@ -191,17 +192,24 @@ async def test_combo_in_flight_across_a_daemon_sigkill(mosquitto, paper_tws, tmp
             await _leg_status(rig, pid, "entry", "Filled")
             await rig.d.kill()
             k, r, px = STRUCTURES["vertical"]["to_sl"]
-            await combos.price(k, r, px)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 15
-            while True:   # the stop fills at the paper TWS while the daemon is dead
-                st = await rig.tws.state()
-                if any(o["orderId"] == ids["stop_loss"] and o["status"] == "Filled"
-                       for o in st["orders"]):
-                    break
-                assert loop.time() < deadline, "the stop did not fill"
-                await asyncio.sleep(0.1)    # polling the paper TWS's state
-            await rig.start_daemon()
+            if stop_fills == "while_down":
+                await combos.price(k, r, px)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 15
+                while True:   # the stop fills at the paper TWS while the daemon is dead
+                    st = await rig.tws.state()
+                    if any(o["orderId"] == ids["stop_loss"] and o["status"] == "Filled"
+                           for o in st["orders"]):
+                        break
+                    assert loop.time() < deadline, "the stop did not fill"
+                    await asyncio.sleep(0.1)    # polling the paper TWS's state
+                await rig.start_daemon()
+            else:
+                await rig.start_daemon()
+                # adopted from IB: the restarted daemon reports the exits' fate to the agent
+                await combos.price(k, r, px)
+                await _leg_status(rig, pid, "stop_loss", "Filled")
+                await _leg_status(rig, pid, "take_profit", "Cancelled")
             _check_pnl(await _all_fills(rig, pid, 6, timeout=20), "stop_loss")
             await _exit_at_tws(rig, pid, ids, "stop_loss")
             since = rig.a.mark()
