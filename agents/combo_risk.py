@@ -16,6 +16,7 @@ leg (positions and realized P&L): `on_combo_fill`.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -261,11 +262,13 @@ def apply_combo(c: RuleContext, combo: ComboRisk, snapshot: PortfolioSnapshot,
     else:
         combo.bound, c.worst_case_loss = "stop", combo.stop_worst
     c.combo = combo
-    log.info("combo_worst_case", proposal_id=p.proposal_id, agent_id=p.agent_id,
-             bound=combo.bound, worst_case_loss=round(c.worst_case_loss, 2),
-             stop_worst=round(combo.stop_worst, 2),
-             structure_worst=None if combo.structure_worst is None else round(combo.structure_worst, 2),
-             undefined=combo.structure.undefined or None, con_id=combo.con_id)
+    if log.is_enabled_for(logging.INFO):
+        log.info("combo_worst_case", proposal_id=p.proposal_id, agent_id=p.agent_id,
+                 bound=combo.bound, worst_case_loss=round(c.worst_case_loss, 2),
+                 stop_worst=round(combo.stop_worst, 2),
+                 structure_worst=None if combo.structure_worst is None
+                 else round(combo.structure_worst, 2),
+                 undefined=combo.structure.undefined or None, con_id=combo.con_id)
 
 
 # =========================================================================== the combo's rules
