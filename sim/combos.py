@@ -61,7 +61,8 @@ if TYPE_CHECKING:  # pragma: no cover
 BAG_CON_ID = 28812380
 COMBO_TICK = 0.01
 LEG_SEC_TYPES = ("OPT", "STK")
-MSG_NO_LEGS = "Error validating request.-'bN' : cause - Security type 'BAG' requires combo leg details."
+MSG_NO_LEGS = ("Error validating request.-'bN' : cause - Security type 'BAG' requires combo leg "
+               "details.")
 
 
 def is_bag(contract: Any) -> bool:
@@ -385,12 +386,7 @@ def project(eng: Brokerage, bag: SimContract, action: str, qty: float,
     )
 
 
-# ---------------------------------------------------------------------- wire helpers
-
-
-def legs_descrip(bag: SimContract) -> str:
-    """openOrder's comboLegsDescrip: `conId|ratio` per leg, the ratio negative for a SELL leg."""
-    return ",".join(f"{leg.con_id}|{leg_sign(leg) * leg.ratio}" for leg in bag.combo_legs)
+# ---------------------------------------------------------------------- server helpers
 
 
 def quote(tws: Any, bag: SimContract) -> tuple[float, float, float, float, float, float]:

@@ -220,6 +220,8 @@ def _order_view(o: SimOrder) -> dict[str, Any]:
         "conId": o.contract.con_id, "symbol": o.contract.symbol, "secType": o.contract.sec_type,
         "localSymbol": o.contract.local_symbol, "account": o.account,
         "completedStatus": o.completed_status,
+        "comboLegs": [{"conId": leg.con_id, "ratio": leg.ratio, "action": leg.action,
+                       "exchange": leg.exchange} for leg in o.contract.combo_legs],
     }
 
 

@@ -118,6 +118,9 @@ CONTRACT (sim/server.py codes against exactly this; keep signatures stable):
         orders cancelled, start-of-day NetLiq/marks taken, realized and the day's completed
         orders/executions cleared.
 
+Combos (BAG contracts, `contract.combo_legs`): sim/combos.py prices, fills (atomically, per
+leg + the BAG) and margins them; the hooks here only route a BAG there.
+
 Money is float, rounded to the tick for prices. Accounting as IB reports it: avgCost per unit
 includes the multiplier and the commission (ES 1 @ 5900: 5900*50 + 0.85 = 295000.85; a short
 subtracts it); unrealized = (price*mult - avgCost)*qty; realized on a closing fill = (price*mult
@@ -816,7 +819,9 @@ class Brokerage:
             for perm in sorted(candidates & self._open):
                 order = self.orders[perm]
                 arrival = perm in arrivals or perm in self._arrivals  # (newly activated too)
-                if not arrival and not combos.touches(order.contract, con_ids):
+                if not arrival and order.contract.con_id not in con_ids \
+                        and not (order.contract.combo_legs and combos.touches(order.contract,
+                                                                              con_ids)):
                     continue
                 self._arrivals.discard(perm)
                 if not self._is_working(order):
@@ -1328,7 +1333,7 @@ def _apply_fill(pos: SimPosition, sign: float, qty: float, price: float, commiss
     if open_qty > 0:
         held = abs(pos.quantity)
         unit_cost = price * mult + sign * comm_open / open_qty
-        # rounded to 8 places as IB reports them: no float artefacts (233.71, not 233.70999999999998)
+        # rounded to 8 places as IB reports them: 233.71, never 233.70999999999998
         pos.avg_cost = round((pos.avg_cost * held + unit_cost * open_qty) / (held + open_qty), 8)
         pos.avg_price = round((pos.avg_price * held + price * open_qty) / (held + open_qty), 8)
         pos.quantity += sign * open_qty

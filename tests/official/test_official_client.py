@@ -27,10 +27,10 @@ import pytest
 
 ibapi = pytest.importorskip("ibapi")
 
-from ibapi.client import EClient  # noqa: E402
-from ibapi.contract import ComboLeg, Contract  # noqa: E402
-from ibapi.order import Order  # noqa: E402
-from ibapi.wrapper import EWrapper  # noqa: E402
+from ibapi.client import EClient
+from ibapi.contract import ComboLeg, Contract
+from ibapi.order import Order
+from ibapi.wrapper import EWrapper
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -108,6 +108,7 @@ class App(EWrapper, EClient):
         self.execs: list[tuple] = []
         self.commissions: dict[str, float] = {}
         self.positions: dict[int, float] = {}
+        self.ticks: dict[tuple[int, int], float] = {}
 
     def _note(self, fn) -> None:
         with self.cond:
@@ -156,6 +157,9 @@ class App(EWrapper, EClient):
     def commissionAndFeesReport(self, report):  # 10.x
         self._note(lambda: self.commissions.__setitem__(report.execId,
                                                          report.commissionAndFees))
+
+    def tickPrice(self, reqId, tickType, price, attrib):
+        self._note(lambda: self.ticks.__setitem__((reqId, int(tickType)), price))
 
     def position(self, account, contract, position, avgCost):
         self._note(lambda: self.positions.__setitem__(contract.conId, float(position)))
@@ -234,7 +238,8 @@ def test_bracket_entry_take_profit_and_stop_cancelled(app, paper_tws):
     app.wait(lambda: app.status.get(ids[1], ("",))[0] == "Filled"
              and app.status.get(ids[2], ("",))[0] == "Cancelled", "TP filled, SL cancelled")
     assert app.status[ids[0]][2] == 229.0 and app.status[ids[1]][2] == 235.0
-    fills = [e for e in app.execs if e[0] in ids]
+    fills = app.wait(lambda: [e for e in app.execs if e[0] in ids] if len(
+        [e for e in app.execs if e[0] in ids]) == 2 else None, "2 executions")
     assert [(e[3], e[5]) for e in fills] == [("BOT", 229.0), ("SLD", 235.0)]
     app.wait(lambda: all(e[6] in app.commissions for e in fills), "commission reports")
 
@@ -260,13 +265,19 @@ def test_straddle_bag_order_fills_per_leg_and_for_the_bag(app, paper_tws):
         cl = ComboLeg()
         cl.conId, cl.ratio, cl.action, cl.exchange = leg.conId, 1, "BUY", "SMART"
         bag.comboLegs.append(cl)
+    app.reqMktData(21, bag, "", False, False, [])
+    # the combo quote from the legs' (options: 2-tick half spread): bid 1 ask 2 last 4
+    app.wait(lambda: (app.ticks.get((21, 1)), app.ticks.get((21, 2)), app.ticks.get((21, 4)))
+             == (17.96, 18.04, 18.0), "combo quote")
+    app.cancelMktData(21)
     app.reqPositions()
     oid = app.take_id()
     app.placeOrder(oid, bag, _order("BUY", 2, "LMT", 18.10, orderRef="off-bag"))
     app.wait(lambda: app.status.get(oid, ("",))[0] == "Filled", "straddle filled")
     assert app.status[oid][1] == 2 and app.status[oid][2] == 18.04  # the combo ask
     assert app.open_orders[oid][:2] == ("BAG", 2)
-    fills = [e for e in app.execs if e[0] == oid]
+    fills = app.wait(lambda: [e for e in app.execs if e[0] == oid] if len(
+        [e for e in app.execs if e[0] == oid]) == 3 else None, "3 executions")
     assert sorted((e[1], e[2]) for e in fills) == sorted(
         [("OPT", call.conId), ("OPT", put.conId), ("BAG", 28812380)])
     legs = [e for e in fills if e[1] == "OPT"]

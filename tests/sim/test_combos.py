@@ -68,6 +68,8 @@ async def test_straddle_quoted_and_filled_as_one(paper_tws):
         # bid = sum of the legs' bids, ask = sum of the asks (options: 2-tick half spread)
         await wait_until(ib, lambda: ticker.bid == 17.96 and ticker.ask == 18.04
                          and ticker.last == 18.0, what="combo quote")
+        [snapshot] = await ib.reqTickersAsync(straddle)  # snapshot: ends with tickSnapshotEnd
+        assert (snapshot.bid, snapshot.ask, snapshot.last) == (17.96, 18.04, 18.0)
         trade = ib.placeOrder(straddle, LimitOrder("BUY", 2, 17.50, orderRef="straddle"))
         await wait_until(ib, lambda: trade.orderStatus.status == "Submitted")
         await paper_tws.set_price(con_id=call.conId, price=9.40)  # combo last 17.40 <= 17.50
@@ -137,7 +139,7 @@ async def _combo_bracket(ib, paper_tws, ref):
 
 async def test_combo_bracket_take_profit_cancels_the_stop(paper_tws):
     async with connected(paper_tws) as ib:
-        long_call, short_call, entry, take_profit, stop = await _combo_bracket(
+        long_call, short_call, _entry, take_profit, stop = await _combo_bracket(
             ib, paper_tws, "cb-tp")
         await paper_tws.set_price(con_id=long_call.conId, price=12.0)  # combo 8.00
         await wait_until(ib, lambda: take_profit.orderStatus.status == "Filled"
@@ -155,7 +157,7 @@ async def test_combo_bracket_take_profit_cancels_the_stop(paper_tws):
 
 async def test_combo_bracket_stop_cancels_the_take_profit(paper_tws):
     async with connected(paper_tws) as ib:
-        long_call, _, entry, take_profit, stop = await _combo_bracket(ib, paper_tws, "cb-sl")
+        long_call, _, _entry, take_profit, stop = await _combo_bracket(ib, paper_tws, "cb-sl")
         await paper_tws.set_price(con_id=long_call.conId, price=8.90)  # combo 4.90 <= 5.00
         await wait_until(ib, lambda: stop.orderStatus.status == "Filled"
                          and take_profit.orderStatus.status == "Cancelled", what="SL filled")
@@ -189,6 +191,8 @@ async def test_combo_bracket_modify_child_and_cancel_parent(paper_tws):
             await ib.updateEvent
         assert orders[take_profit.order.orderId]["lmtPrice"] == 8.5
         assert orders[take_profit.order.orderId]["secType"] == "BAG"
+        assert [leg["conId"] for leg in orders[take_profit.order.orderId]["comboLegs"]] == [
+            long_call.conId, short_call.conId]
         ib.cancelOrder(entry.order)
         await wait_until(ib, lambda: all(t.orderStatus.status == "Cancelled"
                                          for t in (entry, take_profit, stop)),
@@ -225,7 +229,7 @@ async def test_bad_leg_is_refused_and_nothing_changes(paper_tws):
         combo.comboLegs = [ComboLeg(conId=call.conId, ratio=1, action="BUY", exchange="SMART"),
                            ComboLeg(conId=999999, ratio=1, action="BUY", exchange="SMART")]
         trade = ib.placeOrder(combo, LimitOrder("BUY", 1, 5.0))
-        _, code, message = await ib.errors.wait_for(321, trade.order.orderId)
+        _, _code, message = await ib.errors.wait_for(321, trade.order.orderId)
         assert "combo details for leg '2' are invalid" in message
         await wait_until(ib, lambda: trade.orderStatus.status == "Cancelled")
         empty = Contract(secType="BAG", symbol="AAPL", exchange="SMART", currency="USD")
@@ -295,3 +299,22 @@ async def test_combo_orders_and_fills_are_seen_again_after_a_reconnect(paper_tws
         done = await ib.reqCompletedOrdersAsync(apiOnly=True)
         [completed] = [t for t in done if t.order.orderRef == "again-filled"]
         assert completed.contract.secType == "BAG" and len(completed.contract.comboLegs) == 2
+
+
+async def test_credit_combo_bracket_to_the_stop(paper_tws):
+    async with connected(paper_tws) as ib:
+        short_call, long_call = await _options(ib, (230.0, "C"), (240.0, "C"))
+        await _prices(paper_tws, (short_call, 10.0), (long_call, 4.0))
+        bear_call = _bag((short_call, "SELL"), (long_call, "BUY"))  # quoted about -6.00
+        # bought for a credit: P&L = (exit - entry) x 100, so TP above and the stop below
+        bracket = ib.bracketOrder("BUY", 1, -6.00, -3.00, -8.00, orderRef="credit-br")
+        entry, take_profit, stop = [ib.placeOrder(bear_call, o) for o in bracket]
+        await wait_until(ib, lambda: entry.orderStatus.status == "Filled"
+                         and stop.orderStatus.status == "Submitted", what="credit entry filled")
+        assert entry.orderStatus.avgFillPrice == -6.0
+        await paper_tws.set_price(con_id=short_call.conId, price=12.0)  # combo -8.00
+        await wait_until(ib, lambda: stop.orderStatus.status == "Filled"
+                         and take_profit.orderStatus.status == "Cancelled", what="credit stop")
+        assert stop.orderStatus.avgFillPrice == -8.0
+        state = await paper_tws.state()
+        assert state["pnl"]["realized"] == pytest.approx((-8.0 + 6.0) * 100 - 4.0)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from bracketgate.sim import combos
 from bracketgate.sim.engine import Brokerage
 from bracketgate.sim.model import ComboLeg, OrderRejected
+
 from tests.unit.engine_helpers import bracket, make_engine, order
 
 
@@ -62,12 +62,12 @@ def test_leg_prices_add_up_to_the_combo_price(env):
 
 
 def test_combo_bracket_fills_atomically_and_survives_a_state_round_trip(env):
-    eng, events, clock = env
+    eng, _events, clock = env
     c1, c2 = _options(eng, (230.0, "C"), (240.0, "C"))
     eng.set_price(c1.con_id, 10.0)
     eng.set_price(c2.con_id, 4.0)
     bag = _bag(eng, (c1, "BUY", 1), (c2, "SELL", 1))
-    parent, tp, sl = bracket(eng, bag, 1, "BUY", 3, 6.0, 8.0, 5.0, order_ref="cb")
+    parent, _tp, _sl = bracket(eng, bag, 1, "BUY", 3, 6.0, 8.0, 5.0, order_ref="cb")
     assert parent.status == "Filled" and parent.avg_fill_price == 6.0
     assert [(e.contract.sec_type, e.side, e.shares) for e in eng.executions] == [
         ("OPT", "BOT", 3), ("OPT", "SLD", 3), ("BAG", "BOT", 3)]
@@ -109,3 +109,27 @@ def test_max_loss_bounds_defined_risk_only(env):
     what_if = eng.what_if(order(_bag(eng, (call, "BUY", 1), (c240, "SELL", 1)), 9, "BUY", 2,
                                 "LMT", 6.5))
     assert what_if.init_margin_change <= 2 * 650.0 + 1e-9
+
+
+def test_partial_combo_fills_keep_every_leg_in_step(env):
+    eng, _events, _clock = env
+    call, put = _options(eng, (230.0, "C"), (230.0, "P"))
+    eng.set_price(call.con_id, 10.0)
+    eng.set_price(put.con_id, 8.0)
+    eng.set_price_fill_qty(1)
+    straddle = _bag(eng, (call, "BUY", 1), (put, "BUY", 2))      # 1 call + 2 puts per combo
+    o = eng.place(order(straddle, 1, "BUY", 3, "LMT", 25.0))      # last 26.00: not marketable
+    assert o.status == "Submitted" and not eng.executions
+    for n, price in enumerate((9.0, 8.9, 8.8), start=1):        # combo last 25.00, 24.90, 24.80
+        eng.set_price(call.con_id, price)
+        assert o.filled == n
+        assert eng.position(call.con_id).quantity == n
+        assert eng.position(put.con_id).quantity == 2 * n
+    assert o.status == "Filled" and o.avg_fill_price == 25.0
+    puts = [e for e in eng.executions if e.contract.con_id == put.con_id]
+    assert [(e.shares, e.cum_qty) for e in puts] == [(2, 2), (2, 4), (2, 6)]
+    bags = [e for e in eng.executions if e.contract.sec_type == "BAG"]
+    assert [(e.shares, e.cum_qty, e.price) for e in bags] == [
+        (1, 1, 25.0), (1, 2, 25.0), (1, 3, 25.0)]
+    # commission per leg order: 2 puts a fill at $0.65 each (above the $1 minimum)
+    assert [e.commission for e in puts] == [pytest.approx(1.3)] * 3
