@@ -226,3 +226,34 @@ async def test_combo_in_flight_across_a_daemon_sigkill(mosquitto, paper_tws, tmp
             await combos.price(k, r, px)
             await _leg_status(rig, pid2, "take_profit", "Filled")
             await _exit_at_tws(rig, pid2, ids2, "take_profit")
+
+
+async def test_bad_and_undefined_risk_combos_are_answered_and_nothing_reaches_ib(
+        mosquitto, paper_tws, tmp_path):
+    """Over MQTT: a leg without a strike is `invalid` naming legs[1].strike; a short straddle is
+    rejected UNDEFINED_RISK_COMBO; an unknown strike UNKNOWN_CONTRACT naming the leg; no order."""
+    combos = Combos(paper_tws)
+    async with asyncio.timeout(60):
+        async with Rig(paper_tws, mosquitto.url, tmp_path, random.Random(15)) as rig:
+            await rig.start_daemon()
+            for (k, r), px in STRUCTURES["straddle"]["prices"].items():
+                await combos.price(k, r, px)
+            bad = combos.proposal("bad-leg", "straddle")
+            del bad["legs"][1]["strike"]
+            short = combos.proposal("short-straddle", "straddle") | {
+                "side": "SELL", "take_profit": 16.0, "stop_loss": 19.0}
+            unknown = combos.proposal("unknown-leg", "vertical")
+            unknown["legs"][1]["strike"] = 241.0
+            for p in (bad, short, unknown):
+                await rig.a.propose(AGENT, p)
+            d = await rig.a.decision(AGENT, "bad-leg", timeout=15)
+            assert d["verdict"] == "invalid"
+            assert "legs[1].strike" in [r["field"] for r in d["reasons"]], d
+            d = await rig.a.decision(AGENT, "short-straddle", timeout=15)
+            assert d["verdict"] == "rejected"
+            assert [r["code"] for r in d["reasons"]] == ["UNDEFINED_RISK_COMBO"]
+            d = await rig.a.decision(AGENT, "unknown-leg", timeout=15)
+            assert [(r["code"], r["field"]) for r in d["reasons"]] == [("UNKNOWN_CONTRACT", "legs[1]")]
+            st = await rig.tws.state()
+            assert not [o for o in st["orders"] if o.get("orderRef") in
+                        ("bad-leg", "short-straddle", "unknown-leg")]
