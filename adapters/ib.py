@@ -10,8 +10,10 @@ Connection lifecycle (published as BrokerConnection on the bus):
   READY -> CONNECTIVITY_LOST (1100) -> READY (1101/1102 + fresh sync) ; any -> DISCONNECTED
 
 State kept here (one line each):
-  _contracts:     proposal contract key -> ResolvedContract   (qualified once, cached)
-  _ib_contracts:  conId -> ib Contract                         (for orders and market data)
+  _contracts:     proposal contract key -> ResolvedContract   (qualified once, cached; a combo's
+                  key holds its legs, each leg is cached under its single-leg key too)
+  _ib_contracts:  conId -> ib Contract                         (for orders and market data; a
+                  combo's BAG under the daemon's combo key, bus/combos.py combo_con_id)
   _tickers:       conId -> ib Ticker                           (streaming quotes)
   _pnl_single:    conId -> ib PnLSingle                        (one reqPnLSingle per position)
   _pending_execs: execId -> (BrokerExecution, deadline handle) (waiting for commissionReport)
@@ -67,6 +69,7 @@ from bracketgate.bus.messages import (
     WorkingOrder,
 )
 from bracketgate.adapters.pacer import DEFAULT_RATE, Pacer, Priority
+from bracketgate.bus.combos import combo_con_id, leg_query
 from bracketgate.bus.errors import BrokerConnectError, BrokerError, BrokerNotConnected, BrokerTimeout, PlacementError
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.crashpoints import crash_point
@@ -172,7 +175,20 @@ def _multiplier(contract: Any) -> float:
 
 
 def contract_key(p: TradeProposal) -> tuple:
-    return (p.symbol, p.sec_type, p.exchange, p.currency, p.expiry, p.strike, p.right)
+    legs = getattr(p, "legs", None)   # a combo's legs; a leg's own query (LegQuery) has none
+    key = (p.symbol, p.sec_type, p.exchange, p.currency, p.expiry, p.strike, p.right)
+    return key if legs is None else (*key, tuple((leg.identity(), leg.ratio, leg.action)
+                                                 for leg in legs))
+
+
+def _bag(p: TradeProposal, legs: list[ResolvedContract]) -> Any:
+    """IB's combo contract: secType BAG on the underlying, one ComboLeg (conId, ratio, action,
+    exchange) per leg, routed SMART."""
+    return ibl.Contract(
+        symbol=p.symbol, secType="BAG", currency=p.currency, exchange="SMART",
+        comboLegs=[ibl.ComboLeg(conId=r.con_id, ratio=leg.ratio, action=leg.action,
+                                exchange=leg.exchange)
+                   for leg, r in zip(p.legs or [], legs)])
 
 
 def _to_ib_contract(p: TradeProposal) -> Any:
@@ -815,6 +831,7 @@ class IBBroker:
         # a new position may need its P&L subscription
         con_id = trade.contract.conId
         if (trade.orderStatus.status == "Filled" and self.state is ConnectionState.READY
+                and trade.contract.secType != "BAG"     # a combo's legs are the positions
                 and con_id not in self._pnl_single and self.account):
             self._spawn(self._subscribe_pnl_single(con_id), f"ib-pnl-single:{con_id}")
 
@@ -835,6 +852,9 @@ class IBBroker:
         if exec_id in self._seen_execs or exec_id in self._pending_execs:
             return
         ex = self._execution(trade, fill)
+        if ex.sec_type == "BAG":   # a combo's own execution: its legs' reports carry commission
+            self._publish_exec(ex)
+            return
         # publish once, with the commission: wait for commissionReport (bounded)
         handle = asyncio.get_running_loop().call_later(1.0, self._release_exec, exec_id)
         self._pending_execs[exec_id] = (ex, handle)
@@ -878,12 +898,15 @@ class IBBroker:
         except (TimeoutError, ConnectionError, BrokerNotConnected) as e:
             log.warning("ib_executions_sync_failed", error=repr(e))
             return
+        # the library keeps each execution's commission on the fill it saw first (its own
+        # start-up sync); a later request's fill objects carry an empty report
+        known = {f.execution.execId: f for f in self.ib.fills()}
         for fill in fills:
             if fill.execution.execId in self._seen_execs:
                 continue
             trade = self._trade_for(fill.execution.orderId)
             ex = self._execution(trade, fill)
-            rep = fill.commissionReport
+            rep = (known.get(fill.execution.execId) or fill).commissionReport
             if rep is not None and rep.execId:
                 ex = ex.model_copy(update={"commission": ib_number(rep.commission),
                                            "realized_pnl": ib_number(rep.realizedPNL)})
@@ -906,6 +929,8 @@ class IBBroker:
         hit = self._contracts.get(key)
         if hit is not None:
             return hit
+        if proposal.legs is not None:
+            return await self._resolve_combo(proposal, key)
         if not self.ib.isConnected():
             raise BrokerNotConnected("IB is not connected")
         query = _to_ib_contract(proposal)
@@ -940,8 +965,36 @@ class IBBroker:
         self._ib_contracts[resolved.con_id] = d.contract
         return resolved
 
+    async def _resolve_combo(self, p: TradeProposal, key: tuple) -> ResolvedContract | None:
+        """Every leg resolved to its conId (contract details, paced and cached like any contract),
+        then the BAG built from them and cached. None when IB lacks a leg: the governor names it
+        (the legs resolved are cached, the missing one is not)."""
+        legs: list[ResolvedContract] = []
+        for leg in p.legs or []:
+            r = await self.resolve_contract(leg_query(p, leg))  # type: ignore[arg-type]
+            if r is None:
+                log.warning("ib_combo_leg_unknown", proposal_id=p.proposal_id, symbol=p.symbol,
+                            leg=leg.describe(), code="UNKNOWN_CONTRACT")
+                return None
+            legs.append(r)
+        con_id = combo_con_id(p.symbol, p.currency,
+                              [(r.con_id, leg.ratio, leg.action) for leg, r in zip(p.legs or [], legs)])
+        resolved = ResolvedContract(
+            con_id=con_id, symbol=p.symbol, sec_type=SecType.BAG, exchange="SMART",
+            currency=p.currency, multiplier=max(r.multiplier for r in legs),
+            min_tick=min(r.min_tick for r in legs), legs=legs)
+        self._contracts[key] = resolved
+        self._ib_contracts[con_id] = _bag(p, legs)
+        return resolved
+
     def cached_contract(self, proposal: TradeProposal) -> ResolvedContract | None:
         return self._contracts.get(contract_key(proposal))
+
+    def _bag_multiplier(self, c: Any) -> float:
+        """A BAG's price multiplier: its legs' (IB's BAG contract carries none)."""
+        mults = [_multiplier(self._ib_contracts[leg.conId]) for leg in (c.comboLegs or [])
+                 if leg.conId in self._ib_contracts]
+        return max(mults) if mults else 100.0
 
     def _bracket_orders(self, b: ApprovedBracket, ids: tuple[int, int, int]) -> list[Any]:
         p = b.proposal
@@ -1300,7 +1353,9 @@ class IBBroker:
             out.append(WorkingOrder(
                 order_id=o.orderId, perm_id=o.permId or None, parent_id=o.parentId or None,
                 order_ref=o.orderRef or None, symbol=t.contract.symbol,
-                con_id=t.contract.conId or 0, multiplier=_multiplier(t.contract),
+                con_id=t.contract.conId or 0,
+                multiplier=(self._bag_multiplier(t.contract) if t.contract.secType == "BAG"
+                            else _multiplier(t.contract)),
                 side=_side(o.action) or Side.BUY,
                 order_type=o.orderType, quantity=float(o.totalQuantity),
                 remaining=float(s.remaining if s.remaining is not None else o.totalQuantity),

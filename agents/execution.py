@@ -123,6 +123,7 @@ class Bracket:
     guards: dict[int, str] = field(default_factory=dict)   # guard order id -> status
     guard_filled: float = 0.0
     guard_check: asyncio.TimerHandle | None = None
+    realized: float | None = None      # realized P&L of its fills so far (every leg of a combo)
 
     def leg_of(self, order_id: int) -> Leg | None:
         if order_id == self.ids.entry:
@@ -773,11 +774,13 @@ class ExecutionAgent:
             log.info("execution_not_ours", order_id=ex.order_id, exec_id=ex.exec_id)
             return
         book, leg = found
+        if ex.realized_pnl is not None and ex.sec_type != "BAG":   # a combo's P&L is its legs'
+            book.realized = (book.realized or 0.0) + ex.realized_pnl
         fill = Fill(
             proposal_id=book.proposal_id, agent_id=book.agent_id, order_id=ex.order_id, leg=leg,
             exec_id=ex.exec_id, symbol=ex.symbol, con_id=ex.con_id, side=ex.side, quantity=ex.quantity, price=ex.price,
             commission=ex.commission, realized_pnl=ex.realized_pnl, exec_time=ex.exec_time,
-            ts=self._clock.now(),
+            ts=self._clock.now(), sec_type=ex.sec_type, bracket_realized_pnl=book.realized,
         )
         with bound_contextvars(proposal_id=book.proposal_id, agent_id=book.agent_id):
             log.info("fill", order_id=ex.order_id, leg=leg.value, exec_id=ex.exec_id,

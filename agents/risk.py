@@ -20,6 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
+from bracketgate.agents.combo_risk import (
+    ComboBook,
+    apply_combo,
+    combo_contract,
+    combo_market_price,
+    combo_quote,
+    combo_rules,
+    gate_combo_numbers,
+    on_combo_fill,
+)
 from bracketgate.agents.reservations import TERMINAL_STATUSES, Reservation, ReservationLedger
 from bracketgate.agents.rules import (
     ORDER_MSGS_PER_BRACKET,
@@ -251,7 +261,7 @@ class SnapshotView:
                 sign = entry.side.sign
                 px = entry.limit_price or entry.stop_price or mark or 0.0
                 units = entry.remaining
-                notional = units * px * mult
+                notional = units * abs(px) * mult     # a combo's price may be a credit (< 0)
                 if stop is not None and stop.stop_price is not None:
                     qty = max(entry.remaining, stop.remaining)
                     worst = qty * abs(px - stop.stop_price) * mult
@@ -374,6 +384,7 @@ class RiskGovernor:
         self._exec_ids: dict[str, bool] = {}          # exec_id -> realized P&L counted
         self._last_price: dict[int, float] = {}       # conId -> last fill price
         self._multipliers: dict[int, float] = {}      # conId -> multiplier seen on a reservation
+        self._combos = ComboBook()                    # open combo reservations' legs
         self._equity_peak: float | None = None        # today's NetLiquidation peak
         self._inflight: dict[str, asyncio.Future[RiskDecision]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -734,12 +745,19 @@ class RiskGovernor:
         gate = view.connection_gate or gate_freshness(
             math.inf if view.oldest is None else (now - view.oldest).total_seconds(), lim
         ) or view.values_gate or gate_trading_state(self._state)
-        if gate is None:
-            gate = gate_numbers(p)   # never arithmetic on a number it cannot take
+        if gate is None:   # never arithmetic on a number it cannot take
+            gate = gate_numbers(p) if p.legs is None else gate_combo_numbers(p)
         if gate is not None:
             return [gate], None
         sym = self._symbol_limits.get(p.symbol) or self._symbol(p.symbol)
-        if self._contract_info is not None:
+        combo = None
+        if p.legs is not None:   # a combo (BAG): its legs' contracts and quotes (combo_risk.py)
+            combo = combo_contract(p, self._contract_info, lim, sym)
+            cq = combo if isinstance(combo, Reason) else combo_quote(combo, p, snapshot, view)
+            if isinstance(cq, Reason):
+                return [cq], None
+            con_id, mult, tick = combo.con_id, combo.multiplier, combo.tick  # type: ignore[union-attr]
+        elif self._contract_info is not None:
             contract = self._contract_info(p)
             if contract is None:
                 return [deny(DenialCode.UNKNOWN_CONTRACT, value=p.symbol, field="symbol")], None
@@ -753,7 +771,8 @@ class RiskGovernor:
                              detail=f"no contract details; set [symbols.{p.symbol}] multiplier")], None
         market = p.order_type is _MKT
         if market:
-            px = market_entry_price(p, snapshot, now, lim, con_id=con_id)
+            px = (market_entry_price(p, snapshot, now, lim, con_id=con_id) if combo is None
+                  else combo_market_price(cq, p, now, lim))
             if isinstance(px, Reason):
                 return [px], None
             entry = px
@@ -794,6 +813,11 @@ class RiskGovernor:
         c.position_notional = view.position_notional.get(con_id, 0.0)
         c.pending_same = (row[i] if row else 0.0) + (lp[i] if lp else 0.0)
         c.pending_same_notional = (row[i + 2] if row else 0.0) + (lp[i + 2] if lp else 0.0)
+        if self._combos and combo is None:   # this contract as a leg of a pending combo
+            cp = self._combos.pending(ledger).get(con_id)
+            if cp is not None:
+                c.pending_same += cp[i]
+                c.pending_same_notional += cp[i + 2]
         c.gross_exposure = view.gross_base + ledger.gross_pending_notional
         # net exposure if every pending entry on this side fills (and none on the other)
         c.net_exposure = view.net_positions + sign * (view.foreign_side[i]
@@ -828,6 +852,11 @@ class RiskGovernor:
             c.agent_order_tokens = math.inf
         c.order_msgs_needed = self._order_msgs_per_bracket
 
+        c.combo = combo
+        if combo is not None:    # per-leg figures, the worst case with its bound, combo rules
+            apply_combo(c, combo, snapshot, view, ledger, self._combos, held, cq)
+            return [r for rule in combo_rules(self._rules[state is _REDUCING])
+                    if (r := rule(c)) is not None], c
         reasons = [r for rule in self._rules[state is _REDUCING] if (r := rule(c)) is not None]
         return reasons, c
 
@@ -864,11 +893,14 @@ class RiskGovernor:
         else:
             self._order_bucket.take(self._clock.monotonic(), self._order_msgs_per_bracket)
         self._multipliers[c.con_id] = c.multiplier
+        combo = c.combo
+        if combo is not None:   # its legs pend by contract; its notional is the legs' gross
+            self._combos.add(p.proposal_id, combo)
         # kept under its budget: the ledger's per-agent totals are the budget's
         self.ledger.reserve(Reservation(
             proposal_id=p.proposal_id, agent_id=budget, symbol=p.symbol, con_id=c.con_id,
-            sign=c.sign,
-            quantity=c.quantity, entry_price=c.entry, stop_price=p.stop_loss,
+            sign=c.sign, quantity=c.quantity,
+            entry_price=c.entry if combo is None else combo.gross_per_combo, stop_price=p.stop_loss,
             multiplier=c.multiplier, worst_case_loss=c.worst_case_loss, created_at=now))
 
     def _decision(self, p: TradeProposal, reasons: list[Reason], now: datetime) -> RiskDecision:
@@ -1005,6 +1037,8 @@ class RiskGovernor:
 
     def on_fill(self, fill: Fill) -> Reservation | None:
         """Attribute a fill to its agent; move its reservation. The released one if it closed."""
+        if fill.sec_type == "BAG" or fill.proposal_id in self._combos:
+            return on_combo_fill(self, fill)       # a combo's BAG or leg execution
         seen = self._exec_ids.get(fill.exec_id)
         budget = self.budget_of(fill.agent_id)
         realized = fill.realized_pnl if fill.realized_pnl is not None and math.isfinite(

@@ -54,7 +54,7 @@ def construct(cls: type[M], **fields: Any) -> M:
 
 
 _new_reason = Reason.__new__
-_REASON_FIELDS = frozenset(("code", "message", "limit", "value", "field"))
+_REASON_FIELDS = frozenset(("code", "message", "limit", "value", "field", "bound"))
 
 
 def deny(code: DenialCode, limit: Any = None, value: Any = None, *, detail: str = "",
@@ -69,7 +69,7 @@ def deny(code: DenialCode, limit: Any = None, value: Any = None, *, detail: str 
         value = _number_or_text(value)
     m = _new_reason(Reason)
     _set_attr(m, "__dict__", {"code": code, "message": f"{msg}: {detail}" if detail else msg,
-                              "limit": limit, "value": value, "field": field})
+                              "limit": limit, "value": value, "field": field, "bound": None})
     _set_attr(m, "__pydantic_fields_set__", set(_REASON_FIELDS))
     _set_attr(m, "__pydantic_extra__", None)
     _set_attr(m, "__pydantic_private__", None)
@@ -125,7 +125,7 @@ class RuleContext:
         "open_brackets", "open_worst_case", "agent_open_brackets", "agent_worst_case",
         "agent_realized", "agent_exposure", "agent_position_notional",
         "proposal_rate_denied", "order_tokens", "order_msgs_needed",
-        "order_horizon_s", "agent_order_tokens",
+        "order_horizon_s", "agent_order_tokens", "combo",
     )
 
     def __init__(self, **kw: Any) -> None:
@@ -172,6 +172,7 @@ class RuleContext:
     order_msgs_needed: int          # 3 legs, + 1 when a what-if precedes them
     order_horizon_s: float | None   # the IB pacer's horizon for order_tokens; None = own bucket
     agent_order_tokens: float | None  # the agent's share of the pacer left (inf: no pacer)
+    combo: Any                      # a combo's facts (agents/combo_risk.py ComboRisk); None = one leg
 
 
 Rule = Callable[[RuleContext], Reason | None]

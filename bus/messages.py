@@ -12,7 +12,17 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from bracketgate.bus.combos import ComboLeg, combo_problems
 
 # --------------------------------------------------------------------------- base
 
@@ -43,6 +53,7 @@ class SecType(StrEnum):
     STK = "STK"
     OPT = "OPT"
     FUT = "FUT"
+    BAG = "BAG"      # a multi-leg combo (bus/combos.py)
 
 
 class OrderType(StrEnum):
@@ -236,6 +247,11 @@ MAX_PRICE = 1e9
 Price = Annotated[float, Field(gt=0, le=MAX_PRICE, allow_inf_nan=False, strict=True)]
 MAX_QUANTITY = 10_000_000
 Quantity = Annotated[int, Field(gt=0, le=MAX_QUANTITY, strict=True)]
+# a proposal's entry / exit price: > 0, except a combo's (BAG), which may be a net credit (< 0);
+# never 0, NaN or inf
+BracketPrice = Annotated[float, Field(
+    ge=-MAX_PRICE, le=MAX_PRICE, allow_inf_nan=False, strict=True,
+    description="> 0; a combo's (sec_type BAG) net price may be negative (a credit), never 0")]
 
 
 # --------------------------------------------------------------------------- proposals
@@ -257,9 +273,9 @@ class TradeProposal(Message):
     side: Side
     quantity: Quantity
     order_type: OrderType = OrderType.LMT
-    limit_price: Price | None = None
-    take_profit: Price
-    stop_loss: Price
+    limit_price: BracketPrice | None = None
+    take_profit: BracketPrice
+    stop_loss: BracketPrice
     tif: TimeInForce = TimeInForce.DAY
     # options: expiry YYYYMMDD + strike + right; futures: expiry YYYYMM or "front"
     expiry: Annotated[str, Field(pattern=r"^(\d{6}|\d{8}|front)$")] | None = None
@@ -270,9 +286,21 @@ class TradeProposal(Message):
     # when the agent made it (ISO-8601 with an offset, e.g. "2026-11-20T15:00:00Z"): an older
     # proposal than the limits' max_proposal_age_s is refused PROPOSAL_EXPIRED
     created_at: AwareDatetime | None = None
+    # a combo (sec_type BAG): 2..4 legs on `symbol`, prices are combo prices (bus/combos.py)
+    legs: Annotated[list[ComboLeg], Field(min_length=2, max_length=4)] | None = None
+
+    @field_validator("limit_price", "take_profit", "stop_loss")
+    @classmethod
+    def _price_sign(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is not None and v <= 0 and (v == 0 or info.data.get("sec_type") is not SecType.BAG):
+            raise ValueError("must be > 0 (only a combo's, sec_type BAG, may be a negative credit)"
+                             if v < 0 else "must not be 0")
+        return v
 
     @model_validator(mode="after")
     def _shape(self) -> TradeProposal:
+        if (self.sec_type is SecType.BAG) != (self.legs is not None):
+            raise ValueError("legs: a combo is sec_type BAG with legs; only a combo has legs")
         if self.order_type is OrderType.LMT and self.limit_price is None:
             raise ValueError("limit_price is required for order_type LMT")
         if self.order_type is OrderType.MKT and self.limit_price is not None:
@@ -285,6 +313,12 @@ class TradeProposal(Message):
                 raise ValueError("futures need expiry (YYYYMM) or 'front'")
             if self.strike is not None or self.right is not None:
                 raise ValueError("futures take no strike or right")
+        elif self.sec_type is SecType.BAG:
+            if self.expiry is not None or self.strike is not None or self.right is not None:
+                raise ValueError("a combo takes expiry, strike and right on its legs only")
+            problems = combo_problems(self.legs or [], self.currency)
+            if problems:
+                raise ValueError("; ".join(problems))
         else:
             if self.expiry is not None or self.strike is not None or self.right is not None:
                 raise ValueError("stocks take no expiry, strike or right")
@@ -304,6 +338,8 @@ class Reason(Message):
     limit: float | str | None = None
     value: float | str | None = None
     field: str | None = None
+    # which bound a combo's worst case is (agents/combo_risk.py): "stop" or "structure"
+    bound: Literal["stop", "structure"] | None = None
 
     @field_validator("limit", "value")
     @classmethod
@@ -344,6 +380,9 @@ class ResolvedContract(Message):
     right: Right | None = None
     local_symbol: str | None = None
     trading_class: str | None = None
+    # a combo (BAG): its legs as IB confirmed them, in the proposal's order; con_id is then the
+    # daemon's key for the combo (bus/combos.py combo_con_id), not an IB conId
+    legs: list[ResolvedContract] | None = None
 
 
 class ApprovedBracket(Message):
@@ -419,6 +458,11 @@ class Fill(Message):
     realized_pnl: float | None = None
     exec_time: datetime | None = None
     ts: datetime
+    # the executed contract's type: a combo fills as one BAG execution (quantity in combos, the
+    # net price) and one execution per leg (its conId, quantity, price, commission, P&L)
+    sec_type: str | None = None
+    # realized P&L of this bracket so far, over all its fills (every leg of a combo)
+    bracket_realized_pnl: float | None = None
 
 
 # --------------------------------------------------------------------------- portfolio

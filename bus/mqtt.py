@@ -47,6 +47,7 @@ from pydantic import ValidationError
 
 from bracketgate.bus.auth import Authenticator, Refusal
 from bracketgate.bus.bus import Bus, BusState, Overflow, Subscription
+from bracketgate.bus.combos import error_field
 from bracketgate.bus.errors import BusError, ConfigError, LifecycleError, MqttError, MqttNotConnected
 from bracketgate.bus.messages import (
     DENIAL_MESSAGES,
@@ -252,7 +253,7 @@ def validation_reasons(exc: ValidationError) -> list[Reason]:
     """One Reason per pydantic error: field = dotted loc, message = msg, value = the input."""
     reasons = []
     for err in exc.errors(include_url=False):
-        loc = printable(".".join(str(p) for p in err["loc"]), 128) or None
+        loc = printable(error_field(err["loc"], err["msg"]), 128) or None
         reasons.append(Reason(code=DenialCode.VALIDATION_ERROR, message=err["msg"], field=loc,
                               value=_reason_value(err.get("input")) if loc else None))
     return reasons

@@ -150,6 +150,9 @@ class RiskLimits(_Strict):
     allowed_symbols: list[str] = Field(default_factory=list)    # empty = any symbol
     denied_symbols: list[str] = Field(default_factory=list)
     allowed_sec_types: list[SecType] = Field(default_factory=lambda: list(SecType))
+    # combos (BAG) whose loss is unbounded (a short straddle, any net short naked option) are
+    # refused UNDEFINED_RISK_COMBO unless this is true (agents/combo_risk.py)
+    allow_undefined_risk_combos: bool = False
     # -- rates (token buckets on the monotonic clock)
     max_proposals_per_s: Rate = 50.0
     proposal_burst: Annotated[int, Field(ge=1)] = 100

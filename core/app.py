@@ -504,12 +504,13 @@ def _attach_governor(governor: Any, bus: Any, broker: Any, monitor: Any) -> None
                         agent_id=proposal.agent_id, code=e.code, error=e.message)
             return
         # every entry needs the quote: a MKT entry is priced at it, every price is banded by it
-        if contract is not None:
+        # (a combo's, from its legs' quotes: agents/combo_risk.py)
+        for quoted in ((contract.legs or [contract]) if contract is not None else ()):
             snap = governor.snapshot
-            if snap is None or quote_for(snap, contract.con_id) is None:
+            if snap is None or quote_for(snap, quoted.con_id) is None:
                 # hand the governor a snapshot with the quote now, not after a bus hop; a
                 # contract IB has no quote for is not rebuilt for at every proposal
-                if await broker.ensure_quote(contract) is not None:
+                if await broker.ensure_quote(quoted) is not None:
                     for ev in governor.on_snapshot(monitor.build()):
                         await bus.publish(ev)
 

@@ -229,7 +229,10 @@ def test_the_json_schema_carries_the_price_bound() -> None:
     from bracketgate.bus.messages import json_schemas
 
     props = json_schemas()["TradeProposal"]["properties"]
-    assert props["take_profit"] == {"exclusiveMinimum": 0, "maximum": MAX_PRICE,
-                                    "title": "Take Profit", "type": "number"}
-    assert {"exclusiveMinimum": 0, "maximum": MAX_PRICE, "type": "number"} in \
-        props["limit_price"]["anyOf"]
+    # signed since combos (issue 12): a combo's (BAG) net price may be a credit (< 0); a single
+    # leg's must be > 0 and no price is 0 (the validator; the description says so)
+    bound = {"minimum": -MAX_PRICE, "maximum": MAX_PRICE, "type": "number",
+             "description": "> 0; a combo's (sec_type BAG) net price may be negative (a credit), "
+                            "never 0"}
+    assert props["take_profit"] == {**bound, "title": "Take Profit"}
+    assert bound in props["limit_price"]["anyOf"]
