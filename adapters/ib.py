@@ -559,14 +559,16 @@ class IBBroker:
                 if not getattr(t.order, "whatIf", False)]
 
     async def place_protective(self, entry_order_id: int, *, action: Side, quantity: float,
-                               order_ref: str, stop_price: float | None) -> int:
+                               order_ref: str, stop_price: float | None,
+                               order_id: int | None = None) -> int:
         """A standalone order on the entry's contract: a STP at `stop_price`, or a MKT order
-        (flatten) when stop_price is None. Returns its order id."""
+        (flatten) when stop_price is None. Returns its order id (`order_id`: one allocated
+        before, so the caller follows it before IB's first word about it)."""
         self._require_ready()
         entry = self._trade_for(entry_order_id)
         if entry is None:
             raise PlacementError(f"entry order {entry_order_id} unknown to IB", code="UNKNOWN_ENTRY")
-        order_id = self.allocate_order_id()
+        order_id = order_id or self.allocate_order_id()
         kind = "STP" if stop_price is not None else "MKT"
         order = ibl.Order(orderId=order_id, action=action.value, totalQuantity=quantity, orderType=kind,
                           tif="GTC", orderRef=order_ref, account=self.account, transmit=True)

@@ -123,6 +123,7 @@ class Bracket:
     guards: dict[int, str] = field(default_factory=dict)   # guard order id -> status
     guard_filled: float = 0.0
     guard_check: asyncio.TimerHandle | None = None
+    guard_fills: dict[int, float] = field(default_factory=dict)   # guard order id -> filled
 
     def leg_of(self, order_id: int) -> Leg | None:
         if order_id == self.ids.entry:
@@ -205,6 +206,26 @@ class ExecutionAgent:
         """The order ids of a bracket IB has (placed this run or adopted), else None."""
         book = self._brackets.get(proposal_id)
         return book.ids if book is not None and book.placed else None
+
+    # ---- for the command desk (agents/commands.py)
+    def book(self, proposal_id: str) -> Bracket | None:
+        """The bracket this run follows for proposal_id (placed, adopted), else None."""
+        return self._brackets.get(proposal_id)
+
+    def proposal_of(self, proposal_id: str) -> Any:
+        """The proposal a bracket was placed for (from its intent), else None."""
+        from bracketgate.bus.messages import TradeProposal
+
+        rec = self._intents.get(proposal_id)
+        data = ((rec.payload or {}).get("proposal") if rec is not None else None)
+        return TradeProposal.model_validate(data) if data else None
+
+    def add_exit(self, proposal_id: str, order_id: int) -> None:
+        """Follow a market exit of this bracket (a close) like a protective order: its fills
+        count against the bracket's open quantity, and it is cancelled once nothing is open."""
+        book = self._brackets[proposal_id]
+        book.guards[order_id] = "PendingSubmit"
+        self._by_order[order_id] = (proposal_id, Leg.STOP_LOSS)
 
     def has_intent(self, proposal_id: str) -> bool:
         return proposal_id in self._intents or proposal_id in self._brackets
@@ -839,8 +860,9 @@ class ExecutionAgent:
     async def _on_guard_update(self, book: Bracket, u: BrokerOrderUpdate) -> None:
         prev = book.guards.get(u.order_id)
         book.guards[u.order_id] = u.status
-        if u.status == "Filled" or u.filled:
-            book.guard_filled = max(book.guard_filled, u.filled)
+        if u.status == "Filled" or u.filled:   # several guards / closes: their fills add up
+            book.guard_fills[u.order_id] = max(book.guard_fills.get(u.order_id, 0.0), u.filled)
+            book.guard_filled = sum(book.guard_fills.values())
         if prev != u.status:
             ev = OrderEvent(
                 proposal_id=book.proposal_id, agent_id=book.agent_id, order_id=u.order_id,

@@ -831,6 +831,18 @@ class RiskGovernor:
         reasons = [r for rule in self._rules[state is _REDUCING] if (r := rule(c)) is not None]
         return reasons, c
 
+    def check_as_new(self, proposal: TradeProposal, replaces: str | None = None
+                     ) -> tuple[list[Reason], RuleContext | None]:
+        """Every check a new bracket passes, for a changed bracket (agents/commands.py): the
+        bracket it `replaces` is left out of the ledger's totals while checking (its place is
+        what the change asks for). Nothing is reserved; the caller amends the reservation."""
+        res = self.ledger.release(replaces) if replaces else None
+        try:
+            return self._check(proposal, self._snapshot, self._clock.now())
+        finally:
+            if res is not None:
+                self.ledger.reserve(res)
+
     def _offline(self, p: TradeProposal, sym: SymbolLimits) -> tuple[int, float | None, float]:
         """(stand-in conId, multiplier or None, min tick) without IB's contract details."""
         key = (p.symbol, p.sec_type, p.expiry, p.strike, p.right, p.currency)

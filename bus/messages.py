@@ -642,4 +642,6 @@ SCHEMA_MODELS: tuple[type[Message], ...] = (
 
 
 def json_schemas() -> dict[str, Any]:
-    return {m.__name__: m.model_json_schema() for m in SCHEMA_MODELS}
+    from bracketgate.bus.commands import command_schemas   # bracket lifecycle commands (issue 13)
+
+    return {**{m.__name__: m.model_json_schema() for m in SCHEMA_MODELS}, **command_schemas()}

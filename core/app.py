@@ -187,8 +187,18 @@ class Daemon:
             # and so do decisions journaled but never confirmed delivered by the broker
             recovered = await recover_from_journal(journal, governor, self.clock)
 
+            # bracket lifecycle commands (issue 13): cancel / amend / trail / close
+            from bracketgate.adapters.ib_lifecycle import BracketOrders
+            from bracketgate.adapters.journal_commands import CommandJournal
+            from bracketgate.agents.commands import CommandDesk
+
+            desk = CommandDesk(bus, governor, execution, broker, BracketOrders(broker),
+                               journal=CommandJournal(journal), clock=self.clock)
+            desk.attach()
+
             # a proposal is acknowledged to the broker only once journaled (FULL), see bus/mqtt.py
             bridge = MqttBridge(s, bus, self.clock, url=bridge_url or self.mqtt_url,
+                                on_command=desk.take_in,
                                 on_proposals=_journal_proposal(journal),
                                 on_decisions=_journal_decision(journal),
                                 on_delivered=_journal_delivery(journal),
@@ -231,6 +241,7 @@ class Daemon:
                 await bus.publish(fill)          # likewise (the governor counts an exec_id once)
             for proposal in recovered.undecided:
                 await bridge.resubmit(proposal)  # acknowledged, then the daemon died: decide now
+            await desk.recover()   # commands taken in and never answered: answered from IB's state
 
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -255,6 +266,7 @@ class Daemon:
             await _step("proposals_queued", _drain(bus, 5.0), 6.0)
             await _step("governor_in_flight", governor.aclose(), 10.0)
             await _step("placements_in_flight", execution.wait_idle(10.0), 11.0)
+            await _step("commands_in_flight", desk.wait_idle(10.0), 11.0)
             try:
                 await bus.drain(5.0)
             except Exception as e:  # a drain timeout must not block the exit

@@ -13,6 +13,10 @@ The points, in the order a proposal passes them:
   intent_acked         the intent is marked acked, the decision not yet journaled
   decision_journaled   the decision is durable, not yet handed to the MQTT client
   decision_delivered   the broker acknowledged the decision (PUBACK), the delivery not journaled
+and those of a bracket lifecycle command (agents/commands.py):
+  command_journaled    the command is durable, not yet acted on nor acknowledged
+  close_sent           a close's market exit is about to be sent to IB
+  command_answered     the answer is journaled, not yet published
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ ENV = "BRACKETGATE_CRASH_AT"
 POINTS = (
     "proposal_journaled", "intent_journaled", "entry_sent", "legs_sent", "bracket_acked",
     "intent_acked", "decision_journaled", "decision_delivered",
+    "command_journaled", "close_sent", "command_answered",
 )
 
 

@@ -1,0 +1,670 @@
+"""The command desk: an agent's cancel / amend / trail / close of a bracket it opened (issue 13).
+
+Path: bus/mqtt.py (bus/command_intake.py checks the payload) -> `CommandDesk.take_in` (the
+journal's commands table: idempotent by (agent_id, command_id), durable before the broker is
+acknowledged) -> `assess` (pure: who may, what it does to risk) -> `_execute` (IB, through
+the broker and adapters/ib_lifecycle.py) -> CommandAnswer, journaled, then published on the
+bus (the bridge sends it to {prefix}/decisions/{agent_id}).
+
+Gating (`assess`), in this order: the agents file (UNKNOWN_AGENT / AGENT_DISABLED), the
+bracket (UNKNOWN_BRACKET), its owner (NOT_BRACKET_OWNER), still working (BRACKET_NOT_WORKING),
+another command on it in flight (COMMAND_IN_PROGRESS), the action's own shape (cancel of a
+filled entry BRACKET_FILLED_USE_CLOSE, NOTHING_TO_CLOSE, CLOSE_EXCEEDS_POSITION, geometry,
+tick), then risk. The bracket's worst-case loss after the change, units at risk x the stop's
+distance on the loss side of the entry (0 once the stop is past it) plus slippage, is compared
+with the worst case now:
+  lower or equal (tighter stop, smaller size, take-profit move, trail, close, cancel)
+      -> always allowed, whatever the trading state;
+  higher (looser stop, larger size)
+      -> every check a new bracket passes (RiskGovernor.check_as_new, the bracket's own
+         reservation left out), with the same codes, limits and values; fail-closed broker
+         state included. Once the entry has filled, the position is already in the
+         portfolio: only the loss, stop-distance, band, tick, rate, state and broker checks
+         apply (the exposure checks would count it twice).
+The reservation follows every accepted change (size, stop, worst case); the answer is sent
+only once IB confirmed (or COMMAND_FAILED with what IB has).
+
+State (one line each):
+  _inflight: proposal_id -> command_id     (one command per bracket at a time)
+  _tasks:    command tasks running
+  _memory:   (agent_id, command_id) -> (request, answer | None)  (without a journal: tests)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bracketgate.bus.commands import (
+    AmendCommand,
+    CancelCommand,
+    CloseCommand,
+    CommandAnswer,
+    CommandVerdict,
+    LegState,
+    TrailCommand,
+)
+from bracketgate.bus.errors import BrokerError
+from bracketgate.bus.messages import (
+    DENIAL_MESSAGES,
+    DenialCode,
+    Fill,
+    Leg,
+    OrderEvent,
+    OrderType,
+    Reason,
+    Side,
+    TradeProposal,
+)
+from bracketgate.core.clock import SYSTEM_CLOCK, Clock
+from bracketgate.core.crashpoints import crash_point
+from bracketgate.core.logs import get_logger
+from structlog.contextvars import bound_contextvars
+
+log = get_logger("agents.commands")
+
+D = DenialCode
+TERMINAL = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
+EPS = 1e-9
+COMMAND_TIMEOUT_S = 10.0   # how long IB has to confirm all of one command's steps
+
+# what still applies to a risk-raising change once the entry has filled (see module doc)
+FILLED_CHECKS = frozenset({
+    D.BROKER_DISCONNECTED, D.BROKER_CONNECTIVITY_LOST, D.NOT_RECONCILED, D.SNAPSHOT_STALE,
+    D.PNL_UNKNOWN, D.ACCOUNT_VALUES_UNKNOWN, D.QUOTE_UNAVAILABLE, D.UNKNOWN_CONTRACT,
+    D.TRADING_HALTED, D.REDUCING_ONLY, D.PRICE_OFF_TICK, D.STOP_DISTANCE_OUT_OF_BOUNDS,
+    D.PRICE_OUT_OF_BAND, D.PER_TRADE_LOSS_LIMIT, D.PER_TRADE_LOSS_PCT_LIMIT, D.DAILY_LOSS_LIMIT,
+    D.AGENT_LOSS_LIMIT, D.RATE_LIMITED,
+})
+
+Command = CancelCommand | AmendCommand | TrailCommand | CloseCommand
+
+
+def deny(code: DenialCode, limit: Any = None, value: Any = None, *, detail: str = "",
+         field_: str | None = None) -> Reason:
+    msg = DENIAL_MESSAGES[code] + (f": {detail}" if detail else "")
+    return Reason(code=code, message=msg, limit=limit, value=value, field=field_)
+
+
+# --------------------------------------------------------------------------- the bracket now
+
+
+@dataclass
+class BracketNow:
+    """One bracket as the desk sees it: the execution agent's book + the legs as IB has them."""
+
+    proposal_id: str
+    agent_id: str
+    symbol: str
+    side: Side
+    ids: dict[str, int]                         # entry / take_profit / stop_loss -> order id
+    legs: dict[str, LegState]                   # the same keys -> the leg at IB (when known)
+    entry_filled: float                         # units the entry bought / sold
+    held: float                                 # of those, not yet closed by an exit
+    closed: bool                                # every leg ended, nothing held
+    proposal: TradeProposal | None = None
+    exits: dict[int, str] = field(default_factory=dict)   # market exits / guards -> status
+    tick: float = 0.01
+    multiplier: float = 1.0
+    market: float | None = None                 # the contract's current price, when known
+
+    @property
+    def sign(self) -> int:
+        return self.side.sign
+
+    def status(self, leg: str) -> str:
+        st = self.legs.get(leg)
+        return st.status if st is not None else ""
+
+    @property
+    def entry_working(self) -> bool:
+        return self.status("entry") not in TERMINAL
+
+    @property
+    def entry_quantity(self) -> float:
+        leg = self.legs.get("entry")
+        if leg is not None and leg.quantity:
+            return leg.quantity
+        return float(self.proposal.quantity) if self.proposal is not None else self.entry_filled
+
+    @property
+    def reference(self) -> float | None:
+        """The entry price the loss is measured from: the average fill, else the limit."""
+        leg = self.legs.get("entry")
+        if self.entry_filled > 0 and leg is not None and leg.avg_fill_price:
+            return leg.avg_fill_price
+        if leg is not None and leg.limit_price:
+            return leg.limit_price
+        if self.proposal is not None and self.proposal.limit_price is not None:
+            return self.proposal.limit_price
+        return self.market
+
+    @property
+    def stop_price(self) -> float | None:
+        leg = self.legs.get("stop_loss")
+        if leg is not None and leg.stop_price is not None:
+            return leg.stop_price
+        return self.proposal.stop_loss if self.proposal is not None else None
+
+    @property
+    def take_price(self) -> float | None:
+        leg = self.legs.get("take_profit")
+        if leg is not None and leg.limit_price is not None:
+            return leg.limit_price
+        return self.proposal.take_profit if self.proposal is not None else None
+
+    @property
+    def units_at_risk(self) -> float:
+        """Units the stop protects: what is held, plus what a working entry may still add."""
+        if self.entry_working:
+            return max(self.entry_quantity - self.entry_filled, 0.0) + self.held
+        return self.held
+
+
+def loss_per_unit(reference: float, stop: float, sign: int) -> float:
+    """What one unit loses if the stop is hit (0 once the stop is on the profit side)."""
+    return max(0.0, sign * (reference - stop))
+
+
+@dataclass
+class Plan:
+    """What an accepted command will do at IB, and what it does to the reservation."""
+
+    action: str
+    raises_risk: bool = False
+    stop: float | None = None
+    take: float | None = None
+    quantity: float | None = None          # the entry's new quantity (amend)
+    close_quantity: float | None = None
+    trail_amount: float | None = None
+    trail_percent: float | None = None
+    trail_stop: float | None = None
+    worst_case: float | None = None        # the bracket's worst-case loss after the change
+
+
+def _on_tick(price: float, tick: float) -> bool:
+    steps = price / tick
+    return abs(steps - round(steps)) <= 1e-6 and steps >= 1 - 1e-6
+
+
+def worst_case(now: BracketNow, units: float, stop: float, limits: Any) -> float:
+    ref = now.reference
+    if ref is None:
+        return math.inf
+    slip = limits.slippage_ticks * now.tick + limits.slippage_pct / 100.0 * stop
+    return units * (loss_per_unit(ref, stop, now.sign) + slip) * now.multiplier
+
+
+def assess(cmd: Command, now: BracketNow | None, governor: Any, *,
+           in_flight: str | None = None) -> Plan | list[Reason]:
+    """The plan for an allowed command, or the reasons it is refused (see module doc)."""
+    if getattr(governor, "agents", None) is not None:
+        refused = governor._agent_gate(cmd.agent_id)
+        if refused is not None:
+            return [refused]
+    if now is None:
+        return [deny(D.UNKNOWN_BRACKET, value=cmd.proposal_id, field_="proposal_id")]
+    if now.agent_id != cmd.agent_id:
+        return [deny(D.NOT_BRACKET_OWNER, value=cmd.agent_id, field_="agent_id")]
+    if now.closed or (not now.entry_working and now.entry_filled <= EPS):
+        return [deny(D.BRACKET_NOT_WORKING, value=now.status("entry") or "closed")]
+    if in_flight is not None and in_flight != cmd.command_id:
+        return [deny(D.COMMAND_IN_PROGRESS, value=in_flight, detail=f"command {in_flight}")]
+    lim = governor.limits
+    if isinstance(cmd, CancelCommand):
+        if now.entry_filled > EPS:
+            return [deny(D.BRACKET_FILLED_USE_CLOSE, value=now.entry_filled,
+                         detail=f"{now.entry_filled:g} filled")]
+        return Plan("cancel", worst_case=0.0)
+    if isinstance(cmd, CloseCommand):
+        if now.held <= EPS:
+            return [deny(D.NOTHING_TO_CLOSE, value=0.0)]
+        qty = float(cmd.quantity) if cmd.quantity is not None else now.held
+        if qty > now.held + EPS:
+            return [deny(D.CLOSE_EXCEEDS_POSITION, now.held, qty, field_="quantity")]
+        stop = now.stop_price
+        left = now.units_at_risk - qty
+        return Plan("close", close_quantity=qty,
+                    worst_case=None if stop is None else worst_case(now, left, stop, lim))
+    stop_now, take_now = now.stop_price, now.take_price
+    if stop_now is None:
+        return [deny(D.BRACKET_NOT_WORKING, value="no stop at IB")]
+    if isinstance(cmd, TrailCommand):
+        return _trail_plan(cmd, now, stop_now, lim)
+    assert isinstance(cmd, AmendCommand)
+    reasons: list[Reason] = []
+    stop = cmd.stop_loss if cmd.stop_loss is not None else stop_now
+    take = cmd.take_profit if cmd.take_profit is not None else take_now
+    qty = float(cmd.quantity) if cmd.quantity is not None else now.entry_quantity
+    if cmd.quantity is not None:
+        if not now.entry_working:
+            reasons.append(deny(D.VALIDATION_ERROR, value=cmd.quantity, field_="quantity",
+                                detail="the entry has filled: its size is what it is; use close"))
+        elif qty < now.entry_filled - EPS:
+            reasons.append(deny(D.VALIDATION_ERROR, now.entry_filled, qty, field_="quantity",
+                                detail="below what the entry already filled"))
+    for name, px in (("stop_loss", cmd.stop_loss), ("take_profit", cmd.take_profit)):
+        if px is not None and not _on_tick(px, now.tick):
+            reasons.append(deny(D.PRICE_OFF_TICK, now.tick, px, field_=name))
+    ref = now.reference
+    s = now.sign
+    if now.entry_filled <= EPS and ref is not None:   # nothing held: the bracket's own geometry
+        if s * (ref - stop) <= 0:
+            reasons.append(deny(D.BRACKET_GEOMETRY, ref, stop, field_="stop_loss",
+                                detail=f"stop must be {'below' if s > 0 else 'above'} the entry"))
+        if take is not None and s * (take - ref) <= 0:
+            reasons.append(deny(D.BRACKET_GEOMETRY, ref, take, field_="take_profit",
+                                detail=f"take-profit must be {'above' if s > 0 else 'below'} the entry"))
+    elif take is not None and s * (take - stop) <= 0:
+        reasons.append(deny(D.BRACKET_GEOMETRY, stop, take, field_="take_profit",
+                            detail=f"take-profit must be {'above' if s > 0 else 'below'} the stop"))
+    if reasons:
+        return reasons
+    units_now = now.units_at_risk
+    units_new = (qty - now.entry_filled) + now.held if now.entry_working else now.held
+    before = worst_case(now, units_now, stop_now, lim)
+    after = worst_case(now, units_new, stop, lim)
+    raises = after > before + 1e-9 or units_new > units_now + EPS
+    plan = Plan("amend", raises_risk=raises, stop=cmd.stop_loss, take=cmd.take_profit,
+                quantity=qty if cmd.quantity is not None else None, worst_case=after)
+    if not raises:
+        return plan
+    refused = check_raise(now, governor, qty=qty, stop=stop, take=take)
+    return refused or plan
+
+
+def _trail_plan(cmd: TrailCommand, now: BracketNow, stop_now: float, lim: Any) -> Plan:
+    """A trailing stop never starts looser than the stop it replaces: its initial stop is the
+    tighter of the two (so a trail is never risk-raising)."""
+    s = now.sign
+    best = now.market if now.market is not None else now.reference
+    if best is None:
+        start = stop_now
+    else:
+        gap = cmd.amount if cmd.amount is not None else best * (cmd.percent or 0.0) / 100.0
+        trailed = best - s * gap
+        tick = now.tick
+        trailed = (math.floor(trailed / tick + 1e-9) if s > 0 else math.ceil(trailed / tick - 1e-9)) * tick
+        start = max(stop_now, trailed) if s > 0 else min(stop_now, trailed)
+    start = round(start, 10)
+    return Plan("trail", trail_amount=cmd.amount, trail_percent=cmd.percent, trail_stop=start,
+                worst_case=worst_case(now, now.units_at_risk, start, lim))
+
+
+def check_raise(now: BracketNow, governor: Any, *, qty: float, stop: float,
+                take: float | None) -> list[Reason]:
+    """A risk-raising change: the checks a new bracket passes (see module doc)."""
+    if now.proposal is None:
+        return [deny(D.UNKNOWN_BRACKET, value=now.proposal_id,
+                     detail="the bracket's proposal is not known to this run: only risk-lowering "
+                            "changes are possible")]
+    p = now.proposal
+    filled = now.entry_filled > EPS
+    update: dict[str, Any] = {"stop_loss": stop, "created_at": None}
+    if take is not None:
+        update["take_profit"] = take
+    if filled:
+        ref = now.reference or p.limit_price
+        update.update(quantity=max(1, int(round(now.held))), order_type=OrderType.LMT,
+                      limit_price=ref)
+        if take is None or now.sign * (take - ref) <= 0:   # geometry is not checked once filled
+            update["take_profit"] = ref + now.sign * max(abs(ref - stop), now.tick) * 100
+    else:
+        update["quantity"] = int(round(qty))
+    synthetic = p.model_copy(update=update)
+    reasons, _ = governor.check_as_new(synthetic, replaces=now.proposal_id)
+    if filled:
+        reasons = [r for r in reasons if r.code in FILLED_CHECKS]
+    return reasons
+
+
+# --------------------------------------------------------------------------- the desk
+
+
+class CommandDesk:
+    """Takes commands in, gates them, carries them out at IB, answers once. See module doc."""
+
+    def __init__(self, bus: Any, governor: Any, execution: Any, broker: Any, orders: Any, *,
+                 journal: Any = None, clock: Clock = SYSTEM_CLOCK,
+                 timeout_s: float = COMMAND_TIMEOUT_S) -> None:
+        self._bus = bus
+        self._governor = governor
+        self._execution = execution
+        self._broker = broker
+        self._orders = orders            # adapters/ib_lifecycle.py BracketOrders
+        self._journal = journal          # adapters/journal_commands.py CommandJournal
+        self._clock = clock
+        self.timeout_s = timeout_s
+        self._inflight: dict[str, str] = {}
+        self._running: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._memory: dict[tuple[str, str], tuple[dict[str, Any], CommandAnswer | None]] = {}
+        self._changed = asyncio.Event()
+
+    def attach(self) -> None:
+        self._bus.subscribe(OrderEvent, self._on_change, name="commands")
+        self._bus.subscribe(Fill, self._on_change, name="commands")
+
+    async def _on_change(self, _msg: Any) -> None:
+        self._changed.set()
+
+    # ------------------------------------------------------------------ intake
+
+    async def take_in(self, cmd: Command) -> None:
+        """The bridge's hook: durable (journal) before it returns; the command runs as a task."""
+        key = (cmd.agent_id, cmd.command_id)
+        request = cmd.model_dump(mode="json")
+        if self._journal is not None:
+            row = await self._journal.take(cmd)
+            seen = None if row is None else (row.request, None if row.answer is None
+                                             else CommandAnswer.model_validate(row.answer))
+        else:
+            seen = self._memory.get(key)
+            if seen is None:
+                self._memory[key] = (request, None)
+        crash_point("command_journaled")
+        if seen is None:
+            self._spawn(self._run(cmd), f"command:{cmd.agent_id}:{cmd.command_id}")
+            return
+        first, answer = seen
+        if first != request:
+            log.warning("command_duplicate", command_id=cmd.command_id, agent_id=cmd.agent_id,
+                        proposal_id=cmd.proposal_id, code=str(D.DUPLICATE_COMMAND))
+            await self._bus.publish(self._answer(cmd, [deny(D.DUPLICATE_COMMAND, value=cmd.command_id,
+                                                            field_="command_id")]))
+            return
+        if answer is not None:
+            log.info("command_repeated", command_id=cmd.command_id, agent_id=cmd.agent_id,
+                     verdict=answer.verdict.value)
+            await self._bus.publish(answer)
+        elif key not in self._running:   # journaled by a run that died before answering
+            self._spawn(self._recover(cmd), f"command-recover:{cmd.command_id}")
+
+    async def recover(self) -> int:
+        """At start-up (IB reconciled): answer, from what IB has, each command an earlier run
+        took in and never answered. Never acted on again."""
+        if self._journal is None:
+            return 0
+        from bracketgate.bus.commands import parse_command
+
+        rows = await self._journal.unanswered()
+        for row in rows:
+            try:
+                cmd = parse_command(row.request)
+            except Exception as e:  # a row this version cannot read: logged, left as it is
+                log.error("command_unreadable", command_id=row.command_id, error=repr(e))
+                continue
+            if (cmd.agent_id, cmd.command_id) not in self._running:
+                await self._recover(cmd)
+        return len(rows)
+
+    # ------------------------------------------------------------------ running
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                while self._tasks:
+                    await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            return True
+        except TimeoutError:
+            return False
+
+    def bracket_now(self, proposal_id: str) -> BracketNow | None:
+        book = self._execution.book(proposal_id)
+        if book is None:
+            return None
+        ids = {"entry": book.ids.entry, "take_profit": book.ids.take_profit,
+               "stop_loss": book.ids.stop_loss}
+        legs: dict[str, LegState] = {}
+        for name, oid in ids.items():
+            leg = self._orders.leg(oid) if oid else None
+            if leg is None and oid:   # IB's word through the book (completed orders)
+                st = book.status.get(Leg(name), "")
+                leg = LegState(order_id=oid, status=st, filled=book.filled.get(Leg(name), 0.0))
+            if leg is not None:
+                legs[name] = leg
+        proposal = self._execution.proposal_of(proposal_id)
+        tick, mult, market = 0.01, 1.0, None
+        contract = self._governor._contract_for(proposal) if proposal is not None else None
+        if contract is not None:
+            tick, mult = contract.min_tick or tick, contract.multiplier or mult
+            snap = self._governor.snapshot
+            q = snap.quotes.get(contract.con_id) if snap is not None else None
+            if q is not None:
+                market = q.last or ((q.bid + q.ask) / 2 if q.bid and q.ask else None)
+        return BracketNow(
+            proposal_id=proposal_id, agent_id=book.agent_id, symbol=book.symbol, side=book.side,
+            ids=ids, legs=legs, entry_filled=book.filled.get(Leg.ENTRY, 0.0),
+            held=book.open_quantity, closed=book.closed, proposal=proposal,
+            exits=dict(book.guards), tick=tick, multiplier=mult, market=market)
+
+    async def _run(self, cmd: Command) -> None:
+        key = (cmd.agent_id, cmd.command_id)
+        self._running.add(key)
+        try:
+            with bound_contextvars(proposal_id=cmd.proposal_id, agent_id=cmd.agent_id,
+                                   command_id=cmd.command_id):
+                answer = await self._decide_and_do(cmd)
+                await self._finish(cmd, answer)
+        finally:
+            self._running.discard(key)
+
+    async def _decide_and_do(self, cmd: Command) -> CommandAnswer:
+        now = self.bracket_now(cmd.proposal_id)
+        plan = assess(cmd, now, self._governor, in_flight=self._inflight.get(cmd.proposal_id))
+        if not isinstance(plan, Plan):
+            log.info("command_decision", action=cmd.action, verdict="rejected",
+                     codes=[r.code.value for r in plan])
+            return self._answer(cmd, plan, now)
+        assert now is not None
+        self._inflight[cmd.proposal_id] = cmd.command_id
+        res = self._governor.ledger.get(cmd.proposal_id)
+        before = (res.quantity, res.stop_price, res.worst_case_loss) if res is not None else None
+        if plan.raises_risk:   # reserved in the same step as the check (as an approval is)
+            self._amend_reservation(cmd.proposal_id, plan)
+        log.info("command_decision", action=cmd.action, verdict="accepted",
+                 raises_risk=plan.raises_risk, worst_case_loss=plan.worst_case)
+        try:
+            failure = await asyncio.wait_for(self._execute(cmd, plan, now), self.timeout_s)
+        except TimeoutError:
+            failure = f"IB did not confirm every step within {self.timeout_s}s"
+        except BrokerError as e:
+            failure = f"{e.message} (code {e.code})" if e.code is not None else e.message
+        finally:
+            self._inflight.pop(cmd.proposal_id, None)
+        after = self.bracket_now(cmd.proposal_id) or now
+        if failure is not None:
+            if plan.raises_risk and before is not None:   # the reservation as IB has it
+                self._governor.ledger.amend(cmd.proposal_id, quantity=before[0],
+                                            stop_price=after.stop_price or before[1],
+                                            worst_case_loss=max(before[2], 0.0))
+            log.warning("command_failed", action=cmd.action, code=str(D.COMMAND_FAILED),
+                        error=failure)
+            return self._answer(cmd, [deny(D.COMMAND_FAILED, value=failure[:200])], after)
+        if not plan.raises_risk:
+            self._amend_reservation(cmd.proposal_id, plan)
+        log.info("command_done", action=cmd.action)
+        return self._answer(cmd, [], after)
+
+    def _amend_reservation(self, proposal_id: str, plan: Plan) -> None:
+        if plan.action in ("cancel", "close"):
+            return   # the order events and fills move it (released when the bracket ends)
+        stop = plan.trail_stop if plan.action == "trail" else plan.stop
+        self._governor.ledger.amend(proposal_id, quantity=plan.quantity, stop_price=stop,
+                                    worst_case_loss=plan.worst_case)
+
+    async def _finish(self, cmd: Command, answer: CommandAnswer) -> None:
+        """Journal the answer (the idempotent one from now on), then publish it."""
+        if self._journal is not None:
+            await self._journal.answer(answer)
+        else:
+            self._memory[(cmd.agent_id, cmd.command_id)] = (cmd.model_dump(mode="json"), answer)
+        crash_point("command_answered")
+        await self._bus.publish(answer)
+
+    def _answer(self, cmd: Command, reasons: list[Reason], now: BracketNow | None = None
+                ) -> CommandAnswer:
+        if any(r.code in (D.VALIDATION_ERROR,) for r in reasons):
+            verdict = CommandVerdict.INVALID
+        else:
+            verdict = CommandVerdict.REJECTED if reasons else CommandVerdict.ACCEPTED
+        legs: dict[str, LegState] = {}
+        position = None
+        if now is not None and now.agent_id == cmd.agent_id:
+            legs = dict(now.legs)
+            exits = list(now.exits)
+            for oid in exits:   # the latest market exit is "close", earlier ones close_<id>
+                leg = self._orders.leg(oid)
+                if leg is not None:
+                    legs["close" if oid == exits[-1] else f"close_{oid}"] = leg
+            position = now.sign * now.held
+        return CommandAnswer(command_id=cmd.command_id, proposal_id=cmd.proposal_id,
+                             agent_id=cmd.agent_id, action=cmd.action, verdict=verdict,
+                             reasons=reasons, legs=legs, position=position,
+                             trading_state=self._governor.state, ts=self._clock.now())
+
+    # ------------------------------------------------------------------ at IB
+
+    async def _until(self, ok: Callable[[], bool]) -> None:
+        """Until `ok()` holds (re-checked at every order event and fill)."""
+        while not ok():
+            self._changed.clear()
+            await self._changed.wait()
+
+    def _leg_status(self, proposal_id: str, leg: Leg) -> str:
+        book = self._execution.book(proposal_id)
+        return book.status.get(leg, "") if book is not None else ""
+
+    async def _cancel(self, proposal_id: str, leg: Leg, order_id: int) -> None:
+        if self._leg_status(proposal_id, leg) in TERMINAL:
+            return
+        await self._broker.cancel_order(order_id)
+        await self._until(lambda: self._leg_status(proposal_id, leg) in TERMINAL)
+
+    async def _execute(self, cmd: Command, plan: Plan, now: BracketNow) -> str | None:
+        """Carry the plan out; None when IB confirmed it all, else what went wrong."""
+        pid, ids = cmd.proposal_id, now.ids
+        orders = self._orders
+        if plan.action == "cancel":
+            await self._cancel(pid, Leg.ENTRY, ids["entry"])
+            book = self._execution.book(pid)
+            if book is not None and book.filled.get(Leg.ENTRY, 0.0) > EPS:
+                return "the entry filled before the cancel reached IB; use close"
+            return None
+        if plan.action == "amend":
+            working = {name for name in ("entry", "take_profit", "stop_loss")
+                       if orders.working(ids[name])}
+            if plan.quantity is not None:
+                grow = plan.quantity > now.entry_quantity
+                # larger: children first (never more entry than exits); smaller: entry first
+                order = ["take_profit", "stop_loss", "entry"] if grow else ["entry", "take_profit", "stop_loss"]
+                for name in order:
+                    if name in working:
+                        await orders.modify(ids[name], quantity=plan.quantity)
+            if plan.stop is not None:
+                if "stop_loss" not in working:
+                    return "the stop is not working at IB"
+                await orders.modify(ids["stop_loss"], stop_price=plan.stop)
+            if plan.take is not None:
+                if "take_profit" not in working:
+                    return "the take-profit is not working at IB"
+                await orders.modify(ids["take_profit"], limit_price=plan.take)
+            return None
+        if plan.action == "trail":
+            if not orders.working(ids["stop_loss"]):
+                return "the stop is not working at IB"
+            await orders.modify(ids["stop_loss"], trail_amount=plan.trail_amount,
+                                trail_percent=plan.trail_percent, trail_stop=plan.trail_stop)
+            return None
+        assert plan.action == "close" and plan.close_quantity is not None
+        return await self._close(cmd, plan.close_quantity, now)
+
+    async def _close(self, cmd: Command, qty: float, now: BracketNow) -> str | None:
+        """A market exit of `qty`. Partial: the children shrink to what stays first (never
+        more exits working than units held); full: the take-profit is cancelled first, the
+        stop stays until the exit filled, then it is cancelled."""
+        pid, ids, orders = cmd.proposal_id, now.ids, self._orders
+        full = qty >= now.held - EPS
+        if full and now.entry_working:   # nothing more may come in behind the close
+            await self._cancel(pid, Leg.ENTRY, ids["entry"])
+            now = self.bracket_now(pid) or now
+            qty = now.held
+            if qty <= EPS:
+                return "nothing held once the entry was cancelled"
+        if full:
+            await self._cancel(pid, Leg.TAKE_PROFIT, ids["take_profit"])
+        else:
+            stays = now.held - qty
+            for name in ("take_profit", "stop_loss"):
+                if orders.working(ids[name]):
+                    await orders.modify(ids[name], quantity=stays)
+        book = self._execution.book(pid)
+        held_before = book.open_quantity if book is not None else now.held
+        target = max(held_before - qty, 0.0)
+        oid = self._broker.allocate_order_id()
+        self._execution.add_exit(pid, oid)
+        crash_point("close_sent")
+        await self._broker.place_protective(ids["entry"], action=now.side.opposite, quantity=qty,
+                                            order_ref=pid, stop_price=None, order_id=oid)
+
+        def exited() -> bool:
+            b = self._execution.book(pid)
+            return b is None or b.open_quantity <= target + EPS
+
+        await self._until(exited)
+        if full:
+            await self._cancel(pid, Leg.STOP_LOSS, ids["stop_loss"])
+        return None
+
+    async def _recover(self, cmd: Command) -> None:
+        """A command an earlier run took in and did not answer: answered from what IB has now
+        (accepted when IB shows what it asked for, else COMMAND_FAILED), never re-sent."""
+        key = (cmd.agent_id, cmd.command_id)
+        self._running.add(key)
+        try:
+            now = self.bracket_now(cmd.proposal_id)
+            reasons: list[Reason] = []
+            if now is None:
+                reasons = [deny(D.UNKNOWN_BRACKET, value=cmd.proposal_id, field_="proposal_id")]
+            elif now.agent_id != cmd.agent_id:
+                reasons = [deny(D.NOT_BRACKET_OWNER, value=cmd.agent_id, field_="agent_id")]
+            elif not _reached(cmd, now):
+                reasons = [deny(D.COMMAND_FAILED, value="interrupted",
+                                detail="the daemon stopped while the command was in flight; IB "
+                                       "has the bracket as the legs show (not re-sent)")]
+            log.warning("command_recovered", command_id=cmd.command_id, action=cmd.action,
+                        verdict="accepted" if not reasons else "rejected",
+                        codes=[r.code.value for r in reasons])
+            await self._finish(cmd, self._answer(cmd, reasons, now))
+        finally:
+            self._running.discard(key)
+
+
+def _reached(cmd: Command, now: BracketNow) -> bool:
+    """IB shows what the command asked for."""
+    if isinstance(cmd, CancelCommand):
+        return not now.entry_working and now.entry_filled <= EPS
+    if isinstance(cmd, CloseCommand):
+        return any(st == "Filled" for st in now.exits.values())
+    stop = now.legs.get("stop_loss")
+    if isinstance(cmd, TrailCommand):
+        return stop is not None and stop.order_type.startswith("TRAIL")
+    ok = True
+    if cmd.stop_loss is not None:
+        ok &= stop is not None and stop.stop_price is not None and abs(stop.stop_price - cmd.stop_loss) < 1e-9
+    if cmd.take_profit is not None:
+        take = now.legs.get("take_profit")
+        ok &= take is not None and take.limit_price is not None and abs(take.limit_price - cmd.take_profit) < 1e-9
+    if cmd.quantity is not None:
+        entry = now.legs.get("entry")
+        ok &= entry is not None and abs(entry.quantity - cmd.quantity) < 1e-9
+    return ok
+

@@ -1,0 +1,181 @@
+"""End to end, bracket lifecycle commands (issue 13) against real processes: mosquitto, the paper
+TWS (`python run.py sim --tick-interval 0`: prices move only through its control port) and the
+daemon, driven by plain MQTT clients on {prefix}/commands/{agent_id}.
+
+Break-even stop after a fill, a trail that locks a profit as the price moves, a partial then a
+full close, another agent's command refused, cancel of an unfilled entry, cancel of a filled
+one refused, command_id idempotency.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_risk_e2e import codes, marketable, orders_by_ref, resting, running, wait_for_tws
+from tests.fixtures.daemon import MqttProbe
+
+pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
+
+AGENT = "alpha"
+OTHER = "beta"
+
+
+def _cid(tag: str) -> str:
+    return f"{tag}-{uuid.uuid4().hex[:8]}"
+
+
+async def command(probe: MqttProbe, agent: str, body: dict[str, Any], timeout: float = 15.0
+                  ) -> dict[str, Any]:
+    """Publish a command and wait for its answer (the decisions message with its command_id)."""
+    body = {"command_id": _cid(body["action"]), **body}
+    mark = probe.mark()
+    await probe.publish(f"commands/{agent}", body)
+    return await probe.wait_topic(
+        f"decisions/{agent}",
+        lambda d: isinstance(d, dict) and d.get("command_id") == body["command_id"],
+        timeout, since=mark)
+
+
+async def open_bracket(probe: MqttProbe, pid: str, proposal: dict[str, Any]) -> dict[str, Any]:
+    await probe.propose(AGENT, proposal)
+    dec = await probe.decision(AGENT, pid)
+    assert dec["verdict"] == "approved", dec
+    return dec
+
+
+def legs_of(tws_orders: list[dict]) -> dict[int, dict]:
+    return {o["orderId"]: o for o in tws_orders}
+
+
+async def test_break_even_stop_then_partial_and_full_close(mosquitto, paper_tws_process, tmp_path):
+    tws = paper_tws_process
+    async with running(mosquitto, tws, tmp_path) as (d, agent):
+        pid = f"be-{uuid.uuid4().hex[:8]}"
+        dec = await open_bracket(agent, pid, marketable(pid))
+        ids = dec["order_ids"]
+        await agent.wait_topic(f"orders/{AGENT}", lambda m: m.get("type") == "fill"
+                               and m.get("proposal_id") == pid and m.get("leg") == "entry")
+        # break-even: the stop moves up to the entry price (a tighter stop: always allowed)
+        ans = await command(agent, AGENT, {"action": "amend", "proposal_id": pid, "stop_loss": 230.0})
+        assert ans["verdict"] == "accepted", json.dumps(ans)
+        assert ans["legs"]["stop_loss"]["stop_price"] == pytest.approx(230.0)
+        assert ans["position"] == pytest.approx(10.0)
+        st = await wait_for_tws(tws, lambda s: any(o["orderId"] == ids["stop_loss"]
+                                                   and o.get("auxPrice") == pytest.approx(230.0)
+                                                   for o in s["orders"]))
+        assert st
+
+        # partial close: 4 at market, the children shrink to the 6 left
+        ans = await command(agent, AGENT, {"action": "close", "proposal_id": pid, "quantity": 4})
+        assert ans["verdict"] == "accepted", json.dumps(ans)
+        assert ans["position"] == pytest.approx(6.0)
+        assert ans["legs"]["stop_loss"]["quantity"] == pytest.approx(6.0)
+        assert ans["legs"]["take_profit"]["quantity"] == pytest.approx(6.0)
+        assert ans["legs"]["close"]["status"] == "Filled"
+
+        # more than is held: refused, nothing sent
+        ans = await command(agent, AGENT, {"action": "close", "proposal_id": pid, "quantity": 7})
+        assert ans["verdict"] == "rejected" and codes(ans) == {"CLOSE_EXCEEDS_POSITION"}, json.dumps(ans)
+        assert ans["reasons"][0]["limit"] == pytest.approx(6.0)
+
+        # the rest: exits at market, then the children are gone
+        ans = await command(agent, AGENT, {"action": "close", "proposal_id": pid})
+        assert ans["verdict"] == "accepted", json.dumps(ans)
+        assert ans["position"] == pytest.approx(0.0)
+        assert ans["legs"]["stop_loss"]["status"] in ("Cancelled", "ApiCancelled")
+        assert ans["legs"]["take_profit"]["status"] in ("Cancelled", "ApiCancelled")
+        st = await tws.state()
+        pos = [p for p in st.get("positions", []) if p.get("symbol") == "AAPL"]
+        assert all(abs(p.get("position", p.get("quantity", 0))) < 1e-9 for p in pos), pos
+
+        ans = await command(agent, AGENT, {"action": "close", "proposal_id": pid})
+        assert ans["verdict"] == "rejected" and codes(ans) & {"NOTHING_TO_CLOSE", "BRACKET_NOT_WORKING"}, json.dumps(ans)
+
+
+async def test_cancel_unfilled_refuse_filled_and_other_agents(mosquitto, paper_tws_process, tmp_path):
+    tws = paper_tws_process
+    async with running(mosquitto, tws, tmp_path) as (d, agent):
+        rest = f"rest-{uuid.uuid4().hex[:8]}"
+        await open_bracket(agent, rest, resting(rest))
+        filled = f"fill-{uuid.uuid4().hex[:8]}"
+        await open_bracket(agent, filled, marketable(filled))
+        await agent.wait_topic(f"orders/{AGENT}", lambda m: m.get("type") == "fill"
+                               and m.get("proposal_id") == filled)
+
+        # another agent may not touch alpha's brackets
+        ans = await command(agent, OTHER, {"action": "cancel", "proposal_id": rest})
+        assert ans["verdict"] == "rejected" and codes(ans) == {"NOT_BRACKET_OWNER"}, json.dumps(ans)
+        assert ans["legs"] == {}, "another agent learns nothing about the legs"
+        ans = await command(agent, OTHER, {"action": "close", "proposal_id": filled})
+        assert codes(ans) == {"NOT_BRACKET_OWNER"}, json.dumps(ans)
+        ans = await command(agent, AGENT, {"action": "cancel", "proposal_id": "no-such-bracket"})
+        assert codes(ans) == {"UNKNOWN_BRACKET"}, json.dumps(ans)
+
+        # a filled bracket cannot be cancelled into a naked position
+        ans = await command(agent, AGENT, {"action": "cancel", "proposal_id": filled})
+        assert ans["verdict"] == "rejected" and codes(ans) == {"BRACKET_FILLED_USE_CLOSE"}, json.dumps(ans)
+
+        # the unfilled one: cancelled with its children, answered once IB confirmed
+        body = {"command_id": _cid("cancel"), "action": "cancel", "proposal_id": rest}
+        mark = agent.mark()
+        await agent.publish(f"commands/{AGENT}", body)
+        ans = await agent.wait_topic(f"decisions/{AGENT}",
+                                     lambda m: m.get("command_id") == body["command_id"], since=mark)
+        assert ans["verdict"] == "accepted", json.dumps(ans)
+        assert ans["legs"]["entry"]["status"] in ("Cancelled", "ApiCancelled")
+        placed = await orders_by_ref(tws, {rest})
+        assert all(o["status"] in ("Cancelled", "ApiCancelled") for o in placed[rest]), placed
+
+        # the same command again: the same answer, nothing done twice
+        mark = agent.mark()
+        await agent.publish(f"commands/{AGENT}", body)
+        again = await agent.wait_topic(f"decisions/{AGENT}",
+                                       lambda m: m.get("command_id") == body["command_id"], since=mark)
+        assert again == ans
+        # the same id, other content: DUPLICATE_COMMAND
+        mark = agent.mark()
+        await agent.publish(f"commands/{AGENT}", {**body, "proposal_id": filled})
+        dup = await agent.wait_topic(f"decisions/{AGENT}",
+                                     lambda m: m.get("command_id") == body["command_id"], since=mark)
+        assert dup["verdict"] == "rejected" and codes(dup) == {"DUPLICATE_COMMAND"}, json.dumps(dup)
+
+        # malformed: answered invalid on the agent's decisions topic
+        mark = agent.mark()
+        await agent.publish(f"commands/{AGENT}", {"command_id": "bad-1", "action": "trail",
+                                                  "proposal_id": filled})
+        bad = await agent.wait_topic(f"decisions/{AGENT}",
+                                     lambda m: m.get("command_id") == "bad-1", since=mark)
+        assert bad["verdict"] == "invalid" and codes(bad) == {"VALIDATION_ERROR"}, json.dumps(bad)
+    journaled = [e for e in d.logs if e.get("event") == "command_decision"]
+    assert journaled
+
+
+async def test_trail_locks_a_profit_as_the_price_moves(mosquitto, paper_tws_process, tmp_path):
+    tws = paper_tws_process
+    async with running(mosquitto, tws, tmp_path) as (d, agent):
+        pid = f"trail-{uuid.uuid4().hex[:8]}"
+        dec = await open_bracket(agent, pid, resting(pid, limit_price=230.0, take_profit=260.0,
+                                                         stop_loss=226.5))
+        ids = dec["order_ids"]
+        await agent.wait_topic(f"orders/{AGENT}", lambda m: m.get("type") == "fill"
+                               and m.get("proposal_id") == pid and m.get("leg") == "entry")
+        ans = await command(agent, AGENT, {"action": "trail", "proposal_id": pid, "amount": 2.0})
+        assert ans["verdict"] == "accepted", json.dumps(ans)
+        stop = ans["legs"]["stop_loss"]
+        assert stop["order_type"] == "TRAIL", stop
+        assert stop["stop_price"] == pytest.approx(228.0)   # 230 - 2, tighter than 226.50
+        # up it goes: the stop follows to 238 - 2 = 236 (a profit locked), then the price
+        # falls through it and the stop fills above the entry
+        for px in (232.0, 235.0, 238.0):
+            await tws.set_price("AAPL", px)
+        await wait_for_tws(tws, lambda s: any(
+            o["orderId"] == ids["stop_loss"] and (o.get("trailStopPrice") or 0) >= 236.0 - 1e-6
+            for o in s["orders"]))
+        await tws.set_price("AAPL", 235.5)
+        fill = await agent.wait_topic(f"orders/{AGENT}", lambda m: m.get("type") == "fill"
+                                      and m.get("proposal_id") == pid and m.get("leg") == "stop_loss")
+        assert fill["price"] > 230.0, fill
