@@ -22,6 +22,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from bracketgate.sim.model import UNSET_DOUBLE, SimContract, SimExecution, SimOrder, SimPosition, WhatIfResult
+from bracketgate.sim.trail_wire import (
+    NO_TRAIL,
+    TrailFields,
+    read_trail_fields,
+    trail_adjusted_fields,
+    trail_completed_fields,
+    trail_open_fields,
+)
 from bracketgate.sim.wire import (
     UNSET_DOUBLE_STR,
     UNSET_INTEGER_STR,
@@ -104,6 +112,7 @@ class PlaceOrder:
     oca_type: int
     what_if: bool
     n_conditions: int = 0
+    trail: TrailFields = NO_TRAIL       # trailing-stop fields, sim/trail_wire.py
 
 
 @dataclass(frozen=True)
@@ -372,8 +381,9 @@ def _decode_place_order(r: FieldReader, version: int) -> PlaceOrder:
     r.skip()  # deltaNeutralAuxPrice
     if dn_order_type:
         r.skip(8)
-    # continuousUpdate referencePriceType trailStopPrice trailingPercent scaleInit scaleSubs
-    r.skip(6)
+    r.skip(2)  # continuousUpdate referencePriceType
+    trail_stop_price, trailing_percent = r.opt_float(), r.opt_float()
+    r.skip(2)  # scaleInitLevelSize scaleSubsLevelSize
     increment = r.opt_float()
     if increment is not None and 0 < increment < UNSET_DOUBLE:
         r.skip(7)
@@ -394,12 +404,13 @@ def _decode_place_order(r: FieldReader, version: int) -> PlaceOrder:
     if order_type in ("PEG BENCH", "PEGBENCH"):
         r.skip(5)
     n_conditions = r.int() if r.remaining else 0
+    trail = read_trail_fields(r, n_conditions, trail_stop_price, trailing_percent)
     return PlaceOrder(
         order_id=order_id, contract=spec, action=action, total_quantity=total_quantity,
         order_type=order_type, lmt_price=lmt_price, aux_price=aux_price, tif=tif or "DAY",
         oca_group=oca_group, account=account, order_ref=order_ref, transmit=transmit,
         parent_id=parent_id, outside_rth=outside_rth, oca_type=oca_type, what_if=what_if,
-        n_conditions=n_conditions,
+        n_conditions=n_conditions, trail=trail,
     )
 
 
@@ -577,7 +588,7 @@ def open_order(o: SimOrder, version: int, *, what_if: WhatIfResult | None = None
         "0", "", "", "", "?", "0", "0", "",  # delta-neutral: conId settlingFirm clearingAcct
                                              # clearingIntent openClose shortSale slot location
         "0", "0",                            # continuousUpdate referencePriceType
-        "", "", "", "",                      # trailStopPrice trailingPercent basisPoints
+        *trail_open_fields(o), "", "",       # trailStopPrice trailingPercent basisPoints
                                              # basisPointsType
         "",                                  # comboLegsDescrip
         "0", "0", "0",                       # comboLegs, orderComboLegs, smartComboRoutingParams
@@ -603,7 +614,7 @@ def open_order(o: SimOrder, version: int, *, what_if: WhatIfResult | None = None
         "None",                              # adjustedOrderType
         # triggerPrice trailStopPrice lmtPriceOffset adjustedStopPrice adjustedStopLimitPrice
         # adjustedTrailingAmount
-        *[UNSET_DOUBLE_STR] * 6,
+        *trail_adjusted_fields(o),
         "0",                                 # adjustableTrailingUnit
         "", "", "",                          # softDollarTier name val displayName
         "0",                                 # cashQty
@@ -673,7 +684,7 @@ def completed_order(o: SimOrder, version: int, parent_perm_id: int | None = None
         "", "0",                                # volatility volatilityType
         "None", "",                             # deltaNeutralOrderType deltaNeutralAuxPrice
         "0", "0", "0", "",                      # delta-neutral conId shortSale slot location
-        "0", "0", "", "",                       # continuousUpdate referencePriceType trailStopPrice
+        "0", "0", *trail_open_fields(o),        # continuousUpdate referencePriceType trailStopPrice
                                                 # trailingPercent
         "",                                     # comboLegsDescrip
         "0", "0", "0",                          # comboLegs orderComboLegs smartComboRoutingParams
@@ -685,7 +696,7 @@ def completed_order(o: SimOrder, version: int, parent_perm_id: int | None = None
         o.status,
         "0", "0",                               # randomizeSize randomizePrice
         "0",                                    # conditions
-        UNSET_DOUBLE_STR, UNSET_DOUBLE_STR,     # trailStopPrice lmtPriceOffset
+        *trail_completed_fields(o),             # trailStopPrice lmtPriceOffset
         "0", "1", "0",                          # cashQty dontUseAutoPriceForHedge isOmsContainer
         "",                                     # autoCancelDate
         f_decimal(o.filled),                    # filledQuantity

@@ -219,7 +219,8 @@ def _order_view(o: SimOrder) -> dict[str, Any]:
         "lastFillPrice": o.last_fill_price, "whyHeld": o.why_held,
         "conId": o.contract.con_id, "symbol": o.contract.symbol, "secType": o.contract.sec_type,
         "localSymbol": o.contract.local_symbol, "account": o.account,
-        "completedStatus": o.completed_status,
+        "completedStatus": o.completed_status, "trailStopPrice": o.trail_stop_price,
+        "trailingPercent": o.trailing_percent, "lmtPriceOffset": o.lmt_price_offset,
     }
 
 

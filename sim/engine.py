@@ -137,6 +137,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from bracketgate.core.logs import get_logger
+from bracketgate.sim import modify, trailing
 from bracketgate.sim.margin import ZERO_MARGIN, CommissionModel, MarginModel, MarginRequirement
 from bracketgate.sim.market import half_spread
 from bracketgate.sim.model import (
@@ -163,7 +164,7 @@ log = get_logger("sim.engine")
 PERM_ID_START = 700_000_001
 EXEC_ID_PREFIX = "0000e0d5"
 EPS = 1e-9
-ORDER_TYPES = frozenset({"MKT", "LMT", "STP", "STP LMT"})
+ORDER_TYPES = frozenset({"MKT", "LMT", "STP", "STP LMT", "TRAIL", "TRAIL LIMIT"})
 
 MSG_DUPLICATE_ID = "Duplicate order id"
 MSG_NO_SECDEF = "No security definition has been found for the request"
@@ -499,6 +500,7 @@ class Brokerage:
         with self._batch():
             self.prices[con_id] = price
             self._emit(PriceChanged(con_id, price))
+            trailing.follow(self, con_id)  # trailing stops move with the price first
             fills_before = len(self.executions)
             self._match({con_id})
             if len(self.executions) == fills_before and self._holds(con_id):
@@ -527,6 +529,8 @@ class Brokerage:
         perm = self.by_client.get(key)
         if perm is not None and not self.orders[perm].is_terminal:
             return self._modify(self.orders[perm], incoming)
+        if perm is not None:
+            modify.refuse_done(self.orders[perm])  # 104 filled, 103 otherwise
         if incoming.order_id <= self._max_order_id.get(incoming.client_id, 0):
             raise OrderRejected(103, MSG_DUPLICATE_ID)
         self._max_order_id[incoming.client_id] = incoming.order_id
@@ -540,6 +544,8 @@ class Brokerage:
             parent = self.orders[parent_perm]
             if parent.is_terminal and parent.filled <= EPS:
                 raise OrderRejected(201, "Order rejected - reason:Parent order is being cancelled.")
+            if parent.is_terminal:  # a filled parent is no longer an order TWS can attach to
+                raise modify.cant_find(incoming.parent_id)
         else:
             self._check_margin(contract, incoming.action, incoming.total_quantity,
                                self._expected_fill_price(incoming, contract))
@@ -555,6 +561,7 @@ class Brokerage:
             status="PreSubmitted", filled=0.0, avg_fill_price=0.0, last_fill_price=0.0,
             why_held="", created_at=self.clock(), completed_at=None, completed_status="",
         )
+        trailing.on_place(self, order)
         self.orders[perm_id] = order
         self.by_client[key] = perm_id
         self._open.add(perm_id)
@@ -597,6 +604,7 @@ class Brokerage:
                    order.aux_price if order.order_type in ("STP", "STP LMT") else None):
             if px is not None and (px <= 0 or not _on_tick(px, contract.min_tick)):
                 raise OrderRejected(110, MSG_TICK)
+        trailing.validate(order, contract)  # TRAIL / TRAIL LIMIT: 321 / 110
         return contract
 
     def _check_margin(self, contract: SimContract, action: str, qty: float, fill_px: float) -> None:
@@ -612,10 +620,8 @@ class Brokerage:
 
     def _modify(self, order: SimOrder, new: SimOrder) -> SimOrder:
         contract = self._check_order(new)
-        if contract.con_id != order.contract.con_id or new.action != order.action:
-            raise OrderRejected(105, MSG_MISMATCH)
-        if new.total_quantity < order.filled - EPS:
-            raise _validation("Order quantity is less than the filled quantity.")
+        modify.check(self, order, new, contract)  # 105, 329, 135, 10326/10327, 321 (sim/modify.py)
+        old_aux = order.aux_price
         perm = order.perm_id
         is_child = perm in self._parent_of
         if not is_child and new.total_quantity > order.total_quantity + EPS:
@@ -630,6 +636,7 @@ class Brokerage:
         order.order_ref = new.order_ref
         order.outside_rth = new.outside_rth
         order.transmit = new.transmit
+        trailing.on_modify(self, order, new, old_aux)
         if new.oca_group:
             order.oca_group, order.oca_type = new.oca_group, new.oca_type
         log.info("order_modified", client_id=order.client_id, order_id=order.order_id,
@@ -830,6 +837,8 @@ class Brokerage:
 
     def _fill_price(self, order: SimOrder, arrival: bool) -> tuple[float, int] | None:
         """(price, liquidity) if `order` fills now, else None. Records stop triggers."""
+        if order.order_type in trailing.TRAIL_TYPES:
+            return trailing.fill_price(self, order, arrival)
         contract = order.contract
         px = self.price(contract.con_id)
         bid, ask = self._bid_ask(contract)

@@ -58,9 +58,9 @@ class SimOrder:
     contract: SimContract
     action: Literal["BUY", "SELL"]
     total_quantity: float
-    order_type: Literal["MKT", "LMT", "STP", "STP LMT"]
-    lmt_price: float | None = None      # None = unset
-    aux_price: float | None = None      # stop trigger for STP / STP LMT
+    order_type: Literal["MKT", "LMT", "STP", "STP LMT", "TRAIL", "TRAIL LIMIT"]
+    lmt_price: float | None = None      # None = unset; TRAIL LIMIT: the current limit
+    aux_price: float | None = None      # stop trigger for STP / STP LMT; TRAIL: trailing amount
     tif: str = "DAY"
     account: str = ""
     order_ref: str = ""
@@ -69,6 +69,9 @@ class SimOrder:
     oca_type: int = 0
     transmit: bool = True
     outside_rth: bool = False
+    trailing_percent: float | None = None   # TRAIL / TRAIL LIMIT: trailing amount as a percent
+    trail_stop_price: float | None = None   # TRAIL / TRAIL LIMIT: the current stop (None = unarmed)
+    lmt_price_offset: float | None = None   # TRAIL LIMIT: limit = stop -/+ offset (SELL/BUY)
     # state kept by the engine
     status: OrderStatusName = "PendingSubmit"
     filled: float = 0.0
@@ -78,6 +81,7 @@ class SimOrder:
     created_at: float = 0.0             # engine clock, seconds
     completed_at: float | None = None
     completed_status: str = ""          # text for completed orders ("Filled", "Cancelled by Trader"...)
+    trail_best: float | None = None     # TRAIL: best price since armed (high for SELL, low for BUY)
 
     @property
     def remaining(self) -> float:

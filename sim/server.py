@@ -466,6 +466,10 @@ class PaperTWS:
             self._reject(s, m, 321, "Error validating request.-'bN' : cause - The paper TWS "
                                     "does not support order conditions", modify=False)
             return
+        if m.trail.adjusted_order_type:  # adjustable stops: refused, never silently dropped
+            self._reject(s, m, 321, "Error validating request.-'bN' : cause - The paper TWS "
+                                    "does not support adjustable stops", modify=False)
+            return
         hold = self.ack_holds.pop((m.order_ref, m.order_type), None) \
             if self.ack_holds and not m.what_if else None
         if hold == "lose":  # test switch: the message is lost on its way, IB never sees it
@@ -484,7 +488,8 @@ class PaperTWS:
             lmt_price=m.lmt_price, aux_price=m.aux_price, tif=m.tif.upper(),
             account=self._account_id(), order_ref=m.order_ref, parent_id=m.parent_id,
             oca_group=m.oca_group, oca_type=m.oca_type, transmit=m.transmit,
-            outside_rth=m.outside_rth,
+            outside_rth=m.outside_rth, trailing_percent=m.trail.trailing_percent,
+            trail_stop_price=m.trail.trail_stop_price, lmt_price_offset=m.trail.lmt_price_offset,
         )
         if m.what_if:
             try:
@@ -515,7 +520,7 @@ class PaperTWS:
         s.send(codec.error(m.order_id, code, message, s.version))
         log.info("paper_tws_order_rejected", client_id=s.client_id, order_id=m.order_id,
                  code=code, message=message, modify=modify)
-        if modify or code == 103:
+        if modify or code in (103, 104):  # 104: the id's order is Filled, it stays so
             return
         status = "Inactive" if code == 201 else "Cancelled"
         s.send(codec.rejected_status(m.order_id, s.client_id or 0, status, m.total_quantity,

@@ -185,7 +185,7 @@ def test_persistence_round_trip(env):
     # behaviour survives: ids, perm ids, bracket links
     with pytest.raises(OrderRejected) as exc:
         again.place(order(es, 1, "BUY", 1, "MKT"))            # filled before the save
-    assert exc.value.code == 103
+    assert exc.value.code == 104                         # a filled order: 104
     new = again.place(order(aapl, 10, "BUY", 1, "LMT", 200.0))
     assert new.perm_id not in eng.orders
     again.set_price(aapl.con_id, 235.0)

@@ -121,8 +121,13 @@ def test_order_ids_per_client(env):
 def test_filled_order_id_cannot_be_reused(env):
     eng, _events, _clock, aapl = env
     eng.place(order(aapl, 1, "BUY", 1, "MKT"))
-    with pytest.raises(OrderRejected) as exc:
+    with pytest.raises(OrderRejected) as exc:   # re-placing a filled order's id is a modify
         eng.place(order(aapl, 1, "BUY", 1, "MKT"))
+    assert (exc.value.code, exc.value.message) == (104, "Can't modify a filled order.")
+    eng.place(order(aapl, 2, "BUY", 1, "LMT", 200.0))
+    eng.cancel(1, 2)
+    with pytest.raises(OrderRejected) as exc:   # a cancelled order's id is just a used id
+        eng.place(order(aapl, 2, "BUY", 1, "LMT", 201.0))
     assert exc.value.code == 103
 
 
