@@ -212,6 +212,11 @@ def order_update_from_trade(trade: Any, ts: datetime, code: int | None = None,
     )
 
 
+def oca_group(order_ref: str) -> str:
+    """The named OCA group of a bracket's children (take-profit, stop, a replacing stop)."""
+    return f"bg-{order_ref}"
+
+
 def _describe(legs: dict[str, Any]) -> str:
     return ", ".join(f"{name} {t.order.orderId} {t.orderStatus.status or '?'}" for name, t in legs.items())
 
@@ -948,12 +953,15 @@ class IBBroker:
                            orderType=p.order_type.value, transmit=False, **common)
         if p.order_type is OrderType.LMT:
             parent.lmtPrice = p.limit_price
+        # the children's OCA group is named (reduce, no block): a stop that replaces the stop
+        # after the entry filled (a trailing stop, agents/commands.py) can join it standalone
+        oca = {"ocaGroup": oca_group(ref), "ocaType": 3}
         take = ibl.Order(orderId=ids[1], action=exit_action, totalQuantity=p.quantity,
                          orderType="LMT", lmtPrice=p.take_profit, parentId=ids[0], transmit=False,
-                         **common)
+                         **common, **oca)
         stop = ibl.Order(orderId=ids[2], action=exit_action, totalQuantity=p.quantity,
                          orderType="STP", auxPrice=p.stop_loss, parentId=ids[0], transmit=True,
-                         **common)
+                         **common, **oca)
         return [parent, take, stop]
 
     def bracket_legs(self, order_ref: str) -> dict[str, Any]:

@@ -7,8 +7,9 @@ new state), or refuses it with an error for that id (the order stays as it was).
 answered before one of the two, the connection dropping, or `ack_timeout` (then what IB has is
 read back and the caller is told it is not confirmed).
 
-    BracketOrders(broker).modify(order_id, quantity=…, limit_price=…, stop_price=…,
-                                 trail_amount=…, trail_percent=…, trail_stop=…) -> LegState
+    BracketOrders(broker).modify(order_id, quantity=…, limit_price=…, stop_price=…) -> LegState
+    BracketOrders(broker).place_trailing_stop(stop_id, new_id, trail_amount=… | trail_percent=…,
+                                              trail_stop=…, quantity=…) -> LegState
     BracketOrders(broker).leg(order_id) -> LegState | None
 """
 
@@ -70,13 +71,63 @@ class BracketOrders:
         trade = self._broker._trade_for(order_id) if order_id else None
         return trade is not None and trade.orderStatus.status not in DONE
 
+    def _parent_filled(self, parent_id: int) -> bool:
+        """The parent has filled (or is a completed order this connection has no id for)."""
+        parent = self._broker._trade_for(parent_id)
+        return parent is None or parent.orderStatus.status == "Filled"
+
+    async def resync(self) -> None:
+        """Ask IB for every open order again (a refused modify leaves the Trade's status wrong)."""
+        b = self._broker
+        try:
+            await b._turn(Priority.PROTECT)
+            await asyncio.wait_for(b.ib.reqOpenOrdersAsync(), b.request_timeout)
+        except Exception as e:  # the next reconcile re-reads them anyway
+            log.warning("ib_open_orders_resync_failed", error=repr(e))
+
+    async def place_trailing_stop(self, stop_order_id: int, new_order_id: int, *,
+                                  trail_amount: float | None, trail_percent: float | None,
+                                  trail_stop: float | None, quantity: float) -> LegState:
+        """A TRAIL order to replace the stop `stop_order_id` (TWS changes no order's type by a
+        modify: 329): the stop's own fields (side, contract, orderRef, tif, OCA group), as a
+        child of the same parent while the parent works, else standalone (a new child of a
+        filled parent is refused 135). The caller cancels the old stop once this one works."""
+        b = self._broker
+        b._require_ready()
+        old = b._trade_for(stop_order_id)
+        if old is None or old.orderStatus.status in DONE:
+            raise ModifyRefused(f"stop {stop_order_id} is not working at IB", code="NOT_WORKING")
+        order = copy.copy(old.order)
+        order.orderId, order.permId, order.clientId = new_order_id, 0, 0
+        order.orderType = "TRAIL"
+        order.totalQuantity = quantity
+        order.lmtPrice = UNSET_DOUBLE
+        if trail_amount is not None:
+            order.auxPrice, order.trailingPercent = trail_amount, UNSET_DOUBLE
+        else:
+            order.auxPrice, order.trailingPercent = UNSET_DOUBLE, trail_percent
+        order.trailStopPrice = trail_stop if trail_stop is not None else UNSET_DOUBLE
+        if order.parentId and self._parent_filled(order.parentId):
+            order.parentId = 0
+        order.transmit = True
+        await b._turn(Priority.PROTECT)
+        b._require_ready()
+        try:
+            trade = b.ib.placeOrder(old.contract, order)
+        except ConnectionError as e:
+            raise BrokerNotConnected(f"IB connection lost before the trailing stop: {e}") from e
+        log.warning("ib_trailing_stop_sent", proposal_id=order.orderRef or None,
+                    order_id=new_order_id, replaces=stop_order_id, parent_id=order.parentId or None,
+                    trail_amount=trail_amount, trail_percent=trail_percent, trail_stop=trail_stop)
+        await b._wait_ack([trade], order.orderRef, ("trailing_stop",))
+        return leg_state(trade)
+
     async def modify(self, order_id: int, *, quantity: float | None = None,
                      limit_price: float | None = None, stop_price: float | None = None,
-                     trail_amount: float | None = None, trail_percent: float | None = None,
-                     trail_stop: float | None = None, clear_parent: bool = False) -> LegState:
-        """Re-place `order_id` with the changes; the leg as IB confirmed it. A trail_* turns a
-        stop into a TRAIL order (trail_stop: its initial stop price). Raises ModifyRefused
-        (IB's code) or BrokerNotConnected."""
+                     clear_parent: bool = False) -> LegState:
+        """Re-place `order_id` with the changes (its type never changes: TWS refuses that,
+        329); the leg as IB confirmed it. A child of a filled parent goes with parentId 0.
+        Raises ModifyRefused (IB's code) or BrokerNotConnected."""
         b = self._broker
         b._require_ready()
         trade = b._trade_for(order_id)
@@ -89,18 +140,11 @@ class BracketOrders:
             order.lmtPrice = limit_price
         if stop_price is not None:
             order.auxPrice = stop_price
-        if trail_amount is not None or trail_percent is not None:
-            order.orderType = "TRAIL"
-            if trail_amount is not None:
-                order.auxPrice = trail_amount
-                order.trailingPercent = UNSET_DOUBLE
-            else:
-                order.auxPrice = UNSET_DOUBLE
-                order.trailingPercent = trail_percent
-            if trail_stop is not None:
-                order.trailStopPrice = trail_stop
-        if clear_parent:
-            order.parentId = 0
+        if stop_price is not None and (trade.order.orderType or "").startswith("TRAIL"):
+            order.auxPrice = trade.order.auxPrice   # a TRAIL's auxPrice is its trailing amount
+            order.trailStopPrice = stop_price       # ... its stop is trailStopPrice
+        if order.parentId and (clear_parent or self._parent_filled(order.parentId)):
+            order.parentId = 0   # a child of a filled parent is modified standalone (else 135)
         order.transmit = True
         confirmed = asyncio.Event()
         refused: list[tuple[int, str]] = []
@@ -128,8 +172,7 @@ class BracketOrders:
             except ConnectionError as e:
                 raise BrokerNotConnected(f"IB connection lost before the modify of {order_id}: {e}") from e
             log.info("ib_order_modify_sent", order_id=order_id, proposal_id=order.orderRef or None,
-                     quantity=quantity, limit_price=limit_price, stop_price=stop_price,
-                     trail_amount=trail_amount, trail_percent=trail_percent)
+                     quantity=quantity, limit_price=limit_price, stop_price=stop_price)
             try:
                 await asyncio.wait_for(confirmed.wait(), b.ack_timeout)
             except TimeoutError:
@@ -142,6 +185,9 @@ class BracketOrders:
         if refused:
             code, message = refused[0]
             log.warning("ib_order_modify_refused", order_id=order_id, code=code, message=message)
+            # the libraries mark the Trade cancelled or invalid while IB still works the order:
+            # IB's own word (openOrder + orderStatus again) puts it back
+            await self.resync()
             raise ModifyRefused(f"IB refused the modify of {order_id}: {code} {message}", code=code)
         if not b.ib.isConnected():
             raise BrokerNotConnected(f"IB connection lost while modifying {order_id}")

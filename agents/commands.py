@@ -348,8 +348,31 @@ class CommandDesk:
         self._bus.subscribe(OrderEvent, self._on_change, name="commands")
         self._bus.subscribe(Fill, self._on_change, name="commands")
 
-    async def _on_change(self, _msg: Any) -> None:
+    async def _on_change(self, msg: Any) -> None:
         self._changed.set()
+        if isinstance(msg, Fill) and msg.leg is not Leg.ENTRY:
+            self._software_oca(msg.proposal_id)
+
+    def _software_oca(self, proposal_id: str) -> None:
+        """An exit left the bracket flat with its entry done: what still works of its exits
+        (a standalone trailing stop outside the children's OCA group, a child IB's OCA did
+        not reach) would open a position the other way. Cancelled."""
+        book = self._execution.book(proposal_id)
+        if book is None or book.open_quantity > EPS or book.status.get(Leg.ENTRY) != "Filled":
+            return
+        for leg in (Leg.TAKE_PROFIT, Leg.STOP_LOSS):
+            oid = getattr(book.ids, leg.value)
+            if oid and book.status.get(leg) not in TERMINAL and self._orders.working(oid):
+                log.warning("exit_cancelled_flat", proposal_id=proposal_id, order_id=oid,
+                            leg=leg.value, code="SOFTWARE_OCA")
+                self._spawn(self._cancel_quietly(proposal_id, oid), f"oca:{oid}")
+
+    async def _cancel_quietly(self, proposal_id: str, order_id: int) -> None:
+        try:
+            await self._broker.cancel_order(order_id)
+        except BrokerError as e:
+            log.warning("exit_cancel_failed", proposal_id=proposal_id, order_id=order_id,
+                        code=e.code, error=e.message)
 
     # ------------------------------------------------------------------ intake
 
@@ -431,6 +454,15 @@ class CommandDesk:
                 leg = LegState(order_id=oid, status=st, filled=book.filled.get(Leg(name), 0.0))
             if leg is not None:
                 legs[name] = leg
+        if legs.get("stop_loss") is None or legs["stop_loss"].status in TERMINAL:
+            # the stop was replaced by an order followed as a guard (a trailing stop placed by
+            # an earlier run, a protective stop): the newest working one is the stop
+            for gid in reversed(list(book.guards)):
+                leg = self._orders.leg(gid)
+                if leg is not None and leg.status not in TERMINAL \
+                        and leg.order_type.startswith(("STP", "TRAIL")):
+                    ids["stop_loss"], legs["stop_loss"] = gid, leg
+                    break
         proposal = self._execution.proposal_of(proposal_id)
         tick, mult, market = 0.01, 1.0, None
         contract = self._governor._contract_for(proposal) if proposal is not None else None
@@ -440,10 +472,18 @@ class CommandDesk:
             q = snap.quotes.get(contract.con_id) if snap is not None else None
             if q is not None:
                 market = q.last or ((q.bid + q.ask) / 2 if q.bid and q.ask else None)
+        # IB's order status and the execution agent's book may be one event apart: the larger
+        def filled(name: str) -> float:
+            leg = legs.get(name)
+            return max(book.filled.get(Leg(name), 0.0), leg.filled if leg is not None else 0.0)
+
+        entry_filled = filled("entry")
+        held = max(0.0, entry_filled - filled("take_profit") - book.filled.get(Leg.STOP_LOSS, 0.0)
+                   - book.guard_filled)
         return BracketNow(
             proposal_id=proposal_id, agent_id=book.agent_id, symbol=book.symbol, side=book.side,
-            ids=ids, legs=legs, entry_filled=book.filled.get(Leg.ENTRY, 0.0),
-            held=book.open_quantity, closed=book.closed, proposal=proposal,
+            ids=ids, legs=legs, entry_filled=entry_filled,
+            held=held, closed=book.closed and held <= EPS, proposal=proposal,
             exits=dict(book.guards), tick=tick, multiplier=mult, market=market)
 
     async def _run(self, cmd: Command) -> None:
@@ -539,22 +579,29 @@ class CommandDesk:
             self._changed.clear()
             await self._changed.wait()
 
-    def _leg_status(self, proposal_id: str, leg: Leg) -> str:
+    def _order_status(self, proposal_id: str, order_id: int) -> str:
+        """An order of this bracket as the execution agent last heard of it from IB."""
         book = self._execution.book(proposal_id)
-        return book.status.get(leg, "") if book is not None else ""
+        if book is None or not order_id:
+            return ""
+        if order_id in book.guards:
+            return book.guards[order_id]
+        leg = book.leg_of(order_id)
+        return book.status.get(leg, "") if leg is not None else ""
 
-    async def _cancel(self, proposal_id: str, leg: Leg, order_id: int) -> None:
-        if self._leg_status(proposal_id, leg) in TERMINAL:
+    async def _cancel(self, proposal_id: str, order_id: int) -> None:
+        """Cancel one order of the bracket; returns once IB reports it ended."""
+        if not order_id or self._order_status(proposal_id, order_id) in TERMINAL:
             return
         await self._broker.cancel_order(order_id)
-        await self._until(lambda: self._leg_status(proposal_id, leg) in TERMINAL)
+        await self._until(lambda: self._order_status(proposal_id, order_id) in TERMINAL)
 
     async def _execute(self, cmd: Command, plan: Plan, now: BracketNow) -> str | None:
         """Carry the plan out; None when IB confirmed it all, else what went wrong."""
         pid, ids = cmd.proposal_id, now.ids
         orders = self._orders
         if plan.action == "cancel":
-            await self._cancel(pid, Leg.ENTRY, ids["entry"])
+            await self._cancel(pid, ids["entry"])
             book = self._execution.book(pid)
             if book is not None and book.filled.get(Leg.ENTRY, 0.0) > EPS:
                 return "the entry filled before the cancel reached IB; use close"
@@ -579,13 +626,31 @@ class CommandDesk:
                 await orders.modify(ids["take_profit"], limit_price=plan.take)
             return None
         if plan.action == "trail":
-            if not orders.working(ids["stop_loss"]):
-                return "the stop is not working at IB"
-            await orders.modify(ids["stop_loss"], trail_amount=plan.trail_amount,
-                                trail_percent=plan.trail_percent, trail_stop=plan.trail_stop)
-            return None
+            return await self._trail(pid, plan, now)
         assert plan.action == "close" and plan.close_quantity is not None
         return await self._close(cmd, plan.close_quantity, now)
+
+    async def _trail(self, pid: str, plan: Plan, now: BracketNow) -> str | None:
+        """Cancel / replace inside the bracket's OCA group, the new stop FIRST: a trailing stop
+        is placed (a child of the entry while it works, else standalone in the children's
+        named OCA group), it becomes the bracket's stop, and only once IB works it is the
+        old stop cancelled. There is no moment without a working stop."""
+        old = now.ids["stop_loss"]
+        stop = now.legs.get("stop_loss")
+        if stop is None or not self._orders.working(old):
+            return "the stop is not working at IB"
+        quantity = stop.quantity if now.entry_working else now.held
+        new = self._broker.allocate_order_id()
+        self._execution.replace_stop(pid, new)
+        try:
+            await self._orders.place_trailing_stop(
+                old, new, trail_amount=plan.trail_amount, trail_percent=plan.trail_percent,
+                trail_stop=plan.trail_stop, quantity=quantity)
+        except BrokerError:
+            self._execution.replace_stop(pid, old)   # the old stop is the stop again
+            raise
+        await self._cancel(pid, old)
+        return None
 
     async def _close(self, cmd: Command, qty: float, now: BracketNow) -> str | None:
         """A market exit of `qty`. Partial: the children shrink to what stays first (never
@@ -594,18 +659,19 @@ class CommandDesk:
         pid, ids, orders = cmd.proposal_id, now.ids, self._orders
         full = qty >= now.held - EPS
         if full and now.entry_working:   # nothing more may come in behind the close
-            await self._cancel(pid, Leg.ENTRY, ids["entry"])
+            await self._cancel(pid, ids["entry"])
             now = self.bracket_now(pid) or now
             qty = now.held
             if qty <= EPS:
                 return "nothing held once the entry was cancelled"
         if full:
-            await self._cancel(pid, Leg.TAKE_PROFIT, ids["take_profit"])
-        else:
+            await self._cancel(pid, ids["take_profit"])
+        else:   # each working child's total (what it filled included) covers what stays
             stays = now.held - qty
             for name in ("take_profit", "stop_loss"):
-                if orders.working(ids[name]):
-                    await orders.modify(ids[name], quantity=stays)
+                leg = now.legs.get(name)
+                if leg is not None and orders.working(ids[name]):
+                    await orders.modify(ids[name], quantity=leg.filled + stays)
         book = self._execution.book(pid)
         held_before = book.open_quantity if book is not None else now.held
         target = max(held_before - qty, 0.0)
@@ -621,7 +687,7 @@ class CommandDesk:
 
         await self._until(exited)
         if full:
-            await self._cancel(pid, Leg.STOP_LOSS, ids["stop_loss"])
+            await self._cancel(pid, ids["stop_loss"])
         return None
 
     async def _recover(self, cmd: Command) -> None:

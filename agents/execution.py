@@ -227,6 +227,24 @@ class ExecutionAgent:
         book.guards[order_id] = "PendingSubmit"
         self._by_order[order_id] = (proposal_id, Leg.STOP_LOSS)
 
+    def replace_stop(self, proposal_id: str, order_id: int) -> None:
+        """A new stop order (a trailing stop replacing the stop: TWS changes no order's type) is
+        the bracket's stop from now on; the old one is followed as a guard until it ends."""
+        book = self._brackets[proposal_id]
+        old = book.ids.stop_loss
+        was = book.guards.pop(order_id, None)      # back from a guard (a replace undone)
+        filled = book.guard_fills.pop(order_id, 0.0)
+        if old:
+            book.guards[old] = book.status.get(Leg.STOP_LOSS, "")
+            if book.filled.get(Leg.STOP_LOSS):
+                book.guard_fills[old] = book.filled[Leg.STOP_LOSS]
+                book.guard_filled = sum(book.guard_fills.values())
+        book.ids = book.ids.model_copy(update={"stop_loss": order_id})
+        book.status[Leg.STOP_LOSS] = was or "PendingSubmit"
+        book.filled[Leg.STOP_LOSS] = filled
+        book.guard_filled = sum(book.guard_fills.values())
+        self._by_order[order_id] = (proposal_id, Leg.STOP_LOSS)
+
     def has_intent(self, proposal_id: str) -> bool:
         return proposal_id in self._intents or proposal_id in self._brackets
 
@@ -651,8 +669,9 @@ class ExecutionAgent:
             placed=True,
         )
         # standalone live orders with this ref (guards placed by an earlier run)
-        for u in legs:
-            if u.order_id and u.order_id not in (entry, take, stop) and not u.parent_id:
+        for u in legs:   # (a trailing stop that replaced the stop may be a child of the entry)
+            if u.order_id and u.order_id not in (entry, take, stop) \
+                    and (not u.parent_id or u.parent_id == entry):
                 book.guards[u.order_id] = ""
         self._track(book)
         for gid in book.guards:

@@ -172,9 +172,16 @@ async def test_trail_locks_a_profit_as_the_price_moves(mosquitto, paper_tws_proc
         # falls through it and the stop fills above the entry
         for px in (232.0, 235.0, 238.0):
             await tws.set_price("AAPL", px)
-        await wait_for_tws(tws, lambda s: any(
-            o["orderId"] == ids["stop_loss"] and (o.get("trailStopPrice") or 0) >= 236.0 - 1e-6
-            for o in s["orders"]))
+        trail_id = stop["order_id"]
+        assert trail_id != ids["stop_loss"], "a new order: TWS changes no order's type"
+        try:
+            await wait_for_tws(tws, lambda s: any(
+                o["orderId"] == trail_id and (o.get("trailStopPrice") or 0) >= 236.0 - 1e-6
+                for o in s["orders"]), timeout=5.0)
+        except TimeoutError:
+            raise AssertionError(json.dumps((await orders_by_ref(tws, {pid}))[pid])) from None
+        old = next(o for o in (await orders_by_ref(tws, {pid}))[pid] if o["orderId"] == ids["stop_loss"])
+        assert old["status"] in ("Cancelled", "ApiCancelled"), old
         await tws.set_price("AAPL", 235.5)
         fill = await agent.wait_topic(f"orders/{AGENT}", lambda m: m.get("type") == "fill"
                                       and m.get("proposal_id") == pid and m.get("leg") == "stop_loss")
