@@ -212,6 +212,10 @@ class ExecutionAgent:
         """The bracket this run follows for proposal_id (placed, adopted), else None."""
         return self._brackets.get(proposal_id)
 
+    def books(self) -> list[Bracket]:
+        """Every bracket this run follows (the operator's flatten walks them)."""
+        return list(self._brackets.values())
+
     def proposal_of(self, proposal_id: str) -> Any:
         """The proposal a bracket was placed for (from its intent), else None."""
         from bracketgate.bus.messages import TradeProposal

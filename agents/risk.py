@@ -392,6 +392,8 @@ class RiskGovernor:
         self._agent_buckets: dict[str, TokenBucket] = {}
         self._agent_order_buckets: dict[str, TokenBucket] = {}
         self._replays = _Replays()
+        # (agent_id | None, symbol | None): halted by a scoped flatten until resume
+        self.scoped_halts: set[tuple[str | None, str | None]] = set()
         self._apply_limits(limits)
 
     # ================================================================== limits
@@ -571,8 +573,16 @@ class RiskGovernor:
         return event
 
     def on_control(self, cmd: ControlCommand) -> TradingStateChanged | None:
+        if cmd.action == "flatten" and (cmd.agent_id is not None or cmd.symbol is not None):
+            # a scoped flatten halts only its scope (agents/flatten.py); the rest trades on
+            self.scoped_halts.add((cmd.agent_id, cmd.symbol))
+            log.warning("trading_halted_scoped", agent_id=cmd.agent_id, symbol=cmd.symbol,
+                        reason=cmd.reason, by=cmd.by)
+            return None
+        if cmd.action == "resume":
+            self.scoped_halts.clear()
         new = {"halt": TradingState.HALTED, "reduce": TradingState.REDUCING,
-               "resume": TradingState.ACTIVE}[cmd.action]
+               "resume": TradingState.ACTIVE, "flatten": TradingState.HALTED}[cmd.action]
         reason = f"{cmd.action} by {cmd.by}" + (f": {cmd.reason}" if cmd.reason else "")
         if new is TradingState.ACTIVE:
             # resume re-bases the drawdown: it is measured from here on
@@ -734,6 +744,8 @@ class RiskGovernor:
         gate = view.connection_gate or gate_freshness(
             math.inf if view.oldest is None else (now - view.oldest).total_seconds(), lim
         ) or view.values_gate or gate_trading_state(self._state)
+        if gate is None and self.scoped_halts:
+            gate = _scoped_halt(self.scoped_halts, p)
         if gate is None:
             gate = gate_numbers(p)   # never arithmetic on a number it cannot take
         if gate is not None:
@@ -1261,6 +1273,16 @@ class RiskGovernor:
         ev = self.on_control(cmd)
         if ev is not None:
             await self._require_bus().publish(ev)
+
+
+def _scoped_halt(halts: set[tuple[str | None, str | None]], p: TradeProposal) -> Reason | None:
+    """TRADING_HALTED for a proposal inside a scoped flatten's halt (agent, symbol or both)."""
+    for agent, symbol in halts:
+        if (agent is None or agent == p.agent_id) and (symbol is None or symbol == p.symbol):
+            scope = " ".join(f"{k} {v}" for k, v in (("agent", agent), ("symbol", symbol)) if v)
+            return deny(DenialCode.TRADING_HALTED, value=f"HALTED ({scope})",
+                        detail=f"a flatten halted {scope}")
+    return None
 
 
 class _Replays:

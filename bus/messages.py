@@ -545,9 +545,18 @@ class TradingStateChanged(Message):
 
 
 class ControlCommand(Message):
-    action: Literal["halt", "reduce", "resume"]
+    action: Literal["halt", "reduce", "resume", "flatten"]
     reason: str = ""
     by: str = "operator"
+    # flatten only (agents/flatten.py): scoped to one agent's / one symbol's brackets
+    agent_id: AgentId | None = None
+    symbol: Symbol | None = None
+
+    @model_validator(mode="after")
+    def _scope(self) -> ControlCommand:
+        if self.action != "flatten" and (self.agent_id is not None or self.symbol is not None):
+            raise ValueError("agent_id / symbol scope only a flatten")
+        return self
 
 
 class Status(Message):

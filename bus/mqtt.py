@@ -8,6 +8,7 @@ Out  RiskDecision, CommandAnswer  -> {prefix}/decisions/{agent_id}  QoS 1
      PortfolioSnapshot            -> {prefix}/portfolio             QoS 0, retained, latest, rate-limited
      Status                       -> {prefix}/status                QoS 1, retained; will {"state":"offline"}
      TradingStateChanged, Alert   -> {prefix}/events                QoS 1, "type": trading_state|alert
+     FlattenReport                -> {prefix}/events                QoS 1, "type": flatten
 
 A proposal is acknowledged (PUBACK) only once it is durable: the `on_proposal` hook (the daemon
 journals it) has returned and it is on the bus, or its answer is. Until then it stays in the
@@ -48,7 +49,7 @@ from pydantic import ValidationError
 
 from bracketgate.bus.auth import Authenticator, Refusal
 from bracketgate.bus.bus import Bus, BusState, Overflow, Subscription
-from bracketgate.bus.commands import CommandAnswer
+from bracketgate.bus.commands import CommandAnswer, FlattenReport
 from bracketgate.bus.errors import BusError, ConfigError, LifecycleError, MqttError, MqttNotConnected
 from bracketgate.bus.messages import (
     DENIAL_MESSAGES,
@@ -435,6 +436,7 @@ class MqttBridge:
             bus.subscribe(TradingStateChanged, self._on_event, name="mqtt"),
             bus.subscribe(Alert, self._on_event, name="mqtt"),
             bus.subscribe(CommandAnswer, self._on_command_answer, name="mqtt"),
+            bus.subscribe(FlattenReport, self._on_flatten_report, name="mqtt"),
         ]
 
     async def start(self) -> None:
@@ -794,6 +796,9 @@ class MqttBridge:
         self._enqueue(_Outgoing(self.topics.decisions(answer.agent_id),
                                 answer.model_dump_json().encode(), 1, False,
                                 answer.proposal_id, answer.agent_id))
+
+    async def _on_flatten_report(self, report: FlattenReport) -> None:
+        self._enqueue(_Outgoing(self.topics.events, _typed_json("flatten", report), 1, False))
 
     async def _command(self, agent: str, payload: bytes, *, retained: bool) -> None:
         """A bracket lifecycle command: checked like a proposal (bus/command_intake.py), made

@@ -195,6 +195,11 @@ class Daemon:
             desk = CommandDesk(bus, governor, execution, broker, BracketOrders(broker),
                                journal=CommandJournal(journal), clock=self.clock)
             desk.attach()
+            from bracketgate.agents.flatten import Flattener
+
+            flattener = Flattener(bus, desk, execution, clock=self.clock)
+            flattener.attach()
+            _attach_flatten_journal(bus, journal)
 
             # a proposal is acknowledged to the broker only once journaled (FULL), see bus/mqtt.py
             bridge = MqttBridge(s, bus, self.clock, url=bridge_url or self.mqtt_url,
@@ -267,6 +272,7 @@ class Daemon:
             await _step("governor_in_flight", governor.aclose(), 10.0)
             await _step("placements_in_flight", execution.wait_idle(10.0), 11.0)
             await _step("commands_in_flight", desk.wait_idle(10.0), 11.0)
+            await _step("flatten_in_flight", flattener.wait_idle(20.0), 21.0)
             try:
                 await bus.drain(5.0)
             except Exception as e:  # a drain timeout must not block the exit
@@ -611,6 +617,17 @@ def _attach_journal(bus: Any, journal: Any) -> None:
 
 
 _AUTH_CODES = frozenset({"AUTH_REQUIRED", "BAD_SIGNATURE", "SIGNATURE_REPLAYED"})
+
+
+def _attach_flatten_journal(bus: Any, journal: Any) -> None:
+    """What a flatten did (agents/flatten.py) goes to the journal as it crosses the bus."""
+    from bracketgate.bus.commands import FlattenReport
+
+    async def report(msg: FlattenReport) -> None:
+        await journal.record("note", payload={"flatten": msg.model_dump(mode="json")},
+                             durable=True)
+
+    bus.subscribe(FlattenReport, report, name="journal.flatten")
 
 
 def main(argv: list[str]) -> int:

@@ -186,3 +186,74 @@ async def test_trail_locks_a_profit_as_the_price_moves(mosquitto, paper_tws_proc
         fill = await agent.wait_topic(f"orders/{AGENT}", lambda m: m.get("type") == "fill"
                                       and m.get("proposal_id") == pid and m.get("leg") == "stop_loss")
         assert fill["price"] > 230.0, fill
+
+
+def msft(pid: str, agent_qty: int = 5) -> dict[str, Any]:
+    """BUY MSFT at 420 with MSFT at 420: fills on arrival."""
+    return resting(pid, symbol="MSFT", quantity=agent_qty, limit_price=420.0, take_profit=428.0,
+                   stop_loss=416.0)
+
+
+async def held_at_tws(tws: Any) -> dict[str, float]:
+    return _held(await tws.state())
+
+
+def _held(st: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for p in st.get("positions", []):
+        qty = p.get("position", p.get("quantity", 0.0))
+        if abs(qty) > 1e-9:
+            out[p["symbol"]] = out.get(p["symbol"], 0.0) + qty
+    return out
+
+
+async def test_flatten_scoped_then_everything(mosquitto, paper_tws_process, tmp_path):
+    from tests.e2e.test_risk_e2e import operator
+
+    tws = paper_tws_process
+    async with running(mosquitto, tws, tmp_path) as (d, agent):
+        rest, a_aapl, a_msft = (f"{t}-{uuid.uuid4().hex[:6]}" for t in ("rest", "aapl", "msft"))
+        await open_bracket(agent, rest, resting(rest))
+        await open_bracket(agent, a_aapl, marketable(a_aapl))
+        await open_bracket(agent, a_msft, msft(a_msft))
+        b_msft = f"bmsft-{uuid.uuid4().hex[:6]}"
+        await agent.propose(OTHER, msft(b_msft, 3))
+        assert (await agent.decision(OTHER, b_msft))["verdict"] == "approved"
+        await wait_for_tws(tws, lambda s: _held(s) == {"AAPL": 10.0, "MSFT": 8.0})
+
+        # alpha only: its entry cancelled, its positions closed, beta's untouched
+        rc, report = await operator(d, "flatten", "--agent", AGENT, "--reason", "bad morning",
+                                    timeout=40.0)
+        assert rc == 0, report
+        assert report["agent_id"] == AGENT and report["failed"] == {}, report
+        assert report["cancelled_entries"] == [rest], report
+        assert report["closed"] == {a_aapl: 10.0, a_msft: 5.0}, report
+        assert len(report["stops_cancelled"]) == 2, report
+        held = await held_at_tws(tws)
+        assert held == {"MSFT": 3.0}, held
+        placed = await orders_by_ref(tws, {rest, a_aapl, a_msft, b_msft})
+        for ref in (rest, a_aapl, a_msft):
+            live = [o for o in placed[ref] if o["status"] not in ("Cancelled", "ApiCancelled", "Filled")]
+            assert not live, (ref, live)
+        assert any(o["status"] == "Submitted" for o in placed[b_msft]), "beta keeps its stop"
+
+        # a scoped halt: alpha is refused, beta still trades
+        late = f"late-{uuid.uuid4().hex[:6]}"
+        await agent.propose(AGENT, resting(late))
+        dec = await agent.decision(AGENT, late)
+        assert dec["verdict"] == "rejected" and codes(dec) == {"TRADING_HALTED"}, json.dumps(dec)
+        ok = f"ok-{uuid.uuid4().hex[:6]}"
+        await agent.propose(OTHER, resting(ok))
+        assert (await agent.decision(OTHER, ok))["verdict"] == "approved"
+
+        # everything: HALTED, beta's entry cancelled, its position closed
+        rc, report = await operator(d, "flatten", timeout=40.0)
+        assert rc == 0, report
+        assert report["cancelled_entries"] == [ok] and report["closed"] == {b_msft: 3.0}, report
+        assert await held_at_tws(tws) == {}
+        status = await agent.wait_topic("status", lambda s: s.get("trading_state") == "HALTED")
+        assert status
+        rc, _ = await operator(d, "resume")
+        assert rc == 0
+    notes = [e for e in d.logs if e.get("event") == "flatten_done"]
+    assert len(notes) == 2
