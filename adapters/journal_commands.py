@@ -8,7 +8,10 @@ has. The table lives in the journal's file, created on first use (no schema migr
 older daemon ignores it).
 
     commands(agent_id, command_id) -> proposal_id, action, request JSON, received_ts,
-                                      answer JSON (NULL while in flight), answered_ts
+                                      answer JSON (NULL while in flight), answered_ts,
+                                      delivered_ts (the broker acknowledged the answer)
+An answer journaled and never acknowledged by the broker (the daemon died in between) is
+published again at the next start (`undelivered`).
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ _CREATE = (
     "CREATE TABLE IF NOT EXISTS commands ("
     " agent_id TEXT NOT NULL, command_id TEXT NOT NULL, proposal_id TEXT NOT NULL,"
     " action TEXT NOT NULL, request TEXT NOT NULL, received_ts TEXT NOT NULL,"
-    " answer TEXT, answered_ts TEXT, PRIMARY KEY (agent_id, command_id)) WITHOUT ROWID"
+    " answer TEXT, answered_ts TEXT, delivered_ts TEXT,"
+    " PRIMARY KEY (agent_id, command_id)) WITHOUT ROWID"
 )
 _UNANSWERED_INDEX = ("CREATE INDEX IF NOT EXISTS commands_unanswered ON commands(received_ts)"
-                     " WHERE answer IS NULL")
+                     " WHERE answer IS NULL OR delivered_ts IS NULL")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +42,12 @@ class CommandRow:
     action: str
     request: dict[str, Any]
     answer: dict[str, Any] | None
+    delivered: bool = False     # the broker acknowledged the answer
 
 
 def _row(r: tuple[Any, ...]) -> CommandRow:
     return CommandRow(r[0], r[1], r[2], r[3], json.loads(r[4]),
-                      None if r[5] is None else json.loads(r[5]))
+                      None if r[5] is None else json.loads(r[5]), r[6] is not None)
 
 
 class CommandJournal:
@@ -71,7 +76,8 @@ class CommandJournal:
 
         def run(conn: sqlite3.Connection) -> CommandRow | None:
             hit = conn.execute(
-                "SELECT agent_id, command_id, proposal_id, action, request, answer FROM commands"
+                "SELECT agent_id, command_id, proposal_id, action, request, answer, delivered_ts"
+                " FROM commands"
                 " WHERE agent_id = ? AND command_id = ?",
                 (command.agent_id, command.command_id)).fetchone()
             if hit is not None:
@@ -99,17 +105,39 @@ class CommandJournal:
     async def get(self, agent_id: str, command_id: str) -> CommandRow | None:
         def run(conn: sqlite3.Connection) -> CommandRow | None:
             hit = conn.execute(
-                "SELECT agent_id, command_id, proposal_id, action, request, answer FROM commands"
+                "SELECT agent_id, command_id, proposal_id, action, request, answer, delivered_ts"
+                " FROM commands"
                 " WHERE agent_id = ? AND command_id = ?", (agent_id, command_id)).fetchone()
             return None if hit is None else _row(hit)
 
         return await self._run(run)
 
+    async def delivered(self, keys: list[tuple[str, str]]) -> None:
+        """The broker has these answers (PUBACK): (agent_id, command_id) each."""
+        ts = self._journal.clock.now().isoformat()
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany("UPDATE commands SET delivered_ts = ? WHERE agent_id = ? AND"
+                             " command_id = ? AND delivered_ts IS NULL AND answer IS NOT NULL",
+                             [(ts, a, c) for a, c in keys])
+
+        await self._run(run)
+
+    async def undelivered(self) -> list[CommandAnswer]:
+        """Answers journaled that the broker never acknowledged, oldest first."""
+        def run(conn: sqlite3.Connection) -> list[str]:
+            return [r[0] for r in conn.execute(
+                "SELECT answer FROM commands WHERE answer IS NOT NULL AND delivered_ts IS NULL"
+                " ORDER BY answered_ts")]
+
+        return [CommandAnswer.model_validate_json(a) for a in await self._run(run)]
+
     async def unanswered(self) -> list[CommandRow]:
         """Commands received and never answered (the daemon stopped in between), oldest first."""
         def run(conn: sqlite3.Connection) -> list[CommandRow]:
             return [_row(r) for r in conn.execute(
-                "SELECT agent_id, command_id, proposal_id, action, request, answer FROM commands"
+                "SELECT agent_id, command_id, proposal_id, action, request, answer, delivered_ts"
+                " FROM commands"
                 " WHERE answer IS NULL ORDER BY received_ts")]
 
         return await self._run(run)

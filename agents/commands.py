@@ -47,7 +47,7 @@ from bracketgate.bus.commands import (
     LegState,
     TrailCommand,
 )
-from bracketgate.bus.errors import BrokerError
+from bracketgate.bus.errors import BrokerError, BrokerNotConnected
 from bracketgate.bus.messages import (
     DENIAL_MESSAGES,
     DenialCode,
@@ -70,6 +70,8 @@ D = DenialCode
 TERMINAL = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
 EPS = 1e-9
 COMMAND_TIMEOUT_S = 10.0   # how long IB has to confirm all of one command's steps
+RECONNECT_WAIT_S = 15.0    # a command cut by a lost connection: how long IB may take to be back
+REDELIVERY_WINDOW_S = 60.0  # a recovered command's redelivery within this: not answered twice
 
 # what still applies to a risk-raising change once the entry has filled (see module doc)
 FILLED_CHECKS = frozenset({
@@ -343,6 +345,8 @@ class CommandDesk:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._memory: dict[tuple[str, str], tuple[dict[str, Any], CommandAnswer | None]] = {}
         self._changed = asyncio.Event()
+        self._recovered: dict[tuple[str, str], float] = {}   # answered at start-up -> when
+        self._sent_again: set[tuple[str, str]] = set()       # undelivered answers re-sent
 
     def attach(self) -> None:
         self._bus.subscribe(OrderEvent, self._on_change, name="commands")
@@ -380,10 +384,12 @@ class CommandDesk:
         """The bridge's hook: durable (journal) before it returns; the command runs as a task."""
         key = (cmd.agent_id, cmd.command_id)
         request = cmd.model_dump(mode="json")
+        undelivered = False
         if self._journal is not None:
             row = await self._journal.take(cmd)
             seen = None if row is None else (row.request, None if row.answer is None
                                              else CommandAnswer.model_validate(row.answer))
+            undelivered = row is not None and row.answer is not None and not row.delivered
         else:
             seen = self._memory.get(key)
             if seen is None:
@@ -400,19 +406,46 @@ class CommandDesk:
                                                             field_="command_id")]))
             return
         if answer is not None:
+            recovered_at = self._recovered.pop(key, None)
+            if recovered_at is not None and self._clock.monotonic() - recovered_at < REDELIVERY_WINDOW_S:
+                # the broker's redelivery of a command this run answered from IB's state at
+                # start-up: that answer went out already (the agent gets one)
+                log.info("command_redelivery_after_recovery", command_id=cmd.command_id,
+                         agent_id=cmd.agent_id)
+                return
             log.info("command_repeated", command_id=cmd.command_id, agent_id=cmd.agent_id,
                      verdict=answer.verdict.value)
+            if undelivered:   # an earlier run's answer the broker never had: sent here, so
+                self._sent_again.add(key)   # start-up's recover() does not send it twice
             await self._bus.publish(answer)
         elif key not in self._running:   # journaled by a run that died before answering
             self._spawn(self._recover(cmd), f"command-recover:{cmd.command_id}")
 
+    async def delivered(self, keys: list[tuple[str, str]]) -> None:
+        """The broker acknowledged these answers ((agent_id, command_id) each)."""
+        if self._journal is not None:
+            await self._journal.delivered(keys)
+
     async def recover(self) -> int:
-        """At start-up (IB reconciled): answer, from what IB has, each command an earlier run
-        took in and never answered. Never acted on again."""
+        """At start-up (IB reconciled): publish again the answers an earlier run journaled and
+        the broker never acknowledged; answer, from what IB has, each command an earlier run
+        took in and never answered (never acted on again); leave no bracket with a stop that
+        covers less than it holds, nor exits working on a flat bracket."""
+        for book in list(self._execution.books()):
+            self._software_oca(book.proposal_id)
+            await self._reprotect(book.proposal_id)
         if self._journal is None:
             return 0
         from bracketgate.bus.commands import parse_command
 
+        for answer in await self._journal.undelivered():
+            key = (answer.agent_id, answer.command_id)
+            if key in self._sent_again or key in self._recovered:   # sent here already (its
+                continue                                          # redelivery came first)
+            self._recovered[key] = self._clock.monotonic()
+            log.info("command_answer_republished", command_id=answer.command_id,
+                     agent_id=answer.agent_id, proposal_id=answer.proposal_id)
+            await self._bus.publish(answer)
         rows = await self._journal.unanswered()
         for row in rows:
             try:
@@ -447,11 +480,16 @@ class CommandDesk:
         ids = {"entry": book.ids.entry, "take_profit": book.ids.take_profit,
                "stop_loss": book.ids.stop_loss}
         legs: dict[str, LegState] = {}
+        proposal = self._execution.proposal_of(proposal_id)
         for name, oid in ids.items():
             leg = self._orders.leg(oid) if oid else None
-            if leg is None and oid:   # IB's word through the book (completed orders)
-                st = book.status.get(Leg(name), "")
-                leg = LegState(order_id=oid, status=st, filled=book.filled.get(Leg(name), 0.0))
+            if leg is None and oid:   # IB's word through the book (a completed order: IB
+                st = book.status.get(Leg(name), "")   # reports it without its order id)
+                p = proposal if name == "entry" else None
+                leg = LegState(order_id=oid, status=st, filled=book.filled.get(Leg(name), 0.0),
+                               order_type=p.order_type.value if p is not None else "",
+                               quantity=float(p.quantity) if p is not None else 0.0,
+                               limit_price=p.limit_price if p is not None else None)
             if leg is not None:
                 legs[name] = leg
         if legs.get("stop_loss") is None or legs["stop_loss"].status in TERMINAL:
@@ -463,7 +501,6 @@ class CommandDesk:
                         and leg.order_type.startswith(("STP", "TRAIL")):
                     ids["stop_loss"], legs["stop_loss"] = gid, leg
                     break
-        proposal = self._execution.proposal_of(proposal_id)
         tick, mult, market = 0.01, 1.0, None
         contract = self._governor._contract_for(proposal) if proposal is not None else None
         if contract is not None:
@@ -513,11 +550,16 @@ class CommandDesk:
         log.info("command_decision", action=cmd.action, verdict="accepted",
                  raises_risk=plan.raises_risk, worst_case_loss=plan.worst_case)
         try:
-            failure = await asyncio.wait_for(self._execute(cmd, plan, now), self.timeout_s)
-        except TimeoutError:
-            failure = f"IB did not confirm every step within {self.timeout_s}s"
-        except BrokerError as e:
-            failure = f"{e.message} (code {e.code})" if e.code is not None else e.message
+            try:
+                failure = await asyncio.wait_for(self._execute(cmd, plan, now), self.timeout_s)
+            except TimeoutError:
+                failure = f"IB did not confirm every step within {self.timeout_s}s"
+            except BrokerNotConnected as e:
+                failure = await self._after_reconnect(cmd, e)
+            except BrokerError as e:
+                failure = f"{e.message} (code {e.code})" if e.code is not None else e.message
+            if failure is not None:
+                await self._reprotect(cmd.proposal_id)
         finally:
             self._inflight.pop(cmd.proposal_id, None)
         after = self.bracket_now(cmd.proposal_id) or now
@@ -690,6 +732,44 @@ class CommandDesk:
             await self._cancel(pid, ids["stop_loss"])
         return None
 
+    async def _after_reconnect(self, cmd: Command, e: BrokerError) -> str | None:
+        """The connection dropped in the middle: what IB did is unknown until it is back and
+        reconciled. Wait (bounded), then answer what IB has: accepted when IB shows what the
+        command asked for, else COMMAND_FAILED (never a guess, never a second send)."""
+        log.warning("command_uncertain", action=cmd.action, error=e.message,
+                    wait_s=RECONNECT_WAIT_S)
+        wait_ready = getattr(self._broker, "wait_ready", None)
+        if wait_ready is None or not await wait_ready(RECONNECT_WAIT_S):
+            return f"IB connection lost and not back within {RECONNECT_WAIT_S}s: {e.message}"
+        now = self.bracket_now(cmd.proposal_id)
+        if now is not None and _reached(cmd, now):
+            log.info("command_settled_by_reconcile", action=cmd.action)
+            return None
+        return f"IB connection lost during the command; IB did not take it: {e.message}"
+
+    async def _reprotect(self, proposal_id: str) -> None:
+        """After a command failed or was cut (a partial close whose children shrank before
+        its exit went out): the stop covers at least what the bracket holds again."""
+        now = self.bracket_now(proposal_id)
+        if now is None or now.held <= EPS:
+            return
+        stop = now.legs.get("stop_loss")
+        oid = now.ids.get("stop_loss", 0)
+        if stop is None or not self._orders.working(oid) or stop.quantity - stop.filled >= now.held - EPS:
+            return
+        log.error("stop_undersized", proposal_id=proposal_id, order_id=oid, held=now.held,
+                  stop_quantity=stop.quantity - stop.filled, code="STOP_UNDERSIZED",
+                  action="resized to what is held")
+        try:
+            await self._orders.modify(oid, quantity=stop.filled + now.held)
+            take = now.legs.get("take_profit")
+            tid = now.ids.get("take_profit", 0)
+            if take is not None and self._orders.working(tid) and take.quantity - take.filled < now.held - EPS:
+                await self._orders.modify(tid, quantity=take.filled + now.held)
+        except BrokerError as e:
+            log.error("stop_resize_failed", proposal_id=proposal_id, order_id=oid, code=e.code,
+                      error=e.message)
+
     async def _recover(self, cmd: Command) -> None:
         """A command an earlier run took in and did not answer: answered from what IB has now
         (accepted when IB shows what it asked for, else COMMAND_FAILED), never re-sent."""
@@ -709,6 +789,10 @@ class CommandDesk:
             log.warning("command_recovered", command_id=cmd.command_id, action=cmd.action,
                         verdict="accepted" if not reasons else "rejected",
                         codes=[r.code.value for r in reasons])
+            if now is not None:
+                await self._reprotect(cmd.proposal_id)
+                now = self.bracket_now(cmd.proposal_id) or now
+            self._recovered[key] = self._clock.monotonic()
             await self._finish(cmd, self._answer(cmd, reasons, now))
         finally:
             self._running.discard(key)

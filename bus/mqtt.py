@@ -322,7 +322,8 @@ DecisionHook = Callable[[RiskDecision], Awaitable[None]]
 # (one encode per decision, and what the agent gets is byte for byte what is on record)
 DecisionsHook = Callable[[list[RiskDecision]], Awaitable[list[bytes] | None]]
 # after the broker acknowledged (PUBACK) decisions or fills, those acknowledged meanwhile together:
-# each (kind "decision" | "fill", proposal_id, agent_id, key: the fill's exec_id, "" for a decision)
+# each (kind "decision" | "fill" | "command", proposal_id, agent_id, key: the fill's exec_id, a
+# command answer's command_id, "" for a decision)
 Delivery = tuple[str, str, str, str]
 DeliveredHook = Callable[[list[Delivery]], Awaitable[None]]
 # A bracket lifecycle command (bus/commands.py): made durable and handed on; raising means
@@ -795,7 +796,8 @@ class MqttBridge:
     async def _on_command_answer(self, answer: CommandAnswer) -> None:
         self._enqueue(_Outgoing(self.topics.decisions(answer.agent_id),
                                 answer.model_dump_json().encode(), 1, False,
-                                answer.proposal_id, answer.agent_id))
+                                answer.proposal_id, answer.agent_id,
+                                delivery=("command", answer.command_id)))
 
     async def _on_flatten_report(self, report: FlattenReport) -> None:
         self._enqueue(_Outgoing(self.topics.events, _typed_json("flatten", report), 1, False))

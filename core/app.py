@@ -206,7 +206,7 @@ class Daemon:
                                 on_command=desk.take_in,
                                 on_proposals=_journal_proposal(journal),
                                 on_decisions=_journal_decision(journal),
-                                on_delivered=_journal_delivery(journal),
+                                on_delivered=_journal_delivery(journal, desk),
                                 seen_id=_journal_knows(journal),
                                 authenticator=_authenticator(governor))
             # on the bus before the first reconcile, so what it publishes (fills missed while
@@ -580,11 +580,18 @@ def _journal_decision(journal: Any) -> Any:
 _DELIVERED_DECISION = encode_payload({"delivered": "decision"})   # the same payload every time
 
 
-def _journal_delivery(journal: Any) -> Any:
+def _journal_delivery(journal: Any, desk: Any = None) -> Any:
     """The bridge's delivery hook: the broker has these decisions and fills (PUBACK); one
-    journal operation for all of them."""
+    journal operation for all of them (command answers: the commands table's)."""
 
     async def delivered(deliveries: list[tuple[str, str, str, str]]) -> None:
+        answers = [(aid, key) for kind, _, aid, key in deliveries if kind == "command"]
+        if answers:
+            if desk is not None:
+                await desk.delivered(answers)
+            deliveries = [d for d in deliveries if d[0] != "command"]
+            if not deliveries:
+                return
         if any(kind == "decision" for kind, *_ in deliveries):
             crash_point("decision_delivered")
         await journal.record_many([
