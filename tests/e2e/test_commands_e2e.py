@@ -257,3 +257,49 @@ async def test_flatten_scoped_then_everything(mosquitto, paper_tws_process, tmp_
         assert rc == 0
     notes = [e for e in d.logs if e.get("event") == "flatten_done"]
     assert len(notes) == 2
+
+
+async def test_signed_commands_and_the_agents_file(mosquitto, paper_tws_process, tmp_path):
+    """With an agents file holding alpha's key: an unsigned or forged command is refused with
+    its code and does nothing; a signed one is carried out; a disabled agent is refused."""
+    from bracketgate.bus.auth import sign
+    from tests.e2e.test_agents_e2e import write_agents
+
+    key = "alpha-e2e-key-" + "k" * 16
+    tws = paper_tws_process
+    agents = write_agents(tmp_path / "agents.toml", {AGENT: {"key": key}, OTHER: {"enabled": False}})
+    async with running(mosquitto, tws, tmp_path, env={"AGENTS_FILE": str(agents)}) as (d, probe):
+        pid = f"sig-{uuid.uuid4().hex[:8]}"
+        ptopic = f"{d.prefix}/proposals/{AGENT}"
+        await probe.client.publish(ptopic, sign(key.encode(), ptopic, json.dumps(resting(pid))), qos=1)
+        assert (await probe.decision(AGENT, pid))["verdict"] == "approved"
+        ctopic = f"{d.prefix}/commands/{AGENT}"
+
+        async def send(payload: bytes | str, cid: str) -> dict[str, Any]:
+            mark = probe.mark()
+            await probe.client.publish(ctopic, payload, qos=1)
+            return await probe.wait_topic(f"decisions/{AGENT}",
+                                          lambda m: m.get("command_id") == cid, since=mark)
+
+        body = {"command_id": "s-1", "action": "amend", "proposal_id": pid, "stop_loss": 197.0}
+        ans = await send(json.dumps(body), "s-1")
+        assert codes(ans) == {"AUTH_REQUIRED"}, json.dumps(ans)
+        ans = await send(sign(b"not-alpha-key-0123456789", ctopic, json.dumps(body)), "s-1")
+        assert codes(ans) == {"BAD_SIGNATURE"}, json.dumps(ans)
+        stop = next(o for o in (await orders_by_ref(tws, {pid}))[pid] if o["orderType"] == "STP")
+        assert stop["auxPrice"] == pytest.approx(196.0), "nothing changed"
+        # the forger did not burn the id: the genuine agent's s-1 is carried out
+        ans = await send(sign(key.encode(), ctopic, json.dumps(body)), "s-1")
+        assert ans["verdict"] == "accepted", json.dumps(ans)
+        assert ans["legs"]["stop_loss"]["stop_price"] == pytest.approx(197.0)
+        # a disabled agent (no key, unsigned is fine for it) is refused like its proposals
+        mark = probe.mark()
+        await probe.publish(f"commands/{OTHER}", {"command_id": "b-1", "action": "cancel",
+                                                  "proposal_id": pid})
+        ans = await probe.wait_topic(f"decisions/{OTHER}", lambda m: m.get("command_id") == "b-1",
+                                     since=mark)
+        assert codes(ans) == {"AGENT_DISABLED"}, json.dumps(ans)
+        # too large, not JSON: invalid, answered
+        ans = await send(b'{"command_id": "big-1", "action": "cancel", "x": "' + b"x" * 70_000 + b'"}',
+                         "big-1")
+        assert ans["verdict"] == "invalid" and codes(ans) == {"PAYLOAD_TOO_LARGE"}, json.dumps(ans)[:300]
