@@ -131,19 +131,9 @@ class CommandAnswer(Message):
     ts: datetime
 
 
-class FlattenCommand(Message):
-    """The operator's flatten (`run.py flatten`, control action `flatten`): halt (scoped when
-    filtered), cancel working entries, close positions at market, stops kept until each close
-    fills."""
-
-    agent_id: AgentId | None = None
-    symbol: str | None = None
-    reason: str = ""
-    by: str = "operator"
-
-
 class FlattenReport(Message):
-    """What a flatten did (published on {prefix}/status's sibling {prefix}/events, journaled)."""
+    """What the operator's flatten did (agents/flatten.py; the command is a ControlCommand with
+    action "flatten"): published on {prefix}/events ("type": "flatten") and journaled."""
 
     agent_id: str | None = None
     symbol: str | None = None
@@ -158,5 +148,4 @@ def command_schemas() -> dict[str, Any]:
     """The JSON Schema of the command (one union, discriminated on `action`) and its answer."""
     return {"BracketCommand": COMMAND_ADAPTER.json_schema(),
             "CommandAnswer": CommandAnswer.model_json_schema(),
-            "FlattenCommand": FlattenCommand.model_json_schema(),
             "FlattenReport": FlattenReport.model_json_schema()}

@@ -369,3 +369,38 @@ async def test_desk_idempotency_same_answer_again_other_content_duplicate() -> N
     dup = await _answer(answers, 3)
     assert [r.code for r in dup.reasons] == [D.DUPLICATE_COMMAND] and len(orders.modifies) == 1
     await bus.close()
+
+
+class _AcceptingOrders(_RefusingOrders):
+    """IB that takes every modify (the leg as asked)."""
+
+    async def modify(self, oid: int, **kw: Any) -> LegState:
+        self.modifies.append((oid, kw))
+        leg = self.legs[oid]
+        update = {"quantity": kw.get("quantity", leg.quantity),
+                  "stop_price": kw.get("stop_price", leg.stop_price),
+                  "limit_price": kw.get("limit_price", leg.limit_price)}
+        self.legs[oid] = leg.model_copy(update=update)
+        return self.legs[oid]
+
+
+@pytest.mark.parametrize("kw,worst", [
+    (dict(stop_loss=98.0), 20.0),          # risk-raising: reserved with the check
+    (dict(stop_loss=99.5), 5.0),           # risk-lowering: once IB confirmed
+    (dict(quantity=4), 4.0),               # smaller: the reservation shrinks with it
+])
+async def test_the_reservation_follows_an_accepted_change(kw: dict[str, Any], worst: float) -> None:
+    gov, now = setup()
+    desk, bus, answers, _ = await _desk(gov, now)
+    accepting = _AcceptingOrders({leg.order_id: leg for leg in now.legs.values()})
+    desk._orders = accepting
+    await desk.take_in(cmd("amend", **kw))
+    ans = await _answer(answers, 1)
+    assert ans.verdict is CommandVerdict.ACCEPTED, ans
+    res = gov.ledger.get("p1")
+    assert res.worst_case_loss == pytest.approx(worst)
+    assert gov.ledger.total_worst_case == pytest.approx(worst)
+    if "quantity" in kw:
+        assert res.quantity == 4 and [oid for oid, _ in accepting.modifies] == [1, 2, 3], \
+            "smaller: the entry first, then the children"
+    await bus.close()
