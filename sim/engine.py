@@ -29,7 +29,9 @@ CONTRACT (sim/server.py codes against exactly this; keep signatures stable):
           110 "The price does not conform to the minimum price variation for this contract."
           135 "Can't find order with id =N": parent_id names no order of that client (ext.)
           105 "Order being modified does not match original order": modify changes the
-              contract or the action (extension)
+              contract or the action (extension); the other modify refusals (104, 329, 135,
+              10326/10327, quantity below filled) are in sim/modify.py, TRAIL checks in
+              sim/trailing.py
           201 "Order rejected - reason:...": after a full fill at the expected price the
               initial margin would exceed equity with loan value (orders without a parent
               only; an order that lowers the requirement is never refused); also a child whose
@@ -137,7 +139,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from bracketgate.core.logs import get_logger
-from bracketgate.sim import modify, trailing
+from bracketgate.sim import modify, oca, trailing
 from bracketgate.sim.margin import ZERO_MARGIN, CommissionModel, MarginModel, MarginRequirement
 from bracketgate.sim.market import half_spread
 from bracketgate.sim.model import (
@@ -637,8 +639,8 @@ class Brokerage:
         order.outside_rth = new.outside_rth
         order.transmit = new.transmit
         trailing.on_modify(self, order, new, old_aux)
-        if new.oca_group:
-            order.oca_group, order.oca_type = new.oca_group, new.oca_type
+        if new.oca_group:  # (an ocaType of 0 on a modify leaves the type as it is)
+            order.oca_group, order.oca_type = new.oca_group, new.oca_type or order.oca_type
         log.info("order_modified", client_id=order.client_id, order_id=order.order_id,
                  perm_id=perm, qty=new.total_quantity, lmt=order.lmt_price, aux=order.aux_price)
         if is_child:
@@ -932,6 +934,7 @@ class Brokerage:
             self._sync_children(parent)  # siblings: reduced, or cancelled once nothing is left
         else:
             self._oca_standalone(order, qty)
+        oca.across(self, order, qty)  # named groups spanning brackets (sim/oca.py)
         self._sync_children(order)
 
     def _finish(self, order: SimOrder, status: str, text: str) -> None:

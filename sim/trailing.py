@@ -6,7 +6,8 @@
 `best` is the highest (SELL) / lowest (BUY) last price since the order was armed. An order is
 armed when it starts working: a standalone order at placement, a bracket child when its parent
 fills (so the trail starts from the price at the fill, not from where the market was when the
-bracket was sent). A trailStopPrice sent by the client is the initial stop (armed at once).
+bracket was sent). A trailStopPrice sent by the client is the initial stop when it is tighter
+than the trail from the arming price (SELL: above last - distance); a looser one is tightened.
 Once the last price crosses the stop (SELL: last <= stop, BUY: last >= stop) the order triggers
 exactly like STP (TRAIL) or STP LMT (TRAIL LIMIT, limit = stop -/+ lmtPriceOffset) and stops
 trailing. Every move of the stop is an OrderChanged, so the client gets openOrder + orderStatus
@@ -123,8 +124,10 @@ def arm(eng: Brokerage, order: SimOrder) -> bool:
         return False
     px = eng.price(order.contract.con_id)
     order.trail_best = px
-    if order.trail_stop_price is None:
-        order.trail_stop_price = _stop_from(order, px)
+    start = _stop_from(order, px)
+    given = order.trail_stop_price
+    if given is None or (start > given if _sell(order) else start < given):
+        order.trail_stop_price = start  # a given stop looser than the trail is tightened
     _set_limit(order)
     log.info("trail_armed", perm_id=order.perm_id, order_id=order.order_id,
              stop=order.trail_stop_price, price=px)
