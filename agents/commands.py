@@ -700,23 +700,26 @@ class CommandDesk:
         stop stays until the exit filled, then it is cancelled."""
         pid, ids, orders = cmd.proposal_id, now.ids, self._orders
         full = qty >= now.held - EPS
-        if full and now.entry_working:   # nothing more may come in behind the close
-            await self._cancel(pid, ids["entry"])
+        if now.entry_working:   # nothing more may come in behind a close (the children of a
+            await self._cancel(pid, ids["entry"])   # partly filled entry would not cover it)
             now = self.bracket_now(pid) or now
-            qty = now.held
+            qty = now.held if full else min(qty, now.held)
             if qty <= EPS:
                 return "nothing held once the entry was cancelled"
         if full:
             await self._cancel(pid, ids["take_profit"])
+            now = self.bracket_now(pid) or now   # it may have filled some before it went
+            qty = now.held
+            if qty <= EPS:
+                await self._cancel(pid, ids["stop_loss"])
+                return None
         else:   # each working child's total (what it filled included) covers what stays
             stays = now.held - qty
             for name in ("take_profit", "stop_loss"):
                 leg = now.legs.get(name)
                 if leg is not None and orders.working(ids[name]):
                     await orders.modify(ids[name], quantity=leg.filled + stays)
-        book = self._execution.book(pid)
-        held_before = book.open_quantity if book is not None else now.held
-        target = max(held_before - qty, 0.0)
+        target = max(now.held - qty, 0.0)
         oid = self._broker.allocate_order_id()
         self._execution.add_exit(pid, oid)
         crash_point("close_sent")
@@ -724,8 +727,8 @@ class CommandDesk:
                                             order_ref=pid, stop_price=None, order_id=oid)
 
         def exited() -> bool:
-            b = self._execution.book(pid)
-            return b is None or b.open_quantity <= target + EPS
+            b = self.bracket_now(pid)
+            return b is None or b.held <= target + EPS
 
         await self._until(exited)
         if full:
@@ -748,27 +751,31 @@ class CommandDesk:
         return f"IB connection lost during the command; IB did not take it: {e.message}"
 
     async def _reprotect(self, proposal_id: str) -> None:
-        """After a command failed or was cut (a partial close whose children shrank before
-        its exit went out): the stop covers at least what the bracket holds again."""
+        """After a command failed or was cut: the exits cover exactly what the bracket holds.
+        Too small (a partial close cut between the resize and its exit): resized up. Too large
+        with the entry done (a close whose exit filled only partly): resized down — an exit
+        for more than is held would open a position the other way."""
         now = self.bracket_now(proposal_id)
         if now is None or now.held <= EPS:
             return
-        stop = now.legs.get("stop_loss")
-        oid = now.ids.get("stop_loss", 0)
-        if stop is None or not self._orders.working(oid) or stop.quantity - stop.filled >= now.held - EPS:
-            return
-        log.error("stop_undersized", proposal_id=proposal_id, order_id=oid, held=now.held,
-                  stop_quantity=stop.quantity - stop.filled, code="STOP_UNDERSIZED",
-                  action="resized to what is held")
-        try:
-            await self._orders.modify(oid, quantity=stop.filled + now.held)
-            take = now.legs.get("take_profit")
-            tid = now.ids.get("take_profit", 0)
-            if take is not None and self._orders.working(tid) and take.quantity - take.filled < now.held - EPS:
-                await self._orders.modify(tid, quantity=take.filled + now.held)
-        except BrokerError as e:
-            log.error("stop_resize_failed", proposal_id=proposal_id, order_id=oid, code=e.code,
-                      error=e.message)
+        for name in ("stop_loss", "take_profit"):
+            leg = now.legs.get(name)
+            oid = now.ids.get(name, 0)
+            if leg is None or not self._orders.working(oid):
+                continue
+            rem = leg.quantity - leg.filled
+            under = rem < now.held - EPS
+            over = not now.entry_working and rem > now.held + EPS
+            if not (under or over):
+                continue
+            log.error("exit_missized", proposal_id=proposal_id, order_id=oid, leg=name,
+                      held=now.held, working=rem, code="EXIT_MISSIZED",
+                      action="resized to what is held")
+            try:
+                await self._orders.modify(oid, quantity=leg.filled + now.held)
+            except BrokerError as e:
+                log.error("exit_resize_failed", proposal_id=proposal_id, order_id=oid,
+                          code=e.code, error=e.message)
 
     async def _recover(self, cmd: Command) -> None:
         """A command an earlier run took in and did not answer: answered from what IB has now

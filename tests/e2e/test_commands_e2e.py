@@ -303,3 +303,74 @@ async def test_signed_commands_and_the_agents_file(mosquitto, paper_tws_process,
         ans = await send(b'{"command_id": "big-1", "action": "cancel", "x": "' + b"x" * 70_000 + b'"}',
                          "big-1")
         assert ans["verdict"] == "invalid" and codes(ans) == {"PAYLOAD_TOO_LARGE"}, json.dumps(ans)[:300]
+
+
+async def test_a_partly_filled_entry(mosquitto, paper_tws_process, tmp_path):
+    """The entry fills 4 of 10 (the paper TWS caps each fill): it cannot be cancelled into a
+    naked 4, its size cannot go below 4, it can shrink to 6 (the children follow), and a close
+    stops the entry first, then exits what is held."""
+    tws = paper_tws_process
+    await tws.fill_qty(4)
+    try:
+        async with running(mosquitto, tws, tmp_path) as (d, agent):
+            pid = f"part-{uuid.uuid4().hex[:8]}"
+            dec = await open_bracket(agent, pid, marketable(pid))
+            ids = dec["order_ids"]
+            await wait_for_tws(tws, lambda s: _held(s).get("AAPL") == 4.0)
+            await agent.wait_topic(f"orders/{AGENT}", lambda m: m.get("type") == "order_event"
+                                   and m.get("proposal_id") == pid and m.get("leg") == "entry"
+                                   and m.get("filled") == 4.0)
+            ans = await command(agent, AGENT, {"action": "cancel", "proposal_id": pid})
+            assert codes(ans) == {"BRACKET_FILLED_USE_CLOSE"}, json.dumps(ans)
+            ans = await command(agent, AGENT, {"action": "amend", "proposal_id": pid, "quantity": 3})
+            assert ans["verdict"] == "invalid" and codes(ans) == {"VALIDATION_ERROR"}, json.dumps(ans)
+            ans = await command(agent, AGENT, {"action": "amend", "proposal_id": pid, "quantity": 6})
+            assert ans["verdict"] == "accepted", json.dumps(ans)
+            assert ans["legs"]["entry"]["quantity"] == pytest.approx(6.0)
+            legs = legs_of((await orders_by_ref(tws, {pid}))[pid])
+            assert legs[ids["take_profit"]]["totalQuantity"] == pytest.approx(6.0)
+            assert legs[ids["stop_loss"]]["totalQuantity"] == pytest.approx(6.0)
+
+            await tws.fill_qty(None)   # the market exit fills at once (the cap is every order's)
+            ans = await command(agent, AGENT, {"action": "close", "proposal_id": pid})
+            assert ans["verdict"] == "accepted", json.dumps(ans)
+            assert ans["position"] == pytest.approx(0.0)
+            # the re-placed entry (6) may have filled its last 2 before the close stopped it
+            assert ans["legs"]["entry"]["status"] in ("Cancelled", "ApiCancelled", "Filled")
+            assert await held_at_tws(tws) == {}
+            legs = legs_of((await orders_by_ref(tws, {pid}))[pid])
+            live = [o for o in legs.values() if o["status"] in ("Submitted", "PreSubmitted")]
+            assert not live, live
+    finally:
+        await tws.fill_qty(None)
+
+
+async def test_a_close_that_fills_only_partly_leaves_no_exit_larger_than_the_position(
+        mosquitto, paper_tws_process, tmp_path):
+    """The market exit fills 4 of 10 and no more within the command's time: COMMAND_FAILED,
+    and the stop is resized to the 6 still held (a stop for 10 would open a short of 4). When
+    the rest of the exit fills later, the stop left on a flat bracket is cancelled."""
+    tws = paper_tws_process
+    try:
+        async with running(mosquitto, tws, tmp_path) as (d, agent):
+            pid = f"cap-{uuid.uuid4().hex[:8]}"
+            dec = await open_bracket(agent, pid, marketable(pid))
+            ids = dec["order_ids"]
+            await wait_for_tws(tws, lambda s: _held(s).get("AAPL") == 10.0)
+            await tws.fill_qty(4)
+            ans = await command(agent, AGENT, {"action": "close", "proposal_id": pid}, timeout=25)
+            assert codes(ans) == {"COMMAND_FAILED"}, json.dumps(ans)
+            assert ans["position"] == pytest.approx(6.0)
+            assert ans["legs"]["close"]["filled"] == pytest.approx(4.0)
+            stop = legs_of((await orders_by_ref(tws, {pid}))[pid])[ids["stop_loss"]]
+            assert stop["status"] == "Submitted"
+            assert stop["totalQuantity"] - stop.get("filled", 0.0) == pytest.approx(6.0)
+            await tws.fill_qty(None)
+            await tws.set_price("AAPL", 229.9)          # the exit's next fill: all the rest
+            await wait_for_tws(tws, lambda s: "AAPL" not in _held(s))
+
+            await wait_for_tws(tws, lambda s: any(
+                o["orderId"] == ids["stop_loss"] and o["status"] in ("Cancelled", "ApiCancelled")
+                for o in s["orders"]))
+    finally:
+        await tws.fill_qty(None)
