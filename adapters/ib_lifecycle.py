@@ -188,6 +188,13 @@ class BracketOrders:
             # the libraries mark the Trade cancelled or invalid while IB still works the order:
             # IB's own word (openOrder + orderStatus again) puts it back
             await self.resync()
+            if code == 135 and order.parentId and not clear_parent:
+                # the parent filled before its status reached us (a resize re-matched it):
+                # IB says so, and a child of a filled parent is modified standalone
+                log.info("ib_order_modify_retry_standalone", order_id=order_id,
+                         parent_id=order.parentId)
+                return await self.modify(order_id, quantity=quantity, limit_price=limit_price,
+                                         stop_price=stop_price, clear_parent=True)
             raise ModifyRefused(f"IB refused the modify of {order_id}: {code} {message}", code=code)
         if not b.ib.isConnected():
             raise BrokerNotConnected(f"IB connection lost while modifying {order_id}")

@@ -124,6 +124,9 @@ class Bracket:
     guard_filled: float = 0.0
     guard_check: asyncio.TimerHandle | None = None
     guard_fills: dict[int, float] = field(default_factory=dict)   # guard order id -> filled
+    # legs whose terminal status came with an error code (202 aside): may be the client
+    # library's after a refused modify, so IB's next non-terminal word for them is taken
+    revivable: set[Leg] = field(default_factory=set)
 
     def leg_of(self, order_id: int) -> Leg | None:
         if order_id == self.ids.entry:
@@ -746,7 +749,17 @@ class ExecutionAgent:
         if prev == u.status and u.code is None and book.filled.get(leg, 0.0) == u.filled:
             return  # openOrder + orderStatus repeat the same state
         if prev in TERMINAL and u.status not in TERMINAL and u.code is None:
-            return  # a late, stale update after the terminal one
+            if leg not in book.revivable:
+                return  # a late, stale update after the terminal one
+            # the terminal status was the client library's after an error (a refused modify:
+            # both libraries mark the Trade cancelled while IB works the order); IB's word wins
+            book.revivable.discard(leg)
+            log.info("leg_still_working", proposal_id=book.proposal_id, order_id=u.order_id,
+                     leg=leg.value, status=u.status, was=prev)
+        if u.status in TERMINAL and u.code is not None and u.code != 202:
+            book.revivable.add(leg)
+        elif u.status in TERMINAL:
+            book.revivable.discard(leg)
         book.status[leg] = u.status
         book.filled[leg] = max(book.filled.get(leg, 0.0), u.filled)
         ev = OrderEvent(
