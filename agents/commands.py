@@ -654,7 +654,8 @@ class CommandDesk:
             if plan.quantity is not None:
                 grow = plan.quantity > now.entry_quantity
                 # larger: children first (never more entry than exits); smaller: entry first
-                order = ["take_profit", "stop_loss", "entry"] if grow else ["entry", "take_profit", "stop_loss"]
+                order = (["take_profit", "stop_loss", "entry"] if grow
+                         else ["entry", "take_profit", "stop_loss"])
                 for name in order:
                     if name in working:
                         await orders.modify(ids[name], quantity=plan.quantity)
@@ -819,7 +820,8 @@ def _reached(cmd: Command, now: BracketNow) -> bool:
         ok &= stop is not None and stop.stop_price is not None and abs(stop.stop_price - cmd.stop_loss) < 1e-9
     if cmd.take_profit is not None:
         take = now.legs.get("take_profit")
-        ok &= take is not None and take.limit_price is not None and abs(take.limit_price - cmd.take_profit) < 1e-9
+        ok &= take is not None and take.limit_price is not None \
+            and abs(take.limit_price - cmd.take_profit) < 1e-9
     if cmd.quantity is not None:
         entry = now.legs.get("entry")
         ok &= entry is not None and abs(entry.quantity - cmd.quantity) < 1e-9

@@ -69,11 +69,13 @@ def parse_command_payload(agent: str, payload: bytes, max_payload: int,
         return invalid([Reason(code=DenialCode.MALFORMED_JSON,
                                message=f"{DENIAL_MESSAGES[DenialCode.MALFORMED_JSON]}: nested too deep")])
     except (UnicodeDecodeError, ValueError) as exc:
+        why = printable(str(exc))
         return invalid([Reason(code=DenialCode.MALFORMED_JSON,
-                               message=f"{DENIAL_MESSAGES[DenialCode.MALFORMED_JSON]}: {printable(str(exc))}")])
+                               message=f"{DENIAL_MESSAGES[DenialCode.MALFORMED_JSON]}: {why}")])
     if not isinstance(data, dict):
+        what = type(data).__name__
         return invalid([Reason(code=DenialCode.MALFORMED_JSON,
-                               message=f"{DENIAL_MESSAGES[DenialCode.MALFORMED_JSON]}: got {type(data).__name__}")])
+                               message=f"{DENIAL_MESSAGES[DenialCode.MALFORMED_JSON]}: got {what}")])
     bad = _unencodable(data)
     if bad is not None:
         code, where, why = bad
@@ -85,8 +87,10 @@ def parse_command_payload(agent: str, payload: bytes, max_payload: int,
                               message="the topic's agent id is not a valid agent_id"))
     given = data.get("agent_id")
     if given is not None and given != agent:
+        topic_agent = printable(agent, 80)
         reasons.append(Reason(code=DenialCode.VALIDATION_ERROR, field="agent_id",
-                              message=f"agent_id in the payload contradicts the topic ({printable(agent, 80)!r})"))
+                              message=f"agent_id in the payload contradicts the topic "
+                                      f"({topic_agent!r})"))
     data["agent_id"] = agent
     try:
         command = parse_command(data)

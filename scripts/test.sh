@@ -12,5 +12,5 @@ fi
 scripts/setup.sh --insync
 echo "== tests under ib_async"
 .venv/bin/python -m pytest -q "$@"
-echo "== paper TWS client-level suite, the IB adapter (pacing, placement truth, quotes by contract) and the IB tools under ib_insync 0.9.86 (drop-in)"
-.venv-insync/bin/python -m pytest -q tests/sim tests/integration/test_runtime_ib.py tests/integration/test_ib_tools.py tests/integration/test_pacing_and_placement.py tests/integration/test_quotes_by_contract.py -p no:cacheprovider
+echo "== paper TWS client-level suite, the IB adapter (pacing, placement truth, quotes by contract, bracket modify/trail) and the IB tools under ib_insync 0.9.86 (drop-in)"
+.venv-insync/bin/python -m pytest -q tests/sim tests/integration/test_runtime_ib.py tests/integration/test_ib_tools.py tests/integration/test_pacing_and_placement.py tests/integration/test_quotes_by_contract.py tests/integration/test_ib_lifecycle.py tests/e2e/test_commands_e2e.py -p no:cacheprovider

@@ -93,7 +93,8 @@ async def test_break_even_stop_then_partial_and_full_close(mosquitto, paper_tws_
         assert all(abs(p.get("position", p.get("quantity", 0))) < 1e-9 for p in pos), pos
 
         ans = await command(agent, AGENT, {"action": "close", "proposal_id": pid})
-        assert ans["verdict"] == "rejected" and codes(ans) & {"NOTHING_TO_CLOSE", "BRACKET_NOT_WORKING"}, json.dumps(ans)
+        assert ans["verdict"] == "rejected", json.dumps(ans)
+        assert codes(ans) & {"NOTHING_TO_CLOSE", "BRACKET_NOT_WORKING"}, json.dumps(ans)
 
 
 async def test_cancel_unfilled_refuse_filled_and_other_agents(mosquitto, paper_tws_process, tmp_path):
