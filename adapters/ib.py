@@ -570,7 +570,11 @@ class IBBroker:
         (flatten) when stop_price is None. Returns its order id (`order_id`: one allocated
         before, so the caller follows it before IB's first word about it)."""
         self._require_ready()
-        entry = self._trade_for(entry_order_id)
+        # the contract: the entry's, or (a filled entry is a completed order without its id
+        # after a reconnect) any order of the bracket's orderRef
+        entry = self._trade_for(entry_order_id) or next(
+            (t for t in self.ib.trades() if order_ref and t.order.orderRef == order_ref
+             and t.contract.conId), None)
         if entry is None:
             raise PlacementError(f"entry order {entry_order_id} unknown to IB", code="UNKNOWN_ENTRY")
         order_id = order_id or self.allocate_order_id()

@@ -557,8 +557,12 @@ class CommandDesk:
             except BrokerNotConnected as e:
                 failure = await self._after_reconnect(cmd, e)
             except BrokerError as e:
-                failure = f"{e.message} (code {e.code})" if e.code is not None else e.message
+                if e.code == "PLACEMENT_UNCERTAIN":   # the socket dropped before IB's ack
+                    failure = await self._after_reconnect(cmd, e)
+                else:
+                    failure = f"{e.message} (code {e.code})" if e.code is not None else e.message
             if failure is not None:
+                self._settle_exits(cmd.proposal_id)
                 await self._reprotect(cmd.proposal_id)
         finally:
             self._inflight.pop(cmd.proposal_id, None)
@@ -750,6 +754,18 @@ class CommandDesk:
             log.info("command_settled_by_reconcile", action=cmd.action)
             return None
         return f"IB connection lost during the command; IB did not take it: {e.message}"
+
+    def _settle_exits(self, proposal_id: str) -> None:
+        """After a failed command, with IB reconciled: an exit this command sent that IB never
+        acknowledged (still PendingSubmit, or unknown to the connection) is not at IB."""
+        book = self._execution.book(proposal_id)
+        if book is None or not getattr(self._broker, "is_ready", False):
+            return
+        for gid, st in list(book.guards.items()):
+            if st in ("PendingSubmit", ""):
+                leg = self._orders.leg(gid)
+                if leg is None or leg.status in ("PendingSubmit", ""):
+                    self._execution.exit_not_at_ib(proposal_id, gid)
 
     async def _reprotect(self, proposal_id: str) -> None:
         """After a command failed or was cut: the exits cover exactly what the bracket holds.

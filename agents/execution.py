@@ -234,6 +234,14 @@ class ExecutionAgent:
         book.guards[order_id] = "PendingSubmit"
         self._by_order[order_id] = (proposal_id, Leg.STOP_LOSS)
 
+    def exit_not_at_ib(self, proposal_id: str, order_id: int) -> None:
+        """A market exit / replacing stop IB never acknowledged nor listed after a reconnect:
+        it is not at IB (ended, for the book)."""
+        book = self._brackets.get(proposal_id)
+        if book is not None and order_id in book.guards and book.guards[order_id] not in TERMINAL:
+            book.guards[order_id] = "Inactive"
+            log.warning("exit_not_at_ib", proposal_id=proposal_id, order_id=order_id)
+
     def replace_stop(self, proposal_id: str, order_id: int) -> None:
         """A new stop order (a trailing stop replacing the stop: TWS changes no order's type) is
         the bracket's stop from now on; the old one is followed as a guard until it ends."""

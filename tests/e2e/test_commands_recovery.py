@@ -135,3 +135,43 @@ async def test_gateway_restart_during_a_command(mosquitto, paper_tws_process, tm
             assert [r["code"] for r in ans["reasons"]] == ["COMMAND_FAILED"], json.dumps(ans)
             assert stop["auxPrice"] == pytest.approx(226.5)
         assert stop["status"] in ("Submitted", "PreSubmitted")
+
+
+async def test_gateway_restart_while_a_close_waits_for_ibs_ack(mosquitto, paper_tws_process,
+                                                               tmp_path):
+    """Deterministic: the paper TWS loses the close's market exit (ack_hold "lose": no order, no
+    answer) and the gateway restarts while the daemon waits for the ack. After the reconnect
+    the command is answered once, COMMAND_FAILED (IB never had the exit), and the position is
+    still under its stop, which the close had not cancelled yet."""
+    from tests.e2e.test_risk_e2e import running
+
+    tws = paper_tws_process
+    async with running(mosquitto, tws, tmp_path) as (d, probe):
+        pid = f"gwc-{uuid.uuid4().hex[:8]}"
+        await probe.propose(AGENT, marketable(pid))
+        ids = (await probe.decision(AGENT, pid))["order_ids"]
+        await wait_for_tws(tws, lambda s: _held(s).get("AAPL") == 10.0)
+        await tws.post("/ack_hold", {"orderRef": pid, "orderType": "MKT", "mode": "lose"})
+        cid = f"c-{uuid.uuid4().hex[:8]}"
+        await probe.publish(f"commands/{AGENT}", {"command_id": cid, "proposal_id": pid,
+                                                  "action": "close"})
+        await d.wait_log(lambda e: e.get("event") == "ib_protective_order_sent"
+                         and e.get("proposal_id") == pid)
+        await tws.restart(downtime=1.0)
+        got = await settle_answers(probe, cid)
+        assert len(got) == 1, json.dumps(got)
+        ans = got[0]
+        assert [r["code"] for r in ans["reasons"]] == ["COMMAND_FAILED"], json.dumps(ans)
+        assert any(e.get("event") == "command_uncertain" for e in d.logs)
+        legs = {o["orderId"]: o for o in (await orders_by_ref(tws, {pid}))[pid]}
+        assert _held(await tws.state()).get("AAPL") == 10.0
+        stop = legs[ids["stop_loss"]]
+        assert stop["status"] == "Submitted" and stop["totalQuantity"] == pytest.approx(10.0)
+        assert not [o for o in legs.values() if o["orderType"] == "MKT"], "IB never had the exit"
+        assert ans["position"] == pytest.approx(10.0)
+        assert ans["legs"]["stop_loss"]["status"] == "Submitted"
+        assert any(e.get("event") == "exit_not_at_ib" for e in d.logs)
+        # and the bracket can still be closed
+        ans = await command(probe, AGENT, {"action": "close", "proposal_id": pid})
+        assert ans["verdict"] == "accepted", json.dumps(ans)
+        assert "AAPL" not in _held(await tws.state())
