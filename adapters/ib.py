@@ -565,10 +565,11 @@ class IBBroker:
 
     async def place_protective(self, entry_order_id: int, *, action: Side, quantity: float,
                                order_ref: str, stop_price: float | None,
-                               order_id: int | None = None) -> int:
+                               order_id: int | None = None, oca_group: str | None = None) -> int:
         """A standalone order on the entry's contract: a STP at `stop_price`, or a MKT order
         (flatten) when stop_price is None. Returns its order id (`order_id`: one allocated
-        before, so the caller follows it before IB's first word about it)."""
+        before, so the caller follows it before IB's first word about it; `oca_group`: it
+        joins the bracket children's named OCA group, reduce, so its fills shrink them)."""
         self._require_ready()
         # the contract: the entry's, or (a filled entry is a completed order without its id
         # after a reconnect) any order of the bracket's orderRef
@@ -583,6 +584,8 @@ class IBBroker:
                           tif="GTC", orderRef=order_ref, account=self.account, transmit=True)
         if stop_price is not None:
             order.auxPrice = stop_price
+        if oca_group:
+            order.ocaGroup, order.ocaType = oca_group, 3
         await self._turn(Priority.PROTECT)
         self._require_ready()
         try:
@@ -590,7 +593,8 @@ class IBBroker:
         except ConnectionError as e:
             raise BrokerNotConnected(f"IB connection lost before the protective order: {e}") from e
         log.warning("ib_protective_order_sent", proposal_id=order_ref, order_id=order_id,
-                    order_type=kind, quantity=quantity, stop_price=stop_price)
+                    order_type=kind, quantity=quantity, stop_price=stop_price,
+                    oca_group=oca_group)
         await self._wait_ack([trade], order_ref, ("protective",))
         return order_id
 

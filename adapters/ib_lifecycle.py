@@ -50,7 +50,8 @@ def leg_state(trade: Any) -> LegState:
                     limit_price=_num(o.lmtPrice),
                     stop_price=_num(getattr(o, "trailStopPrice", None)) if trailing else _num(o.auxPrice),
                     trailing_amount=_num(o.auxPrice) if trailing else None,
-                    trailing_percent=_num(getattr(o, "trailingPercent", None)) if trailing else None)
+                    trailing_percent=_num(getattr(o, "trailingPercent", None)) if trailing else None,
+                    oca_group=getattr(o, "ocaGroup", "") or None)
 
 
 class ModifyRefused(BrokerError):

@@ -700,9 +700,12 @@ class CommandDesk:
         return None
 
     async def _close(self, cmd: Command, qty: float, now: BracketNow) -> str | None:
-        """A market exit of `qty`. Partial: the children shrink to what stays first (never
-        more exits working than units held); full: the take-profit is cancelled first, the
-        stop stays until the exit filled, then it is cancelled."""
+        """A market exit of `qty`. With the children in a named OCA group (every bracket this
+        version placed): the exit joins it (reduce), so its fills shrink the take-profit and
+        the stop by what it sold — never an exit larger than the position, never a moment
+        with less stop than position; what IB did not shrink is resized after. Without one:
+        partial, the children shrink to what stays first; full, the take-profit is cancelled
+        first, the stop stays until the exit filled, then it is cancelled."""
         pid, ids, orders = cmd.proposal_id, now.ids, self._orders
         full = qty >= now.held - EPS
         if now.entry_working:   # nothing more may come in behind a close (the children of a
@@ -711,6 +714,23 @@ class CommandDesk:
             qty = now.held if full else min(qty, now.held)
             if qty <= EPS:
                 return "nothing held once the entry was cancelled"
+        stop = now.legs.get("stop_loss")
+        group = stop.oca_group if stop is not None and orders.working(ids["stop_loss"]) else None
+        if group:
+            target = max(now.held - qty, 0.0)
+            oid = self._broker.allocate_order_id()
+            self._execution.add_exit(pid, oid)
+            crash_point("close_sent")
+            await self._broker.place_protective(ids["entry"], action=now.side.opposite,
+                                                quantity=qty, order_ref=pid, stop_price=None,
+                                                order_id=oid, oca_group=group)
+            await self._until(lambda: (self.bracket_now(pid) or now).held <= target + EPS)
+            if full:   # IB's OCA cancelled them once shrunk to nothing; else they go now
+                await self._cancel(pid, ids["take_profit"])
+                await self._cancel(pid, ids["stop_loss"])
+            else:
+                await self._reprotect(pid)
+            return None
         if full:
             await self._cancel(pid, ids["take_profit"])
             now = self.bracket_now(pid) or now   # it may have filled some before it went

@@ -113,6 +113,7 @@ class LegState(Message):
     stop_price: float | None = None
     trailing_amount: float | None = None
     trailing_percent: float | None = None
+    oca_group: str | None = None
 
 
 class CommandAnswer(Message):

@@ -95,6 +95,11 @@ async def test_break_even_stop_then_partial_and_full_close(mosquitto, paper_tws_
         ans = await command(agent, AGENT, {"action": "close", "proposal_id": pid})
         assert ans["verdict"] == "rejected", json.dumps(ans)
         assert codes(ans) & {"NOTHING_TO_CLOSE", "BRACKET_NOT_WORKING"}, json.dumps(ans)
+    # both exits joined the children's OCA group: IB shrank them, nothing was resized after
+    exits = [e for e in d.logs if e.get("event") == "ib_protective_order_sent"
+             and e.get("proposal_id") == pid]
+    assert [e["oca_group"] for e in exits] == [f"bg-{pid}"] * 2, exits
+    assert not [e for e in d.logs if e.get("event") == "exit_missized"]
 
 
 async def test_cancel_unfilled_refuse_filled_and_other_agents(mosquitto, paper_tws_process, tmp_path):
