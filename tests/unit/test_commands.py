@@ -404,3 +404,26 @@ async def test_the_reservation_follows_an_accepted_change(kw: dict[str, Any], wo
         assert res.quantity == 4 and [oid for oid, _ in accepting.modifies] == [1, 2, 3], \
             "smaller: the entry first, then the children"
     await bus.close()
+
+
+@pytest.mark.parametrize("stop_qty,held,want", [
+    (6.0, 10.0, 10.0),    # a partial close cut between the resize and its exit: grown back
+    (10.0, 6.0, 6.0),     # an exit that filled only partly: shrunk (never a stop for more)
+    (10.0, 10.0, None),   # as it should be: nothing sent
+])
+async def test_exits_are_resized_to_what_is_held(stop_qty: float, held: float,
+                                                 want: float | None) -> None:
+    gov, now = setup(filled=True)
+    desk, bus, _, _ = await _desk(gov, now)
+    legs = {leg.order_id: leg for leg in now.legs.values()}
+    legs[3] = legs[3].model_copy(update={"quantity": stop_qty})
+    legs[2] = legs[2].model_copy(update={"quantity": stop_qty})
+    accepting = _AcceptingOrders(legs)
+    desk._orders = accepting
+    book = desk._execution.bracket
+    book.filled = {Leg.ENTRY: 10.0, Leg.TAKE_PROFIT: 0.0, Leg.STOP_LOSS: 0.0}
+    book.guard_filled = 10.0 - held
+    await desk._reprotect("p1")
+    sent = {oid: kw["quantity"] for oid, kw in accepting.modifies}
+    assert sent == ({} if want is None else {3: want, 2: want})
+    await bus.close()
