@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from bracketgate.agents.commands import BracketNow, CommandDesk, Plan, assess
+from bracketgate.agents.command_gate import BracketNow, Plan, assess
+from bracketgate.agents.commands import CommandDesk
 from bracketgate.agents.execution import Bracket
 from bracketgate.bus.bus import Bus
 from bracketgate.bus.commands import (
