@@ -229,6 +229,11 @@ def order_update_from_trade(trade: Any, ts: datetime, code: int | None = None,
     )
 
 
+def oca_group(order_ref: str) -> str:
+    """The named OCA group of a bracket's children (take-profit, stop, a replacing stop)."""
+    return f"bg-{order_ref}"
+
+
 def _describe(legs: dict[str, Any]) -> str:
     return ", ".join(f"{name} {t.order.orderId} {t.orderStatus.status or '?'}" for name, t in legs.items())
 
@@ -578,19 +583,28 @@ class IBBroker:
                 if not getattr(t.order, "whatIf", False)]
 
     async def place_protective(self, entry_order_id: int, *, action: Side, quantity: float,
-                               order_ref: str, stop_price: float | None) -> int:
+                               order_ref: str, stop_price: float | None,
+                               order_id: int | None = None, oca_group: str | None = None) -> int:
         """A standalone order on the entry's contract: a STP at `stop_price`, or a MKT order
-        (flatten) when stop_price is None. Returns its order id."""
+        (flatten) when stop_price is None. Returns its order id (`order_id`: one allocated
+        before, so the caller follows it before IB's first word about it; `oca_group`: it
+        joins the bracket children's named OCA group, reduce, so its fills shrink them)."""
         self._require_ready()
-        entry = self._trade_for(entry_order_id)
+        # the contract: the entry's, or (a filled entry is a completed order without its id
+        # after a reconnect) any order of the bracket's orderRef
+        entry = self._trade_for(entry_order_id) or next(
+            (t for t in self.ib.trades() if order_ref and t.order.orderRef == order_ref
+             and t.contract.conId), None)
         if entry is None:
             raise PlacementError(f"entry order {entry_order_id} unknown to IB", code="UNKNOWN_ENTRY")
-        order_id = self.allocate_order_id()
+        order_id = order_id or self.allocate_order_id()
         kind = "STP" if stop_price is not None else "MKT"
         order = ibl.Order(orderId=order_id, action=action.value, totalQuantity=quantity, orderType=kind,
                           tif="GTC", orderRef=order_ref, account=self.account, transmit=True)
         if stop_price is not None:
             order.auxPrice = stop_price
+        if oca_group:
+            order.ocaGroup, order.ocaType = oca_group, 3
         await self._turn(Priority.PROTECT)
         self._require_ready()
         try:
@@ -598,7 +612,8 @@ class IBBroker:
         except ConnectionError as e:
             raise BrokerNotConnected(f"IB connection lost before the protective order: {e}") from e
         log.warning("ib_protective_order_sent", proposal_id=order_ref, order_id=order_id,
-                    order_type=kind, quantity=quantity, stop_price=stop_price)
+                    order_type=kind, quantity=quantity, stop_price=stop_price,
+                    oca_group=oca_group)
         await self._wait_ack([trade], order_ref, ("protective",))
         return order_id
 
@@ -1005,12 +1020,15 @@ class IBBroker:
                            orderType=p.order_type.value, transmit=False, **common)
         if p.order_type is OrderType.LMT:
             parent.lmtPrice = p.limit_price
+        # the children's OCA group is named (reduce, no block): a stop that replaces the stop
+        # after the entry filled (a trailing stop, agents/commands.py) can join it standalone
+        oca = {"ocaGroup": oca_group(ref), "ocaType": 3}
         take = ibl.Order(orderId=ids[1], action=exit_action, totalQuantity=p.quantity,
                          orderType="LMT", lmtPrice=p.take_profit, parentId=ids[0], transmit=False,
-                         **common)
+                         **common, **oca)
         stop = ibl.Order(orderId=ids[2], action=exit_action, totalQuantity=p.quantity,
                          orderType="STP", auxPrice=p.stop_loss, parentId=ids[0], transmit=True,
-                         **common)
+                         **common, **oca)
         return [parent, take, stop]
 
     def bracket_legs(self, order_ref: str) -> dict[str, Any]:

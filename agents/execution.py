@@ -124,6 +124,10 @@ class Bracket:
     guard_filled: float = 0.0
     guard_check: asyncio.TimerHandle | None = None
     realized: float | None = None      # realized P&L of its fills so far (every leg of a combo)
+    guard_fills: dict[int, float] = field(default_factory=dict)   # guard order id -> filled
+    # legs whose terminal status came with an error code (202 aside): may be the client
+    # library's after a refused modify, so IB's next non-terminal word for them is taken
+    revivable: set[Leg] = field(default_factory=set)
 
     def leg_of(self, order_id: int) -> Leg | None:
         if order_id == self.ids.entry:
@@ -210,6 +214,56 @@ class ExecutionAgent:
     def open_brackets(self) -> list[Bracket]:
         """The brackets placed or adopted this run that still carry risk (dashboard, metrics)."""
         return [b for b in self._brackets.values() if b.placed and not b.closed]
+
+    # ---- for the command desk (agents/commands.py)
+    def book(self, proposal_id: str) -> Bracket | None:
+        """The bracket this run follows for proposal_id (placed, adopted), else None."""
+        return self._brackets.get(proposal_id)
+
+    def books(self) -> list[Bracket]:
+        """Every bracket this run follows (the operator's flatten walks them)."""
+        return list(self._brackets.values())
+
+    def proposal_of(self, proposal_id: str) -> Any:
+        """The proposal a bracket was placed for (from its intent), else None."""
+        from bracketgate.bus.messages import TradeProposal
+
+        rec = self._intents.get(proposal_id)
+        data = ((rec.payload or {}).get("proposal") if rec is not None else None)
+        return TradeProposal.model_validate(data) if data else None
+
+    def add_exit(self, proposal_id: str, order_id: int) -> None:
+        """Follow a market exit of this bracket (a close) like a protective order: its fills
+        count against the bracket's open quantity, and it is cancelled once nothing is open."""
+        book = self._brackets[proposal_id]
+        book.guards[order_id] = "PendingSubmit"
+        self._by_order[order_id] = (proposal_id, Leg.STOP_LOSS)
+
+    def exit_not_at_ib(self, proposal_id: str, order_id: int) -> None:
+        """A market exit / replacing stop IB never acknowledged nor listed after a reconnect:
+        it is not at IB (ended, for the book)."""
+        book = self._brackets.get(proposal_id)
+        if book is not None and order_id in book.guards and book.guards[order_id] not in TERMINAL:
+            book.guards[order_id] = "Inactive"
+            log.warning("exit_not_at_ib", proposal_id=proposal_id, order_id=order_id)
+
+    def replace_stop(self, proposal_id: str, order_id: int) -> None:
+        """A new stop order (a trailing stop replacing the stop: TWS changes no order's type) is
+        the bracket's stop from now on; the old one is followed as a guard until it ends."""
+        book = self._brackets[proposal_id]
+        old = book.ids.stop_loss
+        was = book.guards.pop(order_id, None)      # back from a guard (a replace undone)
+        filled = book.guard_fills.pop(order_id, 0.0)
+        if old:
+            book.guards[old] = book.status.get(Leg.STOP_LOSS, "")
+            if book.filled.get(Leg.STOP_LOSS):
+                book.guard_fills[old] = book.filled[Leg.STOP_LOSS]
+                book.guard_filled = sum(book.guard_fills.values())
+        book.ids = book.ids.model_copy(update={"stop_loss": order_id})
+        book.status[Leg.STOP_LOSS] = was or "PendingSubmit"
+        book.filled[Leg.STOP_LOSS] = filled
+        book.guard_filled = sum(book.guard_fills.values())
+        self._by_order[order_id] = (proposal_id, Leg.STOP_LOSS)
 
     def has_intent(self, proposal_id: str) -> bool:
         return proposal_id in self._intents or proposal_id in self._brackets
@@ -635,8 +689,9 @@ class ExecutionAgent:
             placed=True,
         )
         # standalone live orders with this ref (guards placed by an earlier run)
-        for u in legs:
-            if u.order_id and u.order_id not in (entry, take, stop) and not u.parent_id:
+        for u in legs:   # (a trailing stop that replaced the stop may be a child of the entry)
+            if u.order_id and u.order_id not in (entry, take, stop) \
+                    and (not u.parent_id or u.parent_id == entry):
                 book.guards[u.order_id] = ""
         self._track(book)
         for gid in book.guards:
@@ -707,7 +762,17 @@ class ExecutionAgent:
         if prev == u.status and u.code is None and book.filled.get(leg, 0.0) == u.filled:
             return  # openOrder + orderStatus repeat the same state
         if prev in TERMINAL and u.status not in TERMINAL and u.code is None:
-            return  # a late, stale update after the terminal one
+            if leg not in book.revivable:
+                return  # a late, stale update after the terminal one
+            # the terminal status was the client library's after an error (a refused modify:
+            # both libraries mark the Trade cancelled while IB works the order); IB's word wins
+            book.revivable.discard(leg)
+            log.info("leg_still_working", proposal_id=book.proposal_id, order_id=u.order_id,
+                     leg=leg.value, status=u.status, was=prev)
+        if u.status in TERMINAL and u.code is not None and u.code != 202:
+            book.revivable.add(leg)
+        elif u.status in TERMINAL:
+            book.revivable.discard(leg)
         book.status[leg] = u.status
         book.filled[leg] = max(book.filled.get(leg, 0.0), u.filled)
         ev = OrderEvent(
@@ -846,8 +911,9 @@ class ExecutionAgent:
     async def _on_guard_update(self, book: Bracket, u: BrokerOrderUpdate) -> None:
         prev = book.guards.get(u.order_id)
         book.guards[u.order_id] = u.status
-        if u.status == "Filled" or u.filled:
-            book.guard_filled = max(book.guard_filled, u.filled)
+        if u.status == "Filled" or u.filled:   # several guards / closes: their fills add up
+            book.guard_fills[u.order_id] = max(book.guard_fills.get(u.order_id, 0.0), u.filled)
+            book.guard_filled = sum(book.guard_fills.values())
         if prev != u.status:
             ev = OrderEvent(
                 proposal_id=book.proposal_id, agent_id=book.agent_id, order_id=u.order_id,

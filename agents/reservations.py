@@ -136,6 +136,23 @@ class ReservationLedger:
             self.contract_pending.clear()
         return res
 
+    def amend(self, proposal_id: str, *, quantity: float | None = None,
+              stop_price: float | None = None, worst_case_loss: float | None = None) -> Reservation | None:
+        """A bracket changed at IB (agents/commands.py): its size, stop and worst case follow."""
+        res = self._by_id.get(proposal_id)
+        if res is None:
+            return None
+        self._account(res, -1)
+        if quantity is not None:
+            res.quantity = quantity
+            res.entry_done = res.entry_done or res.entry_filled >= quantity
+        if stop_price is not None:
+            res.stop_price = stop_price
+        if worst_case_loss is not None:
+            res.worst_case_loss = worst_case_loss
+        self._account(res, +1)
+        return res
+
     def set_margin(self, proposal_id: str, margin: float) -> None:
         res = self._by_id[proposal_id]
         self.total_margin += margin - res.margin

@@ -403,6 +403,8 @@ class RiskGovernor:
         self._agent_buckets: dict[str, TokenBucket] = {}
         self._agent_order_buckets: dict[str, TokenBucket] = {}
         self._replays = _Replays()
+        # (agent_id | None, symbol | None): halted by a scoped flatten until resume
+        self.scoped_halts: set[tuple[str | None, str | None]] = set()
         self._apply_limits(limits)
 
     # ================================================================== limits
@@ -582,8 +584,16 @@ class RiskGovernor:
         return event
 
     def on_control(self, cmd: ControlCommand) -> TradingStateChanged | None:
+        if cmd.action == "flatten" and (cmd.agent_id is not None or cmd.symbol is not None):
+            # a scoped flatten halts only its scope (agents/flatten.py); the rest trades on
+            self.scoped_halts.add((cmd.agent_id, cmd.symbol))
+            log.warning("trading_halted_scoped", agent_id=cmd.agent_id, symbol=cmd.symbol,
+                        reason=cmd.reason, by=cmd.by)
+            return None
+        if cmd.action == "resume":
+            self.scoped_halts.clear()
         new = {"halt": TradingState.HALTED, "reduce": TradingState.REDUCING,
-               "resume": TradingState.ACTIVE}[cmd.action]
+               "resume": TradingState.ACTIVE, "flatten": TradingState.HALTED}[cmd.action]
         reason = f"{cmd.action} by {cmd.by}" + (f": {cmd.reason}" if cmd.reason else "")
         if new is TradingState.ACTIVE:
             # resume re-bases the drawdown: it is measured from here on
@@ -745,7 +755,10 @@ class RiskGovernor:
         gate = view.connection_gate or gate_freshness(
             math.inf if view.oldest is None else (now - view.oldest).total_seconds(), lim
         ) or view.values_gate or gate_trading_state(self._state)
-        if gate is None:   # never arithmetic on a number it cannot take
+        if gate is None and self.scoped_halts:
+            gate = _scoped_halt(self.scoped_halts, p)
+        if gate is None:
+            # never arithmetic on a number it cannot take
             gate = gate_numbers(p) if p.legs is None else gate_combo_numbers(p)
         if gate is not None:
             return [gate], None
@@ -859,6 +872,18 @@ class RiskGovernor:
                     if (r := rule(c)) is not None], c
         reasons = [r for rule in self._rules[state is _REDUCING] if (r := rule(c)) is not None]
         return reasons, c
+
+    def check_as_new(self, proposal: TradeProposal, replaces: str | None = None
+                     ) -> tuple[list[Reason], RuleContext | None]:
+        """Every check a new bracket passes, for a changed bracket (agents/commands.py): the
+        bracket it `replaces` is left out of the ledger's totals while checking (its place is
+        what the change asks for). Nothing is reserved; the caller amends the reservation."""
+        res = self.ledger.release(replaces) if replaces else None
+        try:
+            return self._check(proposal, self._snapshot, self._clock.now())
+        finally:
+            if res is not None:
+                self.ledger.reserve(res)
 
     def _offline(self, p: TradeProposal, sym: SymbolLimits) -> tuple[int, float | None, float]:
         """(stand-in conId, multiplier or None, min tick) without IB's contract details."""
@@ -1283,6 +1308,16 @@ class RiskGovernor:
         ev = self.on_control(cmd)
         if ev is not None:
             await self._require_bus().publish(ev)
+
+
+def _scoped_halt(halts: set[tuple[str | None, str | None]], p: TradeProposal) -> Reason | None:
+    """TRADING_HALTED for a proposal inside a scoped flatten's halt (agent, symbol or both)."""
+    for agent, symbol in halts:
+        if (agent is None or agent == p.agent_id) and (symbol is None or symbol == p.symbol):
+            scope = " ".join(f"{k} {v}" for k, v in (("agent", agent), ("symbol", symbol)) if v)
+            return deny(DenialCode.TRADING_HALTED, value=f"HALTED ({scope})",
+                        detail=f"a flatten halted {scope}")
+    return None
 
 
 class _Replays:

@@ -81,6 +81,8 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "halt": ("halt trading over MQTT ({prefix}/control)", _operator("halt")),
     "reduce": ("reduce-only trading over MQTT", _operator("reduce")),
     "resume": ("resume trading over MQTT", _operator("resume")),
+    "flatten": ("halt, cancel working entries, close positions at market (--agent A, --symbol S:"
+                " only those); prints what was done", _operator("flatten")),
     "status": ("one line of the daemon's status (--json: all of it); exit 0 online, 1 degraded,"
                " 3 offline", _operator("status")),
     "dump": ("JSON dump of accounts, positions, orders, executions from IB", _tools("dump")),

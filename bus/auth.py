@@ -103,6 +103,13 @@ class Authenticator:
         return self._open(topic, agent_id, self._keys(agent_id), payload, who=f"agent {agent_id}",
                           same_again_ok=True)
 
+    def open_command(self, topic: str, agent_id: str, payload: bytes) -> bytes | Refusal:
+        """A bracket lifecycle command ({prefix}/commands/{agent_id}): signed as a proposal is;
+        a redelivery of the very same message is accepted (the desk answers its command_id
+        once)."""
+        return self._open(topic, agent_id, self._keys(agent_id), payload, who=f"agent {agent_id}",
+                          same_again_ok=True)
+
     def open_control(self, topic: str, payload: bytes) -> bytes | Refusal:
         """A control command is applied once: its nonce seen again is refused."""
         return self._open(topic, "*operator*", self._operator_key(), payload, who="the operator",

@@ -589,9 +589,18 @@ class TradingStateChanged(Message):
 
 
 class ControlCommand(Message):
-    action: Literal["halt", "reduce", "resume"]
+    action: Literal["halt", "reduce", "resume", "flatten"]
     reason: str = ""
     by: str = "operator"
+    # flatten only (agents/flatten.py): scoped to one agent's / one symbol's brackets
+    agent_id: AgentId | None = None
+    symbol: Symbol | None = None
+
+    @model_validator(mode="after")
+    def _scope(self) -> ControlCommand:
+        if self.action != "flatten" and (self.agent_id is not None or self.symbol is not None):
+            raise ValueError("agent_id / symbol scope only a flatten")
+        return self
 
 
 class Status(Message):
@@ -694,4 +703,6 @@ SCHEMA_MODELS: tuple[type[Message], ...] = (
 
 
 def json_schemas() -> dict[str, Any]:
-    return {m.__name__: m.model_json_schema() for m in SCHEMA_MODELS}
+    from bracketgate.bus.commands import command_schemas   # bracket lifecycle commands (issue 13)
+
+    return {**{m.__name__: m.model_json_schema() for m in SCHEMA_MODELS}, **command_schemas()}

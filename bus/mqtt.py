@@ -2,11 +2,13 @@
 
 In   {prefix}/proposals/{agent_id}  QoS 1, persistent session  -> TradeProposal offered to the bus
      {prefix}/control               QoS 1                       -> ControlCommand on the bus
-Out  RiskDecision                 -> {prefix}/decisions/{agent_id}  QoS 1
+     {prefix}/commands/{agent_id}   QoS 1 (with an on_command hook) -> bracket command to the hook
+Out  RiskDecision, CommandAnswer  -> {prefix}/decisions/{agent_id}  QoS 1
      OrderEvent, Fill             -> {prefix}/orders/{agent_id}     QoS 1, "type": order_event|fill
      PortfolioSnapshot            -> {prefix}/portfolio             QoS 0, retained, latest, rate-limited
      Status                       -> {prefix}/status                QoS 1, retained; will {"state":"offline"}
      TradingStateChanged, Alert   -> {prefix}/events                QoS 1, "type": trading_state|alert
+     FlattenReport                -> {prefix}/events                QoS 1, "type": flatten
 
 A proposal is acknowledged (PUBACK) only once it is durable: the `on_proposal` hook (the daemon
 journals it) has returned and it is on the bus, or its answer is. Until then it stays in the
@@ -48,6 +50,7 @@ from pydantic import ValidationError
 from bracketgate.bus.auth import Authenticator, Refusal
 from bracketgate.bus.bus import Bus, BusState, Overflow, Subscription
 from bracketgate.bus.combos import error_field
+from bracketgate.bus.commands import CommandAnswer, FlattenReport
 from bracketgate.bus.errors import BusError, ConfigError, LifecycleError, MqttError, MqttNotConnected
 from bracketgate.bus.messages import (
     DENIAL_MESSAGES,
@@ -130,6 +133,21 @@ class Topics:
 
     def proposals(self, agent_id: str) -> str:
         return f"{self.prefix}/proposals/{agent_id}"
+
+    @property
+    def commands_filter(self) -> str:
+        return f"{self.prefix}/commands/+"
+
+    def commands(self, agent_id: str) -> str:
+        return f"{self.prefix}/commands/{agent_id}"
+
+    def command_agent(self, topic: str) -> str | None:
+        """The agent id of a commands topic (bracket lifecycle, issue 13), None otherwise."""
+        head = f"{self.prefix}/commands/"
+        if not topic.startswith(head):
+            return None
+        agent = topic[len(head):]
+        return None if "/" in agent else agent
 
     def decisions(self, agent_id: str) -> str:
         return f"{self.prefix}/decisions/{agent_id}"
@@ -305,9 +323,13 @@ DecisionHook = Callable[[RiskDecision], Awaitable[None]]
 # (one encode per decision, and what the agent gets is byte for byte what is on record)
 DecisionsHook = Callable[[list[RiskDecision]], Awaitable[list[bytes] | None]]
 # after the broker acknowledged (PUBACK) decisions or fills, those acknowledged meanwhile together:
-# each (kind "decision" | "fill", proposal_id, agent_id, key: the fill's exec_id, "" for a decision)
+# each (kind "decision" | "fill" | "command", proposal_id, agent_id, key: the fill's exec_id, a
+# command answer's command_id, "" for a decision)
 Delivery = tuple[str, str, str, str]
 DeliveredHook = Callable[[list[Delivery]], Awaitable[None]]
+# A bracket lifecycle command (bus/commands.py): made durable and handed on; raising means
+# "not durable" (not acknowledged, the broker delivers it again)
+CommandHook = Callable[[Any], Awaitable[None]]
 # True when the journal already knows this proposal_id (taken in or answered before)
 SeenIdHook = Callable[[str], Awaitable[bool]]
 
@@ -331,13 +353,15 @@ class MqttBridge:
                  seen_id: SeenIdHook | None = None,
                  on_proposals: ProposalsHook | None = None,
                  on_decisions: DecisionsHook | None = None,
-                 authenticator: Authenticator | None = None) -> None:
+                 authenticator: Authenticator | None = None,
+                 on_command: CommandHook | None = None) -> None:
         if on_proposal is not None and on_proposals is not None \
                 or on_decision is not None and on_decisions is not None:
             raise ConfigError("MqttBridge takes one proposal hook and one decision hook")
         self._settings = settings
         self.last_refusal: int | None = None   # the broker's CONNACK code when it refused our login
         self._auth = authenticator   # signed messages (bus/auth.py), when an agents file has keys
+        self._on_command = on_command   # bracket commands: made durable before acknowledged
         self._seen_id = seen_id   # retained proposals: answered once (see _refuse_retained)
         self._delivered_hook = on_delivered
         self._delivery_tasks: set[asyncio.Task[None]] = set()
@@ -413,6 +437,8 @@ class MqttBridge:
             bus.subscribe(Status, self._on_status, name="mqtt"),
             bus.subscribe(TradingStateChanged, self._on_event, name="mqtt"),
             bus.subscribe(Alert, self._on_event, name="mqtt"),
+            bus.subscribe(CommandAnswer, self._on_command_answer, name="mqtt"),
+            bus.subscribe(FlattenReport, self._on_flatten_report, name="mqtt"),
         ]
 
     async def start(self) -> None:
@@ -553,6 +579,8 @@ class MqttBridge:
             # always, even after stop_intake(): the session keeps queueing proposals for next time
             await self._subscribe(client, self.topics.proposals_filter)
             await self._subscribe(client, self.topics.control)
+            if self._on_command is not None:   # bracket lifecycle commands (bus/command_intake.py)
+                await self._subscribe(client, self.topics.commands_filter)
             self._client = client
             self.counters["connects"] += 1
             if self._status.payload is None:
@@ -766,6 +794,53 @@ class MqttBridge:
         self._enqueue(_Outgoing(self.topics.events, _typed_json(kind, event), 1, False,
                                 getattr(event, "proposal_id", None), getattr(event, "agent_id", None)))
 
+    async def _on_command_answer(self, answer: CommandAnswer) -> None:
+        self._enqueue(_Outgoing(self.topics.decisions(answer.agent_id),
+                                answer.model_dump_json().encode(), 1, False,
+                                answer.proposal_id, answer.agent_id,
+                                delivery=("command", answer.command_id)))
+
+    async def _on_flatten_report(self, report: FlattenReport) -> None:
+        self._enqueue(_Outgoing(self.topics.events, _typed_json("flatten", report), 1, False))
+
+    async def _command(self, agent: str, payload: bytes, *, retained: bool) -> None:
+        """A bracket lifecycle command: checked like a proposal (bus/command_intake.py), made
+        durable by the hook (the desk journals it and acts on it), then acknowledged. Raising
+        hook: not acknowledged, delivered again."""
+        from bracketgate.bus.command_intake import parse_command_payload, refusal_answer
+        from bracketgate.bus.commands import CommandVerdict
+
+        if retained:   # a broker's replay at every SUBSCRIBE: never acted on
+            log.warning("command_ignored", code="RETAINED", agent_id=printable(agent, 80))
+            return
+        self.counters["commands"] = self.counters.get("commands", 0) + 1
+        now = self._clock.now()
+        if self._auth is not None and len(payload) <= self._settings.mqtt_max_payload:
+            opened = self._auth.open_command(self.topics.commands(agent), agent, payload)
+            if isinstance(opened, Refusal):
+                log.warning("command_unauthenticated", code=str(opened.code), detail=opened.detail,
+                            agent_id=printable(agent, 80))
+                await self._bus.publish(refusal_answer(
+                    agent, payload, CommandVerdict.REJECTED,
+                    [Reason(code=opened.code, message=opened.message)], now))
+                return
+            payload = opened
+        parsed = parse_command_payload(agent, payload, self._settings.mqtt_max_payload, now)
+        if isinstance(parsed, CommandAnswer):
+            log.info("command_invalid", code=str(parsed.reasons[0].code), agent_id=parsed.agent_id,
+                     command_id=parsed.command_id or None, errors=len(parsed.reasons))
+            await self._bus.publish(parsed)
+            return
+        assert self._on_command is not None
+        try:
+            await self._on_command(parsed)
+        except Exception as exc:  # not durable: not acknowledged, the broker delivers it again
+            log.error("command_not_durable", code="NOT_DURABLE", error=repr(exc),
+                      command_id=parsed.command_id, agent_id=agent)
+            raise _Redeliver(parsed.command_id) from exc
+        log.info("command_received", command_id=parsed.command_id, agent_id=agent,
+                 proposal_id=parsed.proposal_id, action=parsed.action)
+
     async def _on_snapshot(self, snapshot: PortfolioSnapshot) -> None:
         self._portfolio.set(snapshot.model_dump_json().encode())
 
@@ -834,6 +909,8 @@ class MqttBridge:
                             await self._answer_invalid(parsed, len(payload))
                     elif topic == self.topics.control:
                         await self._control(payload, retained=message.retain)
+                    elif (cmd_agent := self.topics.command_agent(topic)) is not None:
+                        await self._command(cmd_agent, payload, retained=message.retain)
                     else:  # e.g. amqtt hands out retained messages of other sessions' filters
                         log.debug("mqtt_ignored", topic=topic)
                 except _Redeliver:

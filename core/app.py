@@ -208,11 +208,26 @@ class Daemon:
             # and so do decisions journaled but never confirmed delivered by the broker
             recovered = await recover_from_journal(journal, governor, self.clock)
 
+            # bracket lifecycle commands (issue 13): cancel / amend / trail / close
+            from bracketgate.adapters.ib_lifecycle import BracketOrders
+            from bracketgate.adapters.journal_commands import CommandJournal
+            from bracketgate.agents.commands import CommandDesk
+
+            desk = CommandDesk(bus, governor, execution, broker, BracketOrders(broker),
+                               journal=CommandJournal(journal), clock=self.clock)
+            desk.attach()
+            from bracketgate.agents.flatten import Flattener
+
+            flattener = Flattener(bus, desk, execution, clock=self.clock)
+            flattener.attach()
+            _attach_flatten_journal(bus, journal)
+
             # a proposal is acknowledged to the broker only once journaled (FULL), see bus/mqtt.py
             bridge = MqttBridge(s, bus, self.clock, url=bridge_url or self.mqtt_url,
+                                on_command=desk.take_in,
                                 on_proposals=observer.timing(_journal_proposal(journal)),
                                 on_decisions=observer.counting(_journal_decision(journal)),
-                                on_delivered=_journal_delivery(journal),
+                                on_delivered=_journal_delivery(journal, desk),
                                 seen_id=_journal_knows(journal),
                                 authenticator=_authenticator(governor))
             # on the bus before the first reconcile, so what it publishes (fills missed while
@@ -253,6 +268,7 @@ class Daemon:
                 await bus.publish(fill)          # likewise (the governor counts an exec_id once)
             for proposal in recovered.undecided:
                 await bridge.resubmit(proposal)  # acknowledged, then the daemon died: decide now
+            await desk.recover()   # commands taken in and never answered: answered from IB's state
 
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -283,6 +299,8 @@ class Daemon:
             await _step("proposals_queued", _drain(bus, 5.0), 6.0)
             await _step("governor_in_flight", governor.aclose(), 10.0)
             await _step("placements_in_flight", execution.wait_idle(10.0), 11.0)
+            await _step("commands_in_flight", desk.wait_idle(10.0), 11.0)
+            await _step("flatten_in_flight", flattener.wait_idle(20.0), 21.0)
             try:
                 await bus.drain(5.0)
             except Exception as e:  # a drain timeout must not block the exit
@@ -618,11 +636,18 @@ def _journal_decision(journal: Any) -> Any:
 _DELIVERED_DECISION = encode_payload({"delivered": "decision"})   # the same payload every time
 
 
-def _journal_delivery(journal: Any) -> Any:
+def _journal_delivery(journal: Any, desk: Any = None) -> Any:
     """The bridge's delivery hook: the broker has these decisions and fills (PUBACK); one
-    journal operation for all of them."""
+    journal operation for all of them (command answers: the commands table's)."""
 
     async def delivered(deliveries: list[tuple[str, str, str, str]]) -> None:
+        answers = [(aid, key) for kind, _, aid, key in deliveries if kind == "command"]
+        if answers:
+            if desk is not None:
+                await desk.delivered(answers)
+            deliveries = [d for d in deliveries if d[0] != "command"]
+            if not deliveries:
+                return
         if any(kind == "decision" for kind, *_ in deliveries):
             crash_point("decision_delivered")
         await journal.record_many([
@@ -655,6 +680,17 @@ def _attach_journal(bus: Any, journal: Any) -> None:
 
 
 _AUTH_CODES = frozenset({"AUTH_REQUIRED", "BAD_SIGNATURE", "SIGNATURE_REPLAYED"})
+
+
+def _attach_flatten_journal(bus: Any, journal: Any) -> None:
+    """What a flatten did (agents/flatten.py) goes to the journal as it crosses the bus."""
+    from bracketgate.bus.commands import FlattenReport
+
+    async def report(msg: FlattenReport) -> None:
+        await journal.record("note", payload={"flatten": msg.model_dump(mode="json")},
+                             durable=True)
+
+    bus.subscribe(FlattenReport, report, name="journal.flatten")
 
 
 def main(argv: list[str]) -> int:

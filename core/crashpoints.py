@@ -13,6 +13,10 @@ The points, in the order a proposal passes them:
   intent_acked         the intent is marked acked, the decision not yet journaled
   decision_journaled   the decision is durable, not yet handed to the MQTT client
   decision_delivered   the broker acknowledged the decision (PUBACK), the delivery not journaled
+and those of a bracket lifecycle command (agents/commands.py):
+  command_journaled    the command is durable, not yet acted on nor acknowledged
+  close_sent           a close's market exit is about to be sent to IB
+  command_answered     the answer is journaled, not yet published
 """
 
 from __future__ import annotations
@@ -26,14 +30,18 @@ POINTS = (
     "proposal_journaled", "intent_journaled", "entry_sent", "legs_sent", "bracket_acked",
     "intent_acked", "decision_journaled", "decision_delivered",
 )
+# a bracket lifecycle command's (tests/e2e/test_commands_recovery.py); apart from POINTS, which
+# the proposals' crash storm cycles through
+COMMAND_POINTS = ("command_journaled", "close_sent", "command_answered")
 
 
 def _parse(spec: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, _, nth = part.partition("@")
-        if name not in POINTS:
-            raise ValueError(f"{ENV}: unknown crash point {name!r} (known: {', '.join(POINTS)})")
+        if name not in POINTS + COMMAND_POINTS:
+            raise ValueError(f"{ENV}: unknown crash point {name!r} (known: "
+                             f"{', '.join(POINTS + COMMAND_POINTS)})")
         out[name] = int(nth) if nth else 1
     return out
 

@@ -4,6 +4,7 @@ They talk to the daemon only through the broker, as any strategy agent or operat
   python run.py submit --agent demo --symbol AAPL --side BUY --qty 10 --limit 175 --tp 180 --sl 172.5
   python run.py submit --agent demo --json '{"proposal_id": "...", ...}'
   python run.py halt --reason "news"      python run.py resume
+  python run.py flatten [--agent A] [--symbol S]   (halt, cancel entries, close at market)
   python run.py status [--json]       (order files: python run.py orders FILE, core/order_files.py)
 The broker comes from MQTT_URL, else from the endpoints file the daemon writes in default mode
 (data/endpoints.json), else mqtt://127.0.0.1:1883. The login comes from MQTT_URL's user:password,
@@ -222,6 +223,27 @@ async def control(action: str, reason: str, timeout: float) -> tuple[int, dict[s
     return 3, st
 
 
+async def flatten(agent: str | None, symbol: str | None, reason: str,
+                  timeout: float) -> tuple[int, dict[str, Any] | None]:
+    """Publish a flatten and wait for its report ({prefix}/events, "type": "flatten"): exit 0
+    when it did everything, 1 when something failed (the report says what), 3 no report."""
+    body = {"action": "flatten", "reason": reason}
+    if agent:
+        body["agent_id"] = agent
+    if symbol:
+        body["symbol"] = symbol
+    async with _client(broker_url(), f"bg-flatten-{uuid.uuid4().hex[:8]}") as client:
+        await client.subscribe(f"{prefix()}/events", qos=1)
+        topic = f"{prefix()}/control"
+        await client.publish(topic, _maybe_signed(topic, json.dumps(body), None), qos=1)
+        report = await _first_json(client, lambda e: e.get("type") == "flatten"
+                                   and e.get("agent_id") == (agent or None)
+                                   and e.get("symbol") == (symbol or None), timeout)
+    if report is None:
+        return 3, None
+    return (1 if report.get("failed") else 0), report
+
+
 STATUS_EXIT = {"online": 0, "degraded": 1, "starting": 1, "stopping": 1, "offline": 3}
 
 
@@ -349,6 +371,12 @@ def main(argv: list[str]) -> int:
         c = sub.add_parser(name, help=f"{name} trading")
         c.add_argument("--reason", default="operator")
         c.add_argument("--timeout", type=float, default=5.0)
+    fl = sub.add_parser("flatten", help="halt (scoped when filtered), cancel working entries,"
+                                        " close positions at market; prints what was done")
+    fl.add_argument("--agent", help="only this agent's brackets (a scoped halt)")
+    fl.add_argument("--symbol", help="only this symbol's brackets (a scoped halt)")
+    fl.add_argument("--reason", default="operator")
+    fl.add_argument("--timeout", type=float, default=30.0)
     st = sub.add_parser("status", help="one line of the retained status and portfolio"
                                        " (exit 0 online, 1 degraded, 3 offline)")
     st.add_argument("--json", action="store_true", help="the whole retained status and portfolio")
@@ -361,6 +389,8 @@ def main(argv: list[str]) -> int:
     def run() -> int:
         if a.cmd == "submit":
             code, out = asyncio.run(submit(_proposal_from_args(a), a.agent, a.timeout))
+        elif a.cmd == "flatten":
+            code, out = asyncio.run(flatten(a.agent, a.symbol, a.reason, a.timeout))
         elif a.cmd == "status":
             code, out = asyncio.run(status(a.timeout))
             if not a.json:

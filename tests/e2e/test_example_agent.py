@@ -133,13 +133,6 @@ def test_example_agent_is_approved_filled_and_sends_the_break_even_amend(run: di
     assert run["daemon_rc"] == 0
 
 
-# ======================================================================================
-# NEEDS wip/life-daemon (issue 13: the {prefix}/commands/{agent_id} topic). Until it is merged
-# the daemon does not answer commands, the agent times out (exit 3) and this test XFAILs;
-# after merging it must pass: strict=True turns that XPASS into a failure -> delete the mark.
-# ======================================================================================
-@pytest.mark.xfail(strict=True, reason="needs the bracket commands of wip/life-daemon (issue 13); "
-                   "remove this mark after merging it")
 def test_example_agent_amend_is_answered(run: dict[str, Any]) -> None:
     answers = of(run, "command_answer")
     assert len(answers) == 1, run["events"]
