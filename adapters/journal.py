@@ -1102,9 +1102,12 @@ class Journal:
         return seq
 
     async def mark_intent(
-        self, proposal_id: str, state: IntentState | str, order_ids: Any = None
+        self, proposal_id: str, state: IntentState | str, order_ids: Any = None,
+        *, durable: bool = True,
     ) -> IntentState:
-        """Move an intent to `state` (durable); returns the previous state.
+        """Move an intent to `state` (durable: FULL, unless the caller knows a FULL commit
+        follows before anything depends on it, see ExecutionAgent._place); returns the
+        previous state.
 
         Moving to the state it is already in is a no-op (returns it). Illegal moves raise
         IntentStateError; an unknown proposal_id raises UnknownIntent. Each move is also an
@@ -1135,7 +1138,7 @@ class Journal:
                           _json({"state": new.value, "from": old.value, "order_ids": merged}))
             return old
 
-        old = await self._submit(run, True)
+        old = await self._submit(run, durable)
         if old is not new:
             log.info("journal.intent_state", proposal_id=proposal_id, old=old, new=new)
         return old
