@@ -35,7 +35,9 @@ pages already written) but may lose the last commits on power loss or a kernel c
 FULL fsyncs the WAL on every commit and survives both. Records whose loss after a power cut
 could cause a wrong action are committed FULL (`DURABLE_KINDS`): intents and their state
 moves (an order may be at IB), decisions (the idempotency answer to a re-delivered proposal),
-trading-state changes (a HALT must stay a HALT). Everything IB tells us again on reconnect
+trading-state changes (a HALT must stay a HALT) — but an intent's `acked` move on the
+placement path, which the approved decision's FULL commit follows before anything is
+published (ExecutionAgent._place). Everything IB tells us again on reconnect
 (acks, statuses, fills, commissions) and the rest is NORMAL: those come in bursts (partial
 fills, a reconcile after reconnect) and reconciliation re-reads them from IB anyway. A later
 FULL commit fsyncs them too, the WAL being one sequential file.
