@@ -74,13 +74,12 @@ def phases(logs: list[dict[str, Any]], approved: set[str]) -> dict[str, list[flo
             key = (pid, ev if ev != "journal.intent_state" else "intent " + str(e.get("new")))
             at.setdefault(key, datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp())
     out: dict[str, list[float]] = {}
-    steps = (("risk_decision", "intent IntentState.PENDING"), ("risk_decision", "bracket_placed"),
-             ("risk_decision", "intent IntentState.ACKED"))
+    steps = (("risk_decision", "bracket_placed"), ("risk_decision", "intent acked"))
     names = {s for pair in steps for s in pair}
     found = {k[1] for k in at}
     for a, b in steps:
         if a in found and b in found and names:
-            out[f"{a.split()[-1]} -> {b.split()[-1]}"] = [
+            out[f"{a} -> {b}"] = [
                 (at[(p, b)] - at[(p, a)]) * 1000 for p in approved if (p, a) in at and (p, b) in at]
     return out
 
