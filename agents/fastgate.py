@@ -11,9 +11,9 @@ the full chain, which produces the reasons. It never decides a rejection and nev
 check: the full chain is the only path that can say no.
 
 Scope (anything outside goes down the full chain):
-- the rules it covers are COVERED, exactly RULES as of this module; `fast_path_for` gives the
-  governor no fast path when its active rules include any other (a rule added to RULES later
-  is never skipped);
+- the rules it covers are COVERED, each named (the RULES of this version); `fast_path_for`
+  gives the governor no fast path when its active rules include any other (a rule added to
+  RULES later is never skipped: the fast path is off until it covers that rule too);
 - single-leg proposals of sec_type STK, OPT or FUT (no `legs`: a combo is never on it);
 - trading state ACTIVE (REDUCING runs the reducing-only rule on the full chain);
 - price bands with a quote that has both bid and ask usable (the reference price's common
@@ -29,7 +29,8 @@ import math
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from bracketgate.agents.rules import ORDER_MSGS_PER_BRACKET, RULES, Rule, RuleContext
+from bracketgate.agents import rules as r
+from bracketgate.agents.rules import ORDER_MSGS_PER_BRACKET, Rule, RuleContext
 from bracketgate.bus.messages import PortfolioSnapshot, SecType, Side, TradeProposal, TradingState
 from bracketgate.config.limits import SymbolLimits
 
@@ -37,7 +38,17 @@ if TYPE_CHECKING:
     from bracketgate.agents.risk import RiskGovernor, SnapshotView
 
 # the rules all_pass tests, each by its own denial condition (see the comments below)
-COVERED: frozenset[Rule] = frozenset(RULES)
+# named one by one (not taken from RULES): a rule added to RULES later is not in here, so
+# `fast_path_for` turns the fast path off until all_pass tests it too
+COVERED: frozenset[Rule] = frozenset((
+    r.rule_reducing_only, r.rule_symbol_allowed, r.rule_sec_type_allowed, r.rule_trading_hours,
+    r.rule_geometry, r.rule_price_band, r.rule_tick, r.rule_reward_risk, r.rule_stop_distance,
+    r.rule_max_order_quantity, r.rule_max_order_notional, r.rule_position_limit,
+    r.rule_position_notional, r.rule_gross_exposure, r.rule_net_exposure,
+    r.rule_max_open_brackets, r.rule_max_open_brackets_agent, r.rule_per_trade_loss,
+    r.rule_per_trade_loss_pct, r.rule_daily_loss, r.rule_agent_loss, r.rule_agent_exposure,
+    r.rule_rates,
+))
 FAST_SEC_TYPES = frozenset((SecType.STK, SecType.OPT, SecType.FUT))
 _ACTIVE, _BUY = TradingState.ACTIVE, Side.BUY
 _MAX_TICK_STEPS = 2.0 ** 53

@@ -336,6 +336,21 @@ def test_a_rule_it_does_not_cover_turns_the_fast_path_off() -> None:
 
     assert fastgate.fast_path_for(RULES) is fastgate.all_pass
     assert fastgate.fast_path_for(RULES + (rule_new,)) is None
+    assert fastgate.COVERED == frozenset(RULES)   # this version's rules, each tested by all_pass
+
+
+def test_a_rule_added_to_rules_turns_the_governors_fast_path_off(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another branch appends a rule to RULES: the governor built with it has no fast path
+    (COVERED names the rules all_pass tests; it is not RULES itself)."""
+    from bracketgate.agents import risk
+
+    def rule_new(c: Any) -> None:
+        return None
+
+    monkeypatch.setattr(risk, "RULES", RULES + (rule_new,))
+    gov = RiskGovernor(open_limits(), ManualClock())
+    assert gov._fast is None
 
 
 def test_a_proposal_out_of_tokens_never_takes_the_fast_path() -> None:
