@@ -35,7 +35,9 @@ pages already written) but may lose the last commits on power loss or a kernel c
 FULL fsyncs the WAL on every commit and survives both. Records whose loss after a power cut
 could cause a wrong action are committed FULL (`DURABLE_KINDS`): intents and their state
 moves (an order may be at IB), decisions (the idempotency answer to a re-delivered proposal),
-trading-state changes (a HALT must stay a HALT). Everything IB tells us again on reconnect
+trading-state changes (a HALT must stay a HALT) — but an intent's `acked` move on the
+placement path, which the approved decision's FULL commit follows before anything is
+published (ExecutionAgent._place). Everything IB tells us again on reconnect
 (acks, statuses, fills, commissions) and the rest is NORMAL: those come in bursts (partial
 fills, a reconcile after reconnect) and reconciliation re-reads them from IB anyway. A later
 FULL commit fsyncs them too, the WAL being one sequential file.
@@ -1120,9 +1122,12 @@ class Journal:
         return seq
 
     async def mark_intent(
-        self, proposal_id: str, state: IntentState | str, order_ids: Any = None
+        self, proposal_id: str, state: IntentState | str, order_ids: Any = None,
+        *, durable: bool = True,
     ) -> IntentState:
-        """Move an intent to `state` (durable); returns the previous state.
+        """Move an intent to `state` (durable: FULL, unless the caller knows a FULL commit
+        follows before anything depends on it, see ExecutionAgent._place); returns the
+        previous state.
 
         Moving to the state it is already in is a no-op (returns it). Illegal moves raise
         IntentStateError; an unknown proposal_id raises UnknownIntent. Each move is also an
@@ -1153,7 +1158,7 @@ class Journal:
                           _json({"state": new.value, "from": old.value, "order_ids": merged}))
             return old
 
-        old = await self._submit(run, True)
+        old = await self._submit(run, durable)
         if old is not new:
             log.info("journal.intent_state", proposal_id=proposal_id, old=old, new=new)
         return old

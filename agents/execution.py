@@ -104,7 +104,8 @@ class JournalPort(Protocol):
     async def record(self, kind: str, *, proposal_id: str | None = None, agent_id: str | None = None,
                      order_id: int | None = None, payload: Any = None) -> Any: ...
     async def record_intent(self, bracket: Any, order_ids: Any) -> Any: ...
-    async def mark_intent(self, proposal_id: str, state: str, order_ids: Any = None) -> Any: ...
+    async def mark_intent(self, proposal_id: str, state: str, order_ids: Any = None, *,
+                          durable: bool = True) -> Any: ...
     async def intents(self, states: Any = None) -> list[Any]: ...
 
 
@@ -420,7 +421,10 @@ class ExecutionAgent:
             self._sending.discard(p.proposal_id)
         book.placed = True
         crash_point("bracket_acked")
-        await self._mark(p.proposal_id, "acked", ids)
+        # not FULL on its own: the approved decision's FULL commit follows before it is
+        # published (the WAL is one file: it makes this one durable too); a power cut in
+        # between leaves the intent pending, which start-up reconciles from IB's orders
+        await self._mark(p.proposal_id, "acked", ids, durable=False)
         crash_point("intent_acked")
         log.info("bracket_placed", order_id=ids.entry, take_profit_id=ids.take_profit,
                  stop_loss_id=ids.stop_loss, symbol=p.symbol, side=p.side.value, quantity=p.quantity)
@@ -496,7 +500,8 @@ class ExecutionAgent:
         return PlacementResult(proposal_id=pid, ok=False, order_ids=book.ids, code=None,
                                error=f"IB connection lost while placing; {e.message}")
 
-    async def _mark(self, proposal_id: str, state: str, ids: BracketOrderIds | None = None) -> None:
+    async def _mark(self, proposal_id: str, state: str, ids: BracketOrderIds | None = None,
+                    durable: bool = True) -> None:
         """Move the intent (journal, then memory). An intent already finished (done, failed)
         is not moved back (a reconcile that found its bracket closed at IB must not mark it
         acked): logged, the journal's state stands."""
@@ -505,7 +510,7 @@ class ExecutionAgent:
             log.info("intent_state_kept", proposal_id=proposal_id, state=rec.state, wanted=state)
             return
         if self._journal is not None:
-            await self._journal.mark_intent(proposal_id, state, ids)
+            await self._journal.mark_intent(proposal_id, state, ids, durable=durable)
         rec = self._intents.get(proposal_id)
         if rec is not None and rec.state != state:
             self._intents[proposal_id] = _with_state(rec, state)

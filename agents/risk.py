@@ -30,6 +30,7 @@ from bracketgate.agents.combo_risk import (
     gate_combo_numbers,
     on_combo_fill,
 )
+from bracketgate.agents.fastgate import fast_path_for
 from bracketgate.agents.reservations import TERMINAL_STATUSES, Reservation, ReservationLedger
 from bracketgate.agents.rules import (
     ORDER_MSGS_PER_BRACKET,
@@ -425,6 +426,7 @@ class RiskGovernor:
             or (r is rule_price_band and not limits.price_bands)))
         self._rules: tuple[tuple[Rule, ...], tuple[Rule, ...]] = (
             tuple(r for r in active if r is not rule_reducing_only), active)
+        self._fast = fast_path_for(active)   # agents/fastgate.py; None: the full chain only
         # (symbol, sec_type, expiry, strike, right, currency) -> (stand-in conId, multiplier,
         # min tick) when no IB contract details are wired (tests, benches)
         self._offline_facts: dict[tuple[Any, ...], tuple[int, float | None, float]] = {}
@@ -791,6 +793,11 @@ class RiskGovernor:
             entry = px
         else:
             entry = p.limit_price  # type: ignore[assignment]
+        if self._fast is not None:   # every rule passes: decided in one pass (fastgate.py)
+            fast = self._fast(self, p, snapshot, view, now, mono, budget, rate_denied, sym,
+                              con_id, mult, tick, entry, market)
+            if fast is not None:
+                return [], fast
 
         ledger = self.ledger
         sign = 1 if p.side is _BUY else -1

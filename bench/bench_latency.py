@@ -25,6 +25,7 @@ import bisect
 import asyncio
 import json
 import logging
+import os
 import socket
 import statistics
 import sys
@@ -59,6 +60,28 @@ def fmt(xs: list[float]) -> str:
         return "(none)"
     return (f"p50 {statistics.median(xs):7.2f} ms   p90 {pct(xs, 90):7.2f} ms   "
             f"p99 {pct(xs, 99):7.2f} ms   max {max(xs):7.2f} ms   (n={len(xs)})")
+
+
+def phases(logs: list[dict[str, Any]], approved: set[str]) -> dict[str, list[float]]:
+    """Per approved proposal, the daemon's own time between its log lines (their timestamps):
+    the decision -> the bracket placed (IB's acks) -> the intent acked in the journal."""
+    from datetime import datetime
+
+    at: dict[tuple[str, str], float] = {}
+    for e in logs:
+        pid, ev = e.get("proposal_id"), e.get("event")
+        if pid in approved and ev in ("risk_decision", "bracket_placed", "journal.intent_state"):
+            key = (pid, ev if ev != "journal.intent_state" else "intent " + str(e.get("new")))
+            at.setdefault(key, datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp())
+    out: dict[str, list[float]] = {}
+    steps = (("risk_decision", "bracket_placed"), ("risk_decision", "intent acked"))
+    names = {s for pair in steps for s in pair}
+    found = {k[1] for k in at}
+    for a, b in steps:
+        if a in found and b in found and names:
+            out[f"{a} -> {b}"] = [
+                (at[(p, b)] - at[(p, a)]) * 1000 for p in approved if (p, a) in at and (p, b) in at]
+    return out
 
 
 def body(i: int, pid: str, approvable: bool) -> bytes:
@@ -102,12 +125,16 @@ async def main(n: int, rate: float, approve_every: int, baseline_n: int) -> None
     entry_at: dict[str, float] = {}
     whatifs: list[float] = []   # ib_async sends a what-if without the orderRef: matched by time
 
+    last_leg_at: dict[str, float] = {}    # the bracket's last leg (its stop) at the TWS
+
     def on_place(m: Any) -> None:
         now = time.perf_counter()
         if m.what_if:
             whatifs.append(now)
         elif m.parent_id == 0 and m.order_ref:
             entry_at.setdefault(m.order_ref, now)
+        elif m.order_ref:
+            last_leg_at[m.order_ref] = now
 
     tws.tws.on_place_order = on_place
     u = urlsplit(broker.url)
@@ -158,6 +185,7 @@ async def main(n: int, rate: float, approve_every: int, baseline_n: int) -> None
                 await asyncio.gather(reader, return_exceptions=True)
         finally:
             rc = await d.terminate()
+            logs = list(d.logs)
         health = await tws.get("/health")
     finally:
         await stop_paper_tws(tws)
@@ -195,6 +223,18 @@ async def main(n: int, rate: float, approve_every: int, baseline_n: int) -> None
     print(f"  publish -> rejected decision back     {fmt(dec_other)}")
     print(f"  apart: publish -> what-if at TWS      {fmt(to_whatif)}")
     print(f"  apart: what-if at TWS -> entry        {fmt(whatif_rt)}  (IB's answer + last checks)")
+    legs = [(last_leg_at[p] - entry_at[p]) * 1000 for p in approved if p in entry_at and p in last_leg_at]
+    after = [(received[p][0] - last_leg_at[p]) * 1000 for p in approved if p in last_leg_at]
+    print(f"  apart: entry -> last leg at TWS       {fmt(legs)}")
+    print(f"  apart: last leg at TWS -> decision    {fmt(after)}  (IB's acks, journal, publish)")
+    if os.environ.get("BENCH_LAT_DUMP"):   # one approved proposal's daemon lines, for a look
+        pick = sorted(approved)[len(approved) // 2] if approved else None
+        for e in logs:
+            if e.get("proposal_id") == pick or e.get("ref") == pick:
+                print("   ", e.get("timestamp"), e.get("event"), {k: v for k, v in e.items()
+                      if k in ("new", "old", "verdict", "logger")})
+    for label, xs in phases(logs, approved).items():
+        print(f"  daemon log: {label:25} {fmt(xs)}")
     if base:
         b = statistics.median(base)
         print(f"  p50 ratio to the baseline: entry {statistics.median(to_entry) / b if to_entry else float('nan'):.1f}x, "

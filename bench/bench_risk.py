@@ -15,7 +15,10 @@ dict lookup (the decision memory) plus one `construct(RiskDecision)` (the answer
 logging set-ups are measured: the production JSON log line per decision written to /dev/null
 at INFO, and the decision log filtered out (WARNING): the core alone.
 
-    python bench/bench_risk.py [--n 100000] [--seed 7] [--repeat 1]
+    python bench/bench_risk.py [--n 100000] [--seed 7] [--repeat 1] [--compare-full]
+
+`--compare-full` adds a set-up with the fused all-pass check (agents/fastgate.py) off: every
+proposal through the full rule chain, as before it.
 
 `--repeat k` runs each set-up k times and keeps, per figure, the median of the runs (a shared
 box: one run's p99 can be another process's time slice).
@@ -71,6 +74,8 @@ def make_limits() -> Any:
     base.update(max_proposals_per_s=200.0, proposal_burst=400, max_open_brackets=60,
                 denied_symbols=["KO"])
     base["agent"].update(max_proposals_per_s=50.0, proposal_burst=100, max_open_brackets=12)
+    # each agent its own budget (an unlisted agent_id shares one: the 8 would be one agent)
+    base["agents"] = {a: {} for a in AGENTS}
     return parse_limits(base)
 
 
@@ -144,11 +149,13 @@ def percentiles(ns: list[int]) -> dict[str, float]:
 Timings = dict[str, list[int]]   # "all" / "approved" / "rejected" / "repeated" -> ns per call
 
 
-def run(n: int, seed: int) -> tuple[Timings, Counter[str], list[float]]:
+def run(n: int, seed: int, fast: bool = True) -> tuple[Timings, Counter[str], list[float]]:
     rng = random.Random(seed)
     prices = {s: round(rng.uniform(20, 600), 2) for s in SYMBOLS}
     clock = ManualClock()
     gov = RiskGovernor(make_limits(), clock)
+    if not fast:
+        gov._fast = None    # the full rule chain for every proposal (agents/fastgate.py off)
     held: dict[str, float] = {s: 0.0 for s in SYMBOLS}
     proposals = make_proposals(n, rng, prices)
     gov.on_snapshot(make_snapshot(clock, prices, held))
@@ -258,14 +265,14 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
-def measure(n: int, seed: int, repeat: int) -> tuple[dict[str, dict[str, float]], Counter[str],
-                                                     list[float]]:
+def measure(n: int, seed: int, repeat: int, fast: bool = True,
+            ) -> tuple[dict[str, dict[str, float]], Counter[str], list[float]]:
     """Per split ("all", "approved", ...) the median over `repeat` runs of each percentile."""
     per_split: dict[str, list[dict[str, float]]] = {}
     outcome: Counter[str] = Counter()
     pauses: list[float] = []
     for _ in range(repeat):
-        timings, outcome, pauses = run(n, seed)
+        timings, outcome, pauses = run(n, seed, fast)
         for split, ns in timings.items():
             if ns:
                 per_split.setdefault(split, []).append(percentiles(ns))
@@ -277,6 +284,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--repeat", type=int, default=1, help="runs per set-up (median kept)")
+    ap.add_argument("--compare-full", action="store_true",
+                    help="also time the full rule chain alone (the fused all-pass check off)")
     args = ap.parse_args()
 
     print(f"bench_risk: {args.n} proposals, seed {args.seed}, Python {platform.python_version()}, "
@@ -292,8 +301,12 @@ def main() -> None:
     prod, outcome, pauses = measure(args.n, args.seed, args.repeat)
     configure_logging("json", "WARNING", stream=devnull)
     core, _, pauses_core = measure(args.n, args.seed, args.repeat)
+    setups = [("log line on (INFO -> /dev/null)", prod), ("log filtered (WARNING)", core)]
+    if args.compare_full:
+        full, _, _ = measure(args.n, args.seed, args.repeat, fast=False)
+        setups.append(("log filtered, full chain only", full))
     logging.getLogger().setLevel(logging.INFO)
-    for label, res in (("log line on (INFO -> /dev/null)", prod), ("log filtered (WARNING)", core)):
+    for label, res in setups:
         for split in ("all", "approved", "rejected", "repeated"):
             if split in res:
                 rows.append((f"evaluate {split:8}, {label}", res[split]))
@@ -302,7 +315,8 @@ def main() -> None:
     for name, r in rows:
         print(f"{name:58} {r['p50']:8.2f} {r['p99']:8.2f} {r['p99.9']:8.2f} {r['max']:9.1f} {r['mean']:8.2f}")
     print("\nratios (evaluate / baseline dict lookup + construct(RiskDecision)), p50 | p99:")
-    for label, res in (("log line on ", prod), ("log filtered", core)):
+    for label, res in [("log line on ", prod), ("log filtered", core)] + (
+            [("full chain  ", setups[2][1])] if args.compare_full else []):
         print(f"  {label}: " + ", ".join(
             f"{split} {res[split]['p50'] / base_d['p50']:.1f}x | {res[split]['p99'] / base_d['p99']:.1f}x"
             for split in ("all", "approved", "rejected") if split in res))

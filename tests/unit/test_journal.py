@@ -292,6 +292,23 @@ async def test_mark_intent_walks_the_states(journal: Journal, clock: ManualClock
     assert moves == [(None, "pending"), ("pending", "sent"), ("sent", "acked"), ("acked", "done")]
 
 
+async def test_mark_intent_is_full_unless_told_a_full_commit_follows(journal: Journal) -> None:
+    """ExecutionAgent marks an intent acked with durable=False: the approved decision's FULL
+    commit comes next, before anything is published (a power cut between leaves it pending,
+    which start-up reconciles); every other move is committed FULL."""
+    await journal.record_intent(bracket("p-1"), None)
+    before = journal.stats["full_commits"]
+    await journal.mark_intent("p-1", "sent")
+    assert journal.stats["full_commits"] == before + 1
+    await journal.mark_intent("p-1", "acked", durable=False)
+    assert journal.stats["full_commits"] == before + 1
+    [intent] = await journal.intents()
+    assert intent.state is IntentState.ACKED
+    await journal.record("decision", proposal_id="p-1", agent_id="alpha",
+                         payload={"proposal_id": "p-1", "verdict": "approved"})
+    assert journal.stats["full_commits"] == before + 2
+
+
 async def test_mark_intent_refuses_illegal_moves_and_unknown_ids(journal: Journal) -> None:
     await journal.record_intent(bracket("p-1"), None)
     await journal.mark_intent("p-1", "acked")
