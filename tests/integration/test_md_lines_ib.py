@@ -216,6 +216,20 @@ async def test_ibs_101_below_the_budget_is_survived(paper_tws, make_rig):
         assert ids[i] in rig.held() and len(rig.held()) <= 3
     lines = await rig.sim_lines()
     assert lines["refusals"] == 1 and lines["in_use"] <= 3
+    # the same figures on /metrics
+    from prometheus_client import generate_latest
+
+    from bracketgate.core.metrics import Observer
+
+    obs = Observer(mode="paper", prefix="t")
+    obs.watch(broker=rig.broker)
+    text = generate_latest(obs.registry).decode()
+    assert "bracketgate_market_data_lines 3.0" in text
+    assert "bracketgate_market_data_lines_limit 3.0" in text
+    assert f"bracketgate_market_data_line_evictions_total {float(rig.broker.lines.evictions)}" \
+        in text and rig.broker.lines.evictions >= 3
+    assert 'bracketgate_market_data_line_refusals_total{reason="ib_101"} 1.0' in text
+    assert 'bracketgate_market_data_line_refusals_total{reason="budget_full"} 0.0' in text
 
 
 async def _wait(predicate: Any, timeout: float = 10.0, what: str = "") -> None:
