@@ -470,7 +470,7 @@ class _Live:
         yield gauge("bracketgate_ib_pacing_budget_used_ratio", "Messages sent to IB in the last "
                     "second / the pacer's rate", None if pacer is None
                     else pacer.sent_last_second() / pacer.rate)
-        lines = getattr(broker, "lines", None)   # the market-data line budget (adapters/md_lines.py)
+        lines = getattr(broker, "lines", None)   # the line budget (adapters/md_lines.py)
         yield gauge("bracketgate_market_data_lines", "Market-data lines (streamed quotes) held",
                     None if lines is None else float(len(lines)))
         yield gauge("bracketgate_market_data_lines_limit", "Market-data lines the daemon may "
