@@ -529,14 +529,14 @@ def _attach_governor(governor: Any, bus: Any, broker: Any, monitor: Any) -> None
         hold = {q.con_id for q in quoted_legs}   # one leg's line is never given up for another's
         for quoted in quoted_legs:
             snap = governor.snapshot
-            if snap is not None and quote_for(snap, quoted.con_id) is not None \
-                    and broker.touch_quote(quoted.con_id):
+            stale = snap is not None and quote_for(snap, quoted.con_id) is not None
+            if stale and broker.touch_quote(quoted.con_id):
                 continue
             # hand the governor a snapshot with the quote now, not after a bus hop; a
-            # contract IB has no quote for is not rebuilt for at every proposal, but a line
-            # given up for this one is (its quote must leave the snapshot at once)
+            # contract IB has no quote for is not rebuilt for at every proposal, but a given-up
+            # line's is (its quote must leave the snapshot at once, this one's or another's)
             evicted = broker.lines.evictions
-            if await broker.ensure_quote(quoted, hold=hold) is not None \
+            if await broker.ensure_quote(quoted, hold=hold) is not None or stale \
                     or broker.lines.evictions != evicted:
                 for ev in governor.on_snapshot(monitor.build()):
                     await bus.publish(ev)

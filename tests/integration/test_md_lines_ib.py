@@ -312,3 +312,24 @@ async def test_a_combos_legs_are_never_given_up_for_each_other(paper_tws, make_r
     assert r.field == "market_data_lines" and "line budget is full" in r.message
     assert leg_ids[0] in rig.held() and leg_ids[1] not in rig.held()
     assert len(rig.held()) == 2
+
+
+async def test_a_snapshot_quote_of_a_line_given_up_is_never_priced_on(paper_tws, make_rig):
+    # the governor's snapshot still shows TSLA's quote, but its line is gone (given up by a path
+    # other than this proposal's) and none is to be had: QUOTE_UNAVAILABLE, not the old price
+    rig = await make_rig(2, 5)
+    d = await rig.decide(dict(symbol="TSLA"), quantity=100_000, **bracket_around(250.0))
+    assert D.MAX_ORDER_QUANTITY in [r.code for r in d.reasons]
+    tsla = await rig.con_id(dict(symbol="TSLA"))
+    snap = rig.governor.snapshot
+    assert snap is not None and tsla in snap.quotes
+    rig.broker.lines.release(tsla)
+    rig.broker._drop_lines([tsla])            # no await: the bus has not moved a new snapshot
+    rig.broker.pin_quotes(lambda: {1, 2})
+    rig.broker.lines.claim(1)
+    rig.broker.lines.claim(2)                 # two lines pinned elsewhere (stand-ins)
+    assert tsla in rig.governor.snapshot.quotes   # type: ignore[union-attr]
+    d = await rig.decide(dict(symbol="TSLA"), quantity=100_000, **bracket_around(250.0))
+    [r] = [r for r in d.reasons if r.code is D.QUOTE_UNAVAILABLE]
+    assert r.field == "market_data_lines"
+    assert tsla not in rig.governor.snapshot.quotes   # type: ignore[union-attr]
