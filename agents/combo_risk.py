@@ -452,6 +452,10 @@ class ComboBook:
     def __len__(self) -> int:
         return len(self._legs)
 
+    def con_ids(self) -> set[int]:
+        """Every leg of every open combo reservation (their quotes must stay streamed)."""
+        return {leg[0] for legs in self._legs.values() for leg in legs}
+
     def add(self, pid: str, combo: ComboRisk) -> None:
         self._legs[pid] = tuple((lg.con_id, lg.sign, lg.ratio, lg.mark, lg.multiplier)
                                 for lg in combo.legs)

@@ -392,6 +392,9 @@ class RiskGovernor:
         self._bus: Bus | None = None
         self._whatif: WhatIf | None = None
         self._prepare: Prepare | None = None
+        # proposal_id -> the prepare hook's word on a missing quote (no market-data line); it
+        # stands in for the rules' QUOTE_UNAVAILABLE and is taken by the proposal's evaluation
+        self._quote_notes: dict[str, Reason] = {}
         self._prior: PriorLookup | None = None
         self._order_msgs_per_bracket = ORDER_MSGS_PER_BRACKET
         # with an IB pacer attached, the order-rate rule reads its headroom (no second count);
@@ -671,6 +674,7 @@ class RiskGovernor:
                   snapshot: PortfolioSnapshot | None) -> tuple[RiskDecision, bool]:
         """(decision, fresh): fresh is False for a repeat or a duplicate id."""
         pid = proposal.proposal_id
+        note = self._quote_notes.pop(pid, None) if self._quote_notes else None
         seen = self._decisions.get(pid)
         now = self._clock.now()
         if seen is None and pid in self._replays.unknown:
@@ -711,6 +715,8 @@ class RiskGovernor:
         if now >= self._day_ends:
             self._roll_day(now)
         reasons, ctx = self._check(proposal, snapshot, now)
+        if note is not None and reasons:
+            reasons = _explained(reasons, note)
         if not reasons:
             assert ctx is not None
             self._reserve(proposal, ctx, now)
@@ -718,6 +724,19 @@ class RiskGovernor:
         self._decisions.put(pid, proposal, decision)
         self._log_decision(proposal, decision, ctx)
         return decision, True
+
+    def explain_quote(self, proposal_id: str, reason: Reason) -> None:
+        """Why this proposal's quote is missing, from the prepare hook (core/app.py: the
+        market-data line budget full, IB's 101): its QUOTE_UNAVAILABLE says so."""
+        if len(self._quote_notes) >= 1_000:   # never taken (a decision found first): bounded
+            self._quote_notes.clear()
+        self._quote_notes[proposal_id] = reason
+
+    def quote_needs(self) -> set[int]:
+        """conIds the open reservations need quoted: their contracts, a combo's legs."""
+        out = {res.con_id for res in self.ledger}
+        out.update(self._combos.con_ids())
+        return out
 
     def _agent_gate(self, agent_id: str) -> Reason | None:
         """With an agents file: UNKNOWN_AGENT / AGENT_DISABLED, else None."""
@@ -1315,6 +1334,20 @@ class RiskGovernor:
         ev = self.on_control(cmd)
         if ev is not None:
             await self._require_bus().publish(ev)
+
+
+def _explained(reasons: list[Reason], note: Reason) -> list[Reason]:
+    """The rules' QUOTE_UNAVAILABLE reasons as one: the prepare hook's (why no quote)."""
+    if not any(r.code is DenialCode.QUOTE_UNAVAILABLE for r in reasons):
+        return reasons
+    out: list[Reason] = []
+    for r in reasons:
+        if r.code is not DenialCode.QUOTE_UNAVAILABLE:
+            out.append(r)
+        elif note is not None:
+            out.append(note)
+            note = None  # type: ignore[assignment]
+    return out
 
 
 def _scoped_halt(halts: set[tuple[str | None, str | None]], p: TradeProposal) -> Reason | None:

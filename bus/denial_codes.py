@@ -110,10 +110,14 @@ CODE_DOCS: dict[DenialCode, CodeDoc] = {
         _BROKER_WAIT, "`NetLiquidation` or `AvailableFunds`"),
     D.QUOTE_UNAVAILABLE: CodeDoc(
         "rejected", "price bands and MKT entries (agents/rules.py): no quote for the contract, no "
-        "usable bid/ask/last, or (MKT entry) a quote older than `max_quote_age_s`",
-        "`max_quote_age_s` when the quote is stale", "the quote's age, or the conId without a quote",
+        "usable bid/ask/last, or (MKT entry) a quote older than `max_quote_age_s`; no "
+        "market-data line for it (core/app.py: every line pinned, or IB's error 101)",
+        "`max_quote_age_s` when the quote is stale; the line budget (`IB_MAX_MARKET_DATA_LINES`, "
+        "or fewer after a 101) when no line", "the quote's age, or the conId without a quote, or "
+        "the lines in use",
         "retry with a new proposal_id a moment later (a first proposal subscribes the quote); for "
-        "an illiquid contract use a LMT entry", "`quote_age_s` or `con_id`, when set"),
+        "an illiquid contract use a LMT entry; `market_data_lines`: wait for brackets to close",
+        "`quote_age_s`, `con_id` or `market_data_lines`, when set"),
     # ---- trading state
     D.TRADING_HALTED: CodeDoc(
         "rejected", "gate: the trading state is HALTED (operator `halt`, or the daily loss limit "

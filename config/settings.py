@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     ib_connect_timeout: float = Field(10.0, gt=0)
     ib_reconnect_max_s: float = Field(0.5, gt=0, le=60)   # cap of the reconnect backoff
     ib_max_msgs_per_s: float = Field(40.0, ge=5, lt=50)   # the IB pacer's budget (IB's cap: 50/s)
+    # quotes streamed at once (IB's default cap is 100 lines per account, shared with other tools)
+    ib_max_market_data_lines: int = Field(90, ge=1, le=10_000)
     # an entry filled while its stop is not working at IB: protective stop, flatten, or alert only
     unprotected_fill_action: Literal["protect", "flatten", "alert"] = "protect"
 

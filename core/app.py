@@ -175,6 +175,7 @@ class Daemon:
                 account=s.ib_account or "", publish=bus.publish, clock=self.clock,
                 connect_timeout=s.ib_connect_timeout, live_ok=s.ib_live,
                 backoff_cap=s.ib_reconnect_max_s, max_msgs_per_s=s.ib_max_msgs_per_s,
+                max_market_data_lines=s.ib_max_market_data_lines,
             )
             self.broker = broker
             # IB reports executions of the last days only: the journal's fills of a week suffice
@@ -509,8 +510,9 @@ def _safe_url(url: str | None) -> str | None:
 
 def _attach_governor(governor: Any, bus: Any, broker: Any, monitor: Any) -> None:
     """The governor meets IB only through these two callables (both via the broker port)."""
-    from bracketgate.agents.rules import quote_for
+    from bracketgate.agents.rules import deny, quote_for
     from bracketgate.bus.errors import BrokerError
+    from bracketgate.bus.messages import DenialCode
 
     async def prepare(proposal: TradeProposal) -> None:
         if not broker.is_ready:
@@ -523,18 +525,33 @@ def _attach_governor(governor: Any, bus: Any, broker: Any, monitor: Any) -> None
             return
         # every entry needs the quote: a MKT entry is priced at it, every price is banded by it
         # (a combo's, from its legs' quotes: agents/combo_risk.py)
-        for quoted in ((contract.legs or [contract]) if contract is not None else ()):
+        quoted_legs = (contract.legs or [contract]) if contract is not None else []
+        hold = {q.con_id for q in quoted_legs}   # one leg's line is never given up for another's
+        for quoted in quoted_legs:
             snap = governor.snapshot
-            if snap is None or quote_for(snap, quoted.con_id) is None:
-                # hand the governor a snapshot with the quote now, not after a bus hop; a
-                # contract IB has no quote for is not rebuilt for at every proposal
-                if await broker.ensure_quote(quoted) is not None:
-                    for ev in governor.on_snapshot(monitor.build()):
-                        await bus.publish(ev)
+            stale = snap is not None and quote_for(snap, quoted.con_id) is not None
+            if stale and broker.touch_quote(quoted.con_id):
+                continue
+            # hand the governor a snapshot with the quote now, not after a bus hop; a
+            # contract IB has no quote for is not rebuilt for at every proposal, but a given-up
+            # line's is (its quote must leave the snapshot at once, this one's or another's)
+            evicted = broker.lines.evictions
+            if await broker.ensure_quote(quoted, hold=hold) is not None or stale \
+                    or broker.lines.evictions != evicted:
+                for ev in governor.on_snapshot(monitor.build()):
+                    await bus.publish(ev)
+            refusal = broker.quote_refusal(quoted.con_id)
+            if refusal is not None:   # no line to be had: the rejection says so
+                governor.explain_quote(proposal.proposal_id, deny(
+                    DenialCode.QUOTE_UNAVAILABLE, refusal.limit, refusal.in_use,
+                    field="market_data_lines", detail=refusal.detail()))
+                return
 
     async def whatif(bracket: Any) -> dict[str, Any]:
         return await broker.what_if(bracket)
 
+    # the quotes of pending reservations (a combo's legs) keep their market-data lines
+    broker.pin_quotes(governor.quote_needs)
     # the order-rate rule reads the IB pacer's headroom (one count of what goes to IB)
     governor.attach(bus, prepare=prepare, whatif=whatif, order_budget=broker.pacer)
 

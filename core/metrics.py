@@ -470,6 +470,21 @@ class _Live:
         yield gauge("bracketgate_ib_pacing_budget_used_ratio", "Messages sent to IB in the last "
                     "second / the pacer's rate", None if pacer is None
                     else pacer.sent_last_second() / pacer.rate)
+        lines = getattr(broker, "lines", None)   # the line budget (adapters/md_lines.py)
+        yield gauge("bracketgate_market_data_lines", "Market-data lines (streamed quotes) held",
+                    None if lines is None else float(len(lines)))
+        yield gauge("bracketgate_market_data_lines_limit", "Market-data lines the daemon may "
+                    "hold (IB_MAX_MARKET_DATA_LINES, or fewer after IB's error 101)",
+                    None if lines is None else float(lines.ceiling))
+        yield CounterMetricFamily("bracketgate_market_data_line_evictions", "Quote lines given "
+                                  "up (least recently used) for another contract's",
+                                  value=0 if lines is None else lines.evictions)
+        fam = CounterMetricFamily("bracketgate_market_data_line_refusals", "Contracts left "
+                                  "without a quote line: every line pinned, or IB's 101",
+                                  labels=["reason"])
+        fam.add_metric(["budget_full"], 0 if lines is None else lines.full_refusals)
+        fam.add_metric(["ib_101"], 0 if lines is None else lines.ib_refusals)
+        yield fam
         by_agent = o.open_brackets_by_agent()
         fam = GaugeMetricFamily("bracketgate_open_brackets", "Brackets at IB still carrying risk",
                                 labels=["agent_id"])

@@ -1,7 +1,8 @@
 """`python run.py sim ...`: run the paper TWS (API port + control port) until SIGINT/SIGTERM.
 
     python run.py sim --port 4002 --control-port 4102 [--state FILE] [--seed N] [--host 127.0.0.1]
-                      [--tick-interval 1.0] [--pacing 50] [--log-level INFO]
+                      [--tick-interval 1.0] [--pacing 50] [--market-data-lines 100]
+                      [--log-level INFO]
 
 Logs are JSON lines on stdout. Once both ports listen, one `paper_tws_ready` line carries the
 actual ports (useful with `--port 0`). With --state FILE the brokerage state is loaded at start
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pacing", type=int, default=50,
                    help="max messages per second per client before error 100 (0 = off)")
     p.add_argument("--max-clients", type=int, default=32)
+    p.add_argument("--market-data-lines", type=int, default=100,
+                   help="concurrent reqMktData lines before error 101, as TWS (0 = no cap)")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--account", default=None, metavar="ID",
                    help="the account id the TWS presents (default DU1234567, a paper id); e.g. "
@@ -59,7 +62,7 @@ async def run(args: argparse.Namespace) -> int:
     tws = PaperTWS(engine, universe, host=args.host, port=args.port, feed=feed,
                    control_port=args.control_port, max_clients=args.max_clients,
                    pacing_limit=args.pacing, tick_interval=args.tick_interval,
-                   state_file=args.state)
+                   state_file=args.state, max_market_data_lines=args.market_data_lines)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -16,6 +16,7 @@ cap fill sizes and read the full brokerage state. Routes (all bodies and answers
     POST /ack_hold {"orderRef": "p1", "orderType": "STP", "mode": "lose" | "mute"}  test switch:
                    the next such order is lost (no order, no answer) or muted (placed, but its
                    status is never pushed; reqOpenOrders still lists it)
+    POST /md_lines {"limit": 5}       concurrent market-data lines before error 101 (0 = no cap)
 
 Errors answer {"ok": false, "error": "..."} with 400 (bad input), 404 (unknown path or
 contract) or 405 (wrong method).
@@ -29,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bracketgate.core.logs import get_logger
+from bracketgate.sim import md_lines
 from bracketgate.sim.model import UNSET_DOUBLE, SimExecution, SimOrder, SimPosition
 from bracketgate.sim.universe import UnknownContract
 
@@ -62,6 +64,7 @@ class ControlServer:
             ("POST", "/step"): self._step,
             ("POST", "/pacing"): self._pacing,
             ("POST", "/ack_hold"): self._ack_hold,
+            ("POST", "/md_lines"): self._md_lines,
         }
 
     async def start(self) -> None:
@@ -185,6 +188,13 @@ class ControlServer:
         self.tws.pacing_limit = int(_number(args, "limit"))
         return {"limit": self.tws.pacing_limit}
 
+    async def _md_lines(self, args: dict[str, Any]) -> dict[str, Any]:
+        limit = int(_number(args, "limit"))
+        if limit < 0:
+            raise BadRequest("md_lines limit must be >= 0 (0 = no cap)")
+        self.tws.max_market_data_lines = limit
+        return md_lines.view(self.tws)
+
     async def _ack_hold(self, args: dict[str, Any]) -> dict[str, Any]:
         mode = str(args.get("mode", "lose"))
         ref, kind = str(args.get("orderRef", "")), str(args.get("orderType", ""))
@@ -262,6 +272,7 @@ def state_view(tws: Any) -> dict[str, Any]:
         "prices": {str(k): v for k, v in sorted(eng.prices.items())},
         "clients": tws.client_ids,
         "up": tws.is_up,
+        "mdLines": md_lines.view(tws),
     }
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.logs import get_logger
-from bracketgate.sim import codec, combos
+from bracketgate.sim import codec, combos, md_lines
 from bracketgate.sim.codec import (
     CancelOrder,
     ContractSpec,
@@ -162,6 +162,7 @@ class PaperTWS:
         save_delay: float = 0.2,
         server_version: int = MAX_SERVER_VERSION,
         clock: Clock = SYSTEM_CLOCK,
+        max_market_data_lines: int = md_lines.DEFAULT_LINES,
     ) -> None:
         if universe is None:
             universe = engine.universe if engine is not None else Universe()
@@ -205,6 +206,9 @@ class PaperTWS:
         self.ack_holds: dict[tuple[str, str], str] = {}   # (orderRef, orderType) -> lose | mute
         self._muted: set[tuple[int, int]] = set()         # (clientId, orderId) never pushed
         self.lost_orders = 0
+        # concurrent reqMktData lines over all clients; past them error 101 (sim/md_lines.py)
+        self.max_market_data_lines = max_market_data_lines
+        self.md_line_refusals = 0
         # benchmarks: called with each placeOrder the session handles (what-if ones too), before
         # the engine sees it (bench/bench_latency.py takes its receive time)
         self.on_place_order: Callable[[PlaceOrder], None] | None = None
@@ -547,6 +551,8 @@ class PaperTWS:
             s.send(codec.error(m.order_id, e.code, e.message, s.version))
 
     def _h_mkt_data(self, s: Session, m: ReqMktData) -> None:
+        if md_lines.refused(self, s, m.req_id):
+            return
         if m.contract.sec_type.upper() == "BAG":
             combos.start_quotes(self, s, m)
             return

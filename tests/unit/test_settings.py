@@ -27,6 +27,7 @@ def test_defaults_are_default_mode() -> None:
     assert s.mode == "default"
     assert s.ib_host is None and s.ib_port is None and s.mqtt_url is None
     assert s.ib_client_id == 1 and s.ib_live is False
+    assert s.ib_max_market_data_lines == 90   # of IB's default 100 lines: room for other tools
     assert s.mqtt_client_id == "bracketgate" and s.mqtt_prefix == "bracketgate"
     assert s.mqtt_max_payload == 16 * 1024
     assert s.portfolio_publish_interval == 0.5
@@ -41,6 +42,7 @@ def test_env_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IB_PORT", "7497")
     monkeypatch.setenv("IB_CLIENT_ID", "7")
     monkeypatch.setenv("IB_CONNECT_TIMEOUT", "2.5")
+    monkeypatch.setenv("IB_MAX_MARKET_DATA_LINES", "40")
     monkeypatch.setenv("MQTT_URL", "mqtt://broker.lan:1884")
     monkeypatch.setenv("MQTT_USERNAME", "gate")
     monkeypatch.setenv("MQTT_PASSWORD", "s3cret")
@@ -50,6 +52,7 @@ def test_env_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOG_LEVEL", "debug")
     s = load_settings()
     assert (s.ib_host, s.ib_port, s.ib_client_id, s.ib_connect_timeout) == ("10.0.0.5", 7497, 7, 2.5)
+    assert s.ib_max_market_data_lines == 40
     assert (s.mqtt_host, s.mqtt_port, s.mqtt_prefix) == ("broker.lan", 1884, "desk1")
     assert s.mqtt_password is not None and s.mqtt_password.get_secret_value() == "s3cret"
     assert s.mqtt_tls and s.mqtt_tls_insecure
@@ -161,6 +164,7 @@ def test_live_mode_line_is_loud() -> None:
         {"ib_port": 70000},
         {"mqtt_cert_file": "c.pem"},
         {"mqtt_password": "x"},
+        {"ib_max_market_data_lines": 0},
     ],
 )
 def test_invalid_values(kwargs: dict[str, object]) -> None:
