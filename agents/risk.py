@@ -74,6 +74,7 @@ from bracketgate.bus.messages import (
     TradingStateChanged,
     Verdict,
     WorkingOrder,
+    WorstCase,
 )
 from bracketgate.config.agents import AgentsFile, diff_agents, load_agents
 from bracketgate.config.limits import AgentLimits, RiskLimits, SymbolLimits, diff_limits, load_limits
@@ -120,7 +121,7 @@ _INFO = logging.INFO
 _set_attr = object.__setattr__
 _new_decision = RiskDecision.__new__
 _DECISION_FIELDS = frozenset(("proposal_id", "agent_id", "verdict", "reasons", "order_ids",
-                              "trading_state", "ts"))
+                              "trading_state", "ts", "worst_case"))
 _OFFLINE_FACTS_MAX = 10_000     # contracts remembered by the offline stand-in (tests, benches)
 # the one budget every unregistered agent_id shares when there is no agents file (not a valid
 # agent_id, so no agent can be it)
@@ -721,6 +722,10 @@ class RiskGovernor:
             assert ctx is not None
             self._reserve(proposal, ctx, now)
         decision = self._decision(proposal, reasons, now)
+        if not reasons:   # the loss it was admitted with, and which bound applied (combos)
+            decision.__dict__["worst_case"] = construct(
+                WorstCase, loss=round(ctx.worst_case_loss, 2),   # type: ignore[union-attr]
+                bound="stop" if ctx.combo is None else ctx.combo.bound)   # type: ignore[union-attr]
         self._decisions.put(pid, proposal, decision)
         self._log_decision(proposal, decision, ctx)
         return decision, True
@@ -961,7 +966,7 @@ class RiskGovernor:
         _set_attr(d, "__dict__", {"proposal_id": p.proposal_id, "agent_id": p.agent_id,
                                   "verdict": _REJECTED if reasons else _APPROVED,
                                   "reasons": reasons, "order_ids": None,
-                                  "trading_state": self._state, "ts": now})
+                                  "trading_state": self._state, "ts": now, "worst_case": None})
         _set_attr(d, "__pydantic_fields_set__", set(_DECISION_FIELDS))
         _set_attr(d, "__pydantic_extra__", None)
         _set_attr(d, "__pydantic_private__", None)

@@ -355,6 +355,15 @@ class BracketOrderIds(Message):
     stop_loss: int
 
 
+class WorstCase(Message):
+    """An approval's risk as the gate counted it: the bracket's worst-case loss and the bound that
+    gave it ("stop": quantity x |entry - stop| x multiplier + slippage; "structure": a combo's own
+    maximum loss, when that is the lower)."""
+
+    loss: float
+    bound: Literal["stop", "structure"]
+
+
 class RiskDecision(Message):
     proposal_id: str
     agent_id: str
@@ -363,6 +372,8 @@ class RiskDecision(Message):
     order_ids: BracketOrderIds | None = None
     trading_state: TradingState | None = None
     ts: datetime
+    # approvals decided by the gate: the worst case counted against the loss budgets
+    worst_case: WorstCase | None = None
 
 
 class ResolvedContract(Message):

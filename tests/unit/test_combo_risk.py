@@ -90,6 +90,10 @@ def test_worst_case_is_the_stop_or_the_structure_whichever_is_smaller(
     d, gov = decide(p, slippage_ticks=2.0)
     assert d.verdict is Verdict.APPROVED, d.reasons
     assert worst(gov) == pytest.approx(expected)
+    # the approval itself says which bound applied, and the loss it was admitted with
+    assert d.worst_case is not None and d.worst_case.bound == bound
+    assert d.worst_case.loss == pytest.approx(expected, abs=0.01)
+    assert d.model_dump(mode="json")["worst_case"] == {"loss": d.worst_case.loss, "bound": bound}
     # the bound named in a denial at one cent under that worst case
     d2, _ = decide(p, slippage_ticks=2.0, per_trade_loss_limit=round(expected - 0.01, 2))
     assert [r.code for r in d2.reasons] == [D.PER_TRADE_LOSS_LIMIT]

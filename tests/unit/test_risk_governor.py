@@ -68,6 +68,13 @@ def test_decision_shape() -> None:
     assert d.trading_state is TradingState.ACTIVE
     # built without validation on the hot path, so prove it round-trips through validation
     assert RiskDecision.model_validate_json(d.model_dump_json()) == d
+    # an approval carries the worst case it was admitted with (a single leg: the stop's bound)
+    res = gov.ledger.get(d.proposal_id)
+    assert res is not None and d.worst_case is not None and d.worst_case.bound == "stop"
+    assert d.worst_case.loss == pytest.approx(res.worst_case_loss, abs=0.005)
+    # a rejection carries none
+    r = gov.evaluate(proposal("p-bad", sl=500.0), snapshot(clock))
+    assert r.verdict is Verdict.REJECTED and r.worst_case is None
 
 
 # ====================================================================== fail closed
