@@ -46,6 +46,7 @@ from bracketgate.bus.messages import Fill, Leg, OrderEvent, Reason
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.crashpoints import crash_point
 from bracketgate.core.logs import get_logger
+from bracketgate.core.tasks import TaskSet
 from structlog.contextvars import bound_contextvars
 
 log = get_logger("agents.commands")
@@ -73,7 +74,7 @@ class CommandDesk:
         self.timeout_s = timeout_s
         self._inflight: dict[str, str] = {}
         self._running: set[tuple[str, str]] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
         self._memory: dict[tuple[str, str], tuple[dict[str, Any], CommandAnswer | None]] = {}
         self._changed = asyncio.Event()
         self._recovered: dict[tuple[str, str], float] = {}   # answered at start-up -> when
@@ -191,18 +192,10 @@ class CommandDesk:
     # ------------------------------------------------------------------ running
 
     def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro, name)
 
     async def wait_idle(self, timeout: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                while self._tasks:
-                    await asyncio.gather(*list(self._tasks), return_exceptions=True)
-            return True
-        except TimeoutError:
-            return False
+        return await self._tasks.wait_idle(timeout)
 
     def bracket_now(self, proposal_id: str) -> BracketNow | None:
         book = self._execution.book(proposal_id)

@@ -23,6 +23,7 @@ from bracketgate.bus.errors import BrokerError
 from bracketgate.bus.messages import ControlCommand
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.logs import get_logger
+from bracketgate.core.tasks import TaskSet
 
 log = get_logger("agents.flatten")
 
@@ -38,7 +39,7 @@ class Flattener:
         self._execution = execution
         self._clock = clock
         self.timeout_s = timeout_s
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
 
     def attach(self) -> None:
         self._bus.subscribe(ControlCommand, self._on_control, name="flatten")
@@ -46,18 +47,10 @@ class Flattener:
     async def _on_control(self, cmd: ControlCommand) -> None:
         if cmd.action != "flatten":
             return
-        task = asyncio.get_running_loop().create_task(self.flatten(cmd), name="flatten")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self.flatten(cmd), "flatten")
 
     async def wait_idle(self, timeout: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                while self._tasks:
-                    await asyncio.gather(*list(self._tasks), return_exceptions=True)
-            return True
-        except TimeoutError:
-            return False
+        return await self._tasks.wait_idle(timeout)
 
     def _in_scope(self, book: Any, cmd: ControlCommand) -> bool:
         return ((cmd.agent_id is None or book.agent_id == cmd.agent_id)

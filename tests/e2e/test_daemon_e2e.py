@@ -8,17 +8,9 @@ import uuid
 
 import pytest
 
-from tests.fixtures.daemon import DaemonProcess, MqttProbe
+from tests.fixtures.daemon import DaemonProcess, MqttProbe, stock_bracket as bracket
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
-
-
-def bracket(pid: str, **kw):
-    p = {"proposal_id": pid, "symbol": "AAPL", "sec_type": "STK", "exchange": "SMART",
-         "currency": "USD", "side": "BUY", "quantity": 10, "order_type": "LMT",
-         "limit_price": 229.00, "take_profit": 235.00, "stop_loss": 226.50, "tif": "DAY"}
-    p.update(kw)
-    return p
 
 
 async def test_proposal_to_bracket_to_take_profit(mosquitto, paper_tws_process, tmp_path):

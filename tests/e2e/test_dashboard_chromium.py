@@ -21,21 +21,13 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.chromium import Chromium, chromium_binary
-from tests.fixtures.daemon import DaemonProcess, MqttProbe, run_cli
+from tests.fixtures.daemon import DaemonProcess, MqttProbe, run_cli, stock_bracket as bracket
 from tests.fixtures.http import healthz, http_url_of, poll
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
 
 EVIL_AGENT = '<img src=x onerror="window.pwned=1">'
 EVIL_PID = "<script>window.pwned=2</script>"
-
-
-def bracket(pid: str, **kw):
-    p = {"proposal_id": pid, "symbol": "AAPL", "sec_type": "STK", "exchange": "SMART",
-         "currency": "USD", "side": "BUY", "quantity": 10, "order_type": "LMT",
-         "limit_price": 229.00, "take_profit": 235.00, "stop_loss": 226.50, "tif": "DAY"}
-    p.update(kw)
-    return p
 
 
 def require_chromium() -> None:

@@ -14,18 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.daemon import REPO, DaemonProcess, MqttProbe, run_cli
+from tests.fixtures.daemon import REPO, DaemonProcess, MqttProbe, run_cli, stock_bracket as bracket
 from tests.fixtures.http import healthz, http_get, http_url_of, poll, scrape, value
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mosquitto]
-
-
-def bracket(pid: str, **kw):
-    p = {"proposal_id": pid, "symbol": "AAPL", "sec_type": "STK", "exchange": "SMART",
-         "currency": "USD", "side": "BUY", "quantity": 10, "order_type": "LMT",
-         "limit_price": 229.00, "take_profit": 235.00, "stop_loss": 226.50, "tif": "DAY"}
-    p.update(kw)
-    return p
 
 
 async def test_metrics_and_health_move_with_the_run(mosquitto, paper_tws_process, tmp_path):
