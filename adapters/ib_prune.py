@@ -112,7 +112,8 @@ class TradeRetention:
             dropped += self._drop(wrapper, g, members)
         for g in [g for g in self._done_since if g not in groups]:
             del self._done_since[g]
-        self.pruned_fills += self._drop_orphan_fills(wrapper, wall_now or datetime.now(timezone.utc))
+        wall_now = wall_now or datetime.now(timezone.utc)
+        self.pruned_fills += self._drop_orphan_fills(wrapper, wall_now)
         self.pruned_trades += dropped
         return dropped
 

@@ -45,7 +45,8 @@ async def until(pred, timeout: float = 60.0) -> None:
             await asyncio.sleep(0.05)   # waiting for IB's events
 
 
-async def run(mode: str, n: int, batch: int, retention: float, client_id: int) -> tuple[float, list]:
+async def run(mode: str, n: int, batch: int, retention: float,
+              client_id: int) -> tuple[float, list]:
     tws = await start_paper_tws()
     execs: list[str] = []
 
@@ -82,7 +83,8 @@ async def run(mode: str, n: int, batch: int, retention: float, client_id: int) -
             heap = tracemalloc.get_traced_memory()[0] - heap0
             rows.append((placed, len(w.trades), len(w.permId2Trade), len(w.fills), heap / 1e6))
             print(f"  {mode:>9}: {placed:5d} brackets  trades {len(w.trades):5d}  permId2Trade "
-                  f"{len(w.permId2Trade):5d}  fills {len(w.fills):5d}  traced heap {heap / 1e6:7.2f} MB",
+                  f"{len(w.permId2Trade):5d}  fills {len(w.fills):5d}  "
+                  f"traced heap {heap / 1e6:7.2f} MB",
                   flush=True)
     finally:
         await broker.close()

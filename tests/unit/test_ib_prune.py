@@ -36,7 +36,8 @@ def add_bracket(wrapper, ref: str, first_id: int, statuses=("Filled", "Filled", 
                          action="BUY" if i == 0 else "SELL", totalQuantity=10,
                          parentId=0 if i == 0 else first_id, lmtPrice=100.0 + i, auxPrice=90.0)
         trade = ib.Trade(ib.Stock("AAPL", "SMART", "USD"), order,
-                         ib.OrderStatus(orderId=oid, status=status, filled=10 if status == "Filled" else 0))
+                         ib.OrderStatus(orderId=oid, status=status,
+                                        filled=10 if status == "Filled" else 0))
         wrapper.trades[(1, oid)] = trade
         wrapper.permId2Trade[order.permId] = trade
         if status == "Filled":
@@ -108,9 +109,11 @@ def test_only_the_done_bracket_goes_and_orphan_fills_age_out(wrapper) -> None:
     r = TradeRetention(60, clock=clock)
     add_bracket(wrapper, "a", 40)
     add_bracket(wrapper, "b", 50, statuses=("Submitted", "PreSubmitted", "PreSubmitted"))
-    orphan_old = ib.Fill(ib.Stock("MSFT"), ib.Execution(execId="x-old", permId=1), ib.CommissionReport(),
+    orphan_old = ib.Fill(ib.Stock("MSFT"), ib.Execution(execId="x-old", permId=1),
+                         ib.CommissionReport(),
                          NOW - timedelta(seconds=61))
-    orphan_new = ib.Fill(ib.Stock("MSFT"), ib.Execution(execId="x-new", permId=2), ib.CommissionReport(),
+    orphan_new = ib.Fill(ib.Stock("MSFT"), ib.Execution(execId="x-new", permId=2),
+                         ib.CommissionReport(),
                          NOW - timedelta(seconds=30))
     wrapper.fills.update({"x-old": orphan_old, "x-new": orphan_new})
     r.sweep(wrapper, wall_now=NOW)
@@ -146,8 +149,10 @@ def test_tombstones_are_bounded_and_answer_for_a_pruned_bracket(wrapper) -> None
     assert pruned_bracket(r.legs("t0")) == {}
 
 
-def _update(order_id: int, status: str, filled: float = 0.0, code: int | None = None) -> BrokerOrderUpdate:
-    return BrokerOrderUpdate(order_id=order_id, client_id=1, status=status, filled=filled, code=code, ts=NOW)
+def _update(order_id: int, status: str, filled: float = 0.0,
+            code: int | None = None) -> BrokerOrderUpdate:
+    return BrokerOrderUpdate(order_id=order_id, client_id=1, status=status, filled=filled,
+                             code=code, ts=NOW)
 
 
 async def test_the_outbox_coalesces_an_orders_queued_updates_never_executions_or_errors() -> None:
