@@ -9,8 +9,9 @@ from those books the trades that are done, and their fills:
 - a group is every trade of one orderRef (a bracket's three legs, its guard orders), or one trade
   without an orderRef;
 - it is done when every member has a terminal status (Filled, Cancelled, ApiCancelled,
-  Inactive) and none of its executions still waits for its commission report in the adapter
-  (`busy(exec_id)`);
+  Inactive), none of its executions still waits for its commission report in the adapter
+  (`busy(exec_id)`), and its fills net to zero (an entry filled whose exits did not fill as
+  much leaves a position a protect / flatten command must still find the entry's contract for);
 - it is dropped `retention_s` after it was first seen done (IB_TRADE_RETENTION_S, default 600:
   far past the execution agent's CLOSED_KEEP_S, so its closed book is gone first; a group that
   moves again, a replayed open order, starts over).
@@ -102,7 +103,7 @@ class TradeRetention:
             groups.setdefault(trade.order.orderRef or ("", key), []).append((key, trade))
         dropped = 0
         for g, members in groups.items():
-            if not all(self._done(t, busy) for _, t in members):
+            if not all(self._done(t, busy) for _, t in members) or _open_units(members):
                 self._done_since.pop(g, None)
                 continue
             since = self._done_since.setdefault(g, now)
@@ -150,6 +151,17 @@ class TradeRetention:
     def stats(self) -> dict[str, int]:
         return {"pruned_trades": self.pruned_trades, "pruned_fills": self.pruned_fills,
                 "tombstones": len(self.tombstones), "done_waiting": len(self._done_since)}
+
+
+def _open_units(members: list[tuple[Any, Any]]) -> bool:
+    """The group's orders leave a position open (the entry filled, its exits did not fill as
+    much: the stop cancelled under an `alert` guard): kept, a protect or flatten command needs
+    the entry's contract (IBBroker.place_protective) until an order of its orderRef closes it."""
+    net = 0.0
+    for _, t in members:
+        filled = _num(t.orderStatus.filled) or _num(getattr(t.order, "filledQuantity", None)) or 0.0
+        net += filled if (t.order.action or "").upper() == "BUY" else -filled
+    return abs(net) > 1e-9
 
 
 def _aware(t: datetime) -> datetime:

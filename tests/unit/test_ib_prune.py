@@ -76,7 +76,7 @@ def test_a_bracket_with_one_working_leg_is_kept_and_its_grace_restarts(wrapper) 
     for _ in range(3):
         clock.t += 100
         assert r.sweep(wrapper, wall_now=NOW) == 0
-    trades[1].orderStatus.status = "Filled"
+    trades[1].orderStatus.status, trades[1].orderStatus.filled = "Filled", 10
     trades[2].orderStatus.status = "Cancelled"
     r.sweep(wrapper, wall_now=NOW)
     clock.t += 5
@@ -191,3 +191,22 @@ def test_exec_ids_keep_the_newest_cap() -> None:
     assert list(ids) == ["e2", "e3", "e4"] and ids["e3"] is True
     ids["e5"] = True
     assert list(ids) == ["e3", "e4", "e5"]
+
+
+def test_a_filled_entry_whose_exits_did_not_fill_is_kept(wrapper) -> None:
+    """An `alert` guard leaves the position open with every leg terminal: a protect command
+    later needs the entry's contract, so the group stays until an order of it closes it."""
+    clock = Clock()
+    r = TradeRetention(1, clock=clock)
+    add_bracket(wrapper, "open", 70, statuses=("Filled", "Cancelled", "Cancelled"))
+    for _ in range(3):
+        r.sweep(wrapper, wall_now=NOW)
+        clock.t += 5
+    assert len(wrapper.trades) == 3
+    flat = ib.Order(orderId=73, clientId=1, permId=9073, orderRef="open", orderType="MKT",
+                    action="SELL", totalQuantity=10)
+    wrapper.trades[(1, 73)] = ib.Trade(ib.Stock("AAPL"), flat,
+                                       ib.OrderStatus(orderId=73, status="Filled", filled=10))
+    r.sweep(wrapper, wall_now=NOW)
+    clock.t += 2
+    assert r.sweep(wrapper, wall_now=NOW) == 4
