@@ -38,7 +38,7 @@ from typing import Any
 
 TERMINAL = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
 DEFAULT_RETENTION_S = 600.0
-TOMBSTONES_MAX = 10_000
+TOMBSTONES_MAX = 4096
 
 # one pruned leg: (order_id, perm_id, client_id, parent_id, order_type, status, filled,
 #                  stop_price, limit_price, symbol, action, quantity)

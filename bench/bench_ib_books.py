@@ -7,7 +7,8 @@ entry and take-profit filled, stop cancelled; commissions reported). Twice: with
 IB_TRADE_RETENTION_S=0 (the library keeps every Trade and Fill until a disconnect: the baseline)
 and with `--retention` seconds (adapters/ib_prune.py). Printed per mode: the library's books
 (trades, permId2Trade, fills) and the traced heap (tracemalloc) every batch, and the traced heap
-per bracket at the end as a ratio against the baseline.
+per bracket at the end as a ratio against the baseline, all of it and the part allocated under
+the client library or the adapter (the in-process paper TWS's own growth left out).
 
     python bench/bench_ib_books.py [--n 600] [--batch 50] [--retention 2]
 """
@@ -31,6 +32,12 @@ from bracketgate.adapters.ib import IBBroker  # noqa: E402
 from bracketgate.bus.messages import ApprovedBracket, BrokerExecution, TradeProposal  # noqa: E402
 from bracketgate.core.logs import configure_logging  # noqa: E402
 from tests.fixtures.paper_tws import start_paper_tws, stop_paper_tws  # noqa: E402
+
+
+# allocations with a frame in the client library or the adapter (the paper TWS's own state,
+# in the same process, is left out)
+LIBRARY = [tracemalloc.Filter(True, f"*{os.sep}{d}{os.sep}*", all_frames=True)
+           for d in ("ib_async", "ib_insync", "adapters")]
 
 
 def proposal(pid: str) -> TradeProposal:
@@ -86,12 +93,15 @@ async def run(mode: str, n: int, batch: int, retention: float,
                   f"{len(w.permId2Trade):5d}  fills {len(w.fills):5d}  "
                   f"traced heap {heap / 1e6:7.2f} MB",
                   flush=True)
+        gc.collect()
+        lib = sum(t.size for t in tracemalloc.take_snapshot().filter_traces(LIBRARY).traces)
     finally:
         await broker.close()
         await stop_paper_tws(tws)
     print(f"  {mode:>9}: {n} brackets in {time.monotonic() - t0:.0f} s, "
-          f"{len(execs)} executions published ({len(set(execs))} distinct)")
-    return rows[-1][4], rows
+          f"{len(execs)} executions published ({len(set(execs))} distinct); allocated under the "
+          f"client library or the adapter and still held: {lib / 1e6:.2f} MB")
+    return rows[-1][4], lib / 1e6
 
 
 async def main() -> None:
@@ -102,14 +112,18 @@ async def main() -> None:
     a = ap.parse_args()
     configure_logging("json", "WARNING", stream=open(os.devnull, "w"))  # noqa: SIM115
     logging.getLogger().setLevel(logging.WARNING)
-    tracemalloc.start(1)
+    tracemalloc.start(10)
     print(f"bench_ib_books: {a.n} brackets finished at the paper TWS, batches of {a.batch}")
-    base, _ = await run("baseline", a.n, a.batch, 0.0, 31)
-    pruned, _ = await run("retention", a.n, a.batch, a.retention, 32)
+    base, base_lib = await run("baseline", a.n, a.batch, 0.0, 31)
+    pruned, pruned_lib = await run("retention", a.n, a.batch, a.retention, 32)
     print(f"traced heap after {a.n} finished brackets: baseline (no retention) {base:.2f} MB "
           f"= {base * 1e6 / a.n / 1024:.1f} KiB per bracket; retention {a.retention:g} s "
           f"{pruned:.2f} MB = {pruned * 1e6 / a.n / 1024:.2f} KiB per bracket; ratio "
           f"{pruned / base if base else float('nan'):.3f}")
+    print(f"client library + adapter only: baseline {base_lib:.2f} MB = "
+          f"{base_lib * 1e6 / a.n / 1024:.1f} KiB per bracket; retention {pruned_lib:.2f} MB = "
+          f"{pruned_lib * 1e6 / a.n / 1024:.2f} KiB per bracket; ratio "
+          f"{pruned_lib / base_lib if base_lib else float('nan'):.3f}")
 
 
 if __name__ == "__main__":
