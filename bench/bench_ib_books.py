@@ -10,7 +10,7 @@ and with `--retention` seconds (adapters/ib_prune.py). Printed per mode: the lib
 per bracket at the end as a ratio against the baseline, all of it and the part allocated under
 the client library or the adapter (the in-process paper TWS's own growth left out).
 
-    python bench/bench_ib_books.py [--n 600] [--batch 50] [--retention 2]
+    python bench/bench_ib_books.py [--n 600] [--batch 50] [--retention 2] [--publish-ms 0]
 """
 
 from __future__ import annotations
@@ -53,13 +53,19 @@ async def until(pred, timeout: float = 60.0) -> None:
 
 
 async def run(mode: str, n: int, batch: int, retention: float,
-              client_id: int) -> tuple[float, list]:
+              client_id: int, publish_ms: float = 0.0) -> tuple[float, float]:
     tws = await start_paper_tws()
     execs: list[str] = []
 
+    depth = [0, 0]   # the outbox's deepest backlog, messages published
+
     async def publish(msg) -> None:
+        depth[0] = max(depth[0], broker._outbox.qsize())
+        depth[1] += 1
         if isinstance(msg, BrokerExecution):
             execs.append(msg.exec_id)
+        if publish_ms:
+            await asyncio.sleep(publish_ms / 1000)   # a slow bus (the pump waits on it)
 
     broker = IBBroker(host=tws.host, port=tws.port, client_id=client_id, publish=publish,
                       heartbeat_s=1.0, ack_timeout=5.0, trade_retention_s=retention)
@@ -101,6 +107,9 @@ async def run(mode: str, n: int, batch: int, retention: float,
     print(f"  {mode:>9}: {n} brackets in {time.monotonic() - t0:.0f} s, "
           f"{len(execs)} executions published ({len(set(execs))} distinct); allocated under the "
           f"client library or the adapter and still held: {lib / 1e6:.2f} MB")
+    print(f"  {mode:>9}: outbox: {depth[1]} messages published, deepest backlog {depth[0]}, "
+          f"{broker._outbox.coalesced} order updates coalesced into a queued one "
+          f"(publish {publish_ms:g} ms each)")
     return rows[-1][4], lib / 1e6
 
 
@@ -109,13 +118,15 @@ async def main() -> None:
     ap.add_argument("--n", type=int, default=600)
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--retention", type=float, default=2.0)
+    ap.add_argument("--publish-ms", type=float, default=0.0,
+                    help="each bus publish takes this long (a slow bus: the outbox backs up)")
     a = ap.parse_args()
     configure_logging("json", "WARNING", stream=open(os.devnull, "w"))  # noqa: SIM115
     logging.getLogger().setLevel(logging.WARNING)
     tracemalloc.start(10)
     print(f"bench_ib_books: {a.n} brackets finished at the paper TWS, batches of {a.batch}")
-    base, base_lib = await run("baseline", a.n, a.batch, 0.0, 31)
-    pruned, pruned_lib = await run("retention", a.n, a.batch, a.retention, 32)
+    base, base_lib = await run("baseline", a.n, a.batch, 0.0, 31, a.publish_ms)
+    pruned, pruned_lib = await run("retention", a.n, a.batch, a.retention, 32, a.publish_ms)
     print(f"traced heap after {a.n} finished brackets: baseline (no retention) {base:.2f} MB "
           f"= {base * 1e6 / a.n / 1024:.1f} KiB per bracket; retention {a.retention:g} s "
           f"{pruned:.2f} MB = {pruned * 1e6 / a.n / 1024:.2f} KiB per bracket; ratio "

@@ -117,6 +117,7 @@ async def test_finished_brackets_leave_the_books_and_still_answer(rig, paper_tws
     await finish_brackets(rig, paper_tws, "ret2")
     await until(lambda: book_sizes(b) == (0, 0, 0), what="pruned again")
     assert len(b.retention.tombstones) == 2 * N
+    assert not b._pending_execs and len(b._seen_execs) == 4 * N   # the adapter's own, bounded
 
     # reconnect after pruning: IB replays the day's executions and completed orders
     published = sorted(x.exec_id for x in rig.execs)
