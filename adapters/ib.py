@@ -23,6 +23,9 @@ State kept here (one line each):
                   fill unique by exec_id and the governor counts an exec_id once a day)
   _settled:       orderIds a placement check found dead or absent at IB (never cancelled again)
   _absent:        orderIds a placement check found IB does not have (lost on the way)
+  retention:      the client library's finished trades dropped after a grace period, and the
+                  bounded tombstones of their orderRefs (adapters/ib_prune.py); _outbox coalesces
+                  an order's queued status updates (adapters/ib_outbox.py)
 
 Every message to IB goes through `pacer` (adapters/pacer.py): the adapter awaits its turn
 right before each request, and a hook on the client's sendMsg counts what really leaves (the
@@ -76,6 +79,13 @@ from bracketgate.adapters.md_lines import (
     LineRefusal,
     LinesFull,
     forget_ticker,
+)
+from bracketgate.adapters.ib_outbox import Outbox
+from bracketgate.adapters.ib_prune import (
+    DEFAULT_RETENTION_S,
+    TradeRetention,
+    pruned_bracket,
+    pruned_updates,
 )
 from bracketgate.adapters.pacer import DEFAULT_RATE, Pacer, Priority
 from bracketgate.bus.combos import combo_con_id, leg_query
@@ -319,6 +329,7 @@ class IBBroker:
         live_ok: bool = False,
         max_msgs_per_s: float = DEFAULT_RATE,
         max_market_data_lines: int = DEFAULT_LINES,
+        trade_retention_s: float = DEFAULT_RETENTION_S,
     ) -> None:
         if port in LIVE_PORTS and not live_ok:
             raise BrokerConnectError(f"port {port} is a LIVE trading port; refusing without explicit live opt-in")
@@ -342,7 +353,9 @@ class IBBroker:
         self.reconnects = 0                       # reconnects that succeeded (metrics, status)
         self.heartbeat_rtt_s: float | None = None  # the last heartbeat's round trip
         self._closing = False
-        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._outbox = Outbox()   # an order's queued status updates coalesced (ib_outbox.py)
+        self.retention = TradeRetention(trade_retention_s)   # finished trades dropped (ib_prune.py)
+        self._prune_task: asyncio.Task | None = None
         self._pump_task: asyncio.Task | None = None
         self._supervisor: asyncio.Task | None = None
         self._heartbeat_task: asyncio.Task | None = None
@@ -416,16 +429,18 @@ class IBBroker:
                 await asyncio.sleep(0.5)  # backoff: the one legitimate sleep
         self._supervisor = asyncio.create_task(self._supervise(), name="ib-supervisor")
         self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="ib-heartbeat")
+        if self.retention.enabled:
+            self._prune_task = asyncio.create_task(self._prune_loop(), name="ib-trade-retention")
 
     async def close(self) -> None:
         self._closing = True
         self.pacer.close()   # waiting requests fail with PacerClosed: nothing more is sent
         for task in list(self._tasks):
             task.cancel()
-        for task in (self._supervisor, self._heartbeat_task):
+        for task in (self._supervisor, self._heartbeat_task, self._prune_task):
             if task:
                 task.cancel()
-        for task in (self._supervisor, self._heartbeat_task):
+        for task in (self._supervisor, self._heartbeat_task, self._prune_task):
             if task:
                 await asyncio.gather(task, return_exceptions=True)
         if self.ib.isConnected():
@@ -847,7 +862,24 @@ class IBBroker:
             if self.ib.isConnected() and not self._closing:
                 self.ib.disconnect()   # the supervisor reconnects and syncs from scratch
 
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.retention.interval)
+            if self.state is ConnectionState.READY:
+                self.prune_trades()
+
+    def prune_trades(self) -> int:
+        """Drop the finished trades past their grace from the library's books (ib_prune.py)."""
+        n = self.retention.sweep(self.ib.wrapper, busy=self._pending_execs.__contains__)
+        if n:
+            log.info("ib_trades_pruned", trades=n, **self.retention.stats())
+        return n
+
     def _trade_for(self, order_id: int) -> Any:
+        trades = self.ib.wrapper.trades   # keyed (clientId, orderId) for an orderId > 0
+        for cid in (self.client_id, 0):
+            if (t := trades.get((cid, order_id))) is not None:
+                return t
         for t in self.ib.trades():
             if t.order.orderId == order_id and t.order.clientId in (self.client_id, 0):
                 return t
@@ -1070,7 +1102,7 @@ class IBBroker:
     def existing_bracket(self, order_ref: str) -> BracketOrderIds | None:
         """The three legs IB already has for this orderRef (any status), or None when it has
         fewer than three (never an id 0: `bracket_legs` tells which legs there are)."""
-        legs = self.bracket_legs(order_ref)
+        legs = self.bracket_legs(order_ref) or pruned_bracket(self.retention.legs(order_ref))
         if len(legs) < 3:
             if legs:
                 log.warning("ib_bracket_incomplete", proposal_id=order_ref,
@@ -1081,7 +1113,17 @@ class IBBroker:
                                stop_loss=legs["stop_loss"].order.orderId)
 
     def has_order_ref(self, order_ref: str) -> bool:
-        return any(t.order.orderRef == order_ref for t in self.ib.trades())
+        return bool(self.retention.legs(order_ref)) or any(
+            t.order.orderRef == order_ref for t in self.ib.trades())
+
+    def orders_for_ref(self, order_ref: str) -> list[BrokerOrderUpdate]:
+        """The orders IB told us about for this orderRef, pruned ones (ib_prune.py) included."""
+        now = self._clock.now()
+        live = [order_update_from_trade(t, now) for t in self.ib.trades()
+                if t.order.orderRef == order_ref and not getattr(t.order, "whatIf", False)]
+        seen = {(u.order_id, u.perm_id) for u in live}
+        return live + [u for u in pruned_updates(order_ref, self.retention.legs(order_ref), now)
+                       if (u.order_id, u.perm_id) not in seen]
 
     def allocate_bracket_ids(self) -> BracketOrderIds:
         """Three fresh order ids, each above every id this client has used."""

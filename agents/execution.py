@@ -281,7 +281,9 @@ class ExecutionAgent:
             return PriorPlacement(proposal_id=pid, outcome="placed", order_ids=book.ids,
                                   detail="the bracket is at IB (placed before a restart)")
         rec = self._intents.get(pid)
-        legs = ([u for u in self._broker.orders_at_ib() if u.order_ref == pid]
+        by_ref = getattr(self._broker, "orders_for_ref", None)   # pruned brackets too (ib_prune.py)
+        legs = ((by_ref(pid) if by_ref is not None else
+                 [u for u in self._broker.orders_at_ib() if u.order_ref == pid])
                 if pid in self._refs_at_ib else [])
         if not legs:
             if rec is None:

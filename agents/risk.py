@@ -30,6 +30,7 @@ from bracketgate.agents.combo_risk import (
     gate_combo_numbers,
     on_combo_fill,
 )
+from bracketgate.agents.exec_ids import ExecIds
 from bracketgate.agents.fastgate import fast_path_for
 from bracketgate.agents.reservations import TERMINAL_STATUSES, Reservation, ReservationLedger
 from bracketgate.agents.rules import (
@@ -383,7 +384,7 @@ class RiskGovernor:
         self._agent_realized: dict[str, float] = {}
         self._budget_realized: dict[str, float] = {}  # the same by budget (see budget_of)
         self._agent_positions: dict[str, dict[int, float]] = {}
-        self._exec_ids: dict[str, bool] = {}          # exec_id -> realized P&L counted
+        self._exec_ids: dict[str, bool] = ExecIds()   # exec_id -> realized P&L counted (bounded)
         self._last_price: dict[int, float] = {}       # conId -> last fill price
         self._multipliers: dict[int, float] = {}      # conId -> multiplier seen on a reservation
         self._combos = ComboBook()                    # open combo reservations' legs

@@ -176,6 +176,7 @@ class Daemon:
                 connect_timeout=s.ib_connect_timeout, live_ok=s.ib_live,
                 backoff_cap=s.ib_reconnect_max_s, max_msgs_per_s=s.ib_max_msgs_per_s,
                 max_market_data_lines=s.ib_max_market_data_lines,
+                trade_retention_s=s.ib_trade_retention_s,
             )
             self.broker = broker
             # IB reports executions of the last days only: the journal's fills of a week suffice
