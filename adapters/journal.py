@@ -74,7 +74,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from bracketgate.adapters import journal_files, journal_ids
+from bracketgate.adapters import journal_compact, journal_files, journal_ids
 from bracketgate.adapters.journal_ids import SeenId
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.fastjson import encoder
@@ -565,14 +565,6 @@ def _recovery_set(conn: sqlite3.Connection, cutoff: str, recent: int) -> Recover
         fills=[json.loads(r[0]) for r in conn.execute(_FILLS, (cutoff,))],
         decisions=[(json.loads(p), json.loads(d)) for p, d in reversed(rows)],
     )
-
-
-def _incremental_vacuum(conn: sqlite3.Connection, pages: int) -> int:
-    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:   # 2 = INCREMENTAL
-        return 0
-    before = conn.execute("PRAGMA freelist_count").fetchone()[0]
-    conn.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
-    return before - conn.execute("PRAGMA freelist_count").fetchone()[0]
 
 
 # a proposal journaled once per id: (the id has a row, its proposal_seq, a proposal event of the
@@ -1209,10 +1201,12 @@ class Journal:
                                       proposal=None, decision=None)
         return await self._submit(lambda conn: journal_ids.lookup(conn, proposal_id), None)
 
-    async def prune_ids(self, before: datetime) -> int:
-        """Forget proposal_ids first seen before `before` (the events stay); returns how many."""
+    async def prune_ids(self, before: datetime, *,
+                        chunk_rows: int = journal_compact.CHUNK_ROWS) -> int:
+        """Forget proposal_ids first seen before `before` (the events stay), `chunk_rows` ids
+        per commit (adapters/journal_compact.py); returns how many."""
         cutoff = _ts(before)
-        count = await self._submit(lambda conn: journal_ids.prune(conn, cutoff), False)
+        count = await journal_compact.prune_ids(self._submit, cutoff, chunk_rows=chunk_rows)
         if count:
             log.info("journal.ids_pruned", before=cutoff, count=count)
         return count
@@ -1319,32 +1313,24 @@ class Journal:
         return await self._submit(run, None)
 
     # -- retention
-    async def compact(self, before: datetime, *, vacuum_pages: int = 2000) -> dict[str, int]:
+    async def compact(self, before: datetime, *, vacuum_pages: int = 2000,
+                      chunk_rows: int = journal_compact.CHUNK_ROWS,
+                      on_chunk: Callable[[str, int], None] | None = None) -> dict[str, int]:
         """Delete events journaled before `before`, except those still needed: events of an
         intent not finished, and the proposal / decision rows `proposal_ids` still points at
         (the caller keeps `before` at or past the id retention, see config/limits.py
         `journal_retention_days`). Finished intents older than `before` go too. Then frees up to
         `vacuum_pages` pages (incremental_vacuum) when the file was made with
         auto_vacuum=INCREMENTAL; otherwise the freed pages are reused by new rows (the file
-        does not shrink without a VACUUM). Returns counts."""
+        does not shrink without a VACUUM). Runs in chunks of `chunk_rows` rows, each its own
+        commit (adapters/journal_compact.py), so the writer is never held for the whole run.
+        Returns counts."""
         cutoff = _ts(before)
         terminal = [s.value for s in IntentState if s.terminal]
-
-        def run(conn: sqlite3.Connection) -> dict[str, int]:
-            intents = conn.execute(
-                "DELETE FROM intents WHERE updated_ts < ? AND state IN (?, ?)",
-                (cutoff, *terminal)).rowcount
-            events = conn.execute(
-                "DELETE FROM events WHERE ts < ?"
-                " AND (proposal_id IS NULL OR proposal_id NOT IN (SELECT proposal_id FROM intents))"
-                " AND seq NOT IN (SELECT proposal_seq FROM proposal_ids WHERE proposal_seq IS NOT NULL)"
-                " AND seq NOT IN (SELECT decision_seq FROM proposal_ids WHERE decision_seq IS NOT NULL)",
-                (cutoff,)).rowcount
-            return {"events": events, "intents": intents}
-
-        counts = await self._submit(run, False)
-        pages = await self._submit(lambda conn: _incremental_vacuum(conn, vacuum_pages), None)
-        counts["pages_freed"] = pages
+        # in chunks of `chunk_rows`, one writer operation each: records keep being committed
+        counts = await journal_compact.compact(self._submit, cutoff, terminal,
+                                               vacuum_pages=vacuum_pages, chunk_rows=chunk_rows,
+                                               on_chunk=on_chunk)
         if counts["events"] or counts["intents"]:
             log.info("journal.compacted", before=cutoff, **counts)
         return counts
