@@ -30,9 +30,10 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-# rows examined per chunk: a few ms of writer time each on a 2-core box (bench/bench_journal.py
-# --compact); small enough that a record queued behind a chunk is committed within ~2 chunks
-CHUNK_ROWS = 2000
+# rows examined per chunk: ~4 ms of writer time each on a 2-core box (bench/bench_compaction.py;
+# a 500k-row backlog takes ~1000 chunks, ~4 s in all); a record queued behind a chunk is
+# committed within ~2 chunks
+CHUNK_ROWS = 500
 # pages given back per incremental_vacuum step (the total stays the caller's `vacuum_pages`)
 VACUUM_STEP = 500
 
