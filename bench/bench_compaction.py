@@ -13,6 +13,12 @@ Journal.prune_ids / compact (CHUNK_ROWS rows per commit). The baseline is the sa
 the same file before the retention starts. Printed: the longest record latency (the writer
 stall) during the retention, p99, how many records were committed during it, and the ratio
 one-shot / chunked of the longest stall.
+
+Two runs, defaults (500k, 200/s, chunks of 500), shared 2-CPU VM, sqlite 3.40.1:
+
+    one-shot  retention 3.4-3.6 s  during: p50 867-995 ms  p99 2.5-2.7 s  max 2.58-2.77 s
+    chunked   retention 4.5-4.6 s  during: p50 2.5-2.8 ms  p99 19.5 ms    max 24-25 ms
+    baseline (no retention) p50 0.84-0.95 ms; longest stall one-shot / chunked: x105-110
 """
 
 from __future__ import annotations
@@ -120,9 +126,12 @@ class Producer:
         if self._pending:
             await asyncio.gather(*self._pending)
 
-    def window(self, t0: float, t1: float) -> list[float]:
-        """Latencies (s) of the records scheduled in [t0, t1)."""
-        return [c - s for s, c in self.done if t0 <= s < t1]
+    def window(self, t0: float, t1: float, *, committed_by: float = float("inf"),
+               committed_after: float = 0.0) -> list[float]:
+        """Latencies (s) of the records scheduled in [t0, t1) and committed in
+        [committed_after, committed_by)."""
+        return [c - s for s, c in self.done
+                if t0 <= s < t1 and committed_after <= c < committed_by]
 
 
 async def one_shot(j: Journal, ids_before: str, before: str) -> dict[str, int]:
@@ -161,8 +170,10 @@ async def measure(path: Path, mode: str, rate: float, warm_s: float, chunk: int
         await asyncio.sleep(0.5)
         await producer.stop()
         await runner
-    base = producer.window(opened + warm_s / 4, t0)   # past the first reads of a cold file
-    during = producer.window(t0, t1)
+    # the baseline: records committed before the retention began (one scheduled just before it
+    # but still waiting when it began is the retention's stall, counted in neither)
+    base = producer.window(opened + warm_s / 4, t0, committed_by=t0)
+    during = producer.window(opened, t1, committed_after=t0)   # every record that waited on it
     return {"retention_s": t1 - t0, "deleted": counts,
             "baseline_p50_ms": pct(base, 50) * 1e3, "baseline_max_ms": max(base or [0]) * 1e3,
             "during_records": len(during), "during_p50_ms": pct(during, 50) * 1e3,
