@@ -669,15 +669,16 @@ class _Writer(threading.Thread):
             raise JournalOpenError(self.path, _cause(exc)) from exc
         try:
             conn.execute("PRAGMA busy_timeout = 5000")
+            # a new file frees pages incrementally (`compact`): set before WAL mode, which
+            # writes the header and fixes auto_vacuum for good (set after it, it was ignored)
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal" and self.path != ":memory:":
                 raise JournalOpenError(self.path, f"cannot be put in WAL mode (got {mode!r}):"
                                        " read-only or on a file system without shared memory")
-            # bounded page cache (4 MB; SQLite's default is 2 MB); a new file frees pages
-            # incrementally (`compact`); both set before the schema, outside any transaction
+            # bounded page cache (4 MB; SQLite's default is 2 MB), outside any transaction
             conn.execute(f"PRAGMA cache_size = {CACHE_KIB}")
-            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             old, new = migrate(conn)  # a failed migration raises as it is (the file is left as it was)
             if old != new:
                 log.info("journal.migrated", path=self.path, old_version=old, new_version=new)

@@ -9,8 +9,8 @@ On each copy a producer records proposals open loop at `--rate`/s (each latency 
 its scheduled time, so a stall is not hidden by a producer that waits) while the retention
 runs: "one-shot" submits the pre-chunking statements as one writer operation each (exactly what
 Journal.prune_ids / compact did before adapters/journal_compact.py), "chunked" calls
-Journal.prune_ids / compact (CHUNK_ROWS rows per commit). The baseline is the same producer on
-the same file before the retention starts. Printed: the longest record latency (the writer
+Journal.prune_ids / compact (CHUNK_ROWS rows per commit; no pages given back in either run).
+The baseline is the same producer on the same file before the retention starts. Printed: the longest record latency (the writer
 stall) during the retention, p99, how many records were committed during it, and the ratio
 one-shot / chunked of the longest stall.
 
@@ -78,7 +78,8 @@ async def build(path: Path, old: int) -> float:
         rows = []
         for i in range(first, min(old, first + batch)):
             ts = _ts(start + timedelta(milliseconds=i))
-            rows.append((i + 1, ts, f"old-{i}", json.dumps({**PROPOSAL, "proposal_id": f"old-{i}"})))
+            pid = f"old-{i}"
+            rows.append((i + 1, ts, pid, json.dumps({**PROPOSAL, "proposal_id": pid})))
         conn.executemany("INSERT INTO events(seq, ts, kind, proposal_id, agent_id, payload)"
                          " VALUES (?, ?, 'proposal', ?, 'a1', ?)",
                          [(r[0], r[1], r[2], r[3]) for r in rows])

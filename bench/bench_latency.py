@@ -16,9 +16,9 @@ Real processes on loopback: mosquitto, the daemon (`python run.py`, JSON logs) a
 its `on_place_order` hook stamping each placeOrder with perf_counter, CLOCK_MONOTONIC, the one
 clock of every process, so the stamps are on the schedule's clock). `--tws inline` runs it in
 THIS process instead, as this bench did at first: its work then competes with the bench client
-for one GIL and inflates the figures that cross it (entry -> acks -> decision). Reported apart: the what-if round trip (the what-if placeOrder at
-the paper TWS -> the entry placeOrder, i.e. IB's answer plus the daemon's last checks) and
-publish -> what-if. Baseline in the same run: an MQTT publish -> receive round trip through the
+for one GIL and inflates the figures that cross it (entry -> acks -> decision). Reported apart:
+the what-if round trip (the what-if placeOrder at the paper TWS -> the entry placeOrder, i.e.
+IB's answer plus the daemon's last checks) and publish -> what-if. Baseline in the same run: an MQTT publish -> receive round trip through the
 same broker, at the same schedule.
 
 Three trials of each, defaults (2000 at 100/s, 1 in 20 approvable), shared 2-CPU VM; median of

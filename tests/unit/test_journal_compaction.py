@@ -212,3 +212,30 @@ def test_chunk_queries_walk_the_time_indexes(tmp_path):
             assert sum("USING COVERING INDEX" in p for p in plan) == 2, plan
     finally:
         conn.close()
+
+
+async def test_freed_pages_are_given_back_in_steps_up_to_the_bound(tmp_path):
+    path = tmp_path / "j.sqlite"
+    await _new_file(path)                        # a new file: auto_vacuum=INCREMENTAL
+    _old_notes(path, 30_000)
+    async with Journal(path, ManualClock(NOW)) as j:
+        free_before = (await j.size())["free_pages"]
+        counts = await j.compact(NOW - timedelta(days=14), vacuum_pages=700)
+        assert counts["events"] == 30_000
+        assert 500 < counts["pages_freed"] <= 700    # more than one step, never past the bound
+        size = await j.size()
+        assert size["free_pages"] > free_before       # the rest stays free for new rows
+        again = await j.compact(NOW - timedelta(days=14), vacuum_pages=0)
+        assert again["pages_freed"] == 0 and again["events"] == 0
+
+
+async def test_a_new_journal_file_is_made_with_incremental_auto_vacuum(tmp_path):
+    """auto_vacuum must be set before WAL mode writes the header: set after, it was ignored."""
+    path = tmp_path / "j.sqlite"
+    await _new_file(path)
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2      # INCREMENTAL
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
