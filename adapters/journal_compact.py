@@ -134,7 +134,8 @@ async def compact(submit: Submit, cutoff: str, terminal: Sequence[str], *, vacuu
                 on_chunk(stage, deleted)
     left = vacuum_pages
     while left > 0:
-        freed = await submit(lambda conn, p=min(left, VACUUM_STEP): _vacuum_step(conn, p), None)
+        # a write (pages move), NORMAL like the chunks: the old single step ran as a read
+        freed = await submit(lambda conn, p=min(left, VACUUM_STEP): _vacuum_step(conn, p), False)
         counts["pages_freed"] += freed
         left -= VACUUM_STEP
         if freed < VACUUM_STEP:   # nothing (or nothing more) to give back
