@@ -74,7 +74,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from bracketgate.adapters import journal_files, journal_ids
+from bracketgate.adapters import journal_compact, journal_files, journal_ids
 from bracketgate.adapters.journal_ids import SeenId
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.fastjson import encoder
@@ -567,14 +567,6 @@ def _recovery_set(conn: sqlite3.Connection, cutoff: str, recent: int) -> Recover
     )
 
 
-def _incremental_vacuum(conn: sqlite3.Connection, pages: int) -> int:
-    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:   # 2 = INCREMENTAL
-        return 0
-    before = conn.execute("PRAGMA freelist_count").fetchone()[0]
-    conn.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
-    return before - conn.execute("PRAGMA freelist_count").fetchone()[0]
-
-
 # a proposal journaled once per id: (the id has a row, its proposal_seq, a proposal event of the
 # id exists: by the id's own index, see _event_write)
 _PROPOSAL_ONCE = (
@@ -677,15 +669,16 @@ class _Writer(threading.Thread):
             raise JournalOpenError(self.path, _cause(exc)) from exc
         try:
             conn.execute("PRAGMA busy_timeout = 5000")
+            # a new file frees pages incrementally (`compact`): set before WAL mode, which
+            # writes the header and fixes auto_vacuum for good (set after it, it was ignored)
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal" and self.path != ":memory:":
                 raise JournalOpenError(self.path, f"cannot be put in WAL mode (got {mode!r}):"
                                        " read-only or on a file system without shared memory")
-            # bounded page cache (4 MB; SQLite's default is 2 MB); a new file frees pages
-            # incrementally (`compact`); both set before the schema, outside any transaction
+            # bounded page cache (4 MB; SQLite's default is 2 MB), outside any transaction
             conn.execute(f"PRAGMA cache_size = {CACHE_KIB}")
-            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             old, new = migrate(conn)  # a failed migration raises as it is (the file is left as it was)
             if old != new:
                 log.info("journal.migrated", path=self.path, old_version=old, new_version=new)
@@ -1209,10 +1202,12 @@ class Journal:
                                       proposal=None, decision=None)
         return await self._submit(lambda conn: journal_ids.lookup(conn, proposal_id), None)
 
-    async def prune_ids(self, before: datetime) -> int:
-        """Forget proposal_ids first seen before `before` (the events stay); returns how many."""
+    async def prune_ids(self, before: datetime, *,
+                        chunk_rows: int = journal_compact.CHUNK_ROWS) -> int:
+        """Forget proposal_ids first seen before `before` (the events stay), `chunk_rows` ids
+        per commit (adapters/journal_compact.py); returns how many."""
         cutoff = _ts(before)
-        count = await self._submit(lambda conn: journal_ids.prune(conn, cutoff), False)
+        count = await journal_compact.prune_ids(self._submit, cutoff, chunk_rows=chunk_rows)
         if count:
             log.info("journal.ids_pruned", before=cutoff, count=count)
         return count
@@ -1319,32 +1314,24 @@ class Journal:
         return await self._submit(run, None)
 
     # -- retention
-    async def compact(self, before: datetime, *, vacuum_pages: int = 2000) -> dict[str, int]:
+    async def compact(self, before: datetime, *, vacuum_pages: int = 2000,
+                      chunk_rows: int = journal_compact.CHUNK_ROWS,
+                      on_chunk: Callable[[str, int], None] | None = None) -> dict[str, int]:
         """Delete events journaled before `before`, except those still needed: events of an
         intent not finished, and the proposal / decision rows `proposal_ids` still points at
         (the caller keeps `before` at or past the id retention, see config/limits.py
         `journal_retention_days`). Finished intents older than `before` go too. Then frees up to
         `vacuum_pages` pages (incremental_vacuum) when the file was made with
         auto_vacuum=INCREMENTAL; otherwise the freed pages are reused by new rows (the file
-        does not shrink without a VACUUM). Returns counts."""
+        does not shrink without a VACUUM). Runs in chunks of `chunk_rows` rows, each its own
+        commit (adapters/journal_compact.py), so the writer is never held for the whole run.
+        Returns counts."""
         cutoff = _ts(before)
         terminal = [s.value for s in IntentState if s.terminal]
-
-        def run(conn: sqlite3.Connection) -> dict[str, int]:
-            intents = conn.execute(
-                "DELETE FROM intents WHERE updated_ts < ? AND state IN (?, ?)",
-                (cutoff, *terminal)).rowcount
-            events = conn.execute(
-                "DELETE FROM events WHERE ts < ?"
-                " AND (proposal_id IS NULL OR proposal_id NOT IN (SELECT proposal_id FROM intents))"
-                " AND seq NOT IN (SELECT proposal_seq FROM proposal_ids WHERE proposal_seq IS NOT NULL)"
-                " AND seq NOT IN (SELECT decision_seq FROM proposal_ids WHERE decision_seq IS NOT NULL)",
-                (cutoff,)).rowcount
-            return {"events": events, "intents": intents}
-
-        counts = await self._submit(run, False)
-        pages = await self._submit(lambda conn: _incremental_vacuum(conn, vacuum_pages), None)
-        counts["pages_freed"] = pages
+        # in chunks of `chunk_rows`, one writer operation each: records keep being committed
+        counts = await journal_compact.compact(self._submit, cutoff, terminal,
+                                               vacuum_pages=vacuum_pages, chunk_rows=chunk_rows,
+                                               on_chunk=on_chunk)
         if counts["events"] or counts["intents"]:
             log.info("journal.compacted", before=cutoff, **counts)
         return counts

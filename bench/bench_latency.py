@@ -2,6 +2,7 @@
 decision back at the agent, at a fixed schedule of proposals per second.
 
     .venv/bin/python bench/bench_latency.py [--n 2000] [--rate 100] [--approve-every 20]
+                                            [--tws process|inline]
 
 Open loop: proposal i is due at t0 + i / rate and its latency is measured from that scheduled
 time, not from when it was actually sent, so a stall in the daemon (or in this process) shows up
@@ -10,12 +11,34 @@ approvable (its entry rests far below the market), the others are rejected for t
 the IB legs stay inside the pacing of IB (the paper TWS's own pacing stays ON, 50 messages per
 client per second, and the daemon's pacer keeps under it).
 
-Real processes on loopback: mosquitto and the daemon (`python run.py`, JSON logs); the paper TWS
-in THIS process so the moment a placeOrder reaches it (its `on_place_order` hook) is read on the
-same clock as the schedule. Reported apart: the what-if round trip (the what-if placeOrder at
-the paper TWS -> the entry placeOrder, i.e. IB's answer plus the daemon's last checks) and
-publish -> what-if. Baseline in the same run: an MQTT publish -> receive round trip through the
+Real processes on loopback: mosquitto, the daemon (`python run.py`, JSON logs) and, by default
+(`--tws process`), the paper TWS (bench/latency_tws.py: the same server as the tests' fixture,
+its `on_place_order` hook stamping each placeOrder with perf_counter, CLOCK_MONOTONIC, the one
+clock of every process, so the stamps are on the schedule's clock). `--tws inline` runs it in
+THIS process instead, as this bench did at first: its work then competes with the bench client
+for one GIL and inflates the figures that cross it (entry -> acks -> decision). Reported apart:
+the what-if round trip (the what-if placeOrder at the paper TWS -> the entry placeOrder, i.e.
+IB's answer plus the daemon's last checks) and publish -> what-if. Baseline in the same run: an MQTT publish -> receive round trip through the
 same broker, at the same schedule.
+
+Three trials of each, defaults (2000 at 100/s, 1 in 20 approvable), shared 2-CPU VM; median of
+the trials (range):
+
+    paper TWS          own process                  in this process
+    MQTT baseline p50  1.76 ms (1.49-1.77)          1.65 ms (1.63-1.79)
+    -> entry     p50   5.86 ms (5.28-6.21)          5.43 ms (5.26-5.53)
+                 p99   14.3 ms (11.6-15.6)          9.9 ms (9.8-13.2)
+                 max   18.2 ms (11.9-32.5)          11.8 ms (9.9-16.6)
+    -> approved  p50   20.1 ms (17.9-21.4)          20.2 ms (19.6-22.1)
+                 p99   45.9 ms (33.0-48.6)          36.6 ms (27.3-70.1)
+                 max   60.0 ms (58.6-78.7)          70.3 ms (66.8-78.6)
+    -> rejected  p50   3.91 ms (3.66-4.06)          3.97 ms (3.94-4.03)
+    what-if round trip p50 2.44 ms (2.05-2.60)      2.16 ms (2.08-2.20)
+    last leg -> decision p50 12.3 ms (10.5-13.5)    12.9 ms (12.1-13.5)
+
+The difference is inside the noise between trials: at 100/s with 1 in 20 approved the paper
+TWS's own work is small, and the approved decision's time is the daemon's (IB's acks of the
+three legs, the journal's FULL commit, the publish: "last leg -> decision").
 """
 
 from __future__ import annotations
@@ -42,7 +65,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.fixtures.daemon import DaemonProcess  # noqa: E402
 from tests.fixtures.mosquitto import MOSQUITTO_BINARY, MosquittoServer  # noqa: E402
-from tests.fixtures.paper_tws import start_paper_tws, stop_paper_tws  # noqa: E402
+from tests.fixtures.paper_tws import (  # noqa: E402
+    HOST, PaperTWSHandle, start_paper_tws, stop_paper_tws, stop_process)
 from bench.benchkit import wide_limits  # noqa: E402
 
 LIMITS = wide_limits(per_trade_loss_limit=100.0)
@@ -115,28 +139,54 @@ async def open_loop(client: aiomqtt.Client, n: int, rate: float,
     return due, late
 
 
-async def main(n: int, rate: float, approve_every: int, baseline_n: int) -> None:
+async def spawn_tws(work: Path) -> tuple[asyncio.subprocess.Process, PaperTWSHandle]:
+    """bench/latency_tws.py as a subprocess; its stamps land in work/tws-stamps.json at SIGTERM."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).with_name("latency_tws.py")),
+        str(work / "tws-stamps.json"), stdout=asyncio.subprocess.PIPE,
+        stderr=(work / "tws-stderr.log").open("wb"), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 15)
+        ready = json.loads(line)
+        handle = PaperTWSHandle(HOST, int(ready["port"]), int(ready["control_port"]), pid=proc.pid)
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        raise RuntimeError("paper TWS process did not start: "
+                           + (work / "tws-stderr.log").read_text()[-2000:]) from None
+    handle.extra["proc"] = proc
+    return proc, handle
+
+
+async def main(n: int, rate: float, approve_every: int, baseline_n: int, tws_mode: str) -> None:
     work = Path(tempfile.mkdtemp(prefix="bg-bench-lat-"))
     (work / "limits.toml").write_text(LIMITS)
     broker = MosquittoServer(MOSQUITTO_BINARY, work / "mosquitto")
     broker.start()
-    tws = await start_paper_tws()   # pacing ON: 50 messages per client per second
-    assert tws.tws is not None
+    proc: asyncio.subprocess.Process | None = None
+    if tws_mode == "inline":
+        tws = await start_paper_tws()   # pacing ON: 50 messages per client per second
+        assert tws.tws is not None
+    else:
+        proc, tws = await spawn_tws(work)   # same server and pacing, its own process
     entry_at: dict[str, float] = {}
     whatifs: list[float] = []   # ib_async sends a what-if without the orderRef: matched by time
 
     last_leg_at: dict[str, float] = {}    # the bracket's last leg (its stop) at the TWS
 
-    def on_place(m: Any) -> None:
-        now = time.perf_counter()
-        if m.what_if:
+    def stamp(now: float, what_if: bool, parent_id: int, order_ref: str) -> None:
+        if what_if:
             whatifs.append(now)
-        elif m.parent_id == 0 and m.order_ref:
-            entry_at.setdefault(m.order_ref, now)
-        elif m.order_ref:
-            last_leg_at[m.order_ref] = now
+        elif parent_id == 0 and order_ref:
+            entry_at.setdefault(order_ref, now)
+        elif order_ref:
+            last_leg_at[order_ref] = now
 
-    tws.tws.on_place_order = on_place
+    if tws.tws is not None:
+        tws.tws.on_place_order = lambda m: stamp(time.perf_counter(), m.what_if, m.parent_id,
+                                                 m.order_ref)
     u = urlsplit(broker.url)
     run = uuid.uuid4().hex[:6]
     received: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -188,8 +238,14 @@ async def main(n: int, rate: float, approve_every: int, baseline_n: int) -> None
             logs = list(d.logs)
         health = await tws.get("/health")
     finally:
-        await stop_paper_tws(tws)
+        if proc is None:
+            await stop_paper_tws(tws)
+        else:
+            await stop_process(proc, tws)
         broker.stop()
+    if proc is not None:   # the stamps, in their order of arrival
+        for at, what_if, parent_id, order_ref in json.loads((work / "tws-stamps.json").read_text()):
+            stamp(at, what_if, parent_id, order_ref)
 
     base = [(echoed[k] - t) * 1000 for k, t in echo_due.items() if k in echoed]
     approved = {p for p in due if p in received and received[p][1].get("verdict") == "approved"}
@@ -214,7 +270,8 @@ async def main(n: int, rate: float, approve_every: int, baseline_n: int) -> None
                 v += ":" + ",".join(r.get("code", "?") for r in dec.get("reasons", [])[:1])
             verdicts[v] = verdicts.get(v, 0) + 1
     print(f"bracketgate open-loop latency: {n} proposals at {rate:.0f}/s, every {approve_every}th "
-          f"approvable (mosquitto + daemon subprocess + paper TWS with pacing ON, loopback)")
+          f"approvable (mosquitto + daemon subprocess + paper TWS with pacing ON, loopback;"
+          f" paper TWS {'in this process' if tws_mode == 'inline' else 'in its own process'})")
     print(f"  verdicts {verdicts}; unanswered {n - sum(verdicts.values())}; "
           f"worst send lateness {late * 1000:.1f} ms (baseline {echo_late * 1000:.1f} ms)")
     print(f"  baseline MQTT publish -> receive      {fmt(base)}")
@@ -251,8 +308,10 @@ if __name__ == "__main__":
     ap.add_argument("--approve-every", type=int, default=20,
                     help="every k-th proposal is approvable (IB pacing: 4 messages per approval)")
     ap.add_argument("--baseline-n", type=int, default=500)
+    ap.add_argument("--tws", choices=("process", "inline"), default="process",
+                    help="the paper TWS in its own process (default) or in the bench's")
     a = ap.parse_args()
     logging.getLogger("mqtt").setLevel(logging.ERROR)
     from bracketgate.core.logs import configure_logging
     configure_logging("json", "WARNING")   # the in-process paper TWS: quiet
-    asyncio.run(main(a.n, a.rate, a.approve_every, a.baseline_n))
+    asyncio.run(main(a.n, a.rate, a.approve_every, a.baseline_n, a.tws))
