@@ -116,6 +116,9 @@ class StateKeeper:
         self._store = store
         self._clock = clock
         self._operator = TradingState.ACTIVE   # the operator's last word (restored, then kept)
+        # after a save that moved only the scoped halts (no TradingStateChanged to follow)
+        self.on_scope_saved: Any = None
+        self._scoped: tuple[Scope, ...] = ()
 
     def attach(self) -> None:
         self._gov.use_state_journal(self.save)
@@ -124,8 +127,13 @@ class StateKeeper:
         gov = self._gov
         if by == "operator":
             self._operator = gov.state
+        scoped = tuple(gov.scoped_halts)
+        moved = scoped != self._scoped
+        self._scoped = scoped
         await self._store.save(SavedState(gov.state, by, self._operator, who, reason,
-                                          self._clock.now(), tuple(gov.scoped_halts)))
+                                          self._clock.now(), scoped))
+        if moved and self.on_scope_saved is not None:
+            await self.on_scope_saved()
 
     async def restore(self) -> TradingStateChanged | None:
         """Apply the saved row to the governor (before anything is decided); log one line
@@ -134,6 +142,7 @@ class StateKeeper:
         now = self._clock.now()
         state, scoped, expired = restored_state(saved, now, self._gov.timezone)
         self._operator = saved.operator if saved is not None else TradingState.ACTIVE
+        self._scoped = tuple(scoped)
         ev = self._gov.restore_state(state, set(scoped),
                                      "restored at start-up" + (f": {saved.reason}" if saved else ""))
         log.warning("trading_state_restored", state=state.value,

@@ -290,6 +290,7 @@ class Daemon:
 
             await bus.publish(self.status("online"))
             self._follow_status(bus)
+            keeper.on_scope_saved = lambda: self._republish_status(bus)   # a scoped halt's status
             pruner = asyncio.create_task(self._prune_ids(journal), name="journal-prune-ids")
             stack.push_async_callback(_cancel, pruner)
             observer.running = True
@@ -397,14 +398,17 @@ class Daemon:
         from bracketgate.bus.messages import BrokerConnection
 
         async def republish(_msg: Any) -> None:
-            if self.stop_event.is_set():
-                return  # stopping / offline are published by the shutdown sequence
-            ready = self.broker.state is ConnectionState.READY
-            await bus.publish(self.status("online" if ready else "degraded",
-                                          None if ready else f"IB {self.broker.state.value}"))
+            await self._republish_status(bus)
 
         bus.subscribe(TradingStateChanged, republish, name="status")
         bus.subscribe(BrokerConnection, republish, name="status")
+
+    async def _republish_status(self, bus: Any) -> None:
+        if self.stop_event.is_set():
+            return  # stopping / offline are published by the shutdown sequence
+        ready = self.broker.state is ConnectionState.READY
+        await bus.publish(self.status("online" if ready else "degraded",
+                                      None if ready else f"IB {self.broker.state.value}"))
 
     async def _refresh_status(self, bus: Any) -> None:
         """The retained status again every STATUS_EVERY_S: its uptime, heartbeat round trip,
