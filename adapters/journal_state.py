@@ -76,7 +76,7 @@ class TradingStateJournal:
 
     async def save(self, s: SavedState) -> None:
         """The row, committed FULL; then the audit event (FULL too: DURABLE_KINDS)."""
-        scoped = json.dumps(sorted([list(x) for x in s.scoped], key=lambda x: (x[0] or "", x[1] or "")))
+        scoped = json.dumps([list(x) for x in _sorted(s.scoped)])
         row = (s.state.value, s.by, s.operator.value, s.who, s.reason, s.ts.isoformat(), scoped)
         await self._run(lambda conn: bool(conn.execute(_UPSERT, row)))
         await self._journal.record("trading_state", payload={
@@ -143,16 +143,19 @@ class StateKeeper:
         state, scoped, expired = restored_state(saved, now, self._gov.timezone)
         self._operator = saved.operator if saved is not None else TradingState.ACTIVE
         self._scoped = tuple(scoped)
-        ev = self._gov.restore_state(state, set(scoped),
-                                     "restored at start-up" + (f": {saved.reason}" if saved else ""))
+        why = "restored at start-up" + (f": {saved.reason}" if saved else "")
+        ev = self._gov.restore_state(state, set(scoped), why)
         log.warning("trading_state_restored", state=state.value,
                     by=saved.by if saved else None, who=saved.who if saved else None,
                     reason=saved.reason if saved else None,
                     since=saved.ts.isoformat() if saved else None,
-                    scoped_halts=[{"agent_id": a, "symbol": s} for a, s in sorted(
-                        scoped, key=lambda x: (x[0] or "", x[1] or ""))],
+                    scoped_halts=[{"agent_id": a, "symbol": s} for a, s in _sorted(scoped)],
                     expired_auto=expired)
         return ev
+
+
+def _sorted(scoped: Any) -> list[Scope]:
+    return sorted(scoped, key=lambda x: (x[0] or "", x[1] or ""))
 
 
 def scope_text(scoped: Any) -> list[str]:

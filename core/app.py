@@ -693,7 +693,8 @@ def _journal_delivery(journal: Any, desk: Any = None) -> Any:
 
 def _attach_journal(bus: Any, journal: Any) -> None:
     """Control commands go to the journal as they cross the bus (trading-state changes are
-    saved by the governor's hook before they are published: adapters/journal_state.py; proposals and decisions are journaled by the MQTT bridge's hooks, before they are
+    saved by the governor's hook before they are published: adapters/journal_state.py;
+    proposals and decisions are journaled by the MQTT bridge's hooks, before they are
     acknowledged or published: `_journal_proposal`, `_journal_decision`)."""
 
     async def control(msg: ControlCommand) -> None:

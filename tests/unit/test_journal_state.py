@@ -57,8 +57,10 @@ def test_restored_state_rules() -> None:
     now = datetime(2026, 11, 20, 20, 0, tzinfo=timezone.utc)      # 15:00 New York
     assert restored_state(None, now, NY) == (TradingState.ACTIVE, (), False)
     old = now - timedelta(days=30)
-    op = SavedState(TradingState.HALTED, "operator", TradingState.HALTED, "o", "r", old, (("A", None),))
-    assert restored_state(op, now, NY) == (TradingState.HALTED, (("A", None),), False)  # until resume
+    op = SavedState(TradingState.HALTED, "operator", TradingState.HALTED, "o", "r", old,
+                    (("A", None),))
+    # an operator's state holds until resume, however old
+    assert restored_state(op, now, NY) == (TradingState.HALTED, (("A", None),), False)
     # an automatic halt holds for its trading day (New York), then the operator's state applies
     today = datetime(2026, 11, 20, 5, 1, tzinfo=timezone.utc)     # 00:01 New York, same day
     auto = SavedState(TradingState.HALTED, "auto", TradingState.REDUCING, "auto", "loss", today)
@@ -88,7 +90,7 @@ async def _settle(bus: Bus, gov, want) -> None:  # type: ignore[no-untyped-def]
     raise AssertionError("condition not reached")
 
 
-async def test_saved_before_published_then_restored_in_order_with_scoped_halts(tmp_path: Path) -> None:
+async def test_saved_before_published_then_restored_with_scoped_halts(tmp_path: Path) -> None:
     clock = ManualClock(T0)
     path = tmp_path / "journal.sqlite"
     j, gov, bus, keeper = await _rig(path, clock)
