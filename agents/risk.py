@@ -411,6 +411,8 @@ class RiskGovernor:
         self._replays = _Replays()
         # (agent_id | None, symbol | None): halted by a scoped flatten until resume
         self.scoped_halts: set[tuple[str | None, str | None]] = set()
+        # (by, who, reason) -> saved before a change is published (adapters/journal_state.py)
+        self._save_state: Callable[[str, str, str], Awaitable[None]] | None = None
         self._apply_limits(limits)
 
     # ================================================================== limits
@@ -589,6 +591,20 @@ class RiskGovernor:
         log.warning("trading_state_changed", old=event.old.value, new=new.value, reason=reason,
                     by=by)
         return event
+
+    @property
+    def timezone(self) -> ZoneInfo:
+        return self._tz
+
+    def use_state_journal(self, save: Callable[[str, str, str], Awaitable[None]] | None) -> None:
+        """Every state or scoped-halt change is saved (awaited) before it is published."""
+        self._save_state = save
+
+    def restore_state(self, state: TradingState, scoped: set[tuple[str | None, str | None]],
+                      reason: str) -> TradingStateChanged | None:
+        """At start-up, before anything is decided: the saved state and scoped halts."""
+        self.scoped_halts = set(scoped)
+        return self.set_state(state, reason, "startup")
 
     def on_control(self, cmd: ControlCommand) -> TradingStateChanged | None:
         if cmd.action == "flatten" and (cmd.agent_id is not None or cmd.symbol is not None):
@@ -1327,7 +1343,10 @@ class RiskGovernor:
                       error=repr(task.exception()))
 
     async def _on_snapshot_msg(self, snapshot: PortfolioSnapshot) -> None:
-        for ev in self.on_snapshot(snapshot):
+        events = self.on_snapshot(snapshot)
+        if events and self._save_state is not None:
+            await self._save_state("auto", "auto", events[-1].reason)
+        for ev in events:
             await self._require_bus().publish(ev)
 
     async def _on_order_event_msg(self, ev: OrderEvent) -> None:
@@ -1337,7 +1356,10 @@ class RiskGovernor:
         self.on_fill(fill)
 
     async def _on_control_msg(self, cmd: ControlCommand) -> None:
+        before = (self._state, frozenset(self.scoped_halts))
         ev = self.on_control(cmd)
+        if self._save_state is not None and before != (self._state, frozenset(self.scoped_halts)):
+            await self._save_state("operator", cmd.by, cmd.reason or cmd.action)
         if ev is not None:
             await self._require_bus().publish(ev)
 

@@ -621,6 +621,8 @@ class Status(Message):
     connection: ConnectionState | None = None
     detail: str | None = None
     ts: datetime
+    # flatten --agent/--symbol's scoped halts in force ("agent A", "symbol X"), until resume
+    halted_scopes: list[str] | None = None
     # how the daemon is doing (core/metrics.py), as of `ts`; None = not known yet
     started_at: datetime | None = None
     uptime_s: float | None = None

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bracketgate.adapters.journal import encode as encode_payload
+from bracketgate.adapters.journal_state import scope_text
 from bracketgate.bus.errors import BrokerConnectError, ConfigError, MqttError
 from bracketgate.bus.messages import (
     Alert,
@@ -70,6 +71,7 @@ class Daemon:
             state=state,  # type: ignore[arg-type]
             mode=self.mode,  # type: ignore[arg-type]
             trading_state=gov.state if gov is not None else None,
+            halted_scopes=scope_text(gov.scoped_halts) if gov is not None else None,
             connection=broker.state if broker is not None else ConnectionState.DISCONNECTED,
             detail=detail, ts=self.clock.now(),
             **(self.observer.status_fields() if self.observer is not None else {}),
@@ -202,6 +204,14 @@ class Daemon:
             # a proposal_id without a decision is first looked up at IB (crash windows, lost journal)
             governor.use_prior_lookup(execution.prior_placement)
             _attach_journal(bus, journal)
+            # the operator's HALT / REDUCE and flatten's scoped halts survive a restart: saved
+            # before published, restored here before anything is decided (adapters/journal_state.py)
+            from bracketgate.adapters.journal_state import StateKeeper, TradingStateJournal
+
+            keeper = StateKeeper(governor, TradingStateJournal(journal), self.clock)
+            keeper.attach()
+            if (restored_ev := await keeper.restore()) is not None:
+                await bus.publish(restored_ev)
 
             from bracketgate.core.recovery import recover_from_journal
 
@@ -280,6 +290,7 @@ class Daemon:
 
             await bus.publish(self.status("online"))
             self._follow_status(bus)
+            keeper.on_scope_saved = lambda: self._republish_status(bus)   # a scoped halt's status
             pruner = asyncio.create_task(self._prune_ids(journal), name="journal-prune-ids")
             stack.push_async_callback(_cancel, pruner)
             observer.running = True
@@ -387,14 +398,17 @@ class Daemon:
         from bracketgate.bus.messages import BrokerConnection
 
         async def republish(_msg: Any) -> None:
-            if self.stop_event.is_set():
-                return  # stopping / offline are published by the shutdown sequence
-            ready = self.broker.state is ConnectionState.READY
-            await bus.publish(self.status("online" if ready else "degraded",
-                                          None if ready else f"IB {self.broker.state.value}"))
+            await self._republish_status(bus)
 
         bus.subscribe(TradingStateChanged, republish, name="status")
         bus.subscribe(BrokerConnection, republish, name="status")
+
+    async def _republish_status(self, bus: Any) -> None:
+        if self.stop_event.is_set():
+            return  # stopping / offline are published by the shutdown sequence
+        ready = self.broker.state is ConnectionState.READY
+        await bus.publish(self.status("online" if ready else "degraded",
+                                      None if ready else f"IB {self.broker.state.value}"))
 
     async def _refresh_status(self, bus: Any) -> None:
         """The retained status again every STATUS_EVERY_S: its uptime, heartbeat round trip,
@@ -678,12 +692,10 @@ def _journal_delivery(journal: Any, desk: Any = None) -> Any:
 
 
 def _attach_journal(bus: Any, journal: Any) -> None:
-    """Trading-state changes and control commands go to the journal as they cross the bus
-    (proposals and decisions are journaled by the MQTT bridge's hooks, before they are
+    """Control commands go to the journal as they cross the bus (trading-state changes are
+    saved by the governor's hook before they are published: adapters/journal_state.py;
+    proposals and decisions are journaled by the MQTT bridge's hooks, before they are
     acknowledged or published: `_journal_proposal`, `_journal_decision`)."""
-
-    async def state(msg: TradingStateChanged) -> None:
-        await journal.record("trading_state", payload=msg)
 
     async def control(msg: ControlCommand) -> None:
         await journal.record("note", payload={"control": msg.model_dump(mode="json")})
@@ -692,7 +704,6 @@ def _attach_journal(bus: Any, journal: Any) -> None:
         if msg.code in _AUTH_CODES:   # a control command the bridge refused (bus/auth.py)
             await journal.record("alert", payload=msg)
 
-    bus.subscribe(TradingStateChanged, state, name="journal.state")
     bus.subscribe(ControlCommand, control, name="journal.control")
     bus.subscribe(Alert, refused, name="journal.refused")
 

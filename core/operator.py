@@ -272,6 +272,8 @@ def status_line(out: dict[str, Any], now: datetime | None = None) -> str:
         parts[0] += f" ({st['detail']})"
     parts += [f"mode={st.get('mode') or '?'}", f"trading={st.get('trading_state') or '?'}",
               f"ib={st.get('connection') or '?'}"]
+    if st.get("halted_scopes"):
+        parts.append("halted=" + ",".join(str(x).replace(" ", ":") for x in st["halted_scopes"]))
     if st.get("state") == "offline":
         age = _age_s(st.get("ts"), now)
         return " ".join(parts + ([f"since={st.get('ts')}"] if age is None else [f"for={age:.0f}s"]))
