@@ -145,12 +145,14 @@ class StateKeeper:
         self._scoped = tuple(scoped)
         why = "restored at start-up" + (f": {saved.reason}" if saved else "")
         ev = self._gov.restore_state(state, set(scoped), why)
-        log.warning("trading_state_restored", state=state.value,
-                    by=saved.by if saved else None, who=saved.who if saved else None,
-                    reason=saved.reason if saved else None,
-                    since=saved.ts.isoformat() if saved else None,
-                    scoped_halts=[{"agent_id": a, "symbol": s} for a, s in _sorted(scoped)],
-                    expired_auto=expired)
+        # a warning when it holds trading back (a person must see it), else one info line
+        emit = log.info if state is TradingState.ACTIVE and not scoped else log.warning
+        emit("trading_state_restored", state=state.value,
+             by=saved.by if saved else None, who=saved.who if saved else None,
+             reason=saved.reason if saved else None,
+             since=saved.ts.isoformat() if saved else None,
+             scoped_halts=[{"agent_id": a, "symbol": s} for a, s in _sorted(scoped)],
+             expired_auto=expired)
         return ev
 
 
