@@ -11,7 +11,7 @@ The governor's `_check` hands a combo proposal here at three points (small hooks
   combo_rules     RULES with the per-contract rules replaced by per-leg ones, the loss rules
                   naming their bound, and UNDEFINED_RISK_COMBO first
 Fills: a combo fills as one BAG execution (its quantity counts for the bracket) and one per
-leg (positions and realized P&L): `on_combo_fill`.
+leg (positions and realized P&L): RiskGovernor.on_fill.
 """
 
 from __future__ import annotations
@@ -51,8 +51,6 @@ from bracketgate.bus.messages import (
     MAX_PRICE,
     MAX_QUANTITY,
     DenialCode,
-    Fill,
-    Leg,
     PortfolioSnapshot,
     Quote,
     Reason,
@@ -64,7 +62,7 @@ from bracketgate.core.logs import get_logger
 
 if TYPE_CHECKING:
     from bracketgate.agents.reservations import ReservationLedger
-    from bracketgate.agents.risk import RiskGovernor, SnapshotView
+    from bracketgate.agents.risk import SnapshotView
 
 log = get_logger("bracketgate.risk.combo")
 D = DenialCode
@@ -477,36 +475,3 @@ class ComboBook:
                 row[i] += units * ratio
                 row[i + 2] += units * ratio * mark * mult
         return out
-
-
-def on_combo_fill(gov: RiskGovernor, fill: Fill) -> Any:
-    """A combo's execution: the BAG one moves the bracket's reservation (quantity in combos),
-    a leg's one the agent's position in that leg and its realized P&L (the legs carry it)."""
-    seen = gov._exec_ids.get(fill.exec_id)
-    budget = gov.budget_of(fill.agent_id)
-    bag = fill.sec_type == "BAG"
-    realized = fill.realized_pnl if (not bag and fill.realized_pnl is not None
-                                     and math.isfinite(fill.realized_pnl)) else None
-    if seen is not None:
-        if not seen and realized is not None:
-            gov._count_realized(fill.agent_id, budget, realized)
-            gov._exec_ids[fill.exec_id] = True
-        return None
-    gov._exec_ids[fill.exec_id] = realized is not None
-    if realized is not None:
-        gov._count_realized(fill.agent_id, budget, realized)
-    if not bag:
-        held = gov._agent_positions.setdefault(budget, {})
-        units = held.get(fill.con_id, 0.0) + fill.side.sign * fill.quantity
-        if abs(units) < 1e-9:
-            held.pop(fill.con_id, None)
-        else:
-            held[fill.con_id] = units
-        gov._last_price[fill.con_id] = fill.price
-        return None
-    if fill.leg is Leg.ENTRY:
-        gov.ledger.entry_fill(fill.proposal_id, fill.quantity, fill.ts)
-        return None
-    if gov.ledger.exit_fill(fill.proposal_id, fill.quantity):
-        return gov.release(fill.proposal_id, f"{fill.leg.value} filled")
-    return None

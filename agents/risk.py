@@ -28,7 +28,6 @@ from bracketgate.agents.combo_risk import (
     combo_quote,
     combo_rules,
     gate_combo_numbers,
-    on_combo_fill,
 )
 from bracketgate.agents.exec_ids import ExecIds
 from bracketgate.agents.fastgate import fast_path_for
@@ -1109,13 +1108,15 @@ class RiskGovernor:
     # ================================================================== fills and order events
 
     def on_fill(self, fill: Fill) -> Reservation | None:
-        """Attribute a fill to its agent; move its reservation. The released one if it closed."""
-        if fill.sec_type == "BAG" or fill.proposal_id in self._combos:
-            return on_combo_fill(self, fill)       # a combo's BAG or leg execution
-        seen = self._exec_ids.get(fill.exec_id)
+        """Attribute a fill to its agent; move its reservation. The released one if it closed.
+        A combo's BAG execution moves the bracket (quantity in combos); each leg's execution
+        moves the agent's position in that leg and carries the realized P&L."""
+        bag = fill.sec_type == "BAG"
+        combo_leg = not bag and fill.proposal_id in self._combos
         budget = self.budget_of(fill.agent_id)
-        realized = fill.realized_pnl if fill.realized_pnl is not None and math.isfinite(
-            fill.realized_pnl) else None
+        realized = fill.realized_pnl if (not bag and fill.realized_pnl is not None
+                                         and math.isfinite(fill.realized_pnl)) else None
+        seen = self._exec_ids.get(fill.exec_id)
         if seen is not None:
             if not seen and realized is not None:  # the commission report came later
                 self._count_realized(fill.agent_id, budget, realized)
@@ -1125,14 +1126,17 @@ class RiskGovernor:
         if realized is not None:
             self._count_realized(fill.agent_id, budget, realized)
         res = self.ledger.get(fill.proposal_id)
-        cid = fill.con_id or (res.con_id if res is not None else 0)
-        held = self._agent_positions.setdefault(budget, {})
-        units = held.get(cid, 0.0) + fill.side.sign * fill.quantity
-        if abs(units) < 1e-9:
-            held.pop(cid, None)
-        else:
-            held[cid] = units
-        self._last_price[cid] = fill.price
+        if not bag:
+            cid = fill.con_id or (res.con_id if res is not None else 0)
+            held = self._agent_positions.setdefault(budget, {})
+            units = held.get(cid, 0.0) + fill.side.sign * fill.quantity
+            if abs(units) < 1e-9:
+                held.pop(cid, None)
+            else:
+                held[cid] = units
+            self._last_price[cid] = fill.price
+            if combo_leg:
+                return None
         if fill.leg is Leg.ENTRY:
             self.ledger.entry_fill(fill.proposal_id, fill.quantity, fill.ts)
             return None
