@@ -21,6 +21,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from bracketgate.adapters.journal_side import SideTable
 from bracketgate.bus.commands import CommandAnswer
 
 _CREATE = (
@@ -50,22 +51,10 @@ def _row(r: tuple[Any, ...]) -> CommandRow:
                       None if r[5] is None else json.loads(r[5]), r[6] is not None)
 
 
-class CommandJournal:
+class CommandJournal(SideTable):
     """The commands table of one open Journal (adapters/journal.py)."""
 
-    def __init__(self, journal: Any) -> None:
-        self._journal = journal
-        self._created = False
-
-    async def _run(self, fn: Any) -> Any:
-        if not self._created:
-            def create(conn: sqlite3.Connection) -> None:
-                conn.execute(_CREATE)
-                conn.execute(_UNANSWERED_INDEX)
-
-            await self._journal._submit(create, True)
-            self._created = True
-        return await self._journal._submit(fn, True)
+    DDL = (_CREATE, _UNANSWERED_INDEX)
 
     async def take(self, command: Any) -> CommandRow | None:
         """Record a command as received; None when new, else the row already there (a

@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bracketgate.adapters.journal_side import SideTable
 from bracketgate.bus.messages import TradingState, TradingStateChanged
 from bracketgate.core.logs import get_logger
 
@@ -61,18 +62,10 @@ class SavedState:
     scoped: tuple[Scope, ...] = field(default=())
 
 
-class TradingStateJournal:
+class TradingStateJournal(SideTable):
     """The trading_control row of one open Journal (adapters/journal.py)."""
 
-    def __init__(self, journal: Any) -> None:
-        self._journal = journal
-        self._created = False
-
-    async def _run(self, fn: Any) -> Any:
-        if not self._created:
-            await self._journal._submit(lambda conn: bool(conn.execute(_CREATE)), True)
-            self._created = True
-        return await self._journal._submit(fn, True)
+    DDL = (_CREATE,)
 
     async def save(self, s: SavedState) -> None:
         """The row, committed FULL; then the audit event (FULL too: DURABLE_KINDS)."""
