@@ -170,8 +170,11 @@ class Rig:
         await self.a.propose(AGENT, p)
         return pid
 
-    async def move(self, price: float) -> None:
-        self.price = round(min(MID + BAND, max(MID - BAND, price)), 2)
+    async def move(self, price: float, *, through: bool = False) -> None:
+        """The random walk stays within MID +- BAND; a move `through` a bracket's price goes
+        where it is told (an entry or exit priced past the band must still be reached: a
+        clamped move left a SELL entry at 232.77 unfilled at 232.50)."""
+        self.price = round(price if through else min(MID + BAND, max(MID - BAND, price)), 2)
         await self.tws.set_price(SYMBOL, self.price)
 
     async def wait_fills(self, state: dict[str, Any], timeout: float) -> None:
@@ -518,16 +521,16 @@ def _logged(event: str, pid: str) -> Callable[[dict[str, Any]], bool]:
 async def _through_entry(rig: Rig, pid: str) -> None:
     p = rig.proposals[pid]
     sign = 1 if p["side"] == "BUY" else -1
-    await rig.move(p["limit_price"] - sign * 0.05)
+    await rig.move(p["limit_price"] - sign * 0.05, through=True)
 
 
 async def _through_exit(rig: Rig, pid: str, rng: random.Random) -> None:
     p = rig.proposals[pid]
     sign = 1 if p["side"] == "BUY" else -1
     if rng.random() < 0.5:
-        await rig.move(p["take_profit"] + sign * 0.05)
+        await rig.move(p["take_profit"] + sign * 0.05, through=True)
     else:
-        await rig.move(p["stop_loss"] - sign * 0.05)
+        await rig.move(p["stop_loss"] - sign * 0.05, through=True)
 
 
 async def kill_at(rig: Rig, stage: str, rng: random.Random) -> str:
