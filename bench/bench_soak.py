@@ -1,15 +1,19 @@
 """Soak: the daemon's memory while proposals flow, the journal it leaves, and a restart on it.
 
     .venv/bin/python bench/bench_soak.py                  # 20k proposals through the daemon
-    .venv/bin/python bench/bench_soak.py --n 1000000      # the issue's soak (about an hour)
+    .venv/bin/python bench/bench_soak.py --n 1000000 --approve-every 25   # the 1M soak (~1 h)
     .venv/bin/python bench/bench_soak.py --build 1000000  # restart on a 1M-proposal journal
                                                           # written through the Journal API
     .venv/bin/python bench/bench_soak.py --build 1000000 --reuse FILE   # ... built before
 
 Real processes on loopback: mosquitto, the daemon (`python run.py`), the paper TWS in this
-process WITH its pacing. About 90 % of the proposals are rejected (a quantity past
-max_position_units), the rest approved at a limit far below the market with
-cancel_entry_after_s=1, so their entries are cancelled at IB a second later (closed brackets).
+process WITH its pacing. 1 in `--approve-every` proposals is approved, the rest rejected (a
+quantity past max_position_units). Of the approved, 1 in `--fill-every` is filled: the flow's
+market swings every symbol 0.6 up and down every half second, the entry fills on a down swing and
+the take-profit or (half of them) the stop on the next one, OCA cancelling the other; the others
+rest far below the market with cancel_entry_after_s=1 and are cancelled at IB a second later.
+The paper TWS's pacing (50 messages/s, the daemon's budget 45) caps approvals near 11 brackets/s,
+so 1 in 10 approved would take ~2.5 h for 1M proposals; 1 in 25 takes about one hour.
 Up to `--window` proposals are in flight (closed loop on the decisions: this is a memory soak,
 not a latency figure). The daemon's RSS (/proc/PID/status VmRSS) is printed every 10k as a
 curve; then the journal's size and bytes per proposal; then the daemon is restarted on that
@@ -59,6 +63,7 @@ max_net_exposure_pct = 100000.0
 max_proposals_per_s = 5000.0
 proposal_burst = 5000
 max_order_msgs_per_s = 45.0
+min_reward_risk = 0.5
 
 [agent]
 loss_limit = 1e12
@@ -66,10 +71,13 @@ exposure_limit = 1e15
 max_open_brackets = 100000
 max_proposals_per_s = 5000.0
 proposal_burst = 5000
+max_order_share_pct = 100.0
 """
 
 SYMBOLS = ("AAPL", "MSFT", "TSLA", "SPY")
 PRICE = {"AAPL": 207.0, "MSFT": 378.0, "TSLA": 225.0, "SPY": 522.0}   # 10 % under the sim
+SIM = {"AAPL": 230.0, "MSFT": 420.0, "TSLA": 250.0, "SPY": 580.0}     # the paper TWS's own
+SWING = 0.6     # the flow's market: each symbol swings SIM +- SWING every half second
 
 
 def rss_kb(pid: int) -> int:
@@ -79,16 +87,42 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def proposal(i: int, approve_every: int) -> dict:
+def proposal(i: int, approve_every: int, fill_every: int = 0) -> dict:
+    """Rejected (a quantity past max_position_units) unless i % approve_every == 0. An approved
+    one rests 10 % under the market and is cancelled a second later, or (every fill_every-th
+    approved one, with the swinging market of `swing`) is filled: its entry on a down swing,
+    then its take-profit or stop on the next swing (OCA cancels the other)."""
     sym = SYMBOLS[i % 4]
-    px = PRICE[sym]
     approved = i % approve_every == 0
+    k = i // approve_every
+    if approved and fill_every and k % fill_every == 0:
+        mid = SIM[sym]   # half of them with the stop inside the down swing: stopped out
+        stop = mid - (0.5 if (k // fill_every) % 2 else 0.8)
+        return {"proposal_id": f"soak-{i}-{uuid.uuid4().hex[:6]}", "symbol": sym, "side": "BUY",
+                "quantity": 1, "order_type": "LMT", "limit_price": round(mid - 0.1, 2),
+                "take_profit": round(mid + 0.5, 2), "stop_loss": round(stop, 2),
+                "cancel_entry_after_s": 3.0}
+    px = PRICE[sym]
     p = {"proposal_id": f"soak-{i}-{uuid.uuid4().hex[:6]}", "symbol": sym, "side": "BUY",
          "quantity": 1 if approved else 100000, "order_type": "LMT",   # below the market: rests
          "limit_price": px, "take_profit": round(px * 1.04, 2), "stop_loss": round(px * 0.97, 2)}
     if approved:
         p["cancel_entry_after_s"] = 1.0
     return p
+
+
+async def swing(tws, stop: asyncio.Event) -> None:
+    """The market the filled brackets live in: every symbol at SIM - SWING, then SIM + SWING,
+    every half second (an entry fills on the way down, its exits on the next swing)."""
+    up = False
+    while not stop.is_set():
+        up = not up
+        for sym in SYMBOLS:
+            await tws.set_price(sym, round(SIM[sym] + (SWING if up else -SWING), 2))
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except TimeoutError:
+            pass
 
 
 def journal_files_size(path: Path) -> int:
@@ -120,8 +154,8 @@ async def restart_ms(tws, broker, work: Path, journal: Path) -> tuple[float, flo
     return float(ready["startup_ms"]), wall
 
 
-async def flow(n: int, window: int, approve_every: int, tws, broker, work: Path,
-               journal: Path) -> None:
+async def flow(n: int, window: int, approve_every: int, fill_every: int, tws, broker,
+               work: Path, journal: Path) -> None:
     d = await spawn(tws, broker, work, {"RISK_LIMITS_FILE": str(work / "limits.toml"),
                                         "JOURNAL_PATH": str(journal)}, 30)
     d.logs.clear()
@@ -135,11 +169,25 @@ async def flow(n: int, window: int, approve_every: int, tws, broker, work: Path,
     async with aiomqtt.Client(hostname=host, port=int(port),
                               identifier=f"soak-{uuid.uuid4().hex[:6]}") as client:
         await client.subscribe(f"{d.prefix}/decisions/#", qos=1)
+        await client.subscribe(f"{d.prefix}/orders/#", qos=1)
+        legs: dict[str, int] = {}      # fills by leg, cancelled orders by leg
+        cancelled: set[int] = set()
 
         async def read() -> None:
             nonlocal done
             async for msg in client.messages:
                 dec = json.loads(msg.payload)
+                if "/orders/" in str(msg.topic):
+                    if dec.get("type") == "fill":
+                        key = f"fill:{dec.get('leg')}"
+                    elif (dec.get("status") in ("Cancelled", "ApiCancelled")
+                          and dec.get("order_id") not in cancelled):
+                        cancelled.add(dec.get("order_id"))
+                        key = f"cancelled:{dec.get('leg')}"
+                    else:
+                        continue
+                    legs[key] = legs.get(key, 0) + 1
+                    continue
                 v = "/".join([dec.get("verdict", "?")] + [r.get("code", "?") for r in
                                                           dec.get("reasons") or ()])
                 verdicts[v] = verdicts.get(v, 0) + 1
@@ -148,12 +196,14 @@ async def flow(n: int, window: int, approve_every: int, tws, broker, work: Path,
                 got.set()
 
         reader = asyncio.create_task(read())
+        stop_swing = asyncio.Event()
+        swinger = asyncio.create_task(swing(tws, stop_swing)) if fill_every else None
         t0 = time.perf_counter()
         curve.append((0, rss_kb(pid), 0.0))
         for i in range(n):
             await free.acquire()
             await client.publish(f"{d.prefix}/proposals/soak{i % 5}",
-                                 json.dumps(proposal(i, approve_every)), qos=1)
+                                 json.dumps(proposal(i, approve_every, fill_every)), qos=1)
             if (i + 1) % 10_000 == 0:
                 d.logs.clear()   # this process keeps the daemon's log lines: not its RSS
                 d.raw.clear()
@@ -169,12 +219,16 @@ async def flow(n: int, window: int, approve_every: int, tws, broker, work: Path,
                 print(f"  decisions stopped at {done} of {n}")
                 break
         elapsed = time.perf_counter() - t0
-        await asyncio.sleep(2.0)   # the last entries' cancel_entry_after_s
+        await asyncio.sleep(4.0)   # the last entries' cancel_entry_after_s, the last swings
+        stop_swing.set()
+        if swinger is not None:
+            await swinger
         end_rss = rss_kb(pid)
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
     rc = await d.terminate()
     print(f"  decided {done} of {n} in {elapsed:.0f} s ({done / elapsed:.0f}/s): {verdicts}")
+    print(f"  brackets' legs (fills and cancels on the orders topics): {dict(sorted(legs.items()))}")
     if len(curve) > 2:
         warm = curve[1][1]
         print(f"  RSS: start {curve[0][1] / 1024:.1f} MB, at 10k {warm / 1024:.1f} MB, end"
@@ -239,7 +293,7 @@ async def main(a: argparse.Namespace) -> None:
         else:
             print(f"bracketgate soak: {n} proposals through mosquitto, ~{100 // a.approve_every}"
                   f" % approved (pid {os.getpid()})")
-            await flow(n, a.window, a.approve_every, tws, broker, work, journal)
+            await flow(n, a.window, a.approve_every, a.fill_every, tws, broker, work, journal)
         size = journal_files_size(journal)
         print(f"  journal: {size / 1e6:.1f} MB (db + wal) = {size / n:.0f} bytes/proposal")
         big_ms, big_wall = await restart_ms(tws, broker, work, journal)
@@ -265,4 +319,7 @@ if __name__ == "__main__":
     ap.add_argument("--keep", action="store_true", help="keep the work directory (journal)")
     ap.add_argument("--window", type=int, default=200, help="proposals in flight")
     ap.add_argument("--approve-every", type=int, default=10, help="1 in N approved")
+    ap.add_argument("--fill-every", type=int, default=2,
+                    help="1 in K approved brackets filled in a swinging market (0: none, all "
+                         "rest and are cancelled)")
     asyncio.run(main(ap.parse_args()))
