@@ -433,6 +433,9 @@ class RiskGovernor:
         self._rules: tuple[tuple[Rule, ...], tuple[Rule, ...]] = (
             tuple(r for r in active if r is not rule_reducing_only), active)
         self._fast = fast_path_for(active)   # agents/fastgate.py; None: the full chain only
+        # its per-limits constants and per-snapshot caps, (re)made on first use
+        self._fast_limits: tuple[Any, ...] = (None,)
+        self._fast_snapshot: tuple[Any, ...] = (None, None)
         # (symbol, sec_type, expiry, strike, right, currency) -> (stand-in conId, multiplier,
         # min tick) when no IB contract details are wired (tests, benches)
         self._offline_facts: dict[tuple[Any, ...], tuple[int, float | None, float]] = {}
@@ -833,11 +836,11 @@ class RiskGovernor:
             entry = px
         else:
             entry = p.limit_price  # type: ignore[assignment]
-        if self._fast is not None:   # every rule passes: decided in one pass (fastgate.py)
+        if self._fast is not None:   # every rule tested in one pass (fastgate.py)
             fast = self._fast(self, p, snapshot, view, now, mono, budget, rate_denied, sym,
                               con_id, mult, tick, entry, market)
             if fast is not None:
-                return [], fast
+                return fast
 
         ledger = self.ledger
         sign = 1 if p.side is _BUY else -1
