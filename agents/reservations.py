@@ -110,9 +110,13 @@ class ReservationLedger:
     def reserve(self, res: Reservation) -> None:
         if res.proposal_id in self._by_id:
             raise ValueError(f"reservation {res.proposal_id} already open")
-        self._by_id[res.proposal_id] = res
-        self._by_contract.setdefault(res.con_id, {})[res.proposal_id] = res
-        self._by_agent.setdefault(res.agent_id, {})[res.proposal_id] = res
+        pid = res.proposal_id
+        self._by_id[pid] = res
+        for index, key in ((self._by_contract, res.con_id), (self._by_agent, res.agent_id)):
+            bucket = index.get(key)
+            if bucket is None:
+                bucket = index[key] = {}
+            bucket[pid] = res
         self._account(res, +1)
 
     def release(self, proposal_id: str) -> Reservation | None:
