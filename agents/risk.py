@@ -121,6 +121,7 @@ _REDUCING, _HALTED = TradingState.REDUCING, TradingState.HALTED
 _INFO = logging.INFO
 _set_attr = object.__setattr__
 _new_decision = RiskDecision.__new__
+_new_worst_case = WorstCase.__new__
 _DECISION_FIELDS = frozenset(("proposal_id", "agent_id", "verdict", "reasons", "order_ids",
                               "trading_state", "ts", "worst_case"))
 _OFFLINE_FACTS_MAX = 10_000     # contracts remembered by the offline stand-in (tests, benches)
@@ -144,8 +145,10 @@ class TokenBucket:
         return self.tokens
 
     def take(self, now: float, n: float = 1.0) -> bool:
-        if now > self.stamp:   # available(now), inline: called for every proposal
-            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        if now > self.stamp:   # available(now), inline (min spelled out): for every proposal
+            tokens = self.tokens + (now - self.stamp) * self.rate
+            cap = self.capacity
+            self.tokens = tokens if tokens < cap else cap
             self.stamp = now
         if self.tokens >= n:
             self.tokens -= n
@@ -748,9 +751,13 @@ class RiskGovernor:
             self._reserve(proposal, ctx, now)
         decision = self._decision(proposal, reasons, now)
         if not reasons:   # the loss it was admitted with, and which bound applied (combos)
-            decision.__dict__["worst_case"] = construct(
-                WorstCase, loss=round(ctx.worst_case_loss, 2),   # type: ignore[union-attr]
-                bound="stop" if ctx.combo is None else ctx.combo.bound)   # type: ignore[union-attr]
+            wc = _new_worst_case(WorstCase)   # construct(WorstCase, ...) spelled out
+            _set_attr(wc, "__dict__", {"loss": round(ctx.worst_case_loss, 2),  # type: ignore[union-attr]
+                                       "bound": "stop" if ctx.combo is None else ctx.combo.bound})  # type: ignore[union-attr]
+            _set_attr(wc, "__pydantic_fields_set__", {"loss", "bound"})
+            _set_attr(wc, "__pydantic_extra__", None)
+            _set_attr(wc, "__pydantic_private__", None)
+            decision.__dict__["worst_case"] = wc
         memory.put(pid, proposal, decision)
         self._log_decision(proposal, decision, ctx)
         return decision, True
