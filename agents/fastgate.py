@@ -26,7 +26,7 @@ codes, limits, values and messages) and hold the same reservations.
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, time, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from bracketgate.agents import rules as r
@@ -61,6 +61,7 @@ _ACTIVE, _REDUCING, _BUY = TradingState.ACTIVE, TradingState.REDUCING, Side.BUY
 _MAX_TICK_STEPS = 2.0 ** 53
 _new_ctx = RuleContext.__new__
 _inf = math.inf
+_ONE_US = timedelta(microseconds=1)
 (_reducing_only, _symbol_allowed, _sec_type_allowed, _trading_hours, _geometry, _price_band,
  _tick, _reward_risk, _stop_distance, _order_quantity, _order_notional, _position_limit,
  _position_notional, _gross, _net, _open_brackets, _open_brackets_agent, _per_trade_loss,
@@ -99,6 +100,28 @@ def snapshot_constants(view: SnapshotView, lim: RiskLimits) -> tuple[Any, ...]:
             lim.daily_loss_limit + min(0.0, view.daily_pnl))
 
 
+def hours_window(hours: tuple[time, time, frozenset[int]], tz: tzinfo, now: datetime
+                 ) -> tuple[Any, datetime, datetime, bool]:
+    """(hours, from, until, open): rule_trading_hours's test for `now` (weekday in weekdays and
+    start <= local time < end), and the span [from, until) of UTC instants it holds for — up to
+    the next local start, end or midnight, with the UTC offset it has now. If the offset is not
+    the same at `until` (a daylight-saving change comes first), the span is `now` alone."""
+    start, end, weekdays = hours
+    local = now.astimezone(tz)
+    t = local.time()
+    is_open = local.weekday() in weekdays and start <= t < end
+    naive = local.replace(tzinfo=None)
+    day = naive.date()
+    nxt = datetime.combine(day + timedelta(days=1), time(0))
+    for edge in (datetime.combine(day, start), datetime.combine(day, end)):
+        if naive < edge < nxt:
+            nxt = edge
+    until = now + (nxt - naive)
+    if until.astimezone(tz).utcoffset() != local.utcoffset():
+        until = now + _ONE_US
+    return hours, now, until, is_open
+
+
 def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
           view: SnapshotView, now: datetime, mono: float, budget: str,
           rate_denied: tuple[str, float] | None, sym: SymbolLimits, con_id: int,
@@ -132,13 +155,14 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
         bad.append(_symbol_allowed)
     if pd["sec_type"] not in sec_types:
         bad.append(_sec_type_allowed)
-    # rule_trading_hours (in the chain only when hours are set)
+    # rule_trading_hours (in the chain only when hours are set): its answer for `now`, kept
+    # for as long as it holds (hours_window), so no timezone work per proposal
     hours = gov._hours
     if hours is not None:
-        start, end, weekdays = hours
-        local = now.astimezone(gov._tz)
-        t = local.time()
-        if local.weekday() not in weekdays or not (start <= t < end):
+        w = gov._fast_hours
+        if not (w[0] is hours and w[1] <= now < w[2]):
+            w = gov._fast_hours = hours_window(hours, gov._tz, now)
+        if not w[3]:
             bad.append(_trading_hours)
     # rule_geometry
     if sign * (e - sl) <= 0 or sign * (tp - e) <= 0:

@@ -441,6 +441,7 @@ class RiskGovernor:
         self._fast_limits: tuple[Any, ...] = (None,)
         self._fast_snapshot: tuple[Any, ...] = (None, None)
         self._fresh: tuple[Any, ...] = (None, None, None)   # (view, limits, fresh_until)
+        self._fast_hours: tuple[Any, ...] = (None, None, None, False)   # fastgate.hours_window
         # (symbol, sec_type, expiry, strike, right, currency) -> (stand-in conId, multiplier,
         # min tick) when no IB contract details are wired (tests, benches)
         self._offline_facts: dict[tuple[Any, ...], tuple[int, float | None, float]] = {}

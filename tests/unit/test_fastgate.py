@@ -460,3 +460,47 @@ def test_the_agents_realized_loss_is_counted_on_the_fast_path() -> None:
     a, b = fast.evaluate(third, fast.snapshot), full.evaluate(third, full.snapshot)
     assert [r.code.value for r in b.reasons] == ["AGENT_LOSS_LIMIT"]
     assert _outcome(a) == _outcome(b)
+
+
+@pytest.mark.parametrize("start,end,days", [
+    ("09:30", "16:00", [0, 1, 2, 3, 4]), ("01:30", "02:30", [0, 1, 2, 3, 4, 5, 6]),
+    ("00:00", "23:59:59", [6]), ("02:00", "03:00", [5, 6])])
+def test_trading_hours_are_judged_as_the_rule_judges_them_across_days_and_dst(
+        start: str, end: str, days: list[int]) -> None:
+    """The fused check keeps the hours' answer for a span (no timezone work per proposal):
+    stepping the clock across starts, ends, midnights and New York's 2026-11-01 change, every
+    verdict is the full chain's. Steps of 7 minutes 13 seconds, one proposal each."""
+    from datetime import datetime, timezone
+
+    lim = open_limits(trading_hours={"start": start, "end": end, "weekdays": days})
+    clock = ManualClock(datetime(2026, 10, 30, 20, 0, tzinfo=timezone.utc))
+    fast, full = RiskGovernor(lim, clock), RiskGovernor(lim, clock)
+    full._fast = None
+    seen = set()
+    for n in range(1000):      # ~5 days
+        snap = snapshot(clock)
+        p = TradeProposal(proposal_id=f"h{n}", agent_id="a", symbol="AAPL", side="BUY",
+                          quantity=1, limit_price=100.0, take_profit=102.0, stop_loss=99.0)
+        for g in (fast, full):
+            g.on_snapshot(snap)
+        a, b = fast.evaluate(p, snap), full.evaluate(p, snap)
+        assert _outcome(a) == _outcome(b), clock.now()
+        seen.add(a.verdict)
+        for g in (fast, full):
+            g.release(p.proposal_id, "test")
+        clock.advance(7 * 60 + 13)
+    assert seen == {Verdict.APPROVED, Verdict.REJECTED}
+
+
+def test_the_hours_window_ends_at_the_next_edge_and_not_past_a_dst_change() -> None:
+    from datetime import datetime, time, timezone
+    from zoneinfo import ZoneInfo
+
+    ny = ZoneInfo("America/New_York")
+    hours = (time(9, 30), time(16, 0), frozenset(range(5)))
+    # Friday 2026-10-30 10:00 New York (14:00 UTC): open until 16:00 (20:00 UTC)
+    w = fastgate.hours_window(hours, ny, datetime(2026, 10, 30, 14, 0, tzinfo=timezone.utc))
+    assert w[3] is True and w[2] == datetime(2026, 10, 30, 20, 0, tzinfo=timezone.utc)
+    # Sunday 2026-11-01 00:30 EDT (04:30 UTC): the clocks go back at 02:00 before 09:30
+    w = fastgate.hours_window(hours, ny, datetime(2026, 11, 1, 4, 30, tzinfo=timezone.utc))
+    assert w[3] is False and (w[2] - w[1]).total_seconds() < 1e-3
