@@ -83,9 +83,10 @@ def fast_path_for(active: tuple[Rule, ...]) -> Any:
 def limit_constants(lim: RiskLimits) -> tuple[Any, ...]:
     """What `check` reads of the limits, read once per limits object (a reload makes another).
     The slippage fraction is `slippage_pct / 100.0`, the same division rules.slippage does
-    first."""
+    first; the symbol and sec_type lists as sets (the same membership, without a scan)."""
     return (lim, lim.min_reward_risk, lim.min_stop_distance_pct, lim.max_stop_distance_pct,
-            lim.denied_symbols, lim.allowed_symbols, lim.allowed_sec_types, lim.price_bands,
+            frozenset(lim.denied_symbols), frozenset(lim.allowed_symbols),
+            frozenset(lim.allowed_sec_types), lim.price_bands,
             lim.entry_band_pct, lim.exit_band_pct, lim.tick_tolerance, lim.max_open_brackets,
             lim.slippage_ticks, lim.slippage_pct / 100.0, lim.per_trade_loss_limit)
 
