@@ -1,45 +1,52 @@
-"""The gate's fused all-pass check: the common case (every rule passes) decided in one pass.
+"""The gate's fused check: every rule's condition tested in one pass, approvals and rejections.
 
-`RiskGovernor._check` builds a RuleContext and runs every rule of agents/rules.py in turn — some
-20 function calls and 40 attribute stores per proposal. Most proposals that pass, pass by a wide
-margin; `all_pass` reads the same numbers once into locals and tests each rule's denial
-condition, written exactly as the rule writes it (same operands, same order of float
-operations, so the same answer bit for bit, NaN included). It returns the few context fields
-the approval needs (reservation, log line) only when no rule can deny; on anything else — a
-rule that would deny, a case it was not written for — it returns None and the governor runs
-the full chain, which produces the reasons. It never decides a rejection and never skips a
-check: the full chain is the only path that can say no.
+`RiskGovernor._check` can build a RuleContext and run every rule of agents/rules.py in turn —
+some 20 function calls and 40 attribute stores per proposal. `check` reads the same numbers
+once into locals (limits as per-limits constants, account figures as per-snapshot caps) and
+tests each rule's denial condition, written exactly as the rule writes it (same operands, same
+order of float operations, so the same answer bit for bit, NaN included). When no condition
+holds it approves with the few context fields the approval needs (reservation, log line). When
+some do, it builds the full RuleContext once and calls those rules — and only those — in RULES
+order: the rule itself writes every reason (code, limit, value, message), so a rejection reads
+exactly as the full chain's. A condition it was not written for (a quote with a side missing,
+REDUCING, a proposal out of tokens) is not decided here: its rule is called the same way. It
+never skips a check: a rule it does not test by its condition is called.
 
-Scope (anything outside goes down the full chain):
+Scope (anything outside returns None and the governor runs the full chain):
 - the rules it covers are COVERED, each named (the RULES of this version); `fast_path_for`
-  gives the governor no fast path when its active rules include any other (a rule added to
-  RULES later is never skipped: the fast path is off until it covers that rule too);
+  gives the governor no fused check when its active rules include any other (a rule added to
+  RULES later is never skipped: the fused check is off until it covers that rule too);
 - single-leg proposals of sec_type STK, OPT or FUT (no `legs`: a combo is never on it);
-- trading state ACTIVE (REDUCING runs the reducing-only rule on the full chain);
-- price bands with a quote that has both bid and ask usable (the reference price's common
-  case).
+- trading state ACTIVE or REDUCING (HALTED never gets past the gates).
 tests/unit/test_fastgate.py proves it: over random proposals, snapshots, limits and open
-brackets, a governor with the fast path and one without take the same decisions (verdict,
-codes, limits and values) and hold the same reservations.
+brackets, a governor with the fused check and one without take the same decisions (verdict,
+codes, limits, values and messages) and hold the same reservations.
 """
 
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, time, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from bracketgate.agents import rules as r
 from bracketgate.agents.rules import ORDER_MSGS_PER_BRACKET, Rule, RuleContext
-from bracketgate.bus.messages import PortfolioSnapshot, SecType, Side, TradeProposal, TradingState
-from bracketgate.config.limits import SymbolLimits
+from bracketgate.bus.messages import (
+    PortfolioSnapshot,
+    Reason,
+    SecType,
+    Side,
+    TradeProposal,
+    TradingState,
+)
+from bracketgate.config.limits import RiskLimits, SymbolLimits
 
 if TYPE_CHECKING:
     from bracketgate.agents.risk import RiskGovernor, SnapshotView
 
-# the rules all_pass tests, each by its own denial condition (see the comments below)
+# the rules `check` tests, each by its own denial condition (see the comments below)
 # named one by one (not taken from RULES): a rule added to RULES later is not in here, so
-# `fast_path_for` turns the fast path off until all_pass tests it too
+# `fast_path_for` turns the fused check off until it tests that rule too
 COVERED: frozenset[Rule] = frozenset((
     r.rule_reducing_only, r.rule_symbol_allowed, r.rule_sec_type_allowed, r.rule_trading_hours,
     r.rule_geometry, r.rule_price_band, r.rule_tick, r.rule_reward_risk, r.rule_stop_distance,
@@ -50,183 +57,267 @@ COVERED: frozenset[Rule] = frozenset((
     r.rule_rates,
 ))
 FAST_SEC_TYPES = frozenset((SecType.STK, SecType.OPT, SecType.FUT))
-_ACTIVE, _BUY = TradingState.ACTIVE, Side.BUY
+_ACTIVE, _REDUCING, _BUY = TradingState.ACTIVE, TradingState.REDUCING, Side.BUY
 _MAX_TICK_STEPS = 2.0 ** 53
 _new_ctx = RuleContext.__new__
 _inf = math.inf
+_ONE_US = timedelta(microseconds=1)
+(_reducing_only, _symbol_allowed, _sec_type_allowed, _trading_hours, _geometry, _price_band,
+ _tick, _reward_risk, _stop_distance, _order_quantity, _order_notional, _position_limit,
+ _position_notional, _gross, _net, _open_brackets, _open_brackets_agent, _per_trade_loss,
+ _per_trade_loss_pct, _daily_loss, _agent_loss, _agent_exposure, _rates) = (
+    r.rule_reducing_only, r.rule_symbol_allowed, r.rule_sec_type_allowed, r.rule_trading_hours,
+    r.rule_geometry, r.rule_price_band, r.rule_tick, r.rule_reward_risk, r.rule_stop_distance,
+    r.rule_max_order_quantity, r.rule_max_order_notional, r.rule_position_limit,
+    r.rule_position_notional, r.rule_gross_exposure, r.rule_net_exposure,
+    r.rule_max_open_brackets, r.rule_max_open_brackets_agent, r.rule_per_trade_loss,
+    r.rule_per_trade_loss_pct, r.rule_daily_loss, r.rule_agent_loss, r.rule_agent_exposure,
+    r.rule_rates)
 
 
 def fast_path_for(active: tuple[Rule, ...]) -> Any:
-    """`all_pass` if it covers every rule in `active`, else None (the full chain alone)."""
-    return all_pass if COVERED.issuperset(active) else None
+    """`check` if it covers every rule in `active`, else None (the full chain alone)."""
+    return check if COVERED.issuperset(active) else None
 
 
-def all_pass(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
-             view: SnapshotView, now: datetime, mono: float, budget: str,
-             rate_denied: tuple[str, float] | None, sym: SymbolLimits, con_id: int,
-             mult: float, tick: float, entry: float, market: bool) -> RuleContext | None:
-    """A RuleContext with the fields an approval reads (proposal, now, con_id, sign, quantity,
-    entry, multiplier, worst_case_loss, notional) when no rule would deny; else None."""
-    if (rate_denied is not None or gov._state is not _ACTIVE
-            or p.sec_type not in FAST_SEC_TYPES or p.__dict__.get("legs")
-            or gov._combos):    # a pending combo's legs pend by contract (combo_risk.py)
+def limit_constants(lim: RiskLimits) -> tuple[Any, ...]:
+    """What `check` reads of the limits, read once per limits object (a reload makes another).
+    The slippage fraction is `slippage_pct / 100.0`, the same division rules.slippage does
+    first; the symbol and sec_type lists as sets (the same membership, without a scan)."""
+    return (lim, lim.min_reward_risk, lim.min_stop_distance_pct, lim.max_stop_distance_pct,
+            frozenset(lim.denied_symbols), frozenset(lim.allowed_symbols),
+            frozenset(lim.allowed_sec_types), lim.price_bands,
+            lim.entry_band_pct, lim.exit_band_pct, lim.tick_tolerance, lim.max_open_brackets,
+            lim.slippage_ticks, lim.slippage_pct / 100.0, lim.per_trade_loss_limit)
+
+
+def snapshot_constants(view: SnapshotView, lim: RiskLimits) -> tuple[Any, ...]:
+    """The caps that depend on the account only, once per (snapshot, limits): each the very
+    expression its rule computes (`nlv * pct / 100.0`; today's loss budget before the open
+    brackets, `daily_loss_limit + min(0.0, daily)`, the left part of rule_daily_loss's sum)."""
+    nlv = view.net_liquidation
+    return (view, lim, nlv * lim.max_gross_exposure_pct / 100.0,
+            nlv * lim.max_net_exposure_pct / 100.0, nlv * lim.per_trade_loss_pct / 100.0,
+            lim.daily_loss_limit + min(0.0, view.daily_pnl))
+
+
+def hours_window(hours: tuple[time, time, frozenset[int]], tz: tzinfo, now: datetime
+                 ) -> tuple[Any, datetime, datetime, bool]:
+    """(hours, from, until, open): rule_trading_hours's test for `now` (weekday in weekdays and
+    start <= local time < end), and the span [from, until) of UTC instants it holds for — up to
+    the next local start, end or midnight, with the UTC offset it has now. If the offset is not
+    the same at `until` (a daylight-saving change comes first), the span is `now` alone."""
+    start, end, weekdays = hours
+    local = now.astimezone(tz)
+    t = local.time()
+    is_open = local.weekday() in weekdays and start <= t < end
+    naive = local.replace(tzinfo=None)
+    day = naive.date()
+    nxt = datetime.combine(day + timedelta(days=1), time(0))
+    for edge in (datetime.combine(day, start), datetime.combine(day, end)):
+        if naive < edge < nxt:
+            nxt = edge
+    until = now + (nxt - naive)
+    if until.astimezone(tz).utcoffset() != local.utcoffset():
+        until = now + _ONE_US
+    return hours, now, until, is_open
+
+
+def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
+          view: SnapshotView, now: datetime, mono: float, budget: str,
+          rate_denied: tuple[str, float] | None, sym: SymbolLimits, con_id: int,
+          mult: float, tick: float, entry: float, market: bool
+          ) -> tuple[list[Reason], RuleContext] | None:
+    """(reasons, context) as the full chain would find them; None: not for this path."""
+    state = gov._state
+    pd = p.__dict__
+    if pd["sec_type"] not in FAST_SEC_TYPES or pd["legs"] is not None or (
+            state is not _ACTIVE and state is not _REDUCING):
         return None
+    k = gov._fast_limits
     lim = gov._limits
-    sl, tp, lp = p.stop_loss, p.take_profit, p.limit_price
-    sign = 1 if p.side is _BUY else -1
+    if k[0] is not lim:
+        k = gov._fast_limits = limit_constants(lim)
+    (_, min_rr, min_stop, max_stop, denied, allowed, sec_types, bands, entry_band, exit_band,
+     tol, max_open, slip_ticks, slip_frac, per_trade) = k
+    f = gov._fast_snapshot
+    if f[0] is not view or f[1] is not lim:
+        f = gov._fast_snapshot = snapshot_constants(view, lim)
+    _, _, gross_cap, net_cap, pct_cap, daily_base = f
+    # the rules in RULES order: `bad` collects the ones whose denial condition holds (or that
+    # this path does not decide), to be called on the full context at the end
+    bad: list[Rule] = [_reducing_only] if state is _REDUCING else []
+    sl, tp, lp = pd["stop_loss"], pd["take_profit"], pd["limit_price"]
+    sign = 1 if pd["side"] is _BUY else -1
     e = entry
-    # every condition must hold, so their order is free: what most failing proposals fail
-    # on comes first (a rejection pays only up to its first failing condition)
-    # rule_geometry
-    if sign * (e - sl) <= 0 or sign * (tp - e) <= 0:
-        return None
-    # rule_reward_risk
-    risk = abs(e - sl)
-    if risk != 0 and abs(tp - e) / risk < lim.min_reward_risk:
-        return None
-    # rule_stop_distance
-    pct = abs(e - sl) / e * 100.0
-    if pct < lim.min_stop_distance_pct or pct > lim.max_stop_distance_pct:
-        return None
-    # rule_max_order_quantity, rule_max_order_notional
-    qty = p.quantity
-    if qty > sym.max_order_quantity:
-        return None
-    notional = qty * e * mult
-    if notional > sym.max_order_notional:
-        return None
     # rule_symbol_allowed, rule_sec_type_allowed
-    s = p.symbol
-    if s in lim.denied_symbols:
-        return None
-    allowed = lim.allowed_symbols
-    if allowed and s not in allowed:
-        return None
-    if p.sec_type not in lim.allowed_sec_types:
-        return None
-    # rule_trading_hours (in the chain only when hours are set)
+    s = pd["symbol"]
+    if s in denied or (allowed and s not in allowed):
+        bad.append(_symbol_allowed)
+    if pd["sec_type"] not in sec_types:
+        bad.append(_sec_type_allowed)
+    # rule_trading_hours (in the chain only when hours are set): its answer for `now`, kept
+    # for as long as it holds (hours_window), so no timezone work per proposal
     hours = gov._hours
     if hours is not None:
-        start, end, weekdays = hours
-        local = now.astimezone(gov._tz)
-        t = local.time()
-        if local.weekday() not in weekdays or not (start <= t < end):
-            return None
-    # rule_price_band (in the chain only with price_bands on): the mid of a usable bid/ask
-    if lim.price_bands:
-        q = snapshot.quotes.get(con_id)
+        w = gov._fast_hours
+        if not (w[0] is hours and w[1] <= now < w[2]):
+            w = gov._fast_hours = hours_window(hours, gov._tz, now)
+        if not w[3]:
+            bad.append(_trading_hours)
+    # rule_geometry
+    if sign * (e - sl) <= 0 or sign * (tp - e) <= 0:
+        bad.append(_geometry)
+    # rule_price_band (in the chain only with price_bands on): the mid of a usable bid/ask;
+    # any other quote (or none) is the rule's to judge
+    quote = snapshot.quotes.get(con_id)
+    if bands:
+        q = quote
         if q is None:
-            return None
-        bid, ask = q.bid, q.ask
-        if not (bid is not None and ask is not None and 0 < bid < _inf and 0 < ask < _inf
-                and bid / 2.0 + ask / 2.0 > 0):
-            return None
-        ref = bid / 2.0 + ask / 2.0
-        if lp is not None:      # _in_band per price, the entry's band then the exits'
-            width = ref * lim.entry_band_pct / 100.0
-            if lp > ref + width or lp < ref - width:
-                return None
-        width = ref * lim.exit_band_pct / 100.0
-        if tp > ref + width or tp < ref - width or sl > ref + width or sl < ref - width:
-            return None
-    # rule_tick (on_tick for each price given; take-profit and stop are never None here)
-    tol = lim.tick_tolerance
+            bad.append(_price_band)
+        else:
+            bid, ask = q.bid, q.ask
+            if not (bid is not None and ask is not None and 0 < bid < _inf and 0 < ask < _inf
+                    and bid / 2.0 + ask / 2.0 > 0):
+                bad.append(_price_band)
+            else:
+                ref = bid / 2.0 + ask / 2.0
+                width = ref * entry_band / 100.0      # _in_band per price: the entry's band
+                if lp is not None and (lp > ref + width or lp < ref - width):
+                    bad.append(_price_band)
+                else:                                 # then the exits'
+                    width = ref * exit_band / 100.0
+                    if tp > ref + width or tp < ref - width or sl > ref + width or sl < ref - width:
+                        bad.append(_price_band)
+    # rule_tick (on_tick for each price given; take-profit and stop are never None here).
+    # on_tick's distance to the nearest whole tick, abs(steps - round(steps)), is exact for
+    # 1 - tol <= steps < 2**53; so is min(x, 1 - x) of x = steps % 1.0 (fmod is exact, and
+    # 1 - x is exact where it is the smaller): the same number, without two calls per price
     lo = 1.0 - tol
-    if lp is not None:
-        steps = lp / tick
-        if not lo <= steps < _MAX_TICK_STEPS or not abs(steps - round(steps)) <= tol:
-            return None
     steps = tp / tick
-    if not lo <= steps < _MAX_TICK_STEPS or not abs(steps - round(steps)) <= tol:
-        return None
-    steps = sl / tick
-    if not lo <= steps < _MAX_TICK_STEPS or not abs(steps - round(steps)) <= tol:
-        return None
-    # rule_position_limit, rule_position_notional (this contract's, with its pending entries)
+    ok = lo <= steps < _MAX_TICK_STEPS and ((x := steps % 1.0) <= tol or 1.0 - x <= tol)
+    if ok:
+        steps = sl / tick
+        ok = lo <= steps < _MAX_TICK_STEPS and ((x := steps % 1.0) <= tol or 1.0 - x <= tol)
+    if ok and lp is not None:
+        steps = lp / tick
+        ok = lo <= steps < _MAX_TICK_STEPS and ((x := steps % 1.0) <= tol or 1.0 - x <= tol)
+    if not ok:
+        bad.append(_tick)
+    # rule_reward_risk
+    risk = abs(e - sl)
+    if risk != 0 and abs(tp - e) / risk < min_rr:
+        bad.append(_reward_risk)
+    # rule_stop_distance
+    pct = risk / e * 100.0
+    if pct < min_stop or pct > max_stop:
+        bad.append(_stop_distance)
+    # rule_max_order_quantity, rule_max_order_notional
+    qty = pd["quantity"]
+    if qty > sym.max_order_quantity:
+        bad.append(_order_quantity)
+    notional = qty * e * mult
+    if notional > sym.max_order_notional:
+        bad.append(_order_notional)
+    # rule_position_limit, rule_position_notional (this contract's, with its pending entries,
+    # and a pending combo's legs in it: they pend by contract, combo_risk.py)
     ledger = gov.ledger
     i = 0 if sign > 0 else 1
     row = view.foreign_pending.get(con_id) if view.foreign_pending else None
     lpd = ledger.contract_pending.get(con_id)
     pending = (row[i] if row else 0.0) + (lpd[i] if lpd else 0.0)
     pending_n = (row[i + 2] if row else 0.0) + (lpd[i + 2] if lpd else 0.0)
+    if gov._combos._legs:
+        cp = gov._combos.pending(ledger).get(con_id)
+        if cp is not None:
+            pending += cp[i]
+            pending_n += cp[i + 2]
     position = view.positions.get(con_id, 0.0)
-    before = abs(position + sign * pending)
     after = abs(position + sign * (pending + qty))
-    cap = sym.max_position_units
-    if after > cap and after > before:
-        return None
+    if after > sym.max_position_units and after > abs(position + sign * pending):
+        bad.append(_position_limit)
     pos_n = view.position_notional.get(con_id, 0.0)
-    before = abs(pos_n + sign * pending_n)
     after = abs(pos_n + sign * (pending_n + notional))
-    cap = sym.max_position_notional
-    if after > cap and after > before:
-        return None
+    if after > sym.max_position_notional and after > abs(pos_n + sign * pending_n):
+        bad.append(_position_notional)
     # rule_gross_exposure (_after_trade spelled out)
-    nlv = view.net_liquidation
     gross = view.gross_base + ledger.gross_pending_notional
     held = pos_n + sign * pending_n
     if sign * held < 0:
         after = gross - abs(held) + abs(held + sign * notional)
     else:
         after = gross + notional
-    cap = nlv * lim.max_gross_exposure_pct / 100.0
-    if after > cap and after > gross:
-        return None
+    if after > gross_cap and after > gross:
+        bad.append(_gross)
     # rule_net_exposure
     net = view.net_positions + sign * (view.foreign_side[i] + ledger.side_pending_notional[i])
     after = net + sign * notional
-    cap = nlv * lim.max_net_exposure_pct / 100.0
-    if abs(after) > cap and abs(after) > abs(net):
-        return None
+    if abs(after) > net_cap and abs(after) > abs(net):
+        bad.append(_net)
     # rule_max_open_brackets, rule_max_open_brackets_agent
-    if len(ledger._by_id) + view.open_foreign + 1 > lim.max_open_brackets:
-        return None
+    open_brackets = len(ledger._by_id) + view.open_foreign
+    if open_brackets + 1 > max_open:
+        bad.append(_open_brackets)
     al = gov._agent_limits.get(budget) or gov._agent(budget)
-    if len(ledger._by_agent.get(budget, ())) + 1 > al.max_open_brackets:   # agent_open
-        return None
+    agent_open = len(ledger._by_agent.get(budget, ()))       # ledger.agent_open(budget)
+    if agent_open + 1 > al.max_open_brackets:
+        bad.append(_open_brackets_agent)
     # worst_case_loss (rules.worst_case_loss and slippage spelled out, same operations)
-    per_unit = abs(e - sl) + (lim.slippage_ticks * tick + lim.slippage_pct / 100.0 * sl)
+    per_unit = risk + (slip_ticks * tick + slip_frac * sl)
     if market:
-        per_unit += lim.slippage_ticks * tick + lim.slippage_pct / 100.0 * e
+        per_unit += slip_ticks * tick + slip_frac * e
     wcl = qty * per_unit * mult
     # rule_per_trade_loss, rule_per_trade_loss_pct, rule_daily_loss, rule_agent_loss
-    if wcl > lim.per_trade_loss_limit or wcl > nlv * lim.per_trade_loss_pct / 100.0:
-        return None
+    if wcl > per_trade:
+        bad.append(_per_trade_loss)
+    if wcl > pct_cap:
+        bad.append(_per_trade_loss_pct)
     open_worst = ledger.total_worst_case + view.foreign_worst_case
-    if wcl > lim.daily_loss_limit + min(0.0, view.daily_pnl) - open_worst:
-        return None
+    if wcl > daily_base - open_worst:
+        bad.append(_daily_loss)
     agent_worst = ledger.agent_worst_case.get(budget, 0.0)
-    if wcl > al.loss_limit + min(0.0, gov._budget_realized.get(budget, 0.0)) - agent_worst:
-        return None
-    # rule_agent_exposure (the governor's loop over the budget's holdings, as in _check)
+    realized = gov._budget_realized.get(budget, 0.0)
+    if wcl > al.loss_limit + min(0.0, realized) - agent_worst:
+        bad.append(_agent_loss)
+    # rule_agent_exposure (the governor's loop over the budget's holdings, as in _check, with
+    # _mark and _multiplier_for spelled out)
     positions = gov._agent_positions.get(budget)
     exposure = ledger.agent_pending_notional.get(budget, 0.0)
     own_n = 0.0
     if positions:
+        marks, last, mults, vmults = view.marks, gov._last_price, gov._multipliers, view.multipliers
         for cid, units in positions.items():
-            own = cid == con_id
-            n = (units * gov._mark(cid, view, e if own else None)
-                 * (mult if own else gov._multiplier_for(cid, "")))
-            exposure += abs(n)
-            if own:
-                own_n = n
+            if cid == con_id:
+                own_n = units * ((marks.get(cid) or last.get(cid) or e) or 0.0) * mult
+                exposure += abs(own_n)
+            else:
+                m = mults.get(cid)
+                if m is None:
+                    m = vmults.get(cid)
+                    if m is None:
+                        m = 1.0
+                exposure += abs(units * ((marks.get(cid) or last.get(cid)) or 0.0) * m)
     if sign * own_n < 0:
         after = exposure - abs(own_n) + abs(own_n + sign * notional)
     else:
         after = exposure + notional
     if after > al.exposure_limit and after > exposure:
-        return None
-    # rule_rates (rate_denied is None here): the IB pacer's headroom, the agent's share of it,
+        bad.append(_agent_exposure)
+    # rule_rates: out of proposal tokens, the IB pacer's headroom, the agent's share of it,
     # or the governor's own order bucket without a pacer
     needed = gov._order_msgs_per_bracket or ORDER_MSGS_PER_BRACKET
-    if gov._order_budget is not None:
-        if gov._order_budget.headroom(gov._order_horizon_s()) < needed:
-            return None
+    budget_ib = gov._order_budget
+    if budget_ib is not None:
+        horizon: float | None = gov._order_horizon_s()
+        tokens = budget_ib.headroom(horizon)
         ob = gov._agent_order_buckets.get(budget) or gov._agent_order_bucket(budget, mono)
-        if ob.available(mono) < needed:
-            return None
-    elif gov._order_bucket.available(mono) < needed:
-        return None
+        share = ob.available(mono)
+    else:
+        horizon = None
+        tokens = gov._order_bucket.available(mono)
+        share = _inf
+    if rate_denied is not None or not (tokens >= needed and share >= needed):
+        bad.append(_rates)
 
     c = _new_ctx(RuleContext)
     c.proposal = p
@@ -239,4 +330,36 @@ def all_pass(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
     c.worst_case_loss = wcl
     c.notional = notional
     c.combo = None           # never a combo here (legs take the full chain)
-    return c
+    if not bad:
+        return [], c
+    # the rest of what _check puts in the context, for the rules that judge
+    c.limits = lim
+    c.agent_limits = al
+    c.symbol_limits = sym
+    c.state = state
+    c.tz = gov._tz
+    c.hours = hours
+    c.market_entry = market
+    c.quote = quote
+    c.tick = tick
+    c.net_liquidation = view.net_liquidation
+    c.daily_pnl = view.daily_pnl
+    c.position = position
+    c.position_notional = pos_n
+    c.pending_same = pending
+    c.pending_same_notional = pending_n
+    c.gross_exposure = gross
+    c.net_exposure = net
+    c.open_brackets = open_brackets
+    c.open_worst_case = open_worst
+    c.agent_open_brackets = agent_open
+    c.agent_worst_case = agent_worst
+    c.agent_realized = realized
+    c.agent_exposure = exposure
+    c.agent_position_notional = own_n
+    c.proposal_rate_denied = rate_denied
+    c.order_horizon_s = horizon
+    c.order_tokens = tokens
+    c.agent_order_tokens = share
+    c.order_msgs_needed = gov._order_msgs_per_bracket
+    return [x for rule in bad if (x := rule(c)) is not None], c

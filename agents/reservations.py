@@ -110,10 +110,18 @@ class ReservationLedger:
     def reserve(self, res: Reservation) -> None:
         if res.proposal_id in self._by_id:
             raise ValueError(f"reservation {res.proposal_id} already open")
-        self._by_id[res.proposal_id] = res
-        self._by_contract.setdefault(res.con_id, {})[res.proposal_id] = res
-        self._by_agent.setdefault(res.agent_id, {})[res.proposal_id] = res
-        self._account(res, +1)
+        pid = res.proposal_id
+        self._by_id[pid] = res
+        for index, key in ((self._by_contract, res.con_id), (self._by_agent, res.agent_id)):
+            bucket = index.get(key)
+            if bucket is None:
+                bucket = index[key] = {}
+            bucket[pid] = res
+        if (res.fills_qty or res.status_filled or res.settled_qty or res.entry_done
+                or res.margin or res.last_fill_at is not None):
+            self._account(res, +1)
+        else:
+            self._account_new(res)
 
     def release(self, proposal_id: str) -> Reservation | None:
         """Forget an open bracket (closed, or never placed). None if it was not open."""
@@ -213,6 +221,27 @@ class ReservationLedger:
                 self._account(res, +1)
 
     # ------------------------------------------------------------------ internals
+
+    def _account_new(self, res: Reservation) -> None:
+        """_account(res, +1) for a reservation nothing has happened to yet (no fill, no margin,
+        entry working), spelled out with the same operations: its pending units are its
+        quantity, `(q - 0.0) + max(0.0, 0.0 - 0.0)`, i.e. float(q)."""
+        units = (res.quantity - 0.0) + 0.0
+        notional = units * res.entry_price * res.multiplier
+        wcl = res.worst_case_loss
+        self.total_worst_case += wcl
+        self.total_margin += 0.0
+        self.gross_pending_notional += notional
+        i = 0 if res.sign > 0 else 1
+        self.side_pending_notional[i] += notional
+        a = res.agent_id
+        self.agent_worst_case[a] = self.agent_worst_case.get(a, 0.0) + wcl
+        self.agent_pending_notional[a] = self.agent_pending_notional.get(a, 0.0) + notional
+        p = self.contract_pending.get(res.con_id)
+        if p is None:
+            p = self.contract_pending[res.con_id] = [0.0, 0.0, 0.0, 0.0]
+        p[i] += units
+        p[i + 2] += notional
 
     def _account(self, res: Reservation, k: int) -> None:
         """Add (k=+1) or remove (k=-1) one reservation's share of the running totals."""

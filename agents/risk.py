@@ -40,6 +40,7 @@ from bracketgate.agents.rules import (
     construct,
     default_contract_facts,
     deny,
+    fresh_until,
     gate_account_values,
     gate_connection,
     gate_freshness,
@@ -116,10 +117,11 @@ OUTCOME_GRACE_S = 60.0
 
 _APPROVED, _REJECTED = Verdict.APPROVED, Verdict.REJECTED
 _BUY, _MKT = Side.BUY, OrderType.MKT
-_REDUCING = TradingState.REDUCING
+_REDUCING, _HALTED = TradingState.REDUCING, TradingState.HALTED
 _INFO = logging.INFO
 _set_attr = object.__setattr__
 _new_decision = RiskDecision.__new__
+_new_worst_case = WorstCase.__new__
 _DECISION_FIELDS = frozenset(("proposal_id", "agent_id", "verdict", "reasons", "order_ids",
                               "trading_state", "ts", "worst_case"))
 _OFFLINE_FACTS_MAX = 10_000     # contracts remembered by the offline stand-in (tests, benches)
@@ -143,8 +145,10 @@ class TokenBucket:
         return self.tokens
 
     def take(self, now: float, n: float = 1.0) -> bool:
-        if now > self.stamp:   # available(now), inline: called for every proposal
-            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        if now > self.stamp:   # available(now), inline (min spelled out): for every proposal
+            tokens = self.tokens + (now - self.stamp) * self.rate
+            cap = self.capacity
+            self.tokens = tokens if tokens < cap else cap
             self.stamp = now
         if self.tokens >= n:
             self.tokens -= n
@@ -433,6 +437,11 @@ class RiskGovernor:
         self._rules: tuple[tuple[Rule, ...], tuple[Rule, ...]] = (
             tuple(r for r in active if r is not rule_reducing_only), active)
         self._fast = fast_path_for(active)   # agents/fastgate.py; None: the full chain only
+        # its per-limits constants and per-snapshot caps, (re)made on first use
+        self._fast_limits: tuple[Any, ...] = (None,)
+        self._fast_snapshot: tuple[Any, ...] = (None, None)
+        self._fresh: tuple[Any, ...] = (None, None, None)   # (view, limits, fresh_until)
+        self._fast_hours: tuple[Any, ...] = (None, None, None, False)   # fastgate.hours_window
         # (symbol, sec_type, expiry, strike, right, currency) -> (stand-in conId, multiplier,
         # min tick) when no IB contract details are wired (tests, benches)
         self._offline_facts: dict[tuple[Any, ...], tuple[int, float | None, float]] = {}
@@ -692,7 +701,10 @@ class RiskGovernor:
         """(decision, fresh): fresh is False for a repeat or a duplicate id."""
         pid = proposal.proposal_id
         note = self._quote_notes.pop(pid, None) if self._quote_notes else None
-        seen = self._decisions.get(pid)
+        memory = self._decisions
+        seen = memory._hot.get(pid)      # memory.get(pid), the hot half inline
+        if seen is None and pid in memory._cold:
+            seen = memory.get(pid)
         now = self._clock.now()
         if seen is None and pid in self._replays.unknown:
             return self._replays.cannot_tell(proposal, now, self._state), False
@@ -723,7 +735,8 @@ class RiskGovernor:
                 self._decisions.put(pid, proposal, decision)
                 self._log_decision(proposal, decision, None)
                 return decision, True
-        expired = self._replays.expired(proposal, now, self._limits)
+        expired = (self._replays.expired(proposal, now, self._limits)
+                   if self._replays.first_seen or proposal.created_at is not None else None)
         if expired is not None:
             decision = self._decision(proposal, [expired], now)
             self._decisions.put(pid, proposal, decision)
@@ -739,10 +752,14 @@ class RiskGovernor:
             self._reserve(proposal, ctx, now)
         decision = self._decision(proposal, reasons, now)
         if not reasons:   # the loss it was admitted with, and which bound applied (combos)
-            decision.__dict__["worst_case"] = construct(
-                WorstCase, loss=round(ctx.worst_case_loss, 2),   # type: ignore[union-attr]
-                bound="stop" if ctx.combo is None else ctx.combo.bound)   # type: ignore[union-attr]
-        self._decisions.put(pid, proposal, decision)
+            wc = _new_worst_case(WorstCase)   # construct(WorstCase, ...) spelled out
+            _set_attr(wc, "__dict__", {"loss": round(ctx.worst_case_loss, 2),  # type: ignore[union-attr]
+                                       "bound": "stop" if ctx.combo is None else ctx.combo.bound})  # type: ignore[union-attr]
+            _set_attr(wc, "__pydantic_fields_set__", {"loss", "bound"})
+            _set_attr(wc, "__pydantic_extra__", None)
+            _set_attr(wc, "__pydantic_private__", None)
+            decision.__dict__["worst_case"] = wc
+        memory.put(pid, proposal, decision)
         self._log_decision(proposal, decision, ctx)
         return decision, True
 
@@ -794,14 +811,19 @@ class RiskGovernor:
         view = self._view
         if view is None or view.snapshot is not snapshot:
             view = self._view = SnapshotView(snapshot, self.ledger, self._multiplier_for, lim)
-        gate = view.connection_gate or gate_freshness(
-            math.inf if view.oldest is None else (now - view.oldest).total_seconds(), lim
-        ) or view.values_gate or gate_trading_state(self._state)
+        fresh = self._fresh
+        if fresh[0] is not view or fresh[1] is not lim:   # once per snapshot (and limits)
+            fresh = self._fresh = (view, lim, fresh_until(view.oldest, lim.max_snapshot_age_s))
+        until = fresh[2]
+        gate = view.connection_gate or (None if until is not None and now <= until else gate_freshness(
+            math.inf if view.oldest is None else (now - view.oldest).total_seconds(), lim)
+        ) or view.values_gate or (None if self._state is not _HALTED
+                                  else gate_trading_state(self._state))
         if gate is None and self.scoped_halts:
             gate = _scoped_halt(self.scoped_halts, p)
         if gate is None:
             # never arithmetic on a number it cannot take
-            gate = gate_numbers(p) if p.legs is None else gate_combo_numbers(p)
+            gate = gate_numbers(p) if p.__dict__["legs"] is None else gate_combo_numbers(p)
         if gate is not None:
             return [gate], None
         sym = self._symbol_limits.get(p.symbol) or self._symbol(p.symbol)
@@ -833,11 +855,11 @@ class RiskGovernor:
             entry = px
         else:
             entry = p.limit_price  # type: ignore[assignment]
-        if self._fast is not None:   # every rule passes: decided in one pass (fastgate.py)
+        if self._fast is not None:   # every rule tested in one pass (fastgate.py)
             fast = self._fast(self, p, snapshot, view, now, mono, budget, rate_denied, sym,
                               con_id, mult, tick, entry, market)
             if fast is not None:
-                return [], fast
+                return fast
 
         ledger = self.ledger
         sign = 1 if p.side is _BUY else -1
@@ -957,13 +979,13 @@ class RiskGovernor:
         return deadline / 2
 
     def _reserve(self, p: TradeProposal, c: RuleContext, now: datetime) -> None:
-        budget = self.budget_of(p.agent_id)
+        budget = self._budgets.get(p.agent_id) or self.budget_of(p.agent_id)
+        mono = self._clock.monotonic()
         if self._order_budget is not None:
             self._order_budget.promise(self._order_msgs_per_bracket, self._order_horizon_s())
-            self._agent_order_bucket(budget, self._clock.monotonic()).take(
-                self._clock.monotonic(), self._order_msgs_per_bracket)
+            self._agent_order_bucket(budget, mono).take(mono, self._order_msgs_per_bracket)
         else:
-            self._order_bucket.take(self._clock.monotonic(), self._order_msgs_per_bracket)
+            self._order_bucket.take(mono, self._order_msgs_per_bracket)
         self._multipliers[c.con_id] = c.multiplier
         combo = c.combo
         if combo is not None:   # its legs pend by contract; its notional is the legs' gross

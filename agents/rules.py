@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -203,6 +203,17 @@ def gate_freshness(age: float, limits: RiskLimits) -> Reason | None:
     return None
 
 
+def fresh_until(oldest: datetime | None, max_age_s: float) -> datetime | None:
+    """Up to when (inclusive) a snapshot whose oldest part is `oldest` passes gate_freshness,
+    as a datetime to compare `now` with (no subtraction per proposal); None: compute the age.
+    One microsecond short of the limit, so `now <= fresh_until` implies
+    `(now - oldest).total_seconds() <= max_age_s` exactly (datetimes count whole microseconds;
+    past the cut-off the age is computed as before)."""
+    if oldest is None or not 0 < max_age_s < 1e9:
+        return None
+    return oldest + timedelta(microseconds=math.floor(max_age_s * 1e6) - 1)
+
+
 def gate_account_values(snapshot: PortfolioSnapshot) -> Reason | None:
     """Fail closed on a placeholder: P&L or the account values risk needs missing or unset."""
     daily = snapshot.pnl.daily
@@ -240,10 +251,13 @@ def gate_numbers(p: TradeProposal) -> Reason | None:
     """Every price finite, > 0 and at most MAX_PRICE, the quantity a whole number in range.
     The contract validates the same; checked again here (a few comparisons) so that no
     proposal, however it was built, reaches the arithmetic with a number it cannot take."""
-    lp, k, q = p.limit_price, p.strike, p.quantity
-    if (_price_ok(p.take_profit) and _price_ok(p.stop_loss)
-            and (_price_ok(lp) or (lp is None and p.order_type is OrderType.MKT))
-            and (k is None or _price_ok(k))
+    d = p.__dict__
+    lp, k, q, tp, sl = d["limit_price"], d["strike"], d["quantity"], d["take_profit"], d["stop_loss"]
+    # _price_ok spelled out for each price
+    if (type(tp) is float and 0.0 < tp <= MAX_PRICE and type(sl) is float and 0.0 < sl <= MAX_PRICE
+            and ((type(lp) is float and 0.0 < lp <= MAX_PRICE)
+                 or (lp is None and d["order_type"] is OrderType.MKT))
+            and (k is None or (type(k) is float and 0.0 < k <= MAX_PRICE))
             and type(q) is int and 0 < q <= MAX_QUANTITY):
         return None     # the common case, decided in a few comparisons; else find the reason
     for name in ("limit_price", "take_profit", "stop_loss", "strike"):

@@ -1,12 +1,13 @@
-"""The gate's fused all-pass check (agents/fastgate.py) decides exactly as the full rule chain.
+"""The gate's fused check (agents/fastgate.py) decides exactly as the full rule chain.
 
-Property: two governors, one with the fast path and one without (`_fast = None`), fed the same
+Property: two governors, one with the fused check and one without (`_fast = None`), fed the same
 steps — proposals of every covered kind (stocks, options, futures; LMT and MKT; both sides),
 fills, cancels, snapshots with positions, working orders and quotes with sides missing, state
 changes, time — over random limits whose edges sit on the proposals' own numbers, take the
 same decisions (verdict, and every reason's code, limit, value, field and message) and hold the
-same reservations. The fast path must also actually be taken (no vacuous pass), and stay off
-for what it was not written for (combos, REDUCING, a rule it does not cover).
+same reservations. The fused check must also actually decide both ways (approvals and
+rejections: no vacuous pass), and stay off for what it was not written for (combos, a rule it
+does not cover, HALTED).
 """
 
 from __future__ import annotations
@@ -213,14 +214,22 @@ def _ledger(g: RiskGovernor) -> tuple[Any, ...]:
             tuple(led.side_pending_notional), dict(led.agent_worst_case))
 
 
-FAST_HITS = {"n": 0}
+FAST_HITS = {"n": 0, "rejected": 0, "reducing": 0}
 
 
 def _counting(*args: Any) -> Any:
-    out = fastgate.all_pass(*args)
+    out = fastgate.check(*args)
     if out is not None:
         FAST_HITS["n"] += 1
+        FAST_HITS["rejected"] += bool(out[0])
+        FAST_HITS["reducing"] += args[0].state is TradingState.REDUCING
     return out
+
+
+def all_pass(*args: Any) -> Any:
+    """The approval context when the fused check approves, else None."""
+    out = fastgate.check(*args)
+    return None if out is None or out[0] else out[1]
 
 
 # FASTGATE_EXAMPLES=5000 for a longer search (600 in the suite: some seconds)
@@ -233,7 +242,7 @@ def test_fast_path_decides_as_the_full_chain(data: st.DataObject) -> None:
     snap = _snapshot(draw, clock)
     lim = draw(limits(pivot, snap))
     fast, full = RiskGovernor(lim, clock), RiskGovernor(lim, clock)
-    assert fast._fast is fastgate.all_pass
+    assert fast._fast is fastgate.check
     fast._fast = _counting
     full._fast = None
     pacer = draw(st.sampled_from([None, (1.0, 3.0), (6.0, 3.0), (45.0, 9.0)]))
@@ -280,10 +289,14 @@ def test_fast_path_decides_as_the_full_chain(data: st.DataObject) -> None:
 
 
 def test_the_property_takes_the_fast_path() -> None:
-    """Run after the property (file order): the fast path decided a good share of it."""
+    """Run after the property (file order): the fused check decided a good share of it, both
+    approvals and rejections, in REDUCING too."""
     if FAST_HITS["n"] == 0:
         test_fast_path_decides_as_the_full_chain()
     assert FAST_HITS["n"] >= 50, FAST_HITS
+    assert FAST_HITS["rejected"] >= 20, FAST_HITS
+    assert FAST_HITS["n"] - FAST_HITS["rejected"] >= 20, FAST_HITS
+    assert FAST_HITS["reducing"] >= 5, FAST_HITS
 
 
 def _plain() -> tuple[RiskGovernor, ManualClock, TradeProposal]:
@@ -304,7 +317,7 @@ def _fast_args(gov: RiskGovernor, p: TradeProposal) -> tuple[Any, ...]:
 
 def test_a_plain_bracket_is_decided_on_the_fast_path_with_the_reservation_numbers() -> None:
     gov, _, p = _plain()
-    c = fastgate.all_pass(*_fast_args(gov, p))
+    c = all_pass(*_fast_args(gov, p))
     assert c is not None
     assert (c.con_id, c.sign, c.quantity, c.entry, c.multiplier) == (
         proposal_offline_con_id(p), 1, 10, 100.0, 1.0)
@@ -318,31 +331,39 @@ def test_a_plain_bracket_is_decided_on_the_fast_path_with_the_reservation_number
 def test_a_combo_never_takes_the_fast_path() -> None:
     """A proposal with legs (combos, another branch) goes down the full chain."""
     gov, _, p = _plain()
-    assert fastgate.all_pass(*_fast_args(gov, p)) is not None
+    assert fastgate.check(*_fast_args(gov, p)) is not None
     p.__dict__["legs"] = [{"symbol": "AAPL", "ratio": 1}]    # as a combo model would carry
-    assert fastgate.all_pass(*_fast_args(gov, p)) is None
+    assert fastgate.check(*_fast_args(gov, p)) is None
 
 
-@pytest.mark.parametrize("state", [TradingState.REDUCING, TradingState.HALTED])
-def test_only_active_takes_the_fast_path(state: TradingState) -> None:
+def test_halted_never_takes_the_fast_path() -> None:
     gov, _, p = _plain()
-    gov.set_state(state, "test", "operator")
-    assert fastgate.all_pass(*_fast_args(gov, p)) is None
+    gov.set_state(TradingState.HALTED, "test", "operator")
+    assert fastgate.check(*_fast_args(gov, p)) is None
+
+
+def test_reducing_calls_the_reducing_only_rule() -> None:
+    """REDUCING: the fused check has the reducing-only rule judge (nothing held: denied)."""
+    gov, _, p = _plain()
+    gov.set_state(TradingState.REDUCING, "test", "operator")
+    out = fastgate.check(*_fast_args(gov, p))
+    assert out is not None
+    assert [x.code.value for x in out[0]] == ["REDUCING_ONLY"]
 
 
 def test_a_rule_it_does_not_cover_turns_the_fast_path_off() -> None:
     def rule_new(c: Any) -> None:
         return None
 
-    assert fastgate.fast_path_for(RULES) is fastgate.all_pass
+    assert fastgate.fast_path_for(RULES) is fastgate.check
     assert fastgate.fast_path_for(RULES + (rule_new,)) is None
-    assert fastgate.COVERED == frozenset(RULES)   # this version's rules, each tested by all_pass
+    assert fastgate.COVERED == frozenset(RULES)   # this version's rules, each tested by check
 
 
 def test_a_rule_added_to_rules_turns_the_governors_fast_path_off(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Another branch appends a rule to RULES: the governor built with it has no fast path
-    (COVERED names the rules all_pass tests; it is not RULES itself)."""
+    (COVERED names the rules check tests; it is not RULES itself)."""
     from bracketgate.agents import risk
 
     def rule_new(c: Any) -> None:
@@ -353,11 +374,26 @@ def test_a_rule_added_to_rules_turns_the_governors_fast_path_off(
     assert gov._fast is None
 
 
-def test_a_proposal_out_of_tokens_never_takes_the_fast_path() -> None:
+def test_a_proposal_out_of_tokens_is_refused_by_the_rate_rule() -> None:
     gov, _, p = _plain()
     args = list(_fast_args(gov, p))
     args[7] = ("global", 1.0)          # rate_denied
-    assert fastgate.all_pass(*args) is None
+    out = fastgate.check(*args)
+    assert out is not None
+    assert [(x.code.value, x.field) for x in out[0]] == [("RATE_LIMITED", "proposals_per_s")]
+
+
+def test_a_rejection_names_every_failing_rule_in_rules_order() -> None:
+    """Geometry, size and symbol all wrong: each rule's own reason, in RULES order, as the
+    full chain gives them."""
+    lim = open_limits(max_order_quantity=5, denied_symbols=["AAPL"])
+    fast, full, _ = _pair(lim, {})
+    p = TradeProposal(proposal_id="w1", agent_id="a", symbol="AAPL", side="BUY", quantity=10,
+                      limit_price=100.0, take_profit=102.0, stop_loss=101.0)
+    a, b = fast.evaluate(p, fast.snapshot), full.evaluate(p, full.snapshot)
+    assert [x.code.value for x in a.reasons] == [
+        "SYMBOL_NOT_ALLOWED", "BRACKET_GEOMETRY", "MAX_ORDER_QUANTITY"]
+    assert _outcome(a) == _outcome(b)
 
 
 def _pair(lim: RiskLimits, snap_kw: dict[str, Any]) -> tuple[RiskGovernor, RiskGovernor, ManualClock]:
@@ -424,3 +460,47 @@ def test_the_agents_realized_loss_is_counted_on_the_fast_path() -> None:
     a, b = fast.evaluate(third, fast.snapshot), full.evaluate(third, full.snapshot)
     assert [r.code.value for r in b.reasons] == ["AGENT_LOSS_LIMIT"]
     assert _outcome(a) == _outcome(b)
+
+
+@pytest.mark.parametrize("start,end,days", [
+    ("09:30", "16:00", [0, 1, 2, 3, 4]), ("01:30", "02:30", [0, 1, 2, 3, 4, 5, 6]),
+    ("00:00", "23:59:59", [6]), ("02:00", "03:00", [5, 6])])
+def test_trading_hours_are_judged_as_the_rule_judges_them_across_days_and_dst(
+        start: str, end: str, days: list[int]) -> None:
+    """The fused check keeps the hours' answer for a span (no timezone work per proposal):
+    stepping the clock across starts, ends, midnights and New York's 2026-11-01 change, every
+    verdict is the full chain's. Steps of 7 minutes 13 seconds, one proposal each."""
+    from datetime import datetime, timezone
+
+    lim = open_limits(trading_hours={"start": start, "end": end, "weekdays": days})
+    clock = ManualClock(datetime(2026, 10, 30, 20, 0, tzinfo=timezone.utc))
+    fast, full = RiskGovernor(lim, clock), RiskGovernor(lim, clock)
+    full._fast = None
+    seen = set()
+    for n in range(1000):      # ~5 days
+        snap = snapshot(clock)
+        p = TradeProposal(proposal_id=f"h{n}", agent_id="a", symbol="AAPL", side="BUY",
+                          quantity=1, limit_price=100.0, take_profit=102.0, stop_loss=99.0)
+        for g in (fast, full):
+            g.on_snapshot(snap)
+        a, b = fast.evaluate(p, snap), full.evaluate(p, snap)
+        assert _outcome(a) == _outcome(b), clock.now()
+        seen.add(a.verdict)
+        for g in (fast, full):
+            g.release(p.proposal_id, "test")
+        clock.advance(7 * 60 + 13)
+    assert seen == {Verdict.APPROVED, Verdict.REJECTED}
+
+
+def test_the_hours_window_ends_at_the_next_edge_and_not_past_a_dst_change() -> None:
+    from datetime import datetime, time, timezone
+    from zoneinfo import ZoneInfo
+
+    ny = ZoneInfo("America/New_York")
+    hours = (time(9, 30), time(16, 0), frozenset(range(5)))
+    # Friday 2026-10-30 10:00 New York (14:00 UTC): open until 16:00 (20:00 UTC)
+    w = fastgate.hours_window(hours, ny, datetime(2026, 10, 30, 14, 0, tzinfo=timezone.utc))
+    assert w[3] is True and w[2] == datetime(2026, 10, 30, 20, 0, tzinfo=timezone.utc)
+    # Sunday 2026-11-01 00:30 EDT (04:30 UTC): the clocks go back at 02:00 before 09:30
+    w = fastgate.hours_window(hours, ny, datetime(2026, 11, 1, 4, 30, tzinfo=timezone.utc))
+    assert w[3] is False and (w[2] - w[1]).total_seconds() < 1e-3
