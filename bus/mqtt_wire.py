@@ -12,19 +12,22 @@ stock paho + aiomqtt spend more on each than the daemon spends deciding it:
             while the socket is full.
   reads     paho reads each packet with three recv() calls (type, length, body). `tune()`: one
             recv() of up to READ_CHUNK bytes feeds them from a buffer, and loop_read goes on
-            while the buffer holds bytes (nothing waits in it for the next readable event).
+            while the buffer holds bytes (nothing waits in it for the next readable event). An
+            MQTT 3.1.1 PUBACK (two bytes: the mid) is read without paho's decoder, which builds
+            a ReasonCode and a Properties object for each.
   publishes aiomqtt's publish() is a task, an asyncio.Event, a wait_for and a scan of every
             pending call per message. `send_outbox` publishes through paho directly and waits
-            on one event set by paho's on_publish (chained after aiomqtt's own).
+            on one event (`Wire.wake`), set by paho's on_publish (chained after aiomqtt's own)
+            and by whoever fills the outbox.
 
 The bytes on the wire and their order are exactly paho's; what paho believes sent is in the
 kernel's socket buffer, as before; a packet whose completion paho acts on (a QoS 0 PUBLISH, a
 DISCONNECT) is never merged. QoS 1 semantics are unchanged: a message leaves the outbox only once
 its PUBACK came, and what is unacknowledged when a connection ends goes back to its front.
 
-These reach paho's internals (`_out_packet`, `_sock_recv`, `_sock`), measured with paho-mqtt
-2.2.0 (pinned in requirements.txt); `tune()` refuses a client without them, and
-tests/integration/test_mqtt_wire.py fails if they change.
+These reach paho's internals (`_out_packet`, `_sock_recv`, `_sock`, `_handle_pubackcomp`, ...),
+measured with paho-mqtt 2.2.0 (pinned in requirements.txt); `tune()` refuses a client without
+them, and tests/integration/test_mqtt_wire.py fails if they change.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from bracketgate.bus.errors import MqttError
 
@@ -51,6 +57,9 @@ _PUBLISH = paho.PUBLISH   # 0x30
 _DISCONNECT = paho.DISCONNECT   # 0xE0
 _MERGED = paho.PUBACK   # the command of a merged packet: one paho does nothing on completing
 _SUCCESS = paho.MQTT_ERR_SUCCESS
+# what paho hands on_publish for every MQTT 3.1.1 PUBACK (its defaults; never read by aiomqtt)
+_PUBACK_RC = ReasonCode(PacketTypes.PUBACK)
+_PUBACK_PROPS = Properties(PacketTypes.PUBACK)
 
 
 def _own_completion(pkt: dict[str, Any]) -> bool:
@@ -107,7 +116,9 @@ class Wire:
     def __init__(self, client: aiomqtt.Client, inner: paho.Client,
                  wake: asyncio.Event | None = None) -> None:
         for name in ("_out_packet", "_sock_recv", "_sock", "loop_read", "loop_write",
-                     "want_write", "on_socket_register_write", "on_publish"):
+                     "want_write", "on_socket_register_write", "on_publish", "_in_packet",
+                     "_handle_pubackcomp", "_do_on_publish", "_out_messages",
+                     "_out_message_mutex"):
             if not hasattr(inner, name):
                 raise MqttError(f"paho-mqtt {getattr(paho, '__version__', '?')} has no `{name}`:"
                                 " bus/mqtt_wire.py must be adapted")
@@ -130,6 +141,9 @@ class Wire:
         inner.on_publish = self._on_publish
         inner._sock_recv = self._recv            # type: ignore[method-assign]
         inner.loop_read = self._loop_read        # type: ignore[method-assign]
+        self._raw_pubackcomp = inner._handle_pubackcomp
+        if getattr(inner, "_protocol", None) in (paho.MQTTv31, paho.MQTTv311):
+            inner._handle_pubackcomp = self._pubackcomp   # type: ignore[method-assign]
 
     # -- writes
     def _register_write(self, client: Any, userdata: Any, sock: Any) -> None:
@@ -173,6 +187,20 @@ class Wire:
         self.wake.set()
 
     # -- reads
+    def _pubackcomp(self, cmd: str) -> Any:
+        """A PUBACK of MQTT 3.1.1 (two bytes: the mid) without paho's decoder, which builds a
+        ReasonCode and a Properties object for it (3.1.1 has neither: paho passes defaults)."""
+        inner = self.inner
+        packet = inner._in_packet["packet"]
+        if cmd != "PUBACK" or len(packet) != 2:
+            return self._raw_pubackcomp(cmd)   # paho's own, with its MalformedPacket
+        mid = (packet[0] << 8) | packet[1]
+        inner._easy_log(paho.MQTT_LOG_DEBUG, "Received %s (Mid: %d)", cmd, mid)
+        with inner._out_message_mutex:
+            if mid in inner._out_messages:
+                return inner._do_on_publish(mid, _PUBACK_RC, _PUBACK_PROPS)
+        return _SUCCESS
+
     def _recv(self, bufsize: int) -> bytes:
         sock = self.inner._sock
         if sock is not self._buf_sock:   # a new connection: nothing of the old one is kept
