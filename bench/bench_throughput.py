@@ -162,7 +162,8 @@ async def trial(count: int, agents: int, concurrency: int, warmup: int, rounds: 
                     spy = await asyncio.create_subprocess_exec(
                         str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
                         str(pid), "--format", "raw", "--rate", "250", "--threads",
-                        "--output", py_spy, stdout=asyncio.subprocess.DEVNULL,
+                        "--output", py_spy, *os.environ.get("PY_SPY_ARGS", "").split(),
+                        stdout=asyncio.subprocess.DEVNULL,
                         stderr=asyncio.subprocess.DEVNULL)
                     await asyncio.sleep(1.0)
                 pair[name] = await drive(broker.url, inp, out, payloads(count, f"{run}r{r}"),
@@ -180,6 +181,8 @@ async def trial(count: int, agents: int, concurrency: int, warmup: int, rounds: 
             await asyncio.wait_for(d._reader, 10)   # every line read
             res["rejected"] = sum(1 for e in d.logs if e.get("event") == "risk_decision"
                                   and e.get("verdict") == "rejected")
+            closed = [e for e in d.logs if e.get("event") == "journal.closed"]
+            res["journal"] = closed[-1] if closed else {}
         await stop_process(proc, tws)
         broker.stop()
     return res
@@ -202,7 +205,10 @@ async def main(count: int, agents: int, concurrency: int, trials: int, warmup: i
                   f"({d['answered']} answered, {d['cpu_ms_per']:.3f} ms CPU each)   "
                   f"ratio {d['sustained'] / e['sustained']:.2f}   CPU ratio "
                   f"{d['cpu_ms_per'] / e['cpu_ms_per']:.2f}")
-        print(f"  trial {i + 1}: gate rejections logged {r.get('rejected')}   exit {r.get('rc')}")
+        j = r.get("journal", {})
+        print(f"  trial {i + 1}: gate rejections logged {r.get('rejected')}   exit {r.get('rc')}"
+              f"   journal: {j.get('ops')} operations in {j.get('batches')} transactions, "
+              f"{j.get('full_commits')} of them FULL")
     ratio = statistics.median(p["daemon"]["sustained"] / p["echo"]["sustained"] for p in pairs)
     cpu_ratio = statistics.median(p["daemon"]["cpu_ms_per"] / p["echo"]["cpu_ms_per"]
                                   for p in pairs)
@@ -223,7 +229,8 @@ if __name__ == "__main__":
     ap.add_argument("--rounds", type=int, default=2, help="measured echo/daemon pairs per trial")
     ap.add_argument("--warmup", type=int, default=500, help="proposals sent first, not counted")
     ap.add_argument("--py-spy", metavar="FILE", help="profile the daemon's first measured run "
-                    "with py-spy (pip install py-spy; not a requirement) into FILE, raw stacks")
+                    "with py-spy (pip install py-spy; not a requirement) into FILE, raw stacks "
+                    "(more py-spy options in $PY_SPY_ARGS, e.g. --gil)")
     a = ap.parse_args()
     logging.getLogger("mqtt").setLevel(logging.ERROR)   # aiomqtt: "There are N pending publish calls"
     asyncio.run(main(a.count, a.agents, a.concurrency, a.trials, a.warmup, a.rounds, a.py_spy))
