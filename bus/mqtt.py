@@ -245,6 +245,17 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+# json.loads(text, object_pairs_hook=...) builds a decoder (and its scanner) per call: one, kept
+_DECODER = json.JSONDecoder(object_pairs_hook=_object_without_duplicates)
+
+
+def _load_json(text: str) -> Any:
+    """json.loads(text, object_pairs_hook=_object_without_duplicates), same errors."""
+    if text.startswith("\ufeff"):   # json.loads' own check, not the decoder's
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _DECODER.decode(text)
+
+
 def _unencodable(data: Any) -> tuple[DenialCode, str, str] | None:
     """(code, field, why) for a parsed payload no encoder could pass on: nesting deeper than
     MAX_JSON_DEPTH, or a lone surrogate in any key or string. Walks without recursion."""
@@ -1064,7 +1075,7 @@ class MqttBridge:
                 Reason(code=DenialCode.PAYLOAD_TOO_LARGE, message=DENIAL_MESSAGES[DenialCode.PAYLOAD_TOO_LARGE],
                        limit=float(limit), value=float(len(payload)))])
         try:
-            data = json.loads(payload.decode("utf-8"), object_pairs_hook=_object_without_duplicates)
+            data = _load_json(payload.decode("utf-8"))
         except _DuplicateKey as exc:
             return self._invalid(topic_agent, "", [Reason(
                 code=DenialCode.VALIDATION_ERROR, field=printable(exc.key, 128),
@@ -1083,7 +1094,10 @@ class MqttBridge:
                 message=f"{DENIAL_MESSAGES[DenialCode.MALFORMED_JSON]}: got {type(data).__name__}")])
         raw_id = data.get("proposal_id")
         proposal_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= 256 else ""
-        bad = _unencodable(data)
+        # a lone surrogate comes only from a \u escape (UTF-8 cannot carry one), depth only from
+        # a nested value: a flat payload without escapes has neither to look for
+        bad = _unencodable(data) if b"\\u" in payload or any(
+            isinstance(v, dict | list) for v in data.values()) else None
         if bad is not None:
             code, where, why = bad
             return self._invalid(topic_agent, proposal_id, [Reason(
