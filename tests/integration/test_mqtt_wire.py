@@ -27,7 +27,8 @@ from tests.fixtures.mosquitto import MosquittoServer
 WAIT = 10.0
 
 
-def _pkt(command: int, data: bytes, *, qos: int = 1, pos: int = 0, info: Any = None) -> dict[str, Any]:
+def _pkt(command: int, data: bytes, *, qos: int = 1, pos: int = 0,
+         info: Any = None) -> dict[str, Any]:
     return {"command": command, "mid": 1, "qos": qos, "pos": pos, "to_process": len(data) - pos,
             "packet": data, "info": info}
 
@@ -42,8 +43,8 @@ def test_coalesce_joins_runs_and_keeps_packets_paho_completes_apart() -> None:
     qos0 = _pkt(paho.PUBLISH, b"\x30q0", qos=0, info=object())
     disconnect = _pkt(paho.DISCONNECT, b"\xe0\x00", qos=0)
     out = deque([_pkt(paho.PUBACK, b"\x40\x02\x00\x01"), _pkt(paho.PUBLISH | 2, b"\x32pub1"),
-                 qos0, _pkt(paho.PUBACK, b"\x40\x02\x00\x02"), _pkt(paho.PUBACK, b"\x40\x02\x00\x03"),
-                 disconnect])
+                 qos0, _pkt(paho.PUBACK, b"\x40\x02\x00\x02"),
+                 _pkt(paho.PUBACK, b"\x40\x02\x00\x03"), disconnect])
     before = _wire_bytes(out)
     coalesce(out)
     assert _wire_bytes(out) == before                 # the same bytes, the same order
@@ -53,7 +54,8 @@ def test_coalesce_joins_runs_and_keeps_packets_paho_completes_apart() -> None:
 
 
 def test_coalesce_takes_a_partly_written_packet_from_where_paho_stopped() -> None:
-    out = deque([_pkt(paho.PUBLISH | 2, b"ABCDEFGH", pos=5), _pkt(paho.PUBACK, b"\x40\x02\x00\x09")])
+    out = deque([_pkt(paho.PUBLISH | 2, b"ABCDEFGH", pos=5),
+                 _pkt(paho.PUBACK, b"\x40\x02\x00\x09")])
     coalesce(out)
     assert len(out) == 1 and out[0]["packet"] == b"FGH\x40\x02\x00\x09"
 
@@ -211,8 +213,8 @@ async def test_outbox_keeps_the_window_and_acks_in_order() -> None:
     wire = _StandInWire()
     outbox = deque(Item("t", b"%d" % i) for i in range(10))
     acked: list[Item] = []
-    task = asyncio.create_task(send_outbox(wire, outbox, asyncio.Event(), acked.append,  # type: ignore[arg-type]
-                                           4, 10.0))
+    task = asyncio.create_task(send_outbox(
+        wire, outbox, asyncio.Event(), acked.append, 4, 10.0))  # type: ignore[arg-type]
     await asyncio.sleep(0)
     assert len(wire.inner.sent) == 4 and len(outbox) == 6   # the window, no more
     wire.ack(2)
@@ -229,8 +231,8 @@ async def test_outbox_ends_the_connection_when_a_puback_is_late() -> None:
     wire = _StandInWire()
     outbox = deque([Item("t", b"late")])
     with pytest.raises(aiomqtt.MqttError, match="timed out"):
-        await asyncio.wait_for(send_outbox(wire, outbox, asyncio.Event(), lambda _: None,  # type: ignore[arg-type]
-                                           4, 0.2), WAIT)
+        await asyncio.wait_for(send_outbox(
+            wire, outbox, asyncio.Event(), lambda _: None, 4, 0.2), WAIT)  # type: ignore[arg-type]
     assert [i.payload for i in outbox] == [b"late"]   # sent again after the reconnect
 
 
@@ -245,5 +247,6 @@ async def test_outbox_refused_by_paho_is_kept_whole() -> None:
     wire.inner.publish = refuse  # type: ignore[method-assign]
     outbox = deque([Item("t", b"a"), Item("t", b"b")])
     with pytest.raises(aiomqtt.MqttCodeError):
-        await send_outbox(wire, outbox, asyncio.Event(), lambda _: None, 4, 10.0)  # type: ignore[arg-type]
+        await send_outbox(wire, outbox, asyncio.Event(),  # type: ignore[arg-type]
+                          lambda _: None, 4, 10.0)
     assert [i.payload for i in outbox] == [b"a", b"b"]
