@@ -47,9 +47,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from bracketgate.bus.errors import MqttError
 
 # one recv() takes up to this much (a burst of PUBLISHes and PUBACKs at once)
-READ_CHUNK = 256 * 1024
+READ_CHUNK = 64 * 1024   # under malloc's mmap threshold: no mmap/munmap per recv()
 # a merged packet is at most about this large (then the next one starts)
-MERGE_MAX = 256 * 1024
+MERGE_MAX = 64 * 1024
 # packets handled per read callback before the loop gets a turn (the rest: call_soon)
 READ_PACKETS_MAX = 4096
 
