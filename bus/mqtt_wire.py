@@ -116,7 +116,8 @@ class Wire:
     def __init__(self, client: aiomqtt.Client, inner: paho.Client,
                  wake: asyncio.Event | None = None) -> None:
         for name in ("_out_packet", "_sock_recv", "_sock", "loop_read", "loop_write",
-                     "want_write", "on_socket_register_write", "on_publish", "_in_packet",
+                     "want_write", "on_socket_register_write", "on_socket_unregister_write",
+                     "on_publish", "_in_packet",
                      "_handle_pubackcomp", "_do_on_publish", "_out_messages",
                      "_out_message_mutex"):
             if not hasattr(inner, name):
@@ -130,14 +131,18 @@ class Wire:
         self.stats = {"write_bursts": 0, "sends_saved": 0, "recvs": 0, "reads_buffered": 0}
         self._write_scheduled = False
         self._aio_register_write = inner.on_socket_register_write   # aiomqtt's (add_writer)
+        self._aio_unregister_write = inner.on_socket_unregister_write   # (remove_writer)
+        self._aio_writer = False   # a writer registration was handed to aiomqtt
         self._aio_on_publish = inner.on_publish                     # aiomqtt's (its events)
         self._raw_recv = inner._sock_recv
         self._raw_loop_read = inner.loop_read
         self._buf = b""
         self._pos = 0
         self._buf_sock: Any = None
+        self._drained = False   # the last recv() took less than asked: the socket had no more
         self._read_more_scheduled = False
         inner.on_socket_register_write = self._register_write
+        inner.on_socket_unregister_write = self._unregister_write
         inner.on_publish = self._on_publish
         inner._sock_recv = self._recv            # type: ignore[method-assign]
         inner.loop_read = self._loop_read        # type: ignore[method-assign]
@@ -148,6 +153,7 @@ class Wire:
     # -- writes
     def _register_write(self, client: Any, userdata: Any, sock: Any) -> None:
         if threading.get_ident() != self._thread:   # paho's connect, in aiomqtt's executor
+            self._aio_writer = True
             self._aio_register_write(client, userdata, sock)
             return
         if not self._write_scheduled:
@@ -172,7 +178,14 @@ class Wire:
         if inner.want_write() and inner._sock is not None:
             # the socket is full: wait until it is writable, aiomqtt's way (add_writer); paho
             # still counts this registration as its own, and unregisters it when drained
+            self._aio_writer = True
             self._aio_register_write(inner, inner._userdata, inner._sock)
+
+    def _unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        """paho's "nothing left to write": aiomqtt's remove_writer, when it has a writer."""
+        if self._aio_writer:
+            self._aio_writer = False
+            self._aio_unregister_write(client, userdata, sock)
 
     def _broken(self, exc: BaseException) -> None:
         disconnected = getattr(self.client, "_disconnected", None)
@@ -204,11 +217,17 @@ class Wire:
     def _recv(self, bufsize: int) -> bytes:
         sock = self.inner._sock
         if sock is not self._buf_sock:   # a new connection: nothing of the old one is kept
-            self._buf, self._pos, self._buf_sock = b"", 0, sock
+            self._buf, self._pos, self._buf_sock, self._drained = b"", 0, sock, False
         buf, pos = self._buf, self._pos
         if pos >= len(buf):
+            if self._drained:
+                # the last recv() emptied the socket: its EAGAIN is known without a syscall;
+                # what came since makes the (level-triggered) selector call us again
+                self._drained = False
+                raise BlockingIOError
             data = self._raw_recv(READ_CHUNK)   # raises what paho expects (BlockingIOError, ...)
             self.stats["recvs"] += 1
+            self._drained = 0 < len(data) < READ_CHUNK
             if len(data) <= bufsize:
                 self._buf, self._pos = b"", 0
                 return data
