@@ -15,14 +15,15 @@ exception kept with its traceback, a cancelled task).
 
 Cycles are still collected: young ones within GEN0 allocations, older ones by the full
 collections CPython still runs (after GEN1 x GEN2 young ones, once the old generation grew by a
-quarter). Memory held by uncollected cycles is bounded by those counts.
+quarter). Garbage cycles wait for at most GEN0 tracked objects (a few MB at worst, none on the
+hot path as measured); 10,000 took the same CPU per proposal as 50,000 in the bench.
 """
 
 from __future__ import annotations
 
 import gc
 
-GEN0 = 50_000   # allocations (net of frees) between young collections; CPython's default: 700
+GEN0 = 10_000   # allocations (net of frees) between young collections; CPython's default: 700
 GEN1 = 20       # young collections per middle one (default 10)
 GEN2 = 100      # middle collections before a full one is considered (default 10)
 
