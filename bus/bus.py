@@ -85,9 +85,9 @@ def _context_attrs(cls: type) -> tuple[str, ...] | None:
 
 def message_context(msg: Any) -> dict[str, Any]:
     """The ids that identify a message's unit of work: proposal_id / agent_id, if it has them."""
+    ctx: dict[str, Any] = {}
     attrs = _context_attrs(type(msg))
     if attrs is not None:
-        ctx = {}
         for key in attrs:
             if key == "proposal":
                 inner = msg.proposal
@@ -101,7 +101,6 @@ def message_context(msg: Any) -> dict[str, Any]:
             if value is not None:
                 ctx[key] = value
         return ctx
-    ctx: dict[str, Any] = {}
     for source in (msg, getattr(msg, "proposal", None)):
         if source is None:
             continue

@@ -35,8 +35,8 @@ from bracketgate.bus.messages import (
     TradingStateChanged,
 )
 from bracketgate.config.settings import Settings, describe_mode, load_settings
-from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core import gctune
+from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.crashpoints import crash_point
 from bracketgate.core.logs import configure_logging, get_logger
 from bracketgate.core.sdnotify import sd_notify
