@@ -64,9 +64,43 @@ class BusState(StrEnum):
     CLOSED = "CLOSED"
 
 
+# message class -> the attributes message_context reads, in order (a pydantic model's missing
+# attribute costs an AttributeError raised and caught per message: asked once per class)
+_CONTEXT_ATTRS: dict[type, tuple[str, ...]] = {}
+_CONTEXT_KEYS = ("proposal_id", "agent_id")
+
+
+def _context_attrs(cls: type) -> tuple[str, ...] | None:
+    attrs = _CONTEXT_ATTRS.get(cls)
+    if attrs is None:
+        fields = getattr(cls, "model_fields", None)
+        if not isinstance(fields, dict) or getattr(cls, "__getattr__", None) is not \
+                getattr(Message, "__getattr__", None):
+            return None   # not a plain model: looked up the long way
+        attrs = _CONTEXT_ATTRS[cls] = tuple(k for k in (*_CONTEXT_KEYS, "proposal")
+                                            if k in fields
+                                            or isinstance(getattr(cls, k, None), property))
+    return attrs
+
+
 def message_context(msg: Any) -> dict[str, Any]:
     """The ids that identify a message's unit of work: proposal_id / agent_id, if it has them."""
     ctx: dict[str, Any] = {}
+    attrs = _context_attrs(type(msg))
+    if attrs is not None:
+        for key in attrs:
+            if key == "proposal":
+                inner = msg.proposal
+                if inner is not None:
+                    for k in _CONTEXT_KEYS:
+                        value = getattr(inner, k, None)
+                        if value is not None and k not in ctx:
+                            ctx[k] = value
+                continue
+            value = getattr(msg, key)
+            if value is not None:
+                ctx[key] = value
+        return ctx
     for source in (msg, getattr(msg, "proposal", None)):
         if source is None:
             continue
@@ -261,6 +295,8 @@ class Bus:
         every REJECT and BLOCK queue; True if it would now. For a producer that can hold back
         (the MQTT bridge: the broker keeps what it has not acknowledged) rather than refuse."""
         subs = [s for s in self._subs.get(topic, ()) if s.overflow is not Overflow.DROP_OLDEST]
+        if not any(s.full and s.active for s in subs):
+            return True   # the common case: room now, no timeout to arm
         try:
             async with asyncio.timeout(timeout):
                 for sub in subs:

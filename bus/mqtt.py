@@ -68,6 +68,7 @@ from bracketgate.bus.messages import (
     TradingStateChanged,
     Verdict,
 )
+from bracketgate.bus.mqtt_wire import Wire, send_outbox, tune
 from bracketgate.config.settings import Settings
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.logs import get_logger
@@ -244,6 +245,17 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+# json.loads(text, object_pairs_hook=...) builds a decoder (and its scanner) per call: one, kept
+_DECODER = json.JSONDecoder(object_pairs_hook=_object_without_duplicates)
+
+
+def _load_json(text: str) -> Any:
+    """json.loads(text, object_pairs_hook=_object_without_duplicates), same errors."""
+    if text.startswith("\ufeff"):   # json.loads' own check, not the decoder's
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _DECODER.decode(text)
+
+
 def _unencodable(data: Any) -> tuple[DenialCode, str, str] | None:
     """(code, field, why) for a parsed payload no encoder could pass on: nesting deeper than
     MAX_JSON_DEPTH, or a lone surrogate in any key or string. Walks without recursion."""
@@ -393,6 +405,7 @@ class MqttBridge:
         self._disconnected = asyncio.Event()
         self._disconnected.set()
         self._client: aiomqtt.Client | None = None
+        self._wire: Wire | None = None   # the tuned paths of the current client (mqtt_wire.py)
         self._runner: asyncio.Task[None] | None = None
         self._subs: list[Subscription[Any]] = []
         self._intake_open = True
@@ -534,6 +547,8 @@ class MqttBridge:
         )
         client.pending_calls_threshold = OUTBOX_WINDOW + 16   # a full window is no warning
         _paho(client).manual_ack_set(True)  # acknowledged by _ack(), once handled
+        # one send per burst, one recv per chunk, publishes without a task each (issue 9)
+        self._wire = tune(client, _paho(client), self._outbox_ready)
         return client
 
     async def _run(self) -> None:
@@ -655,46 +670,17 @@ class MqttBridge:
     async def _write_outbox(self, client: aiomqtt.Client) -> None:
         """Send the outbox in order, up to OUTBOX_WINDOW awaiting their PUBACK at once. What is
         not acknowledged when the connection ends goes back to the front, in order (QoS 1: a
-        repeat is possible, a loss is not)."""
-        loop = asyncio.get_running_loop()
-        inflight: deque[tuple[_Outgoing, asyncio.Task[None]]] = deque()
-        try:
-            while True:
-                while self._outbox and len(inflight) < OUTBOX_WINDOW:
-                    item = self._outbox.popleft()
-                    inflight.append((item, loop.create_task(client.publish(
-                        item.topic, item.payload, qos=item.qos, retain=item.retain))))
-                if not inflight:
-                    self._outbox_ready.clear()
-                    self._outbox_idle.set()
-                    await self._outbox_ready.wait()
-                    continue
-                item, sending = inflight[0]
-                if not sending.done() and not self._outbox and len(inflight) < OUTBOX_WINDOW:
-                    # the oldest PUBACK, or something new to send meanwhile
-                    self._outbox_ready.clear()
-                    ready = loop.create_task(self._outbox_ready.wait())
-                    try:
-                        await asyncio.wait((sending, ready), return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        ready.cancel()
-                    if not sending.done():
-                        continue
-                await sending   # raises what ended it
-                inflight.popleft()
-                self.counters["published"] += 1
-                if item.delivery is not None and self._delivered_hook is not None:
-                    self._decision_delivered(item)
-                _honour_cancel()
-        finally:
-            for _, sending in inflight:
-                sending.cancel()
-            if inflight:
-                await asyncio.gather(*(t for _, t in inflight), return_exceptions=True)
-            # not acknowledged: sent again, in order, after reconnect
-            self._outbox.extendleft(reversed([
-                item for item, t in inflight
-                if not t.done() or t.cancelled() or t.exception() is not None]))
+        repeat is possible, a loss is not). Through paho directly: bus/mqtt_wire.py."""
+        wire = self._wire
+        if wire is None or wire.client is not client:
+            raise MqttError("the outbox writer runs on the client _make_client() tuned")
+        await send_outbox(wire, self._outbox, self._outbox_idle, self._acked, OUTBOX_WINDOW,
+                          client.timeout)
+
+    def _acked(self, item: _Outgoing) -> None:
+        self.counters["published"] += 1
+        if item.delivery is not None and self._delivered_hook is not None:
+            self._decision_delivered(item)
 
     def _decision_delivered(self, item: _Outgoing) -> None:
         """The broker has the decision or fill (PUBACK): tell the daemon (it journals the
@@ -1089,7 +1075,7 @@ class MqttBridge:
                 Reason(code=DenialCode.PAYLOAD_TOO_LARGE, message=DENIAL_MESSAGES[DenialCode.PAYLOAD_TOO_LARGE],
                        limit=float(limit), value=float(len(payload)))])
         try:
-            data = json.loads(payload.decode("utf-8"), object_pairs_hook=_object_without_duplicates)
+            data = _load_json(payload.decode("utf-8"))
         except _DuplicateKey as exc:
             return self._invalid(topic_agent, "", [Reason(
                 code=DenialCode.VALIDATION_ERROR, field=printable(exc.key, 128),
@@ -1108,7 +1094,10 @@ class MqttBridge:
                 message=f"{DENIAL_MESSAGES[DenialCode.MALFORMED_JSON]}: got {type(data).__name__}")])
         raw_id = data.get("proposal_id")
         proposal_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= 256 else ""
-        bad = _unencodable(data)
+        # a lone surrogate comes only from a \u escape (UTF-8 cannot carry one), depth only from
+        # a nested value: a flat payload without escapes has neither to look for
+        bad = _unencodable(data) if b"\\u" in payload or any(
+            isinstance(v, dict | list) for v in data.values()) else None
         if bad is not None:
             code, where, why = bad
             return self._invalid(topic_agent, proposal_id, [Reason(

@@ -35,6 +35,7 @@ from bracketgate.bus.messages import (
     TradingStateChanged,
 )
 from bracketgate.config.settings import Settings, describe_mode, load_settings
+from bracketgate.core import gctune
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.crashpoints import crash_point
 from bracketgate.core.logs import configure_logging, get_logger
@@ -300,6 +301,8 @@ class Daemon:
             log.info("ready", startup_ms=round((time.monotonic() - self.started_at) * 1000, 1),
                      prefix=s.mqtt_prefix, trading_state=str(governor.state))
             sd_notify(f"READY=1\nSTATUS=ready prefix={s.mqtt_prefix}")   # systemd Type=notify
+            frozen = gctune.freeze()   # start-up's objects: never walked by a collection again
+            log.debug("gc_frozen", objects=frozen)
 
             await self.stop_event.wait()
 
@@ -736,6 +739,7 @@ def main(argv: list[str]) -> int:
         print(f"bracketgate: invalid configuration: {e}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings.log_format, settings.log_level)
+    gctune.tune()   # collections rare enough not to catch every burst in flight (core/gctune.py)
     os.umask(0o077)   # what the daemon creates (journal, endpoints file) is the owner's only
     try:
         return asyncio.run(Daemon(settings).run())

@@ -359,3 +359,55 @@ async def test_wait_for_room_returns_once_the_worker_takes_one() -> None:
     assert bus.offer(p.model_copy(update={"proposal_id": "w-3"}))
     await bus.drain(2.0)
     await bus.close()
+
+
+def _context_the_long_way(msg: Any) -> dict[str, Any]:
+    """message_context as it was: getattr of each id on the message, then on its proposal."""
+    ctx: dict[str, Any] = {}
+    for source in (msg, getattr(msg, "proposal", None)):
+        if source is None:
+            continue
+        for key in ("proposal_id", "agent_id"):
+            value = getattr(source, key, None)
+            if value is not None and key not in ctx:
+                ctx[key] = value
+    return ctx
+
+
+def test_message_context_reads_the_ids_each_kind_of_message_has() -> None:
+    from datetime import datetime, timezone
+
+    from bracketgate.bus.bus import message_context
+    from bracketgate.bus.messages import ApprovedBracket, Fill, RiskDecision, Status, Verdict
+
+    ts = datetime(2026, 11, 20, 15, 0, tzinfo=timezone.utc)
+    p = TradeProposal(proposal_id="c-1", agent_id="a", symbol="AAPL", side="BUY", quantity=1,
+                      limit_price=100.0, take_profit=110.0, stop_loss=95.0)
+    messages = [
+        p,
+        RiskDecision(proposal_id="c-1", agent_id="a", verdict=Verdict.REJECTED, ts=ts),
+        ApprovedBracket(proposal=p, approved_at=ts),
+        Fill(proposal_id="c-1", agent_id="a", order_id=7, leg="entry", exec_id="e-1",
+             symbol="AAPL", side="BUY", quantity=1.0, price=100.0, ts=ts),
+        Status(state="online", mode="paper", ts=ts),
+        PortfolioSnapshot(ts=ts, account="U1"),
+    ]
+    for msg in messages:
+        assert message_context(msg) == _context_the_long_way(msg), type(msg).__name__
+    assert message_context(messages[2]) == {"proposal_id": "c-1", "agent_id": "a"}  # the proposal's
+    assert message_context(messages[4]) == {}
+
+
+async def test_wait_for_room_with_room_arms_no_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    bus = Bus()
+    bus.subscribe(TradeProposal, _noop, name="risk", maxsize=2, overflow=Overflow.REJECT)
+
+    def no_timeout(_delay: float) -> Any:
+        raise AssertionError("a queue with room needs no timeout")
+
+    monkeypatch.setattr(asyncio, "timeout", no_timeout)
+    assert await bus.wait_for_room(TradeProposal, 1.0) is True
+
+
+async def _noop(_msg: Any) -> None:
+    return None
