@@ -76,6 +76,7 @@ from bracketgate.adapters.md_lines import DEFAULT_LINES, MAX_TICKERS, LineBudget
 from bracketgate.adapters.ib_outbox import Outbox
 from bracketgate.adapters.ib_quotes import QuoteLines
 from bracketgate.adapters.ib_refs import RefIndex
+from bracketgate.adapters.ib_working import WorkingOrders
 from bracketgate.adapters.ib_prune import (
     DEFAULT_RETENTION_S,
     TradeRetention,
@@ -351,6 +352,7 @@ class IBBroker(QuoteLines):
         self._outbox = Outbox()   # an order's queued status updates coalesced (ib_outbox.py)
         self.retention = TradeRetention(trade_retention_s)   # finished trades dropped (ib_prune.py)
         self.refs = RefIndex(self.ib.wrapper)   # orderRef -> the library's trades (ib_refs.py)
+        self._working = WorkingOrders()          # the snapshot's models, per change (ib_working.py)
         self._prune_task: asyncio.Task | None = None
         self._pump_task: asyncio.Task | None = None
         self._supervisor: asyncio.Task | None = None
@@ -1399,12 +1401,11 @@ class IBBroker(QuoteLines):
                    realized=ib_number(p.realizedPnL))
 
     def working_orders(self) -> list[WorkingOrder]:
-        out = []
-        for t in self.ib.openTrades():
-            o, s = t.order, t.orderStatus
-            if getattr(o, "whatIf", False):
-                continue
-            out.append(WorkingOrder(
+        return self._working.build(self.ib.openTrades(), self._working_order)
+
+    def _working_order(self, t: Any) -> WorkingOrder:
+        o, s = t.order, t.orderStatus
+        return WorkingOrder(
                 order_id=o.orderId, perm_id=o.permId or None, parent_id=o.parentId or None,
                 order_ref=o.orderRef or None, symbol=t.contract.symbol,
                 con_id=t.contract.conId or 0,
@@ -1414,8 +1415,7 @@ class IBBroker(QuoteLines):
                 order_type=o.orderType, quantity=float(o.totalQuantity),
                 remaining=float(s.remaining if s.remaining is not None else o.totalQuantity),
                 limit_price=ib_number(o.lmtPrice), stop_price=ib_number(o.auxPrice), status=s.status,
-            ))
-        return out
+        )
 
     def quotes(self) -> dict[int, Quote]:
         """conId -> the latest quote of every contract streamed (never keyed by symbol: a stock
