@@ -17,6 +17,7 @@ State (one line each):
   _settling: proposal_id -> Future[ids | None] (placements whose connection dropped before the
                                                 ack: the next reconcile says what IB has)
   _closed:   proposal_id -> when it closed       (closed brackets, forgotten CLOSED_KEEP_S later)
+  _answers:  proposal_id -> [Future[PlacementResult]] (the requesters of a placement in flight)
 
 Bounded: a closed bracket (every leg terminal, nothing open) is dropped from _brackets,
 _by_order and _intents CLOSED_KEEP_S after it closed (late commission reports and repeats still
@@ -180,6 +181,7 @@ class ExecutionAgent:
         self._closed: OrderedDict[str, float] = OrderedDict()   # closed brackets, oldest first
         self._max_order_id_journal = 0
         self._placements: dict[str, asyncio.Task[PlacementResult]] = {}   # in flight, by proposal_id
+        self._answers: dict[str, list[asyncio.Future[PlacementResult]]] = {}   # their requesters
         self._tasks: set[asyncio.Task] = set()
         self._placing = 0
         self._idle = asyncio.Event()
@@ -363,12 +365,18 @@ class ExecutionAgent:
         for the outcome with `execution.outcome` (what IB ends up having is the answer)."""
         p = bracket.proposal
         task = self._placements.get(p.proposal_id)
+        if task is not None and task.done():
+            return task.result()
+        # answered from inside the placement as it ends: one loop step to the requester (a
+        # shield of the task took two); cancelling the requester cancels only its own future
+        answer: asyncio.Future[PlacementResult] = asyncio.get_running_loop().create_future()
+        self._answers.setdefault(p.proposal_id, []).append(answer)
         if task is None:
             task = asyncio.get_running_loop().create_task(
                 self._run_placement(bracket), name=f"execution:place:{p.proposal_id}")
             self._placements[p.proposal_id] = task
             task.add_done_callback(lambda _t, pid=p.proposal_id: self._placements.pop(pid, None))
-        return await asyncio.shield(task)
+        return await answer
 
     async def outcome(self, proposal_id: str) -> PlacementResult | None:
         """The result of a placement still in flight (waits for it), else None."""
@@ -381,11 +389,29 @@ class ExecutionAgent:
         self._idle.clear()
         try:
             with bound_contextvars(proposal_id=p.proposal_id, agent_id=p.agent_id):
-                return await self._place(bracket)
+                result = await self._place(bracket)
+        except BaseException as e:
+            self._answer(p.proposal_id, None, e)
+            raise
+        else:
+            self._answer(p.proposal_id, result, None)
+            return result
         finally:
             self._placing -= 1
             if self._placing == 0:
                 self._idle.set()
+
+    def _answer(self, proposal_id: str, result: PlacementResult | None,
+                error: BaseException | None) -> None:
+        for fut in self._answers.pop(proposal_id, ()):
+            if fut.done():
+                continue   # its requester went away
+            if isinstance(error, asyncio.CancelledError):
+                fut.cancel()
+            elif error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(result)  # type: ignore[arg-type]
 
     async def _place(self, bracket: ApprovedBracket) -> PlacementResult:
         p = bracket.proposal
