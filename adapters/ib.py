@@ -1330,8 +1330,9 @@ class IBBroker(QuoteLines):
             order.lmtPrice = p.limit_price
         await self._turn(Priority.ORDER)
         self._require_ready()
-        try:
-            state = await asyncio.wait_for(self.ib.whatIfOrderAsync(contract, order), self.request_timeout)
+        try:   # awaited in this task (wait_for woke it one loop step later, through a callback)
+            async with asyncio.timeout(self.request_timeout):
+                state = await self.ib.whatIfOrderAsync(contract, order)
         except TimeoutError as e:
             raise BrokerTimeout("what-if timed out") from e
         except Exception as e:
