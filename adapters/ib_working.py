@@ -31,7 +31,8 @@ class WorkingOrders:
         self._cache: dict[int, tuple[tuple, WorkingOrder, Any]] = {}
         self.built = 0   # models made (tests)
 
-    def build(self, trades: Iterable[Any], make: Callable[[Any], WorkingOrder]) -> list[WorkingOrder]:
+    def build(self, trades: Iterable[Any],
+              make: Callable[[Any], WorkingOrder]) -> list[WorkingOrder]:
         """The models of `trades` (what-if ones skipped), `make(trade)` for a new or changed one;
         a BAG's (its multiplier comes from its legs' contracts) is made every time."""
         out: list[WorkingOrder] = []

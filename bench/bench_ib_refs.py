@@ -33,7 +33,8 @@ def fill(ib: object, n: int) -> list[str]:
         if i % 3 == 0:
             refs.append(ref)
         order = iblib.LimitOrder("BUY", 1, 100.0, orderRef=ref, orderId=i + 1, clientId=1)
-        trade = iblib.ib.Trade(contract, order, iblib.ib.OrderStatus(orderId=i + 1, status="Submitted"))
+        status = iblib.ib.OrderStatus(orderId=i + 1, status="Submitted")
+        trade = iblib.ib.Trade(contract, order, status)
         ib.wrapper.trades[(1, i + 1)] = trade
     return refs
 

@@ -27,7 +27,8 @@ def no_scans(broker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(broker.ib, "trades", scan)
 
 
-async def test_look_ups_by_order_ref_use_the_index_across_a_reconnect(paper_tws, monkeypatch) -> None:
+async def test_look_ups_by_order_ref_use_the_index_across_a_reconnect(paper_tws,
+                                                                     monkeypatch) -> None:
     rig = await make_rig(paper_tws, 23, retention_s=600.0)
     try:
         b, ex = rig.broker, rig.execution
