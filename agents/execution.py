@@ -375,7 +375,7 @@ class ExecutionAgent:
             task = asyncio.get_running_loop().create_task(
                 self._run_placement(bracket), name=f"execution:place:{p.proposal_id}")
             self._placements[p.proposal_id] = task
-            task.add_done_callback(lambda _t, pid=p.proposal_id: self._placements.pop(pid, None))
+            task.add_done_callback(lambda t, pid=p.proposal_id: self._placement_done(pid, t))
         return await answer
 
     async def outcome(self, proposal_id: str) -> PlacementResult | None:
@@ -400,6 +400,14 @@ class ExecutionAgent:
             self._placing -= 1
             if self._placing == 0:
                 self._idle.set()
+
+    def _placement_done(self, proposal_id: str, task: asyncio.Task[PlacementResult]) -> None:
+        self._placements.pop(proposal_id, None)
+        # retrieved here (its requesters got it): never "Task exception was never retrieved"
+        error: BaseException | None = (asyncio.CancelledError() if task.cancelled()
+                                       else task.exception())
+        if proposal_id in self._answers:   # ended without answering (cancelled before it ran)
+            self._answer(proposal_id, None if error is not None else task.result(), error)
 
     def _answer(self, proposal_id: str, result: PlacementResult | None,
                 error: BaseException | None) -> None:
