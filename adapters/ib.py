@@ -262,6 +262,7 @@ ReconcileHook = Callable[[], Awaitable[None]]
 
 SEEN_EXECS_MAX = 200_000    # execIds remembered as published (a few days of fills)
 ORDER_ERRORS_MAX = 4096     # orderIds whose last error is kept (read when a placement fails)
+DIRTY_HOLD_S = 0.05         # longest a data-changed notice waits for a placement's acks
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -384,6 +385,7 @@ class IBBroker(QuoteLines):
         self._ts: dict[str, datetime | None] = {"account": None, "positions": None, "pnl": None}
         self._synced: set[str] = set()
         self._dirty: set[str] = set()
+        self._dirty_hold: asyncio.TimerHandle | None = None   # notices held for acks
 
         ib = self.ib
         ib.errorEvent += self._on_error
@@ -756,7 +758,20 @@ class IBBroker(QuoteLines):
             asyncio.get_running_loop().call_soon(self._flush_dirty)
         self._dirty.add(kind)
 
-    def _flush_dirty(self) -> None:
+    def _flush_dirty(self, force: bool = False) -> None:
+        if not self._dirty:
+            return
+        if self._ack_waiters and not force:
+            # a placement is reading IB's acks: the snapshot this notice triggers (every working
+            # order and position read again) would run between them; it goes once they are read
+            # (then while the decision's journal commit is on the disk), DIRTY_HOLD_S at most
+            if self._dirty_hold is None:
+                self._dirty_hold = asyncio.get_running_loop().call_later(
+                    DIRTY_HOLD_S, self._flush_dirty, True)
+            return
+        if self._dirty_hold is not None:
+            self._dirty_hold.cancel()
+            self._dirty_hold = None
         now = self._clock.now()
         for kind in sorted(self._dirty):
             self._emit(BrokerDataChanged(kind=kind, ts=now))  # type: ignore[arg-type]
@@ -1226,6 +1241,8 @@ class IBBroker(QuoteLines):
             self._ack_waiters.discard(on_lost)
             for t in trades:
                 t.statusEvent -= check
+            if not self._ack_waiters and self._dirty_hold is not None:
+                asyncio.get_running_loop().call_soon(self._flush_dirty)   # the held notices
         if traded():
             return
         statuses = [t.orderStatus.status for t in trades]
