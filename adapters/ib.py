@@ -75,6 +75,8 @@ from bracketgate.bus.messages import (
 from bracketgate.adapters.md_lines import DEFAULT_LINES, MAX_TICKERS, LineBudget
 from bracketgate.adapters.ib_outbox import Outbox
 from bracketgate.adapters.ib_quotes import QuoteLines
+from bracketgate.adapters.ib_refs import RefIndex
+from bracketgate.adapters.ib_working import WorkingOrders
 from bracketgate.adapters.ib_prune import (
     DEFAULT_RETENTION_S,
     TradeRetention,
@@ -260,6 +262,7 @@ ReconcileHook = Callable[[], Awaitable[None]]
 
 SEEN_EXECS_MAX = 200_000    # execIds remembered as published (a few days of fills)
 ORDER_ERRORS_MAX = 4096     # orderIds whose last error is kept (read when a placement fails)
+DIRTY_HOLD_S = 0.05         # longest a data-changed notice waits for a placement's acks
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -349,6 +352,8 @@ class IBBroker(QuoteLines):
         self._closing = False
         self._outbox = Outbox()   # an order's queued status updates coalesced (ib_outbox.py)
         self.retention = TradeRetention(trade_retention_s)   # finished trades dropped (ib_prune.py)
+        self.refs = RefIndex(self.ib.wrapper)   # orderRef -> the library's trades (ib_refs.py)
+        self._working = WorkingOrders()          # the snapshot's models, per change (ib_working.py)
         self._prune_task: asyncio.Task | None = None
         self._pump_task: asyncio.Task | None = None
         self._supervisor: asyncio.Task | None = None
@@ -380,6 +385,7 @@ class IBBroker(QuoteLines):
         self._ts: dict[str, datetime | None] = {"account": None, "positions": None, "pnl": None}
         self._synced: set[str] = set()
         self._dirty: set[str] = set()
+        self._dirty_hold: asyncio.TimerHandle | None = None   # notices held for acks
 
         ib = self.ib
         ib.errorEvent += self._on_error
@@ -558,6 +564,7 @@ class IBBroker(QuoteLines):
         self._ts["account"] = now
         self._synced.update({"positions", "account"})
         self._check_next_valid_id()
+        self.refs.book()   # this connection's book, indexed by orderRef (ib_refs.py)
         # reconcile first (the book must know every orderRef IB has), then the executions of
         # the day that we have not seen: fills that happened while we were away
         for hook in self._reconcile_hooks:
@@ -615,8 +622,7 @@ class IBBroker(QuoteLines):
         # the contract: the entry's, or (a filled entry is a completed order without its id
         # after a reconnect) any order of the bracket's orderRef
         entry = self._trade_for(entry_order_id) or next(
-            (t for t in self.ib.trades() if order_ref and t.order.orderRef == order_ref
-             and t.contract.conId), None)
+            (t for t in self.refs.trades(order_ref) if t.contract.conId), None)
         if entry is None:
             raise PlacementError(f"entry order {entry_order_id} unknown to IB", code="UNKNOWN_ENTRY")
         order_id = order_id or self.allocate_order_id()
@@ -752,7 +758,20 @@ class IBBroker(QuoteLines):
             asyncio.get_running_loop().call_soon(self._flush_dirty)
         self._dirty.add(kind)
 
-    def _flush_dirty(self) -> None:
+    def _flush_dirty(self, force: bool = False) -> None:
+        if not self._dirty:
+            return
+        if self._ack_waiters and not force:
+            # a placement is reading IB's acks: the snapshot this notice triggers (every working
+            # order and position read again) would run between them; it goes once they are read
+            # (then while the decision's journal commit is on the disk), DIRTY_HOLD_S at most
+            if self._dirty_hold is None:
+                self._dirty_hold = asyncio.get_running_loop().call_later(
+                    DIRTY_HOLD_S, self._flush_dirty, True)
+            return
+        if self._dirty_hold is not None:
+            self._dirty_hold.cancel()
+            self._dirty_hold = None
         now = self._clock.now()
         for kind in sorted(self._dirty):
             self._emit(BrokerDataChanged(kind=kind, ts=now))  # type: ignore[arg-type]
@@ -884,6 +903,7 @@ class IBBroker(QuoteLines):
         if getattr(o, "whatIf", False):
             return
         self._max_order_id = max(self._max_order_id, o.orderId)
+        self.refs.note(trade)
         self._emit(order_update_from_trade(trade, self._clock.now()))
         self._mark_dirty("orders")
         # a new position may need its P&L subscription
@@ -1077,9 +1097,8 @@ class IBBroker(QuoteLines):
     def bracket_legs(self, order_ref: str) -> dict[str, Any]:
         """The legs IB told us about for this orderRef, by name (entry / take_profit /
         stop_loss), each an ib Trade; a leg IB does not have is absent, never an id 0."""
-        legs = [t for t in self.ib.trades() if t.order.orderRef == order_ref
-                and not getattr(t.order, "whatIf", False) and t.order.orderId
-                and t.order.orderId not in self._absent]
+        legs = [t for t in self.refs.trades(order_ref)
+                if t.order.orderId and t.order.orderId not in self._absent]
         parent = next((t for t in legs if not t.order.parentId), None)
         if parent is None:
             return {}
@@ -1107,16 +1126,17 @@ class IBBroker(QuoteLines):
                                stop_loss=legs["stop_loss"].order.orderId)
 
     def has_order_ref(self, order_ref: str) -> bool:
-        return bool(self.retention.legs(order_ref)) or any(
-            t.order.orderRef == order_ref for t in self.ib.trades())
+        return bool(self.retention.legs(order_ref)) or self.refs.has(order_ref)
 
     def orders_for_ref(self, order_ref: str) -> list[BrokerOrderUpdate]:
         """The orders IB told us about for this orderRef, pruned ones (ib_prune.py) included."""
+        trades, pruned = self.refs.trades(order_ref), self.retention.legs(order_ref)
+        if not trades and not pruned:
+            return []
         now = self._clock.now()
-        live = [order_update_from_trade(t, now) for t in self.ib.trades()
-                if t.order.orderRef == order_ref and not getattr(t.order, "whatIf", False)]
+        live = [order_update_from_trade(t, now) for t in trades]
         seen = {(u.order_id, u.perm_id) for u in live}
-        return live + [u for u in pruned_updates(order_ref, self.retention.legs(order_ref), now)
+        return live + [u for u in pruned_updates(order_ref, pruned, now)
                        if (u.order_id, u.perm_id) not in seen]
 
     def allocate_bracket_ids(self) -> BracketOrderIds:
@@ -1171,35 +1191,46 @@ class IBBroker(QuoteLines):
         connection that drops first makes the outcome unknown: PlacementUncertain (the orders
         may be at IB, partly or not at all). A timeout with the connection up is not success:
         IB is asked what it has (`_placement_truth`)."""
-        done = asyncio.Event()
+        # a future set by IB's status callback wakes this task in the loop's next step (an
+        # Event under wait_for took three: wait_for's own task, its callback, this task; each
+        # one behind whatever else the acks queued, the snapshot and the order events)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         failure: list[Any] = []
         lost: list[bool] = []
 
+        def finish() -> None:
+            if not done.done():
+                done.set_result(None)
+
         def on_lost() -> None:
             lost.append(True)
-            done.set()
+            finish()
 
         def traded() -> bool:
             return any(t.orderStatus.filled or t.orderStatus.status == "Filled" for t in trades)
 
         def check(*_: Any) -> None:
+            if done.done():
+                return
             if traded():  # IB took the bracket and it trades: a cancelled leg is its OCA sibling
-                done.set()
+                finish()
                 return
             for t in trades:
                 if t.orderStatus.status in ("Cancelled", "ApiCancelled", "Inactive"):
                     failure.append(t)
-                    done.set()
+                    finish()
                     return
             if all(t.orderStatus.status not in ("PendingSubmit", "") for t in trades):
-                done.set()
+                finish()
 
         for t in trades:
             t.statusEvent += check
         self._ack_waiters.add(on_lost)
         try:
             check()
-            await asyncio.wait_for(done.wait(), self.ack_timeout)
+            if not done.done():
+                async with asyncio.timeout(self.ack_timeout):
+                    await done
         except TimeoutError:
             log.warning("ib_bracket_ack_timeout", proposal_id=ref, timeout_s=self.ack_timeout,
                         statuses=[t.orderStatus.status for t in trades])
@@ -1210,6 +1241,8 @@ class IBBroker(QuoteLines):
             self._ack_waiters.discard(on_lost)
             for t in trades:
                 t.statusEvent -= check
+            if not self._ack_waiters and self._dirty_hold is not None:
+                asyncio.get_running_loop().call_soon(self._flush_dirty)   # the held notices
         if traded():
             return
         statuses = [t.orderStatus.status for t in trades]
@@ -1314,8 +1347,9 @@ class IBBroker(QuoteLines):
             order.lmtPrice = p.limit_price
         await self._turn(Priority.ORDER)
         self._require_ready()
-        try:
-            state = await asyncio.wait_for(self.ib.whatIfOrderAsync(contract, order), self.request_timeout)
+        try:   # awaited in this task (wait_for woke it one loop step later, through a callback)
+            async with asyncio.timeout(self.request_timeout):
+                state = await self.ib.whatIfOrderAsync(contract, order)
         except TimeoutError as e:
             raise BrokerTimeout("what-if timed out") from e
         except Exception as e:
@@ -1385,12 +1419,11 @@ class IBBroker(QuoteLines):
                    realized=ib_number(p.realizedPnL))
 
     def working_orders(self) -> list[WorkingOrder]:
-        out = []
-        for t in self.ib.openTrades():
-            o, s = t.order, t.orderStatus
-            if getattr(o, "whatIf", False):
-                continue
-            out.append(WorkingOrder(
+        return self._working.build(self.ib.openTrades(), self._working_order)
+
+    def _working_order(self, t: Any) -> WorkingOrder:
+        o, s = t.order, t.orderStatus
+        return WorkingOrder(
                 order_id=o.orderId, perm_id=o.permId or None, parent_id=o.parentId or None,
                 order_ref=o.orderRef or None, symbol=t.contract.symbol,
                 con_id=t.contract.conId or 0,
@@ -1400,8 +1433,7 @@ class IBBroker(QuoteLines):
                 order_type=o.orderType, quantity=float(o.totalQuantity),
                 remaining=float(s.remaining if s.remaining is not None else o.totalQuantity),
                 limit_price=ib_number(o.lmtPrice), stop_price=ib_number(o.auxPrice), status=s.status,
-            ))
-        return out
+        )
 
     def quotes(self) -> dict[int, Quote]:
         """conId -> the latest quote of every contract streamed (never keyed by symbol: a stock

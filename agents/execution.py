@@ -17,12 +17,14 @@ State (one line each):
   _settling: proposal_id -> Future[ids | None] (placements whose connection dropped before the
                                                 ack: the next reconcile says what IB has)
   _closed:   proposal_id -> when it closed       (closed brackets, forgotten CLOSED_KEEP_S later)
+  _answers:  proposal_id -> [Future[PlacementResult]] (the requesters of a placement in flight)
 
 Bounded: a closed bracket (every leg terminal, nothing open) is dropped from _brackets,
 _by_order and _intents CLOSED_KEEP_S after it closed (late commission reports and repeats still
-find it meanwhile), sooner only past CLOSED_KEEP_MAX closed ones. Its orderRef stays in
-_refs_at_ib, so `prior_placement` still reads IB's orders by orderRef for it; its id, intent and
-decision stay in the journal (`first_seen`). Start-up loads only the intents still needed
+find it meanwhile), sooner only past CLOSED_KEEP_MAX closed ones. `prior_placement` still asks
+the broker for IB's orders of its orderRef (an O(1) index, adapters/ib_refs.py, and the
+retention's tombstones for pruned ones); its id, intent and decision stay in the journal
+(`first_seen`). Start-up loads only the intents still needed
 (Journal.intents_to_load); the highest order id ever used is read from the journal.
 """
 
@@ -176,10 +178,10 @@ class ExecutionAgent:
         self._intents: dict[str, Any] = {}
         self._settling: dict[str, asyncio.Future[BracketOrderIds | None]] = {}
         self._sending: set[str] = set()          # placements between intent and IB's answer
-        self._refs_at_ib: set[str] = set()       # every orderRef IB told us about (any status)
         self._closed: OrderedDict[str, float] = OrderedDict()   # closed brackets, oldest first
         self._max_order_id_journal = 0
         self._placements: dict[str, asyncio.Task[PlacementResult]] = {}   # in flight, by proposal_id
+        self._answers: dict[str, list[asyncio.Future[PlacementResult]]] = {}   # their requesters
         self._tasks: set[asyncio.Task] = set()
         self._placing = 0
         self._idle = asyncio.Event()
@@ -282,9 +284,8 @@ class ExecutionAgent:
                                   detail="the bracket is at IB (placed before a restart)")
         rec = self._intents.get(pid)
         by_ref = getattr(self._broker, "orders_for_ref", None)   # pruned brackets too (ib_prune.py)
-        legs = ((by_ref(pid) if by_ref is not None else
-                 [u for u in self._broker.orders_at_ib() if u.order_ref == pid])
-                if pid in self._refs_at_ib else [])
+        legs = (by_ref(pid) if by_ref is not None else
+                [u for u in self._broker.orders_at_ib() if u.order_ref == pid])
         if not legs:
             if rec is None:
                 return None
@@ -364,12 +365,18 @@ class ExecutionAgent:
         for the outcome with `execution.outcome` (what IB ends up having is the answer)."""
         p = bracket.proposal
         task = self._placements.get(p.proposal_id)
+        if task is not None and task.done():
+            return task.result()
+        # answered from inside the placement as it ends: one loop step to the requester (a
+        # shield of the task took two); cancelling the requester cancels only its own future
+        answer: asyncio.Future[PlacementResult] = asyncio.get_running_loop().create_future()
+        self._answers.setdefault(p.proposal_id, []).append(answer)
         if task is None:
             task = asyncio.get_running_loop().create_task(
                 self._run_placement(bracket), name=f"execution:place:{p.proposal_id}")
             self._placements[p.proposal_id] = task
-            task.add_done_callback(lambda _t, pid=p.proposal_id: self._placements.pop(pid, None))
-        return await asyncio.shield(task)
+            task.add_done_callback(lambda t, pid=p.proposal_id: self._placement_done(pid, t))
+        return await answer
 
     async def outcome(self, proposal_id: str) -> PlacementResult | None:
         """The result of a placement still in flight (waits for it), else None."""
@@ -382,11 +389,37 @@ class ExecutionAgent:
         self._idle.clear()
         try:
             with bound_contextvars(proposal_id=p.proposal_id, agent_id=p.agent_id):
-                return await self._place(bracket)
+                result = await self._place(bracket)
+        except BaseException as e:
+            self._answer(p.proposal_id, None, e)
+            raise
+        else:
+            self._answer(p.proposal_id, result, None)
+            return result
         finally:
             self._placing -= 1
             if self._placing == 0:
                 self._idle.set()
+
+    def _placement_done(self, proposal_id: str, task: asyncio.Task[PlacementResult]) -> None:
+        self._placements.pop(proposal_id, None)
+        # retrieved here (its requesters got it): never "Task exception was never retrieved"
+        error: BaseException | None = (asyncio.CancelledError() if task.cancelled()
+                                       else task.exception())
+        if proposal_id in self._answers:   # ended without answering (cancelled before it ran)
+            self._answer(proposal_id, None if error is not None else task.result(), error)
+
+    def _answer(self, proposal_id: str, result: PlacementResult | None,
+                error: BaseException | None) -> None:
+        for fut in self._answers.pop(proposal_id, ()):
+            if fut.done():
+                continue   # its requester went away
+            if isinstance(error, asyncio.CancelledError):
+                fut.cancel()
+            elif error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(result)  # type: ignore[arg-type]
 
     async def _place(self, bracket: ApprovedBracket) -> PlacementResult:
         p = bracket.proposal
@@ -423,11 +456,12 @@ class ExecutionAgent:
             self._sending.discard(p.proposal_id)
         book.placed = True
         crash_point("bracket_acked")
-        # not FULL on its own: the approved decision's FULL commit follows before it is
-        # published (the WAL is one file: it makes this one durable too); a power cut in
-        # between leaves the intent pending, which start-up reconciles from IB's orders
-        await self._mark(p.proposal_id, "acked", ids, durable=False)
-        crash_point("intent_acked")
+        # not FULL on its own, and not waited for: handed to the journal's writer now, ahead of
+        # the approved decision's FULL commit (one writer, first in first out; the WAL is one
+        # file: that commit makes this one durable too), which the decision's publication
+        # waits for. A power cut in between leaves the intent pending, which start-up
+        # reconciles from IB's orders.
+        self._mark_soon(p.proposal_id, "acked", ids)
         log.info("bracket_placed", order_id=ids.entry, take_profit_id=ids.take_profit,
                  stop_loss_id=ids.stop_loss, symbol=p.symbol, side=p.side.value, quantity=p.quantity)
         self._schedule_expiry(book, p.cancel_entry_after_s)
@@ -517,6 +551,33 @@ class ExecutionAgent:
         if rec is not None and rec.state != state:
             self._intents[proposal_id] = _with_state(rec, state)
 
+    def _mark_soon(self, proposal_id: str, state: str, ids: BracketOrderIds | None) -> None:
+        """`_mark(..., durable=False)` without waiting for it: the memory moves now; the journal
+        write is queued in the task's first step (Journal.mark_intent submits before it awaits),
+        i.e. before anything that this step's caller does next can queue a write. A failure is
+        logged (the next reconcile settles an intent left pending from IB's orders)."""
+        rec = self._intents.get(proposal_id)
+        if rec is not None and rec.state in FINISHED:
+            log.info("intent_state_kept", proposal_id=proposal_id, state=rec.state, wanted=state)
+            return
+        if rec is not None and rec.state != state:
+            self._intents[proposal_id] = _with_state(rec, state)
+        if self._journal is None:
+            return
+        self._spawn(self._mark_journal(proposal_id, state, ids), f"intent:{state}:{proposal_id}")
+
+    async def _mark_journal(self, proposal_id: str, state: str,
+                            ids: BracketOrderIds | None) -> None:
+        assert self._journal is not None
+        try:
+            await self._journal.mark_intent(proposal_id, state, ids, durable=False)
+        except Exception as e:  # logged with its reason; the journal's state stands
+            log.error("intent_mark_failed", proposal_id=proposal_id, state=state, error=repr(e),
+                      code="NOT_DURABLE")
+            return
+        if state == "acked":
+            crash_point("intent_acked")
+
     def _track(self, book: Bracket) -> None:
         self._brackets[book.proposal_id] = book
         for leg, oid in ((Leg.ENTRY, book.ids.entry), (Leg.TAKE_PROFIT, book.ids.take_profit),
@@ -572,7 +633,6 @@ class ExecutionAgent:
         for u in orders:
             if u.order_ref:
                 by_ref.setdefault(u.order_ref, []).append(u)
-        self._refs_at_ib.update(by_ref)
         adopted = revoked = 0
         for ref, legs in by_ref.items():
             rec = self._intents.get(ref)
@@ -756,8 +816,6 @@ class ExecutionAgent:
         return None
 
     async def _on_order_update(self, u: BrokerOrderUpdate, check_guard: bool = True) -> None:
-        if u.order_ref:
-            self._refs_at_ib.add(u.order_ref)
         found = self._resolve(u.order_id, u.order_ref)
         if found is None:
             return  # not one of ours (manual order, another client)

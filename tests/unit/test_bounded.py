@@ -117,7 +117,6 @@ async def test_execution_forgets_closed_brackets_and_prior_placement_still_reads
     for leg in ex.Leg:
         book.status[leg] = "Cancelled"
     agent._track(book)
-    agent._refs_at_ib.add("p1")
     broker.orders = [SimpleNamespace(order_ref="p1", order_type=t, status="Cancelled", filled=0,
                                      parent_id=p, order_id=o)
                      for t, p, o in (("LMT", 0, 11), ("LMT", 11, 12), ("STP", 11, 13))]

@@ -47,3 +47,47 @@ def test_live_port_needs_opt_in(port):
 ])
 def test_smoke_transmit_rail(env, port, account, ok):
     assert transmit_allowed(port, account, env)[0] is ok
+
+
+async def test_data_changed_notices_wait_for_a_placements_acks_bounded(monkeypatch) -> None:
+    """While a placement reads IB's acks, the data-changed notice (which rebuilds the portfolio
+    snapshot) waits until they are read, and DIRTY_HOLD_S at most (placements back to back)."""
+    import asyncio
+
+    import bracketgate.adapters.ib as ibmod
+    from bracketgate.bus.messages import BrokerDataChanged
+
+    async def publish(_msg):
+        return None
+
+    b = IBBroker(host="127.0.0.1", port=4002, client_id=1, publish=publish)
+
+    def notices() -> list[str]:
+        out = []
+        while b._outbox.qsize():
+            msg = b._outbox._q.get_nowait()
+            msg = getattr(msg, "msg", msg)
+            if isinstance(msg, BrokerDataChanged):
+                out.append(msg.kind)
+        return out
+
+    b._mark_dirty("orders")
+    await asyncio.sleep(0)
+    assert notices() == ["orders"]                      # no placement: at once
+    waiter = lambda: None  # noqa: E731
+    b._ack_waiters.add(waiter)                          # a placement reads its acks
+    b._mark_dirty("orders")
+    b._mark_dirty("quotes")
+    await asyncio.sleep(0)
+    assert notices() == [] and b._dirty_hold is not None
+    b._ack_waiters.discard(waiter)                      # what _wait_ack's end does
+    asyncio.get_running_loop().call_soon(b._flush_dirty)
+    await asyncio.sleep(0)
+    assert notices() == ["orders", "quotes"] and b._dirty_hold is None
+    monkeypatch.setattr(ibmod, "DIRTY_HOLD_S", 0.02)
+    b._ack_waiters.add(waiter)                          # acks that take long: held 20 ms at most
+    b._mark_dirty("positions")
+    await asyncio.sleep(0)
+    assert notices() == []
+    await asyncio.sleep(0.1)
+    assert notices() == ["positions"] and b._dirty_hold is None
