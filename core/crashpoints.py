@@ -10,7 +10,8 @@ The points, in the order a proposal passes them:
   entry_sent           the entry leg is written to IB, take-profit and stop not yet
   legs_sent            all three legs are written, IB has not acknowledged them
   bracket_acked        IB acknowledged the legs, the intent is not yet marked acked
-  intent_acked         the intent is marked acked, the decision not yet journaled
+  intent_acked         the intent's acked mark is committed (queued, not waited for: the
+                       decision may have been journaled in the same batch, or not yet)
   decision_journaled   the decision is durable, not yet handed to the MQTT client
   decision_delivered   the broker acknowledged the decision (PUBACK), the delivery not journaled
 and those of a bracket lifecycle command (agents/commands.py):
