@@ -35,7 +35,7 @@ from bracketgate.bus.messages import (
     TradingStateChanged,
 )
 from bracketgate.config.settings import Settings, describe_mode, load_settings
-from bracketgate.core import gctune
+from bracketgate.core import gctune, memdump
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.crashpoints import crash_point
 from bracketgate.core.logs import configure_logging, get_logger
@@ -288,6 +288,7 @@ class Daemon:
                 loop.add_signal_handler(sig, self._on_stop_signal, sig)
             loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
             loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
+            loop.add_signal_handler(signal.SIGUSR2, memdump.dump, s.data_dir)
 
             await bus.publish(self.status("online"))
             self._follow_status(bus)
@@ -495,7 +496,7 @@ def _authenticator(governor: Any) -> Any:
     return Authenticator(key_for, operator_key)
 
 
-def _dump_tasks() -> None:
+def _dump_tasks() -> None:  # (SIGUSR2: core/memdump.py, where the memory is)
     """SIGUSR1: log every asyncio task with where it is waiting (for a daemon that seems stuck)."""
     import io
 

@@ -1,0 +1,82 @@
+"""SIGUSR2: where the daemon's memory is, for an operator watching RSS grow.
+
+With tracemalloc on (`PYTHONTRACEMALLOC=1`, or `PYTHONTRACEMALLOC=10` for ten frames; it costs
+CPU and memory, so only for a diagnosis) a snapshot is written to `DATA_DIR/memory/<UTC
+time>.tracemalloc` (compare two with `python -m bracketgate.core.memdump OLD NEW`) and the top
+allocation sites are logged (`memory_top`: file:line, size_kib, count). Without it the live
+objects are counted by type (`memory_types`: the 25 most numerous), which needs no restart. Both
+log `memory_dump` first with the RSS, tracemalloc's traced size and the collector's counts.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+import tracemalloc
+from collections import Counter
+from pathlib import Path
+
+from bracketgate.core.logs import get_logger
+
+log = get_logger("bracketgate.memory")
+TOP = 25
+
+
+def rss_kib() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def dump(data_dir: Path) -> Path | None:
+    """Log where the memory is; with tracemalloc on, write a snapshot and return its path."""
+    traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
+    frozen = gc.get_freeze_count()
+    if frozen:   # core/gctune.py froze start-up's objects: get_objects() would not list them
+        gc.unfreeze()
+    try:
+        objects = gc.get_objects()
+    finally:
+        if frozen:   # frozen again with what lives now (a diagnosis, not the steady state)
+            gc.freeze()
+    log.warning("memory_dump", rss_kib=rss_kib(), traced_kib=None if traced is None else traced // 1024,
+                gc_counts=list(gc.get_count()), gc_objects=len(objects), gc_frozen=frozen)
+    if not tracemalloc.is_tracing():
+        types = Counter(type(o).__qualname__ for o in objects)
+        del objects
+        for name, n in types.most_common(TOP):
+            log.warning("memory_types", type=name, count=n)
+        return None
+    del objects
+    snap = tracemalloc.take_snapshot().filter_traces((
+        tracemalloc.Filter(False, tracemalloc.__file__),
+        tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
+    ))
+    for stat in snap.statistics("lineno")[:TOP]:
+        frame = stat.traceback[0]
+        log.warning("memory_top", site=f"{frame.filename}:{frame.lineno}",
+                    size_kib=round(stat.size / 1024, 1), count=stat.count)
+    out = data_dir / "memory"
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = out / time.strftime("%Y%m%dT%H%M%SZ.tracemalloc", time.gmtime())
+    snap.dump(str(path))
+    log.warning("memory_snapshot", path=str(path))
+    return path
+
+
+def compare(old: str, new: str, top: int = TOP) -> list[str]:
+    """What grew from snapshot `old` to `new`, by allocation site (largest growth first)."""
+    a = tracemalloc.Snapshot.load(old)
+    b = tracemalloc.Snapshot.load(new)
+    return [str(s) for s in b.compare_to(a, "lineno")[:top]]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m bracketgate.core.memdump OLD.tracemalloc NEW.tracemalloc")
+    print("\n".join(compare(sys.argv[1], sys.argv[2])))
