@@ -205,12 +205,15 @@ async def flow(n: int, window: int, approve_every: int, fill_every: int, tws, br
             await client.publish(f"{d.prefix}/proposals/soak{i % 5}",
                                  json.dumps(proposal(i, approve_every, fill_every)), qos=1)
             if (i + 1) % 10_000 == 0:
+                pruned = [e for e in d.logs if e.get("event") == "ib_trades_pruned"]
+                books = (f"  IB books: {sum(e.get('trades', 0) for e in pruned)} trades pruned,"
+                         f" {pruned[-1].get('done_waiting', '?')} done and waiting") if pruned else ""
                 d.logs.clear()   # this process keeps the daemon's log lines: not its RSS
                 d.raw.clear()
                 curve.append((i + 1, rss_kb(pid), time.perf_counter() - t0))
                 print(f"  {i + 1:>9} proposals  RSS {curve[-1][1] / 1024:7.1f} MB"
                       f"  (+{(curve[-1][1] - curve[1 if len(curve) > 1 else 0][1]) / 1024:6.1f} MB"
-                      f" since 10k)  {(i + 1) / curve[-1][2]:6.0f}/s", flush=True)
+                      f" since 10k)  {(i + 1) / curve[-1][2]:6.0f}/s{books}", flush=True)
         while done < n:
             got.clear()
             try:
