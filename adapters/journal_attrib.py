@@ -130,7 +130,7 @@ def advance(conn: sqlite3.Connection, att: Attribution | None, cutoff: str) -> A
     top = conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
     if att is None or att.cutoff > cutoff or att.through > top:
         fresh = Attribution(cutoff=cutoff, through=top, full=True)
-        for _seq, ts, payload in conn.execute(WINDOW + "", (cutoff,)):
+        for _seq, ts, payload in conn.execute(WINDOW, (cutoff,)):
             if _seq <= top:
                 fold(fresh, ts, payload, 1)
         return fresh
