@@ -12,7 +12,10 @@ The sum covers the fills with `cutoff <= ts` and `seq <= through`. `advance(conn
 brings it to a later cutoff and the newest seq: it subtracts the fills with ts in
 [old cutoff, new cutoff) and seq <= through (an index range on events(kind, ts)) and adds the
 fills with seq > through (a range of the primary key). Without a checkpoint (a journal of an
-older version, or a clock moved back) it sums the window once, as start-up did before.
+older version, a clock moved back, or a checkpoint whose window ended before the new one
+starts: a long downtime, retention may have deleted fills it would take out) it sums the window
+once, as start-up did before; the window taken out is so always within the last 72 h, never
+compacted.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class Attribution:
 
     cutoff: str = ""
     through: int = 0
+    newest: str = ""        # ts of the event at `through`
     realized: dict[str, float] = field(default_factory=dict)
     positions: dict[str, dict[int, float]] = field(default_factory=dict)
     last_price: dict[int, tuple[str, float]] = field(default_factory=dict)
@@ -49,7 +53,7 @@ class Attribution:
     full: bool = False      # summed from the whole window (no usable checkpoint)
 
     def to_json(self) -> str:
-        return json.dumps({"cutoff": self.cutoff, "through": self.through,
+        return json.dumps({"cutoff": self.cutoff, "through": self.through, "newest": self.newest,
                            "realized": self.realized, "fills": self.fills,
                            "positions": {a: {str(c): u for c, u in p.items()}
                                          for a, p in self.positions.items()},
@@ -60,6 +64,7 @@ class Attribution:
     def from_json(cls, text: str) -> Attribution:
         d = json.loads(text)
         return cls(cutoff=str(d["cutoff"]), through=int(d["through"]),
+                   newest=str(d.get("newest", "")),
                    realized={str(a): float(v) for a, v in d["realized"].items()},
                    positions={str(a): {int(c): float(u) for c, u in p.items()}
                               for a, p in d["positions"].items()},
@@ -128,8 +133,12 @@ def advance(conn: sqlite3.Connection, att: Attribution | None, cutoff: str) -> A
     """`att` (or a new sum) brought to `cutoff` and the newest seq journaled. Run inside one
     read transaction, so `through` and the rows read agree."""
     top = conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
-    if att is None or att.cutoff > cutoff or att.through > top:
-        fresh = Attribution(cutoff=cutoff, through=top, full=True)
+    row = conn.execute("SELECT ts FROM events WHERE seq = ?", (top,)).fetchone()
+    newest = row[0] if row else ""
+    # summed anew: no sum, a clock moved back, or a sum whose whole window lies before this one
+    # (a long downtime: retention may have deleted some of the fills it would take out)
+    if att is None or att.cutoff > cutoff or att.through > top or att.newest < cutoff:
+        fresh = Attribution(cutoff=cutoff, through=top, newest=newest, full=True)
         for _seq, ts, payload in conn.execute(WINDOW, (cutoff,)):
             if _seq <= top:
                 fold(fresh, ts, payload, 1)
@@ -143,5 +152,5 @@ def advance(conn: sqlite3.Connection, att: Attribution | None, cutoff: str) -> A
     for seq, ts, payload in conn.execute(ADDED, (att.through, cutoff)):
         if seq <= top:
             fold(att, ts, payload, 1)
-    att.through = top
+    att.through, att.newest = top, newest
     return att

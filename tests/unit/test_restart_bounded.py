@@ -82,6 +82,15 @@ async def test_restart_reads_only_the_fills_since_the_checkpoint_and_attributes_
         again = await j.recovery_set(clock.now() - recovery.LOOKBACK)
         assert again.attribution.read == 0                          # stored: nothing to read
 
+        # down longer than the window: summed anew from what the window holds (here nothing)
+        clock.advance(recovery.LOOKBACK.total_seconds() + 3600)
+        await _fills(j, clock, 200, 2)
+        late = await j.recovery_set(clock.now() - recovery.LOOKBACK)
+        assert late.attribution.full and late.attribution.fills == 2
+        fresh, _ = governor(clock=clock)
+        await recover_from_journal(j, fresh, clock)
+        _same(_attribution(fresh), await _reference(j, clock))
+
 
 async def test_an_undelivered_fill_published_again_is_not_counted_twice(tmp_path):
     _, clock = governor()
