@@ -74,7 +74,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from bracketgate.adapters import journal_compact, journal_files, journal_ids
+from bracketgate.adapters import journal_attrib, journal_compact, journal_files, journal_ids
 from bracketgate.adapters.journal_ids import SeenId
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.fastjson import encoder
@@ -86,6 +86,7 @@ DEFAULT_PATH = Path("data/journal.sqlite")
 SCHEMA_VERSION = 4
 CACHE_KIB = -4096  # PRAGMA cache_size (negative: KiB): SQLite's page cache, bounded at 4 MB
 BATCH_MAX = 512  # most operations committed in one transaction (one fsync)
+MAX_ORDER_ID_INTENTS = 1024   # newest intents read for the highest order id at start-up
 
 
 # --------------------------------------------------------------------------- errors
@@ -480,7 +481,7 @@ class RecoverySet:
     undecided: list[dict[str, Any]]
     undelivered_decisions: list[dict[str, Any]]
     undelivered_fills: list[dict[str, Any]]
-    fills: list[dict[str, Any]]
+    attribution: journal_attrib.Attribution   # the window's fills, summed per agent (stored)
     decisions: list[tuple[dict[str, Any], dict[str, Any]]]   # (first proposal, first decision)
 
 
@@ -504,7 +505,6 @@ _UNDECIDED = (
     "SELECT p.payload FROM proposal_ids i JOIN events p ON p.seq = i.proposal_seq"
     " WHERE i.decision_seq IS NULL AND i.first_seen >= ? AND i.proposal_seq IS NOT NULL"
     " ORDER BY i.proposal_seq")
-_FILLS = "SELECT payload FROM events WHERE kind = 'fill' AND ts >= ? ORDER BY seq"
 _RECENT_DECISIONS = (
     "SELECT p.payload, d.payload FROM proposal_ids i JOIN events d ON d.seq = i.decision_seq"
     " JOIN events p ON p.seq = i.proposal_seq WHERE i.decision_seq IS NOT NULL AND d.ts >= ?"
@@ -512,7 +512,23 @@ _RECENT_DECISIONS = (
 
 RECOVERY_QUERIES = {"undelivered_decisions": _UNDELIVERED_DECISIONS,
                     "undelivered_fills": _UNDELIVERED_FILLS, "undecided": _UNDECIDED,
-                    "fills": _FILLS, "recent_decisions": _RECENT_DECISIONS}
+                    "recent_decisions": _RECENT_DECISIONS, **journal_attrib.QUERIES}
+
+
+# the exec_ids of every journaled fill, from the expression index alone (its rows are the ids)
+_EXEC_IDS_FROM_INDEX = (
+    "SELECT json_extract(payload, '$.exec_id') FROM events INDEXED BY events_fill_exec"
+    " WHERE kind = 'fill' AND json_extract(payload, '$.exec_id') IS NOT NULL")
+
+
+_INTENT_COLUMNS = ("i.proposal_id, i.agent_id, i.created_ts, i.updated_ts, i.state, i.order_ids,"
+                   " i.payload, i.rowid")
+# the intents start-up loads (Journal.intents_to_load), each an index search
+INTENTS_LIVE = f"SELECT {_INTENT_COLUMNS} FROM intents i WHERE i.state IN ({{marks}})"
+INTENTS_UNDECIDED = (
+    f"SELECT {_INTENT_COLUMNS} FROM proposal_ids p INDEXED BY proposal_ids_undecided"
+    " JOIN intents i ON i.proposal_id = p.proposal_id WHERE p.decision_seq IS NULL"
+    " AND i.state IN (?, ?)")
 
 
 def _read_checkpoint(conn: sqlite3.Connection) -> int:
@@ -538,23 +554,32 @@ def _checkpoint_candidate(conn: sqlite3.Connection, current: int, cutoff: str) -
     return max(current, top if first is None else first - 1)
 
 
-def _checkpoint_candidate_file(path: Path, current: int, cutoff: str) -> int:
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+def _checkpoint_candidate_file(path: Path, current: int, cutoff: str
+                               ) -> tuple[int, journal_attrib.Attribution]:
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                           isolation_level=None)
     try:
         conn.execute("PRAGMA busy_timeout = 5000")
-        return _checkpoint_candidate(conn, current, cutoff)
+        conn.execute("BEGIN")   # one snapshot: the attribution's `through` and its rows agree
+        att = journal_attrib.advance(conn, journal_attrib.read(conn), cutoff)
+        found = _checkpoint_candidate(conn, current, cutoff)
+        conn.execute("COMMIT")
+        return found, att
     finally:
         conn.close()
 
 
 def _advance_checkpoint(read: sqlite3.Connection, write: sqlite3.Connection, cutoff: str) -> int:
     current = _read_checkpoint(read)
+    journal_attrib.write(write, journal_attrib.advance(read, journal_attrib.read(read), cutoff))
     return _write_checkpoint(write, _checkpoint_candidate(read, current, cutoff))
 
 
 def _recovery_set(conn: sqlite3.Connection, cutoff: str, recent: int) -> RecoverySet:
     checkpoint = _read_checkpoint(conn)
     rows = conn.execute(_RECENT_DECISIONS, (cutoff, recent)).fetchall()
+    attribution = journal_attrib.advance(conn, journal_attrib.read(conn), cutoff)
+    journal_attrib.write(conn, attribution)   # the next start reads from here
     return RecoverySet(
         checkpoint=checkpoint,
         undecided=[json.loads(r[0]) for r in conn.execute(_UNDECIDED, (cutoff,))],
@@ -562,7 +587,7 @@ def _recovery_set(conn: sqlite3.Connection, cutoff: str, recent: int) -> Recover
                                conn.execute(_UNDELIVERED_DECISIONS, (checkpoint, cutoff))],
         undelivered_fills=[json.loads(r[1]) for r in
                            conn.execute(_UNDELIVERED_FILLS, (checkpoint, cutoff))],
-        fills=[json.loads(r[0]) for r in conn.execute(_FILLS, (cutoff,))],
+        attribution=attribution,
         decisions=[(json.loads(p), json.loads(d)) for p, d in reversed(rows)],
     )
 
@@ -1253,6 +1278,17 @@ class Journal:
 
         return await self._submit(run, None)
 
+    async def journaled_exec_ids(self) -> set[str]:
+        """Every exec_id journaled as a fill (the journal keeps the retention's: a superset of
+        what IB reports again), read from the index events_fill_exec alone: no fill row is
+        read, so start-up stays cheap however many fills the window holds."""
+        sql = (_EXEC_IDS_FROM_INDEX)
+
+        def run(conn: sqlite3.Connection) -> set[str]:
+            return {str(r[0]) for r in conn.execute(sql)}
+
+        return await self._submit(run, None)
+
     # -- start-up: only what recovery needs (each an index range, see V4_INDEXES)
     async def recovery_set(self, since: datetime, recent: int = 4096) -> RecoverySet:
         """What start-up needs, read through indexes, never a scan of the journal:
@@ -1262,53 +1298,68 @@ class Journal:
         - `undelivered_decisions` / `undelivered_fills`: gate decisions and fills journaled past
           the recovery checkpoint (meta `recovery_checkpoint`, see `checkpoint_recovery`) and
           since `since`, without a delivery record (`ack`);
-        - `fills`: every fill since `since` (per-agent attribution of the day);
+        - `attribution`: the fills since `since` summed per agent (adapters/journal_attrib.py),
+          brought forward from its checkpoint: only the fills journaled since and those that
+          left the window are read (stored again here);
         - `decisions`: the `recent` newest (first proposal, first gate decision) pairs since
           `since`, to warm the governor's memory (older ids are answered by `first_seen`).
         Payloads are decoded dicts; `checkpoint` is the checkpoint read."""
         cutoff = _ts(since)
-        return await self._submit(lambda conn: _recovery_set(conn, cutoff, recent), None)
+        return await self._submit(lambda conn: _recovery_set(conn, cutoff, recent), False)
 
     async def checkpoint_recovery(self, since: datetime) -> int:
         """Move the recovery checkpoint forward: the highest seq S such that every gate decision
         and fill with seq <= S (journaled since `since`) has its delivery record. The scan runs
         on a read-only connection of its own (WAL: the writer is not held up); only the new
-        value goes through the writer. Returns the checkpoint (never moved back)."""
+        value goes through the writer. The per-agent sum of the window's fills
+        (adapters/journal_attrib.py) is brought forward in the same read and stored with it.
+        Returns the checkpoint (never moved back)."""
         cutoff = _ts(since)
         if str(self.path) == ":memory:":
             return await self._submit(lambda conn: _advance_checkpoint(conn, conn, cutoff), False)
         current = await self._submit(_read_checkpoint, None)
-        found = await asyncio.to_thread(_checkpoint_candidate_file, self.path, current, cutoff)
-        if found <= current:
-            return current
-        return await self._submit(lambda conn: _write_checkpoint(conn, found), False)
+        found, att = await asyncio.to_thread(_checkpoint_candidate_file, self.path, current,
+                                             cutoff)
+
+        def store(conn: sqlite3.Connection) -> int:
+            journal_attrib.write(conn, att)   # the per-agent sum of the window's fills, too
+            return _write_checkpoint(conn, found) if found > current else current
+
+        return await self._submit(store, False)
 
     async def intents_to_load(self, since: datetime) -> list[IntentRecord]:
         """The intents start-up keeps in memory: every one not finished (pending, sent, acked,
-        unknown) and every one whose proposal has no gate decision journaled (a crash between
-        the intent and the decision: `prior_placement` answers it). The rest are finished
-        brackets with a journaled decision, which the journal answers (`first_seen`) before
-        the gate would ever ask for a prior placement. `since` is kept for the signature."""
+        unknown: the index intents_state) and every finished one whose proposal is journaled
+        without a gate decision (a crash between the intent and the decision: `prior_placement`
+        answers it; found from the undecided ids, the partial index proposal_ids_undecided).
+        The rest are finished brackets, which the journal answers (`first_seen`) before the
+        gate would ever ask for a prior placement, or whose id is past its retention (IB's
+        orders by orderRef answer then): none of them is read. `since` is kept for the
+        signature."""
         terminal = [s.value for s in IntentState if s.terminal]
-        sql = ("SELECT proposal_id, agent_id, created_ts, updated_ts, state, order_ids, payload"
-               " FROM intents i WHERE state NOT IN (?, ?)"
-               " OR NOT EXISTS (SELECT 1 FROM proposal_ids p WHERE p.proposal_id = i.proposal_id"
-               " AND p.decision_seq IS NOT NULL) ORDER BY created_ts, rowid")
+        live = [s.value for s in IntentState if not s.terminal]
 
         def run(conn: sqlite3.Connection) -> list[IntentRecord]:
-            return [_intent_row(r) for r in conn.execute(sql, terminal)]
+            rows = conn.execute(INTENTS_LIVE.format(marks=", ".join("?" * len(live))),
+                                live).fetchall()
+            rows += conn.execute(INTENTS_UNDECIDED, terminal).fetchall()
+            rows.sort(key=lambda r: (r[2], r[-1]))
+            return [_intent_row(r) for r in rows]
 
         return await self._submit(run, None)
 
     async def max_order_id(self) -> int:
-        """The highest order id any intent ever recorded (order ids are never reused)."""
+        """The highest order id of the newest MAX_ORDER_ID_INTENTS intents (order ids are never
+        reused; they grow with the intents' rowid, so the newest hold the highest: a bounded
+        read, not every intent; IB's nextValidId is the other floor)."""
 
         def run(conn: sqlite3.Connection) -> int:
             row = conn.execute(
                 "SELECT max(max(coalesce(json_extract(order_ids, '$.entry'), 0),"
                 " coalesce(json_extract(order_ids, '$.take_profit'), 0),"
                 " coalesce(json_extract(order_ids, '$.stop_loss'), 0)))"
-                " FROM intents WHERE order_ids IS NOT NULL").fetchone()
+                " FROM (SELECT order_ids FROM intents WHERE order_ids IS NOT NULL"
+                " ORDER BY rowid DESC LIMIT ?)", (MAX_ORDER_ID_INTENTS,)).fetchone()
             return int(row[0] or 0)
 
         return await self._submit(run, None)

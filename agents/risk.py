@@ -1036,6 +1036,27 @@ class RiskGovernor:
         if proposal.proposal_id not in self._decisions:
             self._decisions.put(proposal.proposal_id, proposal, decision)
 
+    def restore_attribution(self, realized: Mapping[str, float],
+                            positions: Mapping[str, Mapping[int, float]],
+                            last_price: Mapping[int, float]) -> None:
+        """Earlier runs' fills, summed per agent_id (adapters/journal_attrib.py): what on_fill
+        of each of them, on an empty ledger, would have left (core/recovery.py)."""
+        for agent_id, value in realized.items():
+            self._count_realized(agent_id, self.budget_of(agent_id), value)
+        for agent_id, units_by_con in positions.items():
+            held = self._agent_positions.setdefault(self.budget_of(agent_id), {})
+            for cid, units in units_by_con.items():
+                units += held.get(cid, 0.0)
+                if abs(units) < 1e-9:
+                    held.pop(cid, None)
+                else:
+                    held[cid] = units
+        self._last_price.update(last_price)
+
+    def note_exec_counted(self, exec_id: str, realized_counted: bool) -> None:
+        """A fill already in the restored attribution: on_fill of it again counts nothing."""
+        self._exec_ids[exec_id] = realized_counted
+
     def decision_for(self, proposal_id: str) -> RiskDecision | None:
         """The current decision for an id (None if never seen or long forgotten)."""
         seen = self._decisions.get(proposal_id)

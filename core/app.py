@@ -182,9 +182,9 @@ class Daemon:
                 trade_retention_s=s.ib_trade_retention_s,
             )
             self.broker = broker
-            # IB reports executions of the last days only: the journal's fills of a week suffice
-            broker.mark_executions_seen(await journal.exec_ids(since=self.clock.now()
-                                                                - timedelta(days=7)))
+            # executions journaled (IB reports those of the last days again): from an index alone
+            t_load = time.monotonic()
+            broker.mark_executions_seen(await journal.journaled_exec_ids())
             monitor = PortfolioMonitor(bus, broker, clock=self.clock)
             monitor.attach()
             execution = ExecutionAgent(bus, broker, journal=journal, clock=self.clock,
@@ -192,8 +192,10 @@ class Daemon:
             execution.attach()
             # recovery: earlier runs' intents give attribution and the ids never to reuse;
             # the book is rebuilt from IB (by orderRef) before the broker reports READY
-            await execution.load_journal()
+            intents_loaded = await execution.load_journal()
             broker.note_order_ids(execution.max_order_id_in_journal())
+            log.info("journal_loaded", intents=intents_loaded,
+                     ms=round((time.monotonic() - t_load) * 1000, 1))
             observer.watch(broker=broker, execution=execution, journal=journal, monitor=monitor)
             # first of the hooks: nothing is reconciled against a journal of another account
             broker.add_reconcile_hook(self._account_check(journal, broker))
