@@ -56,6 +56,7 @@ class PacerStats:
     acquired: dict[str, int] = field(default_factory=lambda: {p.name: 0 for p in Priority})
     peak_per_s: int = 0                             # most messages in any 1 s window
     max_wait_s: float = 0.0                         # longest an acquire waited
+    max_wait_by: dict[str, float] = field(default_factory=lambda: {p.name: 0.0 for p in Priority})
 
 
 class Pacer:
@@ -118,6 +119,7 @@ class Pacer:
         ahead = any(self._queues[p] for p in range(priority + 1))
         if not ahead and self._tokens >= min(n, self.burst):
             self._take(priority, n)
+            self._credit(n)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiter = _Waiter(n, fut)
@@ -132,12 +134,21 @@ class Pacer:
                 self._discard(priority, waiter)
             raise
         finally:
-            self.stats.max_wait_s = max(self.stats.max_wait_s, self._now() - now)
+            waited = self._now() - now
+            self.stats.max_wait_s = max(self.stats.max_wait_s, waited)
+            if waited > self.stats.max_wait_by[priority.name]:
+                self.stats.max_wait_by[priority.name] = waited
+        # the grant paid the tokens; the credit starts now, in the step the caller sends in
+        # (given at grant time, it was reset before this task ran: each send paid twice)
+        self._credit(n)
 
     def _take(self, priority: Priority, n: int) -> None:
         self._tokens -= n
-        self._credits += n
         self.stats.acquired[priority.name] += n
+
+    def _credit(self, n: int) -> None:
+        """`n` sends of the acquirer's current step are paid (by its `_take`)."""
+        self._credits += n
         if self._credit_reset is None:
             # credits live for this loop step only: the caller sends right after its acquire
             self._credit_reset = asyncio.get_running_loop().call_soon(self._reset_credits)
@@ -147,8 +158,7 @@ class Pacer:
         self._credit_reset = None
 
     def _refund(self, n: int) -> None:
-        self._tokens = min(self.burst, self._tokens + n)
-        self._credits = max(0, self._credits - n)
+        self._tokens = min(self.burst, self._tokens + n)   # granted, never credited: unsent
         self.grant()
 
     def _discard(self, priority: Priority, waiter: _Waiter) -> None:
