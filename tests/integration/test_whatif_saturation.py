@@ -3,7 +3,9 @@ admitted brackets' what-ifs timed out). The governor's use of the pacer, driven 
 seconds: a bracket is admitted only while `headroom(horizon)` has room for its what-if and
 three legs (and is promised them); its what-if goes, then its legs, and half the entries are
 cancelled a second later (PROTECT, as cancel_entry_after_s does). Every admitted what-if must be
-answered within its 5 s timeout, well inside, and nothing may pass the paper TWS's 50/s."""
+answered within its 5 s timeout, well inside (the horizon + 1.5 s: before the pacer fix of
+issue 9 they took up to 4.7 s, each message that had waited being paid twice), and nothing
+may pass the paper TWS's 50/s."""
 
 from __future__ import annotations
 
@@ -78,7 +80,7 @@ async def test_admitted_what_ifs_are_answered_in_time_under_a_saturated_pacer(pa
 
     assert not failures, f"{len(failures)} of {admitted} what-ifs failed: {failures[:3]!r}"
     assert admitted >= DRIVE_S * pacer.rate / 5 * 0.8    # the pacer's rate was used (4-5 msgs each)
-    assert max(whatif_s) <= HORIZON_S + 1.0, \
+    assert max(whatif_s) <= HORIZON_S + 1.5, \
         f"an admitted what-if took {max(whatif_s):.2f}s (timeout {WHATIF_TIMEOUT_S}s)"
     assert pacer.stats.unpaced <= 40      # what connectAsync sends at start, nothing after
     health = await paper_tws.get("/health")
