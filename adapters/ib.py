@@ -470,9 +470,10 @@ class IBBroker(QuoteLines):
 
         client.sendMsg = counted
 
-    async def _turn(self, priority: Priority, n: int = 1) -> None:
-        """Wait for the pacer's turn for `n` messages sent right after (same step)."""
-        await self.pacer.acquire(priority, n)
+    async def _turn(self, priority: Priority, n: int = 1, key: str | None = None) -> None:
+        """Wait for the pacer's turn for `n` messages sent right after (same step); `key`: the
+        proposal whose promise they use (the governor promised its what-if and legs)."""
+        await self.pacer.acquire(priority, n, key)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -1165,7 +1166,7 @@ class IBBroker(QuoteLines):
         ids = ids or self.allocate_bracket_ids()
         orders = self._bracket_orders(bracket, (ids.entry, ids.take_profit, ids.stop_loss))
         # one turn for the three legs: the transmit chain is never split by a pacing wait
-        await self._turn(Priority.ORDER, 3)
+        await self._turn(Priority.ORDER, 3, ref)
         self._require_ready()
         trades = []
         try:
@@ -1347,7 +1348,7 @@ class IBBroker(QuoteLines):
         if p.order_type is OrderType.LMT:
             order.lmtPrice = p.limit_price
         asked = time.monotonic()
-        await self._turn(Priority.ORDER)
+        await self._turn(Priority.ORDER, 1, p.proposal_id)
         self._require_ready()
         sent = time.monotonic()
         try:   # awaited in this task (wait_for woke it one loop step later, through a callback)

@@ -15,8 +15,10 @@ waiting higher one: PROTECT (cancels, protective orders) > ORDER (placements, wh
 DATA (contract details, quotes, P&L, executions, heartbeats, resync).
 
 The governor reads `headroom(horizon_s)` (order messages that can still go within the horizon,
-given the PROTECT + ORDER backlog and what it has already promised) and `promise(n, within_s)`
-for each approval; promises are consumed by ORDER acquires and expire after their horizon.
+given the PROTECT + ORDER backlog and what it has already promised) and `promise(n, within_s,
+key)` for each approval; promises are consumed by ORDER acquires (those of the same key when
+the acquire names one: a bracket's late legs never use up another approval's promise) and
+expire after their horizon.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ class Pacer:
         self._credits = 0              # messages paid by acquires of this loop step, not sent yet
         self._credit_reset: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._promises: deque[list[float]] = deque()   # [expires_at, n] oldest first
+        self._promises: deque[list] = deque()   # [expires_at, n, key] oldest first
+        self._promised: dict[str, list] = {}    # key -> its entry in _promises (while live)
         self._sent_times: deque[float] = deque()       # send times in the last second (peak)
         self._closed = False
         self.stats = PacerStats()
@@ -105,15 +108,16 @@ class Pacer:
 
     # ------------------------------------------------------------------ acquiring
 
-    async def acquire(self, priority: Priority, n: int = 1) -> None:
-        """Wait for the turn of `n` messages the caller sends right after, in the same step.
+    async def acquire(self, priority: Priority, n: int = 1, key: str | None = None) -> None:
+        """Wait for the turn of `n` messages the caller sends right after, in the same step
+        (`key`: the approval whose promise they use, see `promise`).
         Cancellation-safe: a cancelled waiter sends nothing and spends nothing."""
         if self._closed:
             raise PacerClosed("the IB pacer is closed")
         if n <= 0:
             return
         if priority is Priority.ORDER:
-            self._consume_promises(n)
+            self._consume_promises(n, key)
         now = self._now()
         self._refill(now)
         ahead = any(self._queues[p] for p in range(priority + 1))
@@ -233,18 +237,32 @@ class Pacer:
         now = self._now()
         self._refill(now)
         self._expire_promises(now)
-        promised = sum(n for _, n in self._promises)
+        promised = sum(entry[1] for entry in self._promises)
         return self._tokens + self.rate * horizon_s - self.queued(Priority.ORDER) - promised
 
-    def promise(self, n: int, within_s: float) -> None:
-        """An approval will send `n` order messages within `within_s` (expires after it)."""
-        self._promises.append([self._now() + within_s, float(n)])
+    def promise(self, n: int, within_s: float, key: str | None = None) -> None:
+        """An approval will send `n` order messages within `within_s` (expires after it).
+        With a `key` (its proposal_id), only ORDER acquires of that key use it up; a keyed
+        acquire whose promise expired uses none (its messages count as backlog while queued)."""
+        entry = [self._now() + within_s, float(n), key]
+        self._promises.append(entry)
+        if key is not None:
+            self._promised[key] = entry
 
     def _expire_promises(self, now: float) -> None:
         while self._promises and self._promises[0][0] <= now:
-            self._promises.popleft()
+            self._drop_promise(self._promises.popleft())
 
-    def _consume_promises(self, n: int) -> None:
+    def _drop_promise(self, entry: list) -> None:
+        if entry[2] is not None and self._promised.get(entry[2]) is entry:
+            del self._promised[entry[2]]
+
+    def _consume_promises(self, n: int, key: str | None = None) -> None:
+        if key is not None:
+            entry = self._promised.get(key)
+            if entry is not None and entry[0] > self._now():
+                entry[1] = max(0.0, entry[1] - n)   # left in place (0) until it expires
+            return                                  # expired or never promised: none used
         left = float(n)
         while left > 0 and self._promises:
             first = self._promises[0]
@@ -252,7 +270,7 @@ class Pacer:
             first[1] -= used
             left -= used
             if first[1] <= 0:
-                self._promises.popleft()
+                self._drop_promise(self._promises.popleft())
 
     # ------------------------------------------------------------------ lifecycle
 

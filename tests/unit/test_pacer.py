@@ -274,3 +274,28 @@ async def test_saturated_a_what_if_admitted_by_the_headroom_gets_its_turn_within
     assert p.stats.unpaced == 0
     worst = max(sum(1 for t in sent_at if s <= t < s + 1.0) for s in sent_at[::10])
     assert worst <= p.burst + rate
+
+
+async def test_a_late_bracket_uses_its_own_promise_never_another_approvals() -> None:
+    """Promises are keyed by proposal: legs that come after their own promise expired use up
+    none (they count as backlog while queued), so a later approval's promise stays counted."""
+    clock = FakeTime()
+    p = Pacer(8, burst=4, time=clock)
+    base = p.headroom(2.0)                    # 4 + 16
+    p.promise(4, within_s=2.0, key="a")
+    clock.advance(1.5)
+    p.promise(4, within_s=2.0, key="b")
+    await p.acquire(Priority.ORDER, 1, key="b")   # b's what-if: b's promise, 3 left
+    p.note_sent()
+    clock.advance(1.0)                        # a's promise expired (a's what-if was slow)
+    assert p.headroom(2.0) == pytest.approx(p.tokens() + 16 - 3)
+    await p.acquire(Priority.ORDER, 3, key="a")   # a's legs: nothing of b's is used up
+    p.note_sent(3)
+    assert p.headroom(2.0) == pytest.approx(p.tokens() + 16 - 3)
+    clock.advance(0.25)                       # two more tokens: 3, the legs' turn at once
+    await p.acquire(Priority.ORDER, 3, key="b")   # b's legs: b's promise done
+    p.note_sent(3)
+    assert p.headroom(2.0) == pytest.approx(p.tokens() + 16)
+    clock.advance(10)
+    assert p.headroom(2.0) == pytest.approx(base)
+    assert p._promised == {}                  # expired keys are forgotten (bounded)
