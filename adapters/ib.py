@@ -263,6 +263,7 @@ ReconcileHook = Callable[[], Awaitable[None]]
 SEEN_EXECS_MAX = 200_000    # execIds remembered as published (a few days of fills)
 ORDER_ERRORS_MAX = 4096     # orderIds whose last error is kept (read when a placement fails)
 DIRTY_HOLD_S = 0.05         # longest a data-changed notice waits for a placement's acks
+WHATIF_SLOW_S = 1.0         # a what-if slower than this (turn + answer) is logged, both apart
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -469,9 +470,10 @@ class IBBroker(QuoteLines):
 
         client.sendMsg = counted
 
-    async def _turn(self, priority: Priority, n: int = 1) -> None:
-        """Wait for the pacer's turn for `n` messages sent right after (same step)."""
-        await self.pacer.acquire(priority, n)
+    async def _turn(self, priority: Priority, n: int = 1, key: str | None = None) -> None:
+        """Wait for the pacer's turn for `n` messages sent right after (same step); `key`: the
+        proposal whose promise they use (the governor promised its what-if and legs)."""
+        await self.pacer.acquire(priority, n, key)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -1164,7 +1166,7 @@ class IBBroker(QuoteLines):
         ids = ids or self.allocate_bracket_ids()
         orders = self._bracket_orders(bracket, (ids.entry, ids.take_profit, ids.stop_loss))
         # one turn for the three legs: the transmit chain is never split by a pacing wait
-        await self._turn(Priority.ORDER, 3)
+        await self._turn(Priority.ORDER, 3, ref)
         self._require_ready()
         trades = []
         try:
@@ -1345,8 +1347,10 @@ class IBBroker(QuoteLines):
                           tif=p.tif.value, account=self.account)
         if p.order_type is OrderType.LMT:
             order.lmtPrice = p.limit_price
-        await self._turn(Priority.ORDER)
+        asked = time.monotonic()
+        await self._turn(Priority.ORDER, 1, p.proposal_id)
         self._require_ready()
+        sent = time.monotonic()
         try:   # awaited in this task (wait_for woke it one loop step later, through a callback)
             async with asyncio.timeout(self.request_timeout):
                 state = await self.ib.whatIfOrderAsync(contract, order)
@@ -1354,6 +1358,10 @@ class IBBroker(QuoteLines):
             raise BrokerTimeout("what-if timed out") from e
         except Exception as e:
             raise BrokerError(f"what-if failed: {e}", code=getattr(e, "code", None)) from e
+        finally:   # the pacer's turn and IB's answer apart, when slow (also when cancelled)
+            if (done := time.monotonic()) - asked > WHATIF_SLOW_S:
+                log.warning("ib_whatif_slow", proposal_id=p.proposal_id, turn_s=round(sent - asked, 3),
+                            answer_s=round(done - sent, 3), queued=self.pacer.queued(Priority.ORDER))
         if isinstance(state, list):  # ib_insync returns [] on error
             raise BrokerError("what-if returned no order state")
         return {

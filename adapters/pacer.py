@@ -15,8 +15,10 @@ waiting higher one: PROTECT (cancels, protective orders) > ORDER (placements, wh
 DATA (contract details, quotes, P&L, executions, heartbeats, resync).
 
 The governor reads `headroom(horizon_s)` (order messages that can still go within the horizon,
-given the PROTECT + ORDER backlog and what it has already promised) and `promise(n, within_s)`
-for each approval; promises are consumed by ORDER acquires and expire after their horizon.
+given the PROTECT + ORDER backlog and what it has already promised) and `promise(n, within_s,
+key)` for each approval; promises are consumed by ORDER acquires (those of the same key when
+the acquire names one: a bracket's late legs never use up another approval's promise) and
+expire after their horizon.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class PacerStats:
     acquired: dict[str, int] = field(default_factory=lambda: {p.name: 0 for p in Priority})
     peak_per_s: int = 0                             # most messages in any 1 s window
     max_wait_s: float = 0.0                         # longest an acquire waited
+    max_wait_by: dict[str, float] = field(default_factory=lambda: {p.name: 0.0 for p in Priority})
 
 
 class Pacer:
@@ -77,7 +80,8 @@ class Pacer:
         self._credits = 0              # messages paid by acquires of this loop step, not sent yet
         self._credit_reset: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._promises: deque[list[float]] = deque()   # [expires_at, n] oldest first
+        self._promises: deque[list] = deque()   # [expires_at, n, key] oldest first
+        self._promised: dict[str, list] = {}    # key -> its entry in _promises (while live)
         self._sent_times: deque[float] = deque()       # send times in the last second (peak)
         self._closed = False
         self.stats = PacerStats()
@@ -104,20 +108,22 @@ class Pacer:
 
     # ------------------------------------------------------------------ acquiring
 
-    async def acquire(self, priority: Priority, n: int = 1) -> None:
-        """Wait for the turn of `n` messages the caller sends right after, in the same step.
+    async def acquire(self, priority: Priority, n: int = 1, key: str | None = None) -> None:
+        """Wait for the turn of `n` messages the caller sends right after, in the same step
+        (`key`: the approval whose promise they use, see `promise`).
         Cancellation-safe: a cancelled waiter sends nothing and spends nothing."""
         if self._closed:
             raise PacerClosed("the IB pacer is closed")
         if n <= 0:
             return
         if priority is Priority.ORDER:
-            self._consume_promises(n)
+            self._consume_promises(n, key)
         now = self._now()
         self._refill(now)
         ahead = any(self._queues[p] for p in range(priority + 1))
         if not ahead and self._tokens >= min(n, self.burst):
             self._take(priority, n)
+            self._credit(n)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiter = _Waiter(n, fut)
@@ -132,12 +138,21 @@ class Pacer:
                 self._discard(priority, waiter)
             raise
         finally:
-            self.stats.max_wait_s = max(self.stats.max_wait_s, self._now() - now)
+            waited = self._now() - now
+            self.stats.max_wait_s = max(self.stats.max_wait_s, waited)
+            if waited > self.stats.max_wait_by[priority.name]:
+                self.stats.max_wait_by[priority.name] = waited
+        # the grant paid the tokens; the credit starts now, in the step the caller sends in
+        # (given at grant time, it was reset before this task ran: each send paid twice)
+        self._credit(n)
 
     def _take(self, priority: Priority, n: int) -> None:
         self._tokens -= n
-        self._credits += n
         self.stats.acquired[priority.name] += n
+
+    def _credit(self, n: int) -> None:
+        """`n` sends of the acquirer's current step are paid (by its `_take`)."""
+        self._credits += n
         if self._credit_reset is None:
             # credits live for this loop step only: the caller sends right after its acquire
             self._credit_reset = asyncio.get_running_loop().call_soon(self._reset_credits)
@@ -147,8 +162,7 @@ class Pacer:
         self._credit_reset = None
 
     def _refund(self, n: int) -> None:
-        self._tokens = min(self.burst, self._tokens + n)
-        self._credits = max(0, self._credits - n)
+        self._tokens = min(self.burst, self._tokens + n)   # granted, never credited: unsent
         self.grant()
 
     def _discard(self, priority: Priority, waiter: _Waiter) -> None:
@@ -223,18 +237,32 @@ class Pacer:
         now = self._now()
         self._refill(now)
         self._expire_promises(now)
-        promised = sum(n for _, n in self._promises)
+        promised = sum(entry[1] for entry in self._promises)
         return self._tokens + self.rate * horizon_s - self.queued(Priority.ORDER) - promised
 
-    def promise(self, n: int, within_s: float) -> None:
-        """An approval will send `n` order messages within `within_s` (expires after it)."""
-        self._promises.append([self._now() + within_s, float(n)])
+    def promise(self, n: int, within_s: float, key: str | None = None) -> None:
+        """An approval will send `n` order messages within `within_s` (expires after it).
+        With a `key` (its proposal_id), only ORDER acquires of that key use it up; a keyed
+        acquire whose promise expired uses none (its messages count as backlog while queued)."""
+        entry = [self._now() + within_s, float(n), key]
+        self._promises.append(entry)
+        if key is not None:
+            self._promised[key] = entry
 
     def _expire_promises(self, now: float) -> None:
         while self._promises and self._promises[0][0] <= now:
-            self._promises.popleft()
+            self._drop_promise(self._promises.popleft())
 
-    def _consume_promises(self, n: int) -> None:
+    def _drop_promise(self, entry: list) -> None:
+        if entry[2] is not None and self._promised.get(entry[2]) is entry:
+            del self._promised[entry[2]]
+
+    def _consume_promises(self, n: int, key: str | None = None) -> None:
+        if key is not None:
+            entry = self._promised.get(key)
+            if entry is not None and entry[0] > self._now():
+                entry[1] = max(0.0, entry[1] - n)   # left in place (0) until it expires
+            return                                  # expired or never promised: none used
         left = float(n)
         while left > 0 and self._promises:
             first = self._promises[0]
@@ -242,7 +270,7 @@ class Pacer:
             first[1] -= used
             left -= used
             if first[1] <= 0:
-                self._promises.popleft()
+                self._drop_promise(self._promises.popleft())
 
     # ------------------------------------------------------------------ lifecycle
 

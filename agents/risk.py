@@ -103,7 +103,7 @@ class OrderBudget(Protocol):
     """The IB pacer as the order-rate rule sees it (adapters/pacer.py `Pacer`)."""
 
     def headroom(self, horizon_s: float) -> float: ...
-    def promise(self, n: int, within_s: float) -> None: ...
+    def promise(self, n: int, within_s: float, key: str | None = None) -> None: ...
 
 
 StateBy = Literal["operator", "auto", "startup"]
@@ -982,7 +982,8 @@ class RiskGovernor:
         budget = self._budgets.get(p.agent_id) or self.budget_of(p.agent_id)
         mono = self._clock.monotonic()
         if self._order_budget is not None:
-            self._order_budget.promise(self._order_msgs_per_bracket, self._order_horizon_s())
+            self._order_budget.promise(self._order_msgs_per_bracket, self._order_horizon_s(),
+                                       p.proposal_id)
             self._agent_order_bucket(budget, mono).take(mono, self._order_msgs_per_bracket)
         else:
             self._order_bucket.take(mono, self._order_msgs_per_bracket)

@@ -24,3 +24,21 @@ async def test_what_if_answers_and_times_out(rig) -> None:  # noqa: F811
     b.request_timeout = 5.0
     again = await b.what_if(bracket)
     assert again["init_margin_change"] == answer["init_margin_change"]
+
+
+async def test_a_slow_what_if_logs_its_pacer_turn_and_ibs_answer_apart(rig) -> None:  # noqa: F811
+    """A what-if that waited for the pacer says so: the turn and IB's round trip, apart."""
+    from structlog.testing import capture_logs
+
+    b = rig.broker
+    bracket = await rig.bracket(proposal("wi-slow"))
+    pacer = b.pacer
+    owed = int(pacer.tokens()) + int(pacer.rate * 1.2)
+    pacer.note_sent(owed)            # the bucket owes ~1.2 s of messages: the turn waits for it
+    with capture_logs() as logs:
+        answer = await b.what_if(bracket)
+    assert answer["init_margin_change"] is not None
+    slow = [e for e in logs if e["event"] == "ib_whatif_slow"]
+    assert len(slow) == 1 and slow[0]["proposal_id"] == "wi-slow"
+    assert slow[0]["turn_s"] >= 1.0 and slow[0]["answer_s"] < slow[0]["turn_s"]
+    assert pacer.stats.max_wait_by["ORDER"] >= 1.0

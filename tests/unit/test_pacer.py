@@ -187,3 +187,115 @@ def test_rate_and_burst_are_checked() -> None:
         Pacer(0)
     with pytest.raises(ValueError):
         Pacer(8, burst=2)
+
+
+async def test_a_waiter_granted_later_sends_on_its_grant_not_on_the_bucket_again() -> None:
+    """A waiter's turn pays its messages once: the send right after its acquire spends the
+    grant's credit (it used to be reset before the waiting task ran, so each message that had
+    waited was paid twice and a saturated pacer sent at half its rate)."""
+    clock = FakeTime()
+    p = Pacer(8, burst=4, time=clock)
+    drain(p)
+    unpaced = p.stats.unpaced
+
+    async def send_after_turn(n: int) -> None:
+        await p.acquire(Priority.ORDER, n)
+        p.note_sent(n)
+
+    what_if = asyncio.create_task(send_after_turn(1))
+    legs = asyncio.create_task(send_after_turn(3))
+    await settle()
+    clock.advance(0.125)                 # one token: the what-if's turn
+    p.grant()
+    await settle()
+    assert what_if.done()
+    assert p.tokens() == pytest.approx(0)
+    clock.advance(0.375)                 # three more: the legs' turn
+    p.grant()
+    await settle()
+    assert legs.done()
+    assert p.stats.unpaced == unpaced    # every send after a wait was paid by its grant
+    assert p.tokens() == pytest.approx(0)
+    assert p.stats.max_wait_by["ORDER"] == pytest.approx(0.5)
+
+
+async def test_saturated_a_what_if_admitted_by_the_headroom_gets_its_turn_within_the_horizon() -> None:
+    """The governor's use of the pacer at saturation (the 1M soak's mix, on an injected clock):
+    each step it admits every bracket the headroom has room for (what-if + 3 legs promised
+    within the horizon), the what-if queues for its turn, its answer comes 50 ms after it
+    left, then the legs queue; half the brackets' entries are cancelled (PROTECT, unpromised)
+    1 s after the legs. An admitted what-if must leave within the horizon (its timeout is twice
+    that), the bucket must send at its rate, and no 1 s window may carry more than burst + rate."""
+    clock = FakeTime()
+    rate, horizon, step = 40.0, 2.5, 0.01
+    p = Pacer(rate, time=clock)          # burst 4
+    waits: list[float] = []
+    sent_at: list[float] = []
+    tasks: set[asyncio.Task[None]] = set()
+    brackets = 0
+
+    async def send(prio: Priority, n: int) -> None:
+        await p.acquire(prio, n)
+        p.note_sent(n)
+        sent_at.extend([clock.t] * n)
+
+    async def bracket(k: int) -> None:
+        admitted = clock.t
+        await send(Priority.ORDER, 1)                  # the what-if
+        waits.append(clock.t - admitted)
+        answer = clock.t + 0.05
+        while clock.t < answer:
+            await asyncio.sleep(0)
+        await send(Priority.ORDER, 3)                  # the legs, one turn
+        if k % 2:
+            cancel_at = clock.t + 1.0
+            while clock.t < cancel_at:
+                await asyncio.sleep(0)
+            await send(Priority.PROTECT, 1)            # cancel_entry_after_s
+
+    start = clock.t
+    while clock.t - start < 30.0:
+        while p.headroom(horizon) >= 4:                # the rate rule, then _reserve's promise
+            p.promise(4, horizon)
+            t = asyncio.create_task(bracket(brackets))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+            brackets += 1
+            await settle()                             # its what-if queues before the next check
+        clock.advance(step)
+        p.grant()
+        await settle()
+    for t in list(tasks):
+        t.cancel()                                     # the clock stops: none would finish
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert max(waits) <= horizon + 0.5, f"a what-if waited {max(waits):.2f}s for its turn"
+    steady = [t for t in sent_at if t - start >= 5.0]
+    assert len(steady) / (clock.t - start - 5.0) >= 0.95 * rate    # the bucket's full rate
+    assert p.stats.unpaced == 0
+    worst = max(sum(1 for t in sent_at if s <= t < s + 1.0) for s in sent_at[::10])
+    assert worst <= p.burst + rate
+
+
+async def test_a_late_bracket_uses_its_own_promise_never_another_approvals() -> None:
+    """Promises are keyed by proposal: legs that come after their own promise expired use up
+    none (they count as backlog while queued), so a later approval's promise stays counted."""
+    clock = FakeTime()
+    p = Pacer(8, burst=4, time=clock)
+    base = p.headroom(2.0)                    # 4 + 16
+    p.promise(4, within_s=2.0, key="a")
+    clock.advance(1.5)
+    p.promise(4, within_s=2.0, key="b")
+    await p.acquire(Priority.ORDER, 1, key="b")   # b's what-if: b's promise, 3 left
+    p.note_sent()
+    clock.advance(1.0)                        # a's promise expired (a's what-if was slow)
+    assert p.headroom(2.0) == pytest.approx(p.tokens() + 16 - 3)
+    await p.acquire(Priority.ORDER, 3, key="a")   # a's legs: nothing of b's is used up
+    p.note_sent(3)
+    assert p.headroom(2.0) == pytest.approx(p.tokens() + 16 - 3)
+    clock.advance(0.25)                       # two more tokens: 3, the legs' turn at once
+    await p.acquire(Priority.ORDER, 3, key="b")   # b's legs: b's promise done
+    p.note_sent(3)
+    assert p.headroom(2.0) == pytest.approx(p.tokens() + 16)
+    clock.advance(10)
+    assert p.headroom(2.0) == pytest.approx(base)
+    assert p._promised == {}                  # expired keys are forgotten (bounded)
