@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 # the rules `check` tests, each by its own denial condition (see the comments below)
 # named one by one (not taken from RULES): a rule added to RULES later is not in here, so
 # `fast_path_for` turns the fused check off until it tests that rule too
-COVERED: frozenset[Rule] = frozenset((
+_TESTED: tuple[Rule, ...] = (
     r.rule_reducing_only, r.rule_symbol_allowed, r.rule_sec_type_allowed, r.rule_trading_hours,
     r.rule_geometry, r.rule_price_band, r.rule_tick, r.rule_reward_risk, r.rule_stop_distance,
     r.rule_max_order_quantity, r.rule_max_order_notional, r.rule_position_limit,
@@ -55,7 +55,8 @@ COVERED: frozenset[Rule] = frozenset((
     r.rule_max_open_brackets, r.rule_max_open_brackets_agent, r.rule_per_trade_loss,
     r.rule_per_trade_loss_pct, r.rule_daily_loss, r.rule_agent_loss, r.rule_agent_exposure,
     r.rule_rates,
-))
+)
+COVERED: frozenset[Rule] = frozenset(_TESTED)
 FAST_SEC_TYPES = frozenset((SecType.STK, SecType.OPT, SecType.FUT))
 _ACTIVE, _REDUCING, _BUY = TradingState.ACTIVE, TradingState.REDUCING, Side.BUY
 _MAX_TICK_STEPS = 2.0 ** 53
@@ -65,14 +66,7 @@ _ONE_US = timedelta(microseconds=1)
 (_reducing_only, _symbol_allowed, _sec_type_allowed, _trading_hours, _geometry, _price_band,
  _tick, _reward_risk, _stop_distance, _order_quantity, _order_notional, _position_limit,
  _position_notional, _gross, _net, _open_brackets, _open_brackets_agent, _per_trade_loss,
- _per_trade_loss_pct, _daily_loss, _agent_loss, _agent_exposure, _rates) = (
-    r.rule_reducing_only, r.rule_symbol_allowed, r.rule_sec_type_allowed, r.rule_trading_hours,
-    r.rule_geometry, r.rule_price_band, r.rule_tick, r.rule_reward_risk, r.rule_stop_distance,
-    r.rule_max_order_quantity, r.rule_max_order_notional, r.rule_position_limit,
-    r.rule_position_notional, r.rule_gross_exposure, r.rule_net_exposure,
-    r.rule_max_open_brackets, r.rule_max_open_brackets_agent, r.rule_per_trade_loss,
-    r.rule_per_trade_loss_pct, r.rule_daily_loss, r.rule_agent_loss, r.rule_agent_exposure,
-    r.rule_rates)
+ _per_trade_loss_pct, _daily_loss, _agent_loss, _agent_exposure, _rates) = _TESTED
 
 
 def fast_path_for(active: tuple[Rule, ...]) -> Any:

@@ -13,7 +13,7 @@ import pytest
 
 from bracketgate.adapters.ib import IBBroker, oca_group
 from bracketgate.adapters.ib_lifecycle import BracketOrders, ModifyRefused
-from bracketgate.bus.bus import Bus
+from tests.fixtures.ib_broker import broker_on_bus
 from tests.integration.test_pacing_and_placement import legs_at_ib, proposal
 
 pytestmark = pytest.mark.ib
@@ -21,16 +21,8 @@ pytestmark = pytest.mark.ib
 
 @pytest.fixture
 async def broker(paper_tws) -> AsyncIterator[IBBroker]:
-    bus = Bus()
-    await bus.start()
-    b = IBBroker(host=paper_tws.host, port=paper_tws.port, client_id=12, publish=bus.publish,
-                 heartbeat_s=0.5, ack_timeout=2.0)
-    await b.start()
-    try:
+    async with broker_on_bus(paper_tws, ack_timeout=2.0) as b:
         yield b
-    finally:
-        await b.close()
-        await bus.close()
 
 
 async def place(broker: IBBroker, pid: str, **kw: Any) -> Any:

@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 import pytest
 
 from bracketgate.adapters.ib import IBBroker
-from bracketgate.bus.bus import Bus
 from bracketgate.bus.messages import ApprovedBracket
+from tests.fixtures.ib_broker import broker_on_bus
 from tests.integration.test_pacing_and_placement import proposal
 
 pytestmark = pytest.mark.ib
@@ -30,16 +30,8 @@ DRIVE_S = 8.0
 
 @pytest.fixture
 async def broker(paper_tws) -> AsyncIterator[IBBroker]:
-    bus = Bus()
-    await bus.start()
-    b = IBBroker(host=paper_tws.host, port=paper_tws.port, client_id=12, publish=bus.publish,
-                 heartbeat_s=0.5, ack_timeout=10.0)
-    await b.start()
-    try:
+    async with broker_on_bus(paper_tws, ack_timeout=10.0) as b:
         yield b
-    finally:
-        await b.close()
-        await bus.close()
 
 
 async def test_admitted_what_ifs_are_answered_in_time_under_a_saturated_pacer(paper_tws, broker):
