@@ -36,6 +36,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -159,7 +160,7 @@ async def restart_ms(tws, broker, work: Path, journal: Path) -> tuple[float, flo
 
 
 async def flow(n: int, window: int, approve_every: int, fill_every: int, tws, broker,
-               work: Path, journal: Path) -> None:
+               work: Path, journal: Path, memdump_every: int = 0) -> None:
     d = await spawn(tws, broker, work, {"RISK_LIMITS_FILE": str(work / "limits.toml"),
                                         "JOURNAL_PATH": str(journal)}, 30)
     d.logs.clear()
@@ -209,6 +210,13 @@ async def flow(n: int, window: int, approve_every: int, fill_every: int, tws, br
             await client.publish(f"{d.prefix}/proposals/soak{i % 5}",
                                  json.dumps(proposal(i, approve_every, fill_every)), qos=1)
             if (i + 1) % 10_000 == 0:
+                for e in d.logs:   # a SIGUSR2 dump asked for at the last 10k (--memdump-every)
+                    if e.get("event") in ("memory_dump", "memory_types", "memory_top",
+                                          "memory_holders"):
+                        print("    " + json.dumps({k: v for k, v in e.items()
+                                                   if k not in ("timestamp", "logger", "level")}))
+                if memdump_every and (i + 1) % memdump_every == 0:
+                    d.proc.send_signal(signal.SIGUSR2)   # printed with the next 10k line
                 pruned = [e for e in d.logs if e.get("event") == "ib_trades_pruned"]
                 books = (f"  IB books: {sum(e.get('trades', 0) for e in pruned)} trades pruned,"
                          f" {pruned[-1].get('done_waiting', '?')} done and waiting") if pruned else ""
@@ -231,6 +239,13 @@ async def flow(n: int, window: int, approve_every: int, fill_every: int, tws, br
         if swinger is not None:
             await swinger
         end_rss = rss_kb(pid)
+        st = await tws.state()   # what the paper TWS still has working: every bracket closed?
+        working: dict[str, int] = {}
+        for o in st.get("orders", []):
+            if o.get("status") not in ("Filled", "Cancelled", "ApiCancelled", "Inactive"):
+                key = f"{o.get('orderType')}:{o.get('status')}"
+                working[key] = working.get(key, 0) + 1
+        print(f"  working at the paper TWS after the flow: {working or 'none'}")
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
     rc = await d.terminate()
@@ -316,7 +331,8 @@ async def main(a: argparse.Namespace) -> None:
         else:
             print(f"bracketgate soak: {n} proposals through mosquitto, ~{100 // a.approve_every}"
                   f" % approved (pid {os.getpid()})")
-            await flow(n, a.window, a.approve_every, a.fill_every, tws, broker, work, journal)
+            await flow(n, a.window, a.approve_every, a.fill_every, tws, broker, work, journal,
+                       a.memdump_every)
         size = journal_files_size(journal)
         print(f"  journal: {size / 1e6:.1f} MB (db + wal) = {size / n:.0f} bytes/proposal")
         big_ms, big_wall = await restart_ms(tws, broker, work, journal)
@@ -350,6 +366,9 @@ if __name__ == "__main__":
     ap.add_argument("--keep", action="store_true", help="keep the work directory (journal)")
     ap.add_argument("--window", type=int, default=200, help="proposals in flight")
     ap.add_argument("--approve-every", type=int, default=10, help="1 in N approved")
+    ap.add_argument("--memdump-every", type=int, default=0,
+                    help="SIGUSR2 the daemon every N proposals (a multiple of 10k) and print its"
+                         " memory dump (core/memdump.py; PYTHONTRACEMALLOC=1 for allocation sites)")
     ap.add_argument("--fill-every", type=int, default=2,
                     help="1 in K approved brackets filled in a swinging market (0: none, all "
                          "rest and are cancelled)")

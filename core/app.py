@@ -306,6 +306,8 @@ class Daemon:
             sd_notify(f"READY=1\nSTATUS=ready prefix={s.mqtt_prefix}")   # systemd Type=notify
             frozen = gctune.freeze()   # start-up's objects: never walked by a collection again
             log.debug("gc_frozen", objects=frozen)
+            collector = asyncio.create_task(gctune.full_collections(), name="gc-full")
+            stack.push_async_callback(_cancel, collector)   # old cycles freed (core/gctune.py)
 
             await self.stop_event.wait()
 

@@ -13,19 +13,34 @@ exception kept with its traceback, a cancelled task).
 `freeze()` (at ready): what start-up built (modules, classes, settings, the recovered book) goes
                        to the permanent generation, which no collection walks again.
 
-Cycles are still collected: young ones within GEN0 allocations, older ones by the full
-collections CPython still runs (after GEN1 x GEN2 young ones, once the old generation grew by a
-quarter). Garbage cycles wait for at most GEN0 tracked objects (a few MB at worst, none on the
-hot path as measured); 10,000 took the same CPU per proposal as 50,000 in the bench.
+`full_collections()` (from ready): a full collection every FULL_EVERY_S seconds. With the
+                       thresholds above CPython's own full collections (after GEN0 x GEN1 x GEN2
+                       net allocations) almost never came, and cycles that had grown old first
+                       were never freed: the IB library's trades, dropped from its books by
+                       adapters/ib_prune.py minutes after they were placed, are such cycles, and
+                       a soak at the IB pacer's full rate grew ~1 MB per 1k proposals with them
+                       (bench/bench_soak.py --memdump-every: `Trade` objects no book held).
+
+Young cycles are collected within GEN0 allocations, old ones within FULL_EVERY_S; 10,000 took
+the same CPU per proposal as 50,000 in the bench. A full collection walks what is not frozen
+(tens of ms on a large heap, logged when slower than SLOW_S).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import time
+
+from bracketgate.core.logs import get_logger
 
 GEN0 = 10_000   # allocations (net of frees) between young collections; CPython's default: 700
 GEN1 = 20       # young collections per middle one (default 10)
 GEN2 = 100      # middle collections before a full one is considered (default 10)
+FULL_EVERY_S = 30.0
+SLOW_S = 0.1
+
+log = get_logger("bracketgate.gc")
 
 
 def tune() -> tuple[int, int, int]:
@@ -41,3 +56,14 @@ def freeze() -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+async def full_collections(every_s: float = FULL_EVERY_S) -> None:
+    """Forever: a full collection every `every_s` seconds (cancel to stop)."""
+    while True:
+        await asyncio.sleep(every_s)
+        t0 = time.perf_counter()
+        found = gc.collect()
+        took = time.perf_counter() - t0
+        if took > SLOW_S:
+            log.info("gc_full_collection_slow", ms=round(took * 1000, 1), unreachable=found)

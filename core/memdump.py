@@ -4,16 +4,20 @@ With tracemalloc on (`PYTHONTRACEMALLOC=1`, or `PYTHONTRACEMALLOC=10` for ten fr
 CPU and memory, so only for a diagnosis) a snapshot is written to `DATA_DIR/memory/<UTC
 time>.tracemalloc` (compare two with `python -m bracketgate.core.memdump OLD NEW`) and the top
 allocation sites are logged (`memory_top`: file:line, size_kib, count). Without it the live
-objects are counted by type (`memory_types`: the 25 most numerous), which needs no restart. Both
+objects are counted by type (`memory_types`: the 25 most numerous), which needs no restart; with `MEMDUMP_HOLDERS=<type>`
+also who holds the newest three objects of that type (`memory_holders`, two levels up). Objects
+frozen at ready (start-up's, core/gctune.py) are counted apart (`gc_frozen`), not listed. Both
 log `memory_dump` first with the RSS, tracemalloc's traced size and the collector's counts.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import time
 import tracemalloc
+import types
 from collections import Counter
 from pathlib import Path
 
@@ -33,26 +37,40 @@ def rss_kib() -> int:
     return 0
 
 
+def _holders(obj: object, skip: list) -> list[str]:
+    """The referrers of `obj` and theirs, by type (frames and our own lists left out)."""
+    out: list[str] = []
+    first = [r for r in gc.get_referrers(obj)
+             if not any(r is x for x in skip) and not isinstance(r, types.FrameType)]
+    for r in first[:8]:
+        up = [type(u).__qualname__ for u in gc.get_referrers(r)
+              if u is not first and not any(u is x for x in skip)
+              and not isinstance(u, types.FrameType)][:6]
+        out.append(f"{type(r).__qualname__} <- {', '.join(up)}")
+    return out
+
+
 def dump(data_dir: Path) -> Path | None:
     """Log where the memory is; with tracemalloc on, write a snapshot and return its path."""
     traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
+    # start-up's objects, frozen at ready (core/gctune.py), are neither listed nor unfrozen:
+    # freezing again would make every cycle alive now immortal (the IB library's trades are)
     frozen = gc.get_freeze_count()
-    if frozen:   # core/gctune.py froze start-up's objects: get_objects() would not list them
-        gc.unfreeze()
-    try:
-        objects = gc.get_objects()
-    finally:
-        if frozen:   # frozen again with what lives now (a diagnosis, not the steady state)
-            gc.freeze()
+    wanted = os.environ.get("MEMDUMP_HOLDERS", "")
+    objects = gc.get_objects()
+    samples = [o for o in objects if type(o).__qualname__ == wanted][-3:] if wanted else []
+    holders = [_holders(o, [objects, samples]) for o in samples]
     log.warning("memory_dump", rss_kib=rss_kib(), traced_kib=None if traced is None else traced // 1024,
                 gc_counts=list(gc.get_count()), gc_objects=len(objects), gc_frozen=frozen)
     if not tracemalloc.is_tracing():
-        types = Counter(type(o).__qualname__ for o in objects)
-        del objects
-        for name, n in types.most_common(TOP):
+        counts = Counter(type(o).__qualname__ for o in objects)
+        del objects, samples
+        for name, n in counts.most_common(TOP):
             log.warning("memory_types", type=name, count=n)
+        for held in holders:   # who holds the newest few of that type (two levels up)
+            log.warning("memory_holders", type=wanted, holders=held)
         return None
-    del objects
+    del objects, samples
     snap = tracemalloc.take_snapshot().filter_traces((
         tracemalloc.Filter(False, tracemalloc.__file__),
         tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),

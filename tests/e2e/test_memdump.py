@@ -66,12 +66,13 @@ async def test_sigusr2_counts_types_without_tracemalloc(mosquitto, paper_tws_pro
     try:
         logs = await _dump(d, "memory_types")
         await d.wait_log(lambda e: e.get("event") == "memory_types"
-                         and sum(1 for x in d.logs if x.get("event") == "memory_types") >= 25,
+                         and sum(1 for x in d.logs if x.get("event") == "memory_types") >= 5,
                          timeout=30)
         head = next(e for e in logs if e["event"] == "memory_dump")
-        assert head["traced_kib"] is None and head["gc_objects"] > 10_000   # frozen ones too
+        assert head["traced_kib"] is None and head["gc_objects"] > 100
+        assert head["gc_frozen"] > 10_000   # start-up's objects, frozen at ready, apart
         types = [e for e in d.logs if e.get("event") == "memory_types"]
-        assert {"dict", "function"} & {e["type"] for e in types}
+        assert len(types) >= 5 and all(e["count"] > 0 for e in types)
         assert not (tmp_path / "memory").exists()
         async with MqttProbe(mosquitto.url, d.prefix) as agent:   # still deciding
             await agent.propose("mem", _proposal("mem-after"))

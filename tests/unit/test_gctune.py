@@ -50,3 +50,33 @@ def test_a_cycle_made_after_tuning_is_still_collected(restored: None) -> None:
     del a, b
     gc.collect()
     assert gone() is None
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.me = self   # a cycle: reference counting alone never frees it
+
+
+async def test_an_old_cycle_is_freed_by_the_periodic_full_collection(restored: None) -> None:
+    """With the tuned thresholds a cycle that grew old before it died waits for a full
+    collection, which CPython itself would run only after ~GEN0*GEN1*GEN2 allocations:
+    full_collections frees it within its interval."""
+    import asyncio
+
+    gctune.tune()
+    node = _Node()
+    ref = weakref.ref(node)
+    gc.collect()                     # it survives a full collection: now in the oldest generation
+    assert any(o is node for o in gc.get_objects(generation=2))
+    del node
+    for _ in range(3):
+        gc.collect(0)                # young collections never reach it
+    assert ref() is not None
+    task = asyncio.create_task(gctune.full_collections(every_s=0.05))
+    try:
+        async with asyncio.timeout(5):
+            while ref() is not None:
+                await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
