@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bracketgate.core.memdump import rss_kib  # noqa: E402
 from tests.fixtures.daemon import DaemonProcess, MqttProbe  # noqa: E402
 from tests.fixtures.fuzz import corpus, run_corpus  # noqa: E402
 from tests.fixtures.mosquitto import MOSQUITTO_BINARY, MosquittoServer  # noqa: E402
@@ -30,13 +31,8 @@ FAILURES = {"mqtt_inbound_failed", "proposal_unparsed", "bus_handler_failed",
 
 
 def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    kib = rss_kib(pid)
+    return kib / 1024 if kib else None
 
 
 async def main(count: int, seed: int, window: int) -> int:

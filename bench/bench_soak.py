@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiomqtt  # noqa: E402
 
+from bracketgate.core.memdump import rss_kib  # noqa: E402
 from tests.fixtures.daemon import DaemonProcess  # noqa: E402
 from tests.fixtures.mosquitto import MOSQUITTO_BINARY, MosquittoServer  # noqa: E402
 from tests.fixtures.paper_tws import start_paper_tws, stop_paper_tws  # noqa: E402
@@ -83,13 +84,6 @@ SYMBOLS = ("AAPL", "MSFT", "TSLA", "SPY")
 PRICE = {"AAPL": 207.0, "MSFT": 378.0, "TSLA": 225.0, "SPY": 522.0}   # 10 % under the sim
 SIM = {"AAPL": 230.0, "MSFT": 420.0, "TSLA": 250.0, "SPY": 580.0}     # the paper TWS's own
 SWING = 0.6     # the flow's market: each symbol swings SIM +- SWING every half second
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def proposal(i: int, approve_every: int, fill_every: int = 0) -> dict:
@@ -204,7 +198,7 @@ async def flow(n: int, window: int, approve_every: int, fill_every: int, tws, br
         stop_swing = asyncio.Event()
         swinger = asyncio.create_task(swing(tws, stop_swing)) if fill_every else None
         t0 = time.perf_counter()
-        curve.append((0, rss_kb(pid), 0.0))
+        curve.append((0, rss_kib(pid), 0.0))
         for i in range(n):
             await free.acquire()
             await client.publish(f"{d.prefix}/proposals/soak{i % 5}",
@@ -222,7 +216,7 @@ async def flow(n: int, window: int, approve_every: int, fill_every: int, tws, br
                          f" {pruned[-1].get('done_waiting', '?')} done and waiting") if pruned else ""
                 d.logs.clear()   # this process keeps the daemon's log lines: not its RSS
                 d.raw.clear()
-                curve.append((i + 1, rss_kb(pid), time.perf_counter() - t0))
+                curve.append((i + 1, rss_kib(pid), time.perf_counter() - t0))
                 print(f"  {i + 1:>9} proposals  RSS {curve[-1][1] / 1024:7.1f} MB"
                       f"  (+{(curve[-1][1] - curve[1 if len(curve) > 1 else 0][1]) / 1024:6.1f} MB"
                       f" since 10k)  {(i + 1) / curve[-1][2]:6.0f}/s{books}", flush=True)
@@ -238,7 +232,7 @@ async def flow(n: int, window: int, approve_every: int, fill_every: int, tws, br
         stop_swing.set()
         if swinger is not None:
             await swinger
-        end_rss = rss_kb(pid)
+        end_rss = rss_kib(pid)
         st = await tws.state()   # what the paper TWS still has working: every bracket closed?
         working: dict[str, int] = {}
         for o in st.get("orders", []):

@@ -27,9 +27,10 @@ log = get_logger("bracketgate.memory")
 TOP = 25
 
 
-def rss_kib() -> int:
+def rss_kib(pid: int | str = "self") -> int:
+    """A process's resident set (VmRSS) in KiB, 0 when it cannot be read (this one by default)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     except OSError:
@@ -62,15 +63,14 @@ def dump(data_dir: Path) -> Path | None:
     holders = [_holders(o, [objects, samples]) for o in samples]
     log.warning("memory_dump", rss_kib=rss_kib(), traced_kib=None if traced is None else traced // 1024,
                 gc_counts=list(gc.get_count()), gc_objects=len(objects), gc_frozen=frozen)
-    if not tracemalloc.is_tracing():
-        counts = Counter(type(o).__qualname__ for o in objects)
-        del objects, samples
+    counts = None if tracemalloc.is_tracing() else Counter(type(o).__qualname__ for o in objects)
+    del objects, samples
+    for held in holders:   # who holds the newest few of that type (two levels up)
+        log.warning("memory_holders", type=wanted, holders=held)
+    if counts is not None:
         for name, n in counts.most_common(TOP):
             log.warning("memory_types", type=name, count=n)
-        for held in holders:   # who holds the newest few of that type (two levels up)
-            log.warning("memory_holders", type=wanted, holders=held)
         return None
-    del objects, samples
     snap = tracemalloc.take_snapshot().filter_traces((
         tracemalloc.Filter(False, tracemalloc.__file__),
         tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
