@@ -173,7 +173,7 @@ class HttpServer:
                 sent = obs.version
                 state = obs.state()
                 series = state["pnl_series"]
-                mark = (len(series), series[-1][0] if series else None)
+                mark = (len(series), tuple(series[-1]) if series else None)
                 if mark == series_sent:
                     state["pnl_series"] = None     # unchanged: the page keeps the one it has
                 series_sent = mark

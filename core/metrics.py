@@ -54,6 +54,7 @@ PENDING_MAX = 20_000          # latency start times kept (a decision never seen 
 DECISIONS_KEPT = 100
 ALERTS_KEPT = 100
 PNL_POINTS_MAX = 20_000       # about 5.5 h at one point a second (dense only while it moves)
+PNL_FLAT_EVERY_MS = 5_000     # a flat P&L still gets a point this often: the line reaches now
 SEEN_AGENTS_MAX = 1_000
 BURST_WINDOW_S, BURST_COUNT = 10.0, 5   # this many rejections with one code within the window
 TEXT_MAX = 300                # reason texts on the dashboard are cut here
@@ -167,7 +168,10 @@ class Observer:
     def sample(self) -> None:
         snap = getattr(self.monitor, "latest", None)
         if snap is not None and snap.pnl.daily is not None and math.isfinite(snap.pnl.daily):
-            self._add_pnl_point(snap.ts, snap.pnl.daily, _num(snap.pnl.unrealized),
+            # stamped with the sampling time, not the snapshot's: a change that came within a
+            # second of the last point lands at the next sample instead of waiting for the
+            # monitor's next snapshot (the chart's last point is never older than the P&L shown)
+            self._add_pnl_point(self.clock.now(), snap.pnl.daily, _num(snap.pnl.unrealized),
                                 _num(snap.pnl.realized))
         if self.bridge is not None:
             up = bool(self.bridge.connected)
@@ -188,8 +192,8 @@ class Observer:
                 series.clear()                                   # a new day: intraday only
             elif ms - last[0] < 1000:
                 return
-            elif last[1:] == (daily, unrealized, realized) and ms - last[0] < 30_000:
-                return                                           # flat: a point every 30 s
+            elif last[1:] == (daily, unrealized, realized) and ms - last[0] < PNL_FLAT_EVERY_MS:
+                return                                           # flat: a point every 5 s
         series.append((ms, daily, unrealized, realized))
 
     def _touch(self) -> None:
