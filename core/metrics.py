@@ -13,6 +13,7 @@ State (one line each):
   decisions:   the latest decisions, newest last (dashboard)
   alerts:      the latest alerts, newest last (disconnects, halts, rejects by code in bursts)
   pnl_series:  (epoch ms, daily, unrealized, realized), today's, sampled once a second at most
+               (every 5 s when flat; when full the older half is thinned)
   _seen_agents: agent ids seen with an open bracket (with the agents file's: the label set)
   _fill_price: (proposal_id, leg) -> the last fill's price (a filled leg is no working order)
 """
@@ -53,7 +54,8 @@ disable_created_metrics()     # no *_created series: they double the scrape for 
 PENDING_MAX = 20_000          # latency start times kept (a decision never seen drops out)
 DECISIONS_KEPT = 100
 ALERTS_KEPT = 100
-PNL_POINTS_MAX = 20_000       # about 5.5 h at one point a second (dense only while it moves)
+PNL_POINTS_MAX = 20_000       # kept: 5.5 h at a point a second, then the older half is thinned
+PNL_POINTS_SENT = 2_000       # the day's series as the page gets it: evenly thinned to this
 PNL_FLAT_EVERY_MS = 5_000     # a flat P&L still gets a point this often: the line reaches now
 SEEN_AGENTS_MAX = 1_000
 BURST_WINDOW_S, BURST_COUNT = 10.0, 5   # this many rejections with one code within the window
@@ -72,6 +74,16 @@ _IB_NOT_READY = {   # the connection state -> the denial code the gate answers w
 
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+
+
+def _chart_points(series: Any, n: int) -> list[Any]:
+    """The whole series if it has at most `n` points, else `n` of them evenly spread from the
+    first to the last (both kept): the chart spans the day, not its last minutes."""
+    points = list(series)
+    if len(points) <= n:
+        return points
+    step = (len(points) - 1) / (n - 1)
+    return [points[round(i * step)] for i in range(n)]
 
 
 def _cut(text: Any) -> str:
@@ -194,6 +206,11 @@ class Observer:
                 return
             elif last[1:] == (daily, unrealized, realized) and ms - last[0] < PNL_FLAT_EVERY_MS:
                 return                                           # flat: a point every 5 s
+        if len(series) >= PNL_POINTS_MAX:       # full: the older half thinned to every other
+            half = len(series) // 2              # point, so the chart still starts at the open
+            kept = list(series)
+            series.clear()
+            series.extend(kept[0:half:2] + kept[half:])
         series.append((ms, daily, unrealized, realized))
 
     def _touch(self) -> None:
@@ -398,7 +415,7 @@ class Observer:
                            "avg_cost": _num(p.avg_cost), "market_price": _num(p.market_price),
                            "unrealized_pnl": _num(p.unrealized_pnl)}
                           for p in (snap.positions if snap is not None else []) if p.quantity],
-            "pnl_series": list(self.pnl_series)[-2000:],
+            "pnl_series": _chart_points(self.pnl_series, PNL_POINTS_SENT),
             "brackets": brackets,
             "decisions": [_decision_view(d) for d in list(self.decisions)[-30:][::-1]],
             "alerts": list(self.alerts)[-30:][::-1],

@@ -74,3 +74,21 @@ def test_a_new_day_starts_the_series_afresh():
     monitor.latest = snap(clock, 0.0)
     obs.sample()
     assert [p[1] for p in obs.pnl_series] == [0.0]
+
+
+def test_a_long_day_keeps_its_start_and_the_page_gets_the_whole_day():
+    from bracketgate.core.metrics import PNL_POINTS_MAX, PNL_POINTS_SENT
+    obs, clock, monitor = rig(datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC))
+    first_ms = int(clock.now().timestamp() * 1000)
+    for i in range(PNL_POINTS_MAX + 5_000):            # a moving P&L: a point every second
+        monitor.latest = snap(clock, float(i))
+        obs.sample()
+        clock.advance(1.0)
+    series = list(obs.pnl_series)
+    assert len(series) <= PNL_POINTS_MAX
+    assert series[0][0] == first_ms                     # the day's first point is still there
+    assert series[-1][1] == float(PNL_POINTS_MAX + 5_000 - 1)
+    assert [p[0] for p in series] == sorted(p[0] for p in series)
+    sent = obs.state()["pnl_series"]
+    assert len(sent) == PNL_POINTS_SENT
+    assert tuple(sent[0]) == series[0] and tuple(sent[-1]) == series[-1]
