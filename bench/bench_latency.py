@@ -108,6 +108,49 @@ def phases(logs: list[dict[str, Any]], approved: set[str]) -> dict[str, list[flo
     return out
 
 
+# the approved path's stages in order: the bench's schedule, the daemon's stamps
+# (core/stamps.py, BRACKETGATE_STAMPS), the paper TWS's arrivals (tws_*) and the bench's receive
+STAGES = ("due", "mqtt_rx", "proposal_journaled", "whatif_asked", "whatif_sent", "tws_whatif",
+          "whatif_answered", "place_requested", "intent_journaled", "leg0_sent", "tws_entry",
+          "leg1_sent", "leg2_sent", "tws_last_leg", "ack0_read", "ack1_read", "ack2_read",
+          "acks_woke", "placement_answered", "decision_at_bridge", "decision_journaled",
+          "mqtt_out_decisions", "received")
+
+
+def stage_table(at: dict[str, dict[str, float]]) -> list[str]:
+    """p50/p99 of each step between consecutive stages present for a proposal, and of each
+    stage from the schedule."""
+    rows = []
+    for a, b in zip(STAGES, STAGES[1:]):
+        d = [(s[b] - s[a]) * 1000 for s in at.values() if a in s and b in s]
+        c = [(s[b] - s["due"]) * 1000 for s in at.values() if b in s and "due" in s]
+        if d:
+            rows.append(f"    {a:>19} -> {b:<19} p50 {statistics.median(d):6.2f}  p99 "
+                        f"{pct(d, 99):6.2f}   (from due: p50 {statistics.median(c):6.2f}  "
+                        f"p99 {pct(c, 99):6.2f})  n={len(d)}")
+    return rows
+
+
+def bare_commits(path: Path, n: int = 300) -> list[float]:
+    """A bare SQLite FULL commit (WAL, one small row) on this disk, in ms: the fsync floor."""
+    import sqlite3
+
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT)")
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t (v) VALUES (?)", ("x" * 300,))
+        conn.execute("COMMIT")
+        out.append((time.perf_counter() - t) * 1000)
+        time.sleep(0.002)
+    conn.close()
+    return out
+
+
 def body(i: int, pid: str, approvable: bool) -> bytes:
     sym = ("AAPL", "MSFT", "TSLA", "SPY")[i % 4]
     px = PX[sym]
@@ -193,7 +236,8 @@ async def main(n: int, rate: float, approve_every: int, baseline_n: int, tws_mod
     echoed: dict[str, float] = {}
     try:
         d = await DaemonProcess.spawn(ib_host=tws.host, ib_port=tws.port, mqtt_url=broker.url,
-                                      tmp=work, extra_env={"RISK_LIMITS_FILE": str(work / "limits.toml")})
+                                      tmp=work, extra_env={"RISK_LIMITS_FILE": str(work / "limits.toml"),
+                                                           "BRACKETGATE_STAMPS": str(work / "stamps.json")})
         try:
             async with aiomqtt.Client(u.hostname or "127.0.0.1", u.port or 1883,
                                       identifier=f"bench-lat-{run}",
@@ -221,6 +265,8 @@ async def main(n: int, rate: float, approve_every: int, baseline_n: int, tws_mod
                 echo_due, echo_late = await open_loop(
                     c, baseline_n, rate, lambda i: (f"e{i}", f"echo{run}/{i}", f"e{i}".encode()))
                 await asyncio.sleep(1.0)
+                fsync = await asyncio.to_thread(bare_commits, work / "bare.sqlite")
+                await asyncio.sleep(0.5)
 
                 def proposal(i: int) -> tuple[str, str, bytes]:
                     pid = f"lat-{run}-{i}"
@@ -297,6 +343,24 @@ async def main(n: int, rate: float, approve_every: int, baseline_n: int, tws_mod
         print(f"  p50 ratio to the baseline: entry {statistics.median(to_entry) / b if to_entry else float('nan'):.1f}x, "
               f"approved {statistics.median(dec_approved) / b if dec_approved else float('nan'):.1f}x, "
               f"rejected {statistics.median(dec_other) / b if dec_other else float('nan'):.1f}x")
+    print(f"  baseline bare SQLite FULL commit (WAL, this disk, same run) {fmt(fsync)}")
+    stamps_file = work / "stamps.json"
+    if stamps_file.exists():
+        at: dict[str, dict[str, float]] = {p: {"due": due[p], "received": received[p][0]}
+                                           for p in approved}
+        for pid, stage, t in json.loads(stamps_file.read_text()):
+            if pid in at:
+                at[pid].setdefault(stage, t)
+        for p in approved:
+            if p in entry_at:
+                at[p]["tws_entry"] = entry_at[p]
+            if p in whatif_at:
+                at[p]["tws_whatif"] = whatif_at[p]
+            if p in last_leg_at:
+                at[p]["tws_last_leg"] = last_leg_at[p]
+        print("  approved path, stage by stage (ms; daemon stamps core/stamps.py):")
+        for row in stage_table(at):
+            print(row)
     print(f"  paper TWS pacing: error 100 sent {health['pacingErrors']}, dropped {health['pacingDropped']}")
     print(f"  daemon exit code on SIGTERM: {rc}")
 

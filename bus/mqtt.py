@@ -35,6 +35,7 @@ import random
 import re
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ from bracketgate.bus.messages import (
 )
 from bracketgate.bus.mqtt_wire import Wire, send_outbox, tune
 from bracketgate.config.settings import Settings
+from bracketgate.core import stamps
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.logs import get_logger
 
@@ -734,6 +736,9 @@ class MqttBridge:
     async def _on_decisions(self, decisions: list[RiskDecision]) -> None:
         """Journal the decisions ready together (the hook: one commit), then send each (the
         bytes the hook journaled, when it returns them)."""
+        if stamps.ON:
+            for decision in decisions:
+                stamps.stamp(decision.proposal_id, "decision_at_bridge")
         payloads: list[bytes] | None = None
         if self._decisions_hook is not None:
             try:
@@ -749,6 +754,9 @@ class MqttBridge:
                     self._not_recorded(decision, exc)
         if payloads is not None and len(payloads) != len(decisions):
             payloads = None
+        if stamps.ON:
+            for decision in decisions:
+                stamps.stamp(decision.proposal_id, "decision_journaled")
         debug = log.is_enabled_for(logging.DEBUG)
         for i, decision in enumerate(decisions):
             # the gate (risk_decision) or the bridge (proposal_invalid, ...) logged it already
@@ -863,6 +871,7 @@ class MqttBridge:
         # (message, topic, payload, agent of a proposals topic, parsed proposal or answer)
         items: list[tuple[aiomqtt.Message, str, bytes, str | None, Any]] = []
         fresh: list[TradeProposal] = []
+        taken = time.perf_counter() if stamps.ON else 0.0
         for message in batch:
             topic = message.topic.value
             raw = message.payload
@@ -879,6 +888,10 @@ class MqttBridge:
         self._intake_idle.clear()
         try:
             failure = await self._make_durable(fresh) if fresh else None
+            if stamps.ON:
+                for p in fresh:
+                    stamps.stamp(p.proposal_id, "mqtt_rx", taken)
+                    stamps.stamp(p.proposal_id, "proposal_journaled")
             for message, topic, payload, agent, parsed in items:
                 try:
                     if agent is not None:
