@@ -86,6 +86,9 @@ CLOSE_FLUSH_TIMEOUT_S = 5.0
 # proposals taken from the client's queue together (one journal commit, acknowledged in order);
 # mosquitto has at most max_inflight_messages (20 by default) unacknowledged with us anyway
 INTAKE_BATCH_MAX = 256
+# decision batches journaled at once (the next handed to the journal while one commits), sent
+# in order: an approval no longer waits for the rejections' commit in front of it to return
+DECISION_OVERLAP = 4
 # how long a proposal waits for room in a full intake queue before it is answered OVERLOADED
 INTAKE_ROOM_WAIT_S = 1.0
 # QoS 1 publishes awaiting their PUBACK at once (sent in order; resent in order after a reconnect)
@@ -379,6 +382,7 @@ class MqttBridge:
         self._seen_id = seen_id   # retained proposals: answered once (see _refuse_retained)
         self._delivered_hook = on_delivered
         self._delivery_tasks: set[asyncio.Task[None]] = set()
+        self._decisions_out: asyncio.Future[None] | None = None   # the last batch, until sent
         self._deliveries: list[Delivery] = []   # acknowledged, not yet handed to the hook
         self._bus = bus
         self._clock = clock
@@ -444,7 +448,7 @@ class MqttBridge:
         bus = self._bus
         self._subs = [
             bus.subscribe_batch(RiskDecision, self._on_decisions, name="mqtt",
-                                batch_max=INTAKE_BATCH_MAX),
+                                batch_max=INTAKE_BATCH_MAX, overlap=DECISION_OVERLAP),
             bus.subscribe(OrderEvent, self._on_order_event, name="mqtt"),
             bus.subscribe(Fill, self._on_fill, name="mqtt"),
             bus.subscribe(PortfolioSnapshot, self._on_snapshot, name="mqtt", maxsize=8,
@@ -739,6 +743,21 @@ class MqttBridge:
         if stamps.ON:
             for decision in decisions:
                 stamps.stamp(decision.proposal_id, "decision_at_bridge")
+        # the batches journal at once (one may be committing while the next is handed to the
+        # journal: bus overlap); they go out in the order they came, each once journaled
+        before, self._decisions_out = self._decisions_out, asyncio.get_running_loop().create_future()
+        mine = self._decisions_out
+        try:
+            payloads = await self._journal_decisions(decisions)
+            if before is not None and not before.done():
+                await asyncio.shield(before)
+            self._send_decisions(decisions, payloads)
+        finally:
+            mine.set_result(None)
+            if self._decisions_out is mine:
+                self._decisions_out = None
+
+    async def _journal_decisions(self, decisions: list[RiskDecision]) -> list[bytes] | None:
         payloads: list[bytes] | None = None
         if self._decisions_hook is not None:
             try:
@@ -757,6 +776,9 @@ class MqttBridge:
         if stamps.ON:
             for decision in decisions:
                 stamps.stamp(decision.proposal_id, "decision_journaled")
+        return payloads
+
+    def _send_decisions(self, decisions: list[RiskDecision], payloads: list[bytes] | None) -> None:
         debug = log.is_enabled_for(logging.DEBUG)
         for i, decision in enumerate(decisions):
             # the gate (risk_decision) or the bridge (proposal_invalid, ...) logged it already
