@@ -74,7 +74,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from bracketgate.adapters import journal_attrib, journal_compact, journal_files, journal_ids
+from bracketgate.adapters import (
+    journal_attrib, journal_compact, journal_early, journal_files, journal_ids)
 from bracketgate.adapters.journal_ids import SeenId
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.fastjson import encoder
@@ -862,6 +863,11 @@ class Journal:
         self._writer: _Writer | None = None
         self.on_write_failure = on_write_failure
         self._fresh: dict[str, tuple[str | None, str]] = {}   # proposal_id -> (agent, first ts)
+        # proposal writes in flight: proposal_id -> its look-up's answer, given by the writer
+        # thread before the commit (journal_early.py); ids answered early, until committed
+        self._looking: dict[str, asyncio.Future[Any]] = {}
+        self._early: set[str] = set()
+        self._unjournaled: dict[str, None] = {}   # proposal writes that failed, oldest first
 
     # -- lifecycle
     @classmethod
@@ -1002,6 +1008,7 @@ class Journal:
                                     e.get("once", False), ts) for e in events]
         runs = [run for run, _ in writes]
         rows = [run.row for run in runs]  # type: ignore[attr-defined]
+        looking = journal_early.register(self._looking, events, runs)
 
         def run_all(conn: sqlite3.Connection) -> list[int | None]:
             # a run of plain inserts (acks, statuses: no look-up, no id row) is one executemany
@@ -1019,9 +1026,16 @@ class Journal:
                 else:
                     seqs.append(runs[i](conn))
                     i += 1
+            if looking:
+                journal_early.answer(looking)   # before the commit: the gate need not wait
             return seqs
 
-        seqs = await self._submit(run_all, any(full for _, full in writes))
+        try:
+            seqs = await self._submit(run_all, any(full for _, full in writes))
+        except BaseException:
+            journal_early.settle(self, looking, committed=False)
+            raise
+        journal_early.settle(self, looking, committed=True)
         for run in runs:
             self._note_fresh(run)
         return seqs
@@ -1036,7 +1050,9 @@ class Journal:
         if decided is not None:   # a decision for an id makes the "nothing decided" answer stale
             self._fresh.pop(decided, None)
         hit = getattr(run, "fresh", None)
-        if hit:
+        if hit and hit[0][0] in self._early:   # its look-up was answered before the commit
+            self._early.discard(hit[0][0])
+        elif hit:
             if len(self._fresh) >= self.FRESH_MAX:
                 self._fresh.clear()   # the look-ups fall back to SQLite: correct, only slower
             pid, aid, ts = hit[0]
@@ -1225,10 +1241,17 @@ class Journal:
 
         return await self._submit(run, None)
 
+    def not_journaled(self, proposal_id: str) -> bool:
+        """This process's last write of this proposal failed (journal_early.py): the gate may
+        have decided it while it was being written; nothing is to be placed for it."""
+        return proposal_id in self._unjournaled
+
     async def first_seen(self, proposal_id: str) -> SeenId | None:
         """What the journal remembers of proposal_id (first-journaled time, first proposal,
         first gate decision), or None: never seen, or pruned (`prune_ids`)."""
         hit = self._fresh.pop(proposal_id, None)
+        if hit is None and proposal_id in self._looking:   # its write is in flight
+            hit = await journal_early.wait(self, proposal_id)
         if hit is not None:   # journaled by this process a moment ago, new then: nothing decided
             return journal_ids.SeenId(proposal_id=proposal_id, agent_id=hit[0],
                                       first_seen=datetime.fromisoformat(hit[1]), verdict=None,

@@ -451,6 +451,14 @@ class ExecutionAgent:
         self._intents[p.proposal_id] = RunIntent(
             p.proposal_id, p.agent_id, "pending", ids.model_dump(),
             {"proposal": p.model_dump(mode="json")})
+        if self._journal is not None and getattr(self._journal, "not_journaled", None) is not None \
+                and self._journal.not_journaled(p.proposal_id):
+            # the gate decides while the proposal commits (bus/mqtt.py); its write, queued
+            # ahead of the intent's, failed: nothing is sent for a proposal not journaled
+            log.error("placement_refused_not_journaled", code="NOT_DURABLE")
+            await self._mark(p.proposal_id, "failed")
+            return PlacementResult(proposal_id=p.proposal_id, ok=False, order_ids=ids,
+                                   error="the proposal is not journaled")
         self._sending.add(p.proposal_id)
         try:
             ids = await self._broker.place_bracket(bracket, ids)

@@ -72,6 +72,7 @@ from bracketgate.bus.messages import (
 from bracketgate.bus.mqtt_wire import Wire, send_outbox, tune
 from bracketgate.config.settings import Settings
 from bracketgate.core import stamps
+from bracketgate.core.crashpoints import crash_point
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.logs import get_logger
 
@@ -909,6 +910,16 @@ class MqttBridge:
             items.append((message, topic, payload, agent, parsed))
         self._intake_idle.clear()
         try:
+            if fresh and len(fresh) == len(items):   # proposals only (the common case)
+                if stamps.ON:
+                    for p in fresh:
+                        stamps.stamp(p.proposal_id, "mqtt_rx", taken)
+                failure = await self._offer_while_durable(fresh)
+                if failure is not None:
+                    self._not_durable(fresh[0], failure)
+                for message, *_ in items:
+                    self._ack(client, message)
+                return
             failure = await self._make_durable(fresh) if fresh else None
             if stamps.ON:
                 for p in fresh:
@@ -1050,6 +1061,27 @@ class MqttBridge:
             log.info("proposal_invalid", code=str(result.reasons[0].code),
                      errors=len(result.reasons), size=size)
             await self._answer(result)
+
+    async def _offer_while_durable(self, proposals: list[TradeProposal]) -> BaseException | None:
+        """Make the proposals durable and, while their commit is in flight, offer them to the
+        gate (in order); the failure, if any. Their writes are handed to the journal first, so
+        whatever the gate writes for them (an order intent, a decision) is queued behind and
+        never committed before them; the caller acknowledges them only once this returned
+        without a failure (a failure: not acknowledged, the broker delivers them again and the
+        gate answers its own decision)."""
+        durable = asyncio.get_running_loop().create_task(self._make_durable(proposals))
+        await asyncio.sleep(0)   # its first step: the writes are queued before the gate runs
+        try:
+            for proposal in proposals:
+                await self._submit(proposal, "proposal_received")
+            crash_point("proposal_offered")   # with the gate, its commit perhaps not returned
+        finally:
+            failure = await durable
+        if stamps.ON:
+            taken = time.perf_counter()
+            for p in proposals:
+                stamps.stamp(p.proposal_id, "proposal_journaled", taken)
+        return failure
 
     async def _make_durable(self, proposals: list[TradeProposal]) -> BaseException | None:
         """Run the hook over the proposals that came together; the failure, if any (then none
