@@ -1032,8 +1032,11 @@ class Journal:
 
         try:
             seqs = await self._submit(run_all, any(full for _, full in writes))
-        except BaseException:
+        except Exception:
             journal_early.settle(self, looking, committed=False)
+            raise
+        except BaseException:   # the caller went away: the write itself is not withdrawn
+            journal_early.settle(self, looking, committed=None)
             raise
         journal_early.settle(self, looking, committed=True)
         for run in runs:

@@ -65,10 +65,11 @@ def answer(looking: Looking) -> None:
 UNJOURNALED_MAX = 4096   # failed proposal writes remembered (ExecutionAgent asks, then places)
 
 
-def settle(journal: Any, looking: Looking, committed: bool) -> None:
-    """The write returned (committed or failed): its ids leave `_looking`; a failed one's
-    waiters ask SQLite, no id of it stays in `_early`, and it is noted in `_unjournaled` (until
-    a write of it commits): the gate may have decided it meanwhile, nothing may be placed."""
+def settle(journal: Any, looking: Looking, committed: bool | None) -> None:
+    """The write returned (committed, failed, or None: its caller was cancelled, the write
+    goes on): its ids leave `_looking` and their waiters ask SQLite; a failed one's is noted
+    in `_unjournaled` (until a write of it commits): the gate may have decided it meanwhile,
+    nothing may be placed for it."""
     for pid, fut, _run, _loop in looking:
         if journal._looking.get(pid) is fut:
             del journal._looking[pid]
@@ -76,8 +77,9 @@ def settle(journal: Any, looking: Looking, committed: bool) -> None:
             fut.set_result(None)
         if committed:
             journal._unjournaled.pop(pid, None)
-        else:
-            journal._early.discard(pid)
+            continue
+        journal._early.discard(pid)     # no _note_fresh: later look-ups ask SQLite
+        if committed is False:
             journal._unjournaled[pid] = None
             while len(journal._unjournaled) > UNJOURNALED_MAX:
                 del journal._unjournaled[next(iter(journal._unjournaled))]

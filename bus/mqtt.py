@@ -14,7 +14,10 @@ A proposal is acknowledged (PUBACK) only once it is durable: the `on_proposal` h
 journals it) has returned and it is on the bus, or its answer is. Until then it stays in the
 broker's persistent session, which delivers it again (DUP) on the next connection; so a crash, a
 broker restart or a failing hook loses nothing (a failing hook ends the connection to get it
-back). stop_intake() keeps the subscription and stops acknowledging: what arrives from then on,
+back). A batch of proposals only is offered to the gate while its commit is in flight (the
+gate decides meanwhile: adapters/journal_early.py answers its id look-up before the commit; what
+the gate then journals is queued behind, and nothing is placed for a proposal whose write
+failed), and acknowledged once it returned. stop_intake() keeps the subscription and stops acknowledging: what arrives from then on,
 and what agents publish while the daemon is down, is delivered after the next start. Answers:
 bad input an `invalid` decision listing each error, an intake queue still full after
 INTAKE_ROOM_WAIT_S (the bridge holds back first: what it has not acknowledged waits at the
@@ -1073,10 +1076,17 @@ class MqttBridge:
         await asyncio.sleep(0)   # its first step: the writes are queued before the gate runs
         try:
             for proposal in proposals:
-                await self._submit(proposal, "proposal_received")
+                try:
+                    await self._submit(proposal, "proposal_received")
+                except (BusError, LifecycleError) as exc:
+                    log.error("mqtt_inbound_failed", topic=self.topics.proposals(proposal.agent_id),
+                              code=exc.code, error=str(exc))
+                except Exception:  # a bug must not end the connection; the message is logged
+                    log.exception("mqtt_inbound_failed", code="INTERNAL",
+                                  topic=self.topics.proposals(proposal.agent_id))
             crash_point("proposal_offered")   # with the gate, its commit perhaps not returned
-        finally:
-            failure = await durable
+        finally:   # (shielded: a reader cancelled meanwhile does not cut the write short)
+            failure = await asyncio.shield(durable)
         if stamps.ON:
             taken = time.perf_counter()
             for p in proposals:
