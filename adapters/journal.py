@@ -77,6 +77,7 @@ from pydantic import BaseModel
 from bracketgate.adapters import (
     journal_attrib, journal_compact, journal_early, journal_files, journal_ids)
 from bracketgate.adapters.journal_ids import SeenId
+from bracketgate.core import stamps
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.fastjson import encoder
 from bracketgate.core.logs import get_logger
@@ -1009,6 +1010,8 @@ class Journal:
         runs = [run for run, _ in writes]
         rows = [run.row for run in runs]  # type: ignore[attr-defined]
         looking = journal_early.register(self._looking, events, runs)
+        traced = [(str(e["proposal_id"]), str(e["kind"])) for e in events
+                  if e.get("proposal_id")] if stamps.ON else None
 
         def run_all(conn: sqlite3.Connection) -> list[int | None]:
             # a run of plain inserts (acks, statuses: no look-up, no id row) is one executemany
@@ -1028,6 +1031,10 @@ class Journal:
                     i += 1
             if looking:
                 journal_early.answer(looking)   # before the commit: the gate need not wait
+            if traced:
+                ran = time.perf_counter()
+                for pid, what in traced:
+                    stamps.stamp(pid, what + "_ran", ran)
             return seqs
 
         try:
@@ -1159,8 +1166,11 @@ class Journal:
             except sqlite3.IntegrityError as exc:
                 raise DuplicateIntent(f"an intent for {pid} is already journaled",
                                       proposal_id=pid) from exc
-            return _insert_event(conn, ts, EventKind.INTENT.value, pid, aid,
-                                 ids.get("entry") if ids else None, event)
+            seq = _insert_event(conn, ts, EventKind.INTENT.value, pid, aid,
+                                ids.get("entry") if ids else None, event)
+            if stamps.ON:
+                stamps.stamp(pid, "intent_ran")
+            return seq
 
         seq = await self._submit(run, True)
         log.info("journal.intent", proposal_id=pid, agent_id=aid, seq=seq, order_ids=ids)

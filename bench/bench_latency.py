@@ -110,10 +110,11 @@ def phases(logs: list[dict[str, Any]], approved: set[str]) -> dict[str, list[flo
 
 # the approved path's stages in order: the bench's schedule, the daemon's stamps
 # (core/stamps.py, BRACKETGATE_STAMPS), the paper TWS's arrivals (tws_*) and the bench's receive
-STAGES = ("due", "mqtt_rx", "proposal_journaled", "whatif_asked", "whatif_sent", "tws_whatif",
-          "whatif_answered", "place_requested", "intent_journaled", "leg0_sent", "tws_entry",
+STAGES = ("due", "mqtt_rx", "proposal_ran", "proposal_journaled", "whatif_asked", "whatif_sent", "tws_whatif",
+          "whatif_answered", "place_requested", "intent_ran", "intent_journaled", "leg0_sent", "tws_entry",
           "leg1_sent", "leg2_sent", "tws_last_leg", "ack0_read", "ack1_read", "ack2_read",
-          "acks_woke", "placement_answered", "decision_at_bridge", "decision_journaled",
+          "acks_woke", "placement_answered", "decision_at_bridge", "decision_ran",
+          "decision_journaled",
           "mqtt_out_decisions", "received")
 
 
