@@ -805,6 +805,8 @@ class _Writer(threading.Thread):
                     results.append((result, None))
                 conn.execute("RELEASE op")
             conn.execute("COMMIT")
+            if stamps.ON and writes:   # when each FULL commit returned, in the writer thread
+                stamps.stamp("", "full_commit" if self._sync_full else "normal_commit")
         except sqlite3.Error as exc:
             log.error("journal.commit_failed", error=str(exc), batch=len(batch))
             if conn.in_transaction:
