@@ -40,8 +40,6 @@ async def _held_batch(journal: Journal, events: list[dict]) -> tuple[asyncio.Fut
     hold2 = journal._submit(lambda conn: second.wait(10), False)
     first.set()
     await hold1
-    task.add_done_callback(lambda _t: None)
-    hold2.add_done_callback(lambda _f: None)
     return task, second
 
 
