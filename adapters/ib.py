@@ -86,6 +86,7 @@ from bracketgate.adapters.ib_prune import (
 from bracketgate.adapters.pacer import DEFAULT_RATE, Pacer, Priority
 from bracketgate.bus.combos import combo_con_id, leg_query
 from bracketgate.bus.errors import BrokerConnectError, BrokerError, BrokerNotConnected, BrokerTimeout, PlacementError
+from bracketgate.core import stamps
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.crashpoints import crash_point
 from bracketgate.core.logs import get_logger
@@ -1172,6 +1173,8 @@ class IBBroker(QuoteLines):
         try:
             for o in orders:
                 trades.append(self.ib.placeOrder(contract, o))
+                if stamps.ON:
+                    stamps.stamp(ref, f"leg{len(trades) - 1}_sent")
                 if len(trades) == 1:
                     crash_point("entry_sent")
         except ConnectionError as e:  # the socket closed under us (ib_async raises before sending)
@@ -1211,7 +1214,14 @@ class IBBroker(QuoteLines):
         def traded() -> bool:
             return any(t.orderStatus.filled or t.orderStatus.status == "Filled" for t in trades)
 
+        acked: set[int] = set()
+
         def check(*_: Any) -> None:
+            if stamps.ON:
+                for i, t in enumerate(trades):
+                    if i not in acked and t.orderStatus.status not in ("PendingSubmit", ""):
+                        acked.add(i)
+                        stamps.stamp(ref, f"ack{i}_read")
             if done.done():
                 return
             if traded():  # IB took the bracket and it trades: a cancelled leg is its OCA sibling
@@ -1245,6 +1255,8 @@ class IBBroker(QuoteLines):
                 t.statusEvent -= check
             if not self._ack_waiters and self._dirty_hold is not None:
                 asyncio.get_running_loop().call_soon(self._flush_dirty)   # the held notices
+        if stamps.ON:
+            stamps.stamp(ref, "acks_woke")
         if traded():
             return
         statuses = [t.orderStatus.status for t in trades]
@@ -1348,9 +1360,13 @@ class IBBroker(QuoteLines):
         if p.order_type is OrderType.LMT:
             order.lmtPrice = p.limit_price
         asked = time.monotonic()
+        if stamps.ON:
+            stamps.stamp(p.proposal_id, "whatif_asked")
         await self._turn(Priority.ORDER, 1, p.proposal_id)
         self._require_ready()
         sent = time.monotonic()
+        if stamps.ON:
+            stamps.stamp(p.proposal_id, "whatif_sent")
         try:   # awaited in this task (wait_for woke it one loop step later, through a callback)
             async with asyncio.timeout(self.request_timeout):
                 state = await self.ib.whatIfOrderAsync(contract, order)
@@ -1362,6 +1378,8 @@ class IBBroker(QuoteLines):
             if (done := time.monotonic()) - asked > WHATIF_SLOW_S:
                 log.warning("ib_whatif_slow", proposal_id=p.proposal_id, turn_s=round(sent - asked, 3),
                             answer_s=round(done - sent, 3), queued=self.pacer.queued(Priority.ORDER))
+        if stamps.ON:
+            stamps.stamp(p.proposal_id, "whatif_answered")
         if isinstance(state, list):  # ib_insync returns [] on error
             raise BrokerError("what-if returned no order state")
         return {

@@ -74,8 +74,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from bracketgate.adapters import journal_attrib, journal_compact, journal_files, journal_ids
+from bracketgate.adapters import (
+    journal_attrib, journal_compact, journal_early, journal_files, journal_ids)
 from bracketgate.adapters.journal_ids import SeenId
+from bracketgate.core import stamps
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.fastjson import encoder
 from bracketgate.core.logs import get_logger
@@ -87,6 +89,12 @@ SCHEMA_VERSION = 4
 CACHE_KIB = -4096  # PRAGMA cache_size (negative: KiB): SQLite's page cache, bounded at 4 MB
 BATCH_MAX = 512  # most operations committed in one transaction (one fsync)
 MAX_ORDER_ID_INTENTS = 1024   # newest intents read for the highest order id at start-up
+# the interpreter's GIL switch interval while a journal is open (CPython's default is 5 ms): a
+# thread that wants the GIL waits up to this long for the one holding it, so with 5 ms the
+# writer thread, back from an fsync (or handed a write) while the loop runs Python, waited up
+# to 5 ms for the GIL at each of the approved path's three FULL commits, and the loop as long
+# for the writer's batch. Never raised above what it already is.
+WRITER_SWITCH_INTERVAL_S = 0.0005
 
 
 # --------------------------------------------------------------------------- errors
@@ -797,6 +805,8 @@ class _Writer(threading.Thread):
                     results.append((result, None))
                 conn.execute("RELEASE op")
             conn.execute("COMMIT")
+            if stamps.ON and writes:   # when each FULL commit returned, in the writer thread
+                stamps.stamp("", "full_commit" if self._sync_full else "normal_commit")
         except sqlite3.Error as exc:
             log.error("journal.commit_failed", error=str(exc), batch=len(batch))
             if conn.in_transaction:
@@ -856,6 +866,11 @@ class Journal:
         self._writer: _Writer | None = None
         self.on_write_failure = on_write_failure
         self._fresh: dict[str, tuple[str | None, str]] = {}   # proposal_id -> (agent, first ts)
+        # proposal writes in flight: proposal_id -> its look-up's answer, given by the writer
+        # thread before the commit (journal_early.py); ids answered early, until committed
+        self._looking: dict[str, asyncio.Future[Any]] = {}
+        self._early: set[str] = set()
+        self._unjournaled: dict[str, None] = {}   # proposal writes that failed, oldest first
 
     # -- lifecycle
     @classmethod
@@ -875,6 +890,8 @@ class Journal:
         writer.loop = loop
         writer.ready = loop.create_future()
         writer.on_write_failure = self.on_write_failure
+        if sys.getswitchinterval() > WRITER_SWITCH_INTERVAL_S:
+            sys.setswitchinterval(WRITER_SWITCH_INTERVAL_S)
         writer.start()
         await writer.ready
         if target != ":memory:":
@@ -994,6 +1011,9 @@ class Journal:
                                     e.get("once", False), ts) for e in events]
         runs = [run for run, _ in writes]
         rows = [run.row for run in runs]  # type: ignore[attr-defined]
+        looking = journal_early.register(self._looking, events, runs)
+        traced = [(str(e["proposal_id"]), str(e["kind"])) for e in events
+                  if e.get("proposal_id")] if stamps.ON else None
 
         def run_all(conn: sqlite3.Connection) -> list[int | None]:
             # a run of plain inserts (acks, statuses: no look-up, no id row) is one executemany
@@ -1011,9 +1031,23 @@ class Journal:
                 else:
                     seqs.append(runs[i](conn))
                     i += 1
+            if looking:
+                journal_early.answer(looking)   # before the commit: the gate need not wait
+            if traced:
+                ran = time.perf_counter()
+                for pid, what in traced:
+                    stamps.stamp(pid, what + "_ran", ran)
             return seqs
 
-        seqs = await self._submit(run_all, any(full for _, full in writes))
+        try:
+            seqs = await self._submit(run_all, any(full for _, full in writes))
+        except Exception:
+            journal_early.settle(self, looking, committed=False)
+            raise
+        except BaseException:   # the caller went away: the write itself is not withdrawn
+            journal_early.settle(self, looking, committed=None)
+            raise
+        journal_early.settle(self, looking, committed=True)
         for run in runs:
             self._note_fresh(run)
         return seqs
@@ -1028,7 +1062,9 @@ class Journal:
         if decided is not None:   # a decision for an id makes the "nothing decided" answer stale
             self._fresh.pop(decided, None)
         hit = getattr(run, "fresh", None)
-        if hit:
+        if hit and hit[0][0] in self._early:   # its look-up was answered before the commit
+            self._early.discard(hit[0][0])
+        elif hit:
             if len(self._fresh) >= self.FRESH_MAX:
                 self._fresh.clear()   # the look-ups fall back to SQLite: correct, only slower
             pid, aid, ts = hit[0]
@@ -1132,8 +1168,11 @@ class Journal:
             except sqlite3.IntegrityError as exc:
                 raise DuplicateIntent(f"an intent for {pid} is already journaled",
                                       proposal_id=pid) from exc
-            return _insert_event(conn, ts, EventKind.INTENT.value, pid, aid,
-                                 ids.get("entry") if ids else None, event)
+            seq = _insert_event(conn, ts, EventKind.INTENT.value, pid, aid,
+                                ids.get("entry") if ids else None, event)
+            if stamps.ON:
+                stamps.stamp(pid, "intent_ran")
+            return seq
 
         seq = await self._submit(run, True)
         log.info("journal.intent", proposal_id=pid, agent_id=aid, seq=seq, order_ids=ids)
@@ -1217,10 +1256,17 @@ class Journal:
 
         return await self._submit(run, None)
 
+    def not_journaled(self, proposal_id: str) -> bool:
+        """This process's last write of this proposal failed (journal_early.py): the gate may
+        have decided it while it was being written; nothing is to be placed for it."""
+        return proposal_id in self._unjournaled
+
     async def first_seen(self, proposal_id: str) -> SeenId | None:
         """What the journal remembers of proposal_id (first-journaled time, first proposal,
         first gate decision), or None: never seen, or pruned (`prune_ids`)."""
         hit = self._fresh.pop(proposal_id, None)
+        if hit is None and proposal_id in self._looking:   # its write is in flight
+            hit = await journal_early.wait(self, proposal_id)
         if hit is not None:   # journaled by this process a moment ago, new then: nothing decided
             return journal_ids.SeenId(proposal_id=proposal_id, agent_id=hit[0],
                                       first_seen=datetime.fromisoformat(hit[1]), verdict=None,

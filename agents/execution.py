@@ -50,6 +50,7 @@ from bracketgate.bus.messages import (
     PriorPlacement,
     Side,
 )
+from bracketgate.core import stamps
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.crashpoints import crash_point
 from bracketgate.core.logs import get_logger
@@ -364,6 +365,8 @@ class ExecutionAgent:
         (the governor's placement deadline) does not cut it off between IB's legs; it can ask
         for the outcome with `execution.outcome` (what IB ends up having is the answer)."""
         p = bracket.proposal
+        if stamps.ON:
+            stamps.stamp(p.proposal_id, "place_requested")
         task = self._placements.get(p.proposal_id)
         if task is not None and task.done():
             return task.result()
@@ -394,6 +397,8 @@ class ExecutionAgent:
             self._answer(p.proposal_id, None, e)
             raise
         else:
+            if stamps.ON:
+                stamps.stamp(p.proposal_id, "placement_answered")
             self._answer(p.proposal_id, result, None)
             return result
         finally:
@@ -441,9 +446,19 @@ class ExecutionAgent:
         if self._journal is not None:  # the intent is durable before anything is sent
             await self._journal.record_intent(bracket, ids)
             crash_point("intent_journaled")
+            if stamps.ON:
+                stamps.stamp(p.proposal_id, "intent_journaled")
         self._intents[p.proposal_id] = RunIntent(
             p.proposal_id, p.agent_id, "pending", ids.model_dump(),
             {"proposal": p.model_dump(mode="json")})
+        if self._journal is not None and getattr(self._journal, "not_journaled", None) is not None \
+                and self._journal.not_journaled(p.proposal_id):
+            # the gate decides while the proposal commits (bus/mqtt.py); its write, queued
+            # ahead of the intent's, failed: nothing is sent for a proposal not journaled
+            log.error("placement_refused_not_journaled", code="NOT_DURABLE")
+            await self._mark(p.proposal_id, "failed")
+            return PlacementResult(proposal_id=p.proposal_id, ok=False, order_ids=ids,
+                                   error="the proposal is not journaled")
         self._sending.add(p.proposal_id)
         try:
             ids = await self._broker.place_bracket(bracket, ids)

@@ -39,6 +39,24 @@ the trials (range):
 The difference is inside the noise between trials: at 100/s with 1 in 20 approved the paper
 TWS's own work is small, and the approved decision's time is the daemon's (IB's acks of the
 three legs, the journal's FULL commit, the publish: "last leg -> decision").
+
+Stage by stage (the daemon's stamps, core/stamps.py, BRACKETGATE_STAMPS set by this bench; the
+paper TWS's arrivals; each FULL commit split into: the write waiting for the writer thread
+(`_ran`: its insert ran), the commit returning in the writer (`_committed`), the answer back on
+the loop (`_journaled`)), and a bare SQLite FULL commit on the same disk in the same run. One
+run, --n 3000, a quiet moment of a shared 2-CPU VM (bare commit p50 0.48 ms), at 722eb64+:
+
+    due -> mqtt_rx 1.31 | proposal ran 0.59, committed 1.01, back 0.43 (the gate has it
+    1.36 ms before that: the what-if is asked while it commits) | what-if out 0.02, at TWS 0.67,
+    answered 0.47 | place requested 0.23 | intent ran 0.40, committed 0.38, back 0.14 | legs
+    0.5 + 0.2, at TWS 0.9 | acks 0.03 + 0.32 + 0.63, woke 0.13 | to the bridge 1.21 | decision
+    ran 0.47, committed 1.25, back 1.27 | out 0.41, at the agent 0.70   (p50s, ms)
+    entry p50 6.28 / p99 24.5, approved p50 18.3 / p99 50.8, rejected p50 4.24 ms
+
+Base d4bb777 vs wip/lat2 (switch interval + decision overlap + early offer), alternated, six
+trials each of --n 3000 in two rounds (medians, range; the box loaded by other runs: the bare
+commit's p50 0.4-5.7 ms): entry p50 11.0 (5.8-21.8) -> 9.2 (5.5-10.7) ms, p99 102 -> 71 ms;
+approved p50 25.7 (15.6-49.7) -> 22.5 (15.5-25.6), p99 154 -> 95; rejected p50 7.5 -> 7.5.
 """
 
 from __future__ import annotations
@@ -105,6 +123,50 @@ def phases(logs: list[dict[str, Any]], approved: set[str]) -> dict[str, list[flo
         if a in found and b in found and names:
             out[f"{a} -> {b}"] = [
                 (at[(p, b)] - at[(p, a)]) * 1000 for p in approved if (p, a) in at and (p, b) in at]
+    return out
+
+
+# the approved path's stages in order: the bench's schedule, the daemon's stamps
+# (core/stamps.py, BRACKETGATE_STAMPS), the paper TWS's arrivals (tws_*) and the bench's receive
+STAGES = ("due", "mqtt_rx", "proposal_ran", "proposal_committed", "proposal_journaled", "whatif_asked", "whatif_sent", "tws_whatif",
+          "whatif_answered", "place_requested", "intent_ran", "intent_committed", "intent_journaled", "leg0_sent", "tws_entry",
+          "leg1_sent", "leg2_sent", "tws_last_leg", "ack0_read", "ack1_read", "ack2_read",
+          "acks_woke", "placement_answered", "decision_at_bridge", "decision_ran",
+          "decision_committed", "decision_journaled",
+          "mqtt_out_decisions", "received")
+
+
+def stage_table(at: dict[str, dict[str, float]]) -> list[str]:
+    """p50/p99 of each step between consecutive stages present for a proposal, and of each
+    stage from the schedule."""
+    rows = []
+    for a, b in zip(STAGES, STAGES[1:]):
+        d = [(s[b] - s[a]) * 1000 for s in at.values() if a in s and b in s]
+        c = [(s[b] - s["due"]) * 1000 for s in at.values() if b in s and "due" in s]
+        if d:
+            rows.append(f"    {a:>19} -> {b:<19} p50 {statistics.median(d):6.2f}  p99 "
+                        f"{pct(d, 99):6.2f}   (from due: p50 {statistics.median(c):6.2f}  "
+                        f"p99 {pct(c, 99):6.2f})  n={len(d)}")
+    return rows
+
+
+def bare_commits(path: Path, n: int = 300) -> list[float]:
+    """A bare SQLite FULL commit (WAL, one small row) on this disk, in ms: the fsync floor."""
+    import sqlite3
+
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT)")
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t (v) VALUES (?)", ("x" * 300,))
+        conn.execute("COMMIT")
+        out.append((time.perf_counter() - t) * 1000)
+        time.sleep(0.002)
+    conn.close()
     return out
 
 
@@ -193,7 +255,8 @@ async def main(n: int, rate: float, approve_every: int, baseline_n: int, tws_mod
     echoed: dict[str, float] = {}
     try:
         d = await DaemonProcess.spawn(ib_host=tws.host, ib_port=tws.port, mqtt_url=broker.url,
-                                      tmp=work, extra_env={"RISK_LIMITS_FILE": str(work / "limits.toml")})
+                                      tmp=work, extra_env={"RISK_LIMITS_FILE": str(work / "limits.toml"),
+                                                           "BRACKETGATE_STAMPS": str(work / "stamps.json")})
         try:
             async with aiomqtt.Client(u.hostname or "127.0.0.1", u.port or 1883,
                                       identifier=f"bench-lat-{run}",
@@ -221,6 +284,8 @@ async def main(n: int, rate: float, approve_every: int, baseline_n: int, tws_mod
                 echo_due, echo_late = await open_loop(
                     c, baseline_n, rate, lambda i: (f"e{i}", f"echo{run}/{i}", f"e{i}".encode()))
                 await asyncio.sleep(1.0)
+                fsync = await asyncio.to_thread(bare_commits, work / "bare.sqlite")
+                await asyncio.sleep(0.5)
 
                 def proposal(i: int) -> tuple[str, str, bytes]:
                     pid = f"lat-{run}-{i}"
@@ -297,6 +362,34 @@ async def main(n: int, rate: float, approve_every: int, baseline_n: int, tws_mod
         print(f"  p50 ratio to the baseline: entry {statistics.median(to_entry) / b if to_entry else float('nan'):.1f}x, "
               f"approved {statistics.median(dec_approved) / b if dec_approved else float('nan'):.1f}x, "
               f"rejected {statistics.median(dec_other) / b if dec_other else float('nan'):.1f}x")
+    print(f"  baseline bare SQLite FULL commit (WAL, this disk, same run) {fmt(fsync)}")
+    stamps_file = work / "stamps.json"
+    if stamps_file.exists():
+        at: dict[str, dict[str, float]] = {p: {"due": due[p], "received": received[p][0]}
+                                           for p in approved}
+        commits: list[float] = []   # the journal writer's FULL commits (when each returned)
+        for pid, stage, t in json.loads(stamps_file.read_text()):
+            if pid in at:
+                at[pid].setdefault(stage, t)
+            elif stage == "full_commit":
+                commits.append(t)
+        commits.sort()
+        for s in at.values():   # the first FULL commit after each write ran: its commit
+            for what in ("proposal", "intent", "decision"):
+                if what + "_ran" in s:
+                    i = bisect.bisect_left(commits, s[what + "_ran"])
+                    if i < len(commits):
+                        s[what + "_committed"] = commits[i]
+        for p in approved:
+            if p in entry_at:
+                at[p]["tws_entry"] = entry_at[p]
+            if p in whatif_at:
+                at[p]["tws_whatif"] = whatif_at[p]
+            if p in last_leg_at:
+                at[p]["tws_last_leg"] = last_leg_at[p]
+        print("  approved path, stage by stage (ms; daemon stamps core/stamps.py):")
+        for row in stage_table(at):
+            print(row)
     print(f"  paper TWS pacing: error 100 sent {health['pacingErrors']}, dropped {health['pacingDropped']}")
     print(f"  daemon exit code on SIGTERM: {rc}")
 

@@ -129,6 +129,7 @@ class Subscription(Generic[M]):
     worker: asyncio.Task[None] | None = field(default=None, repr=False)
     active: bool = True
     batch_max: int = 0   # > 0: `handler` takes a list of up to batch_max messages (subscribe_batch)
+    overlap: int = 1     # batches whose handler runs at once (subscribe_batch), started in order
     # set by the worker each time it takes a message off the queue (wait_for_room)
     freed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -239,14 +240,22 @@ class Bus:
         batch_max: int = 256,
         maxsize: int | None = None,
         overflow: Overflow = Overflow.BLOCK,
+        overlap: int = 1,
     ) -> Subscription[M]:
         """Like subscribe(), but `handler` gets what is queued (1 to batch_max messages, in
-        order) in one call. Its context (proposal_id, agent_id) is the handler's to bind."""
+        order) in one call. Its context (proposal_id, agent_id) is the handler's to bind.
+        `overlap` > 1: up to that many calls run at once, each started (in order) while the
+        ones before it still await (the MQTT bridge journals the next decisions while the last
+        ones commit); keeping their effects in order is then the handler's job. drain() and a
+        queue's join() still wait for every call to return."""
         if batch_max < 1:
             raise ValueError("batch_max must be >= 1")
+        if overlap < 1:
+            raise ValueError("overlap must be >= 1")
         sub = self.subscribe(topic, handler, name=name, maxsize=maxsize,  # type: ignore[arg-type]
                              overflow=overflow)
         sub.batch_max = batch_max
+        sub.overlap = overlap
         return sub
 
     async def unsubscribe(self, sub: Subscription[Any]) -> None:
@@ -409,6 +418,9 @@ class Bus:
                 sub.queue.task_done()
 
     async def _work_batches(self, sub: Subscription[Any]) -> None:
+        if sub.overlap > 1:
+            await self._work_overlapped(sub)
+            return
         topic = sub.topic.__name__
         queue = sub.queue
         while True:
@@ -430,3 +442,44 @@ class Bus:
                 sub.max_handler_s = max(sub.max_handler_s, self._clock.monotonic() - started)
                 for _ in batch:
                     queue.task_done()
+
+    async def _work_overlapped(self, sub: Subscription[Any]) -> None:
+        """_work_batches with up to `sub.overlap` handler calls in flight: a batch is taken
+        as soon as there is room for its call, and its messages are done once it returns."""
+        topic = sub.topic.__name__
+        queue = sub.queue
+        room = asyncio.Semaphore(sub.overlap)
+        running: set[asyncio.Task[None]] = set()
+
+        async def call(batch: list[Any]) -> None:
+            started = self._clock.monotonic()
+            try:
+                await sub.handler(batch)
+                sub.delivered += len(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                sub.failed += len(batch)
+                log.exception("bus_handler_failed", topic=topic, subscription=sub.name,
+                              messages=len(batch), **message_context(batch[0]))
+            finally:
+                sub.max_handler_s = max(sub.max_handler_s, self._clock.monotonic() - started)
+                room.release()
+                for _ in batch:
+                    queue.task_done()
+
+        try:
+            while True:
+                await room.acquire()
+                batch = [await queue.get()]
+                while len(batch) < sub.batch_max and not queue.empty():
+                    batch.append(queue.get_nowait())
+                sub.freed.set()
+                task = asyncio.get_running_loop().create_task(call(batch), name=f"bus:{sub.key}")
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:   # close() / unsubscribe(): the calls in flight end with the worker
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)

@@ -14,7 +14,10 @@ A proposal is acknowledged (PUBACK) only once it is durable: the `on_proposal` h
 journals it) has returned and it is on the bus, or its answer is. Until then it stays in the
 broker's persistent session, which delivers it again (DUP) on the next connection; so a crash, a
 broker restart or a failing hook loses nothing (a failing hook ends the connection to get it
-back). stop_intake() keeps the subscription and stops acknowledging: what arrives from then on,
+back). A batch of proposals only is offered to the gate while its commit is in flight (the
+gate decides meanwhile: adapters/journal_early.py answers its id look-up before the commit; what
+the gate then journals is queued behind, and nothing is placed for a proposal whose write
+failed), and acknowledged once it returned. stop_intake() keeps the subscription and stops acknowledging: what arrives from then on,
 and what agents publish while the daemon is down, is delivered after the next start. Answers:
 bad input an `invalid` decision listing each error, an intake queue still full after
 INTAKE_ROOM_WAIT_S (the bridge holds back first: what it has not acknowledged waits at the
@@ -35,6 +38,7 @@ import random
 import re
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -70,6 +74,8 @@ from bracketgate.bus.messages import (
 )
 from bracketgate.bus.mqtt_wire import Wire, send_outbox, tune
 from bracketgate.config.settings import Settings
+from bracketgate.core import stamps
+from bracketgate.core.crashpoints import crash_point
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.logs import get_logger
 
@@ -84,6 +90,9 @@ CLOSE_FLUSH_TIMEOUT_S = 5.0
 # proposals taken from the client's queue together (one journal commit, acknowledged in order);
 # mosquitto has at most max_inflight_messages (20 by default) unacknowledged with us anyway
 INTAKE_BATCH_MAX = 256
+# decision batches journaled at once (the next handed to the journal while one commits), sent
+# in order: an approval no longer waits for the rejections' commit in front of it to return
+DECISION_OVERLAP = 4
 # how long a proposal waits for room in a full intake queue before it is answered OVERLOADED
 INTAKE_ROOM_WAIT_S = 1.0
 # QoS 1 publishes awaiting their PUBACK at once (sent in order; resent in order after a reconnect)
@@ -377,6 +386,7 @@ class MqttBridge:
         self._seen_id = seen_id   # retained proposals: answered once (see _refuse_retained)
         self._delivered_hook = on_delivered
         self._delivery_tasks: set[asyncio.Task[None]] = set()
+        self._decisions_out: asyncio.Future[None] | None = None   # the last batch, until sent
         self._deliveries: list[Delivery] = []   # acknowledged, not yet handed to the hook
         self._bus = bus
         self._clock = clock
@@ -442,7 +452,7 @@ class MqttBridge:
         bus = self._bus
         self._subs = [
             bus.subscribe_batch(RiskDecision, self._on_decisions, name="mqtt",
-                                batch_max=INTAKE_BATCH_MAX),
+                                batch_max=INTAKE_BATCH_MAX, overlap=DECISION_OVERLAP),
             bus.subscribe(OrderEvent, self._on_order_event, name="mqtt"),
             bus.subscribe(Fill, self._on_fill, name="mqtt"),
             bus.subscribe(PortfolioSnapshot, self._on_snapshot, name="mqtt", maxsize=8,
@@ -734,6 +744,24 @@ class MqttBridge:
     async def _on_decisions(self, decisions: list[RiskDecision]) -> None:
         """Journal the decisions ready together (the hook: one commit), then send each (the
         bytes the hook journaled, when it returns them)."""
+        if stamps.ON:
+            for decision in decisions:
+                stamps.stamp(decision.proposal_id, "decision_at_bridge")
+        # the batches journal at once (one may be committing while the next is handed to the
+        # journal: bus overlap); they go out in the order they came, each once journaled
+        before, self._decisions_out = self._decisions_out, asyncio.get_running_loop().create_future()
+        mine = self._decisions_out
+        try:
+            payloads = await self._journal_decisions(decisions)
+            if before is not None and not before.done():
+                await asyncio.shield(before)
+            self._send_decisions(decisions, payloads)
+        finally:
+            mine.set_result(None)
+            if self._decisions_out is mine:
+                self._decisions_out = None
+
+    async def _journal_decisions(self, decisions: list[RiskDecision]) -> list[bytes] | None:
         payloads: list[bytes] | None = None
         if self._decisions_hook is not None:
             try:
@@ -749,6 +777,12 @@ class MqttBridge:
                     self._not_recorded(decision, exc)
         if payloads is not None and len(payloads) != len(decisions):
             payloads = None
+        if stamps.ON:
+            for decision in decisions:
+                stamps.stamp(decision.proposal_id, "decision_journaled")
+        return payloads
+
+    def _send_decisions(self, decisions: list[RiskDecision], payloads: list[bytes] | None) -> None:
         debug = log.is_enabled_for(logging.DEBUG)
         for i, decision in enumerate(decisions):
             # the gate (risk_decision) or the bridge (proposal_invalid, ...) logged it already
@@ -863,6 +897,7 @@ class MqttBridge:
         # (message, topic, payload, agent of a proposals topic, parsed proposal or answer)
         items: list[tuple[aiomqtt.Message, str, bytes, str | None, Any]] = []
         fresh: list[TradeProposal] = []
+        taken = time.perf_counter() if stamps.ON else 0.0
         for message in batch:
             topic = message.topic.value
             raw = message.payload
@@ -878,7 +913,21 @@ class MqttBridge:
             items.append((message, topic, payload, agent, parsed))
         self._intake_idle.clear()
         try:
+            if fresh and len(fresh) == len(items):   # proposals only (the common case)
+                if stamps.ON:
+                    for p in fresh:
+                        stamps.stamp(p.proposal_id, "mqtt_rx", taken)
+                failure = await self._offer_while_durable(fresh)
+                if failure is not None:
+                    self._not_durable(fresh[0], failure)
+                for message, *_ in items:
+                    self._ack(client, message)
+                return
             failure = await self._make_durable(fresh) if fresh else None
+            if stamps.ON:
+                for p in fresh:
+                    stamps.stamp(p.proposal_id, "mqtt_rx", taken)
+                    stamps.stamp(p.proposal_id, "proposal_journaled")
             for message, topic, payload, agent, parsed in items:
                 try:
                     if agent is not None:
@@ -1015,6 +1064,34 @@ class MqttBridge:
             log.info("proposal_invalid", code=str(result.reasons[0].code),
                      errors=len(result.reasons), size=size)
             await self._answer(result)
+
+    async def _offer_while_durable(self, proposals: list[TradeProposal]) -> BaseException | None:
+        """Make the proposals durable and, while their commit is in flight, offer them to the
+        gate (in order); the failure, if any. Their writes are handed to the journal first, so
+        whatever the gate writes for them (an order intent, a decision) is queued behind and
+        never committed before them; the caller acknowledges them only once this returned
+        without a failure (a failure: not acknowledged, the broker delivers them again and the
+        gate answers its own decision)."""
+        durable = asyncio.get_running_loop().create_task(self._make_durable(proposals))
+        await asyncio.sleep(0)   # its first step: the writes are queued before the gate runs
+        try:
+            for proposal in proposals:
+                try:
+                    await self._submit(proposal, "proposal_received")
+                except (BusError, LifecycleError) as exc:
+                    log.error("mqtt_inbound_failed", topic=self.topics.proposals(proposal.agent_id),
+                              code=exc.code, error=str(exc))
+                except Exception:  # a bug must not end the connection; the message is logged
+                    log.exception("mqtt_inbound_failed", code="INTERNAL",
+                                  topic=self.topics.proposals(proposal.agent_id))
+            crash_point("proposal_offered")   # with the gate, its commit perhaps not returned
+        finally:   # (shielded: a reader cancelled meanwhile does not cut the write short)
+            failure = await asyncio.shield(durable)
+        if stamps.ON:
+            taken = time.perf_counter()
+            for p in proposals:
+                stamps.stamp(p.proposal_id, "proposal_journaled", taken)
+        return failure
 
     async def _make_durable(self, proposals: list[TradeProposal]) -> BaseException | None:
         """Run the hook over the proposals that came together; the failure, if any (then none

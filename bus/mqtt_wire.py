@@ -45,6 +45,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bracketgate.bus.errors import MqttError
+from bracketgate.core import stamps
 
 # one recv() takes up to this much (a burst of PUBLISHes and PUBACKs at once)
 READ_CHUNK = 64 * 1024   # under malloc's mmap threshold: no mmap/munmap per recv()
@@ -293,6 +294,8 @@ async def send_outbox(wire: Wire, outbox: deque[Any], idle: asyncio.Event,
                     raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
                 outbox.popleft()
                 inflight.append((item, info, loop.time()))
+                if stamps.ON and item.proposal_id:
+                    stamps.stamp(item.proposal_id, "mqtt_out_" + item.topic.split("/", 2)[1])
             while inflight and inflight[0][1].is_published():
                 on_acked(inflight.popleft()[0])
             if outbox and len(inflight) < window:

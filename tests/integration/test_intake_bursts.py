@@ -46,6 +46,9 @@ async def test_a_burst_of_proposals_is_journaled_in_few_commits_and_each_answere
                                        for i in range(n)))
                 await agent.propose("alpha", VALID | {"proposal_id": "b-0"})   # a repeat
                 got = [(await sink.next()).proposal_id for _ in range(n + 1)]
+                # the gate has them while they commit: the daemon's SIGTERM order, intake
+                # stopped (the batch in hand durable and acknowledged) before the bridge closes
+                await bridge.stop_intake()
                 commits = journal.stats["full_commits"] - before
         assert got[:n] == [f"b-{i}" for i in range(n)]      # offered in arrival order
         assert sum(batches) == n + 1 and max(batches) > 1   # a burst shared the hook
@@ -102,3 +105,47 @@ async def test_decisions_ready_together_are_journaled_together_then_published_in
     finally:
         await bus.close()
         await journal.close()
+
+
+async def test_a_decision_is_journaled_while_the_one_before_commits_and_sent_after_it(
+        mosquitto: MosquittoServer) -> None:
+    """The bridge hands the next decisions to the journal while the last ones still commit
+    (bus overlap), but sends each only once its own hook returned and after the ones before."""
+    first_may_commit = asyncio.Event()
+    journaled: list[str] = []
+    calls: list[list[str]] = []
+
+    async def on_decisions(ds: list[RiskDecision]) -> None:
+        calls.append([d.proposal_id for d in ds])
+        if ds[0].proposal_id == "slow":
+            await first_may_commit.wait()
+        journaled.extend(d.proposal_id for d in ds)
+
+    def decision(pid: str) -> RiskDecision:
+        return RiskDecision(proposal_id=pid, agent_id="alpha", verdict=Verdict.REJECTED,
+                            reasons=[Reason(code=DenialCode.OVERLOADED, message="busy")], ts=TS)
+
+    bus = Bus()
+    await bus.start()
+    try:
+        async with Agent(mosquitto.url) as agent, \
+                MqttBridge(make_settings(mqtt_client_id="bracketgate-overlap"), bus,
+                           url=mosquitto.url, on_decisions=on_decisions) as bridge:
+            await bridge.wait_connected(WAIT)
+            await bus.publish(decision("slow"))
+            async with asyncio.timeout(WAIT):
+                while not calls:
+                    await asyncio.sleep(0.01)
+            await bus.publish(decision("quick"))
+            async with asyncio.timeout(WAIT):   # journaled while "slow" still commits
+                while "quick" not in journaled:
+                    await asyncio.sleep(0.01)
+            assert calls == [["slow"], ["quick"]] and journaled == ["quick"]
+            with pytest.raises(TimeoutError):   # not sent ahead of the one before it
+                await agent.next_json(f"{PREFIX}/decisions/alpha", timeout=0.5)
+            first_may_commit.set()
+            got = [(await agent.next_json(f"{PREFIX}/decisions/alpha"))["proposal_id"]
+                   for _ in range(2)]
+            assert got == ["slow", "quick"]
+    finally:
+        await bus.close()

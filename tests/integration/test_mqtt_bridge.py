@@ -459,6 +459,11 @@ async def test_failing_hook_gets_the_proposal_redelivered(mosquitto: MosquittoSe
                            url=mosquitto.url, on_proposal=flaky_journal) as bridge:
             await bridge.wait_connected(WAIT)
             await agent.propose("alpha", VALID | {"proposal_id": "flaky"})
+            # offered while its write is in flight (the gate decides meanwhile), not
+            # acknowledged when the write failed: redelivered, written, offered again (the
+            # gate answers a repeat from its memory; nothing is placed for it before an intent
+            # is journaled behind its write: agents/execution.py, tests/unit/test_journal_early)
+            assert (await sink.next()).proposal_id == "flaky"
             assert (await sink.next()).proposal_id == "flaky"
             await bridge.wait_connected(WAIT)  # the redelivery may come before the SUBACKs
             assert bridge.counters["not_durable"] == 1 and bridge.counters["connects"] == 2

@@ -337,6 +337,62 @@ async def test_a_failing_batch_handler_is_counted_and_the_bus_goes_on() -> None:
     await bus.close()
 
 
+async def test_overlapped_batches_start_while_the_one_before_still_awaits() -> None:
+    """overlap=2: the next batch's call starts while the first one awaits (never a third at
+    once), in order; drain() waits for every call; a failing call is counted, the rest go on;
+    close() ends the calls in flight."""
+    from bracketgate.bus.messages import ControlCommand
+
+    bus = Bus()
+    started: list[list[str]] = []
+    gates = [asyncio.Event() for _ in range(4)]
+    running = 0
+    most = 0
+
+    async def handler(batch: list[ControlCommand]) -> None:
+        nonlocal running, most
+        i = len(started)
+        started.append([m.reason for m in batch])
+        running += 1
+        most = max(most, running)
+        try:
+            await gates[i].wait()
+            if i == 1:
+                raise RuntimeError("boom")
+        finally:
+            running -= 1
+
+    sub = bus.subscribe_batch(ControlCommand, handler, name="batch", batch_max=2, overlap=2)
+    await bus.start()
+    await bus.publish(ControlCommand(action="halt", reason="a", by="t"))
+    for _ in range(20):   # the first call is taken and awaits its gate
+        await asyncio.sleep(0)
+    for r in ("b", "c", "d"):
+        await bus.publish(ControlCommand(action="halt", reason=r, by="t"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert started == [["a"], ["b", "c"]]   # the second started while the first awaits
+    assert most == 2
+    with pytest.raises(DrainTimeout):
+        await bus.drain(0.05)               # not done until the calls return
+    gates[1].set()                          # the second ends first (failing): room for "d"
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert started == [["a"], ["b", "c"], ["d"]] and most == 2
+    gates[0].set()
+    gates[2].set()
+    await bus.drain(2.0)
+    assert sub.failed == 2 and sub.delivered == 2
+    await bus.publish(ControlCommand(action="halt", reason="e", by="t"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert started[-1] == ["e"] and running == 1
+    await bus.close()                       # the call in flight is cancelled with the worker
+    assert running == 0
+    with pytest.raises(ValueError):
+        bus.subscribe_batch(ControlCommand, handler, name="other", overlap=0)
+
+
 async def test_wait_for_room_returns_once_the_worker_takes_one() -> None:
     bus = Bus()
     release = asyncio.Event()
