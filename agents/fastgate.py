@@ -308,7 +308,11 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
         share = ob.available(mono)
     else:
         horizon = None
-        tokens = gov._order_bucket.available(mono)
+        ob = gov._order_bucket      # .available(mono), inline
+        if mono > ob.stamp:
+            ob.tokens = min(ob.capacity, ob.tokens + (mono - ob.stamp) * ob.rate)
+            ob.stamp = mono
+        tokens = ob.tokens
         share = _inf
     if rate_denied is not None or not (tokens >= needed and share >= needed):
         bad.append(_rates)
