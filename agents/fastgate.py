@@ -30,8 +30,9 @@ from datetime import datetime, time, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from bracketgate.agents import rules as r
-from bracketgate.agents.rules import ORDER_MSGS_PER_BRACKET, Rule, RuleContext
+from bracketgate.agents.rules import ORDER_MSGS_PER_BRACKET, Rule, RuleContext, deny
 from bracketgate.bus.messages import (
+    DenialCode,
     PortfolioSnapshot,
     Reason,
     SecType,
@@ -60,6 +61,8 @@ COVERED: frozenset[Rule] = frozenset(_TESTED)
 FAST_SEC_TYPES = frozenset((SecType.STK, SecType.OPT, SecType.FUT))
 _ACTIVE, _REDUCING, _BUY = TradingState.ACTIVE, TradingState.REDUCING, Side.BUY
 _MAX_TICK_STEPS = 2.0 ** 53
+D = DenialCode
+_Reason = Reason
 _new_ctx = RuleContext.__new__
 _inf = math.inf
 _ONE_US = timedelta(microseconds=1)
@@ -140,14 +143,17 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
     _, _, gross_cap, net_cap, pct_cap, daily_base = f
     # the rules in RULES order: `bad` collects the ones whose denial condition holds (or that
     # this path does not decide), to be called on the full context at the end
-    bad: list[Rule] = [_reducing_only] if state is _REDUCING else []
+    bad: list[Rule | Reason] = [_reducing_only] if state is _REDUCING else []
     sl, tp, lp = pd["stop_loss"], pd["take_profit"], pd["limit_price"]
     sign = 1 if pd["side"] is _BUY else -1
     e = entry
     # rule_symbol_allowed, rule_sec_type_allowed
     s = pd["symbol"]
-    if s in denied or (allowed and s not in allowed):
-        bad.append(_symbol_allowed)
+    if s in denied:
+        bad.append(deny(D.SYMBOL_NOT_ALLOWED, value=s, detail="denied", field="symbol"))
+    elif allowed and s not in allowed:
+        bad.append(deny(D.SYMBOL_NOT_ALLOWED, value=s, detail="not in the allowed list",
+                        field="symbol"))
     if pd["sec_type"] not in sec_types:
         bad.append(_sec_type_allowed)
     # rule_trading_hours (in the chain only when hours are set): its answer for `now`, kept
@@ -160,8 +166,12 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
         if not w[3]:
             bad.append(_trading_hours)
     # rule_geometry
-    if sign * (e - sl) <= 0 or sign * (tp - e) <= 0:
-        bad.append(_geometry)
+    if sign * (e - sl) <= 0:
+        bad.append(deny(D.BRACKET_GEOMETRY, e, sl, field="stop_loss",
+                        detail=f"stop must be {'below' if sign > 0 else 'above'} the entry"))
+    elif sign * (tp - e) <= 0:
+        bad.append(deny(D.BRACKET_GEOMETRY, e, tp, field="take_profit",
+                        detail=f"take-profit must be {'above' if sign > 0 else 'below'} the entry"))
     # rule_price_band (in the chain only with price_bands on): the mid of a usable bid/ask;
     # any other quote (or none) is the rule's to judge
     quote = snapshot.quotes.get(con_id)
@@ -200,19 +210,21 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
         bad.append(_tick)
     # rule_reward_risk
     risk = abs(e - sl)
-    if risk != 0 and abs(tp - e) / risk < min_rr:
-        bad.append(_reward_risk)
+    if risk != 0 and (rr := abs(tp - e) / risk) < min_rr:
+        bad.append(deny(D.REWARD_RISK_TOO_LOW, min_rr, rr))
     # rule_stop_distance
     pct = risk / e * 100.0
-    if pct < min_stop or pct > max_stop:
-        bad.append(_stop_distance)
+    if pct < min_stop:
+        bad.append(deny(D.STOP_DISTANCE_OUT_OF_BOUNDS, min_stop, pct, detail="stop too close (%)"))
+    elif pct > max_stop:
+        bad.append(deny(D.STOP_DISTANCE_OUT_OF_BOUNDS, max_stop, pct, detail="stop too far (%)"))
     # rule_max_order_quantity, rule_max_order_notional
     qty = pd["quantity"]
-    if qty > sym.max_order_quantity:
-        bad.append(_order_quantity)
+    if qty > (x := sym.max_order_quantity):
+        bad.append(deny(D.MAX_ORDER_QUANTITY, x, qty, field="quantity"))
     notional = qty * e * mult
-    if notional > sym.max_order_notional:
-        bad.append(_order_notional)
+    if notional > (x := sym.max_order_notional):
+        bad.append(deny(D.MAX_ORDER_NOTIONAL, x, notional))
     # rule_position_limit, rule_position_notional (this contract's, with its pending entries,
     # and a pending combo's legs in it: they pend by contract, combo_risk.py)
     ledger = gov.ledger
@@ -228,12 +240,12 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
             pending_n += cp[i + 2]
     position = view.positions.get(con_id, 0.0)
     after = abs(position + sign * (pending + qty))
-    if after > sym.max_position_units and after > abs(position + sign * pending):
-        bad.append(_position_limit)
+    if after > (x := sym.max_position_units) and after > abs(position + sign * pending):
+        bad.append(deny(D.POSITION_LIMIT, x, after))
     pos_n = view.position_notional.get(con_id, 0.0)
     after = abs(pos_n + sign * (pending_n + notional))
-    if after > sym.max_position_notional and after > abs(pos_n + sign * pending_n):
-        bad.append(_position_notional)
+    if after > (x := sym.max_position_notional) and after > abs(pos_n + sign * pending_n):
+        bad.append(deny(D.POSITION_NOTIONAL_LIMIT, x, after))
     # rule_gross_exposure (_after_trade spelled out)
     gross = view.gross_base + ledger.gross_pending_notional
     held = pos_n + sign * pending_n
@@ -242,20 +254,20 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
     else:
         after = gross + notional
     if after > gross_cap and after > gross:
-        bad.append(_gross)
+        bad.append(deny(D.GROSS_EXPOSURE_LIMIT, gross_cap, after))
     # rule_net_exposure
     net = view.net_positions + sign * (view.foreign_side[i] + ledger.side_pending_notional[i])
     after = net + sign * notional
     if abs(after) > net_cap and abs(after) > abs(net):
-        bad.append(_net)
+        bad.append(deny(D.NET_EXPOSURE_LIMIT, net_cap, abs(after)))
     # rule_max_open_brackets, rule_max_open_brackets_agent
     open_brackets = len(ledger._by_id) + view.open_foreign
     if open_brackets + 1 > max_open:
-        bad.append(_open_brackets)
+        bad.append(deny(D.MAX_OPEN_BRACKETS, max_open, open_brackets + 1))
     al = gov._agent_limits.get(budget) or gov._agent(budget)
     agent_open = len(ledger._by_agent.get(budget, ()))       # ledger.agent_open(budget)
-    if agent_open + 1 > al.max_open_brackets:
-        bad.append(_open_brackets_agent)
+    if agent_open + 1 > (x := al.max_open_brackets):
+        bad.append(deny(D.MAX_OPEN_BRACKETS_AGENT, x, agent_open + 1))
     # worst_case_loss (rules.worst_case_loss and slippage spelled out, same operations)
     per_unit = risk + (slip_ticks * tick + slip_frac * sl)
     if market:
@@ -263,16 +275,16 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
     wcl = qty * per_unit * mult
     # rule_per_trade_loss, rule_per_trade_loss_pct, rule_daily_loss, rule_agent_loss
     if wcl > per_trade:
-        bad.append(_per_trade_loss)
+        bad.append(deny(D.PER_TRADE_LOSS_LIMIT, per_trade, wcl))
     if wcl > pct_cap:
-        bad.append(_per_trade_loss_pct)
+        bad.append(deny(D.PER_TRADE_LOSS_PCT_LIMIT, pct_cap, wcl))
     open_worst = ledger.total_worst_case + view.foreign_worst_case
-    if wcl > daily_base - open_worst:
-        bad.append(_daily_loss)
+    if wcl > (x := daily_base - open_worst):
+        bad.append(deny(D.DAILY_LOSS_LIMIT, x, wcl))
     agent_worst = ledger.agent_worst_case.get(budget, 0.0)
     realized = gov._budget_realized.get(budget, 0.0)
-    if wcl > al.loss_limit + min(0.0, realized) - agent_worst:
-        bad.append(_agent_loss)
+    if wcl > (x := al.loss_limit + min(0.0, realized) - agent_worst):
+        bad.append(deny(D.AGENT_LOSS_LIMIT, x, wcl))
     # rule_agent_exposure (the governor's loop over the budget's holdings, as in _check, with
     # _mark and _multiplier_for spelled out)
     positions = gov._agent_positions.get(budget)
@@ -295,8 +307,8 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
         after = exposure - abs(own_n) + abs(own_n + sign * notional)
     else:
         after = exposure + notional
-    if after > al.exposure_limit and after > exposure:
-        bad.append(_agent_exposure)
+    if after > (x := al.exposure_limit) and after > exposure:
+        bad.append(deny(D.AGENT_EXPOSURE_LIMIT, x, after))
     # rule_rates: out of proposal tokens, the IB pacer's headroom, the agent's share of it,
     # or the governor's own order bucket without a pacer
     needed = gov._order_msgs_per_bracket or ORDER_MSGS_PER_BRACKET
@@ -330,6 +342,11 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
     c.combo = None           # never a combo here (legs take the full chain)
     if not bad:
         return [], c
+    for x in bad:
+        if type(x) is not _Reason:
+            break
+    else:   # every reason written here: the context needs no more (the log line reads con_id
+        return bad, c   # and worst_case_loss)
     # the rest of what _check puts in the context, for the rules that judge
     c.limits = lim
     c.agent_limits = al
@@ -360,4 +377,4 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
     c.order_tokens = tokens
     c.agent_order_tokens = share
     c.order_msgs_needed = gov._order_msgs_per_bracket
-    return [x for rule in bad if (x := rule(c)) is not None], c
+    return [x for rule in bad if (x := (rule if type(rule) is _Reason else rule(c))) is not None], c
