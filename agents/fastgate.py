@@ -283,7 +283,8 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
         bad.append(deny(D.DAILY_LOSS_LIMIT, x, wcl))
     agent_worst = ledger.agent_worst_case.get(budget, 0.0)
     realized = gov._budget_realized.get(budget, 0.0)
-    if wcl > (x := al.loss_limit + min(0.0, realized) - agent_worst):
+    # min(0.0, realized) spelled out: the same value (NaN and -0.0 included: min keeps 0.0)
+    if wcl > (x := al.loss_limit + (realized if realized < 0.0 else 0.0) - agent_worst):
         bad.append(deny(D.AGENT_LOSS_LIMIT, x, wcl))
     # rule_agent_exposure (the governor's loop over the budget's holdings, as in _check, with
     # _mark and _multiplier_for spelled out)
@@ -322,7 +323,8 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
         horizon = None
         ob = gov._order_bucket      # .available(mono), inline
         if mono > ob.stamp:
-            ob.tokens = min(ob.capacity, ob.tokens + (mono - ob.stamp) * ob.rate)
+            t = ob.tokens + (mono - ob.stamp) * ob.rate      # min(capacity, t) spelled out
+            ob.tokens = t if t < (cap := ob.capacity) else cap
             ob.stamp = mono
         tokens = ob.tokens
         share = _inf
