@@ -6,11 +6,15 @@ once into locals (limits as per-limits constants, account figures as per-snapsho
 tests each rule's denial condition, written exactly as the rule writes it (same operands, same
 order of float operations, so the same answer bit for bit, NaN included). When no condition
 holds it approves with the few context fields the approval needs (reservation, log line). When
-some do, it builds the full RuleContext once and calls those rules — and only those — in RULES
-order: the rule itself writes every reason (code, limit, value, message), so a rejection reads
-exactly as the full chain's. A condition it was not written for (a quote with a side missing,
-REDUCING, a proposal out of tokens) is not decided here: its rule is called the same way. It
-never skips a check: a rule it does not test by its condition is called.
+some do, the reasons come in RULES order: the common ones written here, each with its rule's
+own `deny(...)` call on the same operands (symbol lists, geometry, reward:risk, stop distance,
+order size and notional, positions, exposures, open brackets, the loss budgets), so the same
+code, limit, value, field and message; for the others (reducing-only, sec_type, hours, price
+bands, ticks, rates) it builds the full RuleContext once and calls the rule itself. A rejection
+written entirely here returns the approval's few context fields only (the log line reads
+con_id and worst_case_loss; nothing else reads a rejection's context). A condition it was not
+written for (a quote with a side missing, REDUCING, a proposal out of tokens) is not decided
+here: its rule is called the same way. It never skips a check.
 
 Scope (anything outside returns None and the governor runs the full chain):
 - the rules it covers are COVERED, each named (the RULES of this version); `fast_path_for`
@@ -125,7 +129,8 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
           rate_denied: tuple[str, float] | None, sym: SymbolLimits, con_id: int,
           mult: float, tick: float, entry: float, market: bool
           ) -> tuple[list[Reason], RuleContext] | None:
-    """(reasons, context) as the full chain would find them; None: not for this path."""
+    """(reasons, context): the full chain's reasons (its context complete when a rule was
+    called, else the approval's fields); None: not for this path."""
     state = gov._state
     pd = p.__dict__
     if pd["sec_type"] not in FAST_SEC_TYPES or pd["legs"] is not None or (
