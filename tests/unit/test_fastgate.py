@@ -28,6 +28,7 @@ from bracketgate.agents.risk import RiskGovernor
 from bracketgate.agents.rules import RULES, proposal_offline_con_id, worst_case_loss
 from bracketgate.bus.messages import (
     Leg,
+    ResolvedContract,
     Side,
     TradeProposal,
     TradingState,
@@ -206,6 +207,23 @@ def _snapshot(draw: st.DrawFn, clock: ManualClock) -> Any:
                     positions=positions, quotes=_quotes(draw, clock), working=working)
 
 
+def _contract_info(unknown: str | None) -> Any:
+    """IB's contract details for CONTRACTS, with the conIds quotes and positions use (riskkit
+    contract_id) — but for `unknown`, which IB does not have (UNKNOWN_CONTRACT)."""
+    mults = {"STK": 1.0, "OPT": 100.0, "FUT": 50.0}
+
+    def info(p: TradeProposal) -> ResolvedContract | None:
+        for sym, sec, expiry, strike, right, _, tick in CONTRACTS:
+            if sym == p.symbol and sec == p.sec_type.value and sym != unknown:
+                return ResolvedContract(
+                    con_id=contract_id(sym, sec, expiry, strike, right), symbol=sym,
+                    sec_type=sec, exchange="SMART", currency="USD", multiplier=mults[sec],
+                    min_tick=tick, expiry=expiry, strike=strike, right=right)
+        return None
+
+    return info
+
+
 def _outcome(d: Any) -> tuple[Any, ...]:
     """Every field of the decision (its journal and bus payload) and which ones are set."""
     return (d.verdict, tuple((r.code, r.limit, r.value, r.field, r.message) for r in d.reasons),
@@ -262,7 +280,11 @@ def test_fast_path_decides_as_the_full_chain(data: st.DataObject) -> None:
     clock = ManualClock()
     snap = _snapshot(draw, clock)
     lim = draw(limits(pivot, snap))
-    fast, full = RiskGovernor(lim, clock), RiskGovernor(lim, clock)
+    # IB's contract details (the daemon's case: adapters/ib.py cached_contract), one of the
+    # contracts sometimes unknown to IB; or none (offline stand-ins)
+    info = draw(st.sampled_from([None, _contract_info(None), _contract_info("MSFT")]))
+    fast = RiskGovernor(lim, clock, contract_info=info)
+    full = RiskGovernor(lim, clock, contract_info=info)
     assert fast._fast is fastgate.check
     fast._fast = _counting
     full._fast = None
