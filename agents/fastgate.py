@@ -6,11 +6,15 @@ once into locals (limits as per-limits constants, account figures as per-snapsho
 tests each rule's denial condition, written exactly as the rule writes it (same operands, same
 order of float operations, so the same answer bit for bit, NaN included). When no condition
 holds it approves with the few context fields the approval needs (reservation, log line). When
-some do, it builds the full RuleContext once and calls those rules — and only those — in RULES
-order: the rule itself writes every reason (code, limit, value, message), so a rejection reads
-exactly as the full chain's. A condition it was not written for (a quote with a side missing,
-REDUCING, a proposal out of tokens) is not decided here: its rule is called the same way. It
-never skips a check: a rule it does not test by its condition is called.
+some do, the reasons come in RULES order: the common ones written here, each with its rule's
+own `deny(...)` call on the same operands (symbol lists, geometry, reward:risk, stop distance,
+order size and notional, positions, exposures, open brackets, the loss budgets), so the same
+code, limit, value, field and message; for the others (reducing-only, sec_type, hours, price
+bands, ticks, rates) it builds the full RuleContext once and calls the rule itself. A rejection
+written entirely here returns the approval's few context fields only (the log line reads
+con_id and worst_case_loss; nothing else reads a rejection's context). A condition it was not
+written for (a quote with a side missing, REDUCING, a proposal out of tokens) is not decided
+here: its rule is called the same way. It never skips a check.
 
 Scope (anything outside returns None and the governor runs the full chain):
 - the rules it covers are COVERED, each named (the RULES of this version); `fast_path_for`
@@ -30,8 +34,9 @@ from datetime import datetime, time, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from bracketgate.agents import rules as r
-from bracketgate.agents.rules import ORDER_MSGS_PER_BRACKET, Rule, RuleContext
+from bracketgate.agents.rules import ORDER_MSGS_PER_BRACKET, Rule, RuleContext, deny
 from bracketgate.bus.messages import (
+    DenialCode,
     PortfolioSnapshot,
     Reason,
     SecType,
@@ -60,6 +65,8 @@ COVERED: frozenset[Rule] = frozenset(_TESTED)
 FAST_SEC_TYPES = frozenset((SecType.STK, SecType.OPT, SecType.FUT))
 _ACTIVE, _REDUCING, _BUY = TradingState.ACTIVE, TradingState.REDUCING, Side.BUY
 _MAX_TICK_STEPS = 2.0 ** 53
+D = DenialCode
+_Reason = Reason
 _new_ctx = RuleContext.__new__
 _inf = math.inf
 _ONE_US = timedelta(microseconds=1)
@@ -122,7 +129,8 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
           rate_denied: tuple[str, float] | None, sym: SymbolLimits, con_id: int,
           mult: float, tick: float, entry: float, market: bool
           ) -> tuple[list[Reason], RuleContext] | None:
-    """(reasons, context) as the full chain would find them; None: not for this path."""
+    """(reasons, context): the full chain's reasons (its context complete when a rule was
+    called, else the approval's fields); None: not for this path."""
     state = gov._state
     pd = p.__dict__
     if pd["sec_type"] not in FAST_SEC_TYPES or pd["legs"] is not None or (
@@ -140,14 +148,17 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
     _, _, gross_cap, net_cap, pct_cap, daily_base = f
     # the rules in RULES order: `bad` collects the ones whose denial condition holds (or that
     # this path does not decide), to be called on the full context at the end
-    bad: list[Rule] = [_reducing_only] if state is _REDUCING else []
+    bad: list[Rule | Reason] = [_reducing_only] if state is _REDUCING else []
     sl, tp, lp = pd["stop_loss"], pd["take_profit"], pd["limit_price"]
     sign = 1 if pd["side"] is _BUY else -1
     e = entry
     # rule_symbol_allowed, rule_sec_type_allowed
     s = pd["symbol"]
-    if s in denied or (allowed and s not in allowed):
-        bad.append(_symbol_allowed)
+    if s in denied:
+        bad.append(deny(D.SYMBOL_NOT_ALLOWED, value=s, detail="denied", field="symbol"))
+    elif allowed and s not in allowed:
+        bad.append(deny(D.SYMBOL_NOT_ALLOWED, value=s, detail="not in the allowed list",
+                        field="symbol"))
     if pd["sec_type"] not in sec_types:
         bad.append(_sec_type_allowed)
     # rule_trading_hours (in the chain only when hours are set): its answer for `now`, kept
@@ -160,8 +171,12 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
         if not w[3]:
             bad.append(_trading_hours)
     # rule_geometry
-    if sign * (e - sl) <= 0 or sign * (tp - e) <= 0:
-        bad.append(_geometry)
+    if sign * (e - sl) <= 0:
+        bad.append(deny(D.BRACKET_GEOMETRY, e, sl, field="stop_loss",
+                        detail=f"stop must be {'below' if sign > 0 else 'above'} the entry"))
+    elif sign * (tp - e) <= 0:
+        bad.append(deny(D.BRACKET_GEOMETRY, e, tp, field="take_profit",
+                        detail=f"take-profit must be {'above' if sign > 0 else 'below'} the entry"))
     # rule_price_band (in the chain only with price_bands on): the mid of a usable bid/ask;
     # any other quote (or none) is the rule's to judge
     quote = snapshot.quotes.get(con_id)
@@ -200,19 +215,21 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
         bad.append(_tick)
     # rule_reward_risk
     risk = abs(e - sl)
-    if risk != 0 and abs(tp - e) / risk < min_rr:
-        bad.append(_reward_risk)
+    if risk != 0 and (rr := abs(tp - e) / risk) < min_rr:
+        bad.append(deny(D.REWARD_RISK_TOO_LOW, min_rr, rr))
     # rule_stop_distance
     pct = risk / e * 100.0
-    if pct < min_stop or pct > max_stop:
-        bad.append(_stop_distance)
+    if pct < min_stop:
+        bad.append(deny(D.STOP_DISTANCE_OUT_OF_BOUNDS, min_stop, pct, detail="stop too close (%)"))
+    elif pct > max_stop:
+        bad.append(deny(D.STOP_DISTANCE_OUT_OF_BOUNDS, max_stop, pct, detail="stop too far (%)"))
     # rule_max_order_quantity, rule_max_order_notional
     qty = pd["quantity"]
-    if qty > sym.max_order_quantity:
-        bad.append(_order_quantity)
+    if qty > (x := sym.max_order_quantity):
+        bad.append(deny(D.MAX_ORDER_QUANTITY, x, qty, field="quantity"))
     notional = qty * e * mult
-    if notional > sym.max_order_notional:
-        bad.append(_order_notional)
+    if notional > (x := sym.max_order_notional):
+        bad.append(deny(D.MAX_ORDER_NOTIONAL, x, notional))
     # rule_position_limit, rule_position_notional (this contract's, with its pending entries,
     # and a pending combo's legs in it: they pend by contract, combo_risk.py)
     ledger = gov.ledger
@@ -228,12 +245,12 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
             pending_n += cp[i + 2]
     position = view.positions.get(con_id, 0.0)
     after = abs(position + sign * (pending + qty))
-    if after > sym.max_position_units and after > abs(position + sign * pending):
-        bad.append(_position_limit)
+    if after > (x := sym.max_position_units) and after > abs(position + sign * pending):
+        bad.append(deny(D.POSITION_LIMIT, x, after))
     pos_n = view.position_notional.get(con_id, 0.0)
     after = abs(pos_n + sign * (pending_n + notional))
-    if after > sym.max_position_notional and after > abs(pos_n + sign * pending_n):
-        bad.append(_position_notional)
+    if after > (x := sym.max_position_notional) and after > abs(pos_n + sign * pending_n):
+        bad.append(deny(D.POSITION_NOTIONAL_LIMIT, x, after))
     # rule_gross_exposure (_after_trade spelled out)
     gross = view.gross_base + ledger.gross_pending_notional
     held = pos_n + sign * pending_n
@@ -242,20 +259,20 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
     else:
         after = gross + notional
     if after > gross_cap and after > gross:
-        bad.append(_gross)
+        bad.append(deny(D.GROSS_EXPOSURE_LIMIT, gross_cap, after))
     # rule_net_exposure
     net = view.net_positions + sign * (view.foreign_side[i] + ledger.side_pending_notional[i])
     after = net + sign * notional
     if abs(after) > net_cap and abs(after) > abs(net):
-        bad.append(_net)
+        bad.append(deny(D.NET_EXPOSURE_LIMIT, net_cap, abs(after)))
     # rule_max_open_brackets, rule_max_open_brackets_agent
     open_brackets = len(ledger._by_id) + view.open_foreign
     if open_brackets + 1 > max_open:
-        bad.append(_open_brackets)
+        bad.append(deny(D.MAX_OPEN_BRACKETS, max_open, open_brackets + 1))
     al = gov._agent_limits.get(budget) or gov._agent(budget)
     agent_open = len(ledger._by_agent.get(budget, ()))       # ledger.agent_open(budget)
-    if agent_open + 1 > al.max_open_brackets:
-        bad.append(_open_brackets_agent)
+    if agent_open + 1 > (x := al.max_open_brackets):
+        bad.append(deny(D.MAX_OPEN_BRACKETS_AGENT, x, agent_open + 1))
     # worst_case_loss (rules.worst_case_loss and slippage spelled out, same operations)
     per_unit = risk + (slip_ticks * tick + slip_frac * sl)
     if market:
@@ -263,16 +280,17 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
     wcl = qty * per_unit * mult
     # rule_per_trade_loss, rule_per_trade_loss_pct, rule_daily_loss, rule_agent_loss
     if wcl > per_trade:
-        bad.append(_per_trade_loss)
+        bad.append(deny(D.PER_TRADE_LOSS_LIMIT, per_trade, wcl))
     if wcl > pct_cap:
-        bad.append(_per_trade_loss_pct)
+        bad.append(deny(D.PER_TRADE_LOSS_PCT_LIMIT, pct_cap, wcl))
     open_worst = ledger.total_worst_case + view.foreign_worst_case
-    if wcl > daily_base - open_worst:
-        bad.append(_daily_loss)
+    if wcl > (x := daily_base - open_worst):
+        bad.append(deny(D.DAILY_LOSS_LIMIT, x, wcl))
     agent_worst = ledger.agent_worst_case.get(budget, 0.0)
     realized = gov._budget_realized.get(budget, 0.0)
-    if wcl > al.loss_limit + min(0.0, realized) - agent_worst:
-        bad.append(_agent_loss)
+    # min(0.0, realized) spelled out: the same value (NaN and -0.0 included: min keeps 0.0)
+    if wcl > (x := al.loss_limit + (realized if realized < 0.0 else 0.0) - agent_worst):
+        bad.append(deny(D.AGENT_LOSS_LIMIT, x, wcl))
     # rule_agent_exposure (the governor's loop over the budget's holdings, as in _check, with
     # _mark and _multiplier_for spelled out)
     positions = gov._agent_positions.get(budget)
@@ -295,8 +313,8 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
         after = exposure - abs(own_n) + abs(own_n + sign * notional)
     else:
         after = exposure + notional
-    if after > al.exposure_limit and after > exposure:
-        bad.append(_agent_exposure)
+    if after > (x := al.exposure_limit) and after > exposure:
+        bad.append(deny(D.AGENT_EXPOSURE_LIMIT, x, after))
     # rule_rates: out of proposal tokens, the IB pacer's headroom, the agent's share of it,
     # or the governor's own order bucket without a pacer
     needed = gov._order_msgs_per_bracket or ORDER_MSGS_PER_BRACKET
@@ -308,7 +326,12 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
         share = ob.available(mono)
     else:
         horizon = None
-        tokens = gov._order_bucket.available(mono)
+        ob = gov._order_bucket      # .available(mono), inline
+        if mono > ob.stamp:
+            t = ob.tokens + (mono - ob.stamp) * ob.rate      # min(capacity, t) spelled out
+            ob.tokens = t if t < (cap := ob.capacity) else cap
+            ob.stamp = mono
+        tokens = ob.tokens
         share = _inf
     if rate_denied is not None or not (tokens >= needed and share >= needed):
         bad.append(_rates)
@@ -326,6 +349,11 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
     c.combo = None           # never a combo here (legs take the full chain)
     if not bad:
         return [], c
+    for x in bad:
+        if type(x) is not _Reason:
+            break
+    else:   # every reason written here: the context needs no more (the log line reads con_id
+        return bad, c   # and worst_case_loss)
     # the rest of what _check puts in the context, for the rules that judge
     c.limits = lim
     c.agent_limits = al
@@ -356,4 +384,4 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
     c.order_tokens = tokens
     c.agent_order_tokens = share
     c.order_msgs_needed = gov._order_msgs_per_bracket
-    return [x for rule in bad if (x := rule(c)) is not None], c
+    return [x for rule in bad if (x := (rule if type(rule) is _Reason else rule(c))) is not None], c

@@ -30,6 +30,7 @@ from bracketgate.agents.combo_risk import (
     gate_combo_numbers,
 )
 from bracketgate.agents.exec_ids import ExecIds
+from bracketgate.agents import fastpath
 from bracketgate.agents.fastgate import fast_path_for
 from bracketgate.agents.reservations import TERMINAL_STATUSES, Reservation, ReservationLedger
 from bracketgate.agents.rules import (
@@ -643,6 +644,7 @@ class RiskGovernor:
         self._decisions.compact()
         self.ledger.settle(snapshot.positions_ts)
         self._view = SnapshotView(snapshot, self.ledger, self._multiplier_for, self._limits)
+        fastpath.warm(self)   # its per-snapshot figures now, not in the next decision
         now = self._clock.now()
         if now >= self._day_ends:
             self._roll_day(now)
@@ -744,6 +746,10 @@ class RiskGovernor:
             return decision, True
         if now >= self._day_ends:
             self._roll_day(now)
+        if self._fast is not None:   # _check to the log line in one pass (fastpath.py)
+            fused = fastpath.decide(self, proposal, snapshot, now, note)
+            if fused is not None:
+                return fused, True
         reasons, ctx = self._check(proposal, snapshot, now)
         if note is not None and reasons:
             reasons = _explained(reasons, note)

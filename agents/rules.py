@@ -55,6 +55,7 @@ def construct(cls: type[M], **fields: Any) -> M:
 
 _new_reason = Reason.__new__
 _REASON_FIELDS = frozenset(("code", "message", "limit", "value", "field", "bound"))
+_REASON_FIELDS_SET = set(_REASON_FIELDS)     # copied per Reason (a copy: half of set(frozenset))
 
 
 def deny(code: DenialCode, limit: Any = None, value: Any = None, *, detail: str = "",
@@ -70,7 +71,7 @@ def deny(code: DenialCode, limit: Any = None, value: Any = None, *, detail: str 
     m = _new_reason(Reason)
     _set_attr(m, "__dict__", {"code": code, "message": f"{msg}: {detail}" if detail else msg,
                               "limit": limit, "value": value, "field": field, "bound": None})
-    _set_attr(m, "__pydantic_fields_set__", set(_REASON_FIELDS))
+    _set_attr(m, "__pydantic_fields_set__", _REASON_FIELDS_SET.copy())
     _set_attr(m, "__pydantic_extra__", None)
     _set_attr(m, "__pydantic_private__", None)
     return m

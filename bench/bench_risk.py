@@ -147,9 +147,14 @@ def percentiles(ns: list[int]) -> dict[str, float]:
 
 
 Timings = dict[str, list[int]]   # "all" / "approved" / "rejected" / "repeated" -> ns per call
+# "young" / "middle" / "full": collections that started inside a timed evaluate call; "kept":
+# GC-tracked objects each call left alive (net of frees, gc.get_count()[0]: what brings the
+# next young collection), summed; "calls": calls counted in "kept" (none with a collection)
+GcCounts = dict[str, int]
 
 
-def run(n: int, seed: int, fast: bool = True) -> tuple[Timings, Counter[str], list[float]]:
+def run(n: int, seed: int, fast: bool = True
+        ) -> tuple[Timings, Counter[str], list[float], GcCounts]:
     rng = random.Random(seed)
     prices = {s: round(rng.uniform(20, 600), 2) for s in SYMBOLS}
     clock = ManualClock()
@@ -171,10 +176,16 @@ def run(n: int, seed: int, fast: bool = True) -> tuple[Timings, Counter[str], li
     perf = time.perf_counter_ns
     gc_pauses: list[float] = []
     gc_start = [0.0]
+    inside = [False]
+    counts: GcCounts = {"young": 0, "middle": 0, "full": 0, "kept": 0, "calls": 0}
+    gen_name = ("young", "middle", "full")
+    gc_count = gc.get_count
 
     def on_gc(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             gc_start[0] = time.perf_counter()
+            if inside[0]:
+                counts[gen_name[info["generation"]]] += 1
         elif info["generation"] == 2:
             gc_pauses.append((time.perf_counter() - gc_start[0]) * 1e3)
 
@@ -182,9 +193,16 @@ def run(n: int, seed: int, fast: bool = True) -> tuple[Timings, Counter[str], li
     gc.callbacks.append(on_gc)
     for i, p in enumerate(proposals):
         snap = gov.snapshot
+        inside[0] = True
+        c0 = gc_count()[0]
         t0 = perf()
         d = evaluate(p, snap)
         dt = perf() - t0
+        c1 = gc_count()[0]
+        inside[0] = False
+        if c1 >= c0:     # (no collection in between: it resets the count)
+            counts["kept"] += c1 - c0 - 1      # the first get_count's own tuple, still alive
+            counts["calls"] += 1
         timings.append(dt)
         # ---- the world moves on (untimed): time, fills, closes, snapshots
         if p.proposal_id in seen:
@@ -220,7 +238,7 @@ def run(n: int, seed: int, fast: bool = True) -> tuple[Timings, Counter[str], li
             gov.on_snapshot(make_snapshot(clock, prices, held))
     gc.callbacks.remove(on_gc)
     return ({"all": timings, "approved": approved_t, "rejected": rejected_t,
-             "repeated": repeated_t}, outcome, gc_pauses)
+             "repeated": repeated_t}, outcome, gc_pauses, counts)
 
 
 def baseline(n: int) -> dict[str, float]:
@@ -266,17 +284,19 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def measure(n: int, seed: int, repeat: int, fast: bool = True,
-            ) -> tuple[dict[str, dict[str, float]], Counter[str], list[float]]:
-    """Per split ("all", "approved", ...) the median over `repeat` runs of each percentile."""
+            ) -> tuple[dict[str, dict[str, float]], Counter[str], list[float], GcCounts]:
+    """Per split ("all", "approved", ...) the median over `repeat` runs of each percentile;
+    the last run's collections."""
     per_split: dict[str, list[dict[str, float]]] = {}
     outcome: Counter[str] = Counter()
     pauses: list[float] = []
+    counts: GcCounts = {}
     for _ in range(repeat):
-        timings, outcome, pauses = run(n, seed, fast)
+        timings, outcome, pauses, counts = run(n, seed, fast)
         for split, ns in timings.items():
             if ns:
                 per_split.setdefault(split, []).append(percentiles(ns))
-    return {k: median_of(v) for k, v in per_split.items()}, outcome, pauses
+    return {k: median_of(v) for k, v in per_split.items()}, outcome, pauses, counts
 
 
 def main() -> None:
@@ -298,13 +318,15 @@ def main() -> None:
         ("baseline: dict lookup + construct(RiskDecision)", base_d)]
 
     configure_logging("json", "INFO", stream=devnull)
-    prod, outcome, pauses = measure(args.n, args.seed, args.repeat)
+    prod, outcome, pauses, gc_prod = measure(args.n, args.seed, args.repeat)
     configure_logging("json", "WARNING", stream=devnull)
-    core, _, pauses_core = measure(args.n, args.seed, args.repeat)
+    core, _, pauses_core, gc_core = measure(args.n, args.seed, args.repeat)
     setups = [("log line on (INFO -> /dev/null)", prod), ("log filtered (WARNING)", core)]
+    gcs = [("log line on ", gc_prod), ("log filtered", gc_core)]
     if args.compare_full:
-        full, _, _ = measure(args.n, args.seed, args.repeat, fast=False)
+        full, _, _, gc_full = measure(args.n, args.seed, args.repeat, fast=False)
         setups.append(("log filtered, full chain only", full))
+        gcs.append(("full chain  ", gc_full))
     logging.getLogger().setLevel(logging.INFO)
     for label, res in setups:
         for split in ("all", "approved", "rejected", "repeated"):
@@ -326,6 +348,12 @@ def main() -> None:
     print(f"goal (issue 9) p50 <= 10 µs, p99 <= 50 µs, log filtered: "
           f"{'met' if goal_ok else 'NOT met'} (p50 {core['all']['p50']:.1f}, "
           f"p99 {core['all']['p99']:.1f})")
+    print(f"garbage collections started inside evaluate, per 100k calls (gc thresholds "
+          f"{gc.get_threshold()}), and GC-tracked objects each call leaves alive (mean):")
+    for label, g in gcs:
+        per = 100_000 / args.n
+        print(f"  {label}: young {g['young'] * per:.0f}, middle {g['middle'] * per:.0f}, "
+              f"full {g['full'] * per:.0f}; kept {g['kept'] / max(1, g['calls']):.2f} per call")
     total = outcome["approved"] + outcome["rejected"]
     for name, ps in (("INFO run", pauses), ("WARNING run", pauses_core)):
         print(f"full (gen-2) garbage collections during the {name}: {len(ps)}, longest "

@@ -12,6 +12,7 @@ does not cover, HALTED).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any
@@ -19,13 +20,15 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from bracketgate.adapters.pacer import Pacer
-from bracketgate.agents import fastgate
+from bracketgate.agents import fastgate, fastpath
 from bracketgate.agents.risk import RiskGovernor
 from bracketgate.agents.rules import RULES, proposal_offline_con_id, worst_case_loss
 from bracketgate.bus.messages import (
     Leg,
+    ResolvedContract,
     Side,
     TradeProposal,
     TradingState,
@@ -204,14 +207,50 @@ def _snapshot(draw: st.DrawFn, clock: ManualClock) -> Any:
                     positions=positions, quotes=_quotes(draw, clock), working=working)
 
 
+def _contract_info(unknown: str | None) -> Any:
+    """IB's contract details for CONTRACTS, with the conIds quotes and positions use (riskkit
+    contract_id) — but for `unknown`, which IB does not have (UNKNOWN_CONTRACT)."""
+    mults = {"STK": 1.0, "OPT": 100.0, "FUT": 50.0}
+
+    def info(p: TradeProposal) -> ResolvedContract | None:
+        for sym, sec, expiry, strike, right, _, tick in CONTRACTS:
+            if sym == p.symbol and sec == p.sec_type.value and sym != unknown:
+                return ResolvedContract(
+                    con_id=contract_id(sym, sec, expiry, strike, right), symbol=sym,
+                    sec_type=sec, exchange="SMART", currency="USD", multiplier=mults[sec],
+                    min_tick=tick, expiry=expiry, strike=strike, right=right)
+        return None
+
+    return info
+
+
 def _outcome(d: Any) -> tuple[Any, ...]:
-    return (d.verdict, tuple((r.code, r.limit, r.value, r.field, r.message) for r in d.reasons))
+    """Every field of the decision (its journal and bus payload) and which ones are set."""
+    return (d.verdict, tuple((r.code, r.limit, r.value, r.field, r.message) for r in d.reasons),
+            d.model_dump(), d.model_dump_json(), d.model_fields_set,
+            tuple(r.model_fields_set for r in d.reasons))
 
 
 def _ledger(g: RiskGovernor) -> tuple[Any, ...]:
+    """The reservations, field by field, the ledger's totals, the token buckets and what the
+    decision memory holds."""
     led = g.ledger
-    return (sorted(r.proposal_id for r in led), led.total_worst_case, led.gross_pending_notional,
-            tuple(led.side_pending_notional), dict(led.agent_worst_case))
+    buckets = [(k, b.tokens, b.stamp) for k, b in sorted(g._agent_buckets.items())]
+    buckets += [(k, b.tokens, b.stamp) for k, b in sorted(g._agent_order_buckets.items())]
+    for b in (g._proposal_bucket, g._order_bucket):
+        buckets.append(("", b.tokens, b.stamp))
+    return (sorted(dataclasses.astuple(r) for r in led), led.total_worst_case,
+            led.gross_pending_notional, tuple(led.side_pending_notional),
+            dict(led.agent_worst_case), dict(led.agent_pending_notional),
+            {k: tuple(v) for k, v in led.contract_pending.items()}, buckets,
+            dict(g._multipliers), list(g._decisions._hot))
+
+
+def _evaluated(g: RiskGovernor, p: TradeProposal) -> tuple[Any, list[dict[str, Any]]]:
+    """The decision and the log lines it wrote."""
+    with capture_logs() as lines:
+        d = g.evaluate(p, g.snapshot)
+    return d, lines
 
 
 FAST_HITS = {"n": 0, "rejected": 0, "reducing": 0}
@@ -241,7 +280,11 @@ def test_fast_path_decides_as_the_full_chain(data: st.DataObject) -> None:
     clock = ManualClock()
     snap = _snapshot(draw, clock)
     lim = draw(limits(pivot, snap))
-    fast, full = RiskGovernor(lim, clock), RiskGovernor(lim, clock)
+    # IB's contract details (the daemon's case: adapters/ib.py cached_contract), one of the
+    # contracts sometimes unknown to IB; or none (offline stand-ins)
+    info = draw(st.sampled_from([None, _contract_info(None), _contract_info("MSFT")]))
+    fast = RiskGovernor(lim, clock, contract_info=info)
+    full = RiskGovernor(lim, clock, contract_info=info)
     assert fast._fast is fastgate.check
     fast._fast = _counting
     full._fast = None
@@ -261,8 +304,9 @@ def test_fast_path_decides_as_the_full_chain(data: st.DataObject) -> None:
             p = (pivot if n == 0 else draw(proposals(n)) if step == "propose"
                  else pivot.model_copy(update={"proposal_id": f"p{n}"}))
             n += 1
-            a, b = fast.evaluate(p, fast.snapshot), full.evaluate(p, full.snapshot)
+            (a, log_a), (b, log_b) = _evaluated(fast, p), _evaluated(full, p)
             assert _outcome(a) == _outcome(b), p
+            assert log_a == log_b, p
             if a.verdict is Verdict.APPROVED:
                 approved.append(p)
         elif step in ("fill", "cancel", "close") and approved:
@@ -504,3 +548,57 @@ def test_the_hours_window_ends_at_the_next_edge_and_not_past_a_dst_change() -> N
     # Sunday 2026-11-01 00:30 EDT (04:30 UTC): the clocks go back at 02:00 before 09:30
     w = fastgate.hours_window(hours, ny, datetime(2026, 11, 1, 4, 30, tzinfo=timezone.utc))
     assert w[3] is False and (w[2] - w[1]).total_seconds() < 1e-3
+
+
+# ---------------------------------------------------------------- the fused decision (fastpath.py)
+
+
+def _buckets(gov: RiskGovernor) -> tuple[Any, ...]:
+    return tuple((b.tokens, b.stamp) for b in (gov._proposal_bucket, gov._order_bucket,
+                                                *gov._agent_buckets.values()))
+
+
+def test_a_plain_bracket_is_decided_reserved_and_remembered_by_the_fused_decision() -> None:
+    """fastpath.decide takes the whole decision: the governor's own _check is not called."""
+    gov, clock, p = _plain()
+
+    def no_check(*_: Any) -> Any:
+        raise AssertionError("the governor's _check was called")
+
+    gov._check = no_check    # type: ignore[method-assign]
+    d = gov.evaluate(p, gov.snapshot)
+    assert d.verdict is Verdict.APPROVED and d.worst_case is not None
+    assert gov.ledger.get(p.proposal_id).created_at == clock.now()
+    assert gov.evaluate(p, gov.snapshot) is d          # remembered: a repeat gets it back
+    bad = p.model_copy(update={"proposal_id": "x2", "stop_loss": 101.0})
+    r = gov.evaluate(bad, gov.snapshot)
+    assert r.verdict is Verdict.REJECTED and r.worst_case is None
+    assert [x.code.value for x in r.reasons] == ["BRACKET_GEOMETRY"]
+
+
+@pytest.mark.parametrize("case", ["combo", "halted", "other_snapshot", "off"])
+def test_the_fused_decision_leaves_what_it_is_not_for_untouched(case: str) -> None:
+    """A combo, HALTED, a snapshot other than the view's, the fused check off: decide returns
+    None before spending a token or changing anything, and the governor's path decides."""
+    gov, clock, p = _plain()
+    snap = gov.snapshot
+    if case == "combo":
+        p.__dict__["legs"] = [{"symbol": "AAPL", "ratio": 1}]
+    elif case == "halted":
+        gov.set_state(TradingState.HALTED, "test", "operator")
+    elif case == "other_snapshot":
+        snap = snapshot(clock)
+    else:
+        gov._fast = None
+    before = (_buckets(gov), _ledger(gov))
+    assert fastpath.decide(gov, p, snap, clock.now(), None) is None
+    assert (_buckets(gov), _ledger(gov)) == before
+
+
+def test_the_first_decision_after_a_snapshot_finds_its_figures_made() -> None:
+    """on_snapshot makes the freshness cut-off and the account's caps (fastpath.warm)."""
+    gov, clock, _ = _plain()
+    gov.on_snapshot(snapshot(clock))
+    view = gov._view
+    assert gov._fresh[0] is view and gov._fast_snapshot[0] is view
+    assert gov._fast_limits[0] is gov.limits
