@@ -76,6 +76,7 @@ from bracketgate.adapters.md_lines import DEFAULT_LINES, MAX_TICKERS, LineBudget
 from bracketgate.adapters.ib_outbox import Outbox
 from bracketgate.adapters.ib_quotes import QuoteLines
 from bracketgate.adapters.ib_refs import RefIndex
+from bracketgate.adapters.ib_startup import StartupOrders, connect_kwargs, without_completed_orders
 from bracketgate.adapters.ib_working import WorkingOrders
 from bracketgate.adapters.ib_prune import (
     DEFAULT_RETENTION_S,
@@ -354,6 +355,7 @@ class IBBroker(QuoteLines):
         self._outbox = Outbox()   # an order's queued status updates coalesced (ib_outbox.py)
         self.retention = TradeRetention(trade_retention_s)   # finished trades dropped (ib_prune.py)
         self.refs = RefIndex(self.ib.wrapper)   # orderRef -> the library's trades (ib_refs.py)
+        self.startup = StartupOrders()   # the completed orders a connect reads (ib_startup.py)
         self._working = WorkingOrders()          # the snapshot's models, per change (ib_working.py)
         self._prune_task: asyncio.Task | None = None
         self._pump_task: asyncio.Task | None = None
@@ -505,10 +507,11 @@ class IBBroker(QuoteLines):
         try:
             connecting = asyncio.ensure_future(self.ib.connectAsync(
                 self.host, self.port, clientId=self.client_id, timeout=self.connect_timeout,
-                account=self.account))
+                account=self.account, **connect_kwargs(ibl)))
             refused = asyncio.ensure_future(self._refused.wait())
-            try:
-                await asyncio.wait([connecting, refused], return_when=asyncio.FIRST_COMPLETED)
+            try:   # completed orders are read after, when needed (ib_startup.py)
+                with without_completed_orders(self.ib, ibl):
+                    await asyncio.wait([connecting, refused], return_when=asyncio.FIRST_COMPLETED)
             finally:
                 refused.cancel()
             if not connecting.done():  # 326: IB closed the handshake; do not wait out the timeout
@@ -561,12 +564,14 @@ class IBBroker(QuoteLines):
         self._tickers.clear()
         self.lines.new_connection()
         now = self._clock.now()
-        # connectAsync has loaded positions, open + completed orders, account values, executions
+        # connectAsync has loaded positions, open orders, account values, executions; completed
+        # orders only as recovery needs them (self.startup.sync below, adapters/ib_startup.py)
         self._ts["positions"] = now
         self._ts["account"] = now
         self._synced.update({"positions", "account"})
         self._check_next_valid_id()
         self.refs.book()   # this connection's book, indexed by orderRef (ib_refs.py)
+        await self.startup.sync(self, max(20.0, 4 * self.connect_timeout))
         # reconcile first (the book must know every orderRef IB has), then the executions of
         # the day that we have not seen: fills that happened while we were away
         for hook in self._reconcile_hooks:
