@@ -76,7 +76,12 @@ from bracketgate.adapters.md_lines import DEFAULT_LINES, MAX_TICKERS, LineBudget
 from bracketgate.adapters.ib_outbox import Outbox
 from bracketgate.adapters.ib_quotes import QuoteLines
 from bracketgate.adapters.ib_refs import RefIndex
-from bracketgate.adapters.ib_startup import StartupOrders, connect_kwargs, without_completed_orders
+from bracketgate.adapters.ib_startup import (
+    StartupOrders,
+    connect_kwargs,
+    followed_updates,
+    without_completed_orders,
+)
 from bracketgate.adapters.ib_working import WorkingOrders
 from bracketgate.adapters.ib_prune import (
     DEFAULT_RETENTION_S,
@@ -617,6 +622,11 @@ class IBBroker(QuoteLines):
         now = self._clock.now()
         return [order_update_from_trade(t, now) for t in self.ib.trades()
                 if not getattr(t.order, "whatIf", False)]
+
+    def orders_followed(self, refs: set[str], ids: set[int]) -> list[BrokerOrderUpdate]:
+        """The orders IB told this connection about for these orderRefs or order ids (the
+        reconcile's: O(followed), adapters/ib_startup.py), as bus models."""
+        return followed_updates(self, refs, ids, self._clock.now())
 
     async def place_protective(self, entry_order_id: int, *, action: Side, quantity: float,
                                order_ref: str, stop_price: float | None,

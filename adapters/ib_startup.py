@@ -1,4 +1,4 @@
-"""Start-up reads only what recovery needs from IB: completed orders on demand, not at every connect.
+"""Start-up reads only what recovery needs from IB: completed orders on demand, not at each connect.
 
 The IB client library's connectAsync asks for the open AND the completed orders of the day. After a
 long day IB holds tens of thousands of completed orders (a 1M-proposal soak leaves ~35k) and the
@@ -244,3 +244,26 @@ async def write_meta(journal: Any, key: str, value: str) -> None:
                      " value = excluded.value", (key, value))
 
     await journal._submit(run, True)
+
+
+def followed_updates(broker: Any, refs: set[str], ids: set[int], ts: datetime) -> list[Any]:
+    """The orders of the library's book for these orderRefs or order ids, as bus models: what
+    the reconcile follows, found through the orderRef index and the book's keys (O(followed),
+    not a model for every order IB listed)."""
+    from bracketgate.adapters.ib import order_update_from_trade
+
+    book = broker.refs.book()
+    seen: set[int] = set()
+    out = []
+    for ref in refs:
+        for t in broker.refs.trades(ref):
+            if id(t) not in seen:
+                seen.add(id(t))
+                out.append(order_update_from_trade(t, ts))
+    for oid in ids:
+        for cid in (broker.client_id, 0):
+            t = book.get((cid, oid))
+            if t is not None and id(t) not in seen and not getattr(t.order, "whatIf", False):
+                seen.add(id(t))
+                out.append(order_update_from_trade(t, ts))
+    return out

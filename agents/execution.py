@@ -638,7 +638,9 @@ class ExecutionAgent:
         transmitted, or answered failed), publish each leg's current state, report intents that
         never reached IB, settle placements the last disconnect left uncertain, and check every
         open position from an entry is protected."""
-        orders = self._broker.orders_at_ib()
+        followed = getattr(self._broker, "orders_followed", None)   # O(followed): ib_startup.py
+        orders = (followed(set(self._intents) | set(self._brackets), set(self._by_order))
+                  if followed is not None else self._broker.orders_at_ib())
         by_ref: dict[str, list[BrokerOrderUpdate]] = {}
         for u in orders:
             if u.order_ref:
