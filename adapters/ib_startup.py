@@ -72,11 +72,8 @@ def without_completed_orders(ib: Any, ibl: Any) -> Iterator[None]:
         fut.set_result([])
         return fut
 
-    ib.reqCompletedOrdersAsync = answered_empty
-    try:
+    with _instance_attr(ib, "reqCompletedOrdersAsync", answered_empty):
         yield
-    finally:
-        del ib.reqCompletedOrdersAsync   # the class's method again
 
 
 @contextmanager
@@ -101,12 +98,26 @@ def only_refs(ib: Any, wanted: set[str] | None) -> Iterator[None]:
             keep(contract, order, state)
 
     decoder.handlers[COMPLETED_ORDER_MSG] = prefiltered
-    wrapper.completedOrder = kept
+    try:
+        with _instance_attr(wrapper, "completedOrder", kept):
+            yield
+    finally:
+        decoder.handlers[COMPLETED_ORDER_MSG] = decode
+
+
+@contextmanager
+def _instance_attr(obj: Any, name: str, value: Any) -> Iterator[None]:
+    """`name` set on this instance while the block runs, then as it was (the class's again)."""
+    missing = object()
+    prev = obj.__dict__.get(name, missing)
+    setattr(obj, name, value)
     try:
         yield
     finally:
-        decoder.handlers[COMPLETED_ORDER_MSG] = decode
-        del wrapper.completedOrder
+        if prev is missing:
+            delattr(obj, name)
+        else:
+            setattr(obj, name, prev)
 
 
 def missing_legs(expected: dict[str, tuple[int, ...]], open_legs: Callable[[str], set[int]]
