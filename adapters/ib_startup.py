@@ -181,7 +181,11 @@ class StartupOrders:
                           code="COMPLETED_ORDERS_TIMEOUT")
                 raise BrokerConnectError(
                     f"IB did not list its completed orders within {timeout}s: recovery cannot "
-                    "tell what filled or ended while the daemon was away", code=None) from e
+                    "tell what filled or ended while the daemon was away",
+                    code="COMPLETED_ORDERS_TIMEOUT") from e
+            except (ConnectionError, OSError) as e:   # the socket closed while IB listed them
+                raise BrokerConnectError(f"IB connection lost while it listed its completed "
+                                         f"orders: {e}") from e
             kept = len(trades or ())
             if review:
                 await self._record_review(trades or [])

@@ -116,3 +116,26 @@ async def test_a_review_is_due_when_never_made_or_foreign_refs_are_within_the_da
     s = StartupOrders()
     s.use(journal=_Meta(value))
     assert await s._review_due() is due
+
+
+async def test_no_answer_in_time_fails_the_connect_never_a_partial_reconcile() -> None:
+    import asyncio
+
+    from bracketgate.bus.errors import BrokerConnectError
+
+    ib, _decode, _decoded, _kept = _fake_ib()
+    never: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+    ib.reqCompletedOrdersAsync = lambda api_only: never
+
+    async def turn(*_: Any) -> None:
+        return None
+
+    broker = SimpleNamespace(ib=ib, _turn=turn, refs=SimpleNamespace(trades=lambda ref: []))
+    s = StartupOrders()
+    s.use(expected=lambda: {"p-1": (1, 2, 3)}, journal=_Meta(json.dumps(
+        {"since": "2026-01-01T00:00:00+00:00", "foreign": 0})))
+    with pytest.raises(BrokerConnectError) as e:
+        await s.sync(broker, timeout=0.05)
+    assert e.value.code == "COMPLETED_ORDERS_TIMEOUT"
+    assert ib.client.decoder.handlers[COMPLETED_ORDER_MSG] is _decode   # restored on the way out
+    assert s.last == {}                                                 # nothing reported synced
