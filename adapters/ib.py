@@ -581,6 +581,7 @@ class IBBroker(QuoteLines):
         # the day that we have not seen: fills that happened while we were away
         for hook in self._reconcile_hooks:
             await hook()
+        await self.startup.settled()   # a review's outcome kept in the journal (ib_startup.py)
         await self._sync_executions()
         # P&L subscriptions (renewed on every connect: a reconnect has none)
         await self._turn(Priority.DATA)

@@ -12,8 +12,9 @@ recovery may need them:
 - the first connect, journal not reviewed: every one, once (`review`): a new or lost journal does
   not know the orderRefs an earlier run may have left at IB (a replay must still be answered
   BRACKET_FINISHED_AT_IB / CANCELLED_AT_IB, docs/OPERATIONS.md). The review's outcome is kept in
-  the journal's meta (`ib_completed_review`): `foreign` = how many completed orders had an
-  orderRef the journal does not know. Clean (0): every later order of ours goes through this
+  the journal's meta (`ib_completed_review`, written once the reconcile hooks passed: never into
+  a journal the account check refuses): `foreign` = how many of the completed orders' orderRefs
+  the journal does not know (its proposal_ids). Clean (0): every later order of ours goes through this
   journal (an intent is journaled before the send), so no later start needs a review. Foreign
   (> 0): reviewed again at every start until `horizon_s` (24 h: IB lists the completed orders of
   its current day) after the first review that found them;
@@ -140,6 +141,7 @@ class StartupOrders:
         self.journal: Any = None
         self.connects = 0          # connects synced (the first is the start-up)
         self.last: dict[str, Any] = {}   # the last sync's outcome (tests, metrics)
+        self._review: list[str] | None = None   # the review's orderRefs, until settled()
 
     def use(self, *, expected: Expected | None = None, journal: Any = None) -> None:
         """Recovery's picture: the orders it follows, the journal that keeps the review."""
@@ -152,6 +154,7 @@ class StartupOrders:
         """After connectAsync, before the reconcile hooks: read the completed orders recovery
         needs into the library's book (broker: the IBBroker; its pacer and library)."""
         self.connects += 1
+        self._review = None
         t0 = time.perf_counter()
         review = None
         wanted: set[str] | None = None
@@ -187,8 +190,8 @@ class StartupOrders:
                 raise BrokerConnectError(f"IB connection lost while it listed its completed "
                                          f"orders: {e}") from e
             kept = len(trades or ())
-            if review:
-                await self._record_review(trades or [])
+            if review:   # kept once the reconcile hooks passed (the account check first)
+                self._review = sorted({t.order.orderRef for t in trades or () if t.order.orderRef})
         self.last = {"why": why, "wanted": None if wanted is None else len(wanted), "kept": kept,
                      "ms": round((time.perf_counter() - t0) * 1000, 1)}
         log.info("ib_completed_orders", **self.last)
@@ -209,10 +212,14 @@ class StartupOrders:
             return True   # unreadable: review again
         return datetime.now(timezone.utc) - since < timedelta(seconds=self.horizon_s)
 
-    async def _record_review(self, trades: list[Any]) -> None:
-        if self.journal is None:
-            return
-        refs = sorted({t.order.orderRef for t in trades if t.order.orderRef})
+    async def settled(self) -> None:
+        """After the reconcile hooks (the journal is this account's, the book rebuilt): the
+        review's outcome into the journal's meta (nothing is written to a refused journal)."""
+        refs, self._review = self._review, None
+        if refs is not None and self.journal is not None:
+            await self._record_review(refs)
+
+    async def _record_review(self, refs: list[str]) -> None:
         known = await known_ids(self.journal, refs)
         foreign = len(refs) - len(known)
         now = datetime.now(timezone.utc).isoformat()
@@ -224,11 +231,10 @@ class StartupOrders:
                 since = prev["since"] if int(prev.get("foreign", 0)) > 0 else now
             except (ValueError, KeyError, TypeError):
                 since = now
-        mark = json.dumps({"since": since, "reviewed": now, "completed": len(trades),
-                           "refs": len(refs), "foreign": foreign})
+        mark = json.dumps({"since": since, "reviewed": now, "refs": len(refs),
+                           "foreign": foreign})
         await write_meta(self.journal, REVIEW_KEY, mark)
-        log.info("ib_completed_review", completed=len(trades), refs=len(refs), foreign=foreign,
-                 since=since)
+        log.info("ib_completed_review", refs=len(refs), foreign=foreign, since=since)
 
 
 def _open_ids(broker: Any, ref: str) -> set[int]:

@@ -187,3 +187,24 @@ async def test_without_a_journal_every_completed_order_is_read(paper_tws) -> Non
     async with Run(paper_tws, None) as run:
         assert run.broker.startup.last["why"] == "no_journal"
         assert run.sent_completed == 1 and run.broker.has_order_ref("foreign-9")
+
+
+async def test_a_journal_the_reconcile_refuses_gets_no_review_row(paper_tws, tmp_path) -> None:
+    """The account check (core/app.py, the first reconcile hook) refuses the journal: the
+    review's outcome is not written into it (a refused journal is left as it was)."""
+    from bracketgate.bus.errors import BrokerConnectError
+
+    async with Journal(tmp_path / "journal.sqlite") as journal:
+        run = Run(paper_tws, journal)
+
+        async def refuse() -> None:
+            raise BrokerConnectError("journal of another account", code="TEST_REFUSED")
+
+        run.broker.add_reconcile_hook(refuse)
+        with pytest.raises(BrokerConnectError):
+            async with run:
+                pass
+        await run.broker.close()
+        await run.bus.close()
+        assert run.broker.startup.last["why"] == "review"
+        assert REVIEW_KEY not in await journal.meta()
