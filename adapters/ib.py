@@ -76,6 +76,12 @@ from bracketgate.adapters.md_lines import DEFAULT_LINES, MAX_TICKERS, LineBudget
 from bracketgate.adapters.ib_outbox import Outbox
 from bracketgate.adapters.ib_quotes import QuoteLines
 from bracketgate.adapters.ib_refs import RefIndex
+from bracketgate.adapters.ib_startup import (
+    StartupOrders,
+    connect_kwargs,
+    followed_updates,
+    without_completed_orders,
+)
 from bracketgate.adapters.ib_working import WorkingOrders
 from bracketgate.adapters.ib_prune import (
     DEFAULT_RETENTION_S,
@@ -355,6 +361,7 @@ class IBBroker(QuoteLines):
         self._outbox = Outbox()   # an order's queued status updates coalesced (ib_outbox.py)
         self.retention = TradeRetention(trade_retention_s)   # finished trades dropped (ib_prune.py)
         self.refs = RefIndex(self.ib.wrapper)   # orderRef -> the library's trades (ib_refs.py)
+        self.startup = StartupOrders()   # the completed orders a connect reads (ib_startup.py)
         self._working = WorkingOrders()          # the snapshot's models, per change (ib_working.py)
         self._prune_task: asyncio.Task | None = None
         self._pump_task: asyncio.Task | None = None
@@ -506,10 +513,11 @@ class IBBroker(QuoteLines):
         try:
             connecting = asyncio.ensure_future(self.ib.connectAsync(
                 self.host, self.port, clientId=self.client_id, timeout=self.connect_timeout,
-                account=self.account))
+                account=self.account, **connect_kwargs(ibl)))
             refused = asyncio.ensure_future(self._refused.wait())
-            try:
-                await asyncio.wait([connecting, refused], return_when=asyncio.FIRST_COMPLETED)
+            try:   # completed orders are read after, when needed (ib_startup.py)
+                with without_completed_orders(self.ib, ibl):
+                    await asyncio.wait([connecting, refused], return_when=asyncio.FIRST_COMPLETED)
             finally:
                 refused.cancel()
             if not connecting.done():  # 326: IB closed the handshake; do not wait out the timeout
@@ -562,16 +570,19 @@ class IBBroker(QuoteLines):
         self._tickers.clear()
         self.lines.new_connection()
         now = self._clock.now()
-        # connectAsync has loaded positions, open + completed orders, account values, executions
+        # connectAsync has loaded positions, open orders, account values, executions; completed
+        # orders only as recovery needs them (self.startup.sync below, adapters/ib_startup.py)
         self._ts["positions"] = now
         self._ts["account"] = now
         self._synced.update({"positions", "account"})
         self._check_next_valid_id()
         self.refs.book()   # this connection's book, indexed by orderRef (ib_refs.py)
+        await self.startup.sync(self, max(20.0, 4 * self.connect_timeout))
         # reconcile first (the book must know every orderRef IB has), then the executions of
         # the day that we have not seen: fills that happened while we were away
         for hook in self._reconcile_hooks:
             await hook()
+        await self.startup.settled()   # a review's outcome kept in the journal (ib_startup.py)
         await self._sync_executions()
         # P&L subscriptions (renewed on every connect: a reconnect has none)
         await self._turn(Priority.DATA)
@@ -613,6 +624,11 @@ class IBBroker(QuoteLines):
         now = self._clock.now()
         return [order_update_from_trade(t, now) for t in self.ib.trades()
                 if not getattr(t.order, "whatIf", False)]
+
+    def orders_followed(self, refs: set[str], ids: set[int]) -> list[BrokerOrderUpdate]:
+        """The orders IB told this connection about for these orderRefs or order ids (the
+        reconcile's: O(followed), adapters/ib_startup.py), as bus models."""
+        return followed_updates(self, refs, ids, self._clock.now())
 
     async def place_protective(self, entry_order_id: int, *, action: Side, quantity: float,
                                order_ref: str, stop_price: float | None,

@@ -210,6 +210,16 @@ class ExecutionAgent:
             self._intents[rec.proposal_id] = rec
         return len(self._intents)
 
+    def expected_at_ib(self) -> dict[str, tuple[int, ...]]:
+        """orderRef -> the order ids recovery expects IB to know: each intent loaded from the
+        journal and each bracket followed, guards included (the IB adapter reads IB's completed
+        orders at start-up only when one of them is not open: adapters/ib_startup.py)."""
+        out = {pid: tuple(int(v or 0) for v in (rec.order_ids or {}).values())
+               for pid, rec in self._intents.items()}
+        for pid, book in self._brackets.items():
+            out[pid] = (book.ids.entry, book.ids.take_profit, book.ids.stop_loss, *book.guards)
+        return out
+
     def placed_ids(self, proposal_id: str) -> BracketOrderIds | None:
         """The order ids of a bracket IB has (placed this run or adopted), else None."""
         book = self._brackets.get(proposal_id)
@@ -643,7 +653,9 @@ class ExecutionAgent:
         transmitted, or answered failed), publish each leg's current state, report intents that
         never reached IB, settle placements the last disconnect left uncertain, and check every
         open position from an entry is protected."""
-        orders = self._broker.orders_at_ib()
+        followed = getattr(self._broker, "orders_followed", None)   # O(followed): ib_startup.py
+        orders = (followed(set(self._intents) | set(self._brackets), set(self._by_order))
+                  if followed is not None else self._broker.orders_at_ib())
         by_ref: dict[str, list[BrokerOrderUpdate]] = {}
         for u in orders:
             if u.order_ref:

@@ -20,9 +20,10 @@ curve; then the journal's size and bytes per proposal; then the daemon is restar
 journal and timed to `ready` (its own startup_ms), against a restart on an empty journal in the
 same run (the baseline).
 
---ib-orders K then leaves K cancelled orders at the paper TWS (what a restart after the flow meets:
-the soak's paper TWS still held its 35,589 orders, which the IB library reads back as completed
-orders at connect) and times the restart again, on an empty journal and on the big one.
+--ib-orders K[,K2...] then leaves K cancelled orders at the paper TWS (what a restart after the
+flow meets: the soak's paper TWS still held its 35,589 orders, which the IB library reads back as
+completed orders) and times the restart again (--trials, medians), on a new journal (its first
+start reviews every completed order: adapters/ib_startup.py) and on the big one.
 
 --build N skips the flow: it writes N proposals straight through the Journal API (a proposal,
 its decision and the delivery record; 10 % with an intent, finished) into a fresh file, then
@@ -37,6 +38,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -290,7 +292,7 @@ async def build(n: int, path: Path) -> None:
     print(f"  built {n} proposals in {time.perf_counter() - t0:.0f} s")
 
 
-def seed_completed_orders(tws, k: int) -> None:
+def seed_completed_orders(tws, k: int, start: int = 0) -> None:
     """K orders placed and cancelled at the paper TWS (IB reports them as completed orders)."""
     import dataclasses
 
@@ -299,7 +301,7 @@ def seed_completed_orders(tws, k: int) -> None:
     contract = tws.universe.find("AAPL", "STK")[0]
     contract = contract if contract.exchange else dataclasses.replace(contract, exchange="SMART")
     eng = tws.engine
-    for i in range(k):
+    for i in range(start, start + k):
         eng.place(SimOrder(client_id=99, order_id=1_000_000 + i, perm_id=eng.next_perm_id(),
                            contract=contract, action="BUY", total_quantity=1, order_type="LMT",
                            lmt_price=100.0, order_ref=f"seeded-{i}"))
@@ -334,12 +336,19 @@ async def main(a: argparse.Namespace) -> None:
               f" journal (baseline, same run): ratio {big_ms / empty_ms:.2f};"
               f" {big_ms - empty_ms:+.0f} ms  (wall from spawn {big_wall:.0f} vs"
               f" {empty_wall:.0f} ms)")
-        if a.ib_orders:
-            seed_completed_orders(tws, a.ib_orders)
-            e2_ms, _ = await restart_ms(tws, broker, work, work / "empty2.sqlite")
-            b2_ms, _ = await restart_ms(tws, broker, work, journal)
-            print(f"  with {a.ib_orders} completed orders at the paper TWS: {b2_ms:.0f} ms on the"
-                  f" journal, {e2_ms:.0f} ms on an empty one (vs {empty_ms:.0f} ms without them)")
+        seeded = 0
+        for k in (int(x) for x in a.ib_orders.split(",") if x.strip()):  # K completed orders at IB
+            seed_completed_orders(tws, k - seeded, seeded)
+            seeded = max(seeded, k)
+            runs: list[tuple[float, float]] = []
+            for t in range(a.trials):   # a new (empty) journal reviews them all (ib_startup.py)
+                new = (await restart_ms(tws, broker, work, work / f"new-{k}-{t}.sqlite"))[0]
+                runs.append((new, (await restart_ms(tws, broker, work, journal))[0]))
+            e2_ms = statistics.median(r[0] for r in runs)
+            b2_ms = statistics.median(r[1] for r in runs)
+            print(f"  with {k} completed orders at the paper TWS: {b2_ms:.0f} ms on the journal,"
+                  f" {e2_ms:.0f} ms on a new one (vs {empty_ms:.0f} ms without them; medians of"
+                  f" {a.trials}): ratio {b2_ms / empty_ms:.2f}", flush=True)
     finally:
         await stop_paper_tws(tws)
         broker.stop()
@@ -355,8 +364,10 @@ if __name__ == "__main__":
     ap.add_argument("--build", type=int, default=0,
                     help="instead: write this many proposals through the Journal API")
     ap.add_argument("--reuse", help="with --build N: restart on this journal, built before")
-    ap.add_argument("--ib-orders", type=int, default=0,
-                    help="then restart again with this many completed orders at the paper TWS")
+    ap.add_argument("--ib-orders", default="",
+                    help="then restart again with this many completed orders at the paper TWS"
+                         " (a list: 0,10000,35000)")
+    ap.add_argument("--trials", type=int, default=1, help="restarts per --ib-orders K (median)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (journal)")
     ap.add_argument("--window", type=int, default=200, help="proposals in flight")
     ap.add_argument("--approve-every", type=int, default=10, help="1 in N approved")

@@ -200,6 +200,8 @@ class Daemon:
             # first of the hooks: nothing is reconciled against a journal of another account
             broker.add_reconcile_hook(self._account_check(journal, broker))
             broker.add_reconcile_hook(execution.reconcile)
+            # IB's completed orders are read at start-up only as recovery needs them (ib_startup.py)
+            broker.startup.use(expected=execution.expected_at_ib, journal=journal)
             self.governor = governor = RiskGovernor(limits, self.clock, contract_info=broker.cached_contract,
                                                    agents=self.agents)
             governor.use_id_memory(journal.first_seen)   # ids the decision memory forgot

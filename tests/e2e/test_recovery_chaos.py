@@ -860,6 +860,10 @@ async def test_fill_while_the_daemon_is_down_reaches_the_agent(mosquitto, paper_
             execs = [e for e in (await rig.tws.state())["executions"] if e["orderRef"] == pid]
             assert len(execs) == 1, execs
             await rig.start_daemon()
+            # the start read IB's completed orders for this bracket alone (adapters/ib_startup.py)
+            await rig.d.wait_log(lambda e: e.get("event") == "ib_completed_orders"
+                                 and e.get("why") == "legs_not_open" and e.get("wanted") == 1,
+                                 timeout=10)
             await rig.d.wait_log(lambda e: e.get("event") == "fill" and e.get("proposal_id") == pid,
                                  timeout=10)
             assert any(ev["payload"].get("exec_id") == execs[0]["execId"]
