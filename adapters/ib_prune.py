@@ -26,7 +26,17 @@ What still answers for a pruned bracket:
 - the journal: every intent, decision and fill (the long-term record).
 
 Fills without a trade (a reqExecutions replay of a trade no longer in the books) are dropped once
-older than `retention_s` too. Nothing here imports the IB library: the wrapper is duck-typed.
+older than `retention_s` too.
+
+The wrapper's request books are swept as well (`_drop_finished_requests`): `_futures: reqId ->
+Future` and `_reqId2Contract: reqId -> Contract` of a request its caller gave up (a timeout
+cancelled the future; IB never answered), and `_results: reqId -> container` of a request
+answered with a value (`_endReq(key, result)` pops the future, not the container: every
+what-if left its empty list behind, one per approval). Each goes `retention_s` after it was
+first seen so (an answer that comes meanwhile finds its entries). String keys ("openOrders",
+"positions", ...) are the library's reused requests and are never touched.
+
+Nothing here imports the IB library: the wrapper is duck-typed.
 """
 
 from __future__ import annotations
@@ -72,8 +82,10 @@ class TradeRetention:
         self.tombstones_max = tombstones_max
         self.tombstones: dict[str, tuple[Leg, ...]] = {}   # orderRef -> pruned legs (newest last)
         self._done_since: dict[Any, float] = {}            # group -> when first seen done
+        self._finished_since: dict[int, float] = {}        # reqId -> when first seen finished
         self.pruned_trades = 0
         self.pruned_fills = 0
+        self.pruned_requests = 0
 
     @property
     def enabled(self) -> bool:
@@ -115,7 +127,35 @@ class TradeRetention:
             del self._done_since[g]
         wall_now = wall_now or datetime.now(timezone.utc)
         self.pruned_fills += self._drop_orphan_fills(wrapper, wall_now)
+        self.pruned_requests += self._drop_finished_requests(wrapper, now)
         self.pruned_trades += dropped
+        return dropped
+
+    def _drop_finished_requests(self, wrapper: Any, now: float) -> int:
+        """Request entries nobody will read again, `retention_s` after first seen (module doc)."""
+        futures = getattr(wrapper, "_futures", None)
+        results = getattr(wrapper, "_results", None)
+        if not isinstance(futures, dict) or not isinstance(results, dict):
+            return 0
+        contracts = getattr(wrapper, "_reqId2Contract", None)
+        finished = {k for k, f in futures.items() if isinstance(k, int) and f.done()}
+        finished.update(k for k in results if isinstance(k, int) and k not in futures)
+        seen: dict[int, float] = {}
+        dropped = 0
+        for key in finished:
+            since = self._finished_since.get(key, now)
+            if now - since < self.retention_s:
+                seen[key] = since
+                continue
+            fut = futures.get(key)
+            if fut is not None and not fut.done():
+                continue   # reused reqId with a live request: not ours to drop
+            futures.pop(key, None)
+            results.pop(key, None)
+            if isinstance(contracts, dict) and fut is not None:
+                contracts.pop(key, None)
+            dropped += 1
+        self._finished_since = seen
         return dropped
 
     def _drop(self, wrapper: Any, group: Any, members: list[tuple[Any, Any]]) -> int:
@@ -150,6 +190,7 @@ class TradeRetention:
 
     def stats(self) -> dict[str, int]:
         return {"pruned_trades": self.pruned_trades, "pruned_fills": self.pruned_fills,
+                "pruned_requests": self.pruned_requests,
                 "tombstones": len(self.tombstones), "done_waiting": len(self._done_since)}
 
 

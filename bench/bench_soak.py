@@ -154,9 +154,10 @@ async def restart_ms(tws, broker, work: Path, journal: Path) -> tuple[float, flo
 
 
 async def flow(n: int, window: int, approve_every: int, fill_every: int, tws, broker,
-               work: Path, journal: Path, memdump_every: int = 0) -> None:
+               work: Path, journal: Path, memdump_every: int = 0,
+               daemon_env: dict[str, str] | None = None) -> None:
     d = await spawn(tws, broker, work, {"RISK_LIMITS_FILE": str(work / "limits.toml"),
-                                        "JOURNAL_PATH": str(journal)}, 30)
+                                        "JOURNAL_PATH": str(journal), **(daemon_env or {})}, 30)
     d.logs.clear()
     pid = d.proc.pid
     verdicts: dict[str, int] = {}
@@ -206,7 +207,7 @@ async def flow(n: int, window: int, approve_every: int, fill_every: int, tws, br
             if (i + 1) % 10_000 == 0:
                 for e in d.logs:   # a SIGUSR2 dump asked for at the last 10k (--memdump-every)
                     if e.get("event") in ("memory_dump", "memory_types", "memory_top",
-                                          "memory_holders"):
+                                          "memory_holders", "memory_books"):
                         print("    " + json.dumps({k: v for k, v in e.items()
                                                    if k not in ("timestamp", "logger", "level")}))
                 if memdump_every and (i + 1) % memdump_every == 0:
@@ -326,7 +327,7 @@ async def main(a: argparse.Namespace) -> None:
             print(f"bracketgate soak: {n} proposals through mosquitto, ~{100 // a.approve_every}"
                   f" % approved (pid {os.getpid()})")
             await flow(n, a.window, a.approve_every, a.fill_every, tws, broker, work, journal,
-                       a.memdump_every)
+                       a.memdump_every, dict(kv.split("=", 1) for kv in a.daemon_env))
         size = journal_files_size(journal)
         print(f"  journal: {size / 1e6:.1f} MB (db + wal) = {size / n:.0f} bytes/proposal")
         big_ms, big_wall = await restart_ms(tws, broker, work, journal)
@@ -363,6 +364,9 @@ if __name__ == "__main__":
     ap.add_argument("--memdump-every", type=int, default=0,
                     help="SIGUSR2 the daemon every N proposals (a multiple of 10k) and print its"
                          " memory dump (core/memdump.py; PYTHONTRACEMALLOC=1 for allocation sites)")
+    ap.add_argument("--daemon-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="set in the flow daemon's environment only (PYTHONTRACEMALLOC=1,"
+                         " MALLOC_ARENA_MAX=2, ...), not in this process (the paper TWS)")
     ap.add_argument("--fill-every", type=int, default=2,
                     help="1 in K approved brackets filled in a swinging market (0: none, all "
                          "rest and are cancelled)")

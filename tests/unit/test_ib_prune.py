@@ -210,3 +210,35 @@ def test_a_filled_entry_whose_exits_did_not_fill_is_kept(wrapper) -> None:
     r.sweep(wrapper, wall_now=NOW)
     clock.t += 2
     assert r.sweep(wrapper, wall_now=NOW) == 4
+
+
+async def test_finished_requests_leave_the_wrappers_books_after_the_grace(wrapper) -> None:
+    """A request answered with a value (a what-if: `_endReq(key, state)`) leaves its `_results`
+    container behind in both libraries, one per approval; a request its caller gave up (a timeout
+    cancelled the future) leaves its future, container and contract. Dropped after the grace; a
+    pending request and the library's named ones ("openOrders") are never touched."""
+    clock = Clock()
+    r = TradeRetention(10, clock=clock)
+    contract = ib.Stock("AAPL", "SMART", "USD")
+    answered = wrapper.startReq(101, contract)
+    wrapper._endReq(101, "an OrderState")              # the what-if's answer
+    assert answered.result() == "an OrderState" and 101 in wrapper._results
+    gave_up = wrapper.startReq(102, contract)
+    gave_up.cancel()                                    # asyncio.timeout around the await
+    pending = wrapper.startReq(103, contract)
+    named = wrapper.startReq("openOrders")
+    assert r.sweep(wrapper, wall_now=NOW) == 0          # first seen: the grace starts
+    clock.t += 9
+    r.sweep(wrapper, wall_now=NOW)
+    assert {101, 102} <= set(wrapper._results)          # an answer may still come meanwhile
+    clock.t += 2
+    r.sweep(wrapper, wall_now=NOW)
+    assert 101 not in wrapper._results and 102 not in wrapper._results
+    assert 102 not in wrapper._futures and 102 not in wrapper._reqId2Contract
+    assert wrapper._futures[103] is pending and 103 in wrapper._results
+    assert wrapper._futures["openOrders"] is named and "openOrders" in wrapper._results
+    assert r.stats()["pruned_requests"] == 2
+    wrapper._endReq(102, "a late answer")               # after the drop: nothing to find
+    clock.t += 100
+    r.sweep(wrapper, wall_now=NOW)
+    assert wrapper._futures[103] is pending and not pending.done()
