@@ -12,8 +12,8 @@ from those books the trades that are done, and their fills:
   Inactive), none of its executions still waits for its commission report in the adapter
   (`busy(exec_id)`), and its fills net to zero (an entry filled whose exits did not fill as
   much leaves a position a protect / flatten command must still find the entry's contract for);
-- it is dropped `retention_s` after it was first seen done (IB_TRADE_RETENTION_S, default 120:
-  twice the execution agent's CLOSED_KEEP_S (60 s), so its closed book is gone first; a group that
+- it is dropped `retention_s` after it was first seen done (IB_TRADE_RETENTION_S, default 60:
+  twice the execution agent's CLOSED_KEEP_S (30 s), so its closed book is gone first; a group that
   moves again, a replayed open order, starts over).
 
 What still answers for a pruned bracket:
@@ -47,7 +47,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 TERMINAL = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
-DEFAULT_RETENTION_S = 120.0
+DEFAULT_RETENTION_S = 60.0   # 120 before: at the pacer's full rate each 60 s held ~7 MB
 TOMBSTONES_MAX = 4096
 
 # one pruned leg: (order_id, perm_id, client_id, parent_id, order_type, status, filled,

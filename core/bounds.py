@@ -16,7 +16,7 @@ from typing import Any
 # name -> its bound (where it is enforced)
 BOUNDS: dict[str, str] = {
     # the IB client library's books (adapters/ib_prune.py TradeRetention.sweep)
-    "ib.trades": "open trades + those done < IB_TRADE_RETENTION_S (120 s) ago (ib_prune)",
+    "ib.trades": "open trades + those done < IB_TRADE_RETENTION_S (60 s) ago (ib_prune)",
     "ib.permId2Trade": "as ib.trades (ib_prune drops a trade's permId with it)",
     "ib.fills": "fills of the trades kept + orphans < IB_TRADE_RETENTION_S old (ib_prune)",
     "ib._futures": "pending requests + given-up ones < IB_TRADE_RETENTION_S old (ib_prune)",
@@ -40,7 +40,7 @@ BOUNDS: dict[str, str] = {
     "ib._settled": "orderIds a placement check found dead (rare: a lost placement)",
     "ib._absent": "orderIds a placement check found absent at IB (rare)",
     # the execution agent (agents/execution.py)
-    "execution._brackets": "open brackets + closed < CLOSED_KEEP_S (60 s), <= CLOSED_KEEP_MAX",
+    "execution._brackets": "open brackets + closed < CLOSED_KEEP_S (30 s), <= CLOSED_KEEP_MAX",
     "execution._by_order": "3 legs (+ guards) of execution._brackets",
     "execution._intents": "as execution._brackets",
     "execution._closed": "closed < CLOSED_KEEP_S, <= CLOSED_KEEP_MAX (10,000)",
