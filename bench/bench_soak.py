@@ -252,6 +252,25 @@ async def flow(n: int, window: int, approve_every: int, fill_every: int, tws, br
               f" {end_rss / 1024:.1f} MB: {(end_rss - warm) / 1024:+.1f} MB over the last"
               f" {n - 10_000} proposals")
     print(f"  daemon exit code on SIGTERM: {rc}")
+    print_curve(curve)
+
+
+def print_curve(curve: list[tuple[int, int, float]], warm: int = 70_000) -> None:
+    """The RSS curve in one line (MB at each 10k) and its slope after `warm` proposals (a least
+    squares line through the samples from there on, MB per 100k): flat after warm-up is ~0."""
+    if len(curve) < 2:
+        return
+    print("  RSS curve (k proposals: MB): " + " ".join(
+        f"{n // 1000}:{kib / 1024:.1f}" for n, kib, _ in curve[1:]))
+    tail = [(n, kib / 1024) for n, kib, _ in curve if n >= warm]
+    if len(tail) >= 3:
+        mx = sum(n for n, _ in tail) / len(tail)
+        my = sum(m for _, m in tail) / len(tail)
+        slope = (sum((n - mx) * (m - my) for n, m in tail)
+                 / sum((n - mx) ** 2 for n, _ in tail))
+        print(f"  after warm-up ({warm // 1000}k on): {slope * 100_000:+.2f} MB per 100k"
+              f" (least squares over {len(tail)} samples); {tail[-1][1] - tail[0][1]:+.1f} MB"
+              f" from {tail[0][0] // 1000}k to {tail[-1][0] // 1000}k")
 
 
 async def build(n: int, path: Path) -> None:

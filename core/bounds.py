@@ -53,7 +53,7 @@ BOUNDS: dict[str, str] = {
     # metrics (core/metrics.py)
     "metrics._started": "PENDING_MAX (20,000)",
     "metrics._approved": "PENDING_MAX (20,000)",
-    "metrics._fill_price": "PENDING_MAX (20,000)",
+    "metrics._fill_price": "FILL_PRICES_MAX (4096; was PENDING_MAX, 20,000: ~4 MB)",
     # the journal (adapters/journal.py)
     "journal._fresh": "FRESH_MAX (cleared when full)",
 }
