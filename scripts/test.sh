@@ -20,8 +20,8 @@ export BRACKETGATE_REQUIRE_CHROMIUM=1
 scripts/setup.sh --insync --ibapi
 echo "== tests under ib_async"
 .venv/bin/python -m pytest -q "$@"
-echo "== paper TWS client-level suite, the IB adapter (pacing, placement truth, quotes by contract, combos, market-data lines, bracket modify/trail, retention of finished trades, the orderRef index, what-if) and the IB tools under ib_insync 0.9.86 (drop-in)"
-.venv-insync/bin/python -m pytest -q tests/sim tests/integration/test_runtime_ib.py tests/integration/test_ib_tools.py tests/integration/test_pacing_and_placement.py tests/integration/test_quotes_by_contract.py tests/integration/test_combos_ib.py tests/integration/test_md_lines_ib.py tests/integration/test_ib_lifecycle.py tests/integration/test_ib_retention.py tests/unit/test_ib_prune.py tests/unit/test_ib_refs.py tests/integration/test_ib_refs_ib.py tests/integration/test_ib_whatif.py tests/integration/test_whatif_saturation.py tests/e2e/test_commands_e2e.py -p no:cacheprovider
+echo "== paper TWS client-level suite, the IB adapter (pacing, placement truth, quotes by contract, combos, market-data lines, bracket modify/trail, retention of finished trades, bounds of the id-keyed books, the orderRef index, what-if) and the IB tools under ib_insync 0.9.86 (drop-in)"
+.venv-insync/bin/python -m pytest -q tests/sim tests/integration/test_runtime_ib.py tests/integration/test_ib_tools.py tests/integration/test_pacing_and_placement.py tests/integration/test_quotes_by_contract.py tests/integration/test_combos_ib.py tests/integration/test_md_lines_ib.py tests/integration/test_ib_lifecycle.py tests/integration/test_ib_retention.py tests/integration/test_ib_bounds.py tests/unit/test_ib_prune.py tests/unit/test_ib_refs.py tests/integration/test_ib_refs_ib.py tests/integration/test_ib_whatif.py tests/integration/test_whatif_saturation.py tests/e2e/test_commands_e2e.py -p no:cacheprovider
 echo "== the official IB client (ibapi 10.x, then 9.81) against the paper TWS"
 for venv in .venv-ibapi .venv-ibapi981; do
   BRACKETGATE_SIM_PYTHON="$PWD/.venv/bin/python" "$venv/bin/python" -m pytest -q tests/official \
