@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import gc
 import time
 
@@ -53,9 +52,8 @@ log = get_logger("bracketgate.gc")
 
 
 def _libc_trim():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn = libc.malloc_trim
+    try:   # glibc by its soname (ctypes.util.find_library would run ldconfig at import)
+        fn = ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
         return None
     fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
