@@ -1286,6 +1286,7 @@ class IBBroker(QuoteLines):
             if len(found) < len(wanted):
                 await self._turn(Priority.PROTECT)
                 done = await asyncio.wait_for(self.ib.reqCompletedOrdersAsync(False), self.request_timeout)
+                self.retention.drop_replayed(self.ib.wrapper, done, keep_ref=ref)   # ib_prune.py
                 for t in done or []:
                     oid = t.order.orderId or next(
                         (x.order.orderId for x in trades if t.order.permId and

@@ -86,6 +86,7 @@ class TradeRetention:
         self.pruned_trades = 0
         self.pruned_fills = 0
         self.pruned_requests = 0
+        self.replayed_dropped = 0
 
     @property
     def enabled(self) -> bool:
@@ -185,12 +186,35 @@ class TradeRetention:
             del wrapper.fills[k]
         return len(old)
 
+    def drop_replayed(self, wrapper: Any, trades: Any, keep_ref: str = "") -> int:
+        """Completed orders a reqCompletedOrders just put back into the books, dropped at once
+        (but `keep_ref`'s, which the caller is asking about). The library's `completedOrder`
+        adds every completed order whose permId its books lack under `trades[permId]`: those
+        pruned here before, and every other order IB completed this session. A placement check
+        (IBBroker._placement_truth) asking once a session had run for hours brought back every
+        bracket ever finished (a soak: +165 MB in one query, pruned only a minute later, the
+        RSS kept). They were done before the query and the books did not hold them: dropping
+        them leaves the books as they were (tombstones answer for the pruned ones)."""
+        dropped = 0
+        for t in trades or ():
+            order = getattr(t, "order", None)
+            perm = getattr(order, "permId", 0) if order is not None else 0
+            if not perm or (order.orderRef or "") == keep_ref and keep_ref:
+                continue
+            if wrapper.trades.get(perm) is t:
+                wrapper.trades.pop(perm, None)
+                if wrapper.permId2Trade.get(perm) is t:
+                    del wrapper.permId2Trade[perm]
+                dropped += 1
+        self.replayed_dropped += dropped
+        return dropped
+
     def legs(self, order_ref: str) -> tuple[Leg, ...]:
         return self.tombstones.get(order_ref, ())
 
     def stats(self) -> dict[str, int]:
         return {"pruned_trades": self.pruned_trades, "pruned_fills": self.pruned_fills,
-                "pruned_requests": self.pruned_requests,
+                "pruned_requests": self.pruned_requests, "replayed_dropped": self.replayed_dropped,
                 "tombstones": len(self.tombstones), "done_waiting": len(self._done_since)}
 
 

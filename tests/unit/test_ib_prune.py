@@ -242,3 +242,26 @@ async def test_finished_requests_leave_the_wrappers_books_after_the_grace(wrappe
     clock.t += 100
     r.sweep(wrapper, wall_now=NOW)
     assert wrapper._futures[103] is pending and not pending.done()
+
+
+def test_completed_orders_a_query_replayed_leave_the_books_at_once(wrapper) -> None:
+    """reqCompletedOrders puts every completed order whose permId the books lack back in
+    (`trades[permId]`): a placement check hours into a session brought back every bracket ever
+    finished. drop_replayed takes them out again, except the orderRef being asked about and
+    what the books held before."""
+    r = TradeRetention(60, clock=Clock())
+    held = add_bracket(wrapper, "held", 10)                     # in the books before the query
+    replayed = []
+    for i, ref in enumerate(("old-1", "old-1", "old-2", "asked")):
+        order = ib.Order(orderId=0, permId=5000 + i, orderRef=ref, orderType="LMT", action="BUY",
+                         totalQuantity=1)
+        trade = ib.Trade(ib.Stock("AAPL", "SMART", "USD"), order,
+                         ib.OrderStatus(status="Cancelled"))
+        wrapper.trades[order.permId] = trade                  # what the library's completedOrder does
+        wrapper.permId2Trade[order.permId] = trade
+        replayed.append(trade)
+    again = ib.Trade(held[0].contract, held[0].order, ib.OrderStatus(status="Filled"))  # known permId
+    assert r.drop_replayed(wrapper, replayed + [again], keep_ref="asked") == 3
+    assert {t.order.orderRef for t in wrapper.trades.values()} == {"held", "asked"}
+    assert set(wrapper.permId2Trade) == {9010, 9011, 9012, 5003}
+    assert r.stats()["replayed_dropped"] == 3
