@@ -4,7 +4,9 @@ a real socket (both client libraries run this file; core/bounds.py names every b
   container behind (the library pops the future, not the container, when the answer is a value)
   and a timed-out one its future; adapters/ib_prune.py drops them after the grace;
 - one P&L subscription task per conId while the pacer makes it wait: a Filled status spawned one
-  per fill, and a saturated pacer (a DATA turn waits behind every ORDER one) let them pile up."""
+  per fill, and a saturated pacer (a DATA turn waits behind every ORDER one) let them pile up;
+- a placement check (no ack: IB's open, then completed orders asked) leaves the books as they
+  were: the library put back every order completed this session (ib_prune.drop_replayed)."""
 
 from __future__ import annotations
 
@@ -13,10 +15,17 @@ from datetime import datetime, timezone
 
 import pytest
 
-from bracketgate.bus.errors import BrokerTimeout
+from bracketgate.bus.errors import BrokerTimeout, PlacementError
 from bracketgate.bus.messages import ApprovedBracket
 from bracketgate.core.bounds import BOUNDS, library_sizes, sizes
-from tests.integration.test_ib_retention import close_rig, make_rig, until
+from tests.integration.test_ib_retention import (
+    N,
+    book_sizes,
+    close_rig,
+    finish_brackets,
+    make_rig,
+    until,
+)
 from tests.integration.test_pacing_and_placement import proposal
 
 pytestmark = pytest.mark.ib
@@ -80,3 +89,28 @@ async def test_one_pnl_subscription_waits_per_con_id_however_many_fills(paper_tw
         assert not [t for t in b._tasks if t.get_name() == name and not t.done()]
     finally:
         await close_rig(rig)
+
+
+async def test_a_placement_check_does_not_bring_pruned_brackets_back(paper_tws) -> None:
+    """A placement whose ack never comes asks IB for its completed orders: the library put every
+    order completed this session back into its books (keyed by permId), every bracket the
+    retention had pruned. Only the orderRef asked about may stay."""
+    rig = await make_rig(paper_tws, 33, retention_s=1.0)
+    try:
+        b = rig.broker
+        await finish_brackets(rig, paper_tws, "gone")
+        await until(lambda: book_sizes(b) == (0, 0, 0), what="pruned")
+        await paper_tws.post("/ack_hold", {"orderRef": "lost-b", "orderType": "STP", "mode": "lose"})
+        with pytest.raises(PlacementError):
+            await b.place_bracket(await rig_bracket(b, proposal("lost-b")))
+        refs = {t.order.orderRef for t in b.ib.wrapper.trades.values()}
+        assert refs == {"lost-b"}, refs
+        assert b.retention.stats()["replayed_dropped"] >= 3 * N
+        assert all(b.has_order_ref(f"gone-{i}") for i in range(N))   # tombstones still answer
+    finally:
+        await close_rig(rig)
+
+
+async def rig_bracket(b, p) -> ApprovedBracket:
+    return ApprovedBracket(proposal=p, contract=await b.resolve_contract(p),
+                           approved_at=datetime.now(timezone.utc))
