@@ -16,7 +16,8 @@ from typing import Any
 # name -> its bound (where it is enforced)
 BOUNDS: dict[str, str] = {
     # the IB client library's books (adapters/ib_prune.py TradeRetention.sweep)
-    "ib.trades": "open trades + those done < IB_TRADE_RETENTION_S (60 s) ago (ib_prune)",
+    "ib.trades": "open trades + those done < IB_TRADE_RETENTION_S (60 s) ago (ib_prune; a "
+                 "placement check's reqCompletedOrders replay dropped at once: drop_replayed)",
     "ib.permId2Trade": "as ib.trades (ib_prune drops a trade's permId with it)",
     "ib.fills": "fills of the trades kept + orphans < IB_TRADE_RETENTION_S old (ib_prune)",
     "ib._futures": "pending requests + given-up ones < IB_TRADE_RETENTION_S old (ib_prune)",
