@@ -17,6 +17,8 @@ State kept here (one line each):
   _tickers:       conId -> ib Ticker                           (streaming quotes; at most the
                   line budget's, adapters/md_lines.py: pinned or least recently used kept)
   _pnl_single:    conId -> ib PnLSingle                        (one reqPnLSingle per position)
+  _pnl_waiting:   conIds whose reqPnLSingle waits its pacer turn (one task each: a DATA turn
+                  waits behind every ORDER one, and a saturated pacer had one task per fill pile up)
   _pending_execs: execId -> (BrokerExecution, deadline handle) (waiting for commissionReport)
   _seen_execs:    execIds already published, the newest SEEN_EXECS_MAX (dedupe live +
                   reqExecutions, which reports the last days only; the journal keeps every
@@ -388,6 +390,7 @@ class IBBroker(QuoteLines):
         self._subscribing: set[int] = set()              # conIds whose reqMktData waits its turn
         self._pnl: Any = None
         self._pnl_single: dict[int, Any] = {}
+        self._pnl_waiting: set[int] = set()
         self._pending_execs: dict[str, tuple[BrokerExecution, asyncio.TimerHandle]] = {}
         self._seen_execs: _Bounded[str, bool] = _Bounded(SEEN_EXECS_MAX)
         # freshness: when each part was last updated or confirmed current by a heartbeat
@@ -483,10 +486,11 @@ class IBBroker(QuoteLines):
         proposal whose promise they use (the governor promised its what-if and legs)."""
         await self.pacer.acquire(priority, n, key)
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def add_reconcile_hook(self, hook: ReconcileHook) -> None:
         """Awaited after every (re)connect sync, before the broker is READY again."""
@@ -929,8 +933,11 @@ class IBBroker(QuoteLines):
         con_id = trade.contract.conId
         if (trade.orderStatus.status == "Filled" and self.state is ConnectionState.READY
                 and trade.contract.secType != "BAG"     # a combo's legs are the positions
-                and con_id not in self._pnl_single and self.account):
-            self._spawn(self._subscribe_pnl_single(con_id), f"ib-pnl-single:{con_id}")
+                and con_id not in self._pnl_single and con_id not in self._pnl_waiting
+                and self.account):
+            self._pnl_waiting.add(con_id)
+            task = self._spawn(self._subscribe_pnl_single(con_id), f"ib-pnl-single:{con_id}")
+            task.add_done_callback(lambda _t: self._pnl_waiting.discard(con_id))
 
     def _execution(self, trade: Any, fill: Any) -> BrokerExecution:
         e, c = fill.execution, fill.contract
@@ -1307,6 +1314,7 @@ class IBBroker(QuoteLines):
             if len(found) < len(wanted):
                 await self._turn(Priority.PROTECT)
                 done = await asyncio.wait_for(self.ib.reqCompletedOrdersAsync(False), self.request_timeout)
+                self.retention.drop_replayed(self.ib.wrapper, done, keep_ref=ref)   # ib_prune.py
                 for t in done or []:
                     oid = t.order.orderId or next(
                         (x.order.orderId for x in trades if t.order.permId and

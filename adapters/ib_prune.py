@@ -12,8 +12,8 @@ from those books the trades that are done, and their fills:
   Inactive), none of its executions still waits for its commission report in the adapter
   (`busy(exec_id)`), and its fills net to zero (an entry filled whose exits did not fill as
   much leaves a position a protect / flatten command must still find the entry's contract for);
-- it is dropped `retention_s` after it was first seen done (IB_TRADE_RETENTION_S, default 120:
-  twice the execution agent's CLOSED_KEEP_S (60 s), so its closed book is gone first; a group that
+- it is dropped `retention_s` after it was first seen done (IB_TRADE_RETENTION_S, default 60:
+  twice the execution agent's CLOSED_KEEP_S (30 s), so its closed book is gone first; a group that
   moves again, a replayed open order, starts over).
 
 What still answers for a pruned bracket:
@@ -26,7 +26,17 @@ What still answers for a pruned bracket:
 - the journal: every intent, decision and fill (the long-term record).
 
 Fills without a trade (a reqExecutions replay of a trade no longer in the books) are dropped once
-older than `retention_s` too. Nothing here imports the IB library: the wrapper is duck-typed.
+older than `retention_s` too.
+
+The wrapper's request books are swept as well (`_drop_finished_requests`): `_futures: reqId ->
+Future` and `_reqId2Contract: reqId -> Contract` of a request its caller gave up (a timeout
+cancelled the future; IB never answered), and `_results: reqId -> container` of a request
+answered with a value (`_endReq(key, result)` pops the future, not the container: every
+what-if left its empty list behind, one per approval). Each goes `retention_s` after it was
+first seen so (an answer that comes meanwhile finds its entries). String keys ("openOrders",
+"positions", ...) are the library's reused requests and are never touched.
+
+Nothing here imports the IB library: the wrapper is duck-typed.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 TERMINAL = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
-DEFAULT_RETENTION_S = 120.0
+DEFAULT_RETENTION_S = 60.0   # 120 before: at the pacer's full rate each 60 s held ~7 MB
 TOMBSTONES_MAX = 4096
 
 # one pruned leg: (order_id, perm_id, client_id, parent_id, order_type, status, filled,
@@ -72,8 +82,11 @@ class TradeRetention:
         self.tombstones_max = tombstones_max
         self.tombstones: dict[str, tuple[Leg, ...]] = {}   # orderRef -> pruned legs (newest last)
         self._done_since: dict[Any, float] = {}            # group -> when first seen done
+        self._finished_since: dict[int, float] = {}        # reqId -> when first seen finished
         self.pruned_trades = 0
         self.pruned_fills = 0
+        self.pruned_requests = 0
+        self.replayed_dropped = 0
 
     @property
     def enabled(self) -> bool:
@@ -115,7 +128,35 @@ class TradeRetention:
             del self._done_since[g]
         wall_now = wall_now or datetime.now(timezone.utc)
         self.pruned_fills += self._drop_orphan_fills(wrapper, wall_now)
+        self.pruned_requests += self._drop_finished_requests(wrapper, now)
         self.pruned_trades += dropped
+        return dropped
+
+    def _drop_finished_requests(self, wrapper: Any, now: float) -> int:
+        """Request entries nobody will read again, `retention_s` after first seen (module doc)."""
+        futures = getattr(wrapper, "_futures", None)
+        results = getattr(wrapper, "_results", None)
+        if not isinstance(futures, dict) or not isinstance(results, dict):
+            return 0
+        contracts = getattr(wrapper, "_reqId2Contract", None)
+        finished = {k for k, f in futures.items() if isinstance(k, int) and f.done()}
+        finished.update(k for k in results if isinstance(k, int) and k not in futures)
+        seen: dict[int, float] = {}
+        dropped = 0
+        for key in finished:
+            since = self._finished_since.get(key, now)
+            if now - since < self.retention_s:
+                seen[key] = since
+                continue
+            fut = futures.get(key)
+            if fut is not None and not fut.done():
+                continue   # reused reqId with a live request: not ours to drop
+            futures.pop(key, None)
+            results.pop(key, None)
+            if isinstance(contracts, dict) and fut is not None:
+                contracts.pop(key, None)
+            dropped += 1
+        self._finished_since = seen
         return dropped
 
     def _drop(self, wrapper: Any, group: Any, members: list[tuple[Any, Any]]) -> int:
@@ -145,11 +186,35 @@ class TradeRetention:
             del wrapper.fills[k]
         return len(old)
 
+    def drop_replayed(self, wrapper: Any, trades: Any, keep_ref: str = "") -> int:
+        """Completed orders a reqCompletedOrders just put back into the books, dropped at once
+        (but `keep_ref`'s, which the caller is asking about). The library's `completedOrder`
+        adds every completed order whose permId its books lack under `trades[permId]`: those
+        pruned here before, and every other order IB completed this session. A placement check
+        (IBBroker._placement_truth) asking once a session had run for hours brought back every
+        bracket ever finished (a soak: +165 MB in one query, pruned only a minute later, the
+        RSS kept). They were done before the query and the books did not hold them: dropping
+        them leaves the books as they were (tombstones answer for the pruned ones)."""
+        dropped = 0
+        for t in trades or ():
+            order = getattr(t, "order", None)
+            perm = getattr(order, "permId", 0) if order is not None else 0
+            if not perm or (order.orderRef or "") == keep_ref and keep_ref:
+                continue
+            if wrapper.trades.get(perm) is t:
+                wrapper.trades.pop(perm, None)
+                if wrapper.permId2Trade.get(perm) is t:
+                    del wrapper.permId2Trade[perm]
+                dropped += 1
+        self.replayed_dropped += dropped
+        return dropped
+
     def legs(self, order_ref: str) -> tuple[Leg, ...]:
         return self.tombstones.get(order_ref, ())
 
     def stats(self) -> dict[str, int]:
         return {"pruned_trades": self.pruned_trades, "pruned_fills": self.pruned_fills,
+                "pruned_requests": self.pruned_requests, "replayed_dropped": self.replayed_dropped,
                 "tombstones": len(self.tombstones), "done_waiting": len(self._done_since)}
 
 

@@ -63,7 +63,7 @@ FINISHED = frozenset({"done", "failed"})                  # intent states nothin
 TERMINAL = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
 DEAD = frozenset({"Cancelled", "ApiCancelled", "Inactive"})   # terminal without a full fill
 
-CLOSED_KEEP_S = 60.0       # a closed bracket is forgotten this long after it closed
+CLOSED_KEEP_S = 30.0       # a closed bracket is forgotten this long after it closed (60 before)
 CLOSED_KEEP_MAX = 10_000   # ... or sooner, past this many closed brackets remembered
 INTENT_LOOKBACK_S = 36 * 3600.0   # finished intents updated this recently are loaded at start
 

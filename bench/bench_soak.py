@@ -156,9 +156,10 @@ async def restart_ms(tws, broker, work: Path, journal: Path) -> tuple[float, flo
 
 
 async def flow(n: int, window: int, approve_every: int, fill_every: int, tws, broker,
-               work: Path, journal: Path, memdump_every: int = 0) -> None:
+               work: Path, journal: Path, memdump_every: int = 0,
+               daemon_env: dict[str, str] | None = None) -> None:
     d = await spawn(tws, broker, work, {"RISK_LIMITS_FILE": str(work / "limits.toml"),
-                                        "JOURNAL_PATH": str(journal)}, 30)
+                                        "JOURNAL_PATH": str(journal), **(daemon_env or {})}, 30)
     d.logs.clear()
     pid = d.proc.pid
     verdicts: dict[str, int] = {}
@@ -208,7 +209,7 @@ async def flow(n: int, window: int, approve_every: int, fill_every: int, tws, br
             if (i + 1) % 10_000 == 0:
                 for e in d.logs:   # a SIGUSR2 dump asked for at the last 10k (--memdump-every)
                     if e.get("event") in ("memory_dump", "memory_types", "memory_top",
-                                          "memory_holders"):
+                                          "memory_holders", "memory_books"):
                         print("    " + json.dumps({k: v for k, v in e.items()
                                                    if k not in ("timestamp", "logger", "level")}))
                 if memdump_every and (i + 1) % memdump_every == 0:
@@ -253,6 +254,25 @@ async def flow(n: int, window: int, approve_every: int, fill_every: int, tws, br
               f" {end_rss / 1024:.1f} MB: {(end_rss - warm) / 1024:+.1f} MB over the last"
               f" {n - 10_000} proposals")
     print(f"  daemon exit code on SIGTERM: {rc}")
+    print_curve(curve)
+
+
+def print_curve(curve: list[tuple[int, int, float]], warm: int = 70_000) -> None:
+    """The RSS curve in one line (MB at each 10k) and its slope after `warm` proposals (a least
+    squares line through the samples from there on, MB per 100k): flat after warm-up is ~0."""
+    if len(curve) < 2:
+        return
+    print("  RSS curve (k proposals: MB): " + " ".join(
+        f"{n // 1000}:{kib / 1024:.1f}" for n, kib, _ in curve[1:]))
+    tail = [(n, kib / 1024) for n, kib, _ in curve if n >= warm]
+    if len(tail) >= 3:
+        mx = sum(n for n, _ in tail) / len(tail)
+        my = sum(m for _, m in tail) / len(tail)
+        slope = (sum((n - mx) * (m - my) for n, m in tail)
+                 / sum((n - mx) ** 2 for n, _ in tail))
+        print(f"  after warm-up ({warm // 1000}k on): {slope * 100_000:+.2f} MB per 100k"
+              f" (least squares over {len(tail)} samples); {tail[-1][1] - tail[0][1]:+.1f} MB"
+              f" from {tail[0][0] // 1000}k to {tail[-1][0] // 1000}k")
 
 
 async def build(n: int, path: Path) -> None:
@@ -328,7 +348,7 @@ async def main(a: argparse.Namespace) -> None:
             print(f"bracketgate soak: {n} proposals through mosquitto, ~{100 // a.approve_every}"
                   f" % approved (pid {os.getpid()})")
             await flow(n, a.window, a.approve_every, a.fill_every, tws, broker, work, journal,
-                       a.memdump_every)
+                       a.memdump_every, dict(kv.split("=", 1) for kv in a.daemon_env))
         size = journal_files_size(journal)
         print(f"  journal: {size / 1e6:.1f} MB (db + wal) = {size / n:.0f} bytes/proposal")
         big_ms, big_wall = await restart_ms(tws, broker, work, journal)
@@ -374,6 +394,9 @@ if __name__ == "__main__":
     ap.add_argument("--memdump-every", type=int, default=0,
                     help="SIGUSR2 the daemon every N proposals (a multiple of 10k) and print its"
                          " memory dump (core/memdump.py; PYTHONTRACEMALLOC=1 for allocation sites)")
+    ap.add_argument("--daemon-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="set in the flow daemon's environment only (PYTHONTRACEMALLOC=1,"
+                         " MALLOC_ARENA_MAX=2, ...), not in this process (the paper TWS)")
     ap.add_argument("--fill-every", type=int, default=2,
                     help="1 in K approved brackets filled in a swinging market (0: none, all "
                          "rest and are cancelled)")

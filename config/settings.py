@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     ib_max_market_data_lines: int = Field(90, ge=1, le=10_000)
     # a finished trade (every leg terminal) is dropped from the IB library's books this long
     # after it finished (adapters/ib_prune.py); 0 keeps every trade until the next disconnect
-    ib_trade_retention_s: float = Field(120.0, ge=0)
+    ib_trade_retention_s: float = Field(60.0, ge=0)
     # an entry filled while its stop is not working at IB: protective stop, flatten, or alert only
     unprotected_fill_action: Literal["protect", "flatten", "alert"] = "protect"
 

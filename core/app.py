@@ -35,7 +35,7 @@ from bracketgate.bus.messages import (
     TradingStateChanged,
 )
 from bracketgate.config.settings import Settings, describe_mode, load_settings
-from bracketgate.core import gctune, memdump
+from bracketgate.core import bounds, gctune, memdump
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.crashpoints import crash_point
 from bracketgate.core.logs import configure_logging, get_logger
@@ -293,6 +293,9 @@ class Daemon:
             loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
             loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
             loop.add_signal_handler(signal.SIGUSR2, memdump.dump, s.data_dir)
+            memdump.register_sizes("daemon", bounds.sizer(   # its id-keyed structures, by name
+                broker=broker, execution=execution, governor=governor, observer=observer,
+                journal=journal))
 
             await bus.publish(self.status("online"))
             self._follow_status(bus)

@@ -7,7 +7,9 @@ allocation sites are logged (`memory_top`: file:line, size_kib, count). Without 
 objects are counted by type (`memory_types`: the 25 most numerous), which needs no restart; with `MEMDUMP_HOLDERS=<type>`
 also who holds the newest three objects of that type (`memory_holders`, two levels up). Objects
 frozen at ready (start-up's, core/gctune.py) are counted apart (`gc_frozen`), not listed. Both
-log `memory_dump` first with the RSS, tracemalloc's traced size and the collector's counts.
+log `memory_dump` first with the RSS, tracemalloc's traced size and the collector's counts,
+then `memory_books`: the size of every id-keyed structure the composition root registered
+(`register_sizes`; core/bounds.py names each one's bound).
 """
 
 from __future__ import annotations
@@ -19,12 +21,30 @@ import time
 import tracemalloc
 import types
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from bracketgate.core.logs import get_logger
 
 log = get_logger("bracketgate.memory")
 TOP = 25
+_sizers: dict[str, Callable[[], dict[str, int]]] = {}   # name -> what memory_books reports
+
+
+def register_sizes(name: str, fn: Callable[[], dict[str, int]]) -> None:
+    """`fn()` -> {structure: size}, logged by every dump as `memory_books` (core/bounds.py);
+    registering a name again replaces it (a daemon started twice in one process)."""
+    _sizers[name] = fn
+
+
+def book_sizes() -> dict[str, int]:
+    out: dict[str, int] = {}
+    for fn in list(_sizers.values()):
+        try:
+            out.update(fn())
+        except Exception as e:   # a diagnosis never takes the daemon down
+            log.warning("memory_books_failed", error=repr(e))
+    return out
 
 
 def rss_kib(pid: int | str = "self") -> int:
@@ -63,6 +83,8 @@ def dump(data_dir: Path) -> Path | None:
     holders = [_holders(o, [objects, samples]) for o in samples]
     log.warning("memory_dump", rss_kib=rss_kib(), traced_kib=None if traced is None else traced // 1024,
                 gc_counts=list(gc.get_count()), gc_objects=len(objects), gc_frozen=frozen)
+    if _sizers:
+        log.warning("memory_books", sizes=book_sizes())
     counts = None if tracemalloc.is_tracing() else Counter(type(o).__qualname__ for o in objects)
     del objects, samples
     for held in holders:   # who holds the newest few of that type (two levels up)

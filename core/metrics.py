@@ -52,6 +52,7 @@ log = get_logger("bracketgate.metrics")
 disable_created_metrics()     # no *_created series: they double the scrape for nothing here
 
 PENDING_MAX = 20_000          # latency start times kept (a decision never seen drops out)
+FILL_PRICES_MAX = 4_096       # last fill prices kept: the dashboard reads open brackets' only
 DECISIONS_KEPT = 100
 ALERTS_KEPT = 100
 PNL_POINTS_MAX = 20_000       # kept: 5.5 h at a point a second, then the older half is thinned
@@ -293,7 +294,7 @@ class Observer:
     async def _on_fill(self, f: Fill) -> None:
         self.fills_total.inc()
         self.fills += 1
-        _remember(self._fill_price, (f.proposal_id, f.leg.value), f.price)
+        _remember(self._fill_price, (f.proposal_id, f.leg.value), f.price, FILL_PRICES_MAX)
         self._touch()
 
     async def _on_order_event(self, e: OrderEvent) -> None:

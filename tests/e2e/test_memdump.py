@@ -1,6 +1,7 @@
 """SIGUSR2 tells an operator where the daemon's memory is (core/memdump.py), on a real daemon
 process: with tracemalloc on, a snapshot file two of which compare by allocation site; without
-it, the live objects counted by type. The daemon keeps deciding proposals throughout."""
+it, the live objects counted by type; either way the size of every id-keyed book
+(core/bounds.py). The daemon keeps deciding proposals throughout."""
 
 from __future__ import annotations
 
@@ -73,6 +74,10 @@ async def test_sigusr2_counts_types_without_tracemalloc(mosquitto, paper_tws_pro
         assert head["gc_frozen"] > 10_000   # start-up's objects, frozen at ready, apart
         types = [e for e in d.logs if e.get("event") == "memory_types"]
         assert len(types) >= 5 and all(e["count"] > 0 for e in types)
+        books = next(e for e in logs if e["event"] == "memory_books")["sizes"]
+        from bracketgate.core.bounds import BOUNDS   # every id-keyed book, each bound named
+        assert {"ib.trades", "ib._results", "execution._brackets", "risk.decisions"} <= set(books)
+        assert set(books) <= set(BOUNDS) and all(n >= 0 for n in books.values())
         assert not (tmp_path / "memory").exists()
         async with MqttProbe(mosquitto.url, d.prefix) as agent:   # still deciding
             await agent.propose("mem", _proposal("mem-after"))

@@ -105,7 +105,7 @@ async def test_finished_brackets_leave_the_books_and_still_answer(rig, paper_tws
     for ref, ids in placed.items():
         assert b.has_order_ref(ref)
         assert b.existing_bracket(ref) == ids             # crash-recovery lookup by orderRef
-        rig.execution._forget(ref)   # what CLOSED_KEEP_S (60 s, < the grace) does to the book
+        rig.execution._forget(ref)   # what CLOSED_KEEP_S (30 s, < the grace) does to the book
         prior = rig.execution.prior_placement(proposal(ref))
         assert prior is not None and prior.outcome == "finished", prior
     p = proposal("ret-0")

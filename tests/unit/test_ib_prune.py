@@ -210,3 +210,58 @@ def test_a_filled_entry_whose_exits_did_not_fill_is_kept(wrapper) -> None:
     r.sweep(wrapper, wall_now=NOW)
     clock.t += 2
     assert r.sweep(wrapper, wall_now=NOW) == 4
+
+
+async def test_finished_requests_leave_the_wrappers_books_after_the_grace(wrapper) -> None:
+    """A request answered with a value (a what-if: `_endReq(key, state)`) leaves its `_results`
+    container behind in both libraries, one per approval; a request its caller gave up (a timeout
+    cancelled the future) leaves its future, container and contract. Dropped after the grace; a
+    pending request and the library's named ones ("openOrders") are never touched."""
+    clock = Clock()
+    r = TradeRetention(10, clock=clock)
+    contract = ib.Stock("AAPL", "SMART", "USD")
+    answered = wrapper.startReq(101, contract)
+    wrapper._endReq(101, "an OrderState")              # the what-if's answer
+    assert answered.result() == "an OrderState" and 101 in wrapper._results
+    gave_up = wrapper.startReq(102, contract)
+    gave_up.cancel()                                    # asyncio.timeout around the await
+    pending = wrapper.startReq(103, contract)
+    named = wrapper.startReq("openOrders")
+    assert r.sweep(wrapper, wall_now=NOW) == 0          # first seen: the grace starts
+    clock.t += 9
+    r.sweep(wrapper, wall_now=NOW)
+    assert {101, 102} <= set(wrapper._results)          # an answer may still come meanwhile
+    clock.t += 2
+    r.sweep(wrapper, wall_now=NOW)
+    assert 101 not in wrapper._results and 102 not in wrapper._results
+    assert 102 not in wrapper._futures and 102 not in wrapper._reqId2Contract
+    assert wrapper._futures[103] is pending and 103 in wrapper._results
+    assert wrapper._futures["openOrders"] is named and "openOrders" in wrapper._results
+    assert r.stats()["pruned_requests"] == 2
+    wrapper._endReq(102, "a late answer")               # after the drop: nothing to find
+    clock.t += 100
+    r.sweep(wrapper, wall_now=NOW)
+    assert wrapper._futures[103] is pending and not pending.done()
+
+
+def test_completed_orders_a_query_replayed_leave_the_books_at_once(wrapper) -> None:
+    """reqCompletedOrders puts every completed order whose permId the books lack back in
+    (`trades[permId]`): a placement check hours into a session brought back every bracket ever
+    finished. drop_replayed takes them out again, except the orderRef being asked about and
+    what the books held before."""
+    r = TradeRetention(60, clock=Clock())
+    held = add_bracket(wrapper, "held", 10)                     # in the books before the query
+    replayed = []
+    for i, ref in enumerate(("old-1", "old-1", "old-2", "asked")):
+        order = ib.Order(orderId=0, permId=5000 + i, orderRef=ref, orderType="LMT", action="BUY",
+                         totalQuantity=1)
+        trade = ib.Trade(ib.Stock("AAPL", "SMART", "USD"), order,
+                         ib.OrderStatus(status="Cancelled"))
+        wrapper.trades[order.permId] = trade                  # what the library's completedOrder does
+        wrapper.permId2Trade[order.permId] = trade
+        replayed.append(trade)
+    again = ib.Trade(held[0].contract, held[0].order, ib.OrderStatus(status="Filled"))  # known permId
+    assert r.drop_replayed(wrapper, replayed + [again], keep_ref="asked") == 3
+    assert {t.order.orderRef for t in wrapper.trades.values()} == {"held", "asked"}
+    assert set(wrapper.permId2Trade) == {9010, 9011, 9012, 5003}
+    assert r.stats()["replayed_dropped"] == 3
