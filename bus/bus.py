@@ -428,20 +428,25 @@ class Bus:
             while len(batch) < sub.batch_max and not queue.empty():
                 batch.append(queue.get_nowait())
             sub.freed.set()
-            started = self._clock.monotonic()
-            try:
-                await sub.handler(batch)
-                sub.delivered += len(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                sub.failed += len(batch)
-                log.exception("bus_handler_failed", topic=topic, subscription=sub.name,
-                              messages=len(batch), **message_context(batch[0]))
-            finally:
-                sub.max_handler_s = max(sub.max_handler_s, self._clock.monotonic() - started)
-                for _ in batch:
-                    queue.task_done()
+            await self._handle_batch(sub, topic, batch)
+
+    async def _handle_batch(self, sub: Subscription[Any], topic: str, batch: list[Any]) -> None:
+        """One handler call on a batch: counted, a failure logged (never raised), its
+        messages done once it returns."""
+        started = self._clock.monotonic()
+        try:
+            await sub.handler(batch)
+            sub.delivered += len(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            sub.failed += len(batch)
+            log.exception("bus_handler_failed", topic=topic, subscription=sub.name,
+                          messages=len(batch), **message_context(batch[0]))
+        finally:
+            sub.max_handler_s = max(sub.max_handler_s, self._clock.monotonic() - started)
+            for _ in batch:
+                sub.queue.task_done()
 
     async def _work_overlapped(self, sub: Subscription[Any]) -> None:
         """_work_batches with up to `sub.overlap` handler calls in flight: a batch is taken
@@ -452,21 +457,10 @@ class Bus:
         running: set[asyncio.Task[None]] = set()
 
         async def call(batch: list[Any]) -> None:
-            started = self._clock.monotonic()
             try:
-                await sub.handler(batch)
-                sub.delivered += len(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                sub.failed += len(batch)
-                log.exception("bus_handler_failed", topic=topic, subscription=sub.name,
-                              messages=len(batch), **message_context(batch[0]))
+                await self._handle_batch(sub, topic, batch)
             finally:
-                sub.max_handler_s = max(sub.max_handler_s, self._clock.monotonic() - started)
                 room.release()
-                for _ in batch:
-                    queue.task_done()
 
         try:
             while True:
