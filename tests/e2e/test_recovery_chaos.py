@@ -891,11 +891,13 @@ async def test_decision_journaled_before_a_crash_is_delivered(mosquitto, paper_t
                 # a message the daemon wrote after its PUBACK has passed the broker, so the
                 # broker has the acknowledgement (one TCP stream, handled in order)
                 await rig.wait_message("portfolio", since=len(rig.a.messages), timeout=10)
+                agent, rig.agent = rig.a, None
+                await agent.__aexit__(None, None, None)
+                mosquitto.stop()                       # SIGTERM by PID: the session is saved
             finally:
+                # IB comes back only now: the decision cannot reach the broker before it is
+                # down (it did in CI, in the few ms between the agent leaving and the stop)
                 os.kill(tws.pid, signal.SIGCONT)
-            agent, rig.agent = rig.a, None
-            await agent.__aexit__(None, None, None)
-            mosquitto.stop()                           # SIGTERM by PID: the session is saved
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 20
             while not journal_decided(rig.journal_path, pid):   # decided while the broker is down
