@@ -89,12 +89,6 @@ SCHEMA_VERSION = 4
 CACHE_KIB = -4096  # PRAGMA cache_size (negative: KiB): SQLite's page cache, bounded at 4 MB
 BATCH_MAX = 512  # most operations committed in one transaction (one fsync)
 MAX_ORDER_ID_INTENTS = 1024   # newest intents read for the highest order id at start-up
-# the interpreter's GIL switch interval while a journal is open (CPython's default is 5 ms): a
-# thread that wants the GIL waits up to this long for the one holding it, so with 5 ms the
-# writer thread, back from an fsync (or handed a write) while the loop runs Python, waited up
-# to 5 ms for the GIL at each of the approved path's three FULL commits, and the loop as long
-# for the writer's batch. Never raised above what it already is.
-WRITER_SWITCH_INTERVAL_S = 0.0005
 
 
 # --------------------------------------------------------------------------- errors
@@ -890,8 +884,6 @@ class Journal:
         writer.loop = loop
         writer.ready = loop.create_future()
         writer.on_write_failure = self.on_write_failure
-        if sys.getswitchinterval() > WRITER_SWITCH_INTERVAL_S:
-            sys.setswitchinterval(WRITER_SWITCH_INTERVAL_S)
         writer.start()
         await writer.ready
         if target != ":memory:":
@@ -1328,10 +1320,8 @@ class Journal:
         """Every exec_id journaled as a fill (the journal keeps the retention's: a superset of
         what IB reports again), read from the index events_fill_exec alone: no fill row is
         read, so start-up stays cheap however many fills the window holds."""
-        sql = (_EXEC_IDS_FROM_INDEX)
-
         def run(conn: sqlite3.Connection) -> set[str]:
-            return {str(r[0]) for r in conn.execute(sql)}
+            return {str(r[0]) for r in conn.execute(_EXEC_IDS_FROM_INDEX)}
 
         return await self._submit(run, None)
 
