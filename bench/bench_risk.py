@@ -336,7 +336,8 @@ def main() -> None:
     print(f"\n{'':58} {'p50':>8} {'p99':>8} {'p99.9':>8} {'max':>9} {'mean':>8}   (µs)")
     for name, r in rows:
         print(f"{name:58} {r['p50']:8.2f} {r['p99']:8.2f} {r['p99.9']:8.2f} {r['max']:9.1f} {r['mean']:8.2f}")
-    print("\nratios (evaluate / baseline dict lookup + construct(RiskDecision)), p50 | p99 | p99.9:")
+    print("\nratios (evaluate / baseline dict lookup + construct(RiskDecision)), "
+          "p50 | p99 | p99.9:")
     for label, res in [("log line on ", prod), ("log filtered", core)] + (
             [("full chain  ", setups[2][1])] if args.compare_full else []):
         print(f"  {label}: " + ", ".join(
