@@ -245,6 +245,14 @@ def decide(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot | No
     hot[pid] = (p, d)
     if len(hot) > 4 * memory.recent:
         memory.compact()
-    if log.is_enabled_for(_INFO):
-        gov._log_decision(p, d, ctx)
+    if log.is_enabled_for(_INFO):   # gov._log_decision(p, d, ctx), its level checked here once
+        log.info(
+            "risk_decision", proposal_id=pid, agent_id=agent, verdict=verdict._value_,
+            codes=[r.code._value_ for r in reasons], symbol=pd["symbol"],
+            con_id=None if ctx is None else ctx.con_id, side=pd["side"]._value_,
+            quantity=pd["quantity"],
+            # an approval's worst case is rounded once (its WorstCase.loss)
+            worst_case_loss=(None if ctx is None else wc.loss if wc is not None
+                             else round(ctx.worst_case_loss, 2)),
+            trading_state=gov._state._value_)
     return d
