@@ -128,14 +128,23 @@ def limit_constants(lim: RiskLimits) -> tuple[Any, ...]:
             lim.slippage_ticks, lim.slippage_pct / 100.0, lim.per_trade_loss_limit)
 
 
-def snapshot_constants(view: SnapshotView, lim: RiskLimits) -> tuple[Any, ...]:
-    """The caps that depend on the account only, once per (snapshot, limits): each the very
-    expression its rule computes (`nlv * pct / 100.0`; today's loss budget before the open
-    brackets, `daily_loss_limit + min(0.0, daily)`, the left part of rule_daily_loss's sum)."""
+def snapshot_constants(view: SnapshotView, lim: RiskLimits,
+                       limits: tuple[Any, ...] | None = None) -> tuple[Any, ...]:
+    """Everything `check` reads that depends on the snapshot and the limits only, once per
+    (snapshot, limits), in one tuple: the caps, each the very expression its rule computes
+    (`nlv * pct / 100.0`; today's loss budget before the open brackets, `daily_loss_limit +
+    min(0.0, daily)`, the left part of rule_daily_loss's sum); the view's figures (a view is
+    not changed once made: its dicts and numbers as they are); then `limits`' constants
+    (limit_constants(lim), made here if not given)."""
     nlv = view.net_liquidation
+    if limits is None or limits[0] is not lim:
+        limits = limit_constants(lim)
     return (view, lim, nlv * lim.max_gross_exposure_pct / 100.0,
             nlv * lim.max_net_exposure_pct / 100.0, nlv * lim.per_trade_loss_pct / 100.0,
-            lim.daily_loss_limit + min(0.0, view.daily_pnl))
+            lim.daily_loss_limit + min(0.0, view.daily_pnl),
+            view.foreign_pending or None, view.positions, view.position_notional,
+            view.gross_base, view.net_positions, view.foreign_side[0], view.foreign_side[1],
+            view.open_foreign, view.foreign_worst_case) + limits[1:]
 
 
 def hours_window(hours: tuple[time, time, frozenset[int]], tz: tzinfo, now: datetime
@@ -172,16 +181,17 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
     if pd["sec_type"] not in FAST_SEC_TYPES or pd["legs"] is not None or (
             state is not _ACTIVE and state is not _REDUCING):
         return None
-    k = gov._fast_limits
     lim = gov._limits
-    if k[0] is not lim:
-        k = gov._fast_limits = limit_constants(lim)
-    (_, min_rr, min_stop, max_stop, denied, allowed, sec_types, bands, entry_band, exit_band,
-     tol, max_open, slip_ticks, slip_frac, per_trade) = k
     f = gov._fast_snapshot
     if f[0] is not view or f[1] is not lim:
-        f = gov._fast_snapshot = snapshot_constants(view, lim)
-    _, _, gross_cap, net_cap, pct_cap, daily_base = f
+        k = gov._fast_limits
+        if k[0] is not lim:
+            k = gov._fast_limits = limit_constants(lim)
+        f = gov._fast_snapshot = snapshot_constants(view, lim, k)
+    (_, _, gross_cap, net_cap, pct_cap, daily_base, foreign_pending, positions_now,
+     positions_notional, gross_base, net_positions, foreign_buy, foreign_sell, open_foreign,
+     foreign_worst, min_rr, min_stop, max_stop, denied, allowed, sec_types, bands, entry_band,
+     exit_band, tol, max_open, slip_ticks, slip_frac, per_trade) = f
     # the rules in RULES order: `bad` collects the ones whose denial condition holds (or that
     # this path does not decide), to be called on the full context at the end
     bad: list[Rule | Reason] = [_reducing_only] if state is _REDUCING else []
@@ -269,7 +279,7 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
     # and a pending combo's legs in it: they pend by contract, combo_risk.py)
     ledger = gov.ledger
     i = 0 if sign > 0 else 1
-    row = view.foreign_pending.get(con_id) if view.foreign_pending else None
+    row = foreign_pending.get(con_id) if foreign_pending is not None else None
     lpd = ledger.contract_pending.get(con_id)
     pending = (row[i] if row else 0.0) + (lpd[i] if lpd else 0.0)
     pending_n = (row[i + 2] if row else 0.0) + (lpd[i + 2] if lpd else 0.0)
@@ -278,16 +288,16 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
         if cp is not None:
             pending += cp[i]
             pending_n += cp[i + 2]
-    position = view.positions.get(con_id, 0.0)
+    position = positions_now.get(con_id, 0.0)
     after = abs(position + sign * (pending + qty))
     if after > (x := sym.max_position_units) and after > abs(position + sign * pending):
         bad.append(denial(D.POSITION_LIMIT, _M_POSITION, x, after))
-    pos_n = view.position_notional.get(con_id, 0.0)
+    pos_n = positions_notional.get(con_id, 0.0)
     after = abs(pos_n + sign * (pending_n + notional))
     if after > (x := sym.max_position_notional) and after > abs(pos_n + sign * pending_n):
         bad.append(denial(D.POSITION_NOTIONAL_LIMIT, _M_POSITION_N, x, after))
     # rule_gross_exposure (_after_trade spelled out)
-    gross = view.gross_base + ledger.gross_pending_notional
+    gross = gross_base + ledger.gross_pending_notional
     held = pos_n + sign * pending_n
     if sign * held < 0:
         after = gross - abs(held) + abs(held + sign * notional)
@@ -296,12 +306,13 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
     if after > gross_cap and after > gross:
         bad.append(denial(D.GROSS_EXPOSURE_LIMIT, _M_GROSS, gross_cap, after))
     # rule_net_exposure
-    net = view.net_positions + sign * (view.foreign_side[i] + ledger.side_pending_notional[i])
+    net = net_positions + sign * ((foreign_buy if sign > 0 else foreign_sell)
+                                  + ledger.side_pending_notional[i])
     after = net + sign * notional
     if abs(after) > net_cap and abs(after) > abs(net):
         bad.append(denial(D.NET_EXPOSURE_LIMIT, _M_NET, net_cap, abs(after)))
     # rule_max_open_brackets, rule_max_open_brackets_agent
-    open_brackets = len(ledger._by_id) + view.open_foreign
+    open_brackets = len(ledger._by_id) + open_foreign
     if open_brackets + 1 > max_open:
         bad.append(denial(D.MAX_OPEN_BRACKETS, _M_OPEN, max_open, open_brackets + 1))
     al = gov._agent_limits.get(budget) or gov._agent(budget)
@@ -318,7 +329,7 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
         bad.append(denial(D.PER_TRADE_LOSS_LIMIT, _M_PER_TRADE, per_trade, wcl))
     if wcl > pct_cap:
         bad.append(denial(D.PER_TRADE_LOSS_PCT_LIMIT, _M_PER_TRADE_PCT, pct_cap, wcl))
-    open_worst = ledger.total_worst_case + view.foreign_worst_case
+    open_worst = ledger.total_worst_case + foreign_worst
     if wcl > (x := daily_base - open_worst):
         bad.append(denial(D.DAILY_LOSS_LIMIT, _M_DAILY, x, wcl))
     agent_worst = ledger.agent_worst_case.get(budget, 0.0)

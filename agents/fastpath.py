@@ -80,7 +80,7 @@ def warm(gov: RiskGovernor) -> None:
         if gov._fast_limits[0] is not lim:
             gov._fast_limits = limit_constants(lim)
         if gov._fast_snapshot[0] is not view or gov._fast_snapshot[1] is not lim:
-            gov._fast_snapshot = snapshot_constants(view, lim)
+            gov._fast_snapshot = snapshot_constants(view, lim, gov._fast_limits)
 
 
 def decide(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot | None,
