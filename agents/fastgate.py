@@ -7,14 +7,15 @@ tests each rule's denial condition, written exactly as the rule writes it (same 
 order of float operations, so the same answer bit for bit, NaN included). When no condition
 holds it approves with the few context fields the approval needs (reservation, log line). When
 some do, the reasons come in RULES order: the common ones written here, each with its rule's
-own `deny(...)` call on the same operands (symbol lists, geometry, reward:risk, stop distance,
-order size and notional, positions, exposures, open brackets, the loss budgets), so the same
-code, limit, value, field and message; for the others (reducing-only, sec_type, hours, price
-bands, ticks, rates) it builds the full RuleContext once and calls the rule itself. A rejection
-written entirely here returns the approval's few context fields only (the log line reads
-con_id and worst_case_loss; nothing else reads a rejection's context). A condition it was not
-written for (a quote with a side missing, REDUCING, a proposal out of tokens) is not decided
-here: its rule is called the same way. It never skips a check.
+own `deny(...)` operands and message (rules.denial, the message made once at import: symbol
+lists, geometry, reward:risk, stop distance, order size and notional, positions, exposures,
+open brackets, the loss budgets), so the same code, limit, value, field and message; for
+the others (reducing-only, sec_type, hours, price bands, ticks, rates) it builds the full
+RuleContext once and calls the rule itself. A rejection written entirely here returns the
+approval's few context fields only (the log line reads con_id and worst_case_loss; nothing
+else reads a rejection's context). A condition it was not written for (a quote with a side
+missing, REDUCING, a proposal out of tokens) is not decided here: its rule is called the same
+way. It never skips a check.
 
 Scope (anything outside returns None and the governor runs the full chain):
 - the rules it covers are COVERED, each named (the RULES of this version); `fast_path_for`
@@ -25,6 +26,12 @@ Scope (anything outside returns None and the governor runs the full chain):
 tests/unit/test_fastgate.py proves it: over random proposals, snapshots, limits and open
 brackets, a governor with the fused check and one without take the same decisions (verdict,
 codes, limits, values and messages) and hold the same reservations.
+
+Pure Python on purpose: this module and fastpath.py compiled with mypyc 2.4.1 as they are
+measured 1.10x on bench/bench_risk.py's p50 with the log filtered (medians of 4 alternated
+runs), none at p99 nor with the log line; with check's float locals typed, `check` alone ran
+no faster (its time goes to attribute and dict reads on plain objects and to building models,
+which compiled code does the same way). Too little to carry a build step: it is not built.
 """
 
 from __future__ import annotations
@@ -34,7 +41,13 @@ from datetime import datetime, time, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from bracketgate.agents import rules as r
-from bracketgate.agents.rules import ORDER_MSGS_PER_BRACKET, Rule, RuleContext, deny
+from bracketgate.agents.rules import (
+    ORDER_MSGS_PER_BRACKET,
+    Rule,
+    RuleContext,
+    denial,
+    message_of,
+)
 from bracketgate.bus.messages import (
     DenialCode,
     PortfolioSnapshot,
@@ -70,6 +83,29 @@ _Reason = Reason
 _new_ctx = RuleContext.__new__
 _inf = math.inf
 _ONE_US = timedelta(microseconds=1)
+# each reason's message as its rule's deny(code, detail=...) writes it, made once
+_M_DENIED = message_of(D.SYMBOL_NOT_ALLOWED, "denied")
+_M_NOT_ALLOWED = message_of(D.SYMBOL_NOT_ALLOWED, "not in the allowed list")
+_M_STOP_BELOW = message_of(D.BRACKET_GEOMETRY, "stop must be below the entry")
+_M_STOP_ABOVE = message_of(D.BRACKET_GEOMETRY, "stop must be above the entry")
+_M_TP_ABOVE = message_of(D.BRACKET_GEOMETRY, "take-profit must be above the entry")
+_M_TP_BELOW = message_of(D.BRACKET_GEOMETRY, "take-profit must be below the entry")
+_M_RR = message_of(D.REWARD_RISK_TOO_LOW)
+_M_STOP_CLOSE = message_of(D.STOP_DISTANCE_OUT_OF_BOUNDS, "stop too close (%)")
+_M_STOP_FAR = message_of(D.STOP_DISTANCE_OUT_OF_BOUNDS, "stop too far (%)")
+_M_QTY = message_of(D.MAX_ORDER_QUANTITY)
+_M_NOTIONAL = message_of(D.MAX_ORDER_NOTIONAL)
+_M_POSITION = message_of(D.POSITION_LIMIT)
+_M_POSITION_N = message_of(D.POSITION_NOTIONAL_LIMIT)
+_M_GROSS = message_of(D.GROSS_EXPOSURE_LIMIT)
+_M_NET = message_of(D.NET_EXPOSURE_LIMIT)
+_M_OPEN = message_of(D.MAX_OPEN_BRACKETS)
+_M_OPEN_AGENT = message_of(D.MAX_OPEN_BRACKETS_AGENT)
+_M_PER_TRADE = message_of(D.PER_TRADE_LOSS_LIMIT)
+_M_PER_TRADE_PCT = message_of(D.PER_TRADE_LOSS_PCT_LIMIT)
+_M_DAILY = message_of(D.DAILY_LOSS_LIMIT)
+_M_AGENT_LOSS = message_of(D.AGENT_LOSS_LIMIT)
+_M_AGENT_EXPOSURE = message_of(D.AGENT_EXPOSURE_LIMIT)
 (_reducing_only, _symbol_allowed, _sec_type_allowed, _trading_hours, _geometry, _price_band,
  _tick, _reward_risk, _stop_distance, _order_quantity, _order_notional, _position_limit,
  _position_notional, _gross, _net, _open_brackets, _open_brackets_agent, _per_trade_loss,
@@ -92,14 +128,23 @@ def limit_constants(lim: RiskLimits) -> tuple[Any, ...]:
             lim.slippage_ticks, lim.slippage_pct / 100.0, lim.per_trade_loss_limit)
 
 
-def snapshot_constants(view: SnapshotView, lim: RiskLimits) -> tuple[Any, ...]:
-    """The caps that depend on the account only, once per (snapshot, limits): each the very
-    expression its rule computes (`nlv * pct / 100.0`; today's loss budget before the open
-    brackets, `daily_loss_limit + min(0.0, daily)`, the left part of rule_daily_loss's sum)."""
+def snapshot_constants(view: SnapshotView, lim: RiskLimits,
+                       limits: tuple[Any, ...] | None = None) -> tuple[Any, ...]:
+    """Everything `check` reads that depends on the snapshot and the limits only, once per
+    (snapshot, limits), in one tuple: the caps, each the very expression its rule computes
+    (`nlv * pct / 100.0`; today's loss budget before the open brackets, `daily_loss_limit +
+    min(0.0, daily)`, the left part of rule_daily_loss's sum); the view's figures (a view is
+    not changed once made: its dicts and numbers as they are); then `limits`' constants
+    (limit_constants(lim), made here if not given)."""
     nlv = view.net_liquidation
+    if limits is None or limits[0] is not lim:
+        limits = limit_constants(lim)
     return (view, lim, nlv * lim.max_gross_exposure_pct / 100.0,
             nlv * lim.max_net_exposure_pct / 100.0, nlv * lim.per_trade_loss_pct / 100.0,
-            lim.daily_loss_limit + min(0.0, view.daily_pnl))
+            lim.daily_loss_limit + min(0.0, view.daily_pnl),
+            view.foreign_pending or None, view.positions, view.position_notional,
+            view.gross_base, view.net_positions, view.foreign_side[0], view.foreign_side[1],
+            view.open_foreign, view.foreign_worst_case) + limits[1:]
 
 
 def hours_window(hours: tuple[time, time, frozenset[int]], tz: tzinfo, now: datetime
@@ -136,16 +181,17 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
     if pd["sec_type"] not in FAST_SEC_TYPES or pd["legs"] is not None or (
             state is not _ACTIVE and state is not _REDUCING):
         return None
-    k = gov._fast_limits
     lim = gov._limits
-    if k[0] is not lim:
-        k = gov._fast_limits = limit_constants(lim)
-    (_, min_rr, min_stop, max_stop, denied, allowed, sec_types, bands, entry_band, exit_band,
-     tol, max_open, slip_ticks, slip_frac, per_trade) = k
     f = gov._fast_snapshot
     if f[0] is not view or f[1] is not lim:
-        f = gov._fast_snapshot = snapshot_constants(view, lim)
-    _, _, gross_cap, net_cap, pct_cap, daily_base = f
+        k = gov._fast_limits
+        if k[0] is not lim:
+            k = gov._fast_limits = limit_constants(lim)
+        f = gov._fast_snapshot = snapshot_constants(view, lim, k)
+    (_, _, gross_cap, net_cap, pct_cap, daily_base, foreign_pending, positions_now,
+     positions_notional, gross_base, net_positions, foreign_buy, foreign_sell, open_foreign,
+     foreign_worst, min_rr, min_stop, max_stop, denied, allowed, sec_types, bands, entry_band,
+     exit_band, tol, max_open, slip_ticks, slip_frac, per_trade) = f
     # the rules in RULES order: `bad` collects the ones whose denial condition holds (or that
     # this path does not decide), to be called on the full context at the end
     bad: list[Rule | Reason] = [_reducing_only] if state is _REDUCING else []
@@ -155,10 +201,9 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
     # rule_symbol_allowed, rule_sec_type_allowed
     s = pd["symbol"]
     if s in denied:
-        bad.append(deny(D.SYMBOL_NOT_ALLOWED, value=s, detail="denied", field="symbol"))
+        bad.append(denial(D.SYMBOL_NOT_ALLOWED, _M_DENIED, None, s, "symbol"))
     elif allowed and s not in allowed:
-        bad.append(deny(D.SYMBOL_NOT_ALLOWED, value=s, detail="not in the allowed list",
-                        field="symbol"))
+        bad.append(denial(D.SYMBOL_NOT_ALLOWED, _M_NOT_ALLOWED, None, s, "symbol"))
     if pd["sec_type"] not in sec_types:
         bad.append(_sec_type_allowed)
     # rule_trading_hours (in the chain only when hours are set): its answer for `now`, kept
@@ -172,11 +217,11 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
             bad.append(_trading_hours)
     # rule_geometry
     if sign * (e - sl) <= 0:
-        bad.append(deny(D.BRACKET_GEOMETRY, e, sl, field="stop_loss",
-                        detail=f"stop must be {'below' if sign > 0 else 'above'} the entry"))
+        bad.append(denial(D.BRACKET_GEOMETRY, _M_STOP_BELOW if sign > 0 else _M_STOP_ABOVE,
+                          e, sl, "stop_loss"))
     elif sign * (tp - e) <= 0:
-        bad.append(deny(D.BRACKET_GEOMETRY, e, tp, field="take_profit",
-                        detail=f"take-profit must be {'above' if sign > 0 else 'below'} the entry"))
+        bad.append(denial(D.BRACKET_GEOMETRY, _M_TP_ABOVE if sign > 0 else _M_TP_BELOW,
+                          e, tp, "take_profit"))
     # rule_price_band (in the chain only with price_bands on): the mid of a usable bid/ask;
     # any other quote (or none) is the rule's to judge
     quote = snapshot.quotes.get(con_id)
@@ -216,25 +261,25 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
     # rule_reward_risk
     risk = abs(e - sl)
     if risk != 0 and (rr := abs(tp - e) / risk) < min_rr:
-        bad.append(deny(D.REWARD_RISK_TOO_LOW, min_rr, rr))
+        bad.append(denial(D.REWARD_RISK_TOO_LOW, _M_RR, min_rr, rr))
     # rule_stop_distance
     pct = risk / e * 100.0
     if pct < min_stop:
-        bad.append(deny(D.STOP_DISTANCE_OUT_OF_BOUNDS, min_stop, pct, detail="stop too close (%)"))
+        bad.append(denial(D.STOP_DISTANCE_OUT_OF_BOUNDS, _M_STOP_CLOSE, min_stop, pct))
     elif pct > max_stop:
-        bad.append(deny(D.STOP_DISTANCE_OUT_OF_BOUNDS, max_stop, pct, detail="stop too far (%)"))
+        bad.append(denial(D.STOP_DISTANCE_OUT_OF_BOUNDS, _M_STOP_FAR, max_stop, pct))
     # rule_max_order_quantity, rule_max_order_notional
     qty = pd["quantity"]
     if qty > (x := sym.max_order_quantity):
-        bad.append(deny(D.MAX_ORDER_QUANTITY, x, qty, field="quantity"))
+        bad.append(denial(D.MAX_ORDER_QUANTITY, _M_QTY, x, qty, "quantity"))
     notional = qty * e * mult
     if notional > (x := sym.max_order_notional):
-        bad.append(deny(D.MAX_ORDER_NOTIONAL, x, notional))
+        bad.append(denial(D.MAX_ORDER_NOTIONAL, _M_NOTIONAL, x, notional))
     # rule_position_limit, rule_position_notional (this contract's, with its pending entries,
     # and a pending combo's legs in it: they pend by contract, combo_risk.py)
     ledger = gov.ledger
     i = 0 if sign > 0 else 1
-    row = view.foreign_pending.get(con_id) if view.foreign_pending else None
+    row = foreign_pending.get(con_id) if foreign_pending is not None else None
     lpd = ledger.contract_pending.get(con_id)
     pending = (row[i] if row else 0.0) + (lpd[i] if lpd else 0.0)
     pending_n = (row[i + 2] if row else 0.0) + (lpd[i + 2] if lpd else 0.0)
@@ -243,36 +288,37 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
         if cp is not None:
             pending += cp[i]
             pending_n += cp[i + 2]
-    position = view.positions.get(con_id, 0.0)
+    position = positions_now.get(con_id, 0.0)
     after = abs(position + sign * (pending + qty))
     if after > (x := sym.max_position_units) and after > abs(position + sign * pending):
-        bad.append(deny(D.POSITION_LIMIT, x, after))
-    pos_n = view.position_notional.get(con_id, 0.0)
+        bad.append(denial(D.POSITION_LIMIT, _M_POSITION, x, after))
+    pos_n = positions_notional.get(con_id, 0.0)
     after = abs(pos_n + sign * (pending_n + notional))
     if after > (x := sym.max_position_notional) and after > abs(pos_n + sign * pending_n):
-        bad.append(deny(D.POSITION_NOTIONAL_LIMIT, x, after))
+        bad.append(denial(D.POSITION_NOTIONAL_LIMIT, _M_POSITION_N, x, after))
     # rule_gross_exposure (_after_trade spelled out)
-    gross = view.gross_base + ledger.gross_pending_notional
+    gross = gross_base + ledger.gross_pending_notional
     held = pos_n + sign * pending_n
     if sign * held < 0:
         after = gross - abs(held) + abs(held + sign * notional)
     else:
         after = gross + notional
     if after > gross_cap and after > gross:
-        bad.append(deny(D.GROSS_EXPOSURE_LIMIT, gross_cap, after))
+        bad.append(denial(D.GROSS_EXPOSURE_LIMIT, _M_GROSS, gross_cap, after))
     # rule_net_exposure
-    net = view.net_positions + sign * (view.foreign_side[i] + ledger.side_pending_notional[i])
+    net = net_positions + sign * ((foreign_buy if sign > 0 else foreign_sell)
+                                  + ledger.side_pending_notional[i])
     after = net + sign * notional
     if abs(after) > net_cap and abs(after) > abs(net):
-        bad.append(deny(D.NET_EXPOSURE_LIMIT, net_cap, abs(after)))
+        bad.append(denial(D.NET_EXPOSURE_LIMIT, _M_NET, net_cap, abs(after)))
     # rule_max_open_brackets, rule_max_open_brackets_agent
-    open_brackets = len(ledger._by_id) + view.open_foreign
+    open_brackets = len(ledger._by_id) + open_foreign
     if open_brackets + 1 > max_open:
-        bad.append(deny(D.MAX_OPEN_BRACKETS, max_open, open_brackets + 1))
+        bad.append(denial(D.MAX_OPEN_BRACKETS, _M_OPEN, max_open, open_brackets + 1))
     al = gov._agent_limits.get(budget) or gov._agent(budget)
     agent_open = len(ledger._by_agent.get(budget, ()))       # ledger.agent_open(budget)
     if agent_open + 1 > (x := al.max_open_brackets):
-        bad.append(deny(D.MAX_OPEN_BRACKETS_AGENT, x, agent_open + 1))
+        bad.append(denial(D.MAX_OPEN_BRACKETS_AGENT, _M_OPEN_AGENT, x, agent_open + 1))
     # worst_case_loss (rules.worst_case_loss and slippage spelled out, same operations)
     per_unit = risk + (slip_ticks * tick + slip_frac * sl)
     if market:
@@ -280,17 +326,17 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
     wcl = qty * per_unit * mult
     # rule_per_trade_loss, rule_per_trade_loss_pct, rule_daily_loss, rule_agent_loss
     if wcl > per_trade:
-        bad.append(deny(D.PER_TRADE_LOSS_LIMIT, per_trade, wcl))
+        bad.append(denial(D.PER_TRADE_LOSS_LIMIT, _M_PER_TRADE, per_trade, wcl))
     if wcl > pct_cap:
-        bad.append(deny(D.PER_TRADE_LOSS_PCT_LIMIT, pct_cap, wcl))
-    open_worst = ledger.total_worst_case + view.foreign_worst_case
+        bad.append(denial(D.PER_TRADE_LOSS_PCT_LIMIT, _M_PER_TRADE_PCT, pct_cap, wcl))
+    open_worst = ledger.total_worst_case + foreign_worst
     if wcl > (x := daily_base - open_worst):
-        bad.append(deny(D.DAILY_LOSS_LIMIT, x, wcl))
+        bad.append(denial(D.DAILY_LOSS_LIMIT, _M_DAILY, x, wcl))
     agent_worst = ledger.agent_worst_case.get(budget, 0.0)
     realized = gov._budget_realized.get(budget, 0.0)
     # min(0.0, realized) spelled out: the same value (NaN and -0.0 included: min keeps 0.0)
     if wcl > (x := al.loss_limit + (realized if realized < 0.0 else 0.0) - agent_worst):
-        bad.append(deny(D.AGENT_LOSS_LIMIT, x, wcl))
+        bad.append(denial(D.AGENT_LOSS_LIMIT, _M_AGENT_LOSS, x, wcl))
     # rule_agent_exposure (the governor's loop over the budget's holdings, as in _check, with
     # _mark and _multiplier_for spelled out)
     positions = gov._agent_positions.get(budget)
@@ -314,7 +360,7 @@ def check(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot,
     else:
         after = exposure + notional
     if after > (x := al.exposure_limit) and after > exposure:
-        bad.append(deny(D.AGENT_EXPOSURE_LIMIT, x, after))
+        bad.append(denial(D.AGENT_EXPOSURE_LIMIT, _M_AGENT_EXPOSURE, x, after))
     # rule_rates: out of proposal tokens, the IB pacer's headroom, the agent's share of it,
     # or the governor's own order bucket without a pacer
     needed = gov._order_msgs_per_bracket or ORDER_MSGS_PER_BRACKET

@@ -27,6 +27,10 @@ from bracketgate.agents.rules import (
     gate_freshness,
     gate_numbers,
     market_entry_price,
+    set_extra,
+    set_fields_set,
+    set_model_dict,
+    set_private,
 )
 from bracketgate.bus.messages import (
     MAX_PRICE,
@@ -51,12 +55,12 @@ if TYPE_CHECKING:
 _ACTIVE, _REDUCING = TradingState.ACTIVE, TradingState.REDUCING
 _APPROVED, _REJECTED = Verdict.APPROVED, Verdict.REJECTED
 _MKT = OrderType.MKT
-_set_attr = object.__setattr__
 _new_decision = RiskDecision.__new__
 _new_worst_case = WorstCase.__new__
-_DECISION_FIELDS = frozenset(("proposal_id", "agent_id", "verdict", "reasons", "order_ids",
-                              "trading_state", "ts", "worst_case"))
-_WORST_CASE_FIELDS = frozenset(("loss", "bound"))
+# copied per model (a set's copy: half of set(frozenset))
+_DECISION_FIELDS = {"proposal_id", "agent_id", "verdict", "reasons", "order_ids",
+                    "trading_state", "ts", "worst_case"}
+_WORST_CASE_FIELDS = {"loss", "bound"}
 _inf = math.inf
 _INFO = logging.INFO
 log = get_logger("bracketgate.risk")   # the governor's (risk.py `log`): one name
@@ -76,7 +80,7 @@ def warm(gov: RiskGovernor) -> None:
         if gov._fast_limits[0] is not lim:
             gov._fast_limits = limit_constants(lim)
         if gov._fast_snapshot[0] is not view or gov._fast_snapshot[1] is not lim:
-            gov._fast_snapshot = snapshot_constants(view, lim)
+            gov._fast_snapshot = snapshot_constants(view, lim, gov._fast_limits)
 
 
 def decide(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot | None,
@@ -202,30 +206,53 @@ def decide(gov: RiskGovernor, p: TradeProposal, snapshot: PortfolioSnapshot | No
         wcl = ctx.worst_case_loss
         # (proposal_id, agent_id = the budget, symbol, con_id, sign, quantity, entry_price,
         # stop_price, multiplier, worst_case_loss, created_at), in Reservation's field order
-        gov.ledger.reserve(Reservation(pid, budget, pd["symbol"], con_id, ctx.sign, ctx.quantity,
-                                       entry, pd["stop_loss"], mult, wcl, now))
+        res = Reservation(pid, budget, pd["symbol"], con_id, ctx.sign, ctx.quantity, entry,
+                          pd["stop_loss"], mult, wcl, now)
+        # ledger.reserve(res) of a reservation nothing has happened to yet, spelled out
+        ledger = gov.ledger
+        by_id = ledger._by_id
+        if pid in by_id:
+            raise ValueError(f"reservation {pid} already open")
+        by_id[pid] = res
+        bucket = ledger._by_contract.get(con_id)
+        if bucket is None:
+            bucket = ledger._by_contract[con_id] = {}
+        bucket[pid] = res
+        bucket = ledger._by_agent.get(budget)
+        if bucket is None:
+            bucket = ledger._by_agent[budget] = {}
+        bucket[pid] = res
+        ledger._account_new(res)
         wc = _new_worst_case(WorstCase)
-        _set_attr(wc, "__dict__", {"loss": round(wcl, 2), "bound": "stop"})
-        _set_attr(wc, "__pydantic_fields_set__", set(_WORST_CASE_FIELDS))
-        _set_attr(wc, "__pydantic_extra__", None)
-        _set_attr(wc, "__pydantic_private__", None)
+        set_model_dict(wc, {"loss": round(wcl, 2), "bound": "stop"})
+        set_fields_set(wc, _WORST_CASE_FIELDS.copy())
+        set_extra(wc, None)
+        set_private(wc, None)
         verdict = _APPROVED
     else:
         wc = None
         verdict = _REJECTED
     # _decision (its worst case set as _evaluate then sets it)
-    _set_attr(d, "__dict__", {"proposal_id": pid, "agent_id": agent, "verdict": verdict,
-                              "reasons": reasons, "order_ids": None, "trading_state": gov._state,
-                              "ts": now, "worst_case": wc})
-    _set_attr(d, "__pydantic_fields_set__", set(_DECISION_FIELDS))
-    _set_attr(d, "__pydantic_extra__", None)
-    _set_attr(d, "__pydantic_private__", None)
+    set_model_dict(d, {"proposal_id": pid, "agent_id": agent, "verdict": verdict,
+                       "reasons": reasons, "order_ids": None, "trading_state": gov._state,
+                       "ts": now, "worst_case": wc})
+    set_fields_set(d, _DECISION_FIELDS.copy())
+    set_extra(d, None)
+    set_private(d, None)
     # DecisionMemory.put, inline
     memory = gov._decisions
     hot = memory._hot
     hot[pid] = (p, d)
     if len(hot) > 4 * memory.recent:
         memory.compact()
-    if log.is_enabled_for(_INFO):
-        gov._log_decision(p, d, ctx)
+    if log.is_enabled_for(_INFO):   # gov._log_decision(p, d, ctx), its level checked here once
+        log.info(
+            "risk_decision", proposal_id=pid, agent_id=agent, verdict=verdict._value_,
+            codes=[r.code._value_ for r in reasons], symbol=pd["symbol"],
+            con_id=None if ctx is None else ctx.con_id, side=pd["side"]._value_,
+            quantity=pd["quantity"],
+            # an approval's worst case is rounded once (its WorstCase.loss)
+            worst_case_loss=(None if ctx is None else wc.loss if wc is not None
+                             else round(ctx.worst_case_loss, 2)),
+            trading_state=gov._state._value_)
     return d

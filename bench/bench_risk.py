@@ -336,11 +336,13 @@ def main() -> None:
     print(f"\n{'':58} {'p50':>8} {'p99':>8} {'p99.9':>8} {'max':>9} {'mean':>8}   (µs)")
     for name, r in rows:
         print(f"{name:58} {r['p50']:8.2f} {r['p99']:8.2f} {r['p99.9']:8.2f} {r['max']:9.1f} {r['mean']:8.2f}")
-    print("\nratios (evaluate / baseline dict lookup + construct(RiskDecision)), p50 | p99:")
+    print("\nratios (evaluate / baseline dict lookup + construct(RiskDecision)), "
+          "p50 | p99 | p99.9:")
     for label, res in [("log line on ", prod), ("log filtered", core)] + (
             [("full chain  ", setups[2][1])] if args.compare_full else []):
         print(f"  {label}: " + ", ".join(
             f"{split} {res[split]['p50'] / base_d['p50']:.1f}x | {res[split]['p99'] / base_d['p99']:.1f}x"
+            f" | {res[split]['p99.9'] / base_d['p99.9']:.1f}x"
             for split in ("all", "approved", "rejected") if split in res))
     print(f"  the log line's share of evaluate (p50, all): "
           f"{max(0.0, 1 - core['all']['p50'] / prod['all']['p50']):.0%}")

@@ -243,7 +243,10 @@ def _ledger(g: RiskGovernor) -> tuple[Any, ...]:
             led.gross_pending_notional, tuple(led.side_pending_notional),
             dict(led.agent_worst_case), dict(led.agent_pending_notional),
             {k: tuple(v) for k, v in led.contract_pending.items()}, buckets,
-            dict(g._multipliers), list(g._decisions._hot))
+            dict(g._multipliers), list(g._decisions._hot),
+            # the ledger's indexes (fastpath.decide files a new reservation itself)
+            {k: sorted(v) for k, v in led._by_contract.items()},
+            {k: sorted(v) for k, v in led._by_agent.items()})
 
 
 def _evaluated(g: RiskGovernor, p: TradeProposal) -> tuple[Any, list[dict[str, Any]]]:
@@ -602,3 +605,45 @@ def test_the_first_decision_after_a_snapshot_finds_its_figures_made() -> None:
     view = gov._view
     assert gov._fresh[0] is view and gov._fast_snapshot[0] is view
     assert gov._fast_limits[0] is gov.limits
+
+
+# (limits over the open ones, proposal fields over a plain BUY, the reason the full chain gives):
+# each reason fastgate writes with a message made at import (rules.denial), both sides where
+# its message names one
+MESSAGES = [
+    (dict(denied_symbols=["AAPL"]), {}, ("SYMBOL_NOT_ALLOWED", "denied")),
+    (dict(allowed_symbols=["MSFT"]), {}, ("SYMBOL_NOT_ALLOWED", "not in the allowed list")),
+    ({}, dict(stop_loss=101.0), ("BRACKET_GEOMETRY", "stop must be below")),
+    ({}, dict(side="SELL", stop_loss=99.0, take_profit=98.0), ("BRACKET_GEOMETRY",
+                                                               "stop must be above")),
+    ({}, dict(take_profit=99.5), ("BRACKET_GEOMETRY", "take-profit must be above")),
+    ({}, dict(side="SELL", stop_loss=101.0, take_profit=100.5),
+     ("BRACKET_GEOMETRY", "take-profit must be below")),
+    (dict(min_reward_risk=3.0), {}, ("REWARD_RISK_TOO_LOW", "")),
+    (dict(min_stop_distance_pct=2.0), {}, ("STOP_DISTANCE_OUT_OF_BOUNDS", "stop too close")),
+    (dict(max_stop_distance_pct=0.5), {}, ("STOP_DISTANCE_OUT_OF_BOUNDS", "stop too far")),
+    (dict(max_order_quantity=5), {}, ("MAX_ORDER_QUANTITY", "")),
+    (dict(max_order_notional=999.0), {}, ("MAX_ORDER_NOTIONAL", "")),
+    (dict(per_trade_loss_limit=9.0), {}, ("PER_TRADE_LOSS_LIMIT", "")),
+    (dict(max_open_brackets=0), {}, ("MAX_OPEN_BRACKETS", "")),
+]
+
+
+@pytest.mark.parametrize("over,fields,want", MESSAGES)
+def test_each_reason_written_on_the_fast_path_is_the_rules_own(over: dict[str, Any],
+                                                              fields: dict[str, Any],
+                                                              want: tuple[str, str]) -> None:
+    """Code, limit, value, field and message (made once at import) as the rule's deny writes
+    them; the fused decision took it (the full chain's _check not called)."""
+    fast, full, _ = _pair(open_limits(**over), {})
+    p = TradeProposal(**{**dict(proposal_id="m1", agent_id="a", symbol="AAPL", side="BUY",
+                                quantity=10, limit_price=100.0, take_profit=102.0,
+                                stop_loss=99.0), **fields})
+
+    def no_check(*_: Any) -> Any:
+        raise AssertionError("the governor's _check was called")
+
+    fast._check = no_check    # type: ignore[method-assign]
+    a, b = fast.evaluate(p, fast.snapshot), full.evaluate(p, full.snapshot)
+    assert b.reasons[0].code.value == want[0] and want[1] in b.reasons[0].message
+    assert _outcome(a) == _outcome(b)
