@@ -841,6 +841,8 @@ class IBBroker(QuoteLines):
             if code == 326:
                 self._refused.set()
         bound = {"code": code, "req_id": req_id, "error_class": kind.value}
+        if code == 100:   # IB dropped a message (pacing): the pacer backs off (pacer.py)
+            self.pacer.violation()
         if kind is ErrorClass.INFO:
             log.info("ib_info", message=message, **bound)
             return

@@ -181,3 +181,65 @@ async def test_the_check_decodes_only_this_bracket_s_completed_orders(paper_tws,
     assert len(broker.ib.wrapper.trades) <= before + 3
     assert not any((t.order.orderRef or "").startswith("old-")
                    for t in broker.ib.wrapper.permId2Trade.values())
+
+
+# --------------------------------------------------------------------------- (e)
+
+
+async def test_the_governor_rejects_with_a_typed_code_releases_and_leaves_nothing_at_ib(
+        paper_tws, rig):
+    from bracketgate.agents.portfolio import PortfolioMonitor
+    from bracketgate.agents.risk import RiskGovernor
+    from bracketgate.bus.messages import DenialCode, Verdict
+    from bracketgate.core.clock import SYSTEM_CLOCK
+    from tests.unit.riskkit import open_limits
+
+    await lose_stop(paper_tws, "gov-1")
+    await paper_tws.post("/answer_hold", {"request": "open_orders", "mode": "lose"})
+    gov = RiskGovernor(open_limits(placement_timeout_s=10.0, price_bands=False), SYSTEM_CLOCK,
+                       contract_info=rig.broker.cached_contract)
+    gov.attach(rig.bus)
+    monitor = PortfolioMonitor(rig.bus, rig.broker)
+    p = proposal("gov-1")
+    await rig.broker.resolve_contract(p)
+    gov.on_snapshot(monitor.build())
+    d = await gov.handle_proposal(p)
+    assert d.verdict is Verdict.REJECTED, d
+    assert [r.code for r in d.reasons] == [DenialCode.PLACEMENT_FAILED], d.reasons
+    assert "did not acknowledge" in str(d.reasons[0].value), d.reasons
+    assert "unknown" in str(d.reasons[0].value), d.reasons
+    assert "gov-1" not in gov.ledger            # the reservation is released
+    legs = await until_none_live(paper_tws, "gov-1")
+    assert len(legs) == 2
+
+
+# --------------------------------------------------------------------------- (f)
+
+
+async def test_a_lost_cancel_is_noticed_at_ib_and_sent_again(paper_tws, rig):
+    broker = rig.broker
+    broker.cancels.verify_s = 0.5
+    ids = await broker.place_bracket(await rig.bracket(proposal("cxl-1", limit_price=150.0)))
+    await paper_tws.post("/answer_hold", {"request": "cancel", "mode": "lose",
+                                          "orderRef": "cxl-1"})
+    assert await broker.cancel_order(ids.entry)
+    legs = await until_none_live(paper_tws, "cxl-1")
+    assert len(legs) == 3
+    health = await paper_tws.get("/health")
+    assert health["answersLost"] == 1, health
+    assert broker.cancels.stats["resent"] == 1, broker.cancels.stats
+    assert not broker.cancels.watching
+
+
+async def test_a_confirmed_cancel_costs_no_check(paper_tws, rig):
+    broker = rig.broker
+    broker.cancels.verify_s = 0.3
+    ids = await broker.place_bracket(await rig.bracket(proposal("cxl-2", limit_price=150.0)))
+    assert await broker.cancel_order(ids.entry)
+    await until_none_live(paper_tws, "cxl-2")
+
+    async def settled() -> None:
+        while broker.cancels.watching:
+            await asyncio.sleep(0.05)  # IB's Cancelled status clears the watch
+    await asyncio.wait_for(settled(), 5)
+    assert broker.cancels.stats["checked"] == 0, broker.cancels.stats
