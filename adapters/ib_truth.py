@@ -92,6 +92,7 @@ class OrderQueries:
         self._locks = {kind: asyncio.Lock() for kind in self.KEYS}
         self._next: dict[str, _Batch] = {}
         self._late: dict[str, asyncio.Future[Any]] = {}   # kind -> a request that timed out
+        self._filter: ExitStack | None = None   # the completed orders' prefilter, while on
         self.stats = {"open": 0, "completed": 0, "unknown": 0, "shared": 0, "decoded": 0}
 
     async def open_orders(self) -> list[Any] | None:
@@ -129,6 +130,7 @@ class OrderQueries:
                             self._next.setdefault(kind, batch)
                             raise
                         batch.answer.set_exception(e)
+                        batch.answer.exception()   # retrieved (no waiter may be left)
                     raise
                 batch.answer.set_result(result)
         return batch.answer.result()
@@ -142,6 +144,9 @@ class OrderQueries:
             done, _ = await asyncio.wait({late}, timeout=timeout)
             if not done:   # given up on (IB drops no answer: this one is lost for good)
                 self._late.pop(kind, None)
+                if kind == "completed" and self._filter is not None:
+                    self._filter.close()     # its prefilter off: the next one wraps the decoder
+                    self._filter = None
                 self.stats["unknown"] += 1
                 log.warning("ib_order_query_clogged", request=kind, timeout_s=timeout,
                             code="QUERY_TIMEOUT")
@@ -154,7 +159,7 @@ class OrderQueries:
         if kind == "open":
             fut = asyncio.ensure_future(b.ib.reqOpenOrdersAsync())
             return await self._answer(kind, fut, timeout, None)
-        stack = ExitStack()
+        stack = self._filter = ExitStack()
         stack.enter_context(only_refs(b.ib, set(batch.refs), batch.perms))
         try:
             fut = asyncio.ensure_future(b.ib.reqCompletedOrdersAsync(False))
@@ -166,6 +171,8 @@ class OrderQueries:
 
         def finished(f: asyncio.Future[Any]) -> None:
             stack.close()    # the filter stays on until IB's answer ends (a late one too)
+            if self._filter is stack:
+                self._filter = None
             if not f.cancelled() and f.exception() is None:
                 self._drop(f.result(), keep if f is not self._late.get(kind) else set())
 
@@ -262,6 +269,7 @@ async def placement_truth(broker: Any, trades: list[Any], ref: str, names: tuple
         try:
             if await broker.cancel_order(oid):
                 cancelled.append(oid)
+                broker._settled.add(oid)   # sent once (CancelWatch re-sends if IB lost it)
         except BrokerNotConnected as e:
             failed.append(oid)
             log.warning("ib_placement_cancel_failed", proposal_id=ref, order_id=oid, error=str(e))
@@ -328,6 +336,10 @@ class CancelWatch:
                 log.warning("ib_cancel_check_failed", error=e.message, code=e.code,
                             orders=sorted(self.watching))
                 self.watching.clear()
+            except Exception as e:  # logged with its reason; the orders stay watched
+                log.error("ib_cancel_check_failed", error=repr(e), orders=sorted(self.watching))
+                for entry in self.watching.values():
+                    entry[1] = loop.time() + self.verify_s
 
     async def _check(self, ids: list[int]) -> None:
         if not ids:

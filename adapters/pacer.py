@@ -19,7 +19,7 @@ budget into one of IB's windows: IB then answers error 100 and drops the message
 calls `violation()` on that error: the bucket is drained and nothing but PROTECT goes for
 `hold_s` (1 s: IB's window empties; cancels are never held, they go at the rate), logged as
 `ib_pacing_violation` with the pacer's own count of the last second; then the rate is lowered
-by `backoff` (x0.8) for `recover_s` (60 s) and comes back by itself.
+by `backoff` (x0.875: 40 -> 35/s) for `recover_s` (60 s) and comes back by itself.
 
 The governor reads `headroom(horizon_s)` (order messages that can still go within the horizon,
 given the PROTECT + ORDER backlog and what it has already promised) and `promise(n, within_s,
@@ -44,7 +44,7 @@ log = get_logger("adapters.pacer")
 DEFAULT_RATE = 40.0
 IB_LIMIT_PER_S = 50
 HOLD_S = 1.0         # after an error 100: only PROTECT goes for this long
-BACKOFF = 0.8        # ... then the rate is this share of the configured one
+BACKOFF = 0.875      # ... then the rate is this share of the configured one (40 -> 35)
 RECOVER_S = 60.0     # ... for this long
 
 
