@@ -875,8 +875,8 @@ class IBBroker(QuoteLines):
         try:
             await self._turn(Priority.DATA)
             await asyncio.wait_for(self.ib.reqPositionsAsync(), self.request_timeout)
-            await self._turn(Priority.DATA)
-            await asyncio.wait_for(self.ib.reqOpenOrdersAsync(), self.request_timeout)
+            if await self.queries.open_orders() is None:   # one at a time (ib_truth.py)
+                raise BrokerTimeout("IB did not list its open orders in time")
             if self.account:
                 await self._turn(Priority.DATA)
                 await asyncio.wait_for(self.ib.reqAccountUpdatesAsync(self.account), self.request_timeout)
