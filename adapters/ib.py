@@ -23,8 +23,11 @@ State kept here (one line each):
   _seen_execs:    execIds already published, the newest SEEN_EXECS_MAX (dedupe live +
                   reqExecutions, which reports the last days only; the journal keeps every
                   fill unique by exec_id and the governor counts an exec_id once a day)
-  _settled:       orderIds a placement check found dead or absent at IB (never cancelled again)
-  _absent:        orderIds a placement check found IB does not have (lost on the way)
+  _settled:       orderIds a placement check found dead or absent at IB (never cancelled again;
+                  the newest SETTLED_MAX, adapters/ib_truth.py; an unknown answer adds none)
+  _absent:        orderIds a placement check found IB does not have (lost on the way; as _settled)
+  queries:        reqOpenOrders / reqCompletedOrders one at a time (ib_truth.py OrderQueries)
+  cancels:        cancels IB has not confirmed yet, checked and re-sent (ib_truth.py CancelWatch)
   retention:      the client library's finished trades dropped after a grace period, and the
                   bounded tombstones of their orderRefs (adapters/ib_prune.py); _outbox coalesces
                   an order's queued status updates (adapters/ib_outbox.py)
@@ -83,6 +86,13 @@ from bracketgate.adapters.ib_startup import (
     connect_kwargs,
     followed_updates,
     without_completed_orders,
+)
+from bracketgate.adapters.ib_truth import (
+    SETTLED_MAX,
+    BoundedSet,
+    CancelWatch,
+    OrderQueries,
+    placement_truth,
 )
 from bracketgate.adapters.ib_working import WorkingOrders
 from bracketgate.adapters.ib_prune import (
@@ -378,8 +388,10 @@ class IBBroker(QuoteLines):
         self._order_errors: _Bounded[int, tuple[int, str]] = _Bounded(ORDER_ERRORS_MAX)  # orderId -> last (code, message)
         self._ack_waiters: set[Callable[[], None]] = set()      # placements waiting for IB's ack
         self._max_order_id = 0
-        self._settled: set[int] = set()
-        self._absent: set[int] = set()
+        self._settled = BoundedSet(SETTLED_MAX)
+        self._absent = BoundedSet(SETTLED_MAX)
+        self.queries = OrderQueries(self)   # open / completed orders asked one at a time
+        self.cancels = CancelWatch(self)    # unconfirmed cancels checked and re-sent
         self._tasks: set[asyncio.Task[Any]] = set()
 
         self._contracts: dict[tuple, ResolvedContract] = {}
@@ -446,6 +458,7 @@ class IBBroker(QuoteLines):
 
     async def close(self) -> None:
         self._closing = True
+        self.cancels.close()
         self.pacer.close()   # waiting requests fail with PacerClosed: nothing more is sent
         for task in list(self._tasks):
             task.cancel()
@@ -828,6 +841,8 @@ class IBBroker(QuoteLines):
             if code == 326:
                 self._refused.set()
         bound = {"code": code, "req_id": req_id, "error_class": kind.value}
+        if code == 100:   # IB dropped a message (pacing): the pacer backs off (pacer.py)
+            self.pacer.violation()
         if kind is ErrorClass.INFO:
             log.info("ib_info", message=message, **bound)
             return
@@ -860,8 +875,8 @@ class IBBroker(QuoteLines):
         try:
             await self._turn(Priority.DATA)
             await asyncio.wait_for(self.ib.reqPositionsAsync(), self.request_timeout)
-            await self._turn(Priority.DATA)
-            await asyncio.wait_for(self.ib.reqOpenOrdersAsync(), self.request_timeout)
+            if await self.queries.open_orders() is None:   # one at a time (ib_truth.py)
+                raise BrokerTimeout("IB did not list its open orders in time")
             if self.account:
                 await self._turn(Priority.DATA)
                 await asyncio.wait_for(self.ib.reqAccountUpdatesAsync(self.account), self.request_timeout)
@@ -927,6 +942,7 @@ class IBBroker(QuoteLines):
             return
         self._max_order_id = max(self._max_order_id, o.orderId)
         self.refs.note(trade)
+        self.cancels.seen(trade)
         self._emit(order_update_from_trade(trade, self._clock.now()))
         self._mark_dirty("orders")
         # a new position may need its P&L subscription
@@ -1298,58 +1314,11 @@ class IBBroker(QuoteLines):
             raise PlacementError(msg, code=code)
 
     async def _placement_truth(self, trades: list[Any], ref: str, names: tuple[str, ...]) -> None:
-        """No ack in time, socket up: ask IB (open, then completed orders) what it has for this
-        orderRef. Every leg there, transmitted (the last leg carries the transmit flag, so its
-        presence says the chain went) and alive or trading: success. Anything else: what is
-        there is cancelled and PlacementError names what was found. Connection lost meanwhile:
-        PlacementUncertain (the reconcile settles it)."""
-        wanted = {t.order.orderId: name for t, name in zip(trades, names)}
-        found: dict[int, str] = {}          # orderId -> IB's status
-        try:
-            await self._turn(Priority.PROTECT)
-            opened = await asyncio.wait_for(self.ib.reqOpenOrdersAsync(), self.request_timeout)
-            for t in opened or []:
-                if t.order.orderId in wanted and t.order.orderRef == ref:
-                    found[t.order.orderId] = t.orderStatus.status or "Submitted"
-            if len(found) < len(wanted):
-                await self._turn(Priority.PROTECT)
-                done = await asyncio.wait_for(self.ib.reqCompletedOrdersAsync(False), self.request_timeout)
-                self.retention.drop_replayed(self.ib.wrapper, done, keep_ref=ref)   # ib_prune.py
-                for t in done or []:
-                    oid = t.order.orderId or next(
-                        (x.order.orderId for x in trades if t.order.permId and
-                         x.order.permId == t.order.permId), 0)
-                    if oid in wanted and oid not in found and (t.order.orderRef or ref) == ref:
-                        found[oid] = t.orderStatus.status or "Completed"
-        except (ConnectionError, OSError, BrokerNotConnected) as e:
-            raise PlacementUncertain(ref, f"IB connection lost while asking what IB has: {e}") from e
-        except TimeoutError:
-            log.warning("ib_placement_query_timeout", proposal_id=ref, timeout_s=self.request_timeout)
-            if not self.ib.isConnected():
-                raise PlacementUncertain(ref, "IB connection lost while asking what IB has") from None
-        dead = ("Cancelled", "ApiCancelled", "Inactive", "PendingCancel")
-        statuses = list(found.values())
-        traded = any(t.orderStatus.filled for t in trades) or "Filled" in statuses
-        if len(found) == len(wanted) and (traded or not any(st in dead for st in statuses)):
-            log.info("ib_bracket_ack_confirmed", proposal_id=ref, order_id=trades[0].order.orderId,
-                     legs={wanted[oid]: st for oid, st in found.items()})
-            return
-        seen = ", ".join(f"{wanted[oid]} {oid} {st}" for oid, st in sorted(found.items())) or "nothing"
-        missing = ", ".join(f"{name} {oid}" for oid, name in wanted.items() if oid not in found)
-        for oid, name in wanted.items():
-            if oid not in found or found[oid] in dead:
-                self._settled.add(oid)       # nothing to cancel at IB
-            if oid not in found:
-                self._absent.add(oid)
-        for oid in sorted(found, reverse=True):   # children first, then the parent
-            if found[oid] not in dead and await self.cancel_order(oid):
-                self._settled.add(oid)
-        message = (f"IB did not acknowledge the placement of {ref!r} within {self.ack_timeout}s; "
-                   f"IB has {seen}" + (f"; missing {missing}" if missing else "")
-                   + "; what IB had was cancelled")
-        log.warning("ib_placement_not_confirmed", proposal_id=ref, found=seen, missing=missing,
-                    code="ACK_TIMEOUT")
-        raise PlacementError(message, code="ACK_TIMEOUT")
+        """No ack in time, socket up: ask IB what it has for this orderRef (ib_truth.py). All
+        there and alive or trading: success. Else PlacementError ACK_TIMEOUT, every leg not
+        known dead cancelled (an unanswered query is unknown, never absent); connection lost
+        meanwhile: PlacementUncertain (the reconcile settles it)."""
+        await placement_truth(self, trades, ref, names)
 
     async def cancel_order(self, order_id: int) -> bool:
         """Cancel one order. Allowed as soon as the socket is up (a cancel only lowers risk, and
@@ -1367,6 +1336,7 @@ class IBBroker(QuoteLines):
             self.ib.cancelOrder(trade.order)
         except ConnectionError as e:
             raise BrokerNotConnected(f"IB connection lost: cannot cancel {order_id}: {e}") from e
+        self.cancels.sent(order_id)   # checked at IB if IB does not report its outcome
         return True
 
     async def what_if(self, bracket: ApprovedBracket) -> dict[str, float | None]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -78,24 +78,28 @@ def without_completed_orders(ib: Any, ibl: Any) -> Iterator[None]:
 
 
 @contextmanager
-def only_refs(ib: Any, wanted: set[str] | None) -> Iterator[None]:
-    """While completed orders are read: only those whose orderRef is in `wanted` (None: all) are
+def only_refs(ib: Any, wanted: set[str] | None,
+              perm_ids: Collection[int] = ()) -> Iterator[None]:
+    """While completed orders are read: only those whose orderRef is in `wanted` (None: all), or
+    whose permId is in `perm_ids` (a completed order may come with an empty orderRef), are
     decoded and enter the library's book. A message none of whose fields is a wanted orderRef
-    cannot be one of them and is skipped undecoded (a field equal by chance: decoded, then
-    dropped by its orderRef)."""
+    or permId cannot be one of them and is skipped undecoded (a field equal by chance: decoded,
+    then dropped by its orderRef and permId)."""
     if wanted is None:
         yield
         return
     decoder, wrapper = ib.client.decoder, ib.wrapper
     decode = decoder.handlers[COMPLETED_ORDER_MSG]
     keep = wrapper.completedOrder
+    perms = frozenset(p for p in perm_ids if p)
+    fields_wanted = wanted | {str(p) for p in perms} if perms else wanted
 
     def prefiltered(fields: list[str]) -> None:
-        if not wanted.isdisjoint(fields):
+        if not fields_wanted.isdisjoint(fields):
             decode(fields)
 
     def kept(contract: Any, order: Any, state: Any) -> None:
-        if (order.orderRef or "") in wanted:
+        if (order.orderRef or "") in wanted or (perms and order.permId in perms):
             keep(contract, order, state)
 
     decoder.handlers[COMPLETED_ORDER_MSG] = prefiltered

@@ -14,6 +14,13 @@ Waiters are served by priority class, FIFO within a class; a lower class never p
 waiting higher one: PROTECT (cancels, protective orders) > ORDER (placements, what-ifs) >
 DATA (contract details, quotes, P&L, executions, heartbeats, resync).
 
+Jitter on IB's side (a stalled reader, the network) can still bunch messages sent within the
+budget into one of IB's windows: IB then answers error 100 and drops the message. The adapter
+calls `violation()` on that error: the bucket is drained and nothing but PROTECT goes for
+`hold_s` (1 s: IB's window empties; cancels are never held, they go at the rate), logged as
+`ib_pacing_violation` with the pacer's own count of the last second; then the rate is lowered
+by `backoff` (x0.875: 40 -> 35/s) for `recover_s` (60 s) and comes back by itself.
+
 The governor reads `headroom(horizon_s)` (order messages that can still go within the horizon,
 given the PROTECT + ORDER backlog and what it has already promised) and `promise(n, within_s,
 key)` for each approval; promises are consumed by ORDER acquires (those of the same key when
@@ -30,9 +37,15 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from bracketgate.bus.errors import BrokerNotConnected
+from bracketgate.core.logs import get_logger
+
+log = get_logger("adapters.pacer")
 
 DEFAULT_RATE = 40.0
 IB_LIMIT_PER_S = 50
+HOLD_S = 1.0         # after an error 100: only PROTECT goes for this long
+BACKOFF = 0.875      # ... then the rate is this share of the configured one (40 -> 35)
+RECOVER_S = 60.0     # ... for this long
 
 
 class Priority(IntEnum):
@@ -59,6 +72,7 @@ class PacerStats:
     peak_per_s: int = 0                             # most messages in any 1 s window
     max_wait_s: float = 0.0                         # longest an acquire waited
     max_wait_by: dict[str, float] = field(default_factory=lambda: {p.name: 0.0 for p in Priority})
+    violations: int = 0                             # IB error 100 answers (pacing violations)
 
 
 class Pacer:
@@ -66,10 +80,17 @@ class Pacer:
     `grant()` by hand after moving an injected clock; the loop timer is armed either way)."""
 
     def __init__(self, rate: float = DEFAULT_RATE, burst: float | None = None, *,
-                 time: Callable[[], float] | None = None) -> None:
+                 time: Callable[[], float] | None = None, hold_s: float = HOLD_S,
+                 backoff: float = BACKOFF, recover_s: float = RECOVER_S) -> None:
         if rate <= 0:
             raise ValueError("pacer rate must be > 0 messages per second")
+        if not 0 < backoff <= 1:
+            raise ValueError("pacer backoff must be in (0, 1]")
         self.rate = float(rate)
+        self.base_rate = self.rate
+        self.hold_s, self.backoff, self.recover_s = hold_s, backoff, recover_s
+        self._hold_until = float("-inf")    # only PROTECT is granted before this
+        self._slow_until = float("-inf")    # the rate is lowered (backoff) before this
         self.burst = float(burst if burst is not None else max(3.0, round(rate / 10)))
         if self.burst < 3:
             raise ValueError("pacer burst must admit one bracket (3 messages)")
@@ -92,6 +113,13 @@ class Pacer:
         return self._time() if self._time is not None else asyncio.get_running_loop().time()
 
     def _refill(self, now: float) -> None:
+        if self.rate != self.base_rate and now >= self._slow_until and self._stamp is not None:
+            self._refill_at(min(now, self._slow_until))   # the slow part at the slow rate
+            self.rate = self.base_rate
+            log.info("ib_pacer_rate_restored", rate=self.rate)
+        self._refill_at(now)
+
+    def _refill_at(self, now: float) -> None:
         if self._stamp is None:
             self._stamp = now
         elif now > self._stamp:
@@ -121,13 +149,16 @@ class Pacer:
         now = self._now()
         self._refill(now)
         ahead = any(self._queues[p] for p in range(priority + 1))
-        if not ahead and self._tokens >= min(n, self.burst):
+        if not ahead and self._tokens >= min(n, self.burst) and not self._held(priority, now):
             self._take(priority, n)
             self._credit(n)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiter = _Waiter(n, fut)
         self._queues[priority].append(waiter)
+        if priority is Priority.PROTECT and self._timer is not None:
+            self._timer.cancel()     # the armed timer may be a held class's (hold end)
+            self._timer = None
         self._arm()
         try:
             await fut
@@ -186,7 +217,7 @@ class Pacer:
                 if head.future.done():          # cancelled meanwhile
                     q.popleft()
                     continue
-                if self._tokens < min(head.n, self.burst):
+                if self._tokens < min(head.n, self.burst) or self._held(priority, now):
                     self._arm()
                     return                      # lower classes wait behind this one
                 q.popleft()
@@ -196,12 +227,42 @@ class Pacer:
     def _arm(self) -> None:
         if self._timer is not None or self._closed:
             return
-        head = next((w for q in self._queues for w in q if not w.future.done()), None)
-        if head is None:
+        first = next(((p, w) for p in Priority for w in self._queues[p] if not w.future.done()),
+                     None)
+        if first is None:
             return
+        head_class, head = first
         missing = min(head.n, self.burst) - self._tokens
         delay = max(0.0, missing / self.rate)
+        if self._held(head_class, self._now()):
+            delay = max(delay, self._hold_until - self._now())
         self._timer = asyncio.get_running_loop().call_later(delay, self.grant)
+
+    def _held(self, priority: Priority, now: float) -> bool:
+        return priority is not Priority.PROTECT and now < self._hold_until
+
+    # ------------------------------------------------------------------ IB said: too fast
+
+    def violation(self) -> int:
+        """IB answered error 100 (a message was dropped): drain the bucket, hold everything
+        but PROTECT for `hold_s`, then lower the rate by `backoff` for `recover_s`. Returns
+        the messages the pacer saw leave in the last second."""
+        now = self._now()
+        self._refill(now)
+        last_s = self.sent_last_second()
+        self.stats.violations += 1
+        self._tokens = min(self._tokens, 0.0)
+        self._hold_until = now + self.hold_s
+        self._slow_until = now + self.hold_s + self.recover_s
+        self.rate = max(1.0, self.base_rate * self.backoff)
+        log.warning("ib_pacing_violation", sent_last_s=last_s, rate=self.rate,
+                    base_rate=self.base_rate, burst=self.burst, hold_s=self.hold_s,
+                    violations=self.stats.violations, code=100)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._arm()
+        return last_s
 
     # ------------------------------------------------------------------ what really left
 
@@ -238,7 +299,8 @@ class Pacer:
         self._refill(now)
         self._expire_promises(now)
         promised = sum(entry[1] for entry in self._promises)
-        return self._tokens + self.rate * horizon_s - self.queued(Priority.ORDER) - promised
+        paying = max(0.0, horizon_s - max(0.0, self._hold_until - now))   # none while held
+        return self._tokens + self.rate * paying - self.queued(Priority.ORDER) - promised
 
     def promise(self, n: int, within_s: float, key: str | None = None) -> None:
         """An approval will send `n` order messages within `within_s` (expires after it).

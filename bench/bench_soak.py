@@ -243,6 +243,9 @@ async def flow(n: int, window: int, approve_every: int, fill_every: int, tws, br
                 key = f"{o.get('orderType')}:{o.get('status')}"
                 working[key] = working.get(key, 0) + 1
         print(f"  working at the paper TWS after the flow: {working or 'none'}")
+        health = await tws.get("/health")   # IB's pacing: error 100s sent, messages dropped
+        print(f"  paper TWS pacing: {health.get('pacingErrors')} error 100, "
+              f"{health.get('pacingDropped')} messages dropped")
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
     rc = await d.terminate()

@@ -38,8 +38,11 @@ BOUNDS: dict[str, str] = {
     "ib._pnl_single": "one per position conId",
     "ib._pnl_waiting": "one per position conId (a reqPnLSingle waiting its pacer turn)",
     "ib._tasks": "one per pending job: P&L subscriptions deduplicated by conId",
-    "ib._settled": "orderIds a placement check found dead (rare: a lost placement)",
-    "ib._absent": "orderIds a placement check found absent at IB (rare)",
+    "ib._settled": "SETTLED_MAX (4096) orderIds a placement check found dead or absent at IB "
+                   "(adapters/ib_truth.py; an unanswered check adds none)",
+    "ib._absent": "SETTLED_MAX (4096) orderIds a placement check found absent at IB",
+    "ib.cancels.watching": "cancels sent whose outcome IB has not reported within "
+                           "CANCEL_VERIFY_S (ib_truth.py CancelWatch; retried <= CANCEL_RETRIES)",
     # the execution agent (agents/execution.py)
     "execution._brackets": "open brackets + closed < CLOSED_KEEP_S (30 s), <= CLOSED_KEEP_MAX",
     "execution._by_order": "3 legs (+ guards) of execution._brackets",
@@ -101,6 +104,7 @@ def sizes(*, broker: Any = None, execution: Any = None, governor: Any = None,
         for name in ("_seen_execs", "_pending_execs", "_pnl_single", "_pnl_waiting", "_tasks",
                      "_settled", "_absent"):
             _put(out, f"ib.{name}", _len(broker, name))
+        _put(out, "ib.cancels.watching", _len(broker, "cancels", "watching"))
     for prefix, room, names in (
             ("execution", execution, ("_brackets", "_by_order", "_intents", "_closed", "_tasks")),
             ("risk", governor, ("_exec_ids", "_inflight")),

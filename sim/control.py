@@ -4,7 +4,7 @@ Tests and operators use it to move prices, restart the gateway, inject connectiv
 cap fill sizes and read the full brokerage state. Routes (all bodies and answers are JSON):
 
     GET  /health                      {"ok", "up", "port", "clients": [...], "restarts", "downFor",
-                                       "pacingErrors", "pacingDropped", "lostOrders"}
+                                       "pacingErrors", "pacingDropped", "lostOrders", "answersLost", "answersDelayed"}
     GET  /state                       orders, positions, executions, account values, P&L, prices
     POST /price    {"symbol": "AAPL", "price": 181.0}  (or "conId" / "localSymbol" [+ "secType"])
     POST /restart  {"downtime": 2.0}  drop every client, refuse connects for `downtime` s
@@ -16,6 +16,9 @@ cap fill sizes and read the full brokerage state. Routes (all bodies and answers
     POST /ack_hold {"orderRef": "p1", "orderType": "STP", "mode": "lose" | "mute"}  test switch:
                    the next such order is lost (no order, no answer) or muted (placed, but its
                    status is never pushed; reqOpenOrders still lists it)
+    POST /answer_hold {"request": "open_orders" | "completed_orders" | "cancel", "mode": "lose" |
+                   "delay", "seconds": 2.0, "count": 1, "orderRef": optional (cancel)}  test
+                   switch: the next such answer (or cancel) is lost or late (sim/holds.py)
     POST /md_lines {"limit": 5}       concurrent market-data lines before error 101 (0 = no cap)
 
 Errors answer {"ok": false, "error": "..."} with 400 (bad input), 404 (unknown path or
@@ -64,6 +67,7 @@ class ControlServer:
             ("POST", "/step"): self._step,
             ("POST", "/pacing"): self._pacing,
             ("POST", "/ack_hold"): self._ack_hold,
+            ("POST", "/answer_hold"): self._answer_hold,
             ("POST", "/md_lines"): self._md_lines,
         }
 
@@ -142,7 +146,8 @@ class ControlServer:
         return {"up": tws.is_up, "port": tws.port, "clients": tws.sessions_view(),
                 "restarts": tws.restarts, "downFor": round(tws.down_for(), 3),
                 "pacingErrors": tws.pacing_errors, "pacingDropped": tws.pacing_dropped,
-                "lostOrders": tws.lost_orders}
+                "lostOrders": tws.lost_orders, "answersLost": tws.answer_holds.lost,
+                "answersDelayed": tws.answer_holds.delayed}
 
     async def _state(self, _args: dict[str, Any]) -> dict[str, Any]:
         return state_view(self.tws)
@@ -202,6 +207,17 @@ class ControlServer:
             raise BadRequest("ack_hold needs orderRef, orderType and mode lose|mute")
         self.tws.ack_holds[(ref, kind)] = mode
         return {"orderRef": ref, "orderType": kind, "mode": mode}
+
+    async def _answer_hold(self, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            hold = self.tws.answer_holds.set(
+                str(args.get("request", "")), str(args.get("mode", "lose")),
+                seconds=_number(args, "seconds", 0.0), count=int(_number(args, "count", 1)),
+                order_ref=str(args.get("orderRef") or ""))
+        except ValueError as e:
+            raise BadRequest(str(e)) from e
+        return {"request": hold.kind, "mode": hold.mode, "seconds": hold.seconds,
+                "count": hold.count, "orderRef": hold.order_ref}
 
 
 def _number(args: dict[str, Any], key: str, default: float | None = None) -> float:

@@ -58,6 +58,7 @@ from bracketgate.sim.model import (
     SimExecution,
     SimOrder,
 )
+from bracketgate.sim.holds import AnswerHolds
 from bracketgate.sim.market import PriceFeed
 from bracketgate.sim.order_rules import unsupported_attribute
 from bracketgate.sim.universe import Universe, UnknownContract
@@ -205,6 +206,7 @@ class PaperTWS:
         self.pacing_dropped = 0
         self.ack_holds: dict[tuple[str, str], str] = {}   # (orderRef, orderType) -> lose | mute
         self._muted: set[tuple[int, int]] = set()         # (clientId, orderId) never pushed
+        self.answer_holds = AnswerHolds()                 # answers lost or late (sim/holds.py)
         self.lost_orders = 0
         # concurrent reqMktData lines over all clients; past them error 101 (sim/md_lines.py)
         self.max_market_data_lines = max_market_data_lines
@@ -324,6 +326,7 @@ class PaperTWS:
         self._commission.clear()
         self.ack_holds.clear()
         self._muted.clear()
+        self.answer_holds.clear()
         for s in self._sessions.values():
             s.sent_values.clear()
         self._schedule_flush()
@@ -545,6 +548,16 @@ class PaperTWS:
                                      perm_id, m.parent_id))
 
     def _h_cancel(self, s: Session, m: CancelOrder) -> None:
+        if self.answer_holds and self.answer_holds.intercept(
+                "cancel", lambda: self._h_cancel_now(s, m), self._order_ref_of(s, m.order_id)):
+            return
+        self._h_cancel_now(s, m)
+
+    def _order_ref_of(self, s: Session, order_id: int) -> str:
+        o = self._live_order(s.client_id or 0, order_id)
+        return o.order_ref if o is not None else ""
+
+    def _h_cancel_now(self, s: Session, m: CancelOrder) -> None:
         try:
             self.engine.cancel(s.client_id or 0, m.order_id)
         except OrderRejected as e:
@@ -598,10 +611,11 @@ class PaperTWS:
 
     def _h_simple(self, s: Session, m: Simple) -> None:
         cid = s.client_id or 0
-        if m.msg_id == codec.REQ_OPEN_ORDERS:
-            self._send_open_orders(s, cid)
-        elif m.msg_id == codec.REQ_ALL_OPEN_ORDERS:
-            self._send_open_orders(s, 0)
+        if m.msg_id in (codec.REQ_OPEN_ORDERS, codec.REQ_ALL_OPEN_ORDERS):
+            which = cid if m.msg_id == codec.REQ_OPEN_ORDERS else 0
+            if not (self.answer_holds and self.answer_holds.intercept(
+                    "open_orders", lambda: self._send_open_orders(s, which))):
+                self._send_open_orders(s, which)
         elif m.msg_id == codec.REQ_MANAGED_ACCTS:
             s.send(codec.managed_accounts([self._account_id()]))
         elif m.msg_id == codec.REQ_CURRENT_TIME:
@@ -628,10 +642,15 @@ class PaperTWS:
         if m.msg_id == codec.REQ_IDS:
             s.send(codec.next_valid_id(self._next_valid_id(s.client_id or 0)))
         elif m.msg_id == codec.REQ_COMPLETED_ORDERS:
-            for o in self.engine.completed_orders():
-                s.send(codec.completed_order(o, s.version, self._parent_perm_id(o)))
-            s.send(codec.completed_orders_end())
+            if not (self.answer_holds and self.answer_holds.intercept(
+                    "completed_orders", lambda: self._send_completed_orders(s))):
+                self._send_completed_orders(s)
         # reqAutoOpenOrders / reqMarketDataType: accepted, nothing to answer
+
+    def _send_completed_orders(self, s: Session) -> None:
+        for o in self.engine.completed_orders():
+            s.send(codec.completed_order(o, s.version, self._parent_perm_id(o)))
+        s.send(codec.completed_orders_end())
 
     def _h_account_updates(self, s: Session, m: ReqAccountUpdates) -> None:
         s.account_sub = m.subscribe

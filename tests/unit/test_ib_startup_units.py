@@ -77,6 +77,35 @@ def test_only_refs_decodes_and_keeps_the_wanted_orderrefs_alone() -> None:
     assert kept == ["p-1", "other"]
 
 
+def test_only_refs_also_keeps_a_wanted_permid_whose_orderref_is_empty() -> None:
+    """A completed order may come with an empty orderRef: matched by its permId (the fields
+    carry it as text), decoded and kept; another order with an empty orderRef is skipped."""
+    kept: list[tuple[str, int]] = []
+
+    class Wrapper:
+        def completedOrder(self, contract: Any, order: Any, state: Any) -> None:
+            kept.append((order.orderRef, order.permId))
+
+    wrapper = Wrapper()
+    decoded: list[list[str]] = []
+
+    def decode(fields: list[str]) -> None:
+        decoded.append(fields)
+        wrapper.completedOrder(None, SimpleNamespace(orderRef=fields[2], permId=int(fields[3])),
+                               None)
+
+    ib = SimpleNamespace(client=SimpleNamespace(decoder=SimpleNamespace(
+        handlers={COMPLETED_ORDER_MSG: decode})), wrapper=wrapper)
+    msgs = [["101", "x", "", "700"], ["101", "x", "", "701"], ["101", "x", "p-1", "702"],
+            ["101", "x", "zz", "10", "700"]]     # 700 by chance in another field: dropped
+    with only_refs(ib, {"p-1"}, perm_ids={700, 0}):
+        for m in msgs:
+            ib.client.decoder.handlers[COMPLETED_ORDER_MSG](m)
+    assert [m[3] for m in decoded] == ["700", "702", "10"]
+    assert kept == [("", 700), ("p-1", 702)]
+    assert ib.client.decoder.handlers[COMPLETED_ORDER_MSG] is decode
+
+
 def test_the_ib_insync_shim_answers_the_connect_s_request_empty_and_restores_it() -> None:
     class IB:
         def reqCompletedOrdersAsync(self, api_only: bool) -> str:

@@ -299,3 +299,61 @@ async def test_a_late_bracket_uses_its_own_promise_never_another_approvals() -> 
     clock.advance(10)
     assert p.headroom(2.0) == pytest.approx(base)
     assert p._promised == {}                  # expired keys are forgotten (bounded)
+
+
+# --------------------------------------------------------------------------- error 100
+
+
+async def test_a_violation_drains_the_bucket_and_holds_all_but_protect() -> None:
+    clock = FakeTime()
+    p = Pacer(40, burst=4, time=clock, hold_s=1.0, backoff=0.5, recover_s=10.0)
+    p.note_sent(2)
+    assert p.violation() == 2                       # its own count of the last second
+    assert p.tokens() <= 0 and p.stats.violations == 1
+    order = asyncio.create_task(p.acquire(Priority.ORDER, 3))
+    data = asyncio.create_task(p.acquire(Priority.DATA))
+    cancel = asyncio.create_task(p.acquire(Priority.PROTECT))
+    await settle()
+    clock.advance(0.06)                             # > 1 token at the lowered rate (20/s)
+    p.grant()
+    await settle()
+    assert cancel.done() and not order.done() and not data.done()   # a cancel is not held
+    clock.advance(0.5)                              # tokens enough, still within the hold
+    p.grant()
+    await settle()
+    assert not order.done() and not data.done()
+    assert p.headroom(0.2) <= p.tokens()            # nothing is paid while held
+    clock.advance(0.5)                              # the hold is over
+    p.grant()
+    await settle()
+    assert order.done() and data.done()
+
+
+async def test_a_violation_lowers_the_rate_for_a_while_then_restores_it() -> None:
+    clock = FakeTime()
+    p = Pacer(40, burst=4, time=clock, hold_s=1.0, backoff=0.5, recover_s=10.0)
+    p.violation()
+    assert p.rate == 20 and p.base_rate == 40
+    clock.advance(1.0 + 9.0)
+    p.tokens()
+    assert p.rate == 20
+    clock.advance(1.5)
+    assert p.tokens() == pytest.approx(4)          # refilled (capped at the burst)
+    assert p.rate == 40
+
+
+async def test_a_protect_acquire_during_a_hold_is_not_parked_behind_the_hold_timer() -> None:
+    """The timer armed for a held ORDER waiter (the hold's end) is re-armed for a cancel:
+    the loop's own timer grants it once a token is there, no manual grant()."""
+    p = Pacer(40, burst=4, hold_s=5.0, backoff=1.0)   # the loop's clock
+    p.violation()
+    order = asyncio.create_task(p.acquire(Priority.ORDER))
+    await settle()
+    await asyncio.wait_for(p.acquire(Priority.PROTECT), 1.0)   # 1/40 s for its token
+    assert not order.done()
+    order.cancel()
+
+
+def test_a_bad_backoff_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Pacer(40, backoff=0.0)
