@@ -47,7 +47,8 @@ BOUNDS: dict[str, str] = {
     "execution._closed": "closed < CLOSED_KEEP_S, <= CLOSED_KEEP_MAX (10,000)",
     "execution._tasks": "pending jobs (entry expiries, guard cancels)",
     # the governor (agents/risk.py)
-    "risk.decisions": "max_remembered_decisions (8192; the newest 4096 as objects)",
+    "risk.decisions": "max_remembered_decisions (8192; the newest 512 as objects, the rest"
+                      " deflated: agents/decision_archive.py)",
     "risk.reservations": "open, approved-but-unfilled brackets",
     "risk._exec_ids": "agents/exec_ids.py ExecIds bound",
     "risk._inflight": "proposals being decided (the bus queue's bound)",
