@@ -5,8 +5,8 @@ ib_startup.py). What it needs of them is small: which orderRefs IB had (the revi
 count; a replayed proposal_id must never get a second bracket: IBBroker.has_order_ref) and each
 leg's outcome (status, filled: a replay is answered BRACKET_FINISHED_AT_IB or CANCELLED_AT_IB,
 `ExecutionAgent.prior_placement`). The library decodes each completedOrder message into a Trade
-(~85 us, ~4 KB: 35k of them cost seconds and ~150 MB, pruned a minute later into 4,096
-tombstones). Here the message's fields are read where the decoder would find them
+(~85 us each: 35k of them cost 3 s of a start-up, and their memory until the retention sweep
+pruned them a minute later into 4,096 tombstones: older orderRefs were then forgotten). Here the message's fields are read where the decoder would find them
 (`leg_from_fields`, a mirror of the decoders of ib_async and ib_insync 0.9.86, which agree) and
 kept as one short string per orderRef (`CompletedRefs`); a message whose layout this does not
 follow (order conditions, a PEG BENCH order, a length that does not add up) is decoded by the
@@ -26,7 +26,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-COMPLETED_REFS_MAX = 200_000   # orderRefs (~0.3 KB each with 3 legs: ~60 MB at the bound)
+COMPLETED_REFS_MAX = 100_000   # orderRefs (~0.35 KB one with 3 legs: ~35 MB at the bound)
 _UNSET_DOUBLE = 1.7976931348623157e308
 _SEP, _LEG_SEP = "\x1f", "\x1e"   # unit / record separators: never in IB's fields we keep
 
@@ -108,8 +108,13 @@ def leg_of_order(contract: Any, order: Any, state: Any) -> tuple[str, str]:
 
 def pack(perm_id: int, order_type: str, status: str, filled: str, aux: str, lmt: str,
          symbol: str, action: str, quantity: str) -> str:
-    return _SEP.join((str(perm_id), order_type, status, filled, aux, lmt, symbol, action,
-                      quantity))
+    return _SEP.join((str(perm_id), order_type, status, filled, _price(aux), _price(lmt), symbol,
+                      action, quantity))
+
+
+def _price(s: str) -> str:
+    """'' for a price IB left unset (UNSET_DOUBLE, in whatever spelling), else as it came."""
+    return s if s and _num(s) is not None else ""
 
 
 def _num(s: str) -> float | None:

@@ -11,7 +11,12 @@ recovery may need them:
 - a reconnect of this process: every one, as before (books in memory may have moved meanwhile);
 - the first connect, journal not reviewed: every one, once (`review`): a new or lost journal does
   not know the orderRefs an earlier run may have left at IB (a replay must still be answered
-  BRACKET_FINISHED_AT_IB / CANCELLED_AT_IB, docs/OPERATIONS.md). The review's outcome is kept in
+  BRACKET_FINISHED_AT_IB / CANCELLED_AT_IB, docs/OPERATIONS.md). Of those it needs only each
+  orderRef and its legs' outcome: they are read from the messages' fields into
+  `IBBroker.retention.completed` (adapters/ib_completed.py: compact legs, no library Trade;
+  has_order_ref / orders_for_ref / existing_bracket read them as they read tombstones); only
+  the orders of orderRefs recovery follows (`expected`: the reconcile acts on them) are
+  decoded into the library's book (`compact_unless`). The review's outcome is kept in
   the journal's meta (`ib_completed_review`, written once the reconcile hooks passed: never into
   a journal the account check refuses): `foreign` = how many of the completed orders' orderRefs
   the journal does not know (its proposal_ids). Clean (0): every later order of ours goes through this
@@ -25,7 +30,8 @@ recovery may need them:
   orderRefs before the library decodes it) and kept in the library's book.
 
 An answer that does not come in time fails the connect (BrokerConnectError): recovery never runs
-on a partial picture. Each start logs `ib_completed_orders` (why, wanted, kept, ms).
+on a partial picture. Each start logs `ib_completed_orders` (why, wanted, kept: decoded into
+the book, compact: read compact (a review), ms).
 """
 
 from __future__ import annotations

@@ -150,8 +150,11 @@ async def restart_ms(tws, broker, work: Path, journal: Path) -> tuple[float, flo
     wall = (time.perf_counter() - t0) * 1000
     ready = next(e for e in d.logs if e.get("event") == "ready")
     restored = next((e for e in d.logs if e.get("event") == "journal_restored"), {})
+    completed = next((e for e in d.logs if e.get("event") == "ib_completed_orders"), {})
     await d.terminate()
     print(f"    restored: {json.dumps({k: v for k, v in restored.items() if k not in ('event', 'timestamp', 'level', 'logger')})}")
+    if completed:   # what IB's completed orders cost this start (adapters/ib_startup.py)
+        print(f"    ib_completed_orders: {json.dumps({k: v for k, v in completed.items() if k in ('why', 'wanted', 'kept', 'compact', 'ms')})}")
     return float(ready["startup_ms"]), wall
 
 
