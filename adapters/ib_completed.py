@@ -15,7 +15,8 @@ library after all and turned into the same leg (`leg_of_order`), never guessed.
 Legs are ib_prune.Leg tuples (what tombstones hold: `pruned_updates`, `pruned_bracket` read
 them); a completed order carries no orderId, clientId nor parentId (the library's Trade has 0
 for each too). `CompletedRefs` is read through TradeRetention.legs (adapters/ib_prune.py) and
-bounded by COMPLETED_REFS_MAX orderRefs (oldest forgotten first; IB lists one day's orders).
+bounded by COMPLETED_REFS_MAX orderRefs (oldest forgotten first; IB lists one day's orders) of
+LEGS_MAX legs each.
 
 Nothing here imports the IB library.
 """
@@ -27,6 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 COMPLETED_REFS_MAX = 100_000   # orderRefs (~0.35 KB one with 3 legs: ~35 MB at the bound)
+LEGS_MAX = 64                  # legs kept per orderRef, the newest (a bracket has 3 + guards)
 _UNSET_DOUBLE = 1.7976931348623157e308
 _SEP, _LEG_SEP = "\x1f", "\x1e"   # unit / record separators: never in IB's fields we keep
 
@@ -155,6 +157,8 @@ class CompletedRefs:
         if not ref:
             return   # no orderRef: nothing of ours, nothing a replay can name
         old = self._legs.pop(ref, None)   # re-inserted: the newest last
+        if old is not None and old.count(_LEG_SEP) >= LEGS_MAX - 1:
+            old = old.split(_LEG_SEP, 1)[1]   # not a bracket of ours: its oldest leg goes
         self._legs[ref] = packed if old is None else old + _LEG_SEP + packed
         self.added += 1
         while len(self._legs) > self.max_refs:

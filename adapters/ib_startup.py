@@ -229,7 +229,8 @@ class StartupOrders:
             from bracketgate.adapters.pacer import Priority
 
             await broker._turn(Priority.DATA)
-            store = broker.retention.completed if review else None
+            store = getattr(getattr(broker, "retention", None), "completed", None) if review \
+                else None   # (a broker without one: every order decoded, as before)
             compact = store.added if store is not None else 0
             try:
                 with (compact_unless(broker.ib, decoded, store) if store is not None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from bracketgate.adapters.ib_completed import (
+    LEGS_MAX,
     CompletedRefs,
     leg_from_fields,
     leg_of_order,
@@ -119,3 +120,7 @@ def test_completed_refs_hold_legs_by_order_ref_within_the_bound() -> None:
     assert len(refs) == 3 and "a" not in refs and refs.legs("a") == ()   # oldest forgotten
     assert set(refs.refs()) == {"b", "c", "d"} and refs.added == 5
     assert refs.nbytes() > 0
+    many = CompletedRefs()
+    for i in range(3 * LEGS_MAX):   # one orderRef on many orders (not a bracket of ours)
+        many.add("m", pack(100 + i, "LMT", "Cancelled", "0", "", "1.0", "AAPL", "BUY", "1"))
+    assert [x[1] for x in many.legs("m")] == list(range(100 + 2 * LEGS_MAX, 100 + 3 * LEGS_MAX))
