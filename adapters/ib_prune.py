@@ -19,7 +19,8 @@ from those books the trades that are done, and their fills:
 What still answers for a pruned bracket:
 - `tombstones`: orderRef -> its legs' last state (compact tuples), the newest `tombstones_max`,
   read by IBBroker.has_order_ref / existing_bracket / orders_for_ref (a second bracket is
-  never sent for it, `prior_placement` still sees it);
+  never sent for it, `prior_placement` still sees it); `legs` reads `completed` after them:
+  the completed orders a start-up's review read compact (adapters/ib_completed.py);
 - a reconnect or restart: the library's books are rebuilt from IB (open orders, completed
   orders, the day's executions); a replayed execution is not published twice (the adapter's
   `_seen_execs` is not pruned, the journal keeps fills unique by exec_id);
@@ -45,6 +46,8 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+from bracketgate.adapters.ib_completed import CompletedRefs
 
 TERMINAL = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive"})
 DEFAULT_RETENTION_S = 60.0   # 120 before: at the pacer's full rate each 60 s held ~7 MB
@@ -81,6 +84,8 @@ class TradeRetention:
         self._clock = clock
         self.tombstones_max = tombstones_max
         self.tombstones: dict[str, tuple[Leg, ...]] = {}   # orderRef -> pruned legs (newest last)
+        # orderRef -> the legs a start-up's review read compact, never Trades (ib_completed.py)
+        self.completed = CompletedRefs()
         self._done_since: dict[Any, float] = {}            # group -> when first seen done
         self._finished_since: dict[int, float] = {}        # reqId -> when first seen finished
         self.pruned_trades = 0
@@ -210,12 +215,14 @@ class TradeRetention:
         return dropped
 
     def legs(self, order_ref: str) -> tuple[Leg, ...]:
-        return self.tombstones.get(order_ref, ())
+        """A pruned orderRef's legs, or those a start-up's review read compact (ib_completed)."""
+        return self.tombstones.get(order_ref) or self.completed.legs(order_ref)
 
     def stats(self) -> dict[str, int]:
         return {"pruned_trades": self.pruned_trades, "pruned_fills": self.pruned_fills,
                 "pruned_requests": self.pruned_requests, "replayed_dropped": self.replayed_dropped,
-                "tombstones": len(self.tombstones), "done_waiting": len(self._done_since)}
+                "tombstones": len(self.tombstones), "done_waiting": len(self._done_since),
+                "completed_refs": len(self.completed)}
 
 
 def _open_units(members: list[tuple[Any, Any]]) -> bool:

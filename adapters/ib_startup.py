@@ -11,7 +11,12 @@ recovery may need them:
 - a reconnect of this process: every one, as before (books in memory may have moved meanwhile);
 - the first connect, journal not reviewed: every one, once (`review`): a new or lost journal does
   not know the orderRefs an earlier run may have left at IB (a replay must still be answered
-  BRACKET_FINISHED_AT_IB / CANCELLED_AT_IB, docs/OPERATIONS.md). The review's outcome is kept in
+  BRACKET_FINISHED_AT_IB / CANCELLED_AT_IB, docs/OPERATIONS.md). Of those it needs only each
+  orderRef and its legs' outcome: they are read from the messages' fields into
+  `IBBroker.retention.completed` (adapters/ib_completed.py: compact legs, no library Trade;
+  has_order_ref / orders_for_ref / existing_bracket read them as they read tombstones); only
+  the orders of orderRefs recovery follows (`expected`: the reconcile acts on them) are
+  decoded into the library's book (`compact_unless`). The review's outcome is kept in
   the journal's meta (`ib_completed_review`, written once the reconcile hooks passed: never into
   a journal the account check refuses): `foreign` = how many of the completed orders' orderRefs
   the journal does not know (its proposal_ids). Clean (0): every later order of ours goes through this
@@ -25,7 +30,8 @@ recovery may need them:
   orderRefs before the library decodes it) and kept in the library's book.
 
 An answer that does not come in time fails the connect (BrokerConnectError): recovery never runs
-on a partial picture. Each start logs `ib_completed_orders` (why, wanted, kept, ms).
+on a partial picture. Each start logs `ib_completed_orders` (why, wanted, kept: decoded into
+the book, compact: read compact (a review), ms).
 """
 
 from __future__ import annotations
@@ -111,6 +117,53 @@ def only_refs(ib: Any, wanted: set[str] | None,
 
 
 @contextmanager
+def compact_unless(ib: Any, decoded: set[str], store: Any) -> Iterator[None]:
+    """While completed orders are read for a review: those whose orderRef is in `decoded` (the
+    orders recovery follows: the reconcile acts on them) are decoded into the library's book as
+    usual; every other one goes into `store` (ib_completed.CompletedRefs) as a compact leg, read
+    from its fields without a Trade, or decoded and converted when its layout is not one
+    ib_completed follows (nothing of it enters the library's book); one without an orderRef
+    is skipped (a replay cannot name it)."""
+    from bracketgate.adapters.ib_completed import leg_from_fields, leg_of_order, ref_of_fields
+
+    decoder, wrapper = ib.client.decoder, ib.wrapper
+    decode = decoder.handlers[COMPLETED_ORDER_MSG]
+    keep = wrapper.completedOrder
+    converting = False
+
+    def routed(fields: list[str]) -> None:
+        nonlocal converting
+        ref = ref_of_fields(fields)
+        if ref in decoded:
+            decode(fields)
+            return
+        if not ref:
+            return
+        leg = leg_from_fields(fields, decoder.serverVersion)
+        if leg is not None:
+            store.add(*leg)
+            return
+        converting = True
+        try:
+            decode(fields)
+        finally:
+            converting = False
+
+    def kept(contract: Any, order: Any, state: Any) -> None:
+        if converting:
+            store.add(*leg_of_order(contract, order, state))
+        elif (order.orderRef or "") in decoded:
+            keep(contract, order, state)
+
+    decoder.handlers[COMPLETED_ORDER_MSG] = routed
+    try:
+        with _instance_attr(wrapper, "completedOrder", kept):
+            yield
+    finally:
+        decoder.handlers[COMPLETED_ORDER_MSG] = decode
+
+
+@contextmanager
 def _instance_attr(obj: Any, name: str, value: Any) -> Iterator[None]:
     """`name` set on this instance while the block runs, then as it was (the class's again)."""
     missing = object()
@@ -169,18 +222,23 @@ class StartupOrders:
         else:
             review = await self._review_due()
             if review:
-                why = "review"
+                why = "review"   # every one, compact but what recovery follows (module doc)
+                decoded = set(self.expected()) if self.expected else set()
             else:
                 wanted = missing_legs(self.expected() if self.expected else {},
                                       lambda ref: _open_ids(broker, ref))
                 why = "legs_not_open" if wanted else "none"
-        kept = 0
+        kept = compact = 0
         if why != "none":
             from bracketgate.adapters.pacer import Priority
 
             await broker._turn(Priority.DATA)
+            store = getattr(getattr(broker, "retention", None), "completed", None) if review \
+                else None   # (a broker without one: every order decoded, as before)
+            compact = store.added if store is not None else 0
             try:
-                with only_refs(broker.ib, wanted):
+                with (compact_unless(broker.ib, decoded, store) if store is not None
+                      else only_refs(broker.ib, wanted)):
                     trades = await asyncio.wait_for(
                         broker.ib.reqCompletedOrdersAsync(False), timeout)
             except (TimeoutError, asyncio.TimeoutError) as e:
@@ -195,9 +253,15 @@ class StartupOrders:
                                          f"orders: {e}") from e
             kept = len(trades or ())
             if review:   # kept once the reconcile hooks passed (the account check first)
-                self._review = sorted({t.order.orderRef for t in trades or () if t.order.orderRef})
+                refs = {t.order.orderRef for t in trades or () if t.order.orderRef}
+                if store is not None:
+                    compact = store.added - compact
+                    refs.update(store.refs())
+                self._review = sorted(refs)
         self.last = {"why": why, "wanted": None if wanted is None else len(wanted), "kept": kept,
                      "ms": round((time.perf_counter() - t0) * 1000, 1)}
+        if review:
+            self.last["compact"] = compact
         log.info("ib_completed_orders", **self.last)
 
     # -- the journal's review marker

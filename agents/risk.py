@@ -29,6 +29,7 @@ from bracketgate.agents.combo_risk import (
     combo_rules,
     gate_combo_numbers,
 )
+from bracketgate.agents.decision_archive import pack, unpack
 from bracketgate.agents.exec_ids import ExecIds
 from bracketgate.agents import fastpath
 from bracketgate.agents.fastgate import fast_path_for
@@ -302,19 +303,21 @@ class DecisionMemory:
     every id with its first decision for `proposal_id_retention_days` and answers a miss
     (RiskGovernor.use_id_memory), so only open brackets must stay here.
     The newest `recent` entries are kept as objects, so a re-delivery gets the very same
-    decision object back. Older ones are archived as JSON text — strings, which the garbage
-    collector never scans, so a day of ids does not turn into second-long full collections —
-    up to `capacity` in all, oldest forgotten first, except ids `keep(pid)` says are still
-    open (a bracket at IB must never be decided a second time).
+    decision object back. Older ones are archived as their JSON text deflated (agents/
+    decision_archive.py: ~0.2 KB with the key instead of ~1.5 KB as text, ~5 KB as objects) —
+    bytes, which the garbage collector never scans, so a day of ids does not turn into
+    second-long full collections — up to `capacity` in all, oldest forgotten first, except ids
+    `keep(pid)` says are still open (a bracket at IB must never be decided a second time). A
+    repeat answered from the archive gets the decision first published, byte for byte.
     """
 
-    RECENT = 4096
+    RECENT = 512   # 4096 before: ~20 MB of objects; a re-delivery comes within seconds
 
     def __init__(self, capacity: int, keep: Callable[[str], bool]) -> None:
         self._keep = keep
         self.resize(capacity)
         self._hot: OrderedDict[str, tuple[TradeProposal, RiskDecision]] = OrderedDict()
-        self._cold: OrderedDict[str, tuple[str, str]] = OrderedDict()   # pid -> (proposal, decision) JSON
+        self._cold: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()   # pid -> (proposal, decision) JSON packed
 
     def __len__(self) -> int:
         return len(self._hot) + len(self._cold)
@@ -333,7 +336,7 @@ class DecisionMemory:
         cold = self._cold.get(pid)
         if cold is None:
             return None
-        return cold[0], RiskDecision.model_validate_json(cold[1])
+        return unpack(cold[0]), RiskDecision.model_validate_json(unpack(cold[1]))
 
     @staticmethod
     def same(first: TradeProposal | str, proposal: TradeProposal) -> bool:
@@ -352,14 +355,14 @@ class DecisionMemory:
         if hot is not None:
             self._hot[pid] = (hot[0], decision)
         elif pid in self._cold:
-            self._cold[pid] = (self._cold[pid][0], decision.model_dump_json())
+            self._cold[pid] = (self._cold[pid][0], pack(decision.model_dump_json()))
 
     def compact(self) -> None:
         """Archive all but the `recent` newest; forget the oldest past `capacity`."""
         hot, cold = self._hot, self._cold
         while len(hot) > self.recent:
             pid, (proposal, decision) = hot.popitem(last=False)
-            cold[pid] = (proposal.model_dump_json(), decision.model_dump_json())
+            cold[pid] = (pack(proposal.model_dump_json()), pack(decision.model_dump_json()))
         for _ in range(len(hot) + len(cold) - self.capacity):
             if not cold:
                 break

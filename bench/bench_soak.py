@@ -150,8 +150,11 @@ async def restart_ms(tws, broker, work: Path, journal: Path) -> tuple[float, flo
     wall = (time.perf_counter() - t0) * 1000
     ready = next(e for e in d.logs if e.get("event") == "ready")
     restored = next((e for e in d.logs if e.get("event") == "journal_restored"), {})
+    completed = next((e for e in d.logs if e.get("event") == "ib_completed_orders"), {})
     await d.terminate()
     print(f"    restored: {json.dumps({k: v for k, v in restored.items() if k not in ('event', 'timestamp', 'level', 'logger')})}")
+    if completed:   # what IB's completed orders cost this start (adapters/ib_startup.py)
+        print(f"    ib_completed_orders: {json.dumps({k: v for k, v in completed.items() if k in ('why', 'wanted', 'kept', 'compact', 'ms')})}")
     return float(ready["startup_ms"]), wall
 
 
@@ -202,6 +205,8 @@ async def flow(n: int, window: int, approve_every: int, fill_every: int, tws, br
         swinger = asyncio.create_task(swing(tws, stop_swing)) if fill_every else None
         t0 = time.perf_counter()
         curve.append((0, rss_kib(pid), 0.0))
+        if memdump_every:   # the ready daemon's own dump: what the warm-up adds is diffed to it
+            d.proc.send_signal(signal.SIGUSR2)
         for i in range(n):
             await free.acquire()
             await client.publish(f"{d.prefix}/proposals/soak{i % 5}",
@@ -395,8 +400,10 @@ if __name__ == "__main__":
     ap.add_argument("--window", type=int, default=200, help="proposals in flight")
     ap.add_argument("--approve-every", type=int, default=10, help="1 in N approved")
     ap.add_argument("--memdump-every", type=int, default=0,
-                    help="SIGUSR2 the daemon every N proposals (a multiple of 10k) and print its"
-                         " memory dump (core/memdump.py; PYTHONTRACEMALLOC=1 for allocation sites)")
+                    help="SIGUSR2 the daemon at ready and every N proposals (a multiple of 10k) and"
+                         " print its memory dump (core/memdump.py; PYTHONTRACEMALLOC=1 for"
+                         " allocation sites: snapshots kept with --keep, diff two with"
+                         " python -m bracketgate.core.memdump OLD NEW)")
     ap.add_argument("--daemon-env", action="append", default=[], metavar="KEY=VALUE",
                     help="set in the flow daemon's environment only (PYTHONTRACEMALLOC=1,"
                          " MALLOC_ARENA_MAX=2, ...), not in this process (the paper TWS)")

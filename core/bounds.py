@@ -32,6 +32,8 @@ BOUNDS: dict[str, str] = {
     # the IB adapter (adapters/ib.py)
     "ib.refs.by_ref": "the orderRefs of ib.trades (adapters/ib_refs.py)",
     "ib.tombstones": "TOMBSTONES_MAX (4096) pruned orderRefs (ib_prune)",
+    "ib.completed_refs": "COMPLETED_REFS_MAX (100,000) orderRefs a start-up's review read "
+                         "compact, ~0.15 KB a leg (adapters/ib_completed.py)",
     "ib.retention.done_waiting": "groups of ib.trades done, waiting out the grace",
     "ib._seen_execs": "SEEN_EXECS_MAX (200,000) execIds",
     "ib._pending_execs": "executions waiting for their commission report (a deadline each)",
@@ -50,7 +52,8 @@ BOUNDS: dict[str, str] = {
     "execution._closed": "closed < CLOSED_KEEP_S, <= CLOSED_KEEP_MAX (10,000)",
     "execution._tasks": "pending jobs (entry expiries, guard cancels)",
     # the governor (agents/risk.py)
-    "risk.decisions": "max_remembered_decisions (8192; the newest 4096 as objects)",
+    "risk.decisions": "max_remembered_decisions (8192; the newest 512 as objects, the rest"
+                      " deflated: agents/decision_archive.py)",
     "risk.reservations": "open, approved-but-unfilled brackets",
     "risk._exec_ids": "agents/exec_ids.py ExecIds bound",
     "risk._inflight": "proposals being decided (the bus queue's bound)",
@@ -100,6 +103,7 @@ def sizes(*, broker: Any = None, execution: Any = None, governor: Any = None,
         retention = getattr(broker, "retention", None)
         if retention is not None:
             out["ib.tombstones"] = len(retention.tombstones)
+            _put(out, "ib.completed_refs", _len(retention, "completed"))
             out["ib.retention.done_waiting"] = _len(retention, "_done_since") or 0
         for name in ("_seen_execs", "_pending_execs", "_pnl_single", "_pnl_waiting", "_tasks",
                      "_settled", "_absent"):

@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 from bracketgate.adapters.ib import IBBroker
-from bracketgate.adapters.ib_startup import REVIEW_KEY
+from bracketgate.adapters import ib_completed
+from bracketgate.adapters.ib_completed import leg_from_fields, leg_of_order, unpack
+from bracketgate.adapters.ib_startup import COMPLETED_ORDER_MSG, REVIEW_KEY
 from bracketgate.adapters.journal import Journal
 from bracketgate.agents.execution import ExecutionAgent
 from bracketgate.bus.bus import Bus
@@ -40,6 +42,24 @@ def seed_foreign(paper_tws: Any, n: int, start: int = 0) -> None:
                            contract=contract, action="BUY", total_quantity=1, order_type="LMT",
                            lmt_price=100.0, order_ref=f"foreign-{i}"))
         eng.cancel(99, 500_000 + i)
+
+
+def seed_filled(paper_tws: Any) -> None:
+    """Another client's orders that traded: `fx-filled` a MKT buy of 2 filled and its STP sell
+    at 50 cancelled, `fx-flat` the MKT sell of 2 that flattened it."""
+    contract = paper_tws.universe.find("AAPL", "STK")[0]
+    contract = contract if contract.exchange else dataclasses.replace(contract, exchange="SMART")
+    eng = paper_tws.engine
+
+    def order(oid: int, ref: str, action: str, kind: str, **kw: Any) -> None:
+        eng.place(SimOrder(client_id=99, order_id=oid, perm_id=eng.next_perm_id(),
+                           contract=contract, action=action, total_quantity=2, order_type=kind,
+                           order_ref=ref, **kw))
+
+    order(600_000, "fx-filled", "BUY", "MKT")
+    order(600_001, "fx-filled", "SELL", "STP", aux_price=50.0)
+    eng.cancel(99, 600_001)
+    order(600_002, "fx-flat", "SELL", "MKT")
 
 
 def cancel_at_ib(paper_tws: Any, ids: Any) -> None:
@@ -168,7 +188,8 @@ async def test_a_new_journal_reviews_every_completed_order_until_the_horizon(
     async with Journal(tmp_path / "journal.sqlite") as journal:
         async with Run(paper_tws, journal) as first:
             b = first.broker
-            assert b.startup.last["why"] == "review" and b.startup.last["kept"] >= 25
+            assert b.startup.last["why"] == "review" and b.startup.last["compact"] >= 25
+            assert b.startup.last["kept"] == 0              # none decoded into a Trade
             assert b.has_order_ref("foreign-3")             # prior_placement finds it
             mark = await review_mark(journal)
             assert mark["foreign"] >= 25
@@ -208,3 +229,97 @@ async def test_a_journal_the_reconcile_refuses_gets_no_review_row(paper_tws, tmp
         await run.bus.close()
         assert run.broker.startup.last["why"] == "review"
         assert REVIEW_KEY not in await journal.meta()
+
+
+@pytest.mark.parametrize("layout", ["read", "decoded"])
+async def test_a_new_journal_reviews_completed_orders_without_building_trades(
+        paper_tws, tmp_path, monkeypatch, layout) -> None:
+    """A first start on a new journal reads every completed order's orderRef and outcome, but
+    none becomes a library Trade: the replay of such an id still meets IB's outcome (finished,
+    cancelled) and is never placed. `decoded`: a layout the compact reader does not follow
+    (failure injected) is decoded by the library and converted, with the same outcome."""
+    if layout == "decoded":
+        monkeypatch.setattr(ib_completed, "leg_from_fields", lambda fields, version: None)
+    seed_foreign(paper_tws, 5)
+    seed_filled(paper_tws)
+    async with Journal(tmp_path / "journal.sqlite") as journal:
+        async with Run(paper_tws, journal) as run:
+            b = run.broker
+            assert b.startup.last["why"] == "review"
+            assert b.startup.last["kept"] == 0 and b.startup.last["compact"] >= 8
+            assert not [t for t in b.ib.trades() if t.order.orderRef.startswith(("foreign-", "fx-"))]
+            assert (await review_mark(journal))["foreign"] >= 7
+            legs = b.orders_for_ref("fx-filled")
+            assert sorted((u.order_type, u.status, u.filled) for u in legs) == [
+                ("MKT", "Filled", 2.0), ("STP", "Cancelled", 0.0)]
+            stop = next(u for u in legs if u.order_type == "STP")
+            assert (stop.stop_price, stop.side.value, stop.symbol, stop.quantity) == (
+                50.0, "SELL", "AAPL", 2.0)
+            assert stop.perm_id and stop.order_ref == "fx-filled"
+            assert [u.status for u in b.orders_for_ref("foreign-2")] == ["Cancelled"]
+            assert b.has_order_ref("foreign-4") and not b.has_order_ref("foreign-5")
+            assert b.existing_bracket("fx-filled") is None   # no leg ids in a completed order
+            # the gate asks prior_placement first: IB's outcome, never a fresh decision
+            finished = run.execution.prior_placement(proposal("fx-filled"))
+            assert finished is not None and finished.outcome == "finished"
+            cancelled = run.execution.prior_placement(proposal("foreign-2"))
+            assert cancelled is not None and cancelled.outcome == "cancelled"
+            assert run.execution.prior_placement(proposal("never-seen")) is None
+
+
+async def test_a_review_decodes_what_the_journal_follows_and_the_reconcile_applies_it(
+        paper_tws, tmp_path) -> None:
+    """A journal reviewed again (foreign orders within the horizon) that follows an intent
+    whose bracket IB cancelled while the daemon was down: that orderRef's orders are decoded
+    into the book and reconciled; the foreign ones are read compact."""
+    seed_foreign(paper_tws, 10)
+    async with Journal(tmp_path / "journal.sqlite") as journal:
+        async with Run(paper_tws, journal) as first:
+            assert first.broker.startup.last["why"] == "review"
+            ids = await first.place("st-rev")
+        cancel_at_ib(paper_tws, ids)
+        async with Run(paper_tws, journal) as second:
+            b = second.broker
+            assert b.startup.last["why"] == "review" and b.startup.last["kept"] == 3
+            assert b.startup.last["compact"] >= 10
+            assert {t.order.orderRef for t in b.ib.trades()} == {"st-rev"}
+            assert b.has_order_ref("foreign-7")
+            book = second.execution.book("st-rev")
+            assert book is not None and book.ids == ids and book.closed
+            assert {str(v) for v in book.status.values()} == {"Cancelled"}
+            mark = await review_mark(journal)
+            assert mark["refs"] == 11   # the 10 foreign orderRefs and st-rev
+
+
+async def test_the_compact_leg_is_what_the_library_decodes(paper_tws) -> None:
+    """Every completedOrder message the paper TWS sends, read by ib_completed, gives the very
+    leg the client library's decoder gives (both libraries run this file)."""
+    seed_foreign(paper_tws, 3)
+    seed_filled(paper_tws)
+    async with Run(paper_tws, None) as run:
+        ids = await run.place("st-mirror")
+        paper_tws.engine.cancel(CLIENT, ids.entry)
+        b = run.broker
+        decoder = b.ib.client.decoder
+        handler = decoder.handlers[COMPLETED_ORDER_MSG]
+        messages: list[list[str]] = []
+
+        def captured(fields: list[str]) -> None:
+            messages.append(list(fields))
+            handler(fields)
+
+        decoder.handlers[COMPLETED_ORDER_MSG] = captured
+        try:
+            trades = await asyncio.wait_for(b.ib.reqCompletedOrdersAsync(False), 20)
+        finally:
+            decoder.handlers[COMPLETED_ORDER_MSG] = handler
+        assert len(messages) == len(trades) >= 9
+        kinds = set()
+        for fields, t in zip(messages, trades):
+            leg = leg_from_fields(fields, decoder.serverVersion)
+            assert leg is not None, fields
+            ref, packed = leg_of_order(t.contract, t.order, t.orderStatus)
+            assert leg[0] == ref
+            assert unpack(leg[1]) == unpack(packed)
+            kinds.add((t.order.orderType, t.orderStatus.status))
+        assert {("MKT", "Filled"), ("STP", "Cancelled"), ("LMT", "Cancelled")} <= kinds

@@ -168,3 +168,30 @@ async def test_no_answer_in_time_fails_the_connect_never_a_partial_reconcile() -
     assert e.value.code == "COMPLETED_ORDERS_TIMEOUT"
     assert ib.client.decoder.handlers[COMPLETED_ORDER_MSG] is _decode   # restored on the way out
     assert s.last == {}                                                 # nothing reported synced
+
+
+async def test_a_review_with_no_answer_in_time_fails_the_connect_too() -> None:
+    """The review reads compact (ib_completed.py), and still fails closed: no answer in time is
+    a BrokerConnectError, the decoder is restored, no review outcome is left to be written."""
+    import asyncio
+
+    from bracketgate.adapters.ib_completed import CompletedRefs
+    from bracketgate.bus.errors import BrokerConnectError
+
+    ib, _decode, _decoded, _kept = _fake_ib()
+    never: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+    ib.reqCompletedOrdersAsync = lambda api_only: never
+
+    async def turn(*_: Any) -> None:
+        return None
+
+    broker = SimpleNamespace(ib=ib, _turn=turn, refs=SimpleNamespace(trades=lambda ref: []),
+                             retention=SimpleNamespace(completed=CompletedRefs()))
+    s = StartupOrders()
+    s.use(expected=lambda: {}, journal=_Meta(None))    # a new journal: a review is due
+    with pytest.raises(BrokerConnectError) as e:
+        await s.sync(broker, timeout=0.05)
+    assert e.value.code == "COMPLETED_ORDERS_TIMEOUT"
+    assert ib.client.decoder.handlers[COMPLETED_ORDER_MSG] is _decode
+    assert "completedOrder" not in vars(ib.wrapper)
+    assert s.last == {} and s._review is None
