@@ -86,6 +86,7 @@ from tests.fixtures.mosquitto import MOSQUITTO_BINARY, MosquittoServer  # noqa: 
 from tests.fixtures.paper_tws import (  # noqa: E402
     HOST, PaperTWSHandle, start_paper_tws, stop_paper_tws, stop_process)
 from bench.benchkit import wide_limits  # noqa: E402
+from bench.latency_raw import raw_brackets  # noqa: E402
 
 LIMITS = wide_limits(per_trade_loss_limit=100.0)
 
@@ -148,6 +149,51 @@ def stage_table(at: dict[str, dict[str, float]]) -> list[str]:
                         f"{pct(d, 99):6.2f}   (from due: p50 {statistics.median(c):6.2f}  "
                         f"p99 {pct(c, 99):6.2f})  n={len(d)}")
     return rows
+
+
+# (label, the daemon's segment, the raw client's segment): the same steps at IB, apart
+RAW_PAIRS = (
+    ("due -> what-if sent", ("due", "whatif_sent"), ("due", "whatif_sent")),
+    ("what-if sent -> answered", ("whatif_sent", "whatif_answered"), ("whatif_sent", "whatif_answered")),
+    ("what-if answered -> entry at TWS", ("whatif_answered", "tws_entry"), ("whatif_answered", "tws_entry")),
+    ("entry at TWS -> stop at TWS", ("tws_entry", "tws_last_leg"), ("tws_entry", "tws_last_leg")),
+    ("first leg sent -> 3 acks read", ("leg0_sent", "acks_woke"), ("leg0_sent", "acks_read")),
+    ("what-if answered -> 3 acks read", ("whatif_answered", "acks_woke"), ("whatif_answered", "acks_read")),
+    ("due -> entry at TWS", ("due", "tws_entry"), ("due", "tws_entry")),
+    ("due -> 3 acks read", ("due", "acks_woke"), ("due", "acks_read")),
+)
+
+
+def _seg(at: dict[str, dict[str, float]], a: str, b: str) -> list[float]:
+    return [(s[b] - s[a]) * 1000 for s in at.values() if a in s and b in s]
+
+
+def raw_report(raw: dict[str, dict[str, float]], at: dict[str, dict[str, float]],
+               base: list[float]) -> dict[str, list[float]]:
+    """Print the raw client's figures and the daemon's as ratios to them (p50); returns the
+    samples by name."""
+    out: dict[str, list[float]] = {}
+    print(f"  the broker's own speed: a raw client, same IB library, same paper TWS process, "
+          f"no daemon (bench/latency_raw.py), n={len(raw)}:")
+    for label, (da, db), (ra, rb) in RAW_PAIRS:
+        r, d = _seg(raw, ra, rb), _seg(at, da, db)
+        out["raw " + label], out["daemon " + label] = r, d
+        ratio = (statistics.median(d) / statistics.median(r)) if r and d else float("nan")
+        print(f"    raw    {label:32} {fmt(r)}")
+        print(f"    daemon {label:32} {fmt(d)}   p50 ratio to raw {ratio:.2f}x")
+    if base:
+        b = statistics.median(base)
+        r_entry, r_acks = _seg(raw, "due", "tws_entry"), _seg(raw, "due", "acks_read")
+        d_entry = _seg(at, "due", "tws_entry")
+        d_appr = _seg(at, "due", "received")
+        if r_entry and r_acks and d_entry and d_appr:
+            fe = b + statistics.median(r_entry)
+            fa = 2 * b + statistics.median(r_acks)
+            print(f"    floor: entry = MQTT in + raw due->entry = {fe:.2f} ms: daemon "
+                  f"{statistics.median(d_entry):.2f} ms = {statistics.median(d_entry) / fe:.2f}x; "
+                  f"approved = MQTT in + out + raw due->acks = {fa:.2f} ms: daemon "
+                  f"{statistics.median(d_appr):.2f} ms = {statistics.median(d_appr) / fa:.2f}x")
+    return out
 
 
 def bare_commits(path: Path, n: int = 300) -> list[float]:
@@ -222,7 +268,8 @@ async def spawn_tws(work: Path) -> tuple[asyncio.subprocess.Process, PaperTWSHan
     return proc, handle
 
 
-async def main(n: int, rate: float, approve_every: int, baseline_n: int, tws_mode: str) -> None:
+async def main(n: int, rate: float, approve_every: int, baseline_n: int, tws_mode: str,
+               raw_n: int, json_out: str | None) -> None:
     work = Path(tempfile.mkdtemp(prefix="bg-bench-lat-"))
     (work / "limits.toml").write_text(LIMITS)
     broker = MosquittoServer(MOSQUITTO_BINARY, work / "mosquitto")
@@ -286,6 +333,12 @@ async def main(n: int, rate: float, approve_every: int, baseline_n: int, tws_mod
                 await asyncio.sleep(1.0)
                 fsync = await asyncio.to_thread(bare_commits, work / "bare.sqlite")
                 await asyncio.sleep(0.5)
+                # the broker's own speed: a raw client (same IB library, no daemon) doing the
+                # approved path's IB part at the approvals' rate (bench/latency_raw.py)
+                raw: dict[str, dict[str, float]] = {}
+                if raw_n:
+                    raw = await raw_brackets(tws.host, tws.port, PX, raw_n, rate / approve_every, run)
+                    await asyncio.sleep(0.5)
 
                 def proposal(i: int) -> tuple[str, str, bytes]:
                     pid = f"lat-{run}-{i}"
@@ -390,6 +443,21 @@ async def main(n: int, rate: float, approve_every: int, baseline_n: int, tws_mod
         print("  approved path, stage by stage (ms; daemon stamps core/stamps.py):")
         for row in stage_table(at):
             print(row)
+    else:
+        at = {}
+    figures = {"mqtt_base": base, "entry": to_entry, "approved": dec_approved,
+               "rejected": dec_other, "fsync": fsync}
+    if raw:
+        for ref, s in raw.items():
+            if ref in entry_at:
+                s["tws_entry"] = entry_at[ref]
+            if ref in last_leg_at:
+                s["tws_last_leg"] = last_leg_at[ref]
+        figures.update(raw_report(raw, at, base))
+    figures["stages"] = {f"{a}->{b}": [(s[b] - s[a]) * 1000 for s in at.values() if a in s and b in s]
+                         for a, b in zip(STAGES, STAGES[1:])}
+    if json_out:   # the raw samples, for a summary over trials (bench/latency_trials.py)
+        Path(json_out).write_text(json.dumps(figures))
     print(f"  paper TWS pacing: error 100 sent {health['pacingErrors']}, dropped {health['pacingDropped']}")
     print(f"  daemon exit code on SIGTERM: {rc}")
 
@@ -403,8 +471,14 @@ if __name__ == "__main__":
     ap.add_argument("--baseline-n", type=int, default=500)
     ap.add_argument("--tws", choices=("process", "inline"), default="process",
                     help="the paper TWS in its own process (default) or in the bench's")
+    ap.add_argument("--raw-n", type=int, default=None,
+                    help="raw-client brackets (default n / approve-every; 0: none)")
+    ap.add_argument("--json", default=None, help="write the samples there (JSON)")
     a = ap.parse_args()
     logging.getLogger("mqtt").setLevel(logging.ERROR)
+    logging.getLogger("ib_async").setLevel(logging.CRITICAL)   # the raw client's global cancel
+    logging.getLogger("ib_insync").setLevel(logging.CRITICAL)
     from bracketgate.core.logs import configure_logging
     configure_logging("json", "WARNING")   # the in-process paper TWS: quiet
-    asyncio.run(main(a.n, a.rate, a.approve_every, a.baseline_n, a.tws))
+    raw_n = a.raw_n if a.raw_n is not None else max(20, a.n // a.approve_every)
+    asyncio.run(main(a.n, a.rate, a.approve_every, a.baseline_n, a.tws, raw_n, a.json))
