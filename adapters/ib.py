@@ -675,6 +675,11 @@ class IBBroker(QuoteLines):
         self._max_order_id = max(self._max_order_id, oid)
         return oid
 
+    @property
+    def max_order_id(self) -> int:
+        """The highest order id this client handed out or IB reported (agents/staging.py)."""
+        return self._max_order_id
+
     async def _wait_pnl(self) -> None:
         """Wait (bounded) for the first reqPnL value: until it comes, P&L is a placeholder."""
         if "pnl" not in self._synced:
