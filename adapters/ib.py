@@ -54,6 +54,7 @@ except ImportError:  # pragma: no cover - exercised in the ib_insync virtualenv
 
     IB_LIBRARY = "ib_insync"
 
+from bracketgate.adapters import ib_repr
 from bracketgate.bus.messages import (
     Alert,
     ApprovedBracket,
@@ -398,6 +399,7 @@ class IBBroker(QuoteLines):
         self._synced: set[str] = set()
         self._dirty: set[str] = set()
         self._dirty_hold: asyncio.TimerHandle | None = None   # notices held for acks
+        ib_repr.install(ibl)   # the library's log f-strings format each Trade: a short str
 
         ib = self.ib
         ib.errorEvent += self._on_error

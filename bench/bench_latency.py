@@ -476,9 +476,9 @@ if __name__ == "__main__":
     ap.add_argument("--json", default=None, help="write the samples there (JSON)")
     a = ap.parse_args()
     logging.getLogger("mqtt").setLevel(logging.ERROR)
-    logging.getLogger("ib_async").setLevel(logging.CRITICAL)   # the raw client's global cancel
-    logging.getLogger("ib_insync").setLevel(logging.CRITICAL)
     from bracketgate.core.logs import configure_logging
     configure_logging("json", "WARNING")   # the in-process paper TWS: quiet
+    logging.getLogger("ib_async").setLevel(logging.CRITICAL)   # the raw client's global cancel
+    logging.getLogger("ib_insync").setLevel(logging.CRITICAL)
     raw_n = a.raw_n if a.raw_n is not None else max(20, a.n // a.approve_every)
     asyncio.run(main(a.n, a.rate, a.approve_every, a.baseline_n, a.tws, raw_n, a.json))

@@ -1,5 +1,6 @@
 """The broker's own speed, for bench/bench_latency.py: a raw client (the same IB library as the
-daemon, adapters/ib.py's `ibl`, no daemon, no MQTT, no journal) against the same paper TWS
+daemon, imported as is: not
+through adapters/ib.py, whose adapters/ib_repr.py shortens Trade's str; no daemon, no MQTT, no journal) against the same paper TWS
 process doing what the daemon's approved path does at IB, open loop.
 
 For bracket i, due at t0 + i / rate: an IB what-if on the entry (awaited), then the same three
@@ -20,7 +21,10 @@ import asyncio
 import time
 from typing import Any
 
-from bracketgate.adapters.ib import ibl
+try:   # the library itself, as a user has it (not through adapters/ib.py: its ib_repr patch)
+    import ib_async as ibl
+except ImportError:  # pragma: no cover - the ib_insync virtualenv
+    import ib_insync as ibl  # type: ignore[no-redef]
 
 CLIENT_ID = 913
 
@@ -30,6 +34,9 @@ async def raw_brackets(host: str, port: int, prices: dict[str, float], n: int, r
     """n what-if + bracket rounds at `rate`/s (open loop, each its own task); returns
     {orderRef: {stage: perf_counter time}}. Every bracket's entry rests under the market (the
     prices given); they are cancelled at the end (a global cancel of this client's orders)."""
+    if "__str__" in ibl.Trade.__dict__:
+        raise RuntimeError("the raw client's library is patched (adapters/ib_repr.py imported "
+                           "in this process): it would not be the library as is")
     ib = ibl.IB()
     await ib.connectAsync(host, port, clientId=CLIENT_ID, timeout=15)
     try:
