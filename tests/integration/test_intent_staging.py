@@ -134,12 +134,17 @@ async def test_the_intent_is_written_during_the_what_if_and_committed_before_the
     assert rig.execution._stager.staged == {}
 
 
-@pytest.mark.parametrize("how", ["margin", "error", "cancelled"])
+@pytest.mark.parametrize("how", ["margin", "error", "cancelled", "no_placement"])
 async def test_a_refused_or_cancelled_what_if_voids_the_staged_intent(paper_tws, rig, how):
     gov = rig.governor()
     pid = f"stg-void-{how}"
     if how == "margin":
         rig.whatif_answer = {"init_margin_change": 1e12}
+    elif how == "no_placement":   # the place request fails before the placement took it
+        async def refuse(_b: ApprovedBracket) -> None:
+            raise RuntimeError("no placement service answer")
+        real = rig.bus._services["execution.place"]
+        rig.bus._services["execution.place"] = refuse
     else:
         async def fail(_b: ApprovedBracket) -> None:
             if how == "error":
@@ -161,8 +166,11 @@ async def test_a_refused_or_cancelled_what_if_voids_the_staged_intent(paper_tws,
     else:
         d = await decide(rig, gov, p)
         assert d.verdict is Verdict.REJECTED
-        want = DenialCode.INSUFFICIENT_MARGIN if how == "margin" else DenialCode.WHATIF_FAILED
+        want = {"margin": DenialCode.INSUFFICIENT_MARGIN, "error": DenialCode.WHATIF_FAILED,
+                "no_placement": DenialCode.PLACEMENT_FAILED}[how]
         assert [r.code for r in d.reasons] == [want]
+        if how == "no_placement":
+            rig.bus._services["execution.place"] = real
     assert await rig.intent_state(pid, "failed") == "failed"
     assert rig.execution._stager.staged == {}
     assert await legs_at_ib(paper_tws, pid) == []
