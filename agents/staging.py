@@ -60,7 +60,8 @@ class IntentStager:
             return False
         try:
             ids = self._broker.allocate_bracket_ids()
-        except BrokerError:
+        except Exception as e:   # IB not ready (the what-if fails the same way), or no broker
+            log.info("intent_not_staged", proposal_id=pid, error=repr(e))
             return False
         task = asyncio.get_running_loop().create_task(self._write(bracket, ids),
                                                       name=f"intent:staged:{pid}")
