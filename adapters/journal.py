@@ -910,7 +910,6 @@ class Journal:
             self._state = _Lifecycle.CLOSED
             return
         self._state = _Lifecycle.CLOSED
-        journal_early.close_reader(self)
         writer = self._writer
         assert writer is not None
         loop = asyncio.get_running_loop()
@@ -1259,9 +1258,6 @@ class Journal:
         first gate decision), or None: never seen, or pruned (`prune_ids`)."""
         hit = self._fresh.pop(proposal_id, None)
         if hit is None and proposal_id in self._looking:   # its write is in flight
-            seen = journal_early.peek(self, proposal_id)   # what is committed, at once
-            if seen is not journal_early.ASK:
-                return seen
             hit = await journal_early.wait(self, proposal_id)
         if hit is not None:   # journaled by this process a moment ago, new then: nothing decided
             return journal_ids.SeenId(proposal_id=proposal_id, agent_id=hit[0],

@@ -18,9 +18,7 @@ State (on the Journal):
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 # (proposal_id, future, the event's insert, the future's loop)
@@ -98,65 +96,3 @@ async def wait(journal: Any, proposal_id: str) -> tuple[str | None, str] | None:
     else:
         journal._fresh.pop(proposal_id, None)   # committed meanwhile: taken from _fresh too
     return hit
-
-
-# ---------------------------------------------------------------- the committed state, at once
-#
-# The gate's look-up of an id whose write is in flight waited for the writer thread to run
-# the batch's inserts (its thread hand-off and the answer back: ~0.5 ms of every proposal's
-# path). `peek` reads the committed state instead, on the loop thread, from a read-only
-# connection of its own (WAL: it never waits for the writer, nor the writer for it): a row
-# there is the id's first journaling (known before); none means the write in flight is the
-# id's first (a second write of an id in flight shares the first's future, `register`), which
-# is what the writer's insert would say: new, nothing decided (first journaled: now) (a write that fails is then
-# refused placement as before, `_unjournaled`). Any trouble with the read: ASK (wait as before).
-
-ASK = object()   # peek cannot tell: wait for the write's own answer
-READER_CACHE_KIB = 512
-
-
-def peek(journal: Any, proposal_id: str) -> Any:
-    """The look-up of an id in flight from what is committed: its row's SeenId (known
-    before), a SeenId with nothing decided (new: this write is its first, journaled now; its
-    agent_id not told), or ASK."""
-    from bracketgate.adapters import journal_ids
-
-    conn = _reader(journal)
-    if conn is None:
-        return ASK
-    try:
-        seen = journal_ids.lookup(conn, proposal_id)
-    except (sqlite3.Error, ValueError):   # locked, another thread, a bad row: ask the writer
-        return ASK
-    if seen is None:   # new: as the writer's answer would say (first journaled now)
-        journal._early.add(proposal_id)   # its commit need not remember it in _fresh
-        return journal_ids.SeenId(proposal_id=proposal_id, agent_id=None,
-                                  first_seen=journal.clock.now(), verdict=None, proposal=None,
-                                  decision=None)
-    return seen
-
-
-def _reader(journal: Any) -> sqlite3.Connection | None:
-    conn = journal.__dict__.get("_early_reader")
-    if conn is not None or journal.__dict__.get("_early_reader_failed"):
-        return conn
-    try:
-        conn = sqlite3.connect(f"{Path(journal.path).resolve().as_uri()}?mode=ro", uri=True,
-                               isolation_level=None, check_same_thread=True)
-        conn.execute("PRAGMA query_only = ON")
-        conn.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
-    except sqlite3.Error:
-        journal._early_reader_failed = True
-        return None
-    journal._early_reader = conn
-    return conn
-
-
-def close_reader(journal: Any) -> None:
-    """Close peek's connection (Journal.close)."""
-    conn = journal.__dict__.pop("_early_reader", None)
-    if conn is not None:
-        try:
-            conn.close()
-        except sqlite3.Error:
-            pass

@@ -9,8 +9,6 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pytest
-
 from bracketgate.adapters.journal import Journal
 from bracketgate.bus.messages import ApprovedBracket, TradeProposal
 
@@ -45,37 +43,9 @@ async def _held_batch(journal: Journal, events: list[dict]) -> tuple[asyncio.Fut
     return task, second
 
 
-async def test_a_new_id_in_flight_is_answered_at_once_from_what_is_committed(
-        tmp_path: Path) -> None:
-    """peek: no committed row, so the write in flight is the id's first: new, nothing decided,
-    answered on the loop without waiting for the writer, whose batch is held before its
-    inserts ran."""
-    async with Journal(tmp_path / "j.sqlite") as journal:
-        first, second = threading.Event(), threading.Event()
-        hold = journal._submit(lambda conn: first.wait(10), False)   # the writer is busy
-        await asyncio.sleep(0.05)
-        p = proposal("p-now")
-        written = asyncio.create_task(journal.record_many([write(p)]))
-        await asyncio.sleep(0)
-        assert "p-now" in journal._looking
-        early = await asyncio.wait_for(journal.first_seen("p-now"), 1)
-        assert early is not None and early.decision is None and early.verdict is None
-        assert not written.done() and not journal._looking["p-now"].done()   # not inserted yet
-        first.set()
-        second.set()
-        await hold
-        await asyncio.wait_for(written, 5)
-        assert "p-now" not in journal._looking and "p-now" not in journal._early
-        assert "p-now" not in journal._fresh   # answered already: not cached for a look-up
-        seen = await journal.first_seen("p-now")   # committed: SQLite's row
-        assert seen is not None and seen.decision is None and seen.agent_id == "alpha"
-
-
 async def test_a_new_id_is_answered_before_its_commit_and_an_intent_commits_after_it(
         tmp_path: Path) -> None:
-    """Without peek's reader (it could not open), the writer's early answer, as before."""
     async with Journal(tmp_path / "j.sqlite") as journal:
-        journal._early_reader_failed = True
         p = proposal("p-new")
         written, release = await _held_batch(journal, [write(p)])
         seen = await asyncio.wait_for(journal.first_seen("p-new"), 5)   # before the commit
@@ -98,12 +68,8 @@ async def test_a_new_id_is_answered_before_its_commit_and_an_intent_commits_afte
         assert "p-new" not in journal._fresh
 
 
-@pytest.mark.parametrize("reader", [True, False])
-async def test_a_known_id_in_flight_is_read_from_sqlite(tmp_path: Path, reader: bool) -> None:
-    """A re-delivery of a decided id while its write is in flight: its first decision, read
-    at once from the committed row (peek), or without peek's reader after the commit."""
+async def test_a_known_id_in_flight_is_read_from_sqlite_after_the_commit(tmp_path: Path) -> None:
     async with Journal(tmp_path / "j.sqlite") as journal:
-        journal._early_reader_failed = not reader
         p = proposal("p-old")
         await journal.record_many([write(p)])
         await journal.record("decision", proposal_id="p-old", agent_id="alpha",
@@ -112,12 +78,11 @@ async def test_a_known_id_in_flight_is_read_from_sqlite(tmp_path: Path, reader: 
         written, release = await _held_batch(journal, [write(p)])   # a re-delivery
         look = asyncio.create_task(journal.first_seen("p-old"))
         await asyncio.sleep(0.1)
-        assert look.done() is reader   # without the reader: SQLite's answer, after the commit
+        assert not look.done()            # not new: its answer is SQLite's, after the commit
         release.set()
         seen = await asyncio.wait_for(look, 5)
         assert seen is not None and seen.verdict == "rejected"
         assert (await written) == [None]  # journaled once
-        assert "p-old" not in journal._early
 
 
 async def test_a_failed_write_answers_ask_sqlite_and_keeps_nothing(tmp_path: Path) -> None:
