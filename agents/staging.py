@@ -38,7 +38,12 @@ log = get_logger("agents.staging")
 @dataclass(slots=True)
 class Staged:
     ids: BracketOrderIds
-    write: asyncio.Task[Any]   # the intent's record_intent (FULL)
+    write: asyncio.Future[Any]   # the intent's write (Journal.submit_intent, FULL)
+
+
+def _committed(write: asyncio.Future[Any]) -> None:
+    if not write.cancelled() and write.exception() is None:
+        crash_point("intent_staged")
 
 
 class IntentStager:
@@ -63,18 +68,16 @@ class IntentStager:
         except Exception as e:   # IB not ready (the what-if fails the same way), or no broker
             log.info("intent_not_staged", proposal_id=pid, error=repr(e))
             return False
-        task = asyncio.get_running_loop().create_task(self._write(bracket, ids),
-                                                      name=f"intent:staged:{pid}")
-        # its failure is the placement's (ready re-raises it) or nobody's (void): never
-        # "Task exception was never retrieved"
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        self.staged[pid] = Staged(ids, task)
+        try:   # the journal's own future: its commit wakes the placement with no task between
+            write = self._journal.submit_intent(bracket, ids)
+        except Exception as e:   # the journal refused it now: the placement writes it as before
+            log.warning("intent_not_staged", proposal_id=pid, error=repr(e))
+            return False
+        # the crash point as it commits; its failure is the placement's (ready re-raises it) or
+        # nobody's (void): never "exception was never retrieved"
+        write.add_done_callback(_committed)
+        self.staged[pid] = Staged(ids, write)
         return True
-
-    async def _write(self, bracket: ApprovedBracket, ids: BracketOrderIds) -> Any:
-        seq = await self._journal.record_intent(bracket, ids)
-        crash_point("intent_staged")
-        return seq
 
     def take(self, proposal_id: str) -> Staged | None:
         """The staged intent of this proposal, for its placement (once)."""
@@ -84,7 +87,7 @@ class IntentStager:
         """The ids to send once the intent is durable: the staged ones, or fresh ones written
         into the intent (FULL) when an id was handed out after them. Raises what the write
         raised (the placement fails as a failed record_intent did)."""
-        await asyncio.shield(st.write)
+        await st.write   # cancelled with the placement: the write itself goes on
         if getattr(self._broker, "max_order_id", None) == st.ids.stop_loss:
             return st.ids
         try:
