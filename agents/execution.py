@@ -189,7 +189,7 @@ class ExecutionAgent:
         self._idle = asyncio.Event()
         self._idle.set()
         # intents written while the what-if is in flight (agents/staging.py)
-        self._stager = IntentStager(broker, journal, self._spawn, self._voided)
+        self._stager = IntentStager(broker, journal, self._spawn)
 
     def stage(self, bracket: ApprovedBracket) -> bool:
         """Write this approval's intent now, while its what-if is asked (agents/staging.py);
@@ -202,9 +202,6 @@ class ExecutionAgent:
     def unstage(self, proposal_id: str) -> None:
         """The approval never reached its placement: its staged intent (if any) is voided."""
         self._stager.void(proposal_id)
-
-    def _voided(self, proposal_id: str, ids: BracketOrderIds) -> None:
-        self._intents[proposal_id] = RunIntent(proposal_id, None, "failed", ids.model_dump(), {})
 
     def attach(self) -> None:
         self._bus.serve("execution.place", self.place)
@@ -459,8 +456,10 @@ class ExecutionAgent:
         existing = self._brackets.get(p.proposal_id)
         if existing is not None and existing.placed:  # placed this run or adopted: no second order
             return PlacementResult(proposal_id=p.proposal_id, ok=True, order_ids=existing.ids)
-        if p.proposal_id in self._intents:  # an intent that never (verifiably) reached IB
-            log.error("placement_refused_old_intent", state=self._intents[p.proposal_id].state)
+        if p.proposal_id in self._intents or p.proposal_id in self._stager.voided:
+            # an intent that never (verifiably) reached IB, or voided (agents/staging.py)
+            rec = self._intents.get(p.proposal_id)
+            log.error("placement_refused_old_intent", state=rec.state if rec else "voided")
             return PlacementResult(proposal_id=p.proposal_id, ok=False, code=None,
                                    error="an intent for this proposal is already recorded")
         staged = self._stager.take(p.proposal_id)   # written during the what-if: its commit

@@ -18,11 +18,13 @@ allocated and written into the intent (a FULL commit) before the legs go.
 
 State:
   staged: proposal_id -> Staged   (intents being written or written, not yet placed nor voided)
+  voided: proposal_ids voided     (the last VOIDED_MAX: a late placement of one is refused)
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -47,14 +49,21 @@ def _committed(write: asyncio.Future[Any]) -> None:
 
 
 class IntentStager:
+    VOIDED_MAX = 4096   # voided ids remembered (a late placement is refused; the journal's
+                        # intent row refuses it too, DuplicateIntent, once they are forgotten)
+
     def __init__(self, broker: Any, journal: Any,
-                 spawn: Callable[[Coroutine[Any, Any, Any], str], None],
-                 forget: Callable[[str, BracketOrderIds], None]) -> None:
+                 spawn: Callable[[Coroutine[Any, Any, Any], str], None]) -> None:
         self._broker = broker
         self._journal = journal
         self._spawn = spawn
-        self._forget = forget          # the ExecutionAgent notes a voided intent (failed)
         self.staged: dict[str, Staged] = {}
+        self.voided: OrderedDict[str, None] = OrderedDict()   # bounded, oldest first
+
+    def _forget(self, proposal_id: str, _ids: BracketOrderIds) -> None:
+        self.voided[proposal_id] = None
+        while len(self.voided) > self.VOIDED_MAX:
+            self.voided.popitem(last=False)
 
     def stage(self, bracket: ApprovedBracket) -> bool:
         """Allocate the bracket's ids and queue its intent's write now; False (nothing staged,

@@ -179,6 +179,7 @@ async def test_a_refused_or_cancelled_what_if_voids_the_staged_intent(paper_tws,
     res = await rig.execution.place(ApprovedBracket(
         proposal=p, contract=rig.broker.cached_contract(p), approved_at=SYSTEM_CLOCK.now()))
     assert not res.ok and await legs_at_ib(paper_tws, pid) == []
+    assert pid in rig.execution._stager.voided and pid not in rig.execution._intents
 
 
 async def test_a_what_if_failing_before_it_went_out_stages_nothing(paper_tws, rig):
