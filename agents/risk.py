@@ -1305,18 +1305,16 @@ class RiskGovernor:
     _stage: Callable[[ApprovedBracket], bool] | None = None
     _unstage: Callable[[str], None] | None = None
 
-    def _drop_staged(self, staged: asyncio.Handle | None, proposal_id: str) -> None:
-        if staged is not None and self._unstage is not None:
-            staged.cancel()   # not run yet: nothing is staged
+    def _drop_staged(self, staged: bool, proposal_id: str) -> None:
+        if staged and self._unstage is not None:
             self._unstage(proposal_id)
 
     async def _confirm_and_place(self, p: TradeProposal, decision: RiskDecision) -> RiskDecision:
         bus = self._require_bus()
-        staged: asyncio.Handle | None = None
+        staged = False
         if self._whatif is not None:
-            if self._stage is not None:   # run once the what-if is sent (this step): it goes first
-                staged = asyncio.get_running_loop().call_soon(self._stage, ApprovedBracket(
-                    proposal=p, contract=self._contract_for(p), approved_at=decision.ts))
+            staged = self._stage is not None and self._stage(ApprovedBracket(
+                proposal=p, contract=self._contract_for(p), approved_at=decision.ts))
             try:
                 decision = await self.confirm_margin(decision, self._whatif)
             except BaseException:   # cancelled: never placed

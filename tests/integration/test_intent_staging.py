@@ -46,7 +46,6 @@ class Rig:
 
         async def whatif(b: ApprovedBracket) -> dict[str, Any]:
             if self.whatif_hook is not None:
-                await asyncio.sleep(0)   # as once IB's what-if is sent: the intent is staged
                 await self.whatif_hook(b)
             answer = await self.broker.what_if(b)
             return self.whatif_answer if self.whatif_answer is not None else answer
@@ -180,21 +179,6 @@ async def test_a_refused_or_cancelled_what_if_voids_the_staged_intent(paper_tws,
         proposal=p, contract=rig.broker.cached_contract(p), approved_at=SYSTEM_CLOCK.now()))
     assert not res.ok and await legs_at_ib(paper_tws, pid) == []
     assert pid in rig.execution._stager.voided and pid not in rig.execution._intents
-
-
-async def test_a_what_if_failing_before_it_went_out_stages_nothing(paper_tws, rig):
-    gov = RiskGovernor(open_limits(price_bands=False), SYSTEM_CLOCK,
-                       contract_info=rig.broker.cached_contract)
-
-    async def refused_at_once(_b: ApprovedBracket) -> dict[str, Any]:
-        raise RuntimeError("IB not ready")   # in the governor's own step, nothing sent
-
-    gov.attach(rig.bus, whatif=refused_at_once)
-    gov.use_staging(rig.execution.stage, rig.execution.unstage)
-    d = await decide(rig, gov, proposal("stg-none"))
-    assert [r.code for r in d.reasons] == [DenialCode.WHATIF_FAILED]
-    await asyncio.sleep(0.1)
-    assert rig.committed_intent("stg-none") is None and rig.execution._stager.staged == {}
 
 
 async def test_an_id_handed_out_after_the_staged_ones_renews_them_before_anything_is_sent(
