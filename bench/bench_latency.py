@@ -2,7 +2,8 @@
 decision back at the agent, at a fixed schedule of proposals per second.
 
     .venv/bin/python bench/bench_latency.py [--n 2000] [--rate 100] [--approve-every 20]
-                                            [--tws process|inline]
+                                            [--tws process|inline] [--raw-n N] [--json OUT]
+    .venv/bin/python bench/latency_trials.py --repeat 3 --n 3000 before=/tmp/base after=.
 
 Open loop: proposal i is due at t0 + i / rate and its latency is measured from that scheduled
 time, not from when it was actually sent, so a stall in the daemon (or in this process) shows up
@@ -57,6 +58,36 @@ Base d4bb777 vs wip/lat2 (switch interval + decision overlap + early offer), alt
 trials each of --n 3000 in two rounds (medians, range; the box loaded by other runs: the bare
 commit's p50 0.4-5.7 ms): entry p50 11.0 (5.8-21.8) -> 9.2 (5.5-10.7) ms, p99 102 -> 71 ms;
 approved p50 25.7 (15.6-49.7) -> 22.5 (15.5-25.6), p99 154 -> 95; rejected p50 7.5 -> 7.5.
+
+The broker's own speed, in the same run (bench/latency_raw.py, `--raw-n`, default n /
+approve-every): a raw client, the same IB library imported as is, its own client id, against
+the same paper TWS process, doing the approved path's IB part at the approvals' rate, open
+loop: a what-if (awaited), the same three legs (transmit chain, one OCA group, orderRef), until
+IB acknowledged all three. The daemon's segments are printed beside the raw ones with their p50
+ratio, and two floors: entry >= MQTT in + raw due -> entry; approved >= MQTT in + out + raw
+due -> 3 acks (the raw "due" includes its own scheduling lateness, ~1 ms, as the bench's does).
+
+Issue 9, round 3 (b5bfed4 -> wip/lat3), `bench/latency_trials.py --repeat 3 --n 3000`,
+alternated, the box shared with two soak runs (load ~3.5 on 2 CPUs; bare FULL commit p50
+0.6-0.7 ms), medians of 3 trials (p50s, ms):
+
+    segment                              raw client   before (ratio)   after (ratio)
+    what-if sent -> answered                 1.14      1.05 (0.92x)    1.11 (0.93x)
+    what-if answered -> entry at TWS         0.74      1.95 (2.6x)     1.38 (1.8x)
+    first leg sent -> 3 acks read            3.63      2.81 (0.77x)    2.33 (0.62x)
+    entry p50 / p99                                   6.40 / 30.8      6.50 / 39.3
+    approved p50 / p99                               17.94 / 68.6     16.98 / 76.3
+    rejected p50                                      4.66             4.83
+
+What-if and acks are the paper TWS and the library (the daemon's what-if is as fast as the
+raw client's; its acks faster since adapters/ib_repr.py spares the library's Trade formatting,
+which the raw client still pays). The intent's write (agents/staging.py) now overlaps the
+what-if: what-if answered -> entry -0.57 ms, but its FULL commit is queued behind the
+proposal's own, so it is often the entry's critical path (two fsyncs in a row from the
+proposal's arrival); the whole-path p50/p99 moved within the trials' noise on this loaded box.
+Tried and reverted (slower, measured the same way): the gate's id look-up from a read-only
+connection on the loop (the writer thread then waited for the GIL: mqtt_rx -> proposal_ran
+0.5 -> 1.0 ms), and staging the intent after the what-if went out (what-if 1.05 -> 1.27 ms).
 """
 
 from __future__ import annotations
