@@ -71,10 +71,10 @@ Issue 9, round 3 (b5bfed4 -> wip/lat3), `bench/latency_trials.py --repeat 3 --n 
 alternated, the box shared with two soak runs (load ~3.5 on 2 CPUs; bare FULL commit p50
 0.6-0.7 ms), medians of 3 trials (p50s, ms):
 
-    segment                              raw client   before (ratio)   after (ratio)
-    what-if sent -> answered                 1.14      1.05 (0.92x)    1.11 (0.93x)
-    what-if answered -> entry at TWS         0.74      1.95 (2.6x)     1.38 (1.8x)
-    first leg sent -> 3 acks read            3.63      2.81 (0.77x)    2.33 (0.62x)
+    segment (raw client: before's / after's run)   before (ratio)   after (ratio)
+    what-if sent -> answered          1.06 / 1.19      1.05 (0.92x)    1.11 (0.93x)
+    what-if answered -> entry at TWS  0.74 / 0.75      1.95 (2.6x)     1.38 (1.8x)
+    first leg sent -> 3 acks read     3.63 / 3.77      2.81 (0.77x)    2.33 (0.62x)
     entry p50 / p99                                   6.40 / 30.8      6.50 / 39.3
     approved p50 / p99                               17.94 / 68.6     16.98 / 76.3
     rejected p50                                      4.66             4.83
