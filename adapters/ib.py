@@ -57,6 +57,7 @@ except ImportError:  # pragma: no cover - exercised in the ib_insync virtualenv
 
     IB_LIBRARY = "ib_insync"
 
+from bracketgate.adapters import ib_repr
 from bracketgate.bus.messages import (
     Alert,
     ApprovedBracket,
@@ -410,6 +411,7 @@ class IBBroker(QuoteLines):
         self._synced: set[str] = set()
         self._dirty: set[str] = set()
         self._dirty_hold: asyncio.TimerHandle | None = None   # notices held for acks
+        ib_repr.install(ibl)   # the library's log f-strings format each Trade: a short str
 
         ib = self.ib
         ib.errorEvent += self._on_error
@@ -687,6 +689,11 @@ class IBBroker(QuoteLines):
         oid = self.ib.client.getReqId()
         self._max_order_id = max(self._max_order_id, oid)
         return oid
+
+    @property
+    def max_order_id(self) -> int:
+        """The highest order id this client handed out or IB reported (agents/staging.py)."""
+        return self._max_order_id
 
     async def _wait_pnl(self) -> None:
         """Wait (bounded) for the first reqPnL value: until it comes, P&L is a placeholder."""

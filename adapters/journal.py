@@ -1140,6 +1140,13 @@ class Journal:
         """Journal the intent to place `bracket` (state pending), durable (FULL) before
         returning; returns the event seq. Call it BEFORE the order is sent. A second intent
         for the same proposal_id raises DuplicateIntent and writes nothing."""
+        return await self.submit_intent(bracket, order_ids)
+
+    def submit_intent(self, bracket: BaseModel | Mapping[str, Any],
+                      order_ids: Any = None) -> asyncio.Future[int]:
+        """record_intent's write, queued now: its future (the seq once committed FULL, or its
+        error); `journal.intent` is logged as it commits (agents/staging.py awaits the future
+        itself: no task in between)."""
         body, body_text = _encode(bracket)
         if not isinstance(body, Mapping):
             raise TypeError("an intent is an ApprovedBracket or a mapping")
@@ -1166,9 +1173,15 @@ class Journal:
                 stamps.stamp(pid, "intent_ran")
             return seq
 
-        seq = await self._submit(run, True)
-        log.info("journal.intent", proposal_id=pid, agent_id=aid, seq=seq, order_ids=ids)
-        return seq
+        fut: asyncio.Future[int] = self._submit(run, True)
+
+        def logged(f: asyncio.Future[int]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                log.info("journal.intent", proposal_id=pid, agent_id=aid, seq=f.result(),
+                         order_ids=ids)
+
+        fut.add_done_callback(logged)
+        return fut
 
     async def mark_intent(
         self, proposal_id: str, state: IntentState | str, order_ids: Any = None,

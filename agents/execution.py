@@ -54,6 +54,7 @@ from bracketgate.core import stamps
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.crashpoints import crash_point
 from bracketgate.core.logs import get_logger
+from bracketgate.agents.staging import IntentStager
 from structlog.contextvars import bound_contextvars
 
 log = get_logger("agents.execution")
@@ -187,6 +188,20 @@ class ExecutionAgent:
         self._placing = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # intents written while the what-if is in flight (agents/staging.py)
+        self._stager = IntentStager(broker, journal, self._spawn)
+
+    def stage(self, bracket: ApprovedBracket) -> bool:
+        """Write this approval's intent now, while its what-if is asked (agents/staging.py);
+        False when it is not staged (the placement writes it as before)."""
+        pid = bracket.proposal.proposal_id
+        if self.has_intent(pid) or pid in self._placements:
+            return False
+        return self._stager.stage(bracket)
+
+    def unstage(self, proposal_id: str) -> None:
+        """The approval never reached its placement: its staged intent (if any) is voided."""
+        self._stager.void(proposal_id)
 
     def attach(self) -> None:
         self._bus.serve("execution.place", self.place)
@@ -441,12 +456,16 @@ class ExecutionAgent:
         existing = self._brackets.get(p.proposal_id)
         if existing is not None and existing.placed:  # placed this run or adopted: no second order
             return PlacementResult(proposal_id=p.proposal_id, ok=True, order_ids=existing.ids)
-        if p.proposal_id in self._intents:  # an intent that never (verifiably) reached IB
-            log.error("placement_refused_old_intent", state=self._intents[p.proposal_id].state)
+        if p.proposal_id in self._intents or p.proposal_id in self._stager.voided:
+            # an intent that never (verifiably) reached IB, or voided (agents/staging.py)
+            rec = self._intents.get(p.proposal_id)
+            log.error("placement_refused_old_intent", state=rec.state if rec else "voided")
             return PlacementResult(proposal_id=p.proposal_id, ok=False, code=None,
                                    error="an intent for this proposal is already recorded")
+        staged = self._stager.take(p.proposal_id)   # written during the what-if: its commit
         try:
-            ids = self._broker.allocate_bracket_ids()
+            ids = (await self._stager.ready(p.proposal_id, staged) if staged is not None
+                   else self._broker.allocate_bracket_ids())
         except BrokerError as e:
             log.warning("placement_failed", code=e.code, error=e.message)
             return PlacementResult(proposal_id=p.proposal_id, ok=False, error=e.message,
@@ -454,7 +473,8 @@ class ExecutionAgent:
         book = Bracket(p.proposal_id, p.agent_id, p.symbol, p.side, ids, stop_price=p.stop_loss)
         self._track(book)
         if self._journal is not None:  # the intent is durable before anything is sent
-            await self._journal.record_intent(bracket, ids)
+            if staged is None:
+                await self._journal.record_intent(bracket, ids)
             crash_point("intent_journaled")
             if stamps.ON:
                 stamps.stamp(p.proposal_id, "intent_journaled")

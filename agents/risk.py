@@ -1299,15 +1299,40 @@ class RiskGovernor:
         await self._require_bus().publish(decision)
         return decision
 
+    def use_staging(self, stage: Callable[[ApprovedBracket], bool],
+                    unstage: Callable[[str], None]) -> None:
+        """The order intent is written while the what-if is asked (ExecutionAgent.stage,
+        agents/staging.py); `unstage` voids it when the approval does not get to its placement."""
+        self._stage, self._unstage = stage, unstage
+
+    _stage: Callable[[ApprovedBracket], bool] | None = None
+    _unstage: Callable[[str], None] | None = None
+
+    def _drop_staged(self, staged: bool, proposal_id: str) -> None:
+        if staged and self._unstage is not None:
+            self._unstage(proposal_id)
+
     async def _confirm_and_place(self, p: TradeProposal, decision: RiskDecision) -> RiskDecision:
         bus = self._require_bus()
+        staged = False
         if self._whatif is not None:
-            decision = await self.confirm_margin(decision, self._whatif)
+            staged = self._stage is not None and self._stage(ApprovedBracket(
+                proposal=p, contract=self._contract_for(p), approved_at=decision.ts))
+            try:
+                decision = await self.confirm_margin(decision, self._whatif)
+            except BaseException:   # cancelled: never placed
+                self._drop_staged(staged, p.proposal_id)
+                raise
             if decision.verdict is not Verdict.APPROVED:
+                self._drop_staged(staged, p.proposal_id)
                 return decision
         bracket = ApprovedBracket(proposal=p, contract=self._contract_for(p),
                                   approved_at=decision.ts)
-        await bus.publish(bracket)
+        try:
+            await bus.publish(bracket)
+        except BaseException:
+            self._drop_staged(staged, p.proposal_id)
+            raise
         try:
             result: PlacementResult = await self._place_and_wait(bus, bracket)
         except Exception as e:  # any failure to place is a typed, logged rejection
@@ -1315,6 +1340,8 @@ class RiskGovernor:
                         error=repr(e), exc_info=True)
             return self._reject(decision, [deny(DenialCode.PLACEMENT_FAILED,
                                                 value=repr(e)[:200])], "placement failed")
+        finally:   # a placement takes its staged intent; one never taken is voided
+            self._drop_staged(staged, p.proposal_id)
         ids = result.order_ids
         if not result.ok or ids is None or not all((ids.entry, ids.take_profit, ids.stop_loss)):
             return self._reject(decision, [deny(DenialCode.PLACEMENT_FAILED, result.code,

@@ -2,7 +2,8 @@
 decision back at the agent, at a fixed schedule of proposals per second.
 
     .venv/bin/python bench/bench_latency.py [--n 2000] [--rate 100] [--approve-every 20]
-                                            [--tws process|inline]
+                                            [--tws process|inline] [--raw-n N] [--json OUT]
+    .venv/bin/python bench/latency_trials.py --repeat 3 --n 3000 before=/tmp/base after=.
 
 Open loop: proposal i is due at t0 + i / rate and its latency is measured from that scheduled
 time, not from when it was actually sent, so a stall in the daemon (or in this process) shows up
@@ -57,6 +58,36 @@ Base d4bb777 vs wip/lat2 (switch interval + decision overlap + early offer), alt
 trials each of --n 3000 in two rounds (medians, range; the box loaded by other runs: the bare
 commit's p50 0.4-5.7 ms): entry p50 11.0 (5.8-21.8) -> 9.2 (5.5-10.7) ms, p99 102 -> 71 ms;
 approved p50 25.7 (15.6-49.7) -> 22.5 (15.5-25.6), p99 154 -> 95; rejected p50 7.5 -> 7.5.
+
+The broker's own speed, in the same run (bench/latency_raw.py, `--raw-n`, default n /
+approve-every): a raw client, the same IB library imported as is, its own client id, against
+the same paper TWS process, doing the approved path's IB part at the approvals' rate, open
+loop: a what-if (awaited), the same three legs (transmit chain, one OCA group, orderRef), until
+IB acknowledged all three. The daemon's segments are printed beside the raw ones with their p50
+ratio, and two floors: entry >= MQTT in + raw due -> entry; approved >= MQTT in + out + raw
+due -> 3 acks (the raw "due" includes its own scheduling lateness, ~1 ms, as the bench's does).
+
+Issue 9, round 3 (b5bfed4 -> wip/lat3), `bench/latency_trials.py --repeat 3 --n 3000`,
+alternated, the box shared with two soak runs (load ~3.5 on 2 CPUs; bare FULL commit p50
+0.6-0.7 ms), medians of 3 trials (p50s, ms):
+
+    segment (raw client: before's / after's run)   before (ratio)   after (ratio)
+    what-if sent -> answered          1.06 / 1.19      1.05 (0.92x)    1.11 (0.93x)
+    what-if answered -> entry at TWS  0.74 / 0.75      1.95 (2.6x)     1.38 (1.8x)
+    first leg sent -> 3 acks read     3.63 / 3.77      2.81 (0.77x)    2.33 (0.62x)
+    entry p50 / p99                                   6.40 / 30.8      6.50 / 39.3
+    approved p50 / p99                               17.94 / 68.6     16.98 / 76.3
+    rejected p50                                      4.66             4.83
+
+What-if and acks are the paper TWS and the library (the daemon's what-if is as fast as the
+raw client's; its acks faster since adapters/ib_repr.py spares the library's Trade formatting,
+which the raw client still pays). The intent's write (agents/staging.py) now overlaps the
+what-if: what-if answered -> entry -0.57 ms, but its FULL commit is queued behind the
+proposal's own, so it is often the entry's critical path (two fsyncs in a row from the
+proposal's arrival); the whole-path p50/p99 moved within the trials' noise on this loaded box.
+Tried and reverted (slower, measured the same way): the gate's id look-up from a read-only
+connection on the loop (the writer thread then waited for the GIL: mqtt_rx -> proposal_ran
+0.5 -> 1.0 ms), and staging the intent after the what-if went out (what-if 1.05 -> 1.27 ms).
 """
 
 from __future__ import annotations
@@ -86,6 +117,7 @@ from tests.fixtures.mosquitto import MOSQUITTO_BINARY, MosquittoServer  # noqa: 
 from tests.fixtures.paper_tws import (  # noqa: E402
     HOST, PaperTWSHandle, start_paper_tws, stop_paper_tws, stop_process)
 from bench.benchkit import wide_limits  # noqa: E402
+from bench.latency_raw import raw_brackets  # noqa: E402
 
 LIMITS = wide_limits(per_trade_loss_limit=100.0)
 
@@ -148,6 +180,51 @@ def stage_table(at: dict[str, dict[str, float]]) -> list[str]:
                         f"{pct(d, 99):6.2f}   (from due: p50 {statistics.median(c):6.2f}  "
                         f"p99 {pct(c, 99):6.2f})  n={len(d)}")
     return rows
+
+
+# (label, the daemon's segment, the raw client's segment): the same steps at IB, apart
+RAW_PAIRS = (
+    ("due -> what-if sent", ("due", "whatif_sent"), ("due", "whatif_sent")),
+    ("what-if sent -> answered", ("whatif_sent", "whatif_answered"), ("whatif_sent", "whatif_answered")),
+    ("what-if answered -> entry at TWS", ("whatif_answered", "tws_entry"), ("whatif_answered", "tws_entry")),
+    ("entry at TWS -> stop at TWS", ("tws_entry", "tws_last_leg"), ("tws_entry", "tws_last_leg")),
+    ("first leg sent -> 3 acks read", ("leg0_sent", "acks_woke"), ("leg0_sent", "acks_read")),
+    ("what-if answered -> 3 acks read", ("whatif_answered", "acks_woke"), ("whatif_answered", "acks_read")),
+    ("due -> entry at TWS", ("due", "tws_entry"), ("due", "tws_entry")),
+    ("due -> 3 acks read", ("due", "acks_woke"), ("due", "acks_read")),
+)
+
+
+def _seg(at: dict[str, dict[str, float]], a: str, b: str) -> list[float]:
+    return [(s[b] - s[a]) * 1000 for s in at.values() if a in s and b in s]
+
+
+def raw_report(raw: dict[str, dict[str, float]], at: dict[str, dict[str, float]],
+               base: list[float]) -> dict[str, list[float]]:
+    """Print the raw client's figures and the daemon's as ratios to them (p50); returns the
+    samples by name."""
+    out: dict[str, list[float]] = {}
+    print(f"  the broker's own speed: a raw client, same IB library, same paper TWS process, "
+          f"no daemon (bench/latency_raw.py), n={len(raw)}:")
+    for label, (da, db), (ra, rb) in RAW_PAIRS:
+        r, d = _seg(raw, ra, rb), _seg(at, da, db)
+        out["raw " + label], out["daemon " + label] = r, d
+        ratio = (statistics.median(d) / statistics.median(r)) if r and d else float("nan")
+        print(f"    raw    {label:32} {fmt(r)}")
+        print(f"    daemon {label:32} {fmt(d)}   p50 ratio to raw {ratio:.2f}x")
+    if base:
+        b = statistics.median(base)
+        r_entry, r_acks = _seg(raw, "due", "tws_entry"), _seg(raw, "due", "acks_read")
+        d_entry = _seg(at, "due", "tws_entry")
+        d_appr = _seg(at, "due", "received")
+        if r_entry and r_acks and d_entry and d_appr:
+            fe = b + statistics.median(r_entry)
+            fa = 2 * b + statistics.median(r_acks)
+            print(f"    floor: entry = MQTT in + raw due->entry = {fe:.2f} ms: daemon "
+                  f"{statistics.median(d_entry):.2f} ms = {statistics.median(d_entry) / fe:.2f}x; "
+                  f"approved = MQTT in + out + raw due->acks = {fa:.2f} ms: daemon "
+                  f"{statistics.median(d_appr):.2f} ms = {statistics.median(d_appr) / fa:.2f}x")
+    return out
 
 
 def bare_commits(path: Path, n: int = 300) -> list[float]:
@@ -222,7 +299,8 @@ async def spawn_tws(work: Path) -> tuple[asyncio.subprocess.Process, PaperTWSHan
     return proc, handle
 
 
-async def main(n: int, rate: float, approve_every: int, baseline_n: int, tws_mode: str) -> None:
+async def main(n: int, rate: float, approve_every: int, baseline_n: int, tws_mode: str,
+               raw_n: int, json_out: str | None) -> None:
     work = Path(tempfile.mkdtemp(prefix="bg-bench-lat-"))
     (work / "limits.toml").write_text(LIMITS)
     broker = MosquittoServer(MOSQUITTO_BINARY, work / "mosquitto")
@@ -286,6 +364,12 @@ async def main(n: int, rate: float, approve_every: int, baseline_n: int, tws_mod
                 await asyncio.sleep(1.0)
                 fsync = await asyncio.to_thread(bare_commits, work / "bare.sqlite")
                 await asyncio.sleep(0.5)
+                # the broker's own speed: a raw client (same IB library, no daemon) doing the
+                # approved path's IB part at the approvals' rate (bench/latency_raw.py)
+                raw: dict[str, dict[str, float]] = {}
+                if raw_n:
+                    raw = await raw_brackets(tws.host, tws.port, PX, raw_n, rate / approve_every, run)
+                    await asyncio.sleep(0.5)
 
                 def proposal(i: int) -> tuple[str, str, bytes]:
                     pid = f"lat-{run}-{i}"
@@ -390,6 +474,21 @@ async def main(n: int, rate: float, approve_every: int, baseline_n: int, tws_mod
         print("  approved path, stage by stage (ms; daemon stamps core/stamps.py):")
         for row in stage_table(at):
             print(row)
+    else:
+        at = {}
+    figures = {"mqtt_base": base, "entry": to_entry, "approved": dec_approved,
+               "rejected": dec_other, "fsync": fsync}
+    if raw:
+        for ref, s in raw.items():
+            if ref in entry_at:
+                s["tws_entry"] = entry_at[ref]
+            if ref in last_leg_at:
+                s["tws_last_leg"] = last_leg_at[ref]
+        figures.update(raw_report(raw, at, base))
+    figures["stages"] = {f"{a}->{b}": [(s[b] - s[a]) * 1000 for s in at.values() if a in s and b in s]
+                         for a, b in zip(STAGES, STAGES[1:])}
+    if json_out:   # the raw samples, for a summary over trials (bench/latency_trials.py)
+        Path(json_out).write_text(json.dumps(figures))
     print(f"  paper TWS pacing: error 100 sent {health['pacingErrors']}, dropped {health['pacingDropped']}")
     print(f"  daemon exit code on SIGTERM: {rc}")
 
@@ -403,8 +502,14 @@ if __name__ == "__main__":
     ap.add_argument("--baseline-n", type=int, default=500)
     ap.add_argument("--tws", choices=("process", "inline"), default="process",
                     help="the paper TWS in its own process (default) or in the bench's")
+    ap.add_argument("--raw-n", type=int, default=None,
+                    help="raw-client brackets (default n / approve-every; 0: none)")
+    ap.add_argument("--json", default=None, help="write the samples there (JSON)")
     a = ap.parse_args()
     logging.getLogger("mqtt").setLevel(logging.ERROR)
     from bracketgate.core.logs import configure_logging
     configure_logging("json", "WARNING")   # the in-process paper TWS: quiet
-    asyncio.run(main(a.n, a.rate, a.approve_every, a.baseline_n, a.tws))
+    logging.getLogger("ib_async").setLevel(logging.CRITICAL)   # the raw client's global cancel
+    logging.getLogger("ib_insync").setLevel(logging.CRITICAL)
+    raw_n = a.raw_n if a.raw_n is not None else max(20, a.n // a.approve_every)
+    asyncio.run(main(a.n, a.rate, a.approve_every, a.baseline_n, a.tws, raw_n, a.json))

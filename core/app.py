@@ -208,6 +208,8 @@ class Daemon:
             _attach_governor(governor, bus, broker, monitor)
             # a proposal_id without a decision is first looked up at IB (crash windows, lost journal)
             governor.use_prior_lookup(execution.prior_placement)
+            # the order intent is written while IB answers the what-if (agents/staging.py)
+            governor.use_staging(execution.stage, execution.unstage)
             _attach_journal(bus, journal)
             # the operator's HALT / REDUCE and flatten's scoped halts survive a restart: saved
             # before published, restored here before anything is decided (adapters/journal_state.py)

@@ -8,6 +8,8 @@ The points, in the order a proposal passes them:
   proposal_offered     the proposal is offered to the gate, its commit perhaps in flight
                        (bus/mqtt.py: the gate decides while it commits), no PUBACK yet
   proposal_journaled   the proposal is durable, its PUBACK not yet sent to the broker
+  intent_staged        the order intent written during the what-if is durable, IB's answer
+                       perhaps not in yet (agents/staging.py), nothing sent to IB
   intent_journaled     the order intent is durable, nothing sent to IB yet
   entry_sent           the entry leg is written to IB, take-profit and stop not yet
   legs_sent            all three legs are written, IB has not acknowledged them
@@ -30,7 +32,7 @@ import sys
 
 ENV = "BRACKETGATE_CRASH_AT"
 POINTS = (
-    "proposal_offered", "proposal_journaled", "intent_journaled", "entry_sent", "legs_sent", "bracket_acked",
+    "proposal_offered", "proposal_journaled", "intent_staged", "intent_journaled", "entry_sent", "legs_sent", "bracket_acked",
     "intent_acked", "decision_journaled", "decision_delivered",
 )
 # a bracket lifecycle command's (tests/e2e/test_commands_recovery.py); apart from POINTS, which

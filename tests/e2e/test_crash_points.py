@@ -133,6 +133,26 @@ async def test_sigkill_at_every_named_crash_point(mosquitto, paper_tws_process, 
             assert rc == 0, "\n".join(rig.d.raw[-30:])
 
 
+async def test_sigkill_with_a_staged_intent_while_the_what_if_answers(mosquitto, paper_tws_process,
+                                                                      tmp_path):
+    """The intent written during the what-if (agents/staging.py) is durable, nothing is at IB:
+    after the restart the proposal is answered without a second intent or a bracket behind a
+    rejection, and every intent of it is closed (failed) or followed (acked) - none pending."""
+    seed = _seed()
+    print(f"CHAOS_SEED={seed}")
+    async with asyncio.timeout(150):
+        async with Rig(paper_tws_process, mosquitto.url, tmp_path, random.Random(seed)) as rig:
+            result, hits = await crash_storm(rig, kills=2, rate=20.0, points=("intent_staged",))
+            print(_report("crash-staged", seed, result))
+            assert not result.violations, _report("crash-staged", seed, result)
+            assert hits["intent_staged"] == 2, dict(hits)
+            intents = journal_intents(rig.journal_path)
+            assert intents and not [p for p, rec in intents.items()
+                                    if rec.get("state") in ("pending", "sent")], intents
+            rc = await rig.d.terminate()
+            assert rc == 0, "\n".join(rig.d.raw[-30:])
+
+
 @pytest.mark.parametrize("spec", ["proposal_journaled", "bracket_acked@2", "nowhere"])
 def test_crash_point_spec_is_validated(spec):
     from bracketgate.core import crashpoints
