@@ -85,6 +85,10 @@ which the raw client still pays). The intent's write (agents/staging.py) now ove
 what-if: what-if answered -> entry -0.57 ms, but its FULL commit is queued behind the
 proposal's own, so it is often the entry's critical path (two fsyncs in a row from the
 proposal's arrival); the whole-path p50/p99 moved within the trials' noise on this loaded box.
+A second round on a quieter box (bare commit p50 0.3 ms), before vs the final wip/lat3, 3
+trials each: entry p50 4.42 -> 4.16, p99 27.3 -> 28.3; approved p50 13.24 -> 11.64, p99 35.4 ->
+35.3; rejected 3.22 -> 3.01; what-if answered -> entry 1.39 -> 0.96; first leg -> 3 acks 2.59
+-> 2.16 (raw client 2.19 / 2.04).
 Tried and reverted (slower, measured the same way): the gate's id look-up from a read-only
 connection on the loop (the writer thread then waited for the GIL: mqtt_rx -> proposal_ran
 0.5 -> 1.0 ms), and staging the intent after the what-if went out (what-if 1.05 -> 1.27 ms).
