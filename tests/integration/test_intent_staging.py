@@ -13,30 +13,22 @@ from typing import Any
 
 import pytest
 
-from bracketgate.adapters.ib import IBBroker
 from bracketgate.adapters.journal import Journal
-from bracketgate.agents.execution import ExecutionAgent
 from bracketgate.agents.portfolio import PortfolioMonitor
 from bracketgate.agents.risk import RiskGovernor
-from bracketgate.bus.bus import Bus
 from bracketgate.bus.messages import ApprovedBracket, DenialCode, TradeProposal, Verdict
 from bracketgate.core.clock import SYSTEM_CLOCK
+from tests.fixtures.ib_broker import Rig as ExecutionRig
+from tests.fixtures.ib_broker import execution_rig, legs_at_ib, proposal
 from tests.unit.riskkit import open_limits
 
 pytestmark = pytest.mark.ib
 
 
-def proposal(pid: str) -> TradeProposal:
-    return TradeProposal.model_validate(dict(
-        proposal_id=pid, agent_id="alpha", symbol="AAPL", side="BUY", quantity=10,
-        order_type="LMT", limit_price=200.0, take_profit=260.0, stop_loss=190.0))
-
-
-class Rig:
-    def __init__(self, bus: Bus, broker: IBBroker, execution: ExecutionAgent, journal: Journal,
-                 path: Path) -> None:
-        self.bus, self.broker, self.execution, self.journal, self.path = (
-            bus, broker, execution, journal, path)
+class Rig(ExecutionRig):
+    def __init__(self, rig: ExecutionRig, path: Path) -> None:
+        super().__init__(rig.bus, rig.broker, rig.execution, rig.journal)
+        self.path = path
         self.whatif_hook: Any = None       # awaited inside the what-if, before IB's answer
         self.whatif_answer: Any = None     # replaces IB's answer when set
 
@@ -67,6 +59,7 @@ class Rig:
     async def intent_state(self, pid: str, want: str, timeout: float = 5.0) -> str | None:
         async def poll() -> str | None:
             while True:
+                assert self.journal is not None
                 recs = {r.proposal_id: r for r in await self.journal.intents()}
                 if pid in recs and recs[pid].state == want:
                     return want
@@ -76,27 +69,10 @@ class Rig:
 
 @pytest.fixture
 async def rig(paper_tws, tmp_path) -> AsyncIterator[Rig]:
-    bus = Bus()
-    await bus.start()
     path = tmp_path / "journal.sqlite"
     journal = await Journal.open(path, SYSTEM_CLOCK)
-    broker = IBBroker(host=paper_tws.host, port=paper_tws.port, client_id=12, publish=bus.publish,
-                      heartbeat_s=0.5, ack_timeout=2.0)
-    execution = ExecutionAgent(bus, broker, journal=journal, guard_grace_s=0.2)
-    execution.attach()
-    broker.add_reconcile_hook(execution.reconcile)
-    await broker.start()
-    try:
-        yield Rig(bus, broker, execution, journal, path)
-    finally:
-        await execution.wait_idle(5.0)
-        await broker.close()
-        await bus.close()
-        await journal.close()
-
-
-async def legs_at_ib(paper_tws, ref: str) -> list[dict[str, Any]]:
-    return [o for o in (await paper_tws.state())["orders"] if o.get("orderRef") == ref]
+    async with execution_rig(paper_tws, client_id=12, journal=journal, ack_timeout=2.0) as r:
+        yield Rig(r, path)
 
 
 async def decide(rig: Rig, gov: RiskGovernor, p: TradeProposal) -> Any:

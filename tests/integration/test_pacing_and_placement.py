@@ -12,67 +12,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 
-from bracketgate.adapters.ib import IBBroker
-from bracketgate.agents.execution import ExecutionAgent
-from bracketgate.bus.bus import Bus
 from bracketgate.bus.errors import PlacementError
-from bracketgate.bus.messages import ApprovedBracket, TradeProposal
+from tests.fixtures.ib_broker import (DEAD, Rig, execution_rig, legs_at_ib, proposal,
+                                      until_none_live)
 
 pytestmark = pytest.mark.ib
 
-DEAD = ("Cancelled", "ApiCancelled", "Inactive")
-
-
-def proposal(pid: str, **kw: Any) -> TradeProposal:
-    base = dict(proposal_id=pid, agent_id="alpha", symbol="AAPL", side="BUY", quantity=10,
-                order_type="LMT", limit_price=200.0, take_profit=260.0, stop_loss=190.0)
-    base.update(kw)
-    return TradeProposal.model_validate(base)
-
-
-class Rig:
-    def __init__(self, bus: Bus, broker: IBBroker, execution: ExecutionAgent) -> None:
-        self.bus, self.broker, self.execution = bus, broker, execution
-
-    async def bracket(self, p: TradeProposal) -> ApprovedBracket:
-        contract = await self.broker.resolve_contract(p)
-        return ApprovedBracket(proposal=p, contract=contract, approved_at=datetime.now(timezone.utc))
-
-
 @pytest.fixture
 async def rig(paper_tws) -> AsyncIterator[Rig]:
-    bus = Bus()
-    await bus.start()
-    broker = IBBroker(host=paper_tws.host, port=paper_tws.port, client_id=11, publish=bus.publish,
-                      heartbeat_s=0.5, ack_timeout=0.5)
-    execution = ExecutionAgent(bus, broker, guard_grace_s=0.2)
-    execution.attach()
-    broker.add_reconcile_hook(execution.reconcile)
-    await broker.start()
-    try:
-        yield Rig(bus, broker, execution)
-    finally:
-        await broker.close()
-        await bus.close()
-
-
-async def legs_at_ib(paper_tws, ref: str) -> list[dict[str, Any]]:
-    return [o for o in (await paper_tws.state())["orders"] if o.get("orderRef") == ref]
-
-
-async def until_none_live(paper_tws, ref: str, timeout: float = 5.0) -> list[dict[str, Any]]:
-    async def poll() -> list[dict[str, Any]]:
-        while True:
-            legs = await legs_at_ib(paper_tws, ref)
-            if all(o["status"] in DEAD for o in legs):
-                return legs
-            await asyncio.sleep(0.05)  # polling the paper TWS over HTTP
-    return await asyncio.wait_for(poll(), timeout)
+    async with execution_rig(paper_tws, client_id=11) as r:
+        yield r
 
 
 # --------------------------------------------------------------------------- (a) pacing

@@ -16,31 +16,22 @@ from typing import Any
 import pytest
 
 from bracketgate.adapters.ib import IBBroker
-from bracketgate.bus.bus import Bus
 from bracketgate.bus.messages import ApprovedBracket, TradeProposal
+from tests.fixtures.ib_broker import broker_on_bus
+from tests.fixtures.ib_broker import proposal as base_proposal
 
 pytestmark = pytest.mark.ib
 
 
 def proposal(pid: str, **kw: Any) -> TradeProposal:
-    base = dict(proposal_id=pid, agent_id="alpha", symbol="AAPL", side="BUY", quantity=10,
-                order_type="LMT", limit_price=150.0, take_profit=260.0, stop_loss=140.0)
-    base.update(kw)
-    return TradeProposal.model_validate(base)
+    return base_proposal(pid, **{"limit_price": 150.0, "stop_loss": 140.0, **kw})
 
 
 @pytest.fixture
 async def broker(paper_tws) -> AsyncIterator[IBBroker]:
-    bus = Bus()
-    await bus.start()
-    b = IBBroker(host=paper_tws.host, port=paper_tws.port, client_id=13, publish=bus.publish,
-                 heartbeat_s=5.0, ack_timeout=2.0, request_timeout=3.0)
-    await b.start()
-    try:
+    async with broker_on_bus(paper_tws, client_id=13, heartbeat_s=5.0, ack_timeout=2.0,
+                             request_timeout=3.0) as b:
         yield b
-    finally:
-        await b.close()
-        await bus.close()
 
 
 async def test_error_100_holds_all_but_protect_and_lowers_the_rate(paper_tws, broker):
