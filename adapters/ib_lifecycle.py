@@ -79,10 +79,10 @@ class BracketOrders:
 
     async def resync(self) -> None:
         """Ask IB for every open order again (a refused modify leaves the Trade's status wrong)."""
-        b = self._broker
-        try:
-            await b._turn(Priority.PROTECT)
-            await asyncio.wait_for(b.ib.reqOpenOrdersAsync(), b.request_timeout)
+        try:   # through OrderQueries: one open-orders request at a time (ib_truth.py)
+            if await self._broker.queries.open_orders() is None:
+                log.warning("ib_open_orders_resync_failed", error="no answer in time",
+                            code="QUERY_TIMEOUT")
         except Exception as e:  # the next reconcile re-reads them anyway
             log.warning("ib_open_orders_resync_failed", error=repr(e))
 

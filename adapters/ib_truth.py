@@ -20,7 +20,8 @@ Beside adapters/ib.py (the one connection); it imports no IB library, it works o
   said are dead or absent are remembered as such (`settled`, `absent`: bounded).
 - `CancelWatch`: a cancel whose outcome IB did not report within `verify_s` (the message may
   have been dropped, e.g. by IB's pacing) is checked against IB's open orders and sent again
-  while IB still lists the order (at most `retries` times, then `ib_cancel_unconfirmed`).
+  while IB still lists the order (at most `retries` times, then `ib_cancel_unconfirmed`). A
+  disconnect keeps the cancels watched: they are checked once the broker is READY again.
 """
 
 from __future__ import annotations
@@ -332,10 +333,16 @@ class CancelWatch:
             try:
                 await self._check([oid for oid, e in self.watching.items()
                                    if e[1] <= loop.time()])
-            except BrokerError as e:              # not connected: the reconcile takes over
+            except BrokerError as e:
+                # not connected: the cancels stay watched and are checked once the broker is
+                # READY again (the reconcile re-reads IB's open orders first: a cancel IB did
+                # carry out has cleared its watch by then); a lost one is sent again
                 log.warning("ib_cancel_check_failed", error=e.message, code=e.code,
-                            orders=sorted(self.watching))
-                self.watching.clear()
+                            orders=sorted(self.watching), action="after_reconnect")
+                while not await self._broker.wait_ready(60.0):
+                    pass                          # close() cancels this task
+                for entry in self.watching.values():
+                    entry[1] = loop.time()
             except Exception as e:  # logged with its reason; the orders stay watched
                 log.error("ib_cancel_check_failed", error=repr(e), orders=sorted(self.watching))
                 for entry in self.watching.values():

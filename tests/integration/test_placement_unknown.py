@@ -13,7 +13,8 @@ cancelled and the placement fails (ACK_TIMEOUT), so no leg of it stays at IB.
     into the library's books, even when the answer is late;
 (e) through the governor: the decision is a typed rejection, the reservation is released, and
     IB has no working order of the proposal;
-(f) a cancel lost on its way is noticed (IB still lists the order) and sent again.
+(f) a cancel lost on its way is noticed (IB still lists the order) and sent again, also when
+    the connection drops before the check.
 """
 
 from __future__ import annotations
@@ -174,6 +175,24 @@ async def test_a_lost_cancel_is_noticed_at_ib_and_sent_again(paper_tws, rig):
     assert len(legs) == 3
     health = await paper_tws.get("/health")
     assert health["answersLost"] == 1, health
+    assert broker.cancels.stats["resent"] == 1, broker.cancels.stats
+    assert not broker.cancels.watching
+
+
+async def test_a_cancel_lost_before_a_disconnect_is_sent_again_after_the_reconnect(paper_tws, rig):
+    """The cancel is lost and IB goes away before the watch's check: the watch keeps the order
+    and, once the broker is READY again, finds it still listed at IB and sends the cancel again
+    (before: the disconnect cleared the watch and the entry stayed working at IB)."""
+    broker = rig.broker
+    broker.cancels.verify_s = 0.5
+    ids = await broker.place_bracket(await rig.bracket(proposal("cxl-3", limit_price=150.0)))
+    await paper_tws.post("/answer_hold", {"request": "cancel", "mode": "lose",
+                                          "orderRef": "cxl-3"})
+    assert await broker.cancel_order(ids.entry)
+    await paper_tws.restart(downtime=1.5)          # the check at 0.5 s meets no connection
+    assert await broker.wait_ready(15.0)
+    legs = await until_none_live(paper_tws, "cxl-3", timeout=10.0)
+    assert len(legs) == 3
     assert broker.cancels.stats["resent"] == 1, broker.cancels.stats
     assert not broker.cancels.watching
 
