@@ -634,6 +634,22 @@ class ExecutionAgent:
         for oid in (book.ids.entry, book.ids.take_profit, book.ids.stop_loss):
             self._by_order.pop(oid, None)
 
+    def _resume_expiry(self, ref: str) -> None:
+        """An adopted bracket's entry expiry (cancel_entry_after_s) runs on from the approval's
+        intent: a restart must not leave the entry working past it (it is cancelled at once
+        when the time has passed; `_expire_entry` skips an entry that filled or ended)."""
+        book, rec = self._brackets.get(ref), self._intents.get(ref)
+        if book is None or rec is None or book.expiry_handle is not None:
+            return
+        after = ((rec.payload or {}).get("proposal") or {}).get("cancel_entry_after_s")
+        if not after:
+            return
+        left = float(after) - (self._clock.now() - rec.created_ts).total_seconds()
+        log.info("entry_expiry_resumed", proposal_id=ref, order_id=book.ids.entry,
+                 left_s=round(max(left, 0.0), 3))
+        loop = asyncio.get_running_loop()
+        book.expiry_handle = loop.call_later(max(left, 0.0), self._expire_entry, ref)
+
     def _expire_entry(self, proposal_id: str) -> None:
         book = self._brackets.get(proposal_id)
         if book is None or book.filled.get(Leg.ENTRY, 0) > 0 or book.status.get(Leg.ENTRY) in TERMINAL:
@@ -681,6 +697,7 @@ class ExecutionAgent:
             if u.order_ref:
                 by_ref.setdefault(u.order_ref, []).append(u)
         adopted = revoked = 0
+        resumed: list[str] = []
         for ref, legs in by_ref.items():
             rec = self._intents.get(ref)
             book = self._brackets.get(ref)
@@ -690,6 +707,7 @@ class ExecutionAgent:
                 revoked += await self._revoke(rec, legs)
             elif self._adopt(ref, legs):
                 adopted += 1
+                resumed.append(ref)
         # leg states as IB has them now (fills that happened while we were away included)
         for u in sorted(orders, key=lambda x: x.order_id):
             book = self._brackets.get(u.order_ref)
@@ -697,6 +715,8 @@ class ExecutionAgent:
                 u = self._completed_as_leg(book, u)
             if u is not None and (u.order_ref in self._brackets or u.order_id in self._by_order):
                 await self._on_order_update(u, check_guard=False)
+        for ref in resumed:
+            self._resume_expiry(ref)
         missing = 0
         for pid, rec in list(self._intents.items()):
             if pid in self._sending:

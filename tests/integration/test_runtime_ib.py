@@ -251,25 +251,26 @@ async def test_unprotected_fill_gets_a_protective_stop(paper_tws, runtime):
     assert not [p for p in st["positions"] if p["symbol"] == "AAPL" and p["position"] != 0]
 
 
+async def start_runtime(paper_tws: Any, journal: Any) -> tuple[Bus, IBBroker, ExecutionAgent, Collector]:
+    """A run of the daemon's IB side on `journal`, as run.py wires it (a restart: call again)."""
+    bus = Bus()
+    await bus.start()
+    broker = IBBroker(host=paper_tws.host, port=paper_tws.port, client_id=9, publish=bus.publish)
+    ex = ExecutionAgent(bus, broker, journal=journal)
+    ex.attach()
+    await ex.load_journal()
+    broker.note_order_ids(ex.max_order_id_in_journal())
+    broker.add_reconcile_hook(ex.reconcile)
+    seen = Collector(bus, OrderEvent, Fill, Alert)
+    await broker.start()
+    return bus, broker, ex, seen
+
+
 async def test_restart_adopts_brackets_and_recovers_missed_fills(paper_tws, tmp_path):
     from bracketgate.adapters.journal import Journal
 
     journal = await Journal.open(tmp_path / "j.sqlite")
-
-    async def start_runtime():
-        bus = Bus()
-        await bus.start()
-        broker = IBBroker(host=paper_tws.host, port=paper_tws.port, client_id=9, publish=bus.publish)
-        ex = ExecutionAgent(bus, broker, journal=journal)
-        ex.attach()
-        await ex.load_journal()
-        broker.note_order_ids(ex.max_order_id_in_journal())
-        broker.add_reconcile_hook(ex.reconcile)
-        seen = Collector(bus, OrderEvent, Fill, Alert)
-        await broker.start()
-        return bus, broker, ex, seen
-
-    bus, broker, ex, seen = await start_runtime()
+    bus, broker, ex, seen = await start_runtime(paper_tws, journal)
     p = proposal("adopt-1", quantity=3)
     res = await ex.place(ApprovedBracket(proposal=p, contract=await broker.resolve_contract(p),
                                          approved_at=datetime.now(timezone.utc)))
@@ -279,7 +280,7 @@ async def test_restart_adopts_brackets_and_recovers_missed_fills(paper_tws, tmp_
     await bus.close()
     await paper_tws.set_price("AAPL", 228.0)                    # the entry fills meanwhile
 
-    bus, broker, ex, seen = await start_runtime()              # a new run, same journal
+    bus, broker, ex, seen = await start_runtime(paper_tws, journal)   # a new run, same journal
     try:
         fill = await seen.wait_for(lambda xs: next(
             (x for x in xs if isinstance(x, Fill) and x.proposal_id == "adopt-1"), None))
@@ -295,6 +296,48 @@ async def test_restart_adopts_brackets_and_recovers_missed_fills(paper_tws, tmp_
         # new ids never reuse old ones
         fresh = broker.allocate_bracket_ids()
         assert fresh.entry > ids.stop_loss
+    finally:
+        await broker.close()
+        await bus.close()
+        await journal.close()
+
+
+async def test_an_adopted_entry_is_still_cancelled_when_its_expiry_comes(paper_tws, tmp_path):
+    """cancel_entry_after_s outlives a restart: the entry (resting far below the market) of a
+    bracket adopted on the journal is cancelled when its time comes, not left working at IB
+    (before: only the run that placed it kept the timer). A second bracket whose time passed
+    while the daemon was away is cancelled at once."""
+    from bracketgate.adapters.journal import Journal
+
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    bus, broker, ex, seen = await start_runtime(paper_tws, journal)
+    ids = {}
+    for pid, after in (("exp-late", 4.0), ("exp-gone", 0.6)):
+        p = proposal(pid, limit_price=150.0, stop_loss=140.0, cancel_entry_after_s=after)
+        res = await ex.place(ApprovedBracket(proposal=p, contract=await broker.resolve_contract(p),
+                                             approved_at=datetime.now(timezone.utc)))
+        assert res.ok
+        ids[pid] = res.order_ids
+    await broker.close()                  # the daemon goes away before either expiry
+    await bus.close()
+    await asyncio.sleep(1.0)              # exp-gone's time passes while it is away
+
+    def entry(st: dict[str, Any], pid: str) -> dict[str, Any]:
+        return next(o for o in st["orders"] if o["orderId"] == ids[pid].entry)
+
+    bus, broker, ex, seen = await start_runtime(paper_tws, journal)
+    t0 = asyncio.get_running_loop().time()
+    try:
+        async def cancelled(pid: str) -> float:
+            while entry(await paper_tws.state(), pid)["status"] not in ("Cancelled", "ApiCancelled"):
+                await asyncio.sleep(0.05)   # polling the paper TWS over HTTP
+            return asyncio.get_running_loop().time() - t0
+        assert await asyncio.wait_for(cancelled("exp-gone"), 5) < 2.0
+        assert entry(await paper_tws.state(), "exp-late")["status"] in ("Submitted", "PreSubmitted")
+        waited = await asyncio.wait_for(cancelled("exp-late"), 8)
+        assert 0.5 < waited < 5.0, waited     # from its approval, not from the restart
+        kids = [o for o in (await paper_tws.state())["orders"] if o.get("orderRef") == "exp-late"]
+        assert all(o["status"] in ("Cancelled", "ApiCancelled") for o in kids), kids
     finally:
         await broker.close()
         await bus.close()
