@@ -24,7 +24,8 @@ Nothing here imports the IB library.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 COMPLETED_REFS_MAX = 100_000   # orderRefs (~0.35 KB one with 3 legs: ~35 MB at the bound)
@@ -142,6 +143,7 @@ class CompletedRefs:
         self.max_refs = max_refs
         self._legs: dict[str, str] = {}   # orderRef -> packed legs, _LEG_SEP between them
         self.added = 0                     # legs added (tests, the start-up's log line)
+        self._listed: set[str] | None = None   # the orderRefs of the listing being read
 
     def __len__(self) -> int:
         return len(self._legs)
@@ -152,11 +154,25 @@ class CompletedRefs:
     def refs(self) -> Iterable[str]:
         return self._legs.keys()
 
+    @contextmanager
+    def listing(self) -> Iterator[None]:
+        """One reqCompletedOrders answer being read: IB lists the day's completed orders again
+        (a reconnect), so an orderRef's legs are replaced by this listing's, not added to."""
+        self._listed = set()
+        try:
+            yield
+        finally:
+            self._listed = None
+
     def add(self, ref: str, packed: str) -> None:
         """One leg (a completed order is listed once per reqCompletedOrders: filled once)."""
         if not ref:
             return   # no orderRef: nothing of ours, nothing a replay can name
         old = self._legs.pop(ref, None)   # re-inserted: the newest last
+        listed = self._listed
+        if listed is not None and ref not in listed:
+            listed.add(ref)
+            old = None                     # this listing's legs replace an earlier one's
         if old is not None and old.count(_LEG_SEP) >= LEGS_MAX - 1:
             old = old.split(_LEG_SEP, 1)[1]   # not a bracket of ours: its oldest leg goes
         self._legs[ref] = packed if old is None else old + _LEG_SEP + packed

@@ -8,7 +8,13 @@ ib_insync 0.9.86 has no fetchFields: its connectAsync's own request is answered 
 sent) and `StartupOrders.sync` then asks IB for completed orders (reqCompletedOrders) only when
 recovery may need them:
 
-- a reconnect of this process: every one, as before (books in memory may have moved meanwhile);
+- a reconnect of this process: every one (books in memory may have moved meanwhile), read as a
+  review reads them: the orders of orderRefs recovery follows are decoded into the library's
+  book (the reconcile acts on them), every other one goes compact into
+  `IBBroker.retention.completed` (its legs replaced by this listing's: `CompletedRefs.listing`),
+  so has_order_ref still knows every orderRef IB listed. Before, each was decoded into a Trade:
+  a reconnect after a long day (35k completed orders) stalled the loop ~3 s and put ~100 MB of
+  Trades into the books until the retention sweep;
 - the first connect, journal not reviewed: every one, once (`review`): a new or lost journal does
   not know the orderRefs an earlier run may have left at IB (a replay must still be answered
   BRACKET_FINISHED_AT_IB / CANCELLED_AT_IB, docs/OPERATIONS.md). Of those it needs only each
@@ -40,7 +46,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -215,8 +221,11 @@ class StartupOrders:
         t0 = time.perf_counter()
         review = None
         wanted: set[str] | None = None
+        compact_all = False   # every completed order read compact but `decoded`'s
         if self.connects > 1:
             why = "reconnect"
+            if self.expected is not None:   # what the reconcile acts on is decoded, as before
+                decoded, compact_all = set(self.expected()), True
         elif self.expected is None and self.journal is None:
             why = "no_journal"       # nothing to trust instead of IB: every one
         else:
@@ -224,6 +233,7 @@ class StartupOrders:
             if review:
                 why = "review"   # every one, compact but what recovery follows (module doc)
                 decoded = set(self.expected()) if self.expected else set()
+                compact_all = True
             else:
                 wanted = missing_legs(self.expected() if self.expected else {},
                                       lambda ref: _open_ids(broker, ref))
@@ -233,12 +243,13 @@ class StartupOrders:
             from bracketgate.adapters.pacer import Priority
 
             await broker._turn(Priority.DATA)
-            store = getattr(getattr(broker, "retention", None), "completed", None) if review \
-                else None   # (a broker without one: every order decoded, as before)
+            store = getattr(getattr(broker, "retention", None), "completed", None) \
+                if compact_all else None   # (a broker without one: every order decoded)
             compact = store.added if store is not None else 0
             try:
                 with (compact_unless(broker.ib, decoded, store) if store is not None
-                      else only_refs(broker.ib, wanted)):
+                      else only_refs(broker.ib, wanted)), \
+                        (store.listing() if store is not None else nullcontext()):
                     trades = await asyncio.wait_for(
                         broker.ib.reqCompletedOrdersAsync(False), timeout)
             except (TimeoutError, asyncio.TimeoutError) as e:
@@ -252,15 +263,16 @@ class StartupOrders:
                 raise BrokerConnectError(f"IB connection lost while it listed its completed "
                                          f"orders: {e}") from e
             kept = len(trades or ())
+            if store is not None:
+                compact = store.added - compact
             if review:   # kept once the reconcile hooks passed (the account check first)
                 refs = {t.order.orderRef for t in trades or () if t.order.orderRef}
                 if store is not None:
-                    compact = store.added - compact
                     refs.update(store.refs())
                 self._review = sorted(refs)
         self.last = {"why": why, "wanted": None if wanted is None else len(wanted), "kept": kept,
                      "ms": round((time.perf_counter() - t0) * 1000, 1)}
-        if review:
+        if compact_all:
             self.last["compact"] = compact
         log.info("ib_completed_orders", **self.last)
 

@@ -3,7 +3,7 @@ file): a start-up reads IB's completed orders only as recovery needs them. A jou
 reviews every one (a new or lost journal); a reviewed journal with nothing followed sends no
 reqCompletedOrders at all; an intent whose legs ended at IB while the daemon was down is read
 (its orderRef alone: the other completed orders are neither decoded into the book nor kept) and
-applied by the reconcile; a reconnect reads every one, as before."""
+applied by the reconcile; a reconnect reads every one, compact but the followed ones."""
 
 from __future__ import annotations
 
@@ -172,14 +172,24 @@ async def test_a_reviewed_journal_following_nothing_reads_no_completed_orders(
             assert {t.order.orderRef for t in b.ib.trades()} == {"st-working"}
             assert b.existing_bracket("st-working") == working   # adopted from open orders
             assert second.execution.book("st-working") is not None
-            # a reconnect reads every completed order again, as before
-            reconnects = b.reconnects
-            await paper_tws.restart(0.2)
-            await until(lambda: b.reconnects > reconnects and b.state is ConnectionState.READY,
-                        what="reconnected")
-            assert b.startup.last["why"] == "reconnect" and b.startup.last["kept"] >= 40
-            assert second.sent_completed == 1
-            assert b.has_order_ref("foreign-0")
+            # a reconnect reads every completed order again, compact but what the reconcile
+            # follows: has_order_ref knows them, the library's book holds no Trade of them,
+            # and a second reconnect replaces their legs (not added twice)
+            legs_seen = []
+            for n in (1, 2):
+                reconnects = b.reconnects
+                await paper_tws.restart(0.2)
+                await until(lambda: b.reconnects > reconnects and b.state is ConnectionState.READY,
+                            what="reconnected")
+                last = b.startup.last
+                assert last["why"] == "reconnect" and last["compact"] >= 40, last
+                assert last["kept"] == 0, last
+                assert second.sent_completed == n
+                assert b.has_order_ref("foreign-0")
+                assert {t.order.orderRef for t in b.ib.trades()} == {"st-working"}
+                legs_seen.append(len(b.orders_for_ref("foreign-0")))
+            assert legs_seen[0] == legs_seen[1] > 0, legs_seen
+            assert b.existing_bracket("st-working") == working
 
 
 async def test_a_new_journal_reviews_every_completed_order_until_the_horizon(

@@ -124,3 +124,22 @@ def test_completed_refs_hold_legs_by_order_ref_within_the_bound() -> None:
     for i in range(3 * LEGS_MAX):   # one orderRef on many orders (not a bracket of ours)
         many.add("m", pack(100 + i, "LMT", "Cancelled", "0", "", "1.0", "AAPL", "BUY", "1"))
     assert [x[1] for x in many.legs("m")] == list(range(100 + 2 * LEGS_MAX, 100 + 3 * LEGS_MAX))
+
+
+def test_a_listing_read_again_replaces_an_order_refs_legs() -> None:
+    """A reconnect reads the day's completed orders again: within one listing an orderRef's
+    legs are this listing's (added up), not appended to the last listing's; an orderRef the
+    new listing does not name keeps its legs."""
+    refs = CompletedRefs()
+    entry = pack(11, "LMT", "Filled", "1", "100.0", "", "AAPL", "BUY", "1")
+    stop = pack(12, "STP", "Cancelled", "0", "", "99.0", "AAPL", "SELL", "1")
+    for _ in range(2):
+        with refs.listing():
+            refs.add("a", entry)
+            refs.add("a", stop)
+            if not len(refs.legs("b")):
+                refs.add("b", entry)
+    assert [x[1] for x in refs.legs("a")] == [11, 12]
+    assert [x[1] for x in refs.legs("b")] == [11]
+    refs.add("a", stop)                       # outside a listing: added to, as before
+    assert [x[1] for x in refs.legs("a")] == [11, 12, 12]
