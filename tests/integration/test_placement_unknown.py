@@ -164,13 +164,17 @@ async def test_the_governor_rejects_with_a_typed_code_releases_and_leaves_nothin
 # --------------------------------------------------------------------------- (f)
 
 
+async def cancel_lost_on_its_way(paper_tws, rig: Rig, ref: str) -> None:
+    """A bracket `ref` at IB whose entry's cancel is sent and lost (the watch checks at 0.5 s)."""
+    rig.broker.cancels.verify_s = 0.5
+    ids = await rig.broker.place_bracket(await rig.bracket(proposal(ref, limit_price=150.0)))
+    await paper_tws.post("/answer_hold", {"request": "cancel", "mode": "lose", "orderRef": ref})
+    assert await rig.broker.cancel_order(ids.entry)
+
+
 async def test_a_lost_cancel_is_noticed_at_ib_and_sent_again(paper_tws, rig):
     broker = rig.broker
-    broker.cancels.verify_s = 0.5
-    ids = await broker.place_bracket(await rig.bracket(proposal("cxl-1", limit_price=150.0)))
-    await paper_tws.post("/answer_hold", {"request": "cancel", "mode": "lose",
-                                          "orderRef": "cxl-1"})
-    assert await broker.cancel_order(ids.entry)
+    await cancel_lost_on_its_way(paper_tws, rig, "cxl-1")
     legs = await until_none_live(paper_tws, "cxl-1")
     assert len(legs) == 3
     health = await paper_tws.get("/health")
@@ -184,11 +188,7 @@ async def test_a_cancel_lost_before_a_disconnect_is_sent_again_after_the_reconne
     and, once the broker is READY again, finds it still listed at IB and sends the cancel again
     (before: the disconnect cleared the watch and the entry stayed working at IB)."""
     broker = rig.broker
-    broker.cancels.verify_s = 0.5
-    ids = await broker.place_bracket(await rig.bracket(proposal("cxl-3", limit_price=150.0)))
-    await paper_tws.post("/answer_hold", {"request": "cancel", "mode": "lose",
-                                          "orderRef": "cxl-3"})
-    assert await broker.cancel_order(ids.entry)
+    await cancel_lost_on_its_way(paper_tws, rig, "cxl-3")
     await paper_tws.restart(downtime=1.5)          # the check at 0.5 s meets no connection
     assert await broker.wait_ready(15.0)
     legs = await until_none_live(paper_tws, "cxl-3", timeout=10.0)
