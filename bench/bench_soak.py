@@ -142,6 +142,23 @@ async def spawn(tws, broker, work: Path, env: dict[str, str], timeout: float) ->
     return d
 
 
+def slowest_steps(logs: list[dict], top: int = 5) -> str:
+    """The widest gaps between the daemon's consecutive log lines up to `ready` (ms, the line
+    that ends each gap): where a start-up spends its time."""
+    stamps = []
+    for e in logs:
+        try:
+            stamps.append((datetime.fromisoformat(str(e["timestamp"]).replace("Z", "+00:00")),
+                           str(e.get("event"))))
+        except (KeyError, ValueError):
+            continue
+        if e.get("event") == "ready":
+            break
+    gaps = sorted(((b[0] - a[0]).total_seconds() * 1000, f"{a[1]} -> {b[1]}")
+                  for a, b in zip(stamps, stamps[1:]))[-top:]
+    return ", ".join(f"{name} {ms:.0f} ms" for ms, name in reversed(gaps))
+
+
 async def restart_ms(tws, broker, work: Path, journal: Path) -> tuple[float, float]:
     """(daemon's own startup_ms to ready, wall ms from spawn) on `journal`."""
     t0 = time.perf_counter()
@@ -152,6 +169,7 @@ async def restart_ms(tws, broker, work: Path, journal: Path) -> tuple[float, flo
     restored = next((e for e in d.logs if e.get("event") == "journal_restored"), {})
     completed = next((e for e in d.logs if e.get("event") == "ib_completed_orders"), {})
     await d.terminate()
+    print(f"    slowest steps to ready: {slowest_steps(d.logs)}")
     print(f"    restored: {json.dumps({k: v for k, v in restored.items() if k not in ('event', 'timestamp', 'level', 'logger')})}")
     if completed:   # what IB's completed orders cost this start (adapters/ib_startup.py)
         print(f"    ib_completed_orders: {json.dumps({k: v for k, v in completed.items() if k in ('why', 'wanted', 'kept', 'compact', 'ms')})}")
