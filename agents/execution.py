@@ -54,6 +54,7 @@ from bracketgate.core import stamps
 from bracketgate.core.clock import SYSTEM_CLOCK, Clock
 from bracketgate.core.crashpoints import crash_point
 from bracketgate.core.logs import get_logger
+from bracketgate.agents.expiry import entry_expiry_left
 from bracketgate.agents.staging import IntentStager
 from structlog.contextvars import bound_contextvars
 
@@ -513,7 +514,7 @@ class ExecutionAgent:
         return PlacementResult(proposal_id=p.proposal_id, ok=True, order_ids=ids)
 
     def _schedule_expiry(self, book: Bracket, after_s: float | None) -> None:
-        if after_s:
+        if after_s is not None:
             loop = asyncio.get_running_loop()
             book.expiry_handle = loop.call_later(after_s, self._expire_entry, book.proposal_id)
 
@@ -635,20 +636,15 @@ class ExecutionAgent:
             self._by_order.pop(oid, None)
 
     def _resume_expiry(self, ref: str) -> None:
-        """An adopted bracket's entry expiry (cancel_entry_after_s) runs on from the approval's
-        intent: a restart must not leave the entry working past it (it is cancelled at once
-        when the time has passed; `_expire_entry` skips an entry that filled or ended)."""
+        """An adopted bracket's entry expiry resumes from its intent (agents/expiry.py)."""
         book, rec = self._brackets.get(ref), self._intents.get(ref)
         if book is None or rec is None or book.expiry_handle is not None:
             return
-        after = ((rec.payload or {}).get("proposal") or {}).get("cancel_entry_after_s")
-        if not after:
-            return
-        left = float(after) - (self._clock.now() - rec.created_ts).total_seconds()
-        log.info("entry_expiry_resumed", proposal_id=ref, order_id=book.ids.entry,
-                 left_s=round(max(left, 0.0), 3))
-        loop = asyncio.get_running_loop()
-        book.expiry_handle = loop.call_later(max(left, 0.0), self._expire_entry, ref)
+        left = entry_expiry_left(rec, self._clock.now())
+        if left is not None:
+            log.info("entry_expiry_resumed", proposal_id=ref, order_id=book.ids.entry,
+                     left_s=round(left, 3))
+            self._schedule_expiry(book, left)
 
     def _expire_entry(self, proposal_id: str) -> None:
         book = self._brackets.get(proposal_id)
@@ -696,8 +692,8 @@ class ExecutionAgent:
         for u in orders:
             if u.order_ref:
                 by_ref.setdefault(u.order_ref, []).append(u)
-        adopted = revoked = 0
-        resumed: list[str] = []
+        revoked = 0
+        adopted: list[str] = []   # their entry expiries resume once the legs' states are in
         for ref, legs in by_ref.items():
             rec = self._intents.get(ref)
             book = self._brackets.get(ref)
@@ -706,8 +702,7 @@ class ExecutionAgent:
             if rec.state == "failed" or self._never_transmitted(rec, legs):
                 revoked += await self._revoke(rec, legs)
             elif self._adopt(ref, legs):
-                adopted += 1
-                resumed.append(ref)
+                adopted.append(ref)
         # leg states as IB has them now (fills that happened while we were away included)
         for u in sorted(orders, key=lambda x: x.order_id):
             book = self._brackets.get(u.order_ref)
@@ -715,7 +710,7 @@ class ExecutionAgent:
                 u = self._completed_as_leg(book, u)
             if u is not None and (u.order_ref in self._brackets or u.order_id in self._by_order):
                 await self._on_order_update(u, check_guard=False)
-        for ref in resumed:
+        for ref in adopted:
             self._resume_expiry(ref)
         missing = 0
         for pid, rec in list(self._intents.items()):
@@ -733,11 +728,11 @@ class ExecutionAgent:
             self._settle(pid, None)
         for book in list(self._brackets.values()):
             self._schedule_guard_check(book, 0.0)
-        log.info("execution_reconciled", orders_at_ib=len(orders), adopted=adopted, revoked=revoked,
+        log.info("execution_reconciled", orders_at_ib=len(orders), adopted=len(adopted), revoked=revoked,
                  intents_missing_at_ib=missing, brackets=len(self._brackets))
         if self._journal is not None:
             await self._journal.record("reconcile", payload={
-                "orders_at_ib": len(orders), "adopted": adopted, "revoked": revoked,
+                "orders_at_ib": len(orders), "adopted": len(adopted), "revoked": revoked,
                 "intents_missing_at_ib": missing})
 
     def _settle(self, proposal_id: str, ids: BracketOrderIds | None) -> None:
