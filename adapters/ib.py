@@ -1393,12 +1393,15 @@ class IBBroker(QuoteLines):
         }
 
     async def _subscribe_pnl_single(self, con_id: int) -> None:
-        if con_id in self._pnl_single or not self.account:
-            return
-        await self._turn(Priority.DATA)
-        if con_id in self._pnl_single or not self.ib.isConnected():
-            return
-        self._pnl_single[con_id] = self.ib.reqPnLSingle(self.account, "", con_id)
+        try:
+            if con_id in self._pnl_single or not self.account:
+                return
+            await self._turn(Priority.DATA)
+            if con_id in self._pnl_single or not self.ib.isConnected():
+                return
+            self._pnl_single[con_id] = self.ib.reqPnLSingle(self.account, "", con_id)
+        finally:   # in the same step as the subscription (the done callback comes a step later
+            self._pnl_waiting.discard(con_id)   # and covers a task cancelled before it ran)
 
     # ------------------------------------------------------------------ state reads
 
