@@ -1448,8 +1448,12 @@ class IBBroker(QuoteLines):
         return PnL(daily=ib_number(p.dailyPnL), unrealized=ib_number(p.unrealizedPnL),
                    realized=ib_number(p.realizedPnL))
 
+    def open_trades(self) -> list[Any]:
+        """`IB.openTrades()`, read from the book's open-trade index (adapters/ib_refs.py)."""
+        return self.refs.open_trades(ibl.OrderStatus.DoneStates, self.ib.openTrades)
+
     def working_orders(self) -> list[WorkingOrder]:
-        return self._working.build(self.ib.openTrades(), self._working_order)
+        return self._working.build(self.open_trades(), self._working_order)
 
     def _working_order(self, t: Any) -> WorkingOrder:
         o, s = t.order, t.orderStatus

@@ -106,7 +106,7 @@ class QuoteLines:
     def _quote_pins(self) -> Iterable[int]:
         """conIds IB holds or works for us: positions, and every open order (a combo's legs)."""
         out = {p.contract.conId for p in self.ib.positions(self.account) if p.position}
-        for t in self.ib.openTrades():
+        for t in self.open_trades():
             c = t.contract
             if c.secType == "BAG":
                 out.update(leg.conId for leg in c.comboLegs or ())

@@ -16,14 +16,25 @@ State (one line each):
   by_ref:  orderRef -> {book key: Trade}   (trades whose orderRef was this when indexed)
   _ref_of: book key -> orderRef           (how to find a key's entry again when it leaves)
   _key_of: id(Trade) -> book key          (`note`: a trade whose orderRef changed is moved)
+  _open:   book key -> Trade                (not yet seen done: `open_trades` reads only these)
 
 Nothing here imports the IB library: trades are duck-typed (`trade.order.orderRef`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
+
+from bracketgate.core.logs import get_logger
+
+log = get_logger("adapters.ib_refs")
+
+# how often open_trades checks its index against the library's own pass (one pass a second,
+# where a snapshot after each burst of order events made one per burst)
+CHECK_OPEN_EVERY_S = 1.0
 
 _MISSING = object()
 
@@ -41,12 +52,14 @@ class TradeBook(dict):
         self.by_ref: dict[str, dict[Any, Any]] = {}
         self._ref_of: dict[Any, str] = {}
         self._key_of: dict[int, Any] = {}
+        self._open: dict[Any, Any] = {}
         for key, trade in dict(items).items():
             self[key] = trade
 
     # -- the index
     def _index(self, key: Any, trade: Any) -> None:
         self._key_of[id(trade)] = key
+        self._open[key] = trade
         ref = _ref(trade)
         if ref:
             self.by_ref.setdefault(ref, {})[key] = trade
@@ -55,6 +68,8 @@ class TradeBook(dict):
     def _unindex(self, key: Any, trade: Any) -> None:
         if self._key_of.get(id(trade)) == key:
             del self._key_of[id(trade)]
+        if self._open.get(key) is trade:
+            del self._open[key]
         ref = self._ref_of.pop(key, None)
         if ref is None:
             return
@@ -70,6 +85,7 @@ class TradeBook(dict):
         key = self._key_of.get(id(trade), _MISSING)
         if key is _MISSING or dict.get(self, key) is not trade:
             return
+        self._open[key] = trade   # its status changed: open again, perhaps (see open_trades)
         if self._ref_of.get(key, "") != _ref(trade):
             self._unindex(key, trade)
             self._index(key, trade)
@@ -80,6 +96,28 @@ class TradeBook(dict):
         if not bucket:
             return []
         return [t for t in bucket.values() if _ref(t) == order_ref]
+
+    def open_trades(self, done: Any) -> list[Any]:
+        """The trades whose status is not in `done` (the library's OrderStatus.DoneStates): what
+        `IB.openTrades()` lists, without a pass over every trade the book keeps (finished ones
+        wait there for the retention sweep: thousands, scanned at every snapshot).
+
+        `_open` holds every trade of the book not yet seen done here: a trade enters it when it
+        is set and again at each of its status events (`note`, which IBBroker calls for every
+        orderStatus and openOrder event: the libraries emit one for every change of a trade's
+        status, IB's or their own cancel and error paths). A trade seen done leaves it; the
+        statuses in `done` are IB's final ones, and one that changes all the same comes back
+        through its event."""
+        out: list[Any] = []
+        gone: list[Any] = []
+        for key, trade in self._open.items():
+            if trade.orderStatus.status in done:
+                gone.append(key)
+            else:
+                out.append(trade)
+        for key in gone:
+            del self._open[key]
+        return out
 
     # -- every way a dict is written
     def __setitem__(self, key: Any, trade: Any) -> None:
@@ -125,6 +163,7 @@ class TradeBook(dict):
 
     def clear(self) -> None:
         dict.clear(self)
+        self._open.clear()
         self.by_ref.clear()
         self._ref_of.clear()
         self._key_of.clear()
@@ -140,6 +179,8 @@ class RefIndex:
         self._wrapper = wrapper
         self._book: TradeBook | None = None
         self.rebuilds = 0   # books wrapped (one per connection; tests, metrics)
+        self._checked_at = -math.inf   # when open_trades last compared with the library's
+        self.open_mismatches = 0       # times they differed (an error each; tests, metrics)
 
     def book(self) -> TradeBook:
         """The wrapper's book as a TradeBook (a book a reset put there is wrapped now)."""
@@ -156,6 +197,29 @@ class RefIndex:
         """The library's trades of this orderRef, what-if ones excluded."""
         return [t for t in self.book().for_ref(order_ref)
                 if not getattr(t.order, "whatIf", False)]
+
+    def open_trades(self, done: Any, library: Callable[[], list[Any]] | None = None
+                    ) -> list[Any]:
+        """The book's open trades (`TradeBook.open_trades`). Once every CHECK_OPEN_EVERY_S,
+        with `library` (`IB.openTrades`, the library's own pass over every trade), the two are
+        compared: a difference is logged as an error and the library's answer is returned,
+        the index rebuilt from the book (what no status event told it, it learns there)."""
+        book = self.book()
+        out = book.open_trades(done)
+        if library is None:
+            return out
+        now = time.monotonic()
+        if now < self._checked_at + CHECK_OPEN_EVERY_S:
+            return out
+        self._checked_at = now
+        truth = library()
+        if len(truth) != len(out) or {id(t) for t in truth} != {id(t) for t in out}:
+            self.open_mismatches += 1
+            log.error("ib_open_trades_mismatch", code="OPEN_INDEX_MISMATCH", indexed=len(out),
+                      library=len(truth))
+            book._open = dict(dict.items(book))
+            return truth
+        return out
 
     def has(self, order_ref: str) -> bool:
         return bool(self.book().for_ref(order_ref))

@@ -27,6 +27,17 @@ def no_scans(broker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(broker.ib, "trades", scan)
 
 
+def same_open_trades(b: Any, working: dict[str, Any]) -> None:
+    """The open-trade index lists what the library's own pass lists: the working brackets'
+    legs, and none of the finished ones the book still keeps."""
+    got = b.open_trades()
+    assert {id(t) for t in got} == {id(t) for t in b.ib.openTrades()}
+    assert sorted(t.order.orderId for t in got) == sorted(
+        i for ids in working.values() for i in (ids.entry, ids.take_profit, ids.stop_loss))
+    assert b.refs.open_mismatches == 0
+    assert len(b.working_orders()) == 3 * len(working)
+
+
 async def test_look_ups_by_order_ref_use_the_index_across_a_reconnect(paper_tws,
                                                                      monkeypatch) -> None:
     rig = await make_rig(paper_tws, 23, retention_s=600.0)
@@ -39,6 +50,7 @@ async def test_look_ups_by_order_ref_use_the_index_across_a_reconnect(paper_tws,
             assert res.ok and res.order_ids is not None, res
             working[f"idx-open-{i}"] = res.order_ids
         assert isinstance(b.ib.wrapper.trades, TradeBook)
+        same_open_trades(b, working)
         with monkeypatch.context() as m:
             no_scans(b, m)
             for ref, ids in {**finished, **working}.items():
@@ -55,6 +67,7 @@ async def test_look_ups_by_order_ref_use_the_index_across_a_reconnect(paper_tws,
         await until(lambda: b.reconnects > reconnects and b.state is ConnectionState.READY,
                     what="reconnected")
         assert b.refs.rebuilds == rebuilds + 1 and isinstance(b.ib.wrapper.trades, TradeBook)
+        same_open_trades(b, working)
         with monkeypatch.context() as m:
             no_scans(b, m)
             for ref, ids in working.items():

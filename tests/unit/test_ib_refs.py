@@ -111,3 +111,84 @@ def test_a_copy_of_the_book_is_a_plain_dict() -> None:
     book = TradeBook({(1, 1): trade("A", 1)})
     c = copy.copy(book)
     assert type(c) is dict and c == dict(book)
+
+
+# ---- the open-trade index (TradeBook.open_trades, RefIndex.open_trades): IB.openTrades() without
+# a pass over every finished trade the book keeps, driven through the library's own Wrapper
+
+STATUSES = ("PendingSubmit", "PreSubmitted", "Submitted", "PendingCancel", "Inactive",
+            "Filled", "Cancelled", "ApiCancelled")
+
+
+def library_rig():
+    ib = iblib.IB()
+    w = ib.wrapper
+    w.clientId = 1
+    refs = RefIndex(w)
+    ib.orderStatusEvent += refs.note      # as IBBroker._on_order_status does, for both events
+    ib.openOrderEvent += refs.note
+    return ib, w, refs
+
+
+def open_order(w, order_id: int, ref: str, status: str = "Submitted") -> None:
+    order = iblib.Order(orderId=order_id, clientId=1, orderRef=ref, permId=5000 + order_id,
+                        action="BUY", totalQuantity=1, orderType="LMT", lmtPrice=1.0)
+    w.openOrder(order_id, iblib.Stock("AAPL", "SMART", "USD"), order,
+                iblib.ib.OrderState(status=status))
+
+
+def order_status(w, order_id: int, status: str, filled: float = 0.0) -> None:
+    w.orderStatus(order_id, status, filled, 1.0 - filled, 0.0, 5000 + order_id, 0, 0.0, 1, "")
+
+
+def ids(trades) -> set[int]:
+    return {id(t) for t in trades}
+
+
+def test_open_trades_lists_what_the_library_lists_through_random_order_lives() -> None:
+    import random
+
+    done = iblib.ib.OrderStatus.DoneStates
+    ib, w, refs = library_rig()
+    rng = random.Random(11)
+    next_id = 1
+    for step in range(3_000):
+        live = [k[1] for k in w.trades if isinstance(k, tuple)]
+        r = rng.random()
+        if r < 0.25 or not live:
+            open_order(w, next_id, f"p{next_id}", rng.choice(STATUSES[:3]))
+            next_id += 1
+        elif r < 0.75:   # any status, a final one back to a working one included
+            order_status(w, rng.choice(live), rng.choice(STATUSES), rng.choice((0.0, 1.0)))
+        elif r < 0.85:   # the retention sweep
+            w.trades.pop((1, rng.choice(live)), None)
+        elif r < 0.90:   # an order IB lists again (a modify's openOrder, a re-listing)
+            open_order(w, rng.choice(live), "again")
+        elif r < 0.95:   # a completed order re-listed by permId
+            order = iblib.Order(orderId=0, clientId=1, orderRef="done", permId=90_000 + step)
+            w._results["completedOrders"] = []    # a reqCompletedOrders in flight
+            w.completedOrder(iblib.Stock("AAPL", "SMART", "USD"), order,
+                             iblib.ib.OrderState(status=rng.choice(("Filled", "Cancelled"))))
+        elif r < 0.96:   # a disconnect / connect: a fresh book
+            w.reset()
+            w.clientId = 1
+        else:            # IB's error on an order: the library cancels it (or warns)
+            w.error(rng.choice(live), rng.choice((201, 399)), "refused", "")
+        got = refs.open_trades(done)
+        assert ids(got) == ids(ib.openTrades()), step
+    assert refs.open_mismatches == 0
+
+
+def test_a_status_changed_behind_the_index_is_caught_by_the_check_and_logged(capsys) -> None:
+    done = iblib.ib.OrderStatus.DoneStates
+    ib, w, refs = library_rig()
+    open_order(w, 1, "a")
+    order_status(w, 1, "Cancelled")
+    assert refs.open_trades(done, ib.openTrades) == []   # checked: agree
+    t = w.trades[(1, 1)]
+    t.orderStatus.status = "Submitted"   # no event: nothing any library path does
+    assert refs.open_trades(done) == []  # the index alone cannot know
+    refs._checked_at = -1e9              # the next check is due
+    assert refs.open_trades(done, ib.openTrades) == [t]
+    assert refs.open_mismatches == 1 and "ib_open_trades_mismatch" in capsys.readouterr().out
+    assert refs.open_trades(done) == [t]  # rebuilt from the book
