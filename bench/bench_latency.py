@@ -65,7 +65,9 @@ the same paper TWS process, doing the approved path's IB part at the approvals' 
 loop: a what-if (awaited), the same three legs (transmit chain, one OCA group, orderRef), until
 IB acknowledged all three. The daemon's segments are printed beside the raw ones with their p50
 ratio, and two floors: entry >= MQTT in + raw due -> entry; approved >= MQTT in + out + raw
-due -> 3 acks (the raw "due" includes its own scheduling lateness, ~1 ms, as the bench's does).
+due -> 3 acks. Both senders keep the schedule through bench/ticks.py (a thread sleeping to each
+due time and waking the loop): with `asyncio.sleep` each send went out ~0.5-1 ms late (the
+selector rounds its timeout up to a whole ms), which every figure from "due" carried.
 
 Issue 9, round 3 (b5bfed4 -> wip/lat3), `bench/latency_trials.py --repeat 3 --n 3000`,
 alternated, the box shared with two soak runs (load ~3.5 on 2 CPUs; bare FULL commit p50
@@ -122,6 +124,7 @@ from tests.fixtures.paper_tws import (  # noqa: E402
     HOST, PaperTWSHandle, start_paper_tws, stop_paper_tws, stop_process)
 from bench.benchkit import wide_limits  # noqa: E402
 from bench.latency_raw import raw_brackets  # noqa: E402
+from bench.ticks import ticks  # noqa: E402
 
 LIMITS = wide_limits(per_trade_loss_limit=100.0)
 
@@ -268,12 +271,7 @@ async def open_loop(client: aiomqtt.Client, n: int, rate: float,
     due: dict[str, float] = {}
     late = 0.0
     tasks = []
-    t0 = time.perf_counter() + 0.05
-    for i in range(n):
-        at = t0 + i / rate
-        wait = at - time.perf_counter()
-        if wait > 0:
-            await asyncio.sleep(wait)
+    async for i, at in ticks(time.perf_counter() + 0.05, n, rate):   # on time (bench/ticks.py)
         late = max(late, time.perf_counter() - at)
         key, topic, payload = topic_body(i)
         due[key] = at

@@ -26,6 +26,8 @@ try:   # the library itself, as a user has it (not through adapters/ib.py: its i
 except ImportError:  # pragma: no cover - the ib_insync virtualenv
     import ib_insync as ibl  # type: ignore[no-redef]
 
+from bench.ticks import ticks  # noqa: E402
+
 CLIENT_ID = 913
 
 
@@ -49,12 +51,7 @@ async def raw_brackets(host: str, port: int, prices: dict[str, float], n: int, r
         # warm-up: one round per symbol, not measured
         for i, s in enumerate(syms):
             await _one(ib, account, contracts[s], prices[s], f"rawwarm-{run}-{i}", {})
-        t0 = time.perf_counter() + 0.05
-        for i in range(n):
-            at = t0 + i / rate
-            wait = at - time.perf_counter()
-            if wait > 0:
-                await asyncio.sleep(wait)
+        async for i, at in ticks(time.perf_counter() + 0.05, n, rate):   # bench/ticks.py
             ref = f"raw-{run}-{i}"
             st = out[ref] = {"due": at}
             s = syms[i % len(syms)]
