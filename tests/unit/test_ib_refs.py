@@ -179,7 +179,9 @@ def test_open_trades_lists_what_the_library_lists_through_random_order_lives() -
     assert refs.open_mismatches == 0
 
 
-def test_a_status_changed_behind_the_index_is_caught_by_the_check_and_logged(capsys) -> None:
+def test_a_status_changed_behind_the_index_is_caught_by_the_check_and_logged() -> None:
+    from structlog.testing import capture_logs
+
     done = iblib.ib.OrderStatus.DoneStates
     ib, w, refs = library_rig()
     open_order(w, 1, "a")
@@ -189,6 +191,9 @@ def test_a_status_changed_behind_the_index_is_caught_by_the_check_and_logged(cap
     t.orderStatus.status = "Submitted"   # no event: nothing any library path does
     assert refs.open_trades(done) == []  # the index alone cannot know
     refs._checked_at = -1e9              # the next check is due
-    assert refs.open_trades(done, ib.openTrades) == [t]
-    assert refs.open_mismatches == 1 and "ib_open_trades_mismatch" in capsys.readouterr().out
+    with capture_logs() as logs:
+        assert refs.open_trades(done, ib.openTrades) == [t]
+    assert refs.open_mismatches == 1
+    assert [e["event"] for e in logs] == ["ib_open_trades_mismatch"]
+    assert logs[0]["log_level"] == "error" and logs[0]["code"] == "OPEN_INDEX_MISMATCH"
     assert refs.open_trades(done) == [t]  # rebuilt from the book
