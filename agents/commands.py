@@ -54,6 +54,9 @@ log = get_logger("agents.commands")
 COMMAND_TIMEOUT_S = 10.0   # how long IB has to confirm all of one command's steps
 RECONNECT_WAIT_S = 15.0    # a command cut by a lost connection: how long IB may take to be back
 REDELIVERY_WINDOW_S = 60.0  # a recovered command's redelivery within this: not answered twice
+# after a partial close's fill: how long IB has to shrink the exits (their new size comes in
+# their own openOrder, after the fill) before they are resized here
+OCA_SHRINK_WAIT_S = 1.0
 
 # --------------------------------------------------------------------------- the desk
 
@@ -452,7 +455,13 @@ class CommandDesk:
             if full:   # IB's OCA cancelled them once shrunk to nothing; else they go now
                 await self._cancel(pid, ids["take_profit"])
                 await self._cancel(pid, ids["stop_loss"])
-            else:
+            else:   # IB's OCA (ocaType 3) shrinks the exits by what the close filled, in their
+                # own openOrders after the fill: read before resizing what IB did not
+                try:
+                    await asyncio.wait_for(self._until(lambda: self._exits_fit(pid)),
+                                           OCA_SHRINK_WAIT_S)
+                except asyncio.TimeoutError:
+                    pass
                 await self._reprotect(pid)
             return None
         if full:
@@ -510,6 +519,19 @@ class CommandDesk:
                 leg = self._orders.leg(gid)
                 if leg is None or leg.status in ("PendingSubmit", ""):
                     self._execution.exit_not_at_ib(proposal_id, gid)
+
+    def _exits_fit(self, proposal_id: str) -> bool:
+        """No working exit covers more than the bracket holds (what _reprotect resizes down)."""
+        now = self.bracket_now(proposal_id)
+        if now is None or now.held <= EPS:
+            return True
+        for name in ("stop_loss", "take_profit"):
+            leg = now.legs.get(name)
+            oid = now.ids.get(name, 0)
+            if leg is not None and self._orders.working(oid) and not now.entry_working \
+                    and leg.quantity - leg.filled > now.held + EPS:
+                return False
+        return True
 
     async def _reprotect(self, proposal_id: str) -> None:
         """After a command failed or was cut: the exits cover exactly what the bracket holds.
