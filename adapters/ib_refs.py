@@ -119,6 +119,10 @@ class TradeBook(dict):
             del self._open[key]
         return out
 
+    def reopen_all(self) -> None:
+        """Every trade of the book back in `_open` (the next open_trades reads them all)."""
+        self._open = dict(dict.items(self))
+
     # -- every way a dict is written
     def __setitem__(self, key: Any, trade: Any) -> None:
         old = dict.get(self, key, _MISSING)
@@ -217,7 +221,7 @@ class RefIndex:
             self.open_mismatches += 1
             log.error("ib_open_trades_mismatch", code="OPEN_INDEX_MISMATCH", indexed=len(out),
                       library=len(truth))
-            book._open = dict(dict.items(book))
+            book.reopen_all()
             return truth
         return out
 

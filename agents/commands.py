@@ -520,37 +520,37 @@ class CommandDesk:
                 if leg is None or leg.status in ("PendingSubmit", ""):
                     self._execution.exit_not_at_ib(proposal_id, gid)
 
-    def _exits_fit(self, proposal_id: str) -> bool:
-        """No working exit covers more than the bracket holds (what _reprotect resizes down)."""
-        now = self.bracket_now(proposal_id)
-        if now is None or now.held <= EPS:
-            return True
-        for name in ("stop_loss", "take_profit"):
-            leg = now.legs.get(name)
-            oid = now.ids.get(name, 0)
-            if leg is not None and self._orders.working(oid) and not now.entry_working \
-                    and leg.quantity - leg.filled > now.held + EPS:
-                return False
-        return True
-
-    async def _reprotect(self, proposal_id: str) -> None:
-        """After a command failed or was cut: the exits cover exactly what the bracket holds.
-        Too small (a partial close cut between the resize and its exit): resized up. Too large
-        with the entry done (a close whose exit filled only partly): resized down — an exit
-        for more than is held would open a position the other way."""
-        now = self.bracket_now(proposal_id)
-        if now is None or now.held <= EPS:
-            return
+    def _missized(self, now: BracketNow) -> list[tuple[str, int, LegState, float, bool]]:
+        """The working exits that do not cover exactly what the bracket holds: (leg name, order
+        id, leg, working quantity, over). Too small: under; too large with the entry done:
+        over (an exit for more than is held would open a position the other way)."""
+        out = []
+        if now.held <= EPS:
+            return out
         for name in ("stop_loss", "take_profit"):
             leg = now.legs.get(name)
             oid = now.ids.get(name, 0)
             if leg is None or not self._orders.working(oid):
                 continue
             rem = leg.quantity - leg.filled
-            under = rem < now.held - EPS
             over = not now.entry_working and rem > now.held + EPS
-            if not (under or over):
-                continue
+            if over or rem < now.held - EPS:
+                out.append((name, oid, leg, rem, over))
+        return out
+
+    def _exits_fit(self, proposal_id: str) -> bool:
+        """No working exit covers more than the bracket holds (what _reprotect resizes down)."""
+        now = self.bracket_now(proposal_id)
+        return now is None or not any(over for *_, over in self._missized(now))
+
+    async def _reprotect(self, proposal_id: str) -> None:
+        """After a command failed or was cut: the exits cover exactly what the bracket holds.
+        Too small (a partial close cut between the resize and its exit): resized up. Too large
+        with the entry done (a close whose exit filled only partly): resized down (_missized)."""
+        now = self.bracket_now(proposal_id)
+        if now is None:
+            return
+        for name, oid, leg, rem, _over in self._missized(now):
             log.error("exit_missized", proposal_id=proposal_id, order_id=oid, leg=name,
                       held=now.held, working=rem, code="EXIT_MISSIZED",
                       action="resized to what is held")

@@ -46,28 +46,21 @@ async def ticks(t0: float, n: int, rate: float) -> AsyncIterator[tuple[int, floa
         stop.set()
 
 
-def lateness_ms(n: int = 500, rate: float = 200.0) -> tuple[float, float]:
-    """(p50, p99) ms of how late `ticks` hands a due time over, on an idle loop (a self-check)."""
+async def _sleeping(t0: float, n: int, rate: float) -> AsyncIterator[tuple[int, float]]:
+    """The same schedule by `asyncio.sleep` to each due time (what the benches did)."""
+    for i in range(n):
+        at = t0 + i / rate
+        wait = at - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        yield i, at
+
+
+def lateness_ms(schedule=ticks, n: int = 500, rate: float = 200.0) -> tuple[float, float]:
+    """(p50, p99) ms of how late `schedule` hands a due time over, on an idle loop."""
     async def main() -> list[float]:
         out = []
-        async for _, at in ticks(time.perf_counter() + 0.02, n, rate):
-            out.append((time.perf_counter() - at) * 1e3)
-        return out
-
-    got = sorted(asyncio.run(main()))
-    return got[len(got) // 2], got[int(len(got) * 0.99)]
-
-
-def sleep_lateness_ms(n: int = 500, rate: float = 200.0) -> tuple[float, float]:
-    """The same for `asyncio.sleep` to each due time (what the benches did)."""
-    async def main() -> list[float]:
-        out = []
-        t0 = time.perf_counter() + 0.02
-        for i in range(n):
-            at = t0 + i / rate
-            wait = at - time.perf_counter()
-            if wait > 0:
-                await asyncio.sleep(wait)
+        async for _, at in schedule(time.perf_counter() + 0.02, n, rate):
             out.append((time.perf_counter() - at) * 1e3)
         return out
 
@@ -76,5 +69,5 @@ def sleep_lateness_ms(n: int = 500, rate: float = 200.0) -> tuple[float, float]:
 
 
 if __name__ == "__main__":
-    print("ticks lateness p50/p99 ms: %.3f / %.3f" % lateness_ms())
-    print("asyncio.sleep lateness p50/p99 ms: %.3f / %.3f" % sleep_lateness_ms())
+    print("ticks lateness p50/p99 ms: %.3f / %.3f" % lateness_ms(ticks))
+    print("asyncio.sleep lateness p50/p99 ms: %.3f / %.3f" % lateness_ms(_sleeping))
