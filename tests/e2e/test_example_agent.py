@@ -86,7 +86,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         started = time.monotonic()
         agent = subprocess.Popen(
             [sys.executable, str(AGENT), "--port", port, "--username", demo["username"],
-             "--password", demo["password"], "--prefix", endpoints["mqtt_prefix"],
+             f"--password={demo['password']}", "--prefix", endpoints["mqtt_prefix"],
              "--price", str(PRICE), "--timeout", "20"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp)
         assert agent.stdout is not None
