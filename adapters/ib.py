@@ -20,9 +20,10 @@ State kept here (one line each):
   _pnl_waiting:   conIds whose reqPnLSingle waits its pacer turn (one task each: a DATA turn
                   waits behind every ORDER one, and a saturated pacer had one task per fill pile up)
   _pending_execs: execId -> (BrokerExecution, deadline handle) (waiting for commissionReport)
-  _seen_execs:    execIds already published, the newest SEEN_EXECS_MAX (dedupe live +
-                  reqExecutions, which reports the last days only; the journal keeps every
-                  fill unique by exec_id and the governor counts an exec_id once a day)
+  _seen_execs:    execIds already published, the newest SEEN_EXECS_MAX (dedupes a live repeat;
+                  a reqExecutions sync, which reports the day's, also skips the journal's
+                  exec_ids, looked up then: adapters/ib_execs.py; the journal keeps every fill
+                  unique by exec_id)
   _settled:       orderIds a placement check found dead or absent at IB (never cancelled again;
                   the newest SETTLED_MAX, adapters/ib_truth.py; an unknown answer adds none)
   _absent:        orderIds a placement check found IB does not have (lost on the way; as _settled)
@@ -43,7 +44,7 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -79,6 +80,14 @@ from bracketgate.bus.messages import (
     WorkingOrder,
 )
 from bracketgate.adapters.md_lines import DEFAULT_LINES, MAX_TICKERS, LineBudget
+from bracketgate.adapters.ib_execs import (
+    COMMISSION_WAIT_S,
+    Known,
+    only_new,
+    report_of,
+    reports_for,
+    reports_watched,
+)
 from bracketgate.adapters.ib_outbox import Outbox
 from bracketgate.adapters.ib_quotes import QuoteLines
 from bracketgate.adapters.ib_refs import RefIndex
@@ -86,7 +95,7 @@ from bracketgate.adapters.ib_startup import (
     StartupOrders,
     connect_kwargs,
     followed_updates,
-    without_completed_orders,
+    without_startup_fetches,
 )
 from bracketgate.adapters.ib_truth import (
     SETTLED_MAX,
@@ -280,7 +289,8 @@ Publish = Callable[[Any], Awaitable[None]]
 ReconcileHook = Callable[[], Awaitable[None]]
 
 
-SEEN_EXECS_MAX = 200_000    # execIds remembered as published (a few days of fills)
+SEEN_EXECS_MAX = 10_000     # execIds published this run, the newest (a live repeat comes
+                            # within seconds; a reqExecutions sync also looks up the journal)
 ORDER_ERRORS_MAX = 4096     # orderIds whose last error is kept (read when a placement fails)
 DIRTY_HOLD_S = 0.05         # longest a data-changed notice waits for a placement's acks
 WHATIF_SLOW_S = 1.0         # a what-if slower than this (turn + answer) is logged, both apart
@@ -406,6 +416,8 @@ class IBBroker(QuoteLines):
         self._pnl_waiting: set[int] = set()
         self._pending_execs: dict[str, tuple[BrokerExecution, asyncio.TimerHandle]] = {}
         self._seen_execs: _Bounded[str, bool] = _Bounded(SEEN_EXECS_MAX)
+        # the journal's exec_ids, looked up at each executions sync (core/app.py sets it)
+        self.journaled_execs: Callable[[], Awaitable[Container[str]]] | None = None
         # freshness: when each part was last updated or confirmed current by a heartbeat
         self._ts: dict[str, datetime | None] = {"account": None, "positions": None, "pnl": None}
         self._synced: set[str] = set()
@@ -534,8 +546,8 @@ class IBBroker(QuoteLines):
                 self.host, self.port, clientId=self.client_id, timeout=self.connect_timeout,
                 account=self.account, **connect_kwargs(ibl)))
             refused = asyncio.ensure_future(self._refused.wait())
-            try:   # completed orders are read after, when needed (ib_startup.py)
-                with without_completed_orders(self.ib, ibl):
+            try:   # completed orders and executions are read after (ib_startup.py, ib_execs.py)
+                with without_startup_fetches(self.ib, ibl):
                     await asyncio.wait([connecting, refused], return_when=asyncio.FIRST_COMPLETED)
             finally:
                 refused.cancel()
@@ -589,8 +601,9 @@ class IBBroker(QuoteLines):
         self._tickers.clear()
         self.lines.new_connection()
         now = self._clock.now()
-        # connectAsync has loaded positions, open orders, account values, executions; completed
-        # orders only as recovery needs them (self.startup.sync below, adapters/ib_startup.py)
+        # connectAsync has loaded positions, open orders, account values; completed orders only
+        # as recovery needs them (self.startup.sync below, adapters/ib_startup.py), executions
+        # once after the reconcile (_sync_executions, adapters/ib_execs.py)
         self._ts["positions"] = now
         self._ts["account"] = now
         self._synced.update({"positions", "account"})
@@ -983,7 +996,7 @@ class IBBroker(QuoteLines):
             self._publish_exec(ex)
             return
         # publish once, with the commission: wait for commissionReport (bounded)
-        handle = asyncio.get_running_loop().call_later(1.0, self._release_exec, exec_id)
+        handle = asyncio.get_running_loop().call_later(COMMISSION_WAIT_S, self._release_exec, exec_id)
         self._pending_execs[exec_id] = (ex, handle)
 
     def _on_commission(self, trade: Any, fill: Any, report: Any) -> None:
@@ -1018,29 +1031,40 @@ class IBBroker(QuoteLines):
         self._emit(ex)
 
     async def _sync_executions(self) -> None:
-        """Publish the day's executions not seen yet (fills that happened while disconnected)."""
+        """Publish the day's executions not seen yet (fills that happened while disconnected):
+        one reqExecutions per connect, the ones journaled or published skipped undecoded, each
+        new one with its commission (adapters/ib_execs.py)."""
+        t0 = time.perf_counter()
         try:
+            journaled = await self.journaled_execs() if self.journaled_execs is not None else set()
+            known = Known(self._seen_execs, self._pending_execs, journaled)
             await self._turn(Priority.DATA)
-            fills = await asyncio.wait_for(self.ib.reqExecutionsAsync(), self.request_timeout)
+            with only_new(self.ib, known) as skipped, reports_watched(self.ib) as reported:
+                fills = await asyncio.wait_for(self.ib.reqExecutionsAsync(), self.request_timeout)
+                new = [f for f in fills if f.execution.execId not in known]
+                missing = await reports_for(self.ib, new, reported)
         except (TimeoutError, ConnectionError, BrokerNotConnected) as e:
             log.warning("ib_executions_sync_failed", error=repr(e))
             return
-        # the library keeps each execution's commission on the fill it saw first (its own
-        # start-up sync); a later request's fill objects carry an empty report
-        known = {f.execution.execId: f for f in self.ib.fills()}
-        for fill in fills:
-            if fill.execution.execId in self._seen_execs:
-                continue
+        except Exception as e:   # the journal's look-up: without it nothing can be told new
+            log.error("ib_executions_sync_failed", error=repr(e), code="EXECUTIONS_SYNC_FAILED")
+            return
+        for fill in missing:
+            log.warning("ib_commission_missing", exec_id=fill.execution.execId)
+        for fill in new:
             trade = self._trade_for(fill.execution.orderId)
             ex = self._execution(trade, fill)
-            rep = (known.get(fill.execution.execId) or fill).commissionReport
-            if rep is not None and rep.execId:
+            rep = report_of(self.ib, fill)
+            if rep is not None:
                 ex = ex.model_copy(update={"commission": ib_number(rep.commission),
                                            "realized_pnl": ib_number(rep.realizedPNL)})
             self._publish_exec(ex)
+        log.info("ib_executions_synced", new=len(new), skipped=skipped["skipped"],
+                 decoded=len(fills), ms=round((time.perf_counter() - t0) * 1000, 1))
 
     def mark_executions_seen(self, exec_ids: set[str]) -> None:
-        """Executions already journaled in an earlier run: never publish them again."""
+        """Executions already published (a test's or tool's own): never publish them again.
+        The daemon's journaled ones are looked up at each sync instead (`journaled_execs`)."""
         for exec_id in exec_ids:
             self._seen_execs[exec_id] = True
 

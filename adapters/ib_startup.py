@@ -65,27 +65,30 @@ Expected = Callable[[], dict[str, tuple[int, ...]]]
 
 
 def connect_kwargs(ibl: Any) -> dict[str, Any]:
-    """connectAsync's arguments that leave out the completed orders (ib_async's fetchFields)."""
+    """connectAsync's arguments that leave out the completed orders and the executions
+    (ib_async's fetchFields): both are read after, as recovery needs them (adapters/ib_execs.py)."""
     flags = getattr(ibl, "StartupFetch", None)
     if flags is None or not hasattr(ibl, "StartupFetchALL"):
         return {}
-    return {"fetchFields": ibl.StartupFetchALL & ~flags.ORDERS_COMPLETE}
+    return {"fetchFields": ibl.StartupFetchALL & ~flags.ORDERS_COMPLETE & ~flags.EXECUTIONS}
 
 
 @contextmanager
-def without_completed_orders(ib: Any, ibl: Any) -> Iterator[None]:
+def without_startup_fetches(ib: Any, ibl: Any) -> Iterator[None]:
     """While connectAsync runs: a library without fetchFields (ib_insync 0.9.86) has its
-    completed-orders request answered empty on this instance (nothing is sent to IB)."""
+    completed-orders and executions requests answered empty on this instance (nothing is sent
+    to IB)."""
     if connect_kwargs(ibl):
         yield
         return
 
-    def answered_empty(api_only: bool) -> asyncio.Future[list[Any]]:
+    def answered_empty(*_args: Any, **_kwargs: Any) -> asyncio.Future[list[Any]]:
         fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         fut.set_result([])
         return fut
 
-    with _instance_attr(ib, "reqCompletedOrdersAsync", answered_empty):
+    with _instance_attr(ib, "reqCompletedOrdersAsync", answered_empty), \
+            _instance_attr(ib, "reqExecutionsAsync", answered_empty):
         yield
 
 

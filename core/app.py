@@ -182,9 +182,10 @@ class Daemon:
                 trade_retention_s=s.ib_trade_retention_s,
             )
             self.broker = broker
-            # executions journaled (IB reports those of the last days again): from an index alone
+            # executions journaled (IB reports the day's again at each connect): looked up from
+            # an index alone at each executions sync, not held (adapters/ib_execs.py)
             t_load = time.monotonic()
-            broker.mark_executions_seen(await journal.journaled_exec_ids())
+            broker.journaled_execs = journal.journaled_exec_ids
             monitor = PortfolioMonitor(bus, broker, clock=self.clock)
             monitor.attach()
             execution = ExecutionAgent(bus, broker, journal=journal, clock=self.clock,

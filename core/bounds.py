@@ -35,7 +35,8 @@ BOUNDS: dict[str, str] = {
     "ib.completed_refs": "COMPLETED_REFS_MAX (100,000) orderRefs a start-up's review read "
                          "compact, ~0.15 KB a leg (adapters/ib_completed.py)",
     "ib.retention.done_waiting": "groups of ib.trades done, waiting out the grace",
-    "ib._seen_execs": "SEEN_EXECS_MAX (200,000) execIds",
+    "ib._seen_execs": "SEEN_EXECS_MAX (10,000) execIds published this run (a sync also looks "
+                      "up the journal's: adapters/ib_execs.py)",
     "ib._pending_execs": "executions waiting for their commission report (a deadline each)",
     "ib._pnl_single": "one per position conId",
     "ib._pnl_waiting": "one per position conId (a reqPnLSingle waiting its pacer turn)",

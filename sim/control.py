@@ -16,7 +16,8 @@ cap fill sizes and read the full brokerage state. Routes (all bodies and answers
     POST /ack_hold {"orderRef": "p1", "orderType": "STP", "mode": "lose" | "mute"}  test switch:
                    the next such order is lost (no order, no answer) or muted (placed, but its
                    status is never pushed; reqOpenOrders still lists it)
-    POST /answer_hold {"request": "open_orders" | "completed_orders" | "cancel", "mode": "lose" |
+    POST /answer_hold {"request": "open_orders" | "completed_orders" | "cancel" |
+                   "commission_reports", "mode": "lose" |
                    "delay", "seconds": 2.0, "count": 1, "orderRef": optional (cancel)}  test
                    switch: the next such answer (or cancel) is lost or late (sim/holds.py)
     POST /md_lines {"limit": 5}       concurrent market-data lines before error 101 (0 = no cap)

@@ -8,6 +8,10 @@ Beside sim/server.py, which asks `AnswerHolds.intercept` before it answers one o
     cancel            cancelOrder (of an order whose orderRef is `order_ref`, if one is named):
                       the message is lost on its way (`lose`: the order stays working, IB sends
                       nothing) or reaches the engine `seconds` later (`delay`)
+    commission_reports  reqExecutions: the commissionReports of its executions are not sent
+                      after each execDetails but never (`lose`) or `seconds` after its
+                      execDetailsEnd (`delay`): the captures do not settle that real TWS always
+                      sends them before the end
 
 Each switch serves `count` requests, then is gone; `POST /reset` clears them. What the real
 gateway does under load (an answer queued behind a flood, a message dropped by pacing), made
@@ -20,7 +24,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-KINDS = frozenset({"open_orders", "completed_orders", "cancel"})
+KINDS = frozenset({"open_orders", "completed_orders", "cancel", "commission_reports"})
 MODES = frozenset({"lose", "delay"})
 
 

@@ -664,10 +664,20 @@ class PaperTWS:
         s.send(codec.account_download_end(self._account_id()))
 
     def _h_executions(self, s: Session, m: ReqExecutions) -> None:
-        for e in self._filtered_executions(m.filter):
+        execs = self._filtered_executions(m.filter)
+        reports = {e.exec_id: codec.commission_report(e) for e in execs
+                   if not combos.is_bag(e.contract)}
+
+        def send_reports() -> None:   # a held answer: after the end, or never (sim/holds.py)
+            for r in reports.values():
+                s.send(r)
+
+        held = bool(self.answer_holds) and self.answer_holds.intercept(
+            "commission_reports", send_reports)
+        for e in execs:
             s.send(codec.exec_details(m.req_id, e, s.version))
-            if not combos.is_bag(e.contract):
-                s.send(codec.commission_report(e))
+            if not held and e.exec_id in reports:
+                s.send(reports[e.exec_id])
         s.send(codec.exec_details_end(m.req_id))
 
     def _h_contract_details(self, s: Session, m: ReqContractDetails) -> None:

@@ -31,13 +31,14 @@ def test_missing_legs_names_the_refs_with_a_leg_not_open() -> None:
     assert missing_legs({}, lambda ref: set()) == set()
 
 
-def test_connect_kwargs_leave_out_completed_orders_only() -> None:
+def test_connect_kwargs_leave_out_completed_orders_and_executions_only() -> None:
     ib_async = pytest.importorskip("ib_async")
     kw = connect_kwargs(ib_async)
     flags = kw["fetchFields"]
     assert not flags & ib_async.StartupFetch.ORDERS_COMPLETE
+    assert not flags & ib_async.StartupFetch.EXECUTIONS   # read once after (ib_execs.py)
     for f in (ib_async.StartupFetch.POSITIONS, ib_async.StartupFetch.ORDERS_OPEN,
-              ib_async.StartupFetch.ACCOUNT_UPDATES, ib_async.StartupFetch.EXECUTIONS):
+              ib_async.StartupFetch.ACCOUNT_UPDATES):
         assert flags & f
     assert connect_kwargs(SimpleNamespace()) == {}   # ib_insync 0.9.86: no fetchFields
 
@@ -106,22 +107,25 @@ def test_only_refs_also_keeps_a_wanted_permid_whose_orderref_is_empty() -> None:
     assert ib.client.decoder.handlers[COMPLETED_ORDER_MSG] is decode
 
 
-def test_the_ib_insync_shim_answers_the_connect_s_request_empty_and_restores_it() -> None:
+def test_the_ib_insync_shim_answers_the_connect_s_requests_empty_and_restores_them() -> None:
     class IB:
         def reqCompletedOrdersAsync(self, api_only: bool) -> str:
+            return "sent"
+
+        def reqExecutionsAsync(self, exec_filter: Any = None) -> str:
             return "sent"
 
     ib = IB()
 
     async def inside() -> Any:
-        with ib_startup.without_completed_orders(ib, SimpleNamespace()):
-            return await ib.reqCompletedOrdersAsync(False)
+        with ib_startup.without_startup_fetches(ib, SimpleNamespace()):
+            return await ib.reqCompletedOrdersAsync(False), await ib.reqExecutionsAsync()
 
     import asyncio
 
-    assert asyncio.run(inside()) == []
-    assert ib.reqCompletedOrdersAsync(False) == "sent"
-    assert "reqCompletedOrdersAsync" not in vars(ib)
+    assert asyncio.run(inside()) == ([], [])
+    assert ib.reqCompletedOrdersAsync(False) == "sent" and ib.reqExecutionsAsync() == "sent"
+    assert "reqCompletedOrdersAsync" not in vars(ib) and "reqExecutionsAsync" not in vars(ib)
 
 
 class _Meta:
