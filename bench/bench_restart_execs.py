@@ -39,20 +39,28 @@ from tests.fixtures.paper_tws import seed_executions, start_paper_tws, stop_pape
 
 
 async def journal_with_fills(path: Path, exec_ids: list[str]) -> None:
-    """The day's fills journaled, as the daemon journals them (a Fill per execution)."""
+    """The day's fills journaled and delivered, as the daemon leaves them (a Fill and its
+    delivery record per execution; the recovery checkpoint moved as the daemon moves it)."""
     from bracketgate.adapters.journal import Journal
     from bracketgate.bus.messages import Fill, Leg, Side
 
     now = datetime.now(timezone.utc)
+
+    async def one(i: int, e: str) -> None:
+        pid = f"seeded-{i}"
+        await j.record("fill", proposal_id=pid, agent_id="seeded", order_id=2_000_000 + i,
+                       payload=Fill(proposal_id=pid, agent_id="seeded", order_id=2_000_000 + i,
+                                    leg=Leg.ENTRY, exec_id=e, symbol="AAPL", side=Side.BUY,
+                                    quantity=1, price=230.0, commission=1.0, ts=now),
+                       durable=False)
+        await j.record("ack", proposal_id=pid, agent_id="seeded",   # delivered to its agent
+                       payload={"delivered": "fill", "exec_id": e}, durable=False)
+
     async with Journal(path) as j:
         for start in range(0, len(exec_ids), 2000):
-            await asyncio.gather(*(
-                j.record("fill", proposal_id=f"seeded-{i}", agent_id="seeded", order_id=2_000_000 + i,
-                         payload=Fill(proposal_id=f"seeded-{i}", agent_id="seeded",
-                                      order_id=2_000_000 + i, leg=Leg.ENTRY, exec_id=e,
-                                      symbol="AAPL", side=Side.BUY, quantity=1, price=230.0,
-                                      commission=1.0, ts=now), durable=False)
-                for i, e in enumerate(exec_ids[start:start + 2000], start)))
+            await asyncio.gather(*(one(i, e) for i, e in
+                                   enumerate(exec_ids[start:start + 2000], start)))
+        await j.checkpoint_recovery(datetime(2000, 1, 1, tzinfo=timezone.utc))
 
 
 async def restart(tws, broker, work: Path, journal: Path) -> tuple[float, dict]:

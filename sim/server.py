@@ -128,6 +128,16 @@ class Session:
             return
         self.writer.write(pack(fields))
 
+    def send_all(self, messages: list[list[str]]) -> None:
+        """Several messages in one write (a long answer: one system call, not one each)."""
+        if self.closed or self.writer.is_closing():
+            return
+        if self.writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            log.warning("paper_tws_slow_client_dropped", client_id=self.client_id, peer=self.peer)
+            self.close()
+            return
+        self.writer.write(b"".join(pack(fields) for fields in messages))
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
@@ -669,16 +679,17 @@ class PaperTWS:
                    if not combos.is_bag(e.contract)}
 
         def send_reports() -> None:   # a held answer: after the end, or never (sim/holds.py)
-            for r in reports.values():
-                s.send(r)
+            s.send_all(list(reports.values()))
 
         held = bool(self.answer_holds) and self.answer_holds.intercept(
             "commission_reports", send_reports)
+        out = []
         for e in execs:
-            s.send(codec.exec_details(m.req_id, e, s.version))
+            out.append(codec.exec_details(m.req_id, e, s.version))
             if not held and e.exec_id in reports:
-                s.send(reports[e.exec_id])
-        s.send(codec.exec_details_end(m.req_id))
+                out.append(reports[e.exec_id])
+        out.append(codec.exec_details_end(m.req_id))
+        s.send_all(out)
 
     def _h_contract_details(self, s: Session, m: ReqContractDetails) -> None:
         spec = m.contract
