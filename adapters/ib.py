@@ -1062,12 +1062,6 @@ class IBBroker(QuoteLines):
         log.info("ib_executions_synced", new=len(new), skipped=skipped["skipped"],
                  decoded=len(fills), ms=round((time.perf_counter() - t0) * 1000, 1))
 
-    def mark_executions_seen(self, exec_ids: set[str]) -> None:
-        """Executions already published (a test's or tool's own): never publish them again.
-        The daemon's journaled ones are looked up at each sync instead (`journaled_execs`)."""
-        for exec_id in exec_ids:
-            self._seen_execs[exec_id] = True
-
     # ------------------------------------------------------------------ commands
 
     def _require_ready(self) -> None:
