@@ -22,20 +22,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_soak import LIMITS, spawn  # noqa: E402
+from bench_soak import bench_rig, spawn  # noqa: E402
 
-from tests.fixtures.mosquitto import MOSQUITTO_BINARY, MosquittoServer  # noqa: E402
-from tests.fixtures.paper_tws import seed_executions, start_paper_tws, stop_paper_tws  # noqa: E402
+from tests.fixtures.paper_tws import seed_executions  # noqa: E402
 
 
 async def journal_with_fills(path: Path, exec_ids: list[str]) -> None:
@@ -74,12 +71,7 @@ async def restart(tws, broker, work: Path, journal: Path) -> tuple[float, dict]:
 
 
 async def main(a: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="bg-bench-execs-"))
-    (work / "limits.toml").write_text(LIMITS)
-    broker = MosquittoServer(MOSQUITTO_BINARY, work / "mosquitto")
-    broker.start()
-    tws = await start_paper_tws()   # the paper TWS's own pacing stays on
-    try:
+    async with bench_rig("bg-bench-execs-", a.keep) as (work, broker, tws):
         base = statistics.median([(await restart(tws, broker, work, work / f"empty-{t}.sqlite"))[0]
                                   for t in range(a.trials)])
         print(f"bracketgate restart with the day's executions at IB (baseline: {base:.0f} ms,"
@@ -103,13 +95,6 @@ async def main(a: argparse.Namespace) -> None:
                       f" (ratio {m / base:.2f}, {m - base:+.0f} ms; runs"
                       f" {', '.join(f'{x:.0f}' for x in ms)}); sync {json.dumps(lines[name])}",
                       flush=True)
-    finally:
-        await stop_paper_tws(tws)
-        broker.stop()
-        if not a.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"  kept {work}")
 
 
 if __name__ == "__main__":

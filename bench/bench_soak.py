@@ -43,8 +43,11 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -354,54 +357,67 @@ def seed_completed_orders(tws, k: int, start: int = 0) -> None:
         eng.cancel(99, 1_000_000 + i)
 
 
-async def main(a: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="bg-bench-soak-"))
+@asynccontextmanager
+async def bench_rig(prefix: str, keep: bool) -> AsyncIterator[tuple[Path, Any, Any]]:
+    """(work directory with limits.toml, mosquitto, the paper TWS in this process WITH its
+    pacing), all stopped after (the work directory kept with `keep`)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     (work / "limits.toml").write_text(LIMITS)
     broker = MosquittoServer(MOSQUITTO_BINARY, work / "mosquitto")
     broker.start()
-    tws = await start_paper_tws()   # the paper TWS's own pacing stays on
-    journal = work / "journal.sqlite"
-    try:   # the daemon is stopped by its PID in every case (restart_ms, flow)
-        empty_ms, empty_wall = await restart_ms(tws, broker, work, work / "empty.sqlite")
-        n = a.build or a.n
-        if a.reuse:
-            journal = Path(a.reuse)
-            print(f"bracketgate soak: restart on {journal} (built earlier with --build {n})")
-        elif a.build:
-            print(f"bracketgate soak: restart on a journal of {n} proposals written directly")
-            await build(n, journal)
-        else:
-            print(f"bracketgate soak: {n} proposals through mosquitto, ~{100 // a.approve_every}"
-                  f" % approved (pid {os.getpid()})")
-            await flow(n, a.window, a.approve_every, a.fill_every, tws, broker, work, journal,
-                       a.memdump_every, dict(kv.split("=", 1) for kv in a.daemon_env))
-        size = journal_files_size(journal)
-        print(f"  journal: {size / 1e6:.1f} MB (db + wal) = {size / n:.0f} bytes/proposal")
-        big_ms, big_wall = await restart_ms(tws, broker, work, journal)
-        print(f"  restart to ready: {big_ms:.0f} ms on it vs {empty_ms:.0f} ms on an empty"
-              f" journal (baseline, same run): ratio {big_ms / empty_ms:.2f};"
-              f" {big_ms - empty_ms:+.0f} ms  (wall from spawn {big_wall:.0f} vs"
-              f" {empty_wall:.0f} ms)")
-        seeded = 0
-        for k in (int(x) for x in a.ib_orders.split(",") if x.strip()):  # K completed orders at IB
-            seed_completed_orders(tws, k - seeded, seeded)
-            seeded = max(seeded, k)
-            runs: list[tuple[float, float]] = []
-            for t in range(a.trials):   # a new (empty) journal reviews them all (ib_startup.py)
-                new = (await restart_ms(tws, broker, work, work / f"new-{k}-{t}.sqlite"))[0]
-                runs.append((new, (await restart_ms(tws, broker, work, journal))[0]))
-            e2_ms = statistics.median(r[0] for r in runs)
-            b2_ms = statistics.median(r[1] for r in runs)
-            print(f"  with {k} completed orders at the paper TWS: {b2_ms:.0f} ms on the journal,"
-                  f" {e2_ms:.0f} ms on a new one (vs {empty_ms:.0f} ms without them; medians of"
-                  f" {a.trials}): ratio {b2_ms / empty_ms:.2f}", flush=True)
+    tws = await start_paper_tws()
+    try:
+        yield work, broker, tws
     finally:
         await stop_paper_tws(tws)
         broker.stop()
-        if not a.keep:
+        if not keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"  kept {work}")
+
+
+async def main(a: argparse.Namespace) -> None:
+    async with bench_rig("bg-bench-soak-", a.keep) as (work, broker, tws):
+        # the daemon is stopped by its PID in every case (restart_ms, flow)
+        await soak(a, work, broker, tws)
+
+
+async def soak(a: argparse.Namespace, work: Path, broker: Any, tws: Any) -> None:
+    journal = work / "journal.sqlite"
+    empty_ms, empty_wall = await restart_ms(tws, broker, work, work / "empty.sqlite")
+    n = a.build or a.n
+    if a.reuse:
+        journal = Path(a.reuse)
+        print(f"bracketgate soak: restart on {journal} (built earlier with --build {n})")
+    elif a.build:
+        print(f"bracketgate soak: restart on a journal of {n} proposals written directly")
+        await build(n, journal)
+    else:
+        print(f"bracketgate soak: {n} proposals through mosquitto, ~{100 // a.approve_every}"
+              f" % approved (pid {os.getpid()})")
+        await flow(n, a.window, a.approve_every, a.fill_every, tws, broker, work, journal,
+                   a.memdump_every, dict(kv.split("=", 1) for kv in a.daemon_env))
+    size = journal_files_size(journal)
+    print(f"  journal: {size / 1e6:.1f} MB (db + wal) = {size / n:.0f} bytes/proposal")
+    big_ms, big_wall = await restart_ms(tws, broker, work, journal)
+    print(f"  restart to ready: {big_ms:.0f} ms on it vs {empty_ms:.0f} ms on an empty"
+          f" journal (baseline, same run): ratio {big_ms / empty_ms:.2f};"
+          f" {big_ms - empty_ms:+.0f} ms  (wall from spawn {big_wall:.0f} vs"
+          f" {empty_wall:.0f} ms)")
+    seeded = 0
+    for k in (int(x) for x in a.ib_orders.split(",") if x.strip()):  # K completed orders at IB
+        seed_completed_orders(tws, k - seeded, seeded)
+        seeded = max(seeded, k)
+        runs: list[tuple[float, float]] = []
+        for t in range(a.trials):   # a new (empty) journal reviews them all (ib_startup.py)
+            new = (await restart_ms(tws, broker, work, work / f"new-{k}-{t}.sqlite"))[0]
+            runs.append((new, (await restart_ms(tws, broker, work, journal))[0]))
+        e2_ms = statistics.median(r[0] for r in runs)
+        b2_ms = statistics.median(r[1] for r in runs)
+        print(f"  with {k} completed orders at the paper TWS: {b2_ms:.0f} ms on the journal,"
+              f" {e2_ms:.0f} ms on a new one (vs {empty_ms:.0f} ms without them; medians of"
+              f" {a.trials}): ratio {b2_ms / empty_ms:.2f}", flush=True)
 
 
 if __name__ == "__main__":
