@@ -184,106 +184,112 @@ async def flow(n: int, window: int, approve_every: int, fill_every: int, tws, br
                daemon_env: dict[str, str] | None = None) -> None:
     d = await spawn(tws, broker, work, {"RISK_LIMITS_FILE": str(work / "limits.toml"),
                                         "JOURNAL_PATH": str(journal), **(daemon_env or {})}, 30)
-    d.logs.clear()
-    pid = d.proc.pid
-    verdicts: dict[str, int] = {}
-    got = asyncio.Event()
-    done = 0
-    free = asyncio.Semaphore(window)
-    curve: list[tuple[int, int, float]] = []
-    host, port = broker.url.rsplit("//", 1)[1].split(":")
-    async with aiomqtt.Client(hostname=host, port=int(port),
-                              identifier=f"soak-{uuid.uuid4().hex[:6]}") as client:
-        await client.subscribe(f"{d.prefix}/decisions/#", qos=1)
-        await client.subscribe(f"{d.prefix}/orders/#", qos=1)
-        legs: dict[str, int] = {}      # fills by leg, cancelled orders by leg
-        cancelled: set[int] = set()
+    try:   # the daemon is stopped by its PID whatever happens to the flow
+        d.logs.clear()
+        pid = d.proc.pid
+        verdicts: dict[str, int] = {}
+        got = asyncio.Event()
+        done = 0
+        free = asyncio.Semaphore(window)
+        curve: list[tuple[int, int, float]] = []
+        host, port = broker.url.rsplit("//", 1)[1].split(":")
+        async with aiomqtt.Client(hostname=host, port=int(port),
+                                  identifier=f"soak-{uuid.uuid4().hex[:6]}") as client:
+            await client.subscribe(f"{d.prefix}/decisions/#", qos=1)
+            await client.subscribe(f"{d.prefix}/orders/#", qos=1)
+            legs: dict[str, int] = {}      # fills by leg, cancelled orders by leg
+            cancelled: set[int] = set()
 
-        async def read() -> None:
-            nonlocal done
-            async for msg in client.messages:
-                dec = json.loads(msg.payload)
-                if "/orders/" in str(msg.topic):
-                    if dec.get("type") == "fill":
-                        key = f"fill:{dec.get('leg')}"
-                    elif (dec.get("status") in ("Cancelled", "ApiCancelled")
-                          and dec.get("order_id") not in cancelled):
-                        cancelled.add(dec.get("order_id"))
-                        key = f"cancelled:{dec.get('leg')}"
-                    else:
+            async def read() -> None:
+                nonlocal done
+                async for msg in client.messages:
+                    dec = json.loads(msg.payload)
+                    if "/orders/" in str(msg.topic):
+                        if dec.get("type") == "fill":
+                            key = f"fill:{dec.get('leg')}"
+                        elif (dec.get("status") in ("Cancelled", "ApiCancelled")
+                              and dec.get("order_id") not in cancelled):
+                            cancelled.add(dec.get("order_id"))
+                            key = f"cancelled:{dec.get('leg')}"
+                        else:
+                            continue
+                        legs[key] = legs.get(key, 0) + 1
                         continue
-                    legs[key] = legs.get(key, 0) + 1
-                    continue
-                v = "/".join([dec.get("verdict", "?")] + [r.get("code", "?") for r in
-                                                          dec.get("reasons") or ()])
-                verdicts[v] = verdicts.get(v, 0) + 1
-                done += 1
-                free.release()
-                got.set()
+                    v = "/".join([dec.get("verdict", "?")] + [r.get("code", "?") for r in
+                                                              dec.get("reasons") or ()])
+                    verdicts[v] = verdicts.get(v, 0) + 1
+                    done += 1
+                    free.release()
+                    got.set()
 
-        reader = asyncio.create_task(read())
-        stop_swing = asyncio.Event()
-        swinger = asyncio.create_task(swing(tws, stop_swing)) if fill_every else None
-        t0 = time.perf_counter()
-        curve.append((0, rss_kib(pid), 0.0))
-        if memdump_every:   # the ready daemon's own dump: what the warm-up adds is diffed to it
-            d.proc.send_signal(signal.SIGUSR2)
-        for i in range(n):
-            await free.acquire()
-            await client.publish(f"{d.prefix}/proposals/soak{i % 5}",
-                                 json.dumps(proposal(i, approve_every, fill_every)), qos=1)
-            if (i + 1) % 10_000 == 0:
-                for e in d.logs:   # a SIGUSR2 dump asked for at the last 10k (--memdump-every)
-                    if e.get("event") in ("memory_dump", "memory_types", "memory_top",
-                                          "memory_holders", "memory_books"):
-                        print("    " + json.dumps({k: v for k, v in e.items()
-                                                   if k not in ("timestamp", "logger", "level")}))
-                if memdump_every and (i + 1) % memdump_every == 0:
-                    d.proc.send_signal(signal.SIGUSR2)   # printed with the next 10k line
-                pruned = [e for e in d.logs if e.get("event") == "ib_trades_pruned"]
-                books = (f"  IB books: {sum(e.get('trades', 0) for e in pruned)} trades pruned,"
-                         f" {pruned[-1].get('done_waiting', '?')} done and waiting") if pruned else ""
-                d.logs.clear()   # this process keeps the daemon's log lines: not its RSS
-                d.raw.clear()
-                curve.append((i + 1, rss_kib(pid), time.perf_counter() - t0))
-                print(f"  {i + 1:>9} proposals  RSS {curve[-1][1] / 1024:7.1f} MB"
-                      f"  (+{(curve[-1][1] - curve[1 if len(curve) > 1 else 0][1]) / 1024:6.1f} MB"
-                      f" since 10k)  {(i + 1) / curve[-1][2]:6.0f}/s{books}", flush=True)
-        while done < n:
-            got.clear()
-            try:
-                await asyncio.wait_for(got.wait(), 30)
-            except TimeoutError:
-                print(f"  decisions stopped at {done} of {n}")
-                break
-        elapsed = time.perf_counter() - t0
-        await asyncio.sleep(4.0)   # the last entries' cancel_entry_after_s, the last swings
-        stop_swing.set()
-        if swinger is not None:
-            await swinger
-        end_rss = rss_kib(pid)
-        st = await tws.state()   # what the paper TWS still has working: every bracket closed?
-        working: dict[str, int] = {}
-        for o in st.get("orders", []):
-            if o.get("status") not in ("Filled", "Cancelled", "ApiCancelled", "Inactive"):
-                key = f"{o.get('orderType')}:{o.get('status')}"
-                working[key] = working.get(key, 0) + 1
-        print(f"  working at the paper TWS after the flow: {working or 'none'}")
-        health = await tws.get("/health")   # IB's pacing: error 100s sent, messages dropped
-        print(f"  paper TWS pacing: {health.get('pacingErrors')} error 100, "
-              f"{health.get('pacingDropped')} messages dropped")
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
-    rc = await d.terminate()
-    print(f"  decided {done} of {n} in {elapsed:.0f} s ({done / elapsed:.0f}/s): {verdicts}")
-    print(f"  brackets' legs (fills and cancels on the orders topics): {dict(sorted(legs.items()))}")
-    if len(curve) > 2:
-        warm = curve[1][1]
-        print(f"  RSS: start {curve[0][1] / 1024:.1f} MB, at 10k {warm / 1024:.1f} MB, end"
-              f" {end_rss / 1024:.1f} MB: {(end_rss - warm) / 1024:+.1f} MB over the last"
-              f" {n - 10_000} proposals")
-    print(f"  daemon exit code on SIGTERM: {rc}")
-    print_curve(curve)
+            reader = asyncio.create_task(read())
+            stop_swing = asyncio.Event()
+            swinger = asyncio.create_task(swing(tws, stop_swing)) if fill_every else None
+            t0 = time.perf_counter()
+            curve.append((0, rss_kib(pid), 0.0))
+            if memdump_every:   # the ready daemon's own dump: what the warm-up adds is diffed to it
+                d.proc.send_signal(signal.SIGUSR2)
+            for i in range(n):
+                await free.acquire()
+                await client.publish(f"{d.prefix}/proposals/soak{i % 5}",
+                                     json.dumps(proposal(i, approve_every, fill_every)), qos=1)
+                if (i + 1) % 10_000 == 0:
+                    for e in d.logs:   # a SIGUSR2 dump asked for at the last 10k (--memdump-every)
+                        if e.get("event") in ("memory_dump", "memory_types", "memory_top",
+                                              "memory_holders", "memory_books"):
+                            print("    " + json.dumps({k: v for k, v in e.items()
+                                                       if k not in ("timestamp", "logger", "level")}))
+                    if memdump_every and (i + 1) % memdump_every == 0:
+                        d.proc.send_signal(signal.SIGUSR2)   # printed with the next 10k line
+                    pruned = [e for e in d.logs if e.get("event") == "ib_trades_pruned"]
+                    books = (f"  IB books: {sum(e.get('trades', 0) for e in pruned)} trades pruned,"
+                             f" {pruned[-1].get('done_waiting', '?')} done and waiting") if pruned else ""
+                    d.logs.clear()   # this process keeps the daemon's log lines: not its RSS
+                    d.raw.clear()
+                    curve.append((i + 1, rss_kib(pid), time.perf_counter() - t0))
+                    print(f"  {i + 1:>9} proposals  RSS {curve[-1][1] / 1024:7.1f} MB"
+                          f"  (+{(curve[-1][1] - curve[1 if len(curve) > 1 else 0][1]) / 1024:6.1f} MB"
+                          f" since 10k)  {(i + 1) / curve[-1][2]:6.0f}/s{books}", flush=True)
+            while done < n:
+                got.clear()
+                try:
+                    await asyncio.wait_for(got.wait(), 30)
+                except TimeoutError:
+                    print(f"  decisions stopped at {done} of {n}")
+                    break
+            elapsed = time.perf_counter() - t0
+            await asyncio.sleep(4.0)   # the last entries' cancel_entry_after_s, the last swings
+            stop_swing.set()
+            if swinger is not None:
+                await swinger
+            end_rss = rss_kib(pid)
+            # what the paper TWS still has working: every bracket closed? (its /state lists every
+            # order of the run: ~120k after 1M proposals, past the default 5 s)
+            st = await tws.state(timeout=300)
+            working: dict[str, int] = {}
+            for o in st.get("orders", []):
+                if o.get("status") not in ("Filled", "Cancelled", "ApiCancelled", "Inactive"):
+                    key = f"{o.get('orderType')}:{o.get('status')}"
+                    working[key] = working.get(key, 0) + 1
+            print(f"  working at the paper TWS after the flow: {working or 'none'}")
+            health = await tws.get("/health")   # IB's pacing: error 100s sent, messages dropped
+            print(f"  paper TWS pacing: {health.get('pacingErrors')} error 100, "
+                  f"{health.get('pacingDropped')} messages dropped")
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        rc = await d.terminate()
+        print(f"  decided {done} of {n} in {elapsed:.0f} s ({done / elapsed:.0f}/s): {verdicts}")
+        print(f"  brackets' legs (fills and cancels on the orders topics): {dict(sorted(legs.items()))}")
+        if len(curve) > 2:
+            warm = curve[1][1]
+            print(f"  RSS: start {curve[0][1] / 1024:.1f} MB, at 10k {warm / 1024:.1f} MB, end"
+                  f" {end_rss / 1024:.1f} MB: {(end_rss - warm) / 1024:+.1f} MB over the last"
+                  f" {n - 10_000} proposals")
+        print(f"  daemon exit code on SIGTERM: {rc}")
+        print_curve(curve)
+    finally:
+        if d.proc.returncode is None:
+            await d.kill()
 
 
 def print_curve(curve: list[tuple[int, int, float]], warm: int = 70_000) -> None:
