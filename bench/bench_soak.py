@@ -288,8 +288,7 @@ async def flow(n: int, window: int, approve_every: int, fill_every: int, tws, br
         print(f"  daemon exit code on SIGTERM: {rc}")
         print_curve(curve)
     finally:
-        if d.proc.returncode is None:
-            await d.kill()
+        await d.kill()   # a no-op once it has exited
 
 
 def print_curve(curve: list[tuple[int, int, float]], warm: int = 70_000) -> None:

@@ -293,8 +293,12 @@ def state_view(tws: Any) -> dict[str, Any]:
     }
 
 
+REQUEST_TIMEOUT_S = 5.0   # a control request's answer, unless the caller asks for longer
+
+
 async def request(host: str, port: int, method: str, path: str,
-                  body: dict[str, Any] | None = None, timeout: float = 5.0) -> tuple[int, Any]:
+                  body: dict[str, Any] | None = None,
+                  timeout: float = REQUEST_TIMEOUT_S) -> tuple[int, Any]:
     """A tiny HTTP/1.1 client for the control port: returns (status, decoded JSON)."""
 
     async def _go() -> tuple[int, Any]:
